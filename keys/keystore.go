@@ -1,0 +1,369 @@
+package keys
+
+import (
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/crypto/chacha20poly1305"
+	"golang.org/x/crypto/scrypt"
+)
+
+// KeystoreVersion is the only keystore format this package writes and reads.
+const KeystoreVersion = 1
+
+// Passphrase key derivation: scrypt with N = 2^ScryptLogN. The parameters
+// are stored in each file, so they can be raised later without breaking
+// older files; files must stay within the Min/Max bounds.
+const (
+	ScryptLogN = 15
+	ScryptR    = 8
+	ScryptP    = 1
+
+	MinScryptLogN = 10
+	MaxScryptLogN = 22
+	MaxScryptR    = 32
+	MaxScryptP    = 16
+	// MaxScryptMemory bounds 128*N*r, the memory a file may make scrypt use.
+	MaxScryptMemory = 1 << 30
+)
+
+// Limits on the keystore file.
+const (
+	// MaxHostKeySize bounds the encoded libp2p host private key.
+	MaxHostKeySize = 1024
+	// MaxKeystorePayload bounds the (possibly encrypted) payload.
+	MaxKeystorePayload = 16 << 10
+
+	keystoreMagic     = "SOTTO-KS"
+	keystoreSaltSize  = 16
+	keystorePlainHdr  = len(keystoreMagic) + 1 + 1 + 4
+	keystoreSealedHdr = len(keystoreMagic) + 1 + 1 + 1 + 4 + 4 + keystoreSaltSize + chacha20poly1305.NonceSizeX + 4
+	maxKeystoreFile   = keystoreSealedHdr + MaxKeystorePayload
+
+	modePlain  = 0
+	modeScrypt = 1 // scrypt, then XChaCha20-Poly1305 with the header as associated data
+)
+
+// Errors reading or writing a keystore. Each message says what to do.
+var (
+	ErrWrongPassphrase    = errors.New("keys: wrong passphrase for the keystore (or the file is damaged); try again with the right passphrase")
+	ErrPassphraseRequired = errors.New("keys: the keystore is encrypted; supply its passphrase")
+	ErrKeystoreCorrupt    = errors.New("keys: the keystore file is corrupt or not a Sotto keystore; restore it from a backup")
+	ErrKeystoreTruncated  = errors.New("keys: the keystore file is truncated (an interrupted write or copy); restore it from a backup")
+	ErrKeystoreVersion    = errors.New("keys: the keystore was written by a newer version of Sotto; upgrade Sotto to read it")
+)
+
+// Keystore is the set of long-term secrets of one device.
+//
+// File format (version 1), integers big-endian:
+//
+//	magic    "SOTTO-KS"
+//	version  uint8 = 1
+//	mode     uint8: 0 plain, 1 scrypt + XChaCha20-Poly1305
+//	mode 1:  logN uint8 | r uint32 | p uint32 | salt [16]byte | nonce [24]byte
+//	length   uint32, of the payload that follows (at most 16 KiB)
+//	payload  mode 0: body; mode 1: XChaCha20-Poly1305(key, nonce, body, header)
+//	         where key = scrypt(passphrase, salt, 2^logN, r, p, 32) and
+//	         header is every byte before the payload
+//
+//	body     account seed [32]byte | identity DH [32]byte |
+//	         host key length uint16 (1..1024) | host key
+type Keystore struct {
+	Account    *AccountPrivate
+	IdentityDH *DHPrivate
+	// HostKey is the libp2p host private key in libp2p's marshalled form;
+	// this package treats it as opaque bytes.
+	HostKey []byte
+}
+
+type scryptParams struct {
+	logN uint8
+	r, p uint32
+}
+
+var defaultScrypt = scryptParams{logN: ScryptLogN, r: ScryptR, p: ScryptP}
+
+func (s scryptParams) check(maxLogN uint8) error {
+	if s.logN < MinScryptLogN || s.logN > maxLogN || s.r < 1 || s.r > MaxScryptR || s.p < 1 || s.p > MaxScryptP {
+		return fmt.Errorf("%w: scrypt parameters out of range", ErrKeystoreCorrupt)
+	}
+	if uint64(128)*uint64(s.r)<<s.logN > MaxScryptMemory {
+		return fmt.Errorf("%w: scrypt parameters need too much memory", ErrKeystoreCorrupt)
+	}
+	return nil
+}
+
+func (s scryptParams) key(pass, salt []byte) ([]byte, error) {
+	k, err := scrypt.Key(pass, salt, 1<<s.logN, int(s.r), int(s.p), chacha20poly1305.KeySize)
+	if err != nil {
+		return nil, fmt.Errorf("keys: deriving keystore key: %w", err)
+	}
+	return k, nil
+}
+
+// String redacts the secrets.
+func (ks Keystore) String() string { return "keystore:REDACTED" }
+
+// GoString redacts the secrets in %#v.
+func (ks Keystore) GoString() string { return "keys.Keystore{REDACTED}" }
+
+// LogValue redacts the secrets in slog output.
+func (ks Keystore) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// Equal compares two keystores in constant time per field.
+func (ks *Keystore) Equal(o *Keystore) bool {
+	if ks == nil || o == nil {
+		return ks == o
+	}
+	return ks.Account.Equal(o.Account) && ks.IdentityDH.Equal(o.IdentityDH) &&
+		subtle.ConstantTimeCompare(ks.HostKey, o.HostKey) == 1
+}
+
+func (ks *Keystore) body() ([]byte, error) {
+	if ks == nil || ks.Account == nil || ks.IdentityDH == nil {
+		return nil, errors.New("keys: keystore needs an account key and an identity key")
+	}
+	if n := len(ks.HostKey); n < 1 || n > MaxHostKeySize {
+		return nil, fmt.Errorf("keys: keystore host key is %d bytes, want 1..%d", n, MaxHostKeySize)
+	}
+	w := builder{b: make([]byte, 0, 32+DHSize+2+len(ks.HostKey))}
+	w.bytes(ks.Account.Seed())
+	w.bytes(ks.IdentityDH.Bytes())
+	w.u8(uint8(len(ks.HostKey) >> 8))
+	w.u8(uint8(len(ks.HostKey)))
+	w.bytes(ks.HostKey)
+	return w.b, nil
+}
+
+func parseKeystoreBody(b []byte) (*Keystore, error) {
+	r := newParser(b)
+	seed := r.take(32)
+	dh := r.take(DHSize)
+	n := int(r.u8())<<8 | int(r.u8())
+	if r.ok && (n < 1 || n > MaxHostKeySize) {
+		return nil, fmt.Errorf("%w: host key length %d", ErrKeystoreCorrupt, n)
+	}
+	host := r.take(n)
+	if !r.done() {
+		return nil, fmt.Errorf("%w: bad payload length", ErrKeystoreCorrupt)
+	}
+	acct, err := NewAccountPrivate(seed)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrKeystoreCorrupt, err)
+	}
+	ik, err := NewDHPrivate(dh)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrKeystoreCorrupt, err)
+	}
+	return &Keystore{Account: acct, IdentityDH: ik, HostKey: append([]byte(nil), host...)}, nil
+}
+
+// marshalKeystore encodes ks, encrypting it when passphrase is not empty.
+func marshalKeystore(ks *Keystore, passphrase []byte, rand io.Reader, params scryptParams) ([]byte, error) {
+	body, err := ks.body()
+	if err != nil {
+		return nil, err
+	}
+	defer clear(body)
+	w := builder{b: make([]byte, 0, keystoreSealedHdr+len(body)+chacha20poly1305.Overhead)}
+	w.bytes([]byte(keystoreMagic))
+	w.u8(KeystoreVersion)
+	if len(passphrase) == 0 {
+		w.u8(modePlain)
+		w.u32(uint32(len(body)))
+		w.bytes(body)
+		return w.b, nil
+	}
+	if err := params.check(MaxScryptLogN); err != nil {
+		return nil, err
+	}
+	var salt [keystoreSaltSize]byte
+	var nonce [chacha20poly1305.NonceSizeX]byte
+	if _, err := io.ReadFull(rand, salt[:]); err != nil {
+		return nil, fmt.Errorf("keys: reading randomness for keystore: %w", err)
+	}
+	if _, err := io.ReadFull(rand, nonce[:]); err != nil {
+		return nil, fmt.Errorf("keys: reading randomness for keystore: %w", err)
+	}
+	w.u8(modeScrypt)
+	w.u8(params.logN)
+	w.u32(params.r)
+	w.u32(params.p)
+	w.bytes(salt[:])
+	w.bytes(nonce[:])
+	w.u32(uint32(len(body) + chacha20poly1305.Overhead))
+	key, err := params.key(passphrase, salt[:])
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	aead, err := chacha20poly1305.NewX(key)
+	if err != nil {
+		return nil, fmt.Errorf("keys: keystore cipher: %w", err)
+	}
+	header := w.b
+	return aead.Seal(header, nonce[:], body, header), nil
+}
+
+// parseKeystore decodes a keystore file's contents.
+func parseKeystore(b []byte, passphrase []byte) (*Keystore, error) {
+	return parseKeystoreLimit(b, passphrase, MaxScryptLogN)
+}
+
+// parseKeystoreLimit is parseKeystore with a lower bound on the work a
+// file may ask for, so fuzzing stays fast.
+func parseKeystoreLimit(b []byte, passphrase []byte, maxLogN uint8) (*Keystore, error) {
+	if len(b) > maxKeystoreFile {
+		return nil, fmt.Errorf("%w: file is %d bytes, limit %d", ErrKeystoreCorrupt, len(b), maxKeystoreFile)
+	}
+	r := newParser(b)
+	magic := r.take(len(keystoreMagic))
+	if !r.ok {
+		if len(b) > 0 && string(b) == keystoreMagic[:len(b)] {
+			return nil, ErrKeystoreTruncated
+		}
+		return nil, ErrKeystoreCorrupt
+	}
+	if string(magic) != keystoreMagic {
+		return nil, fmt.Errorf("%w: bad magic", ErrKeystoreCorrupt)
+	}
+	version := r.u8()
+	if !r.ok {
+		return nil, ErrKeystoreTruncated
+	}
+	if version != KeystoreVersion {
+		return nil, fmt.Errorf("%w (format %d)", ErrKeystoreVersion, version)
+	}
+	mode := r.u8()
+	var params scryptParams
+	var salt, nonce []byte
+	if mode == modeScrypt {
+		params.logN = r.u8()
+		params.r = r.u32()
+		params.p = r.u32()
+		salt = r.take(keystoreSaltSize)
+		nonce = r.take(chacha20poly1305.NonceSizeX)
+	} else if r.ok && mode != modePlain {
+		return nil, fmt.Errorf("%w: unknown mode %d", ErrKeystoreCorrupt, mode)
+	}
+	n := r.u32()
+	if !r.ok {
+		return nil, ErrKeystoreTruncated
+	}
+	if n > MaxKeystorePayload {
+		return nil, fmt.Errorf("%w: payload length %d", ErrKeystoreCorrupt, n)
+	}
+	header := b[:len(b)-len(r.b)]
+	if uint32(len(r.b)) < n {
+		return nil, ErrKeystoreTruncated
+	}
+	if uint32(len(r.b)) > n {
+		return nil, fmt.Errorf("%w: %d trailing bytes", ErrKeystoreCorrupt, uint32(len(r.b))-n)
+	}
+	payload := r.b
+	if mode == modePlain {
+		return parseKeystoreBody(payload)
+	}
+	if err := params.check(maxLogN); err != nil {
+		return nil, err
+	}
+	if len(payload) < chacha20poly1305.Overhead {
+		return nil, fmt.Errorf("%w: payload shorter than its tag", ErrKeystoreCorrupt)
+	}
+	if len(passphrase) == 0 {
+		return nil, ErrPassphraseRequired
+	}
+	key, err := params.key(passphrase, salt)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	aead, err := chacha20poly1305.NewX(key)
+	if err != nil {
+		return nil, fmt.Errorf("keys: keystore cipher: %w", err)
+	}
+	body, err := aead.Open(nil, nonce, payload, header)
+	if err != nil {
+		return nil, ErrWrongPassphrase
+	}
+	defer clear(body)
+	return parseKeystoreBody(body)
+}
+
+// WriteKeystore writes ks to path atomically with mode 0600: a temporary
+// file in the same directory is written, synced and renamed over path,
+// then the directory is synced. With a non-empty passphrase the secrets
+// are encrypted (scrypt, then XChaCha20-Poly1305); rand supplies the salt
+// and nonce.
+func WriteKeystore(path string, ks *Keystore, passphrase []byte, rand io.Reader) error {
+	return writeKeystore(path, ks, passphrase, rand, defaultScrypt)
+}
+
+func writeKeystore(path string, ks *Keystore, passphrase []byte, rand io.Reader, params scryptParams) error {
+	data, err := marshalKeystore(ks, passphrase, rand, params)
+	if err != nil {
+		return err
+	}
+	defer clear(data)
+	return writeFileAtomic(path, data)
+}
+
+func writeFileAtomic(path string, data []byte) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("keys: writing keystore: %w", err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		return fmt.Errorf("keys: writing keystore: %w", err)
+	}
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("keys: writing keystore: %w", err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("keys: writing keystore: %w", err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("keys: writing keystore: %w", err)
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("keys: writing keystore: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("keys: syncing keystore directory: %w", err)
+	}
+	defer d.Close()
+	if err = d.Sync(); err != nil {
+		return fmt.Errorf("keys: syncing keystore directory: %w", err)
+	}
+	return nil
+}
+
+// ReadKeystore reads and, if it is encrypted, decrypts the keystore at
+// path. A passphrase given for an unencrypted keystore is ignored.
+func ReadKeystore(path string, passphrase []byte) (*Keystore, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("keys: reading keystore: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, int64(maxKeystoreFile)+1))
+	if err != nil {
+		return nil, fmt.Errorf("keys: reading keystore: %w", err)
+	}
+	defer clear(data)
+	return parseKeystore(data, passphrase)
+}
