@@ -1,0 +1,166 @@
+package api
+
+import (
+	"context"
+	"time"
+)
+
+// Backend is what the control API exposes. A running node implements it;
+// so does Client, over the socket.
+//
+// Methods return *Error values (see errors.go) for conditions a caller can
+// act on, such as an unknown contact or a malformed invite; any other error
+// is reported as an internal error.
+type Backend interface {
+	// Status reports the node's network and queue state.
+	Status(ctx context.Context) (Status, error)
+	// Identity returns this device's peer ID, account fingerprint,
+	// listen addresses and display name.
+	Identity(ctx context.Context) (Identity, error)
+	// Invite returns an invite link ("sotto://...") that others pass to
+	// AddContact.
+	Invite(ctx context.Context) (string, error)
+	// Contacts lists the known contacts, including pending contact requests.
+	Contacts(ctx context.Context) ([]Contact, error)
+	// AddContact adds a contact under a local name from an invite link.
+	AddContact(ctx context.Context, name, invite string) (Contact, error)
+	// VerifyContact returns the safety number shared with the named
+	// contact; with confirm set it also marks the contact verified.
+	VerifyContact(ctx context.Context, name string, confirm bool) (Verification, error)
+	// Send queues a text message to the named contact and returns once
+	// it is durably in the outbox.
+	Send(ctx context.Context, contact, text string) (Message, error)
+	// Messages returns messages in ascending Seq order, filtered and paged
+	// by q.
+	Messages(ctx context.Context, q MessageQuery) ([]Message, error)
+	// Subscribe streams events until ctx ends, then closes the channel.
+	Subscribe(ctx context.Context) (<-chan Event, error)
+}
+
+// Status is a snapshot of the node's state.
+type Status struct {
+	PeerID         string         `json:"peer_id"`
+	Addrs          []string       `json:"addrs"`
+	ConnectedPeers int            `json:"connected_peers"`
+	OutboxPending  int            `json:"outbox_pending"`
+	Mailbox        *MailboxStatus `json:"mailbox,omitempty"` // set when the node serves as a mailbox
+}
+
+// MailboxStatus describes what a node serving as a mailbox holds for others.
+type MailboxStatus struct {
+	Envelopes int   `json:"envelopes"`
+	Bytes     int64 `json:"bytes"`
+}
+
+// Identity is this device's public identity.
+type Identity struct {
+	PeerID  string   `json:"peer_id"`
+	Account string   `json:"account"` // the account key's fingerprint
+	Addrs   []string `json:"addrs"`
+	Name    string   `json:"name"`
+}
+
+// Contact is a known correspondent.
+type Contact struct {
+	Name    string `json:"name"`
+	Account string `json:"account"` // fingerprint of the contact's account key
+	PeerID  string `json:"peer_id"`
+	// Verified is set once the safety number was confirmed.
+	Verified bool `json:"verified"`
+	// KeyChanged is set when the contact's account key differs from the
+	// one seen first; the user should verify again.
+	KeyChanged bool `json:"key_changed"`
+	// Request is set for someone who wrote to us but whom we did not add.
+	Request bool `json:"request"`
+}
+
+// Verification is the result of comparing keys with a contact.
+type Verification struct {
+	Contact      string `json:"contact"`
+	SafetyNumber string `json:"safety_number"`
+	Verified     bool   `json:"verified"`
+}
+
+// Direction tells whether a message was received or sent.
+type Direction string
+
+// Message directions.
+const (
+	DirectionIn  Direction = "in"
+	DirectionOut Direction = "out"
+)
+
+// State is the delivery state of an outgoing message.
+type State string
+
+// Delivery states of outgoing messages, in the order they are reached.
+const (
+	StateQueued    State = "queued"    // in the outbox, not yet on the wire
+	StateSent      State = "sent"      // acknowledged by the recipient's device
+	StateStored    State = "stored"    // acknowledged by StoredAt mailboxes
+	StateDelivered State = "delivered" // end-to-end receipt received
+	StateFailed    State = "failed"    // given up on
+)
+
+// Via tells how an incoming message arrived.
+type Via string
+
+// Delivery paths of incoming messages.
+const (
+	ViaDirect  Via = "direct"
+	ViaMailbox Via = "mailbox"
+)
+
+// Message is a sent or received text message.
+type Message struct {
+	ID        string    `json:"id"`
+	Contact   string    `json:"contact"`
+	Direction Direction `json:"direction"`
+	Text      string    `json:"text"`
+	SentAt    time.Time `json:"sent_at"`
+	State     State     `json:"state,omitempty"`     // outgoing only
+	Via       Via       `json:"via,omitempty"`       // incoming only
+	StoredAt  int       `json:"stored_at,omitempty"` // mailboxes that acknowledged (outgoing)
+	Seq       uint64    `json:"seq"`                 // cursor: strictly increasing per data dir
+}
+
+// Paging limits for Messages.
+const (
+	DefaultMessageLimit = 100
+	MaxMessageLimit     = 1000
+)
+
+// MessageQuery selects messages: those of one contact (all when Contact is
+// empty) with Seq greater than After, at most Limit of them (0 means
+// DefaultMessageLimit).
+type MessageQuery struct {
+	Contact string
+	After   uint64
+	Limit   int
+}
+
+// EventType names the kind of an Event.
+type EventType string
+
+// Event types.
+const (
+	EventMessage        EventType = "message"         // a message was received or sent
+	EventState          EventType = "state"           // an outgoing message changed state
+	EventContactRequest EventType = "contact_request" // someone not in the contacts wrote
+	EventSyncProgress   EventType = "sync_progress"   // mailbox sync advanced
+)
+
+// Event is one item of the event stream.
+type Event struct {
+	Type    EventType     `json:"type"`
+	Message *Message      `json:"message,omitempty"` // message, state
+	Contact *Contact      `json:"contact,omitempty"` // contact_request
+	Sync    *SyncProgress `json:"sync,omitempty"`    // sync_progress
+}
+
+// SyncProgress reports a mailbox sync in progress.
+type SyncProgress struct {
+	Mailboxes int  `json:"mailboxes"` // mailboxes queried so far
+	Envelopes int  `json:"envelopes"` // envelopes fetched so far
+	Done      bool `json:"done"`
+}

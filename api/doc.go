@@ -1,0 +1,30 @@
+// Package api is Sotto's local control API: HTTP+JSON over a unix socket in
+// the data directory, a server-sent event stream for incoming messages and
+// state changes, and a Go client for the command-line tool and for bots.
+//
+// The package defines the Backend interface that a running node (or an
+// offline, store-backed view of a data directory) implements, and the JSON
+// types that travel over the socket. Server exposes any Backend; Client
+// implements Backend over the socket, so callers use one interface whether
+// they talk to a running node or not.
+//
+// Endpoints (all under the version prefix /v1):
+//
+//	GET  /v1/status                      Status
+//	GET  /v1/identity                    Identity
+//	GET  /v1/invite                      {"invite": "sotto://..."}
+//	GET  /v1/contacts                    [Contact]
+//	POST /v1/contacts                    {"name", "invite"} -> Contact
+//	POST /v1/contacts/{name}/verify      {"confirm"} -> Verification
+//	GET  /v1/messages?contact=&after=&limit=   [Message]
+//	POST /v1/messages                    {"contact", "text"} -> Message
+//	GET  /v1/events                      text/event-stream of Event
+//
+// Errors are JSON objects {"error": "...", "code": "..."} with a 4xx status
+// for bad input and a 5xx status otherwise; the client turns them back into
+// *Error values.
+//
+// The unix socket is the access control: it is created with mode 0600 in a
+// data directory of mode 0700. An optional TCP listener, for a browser UI,
+// accepts only loopback addresses and requires a bearer token.
+package api
