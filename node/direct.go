@@ -1,0 +1,563 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// DirectProtocol is the stream protocol of direct delivery. The initiator
+// writes envelope frames; the responder answers each, in order, with an ack
+// frame sent only after the envelope is durably stored.
+//
+// Frame: a 4-byte big-endian length n (1 <= n <= MaxFrameSize), then n
+// bytes. An envelope frame carries the envelope; an ack frame carries one
+// status byte (AckStatus).
+const DirectProtocol protocol.ID = "/sotto/msg/1.0.0"
+
+// Limits of the direct protocol.
+const (
+	// MaxFrameSize bounds one frame's payload; a length prefix above it is
+	// a protocol violation and resets the stream.
+	MaxFrameSize = 128 << 10
+	// frameHeaderSize is the length prefix.
+	frameHeaderSize = 4
+	// ackFrameSize is the payload size of an ack frame.
+	ackFrameSize = 1
+	// receiveTimeout bounds one Receiver.Receive call; on timeout the
+	// envelope is acked AckTryLater.
+	receiveTimeout = 30 * time.Second
+	// sendAttempts: Send retries once on a fresh stream when the stream
+	// fails under it (the responder dedups, so a resend is safe).
+	sendAttempts = 2
+)
+
+// AckStatus is the responder's answer to one envelope.
+type AckStatus uint8
+
+// Ack statuses. AckOK and AckDuplicate both mean the envelope is stored.
+const (
+	AckOK        AckStatus = 0 // stored durably
+	AckDuplicate AckStatus = 1 // already stored before; counts as stored
+	AckRejected  AckStatus = 2 // malformed or unacceptable; do not retry
+	AckTryLater  AckStatus = 3 // not stored now (busy, storage error); retry
+)
+
+func (s AckStatus) String() string {
+	switch s {
+	case AckOK:
+		return "ok"
+	case AckDuplicate:
+		return "duplicate"
+	case AckRejected:
+		return "rejected"
+	case AckTryLater:
+		return "try-later"
+	}
+	return fmt.Sprintf("AckStatus(%d)", uint8(s))
+}
+
+// Errors of the direct protocol. A Receiver returns ErrDuplicateEnvelope or
+// ErrMalformedEnvelope (wrapped or not) to choose the ack status; any other
+// error is acked AckTryLater. Send returns ErrRejected and ErrTryLater for
+// the corresponding acks.
+var (
+	ErrDuplicateEnvelope = errors.New("node: envelope already stored")
+	ErrMalformedEnvelope = errors.New("node: envelope malformed")
+	ErrRejected          = errors.New("node: recipient rejected the envelope (do not retry)")
+	ErrTryLater          = errors.New("node: recipient could not store the envelope now (retry later)")
+	ErrFrameSize         = errors.New("node: frame length out of range")
+	ErrBadAck            = errors.New("node: malformed ack")
+	ErrStreamFailed      = errors.New("node: direct stream failed")
+	ErrNoReceiver        = errors.New("node: no receiver configured")
+)
+
+// Receiver takes inbound envelopes. Receive returns only after the envelope
+// (and everything it changes) is durably committed; its return value
+// becomes the ack. Calls for one stream are sequential; calls for different
+// streams are concurrent. The envelope slice is the Receiver's to keep.
+type Receiver interface {
+	Receive(ctx context.Context, from peer.ID, envelope []byte) error
+}
+
+// ReceiverFunc adapts a function to Receiver.
+type ReceiverFunc func(ctx context.Context, from peer.ID, envelope []byte) error
+
+// Receive calls f.
+func (f ReceiverFunc) Receive(ctx context.Context, from peer.ID, envelope []byte) error {
+	return f(ctx, from, envelope)
+}
+
+// ackStatusOf maps a Receiver's result to the ack status.
+func ackStatusOf(err error) AckStatus {
+	switch {
+	case err == nil:
+		return AckOK
+	case errors.Is(err, ErrDuplicateEnvelope):
+		return AckDuplicate
+	case errors.Is(err, ErrMalformedEnvelope):
+		return AckRejected
+	default:
+		return AckTryLater
+	}
+}
+
+// errOfAck maps an ack status to Send's result.
+func errOfAck(s AckStatus) error {
+	switch s {
+	case AckOK, AckDuplicate:
+		return nil
+	case AckRejected:
+		return ErrRejected
+	case AckTryLater:
+		return ErrTryLater
+	}
+	return fmt.Errorf("%w: unknown status %d", ErrBadAck, uint8(s))
+}
+
+// writeFrame writes one length-prefixed frame.
+func writeFrame(w io.Writer, payload []byte) error {
+	if len(payload) == 0 || len(payload) > MaxFrameSize {
+		return fmt.Errorf("%w: %d", ErrFrameSize, len(payload))
+	}
+	var hdr [frameHeaderSize]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(payload)))
+	if _, err := w.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(payload)
+	return err
+}
+
+// readFrameLen reads a frame's length prefix and checks it against max.
+func readFrameLen(r io.Reader, max int) (int, error) {
+	var hdr [frameHeaderSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == 0 || n > uint32(max) {
+		return 0, fmt.Errorf("%w: %d (max %d)", ErrFrameSize, n, max)
+	}
+	return int(n), nil
+}
+
+// readFrame reads one frame of at most max bytes. A stream that ends inside
+// a frame yields io.ErrUnexpectedEOF; one that ends between frames, io.EOF.
+func readFrame(r io.Reader, max int) ([]byte, error) {
+	n, err := readFrameLen(r, max)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+// readAck reads one ack frame.
+func readAck(r io.Reader) (AckStatus, error) {
+	b, err := readFrame(r, ackFrameSize)
+	if err != nil {
+		return 0, err
+	}
+	return AckStatus(b[0]), nil
+}
+
+// acquireInbound counts an inbound direct stream from p, refusing it over
+// the per-peer cap.
+func (n *Host) acquireInbound(p peer.ID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed || n.inbound[p] >= n.cfg.maxInboundPerPeer {
+		return false
+	}
+	n.inbound[p]++
+	n.wg.Add(1)
+	return true
+}
+
+func (n *Host) releaseInbound(p peer.ID) {
+	n.mu.Lock()
+	if n.inbound[p]--; n.inbound[p] <= 0 {
+		delete(n.inbound, p)
+	}
+	n.mu.Unlock()
+	n.wg.Done()
+}
+
+// handleDirect serves one inbound direct stream.
+func (n *Host) handleDirect(s network.Stream) {
+	p := s.Conn().RemotePeer()
+	if !n.acquireInbound(p) {
+		n.cfg.logger.Debug("direct stream refused: too many from peer", "peer", p)
+		s.Reset()
+		return
+	}
+	defer n.releaseInbound(p)
+	if err := s.Scope().ReserveMemory(MaxFrameSize, network.ReservationPriorityMedium); err != nil {
+		n.cfg.logger.Debug("direct stream refused: memory", "peer", p, "err", err)
+		s.Reset()
+		return
+	}
+	defer s.Scope().ReleaseMemory(MaxFrameSize)
+
+	if err := n.serveDirect(s, p); err != nil {
+		n.cfg.logger.Debug("direct stream reset", "peer", p, "err", err)
+		s.Reset()
+		return
+	}
+	s.Close()
+}
+
+// serveDirect reads envelopes and writes acks until the initiator closes
+// its side (nil) or anything goes wrong (error; the caller resets).
+func (n *Host) serveDirect(s network.Stream, p peer.ID) error {
+	br := bufio.NewReaderSize(s, frameHeaderSize+MaxFrameSize)
+	bw := bufio.NewWriter(s)
+	for {
+		// Idle: wait for the first byte of the next frame.
+		if err := s.SetReadDeadline(time.Now().Add(n.cfg.readIdleTimeout)); err != nil {
+			return err
+		}
+		if _, err := br.Peek(1); err != nil {
+			if err == io.EOF {
+				return bw.Flush()
+			}
+			return err
+		}
+		// The rest of the frame must follow promptly.
+		if err := s.SetReadDeadline(time.Now().Add(n.cfg.frameTimeout)); err != nil {
+			return err
+		}
+		env, err := readFrame(br, MaxFrameSize)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, receiveTimeout)
+		rerr := n.cfg.receiver.Receive(ctx, p, env)
+		cancel()
+		if n.ctx.Err() != nil {
+			return ErrClosed // never ack what a shutdown interrupted
+		}
+		st := ackStatusOf(rerr)
+		if rerr != nil && st != AckDuplicate {
+			n.cfg.logger.Debug("direct envelope not stored", "peer", p, "status", st, "err", rerr)
+		}
+		if err := s.SetWriteDeadline(time.Now().Add(n.cfg.frameTimeout)); err != nil {
+			return err
+		}
+		if err := writeFrame(bw, []byte{byte(st)}); err != nil {
+			return err
+		}
+		// Batch acks while more frames are already buffered.
+		if br.Buffered() == 0 {
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Sender sends envelopes over the direct protocol. It keeps one stream per
+// peer and pipelines: many envelopes may be in flight on a stream, and acks
+// come back in order. Safe for concurrent use.
+type Sender struct {
+	n *Host
+
+	mu     sync.Mutex
+	closed bool
+	peers  map[peer.ID]*peerSlot
+}
+
+// peerSlot serialises opening the stream to one peer.
+type peerSlot struct {
+	mu sync.Mutex
+	os *outStream
+}
+
+func newSender(n *Host) *Sender {
+	return &Sender{n: n, peers: make(map[peer.ID]*peerSlot)}
+}
+
+// Send writes env to p and waits for p's ack. It returns nil once p has
+// durably stored env (acked OK or duplicate), ErrRejected if p refused it
+// for good, ErrTryLater if p could not store it now, or a transport error.
+// After an error other than ErrRejected the envelope may or may not have
+// been stored; resending is safe because the recipient deduplicates.
+func (snd *Sender) Send(ctx context.Context, p peer.ID, env []byte) error {
+	if len(env) == 0 || len(env) > MaxFrameSize {
+		return fmt.Errorf("%w: envelope of %d bytes", ErrFrameSize, len(env))
+	}
+	var err error
+	for range sendAttempts {
+		var os *outStream
+		os, err = snd.stream(ctx, p)
+		if err != nil {
+			return err
+		}
+		err = os.send(ctx, env)
+		if !errors.Is(err, ErrStreamFailed) || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// stream returns the live stream to p, opening one if needed.
+func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
+	snd.mu.Lock()
+	if snd.closed {
+		snd.mu.Unlock()
+		return nil, ErrClosed
+	}
+	slot := snd.peers[p]
+	if slot == nil {
+		slot = &peerSlot{}
+		snd.peers[p] = slot
+	}
+	snd.mu.Unlock()
+
+	slot.mu.Lock()
+	defer slot.mu.Unlock()
+	if slot.os != nil && !slot.os.failed() {
+		return slot.os, nil
+	}
+	slot.os = nil
+	n := snd.n
+	if n.h.Network().Connectedness(p) != network.Connected && len(n.h.Peerstore().Addrs(p)) == 0 {
+		if _, err := n.FindPeer(ctx, p); err != nil {
+			return nil, err
+		}
+	}
+	s, err := n.h.NewStream(ctx, p, DirectProtocol)
+	if err != nil {
+		return nil, fmt.Errorf("node: open direct stream to %s: %w", p, err)
+	}
+	os := newOutStream(n, s)
+	snd.mu.Lock()
+	if snd.closed {
+		snd.mu.Unlock()
+		s.Reset()
+		return nil, ErrClosed
+	}
+	snd.mu.Unlock()
+	if !n.goFunc(os.writeLoop) {
+		os.fail(ErrClosed)
+		return nil, ErrClosed
+	}
+	if !n.goFunc(os.readLoop) {
+		os.fail(ErrClosed)
+		return nil, ErrClosed
+	}
+	slot.os = os
+	return os, nil
+}
+
+// close resets every stream; the loops exit and the host's wait sees them.
+func (snd *Sender) close() {
+	snd.mu.Lock()
+	snd.closed = true
+	slots := snd.peers
+	snd.peers = nil
+	snd.mu.Unlock()
+	for _, slot := range slots {
+		slot.mu.Lock()
+		if slot.os != nil {
+			slot.os.fail(ErrClosed)
+		}
+		slot.mu.Unlock()
+	}
+}
+
+// sendReq is one envelope on its way; res receives its outcome once.
+type sendReq struct {
+	env []byte
+	res chan error
+}
+
+// outStream is one pipelined outbound stream: a writer loop writes frames
+// in submission order, a reader loop matches acks to them first in, first
+// out.
+type outStream struct {
+	n     *Host
+	s     network.Stream
+	reqs  chan *sendReq // unbuffered: a request belongs to the caller or the writer
+	slots chan struct{} // in-flight cap
+
+	mu    sync.Mutex
+	queue []*sendReq // written (or being written), not yet acked
+
+	done chan struct{}
+	once sync.Once
+	err  error
+}
+
+func newOutStream(n *Host, s network.Stream) *outStream {
+	return &outStream{
+		n:     n,
+		s:     s,
+		reqs:  make(chan *sendReq),
+		slots: make(chan struct{}, n.cfg.maxInFlight),
+		done:  make(chan struct{}),
+	}
+}
+
+func (o *outStream) failed() bool {
+	select {
+	case <-o.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// fail ends the stream: it resets it and fails every unacked request.
+func (o *outStream) fail(err error) {
+	o.once.Do(func() {
+		o.err = err
+		close(o.done)
+		o.s.Reset()
+		o.mu.Lock()
+		q := o.queue
+		o.queue = nil
+		o.mu.Unlock()
+		for _, r := range q {
+			r.res <- fmt.Errorf("%w: %w", ErrStreamFailed, err)
+		}
+	})
+}
+
+func (o *outStream) send(ctx context.Context, env []byte) error {
+	r := &sendReq{env: env, res: make(chan error, 1)}
+	select {
+	case o.reqs <- r:
+	case <-o.done:
+		return fmt.Errorf("%w: %w", ErrStreamFailed, o.err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.res:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (o *outStream) writeLoop() {
+	bw := bufio.NewWriter(o.s)
+	for {
+		var r *sendReq
+		select {
+		case r = <-o.reqs:
+		case <-o.done:
+			return
+		case <-o.n.ctx.Done():
+			o.fail(ErrClosed)
+			return
+		}
+		for r != nil {
+			if err := o.write(bw, r); err != nil {
+				o.fail(err)
+				return
+			}
+			select {
+			case r = <-o.reqs:
+			default:
+				r = nil
+			}
+		}
+		if err := o.flush(bw); err != nil {
+			o.fail(err)
+			return
+		}
+	}
+}
+
+func (o *outStream) flush(bw *bufio.Writer) error {
+	if bw.Buffered() == 0 {
+		return nil
+	}
+	if err := o.s.SetWriteDeadline(time.Now().Add(o.n.cfg.frameTimeout)); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// write queues r for its ack, then writes its frame (buffered).
+func (o *outStream) write(bw *bufio.Writer, r *sendReq) error {
+	select {
+	case o.slots <- struct{}{}:
+	default:
+		// At the in-flight cap: push out what is buffered so acks can
+		// come back, then wait for a slot.
+		if err := o.flush(bw); err != nil {
+			r.res <- fmt.Errorf("%w: %w", ErrStreamFailed, err)
+			return err
+		}
+		select {
+		case o.slots <- struct{}{}:
+		case <-o.done:
+			r.res <- fmt.Errorf("%w: %w", ErrStreamFailed, o.err)
+			return o.err
+		}
+	}
+	o.mu.Lock()
+	if o.failed() {
+		o.mu.Unlock()
+		r.res <- fmt.Errorf("%w: %w", ErrStreamFailed, o.err)
+		return o.err
+	}
+	o.queue = append(o.queue, r)
+	if len(o.queue) == 1 {
+		// The reader was idle: from now on an ack is due.
+		o.s.SetReadDeadline(time.Now().Add(o.n.cfg.readIdleTimeout))
+	}
+	o.mu.Unlock()
+	if err := o.s.SetWriteDeadline(time.Now().Add(o.n.cfg.frameTimeout)); err != nil {
+		return err
+	}
+	return writeFrame(bw, r.env)
+}
+
+func (o *outStream) readLoop() {
+	br := bufio.NewReader(o.s)
+	for {
+		st, err := readAck(br)
+		if err != nil {
+			o.fail(err)
+			return
+		}
+		o.mu.Lock()
+		if len(o.queue) == 0 {
+			o.mu.Unlock()
+			o.fail(fmt.Errorf("%w: ack with nothing in flight", ErrBadAck))
+			return
+		}
+		r := o.queue[0]
+		o.queue[0] = nil
+		o.queue = o.queue[1:]
+		if len(o.queue) > 0 {
+			o.s.SetReadDeadline(time.Now().Add(o.n.cfg.readIdleTimeout))
+		} else {
+			o.s.SetReadDeadline(time.Time{})
+		}
+		o.mu.Unlock()
+		<-o.slots
+		r.res <- errOfAck(st)
+	}
+}

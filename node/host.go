@@ -1,0 +1,290 @@
+// Package node is Sotto's running node on the network: the libp2p host
+// (TCP and QUIC, Noise, yamux, resource and connection management, NAT
+// traversal, mDNS), the Kademlia DHT that holds prekey bundles and routes to
+// peers, and the direct delivery protocol /sotto/msg/1.0.0.
+//
+// The package knows envelopes and bundles only as opaque bytes. What checks
+// a bundle (BundleVerifier) and what durably stores an inbound envelope
+// (Receiver) are small interfaces the layers below plug in.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// Resource manager limits for the direct protocol, on top of libp2p's
+// autoscaled defaults.
+const (
+	directStreamsPerPeer = 16
+	directStreamsTotal   = 1024
+	directMemoryBase     = 16 << 20
+	// mdnsConnectTimeout bounds a connection attempt to a peer found on the LAN.
+	mdnsConnectTimeout = 10 * time.Second
+)
+
+// ErrClosed is returned by operations on a closed Host.
+var ErrClosed = errors.New("node: host is closed")
+
+// Host is a running Sotto node on the network. Create it with New; Close
+// stops everything it started.
+type Host struct {
+	cfg    config
+	h      host.Host
+	dht    *dht.IpfsDHT
+	mdns   mdns.Service
+	sender *Sender
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	closed  bool
+	wg      sync.WaitGroup
+	inbound map[peer.ID]int // open inbound direct streams per peer
+
+	pubMu     sync.Mutex
+	published map[string][]byte // bundle records this node republishes
+	republish chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New builds and starts a host: it listens, serves the DHT and (with a
+// Receiver) the direct protocol, and starts mDNS if enabled. It does not
+// contact bootstrap peers; call Bootstrap for that.
+func New(opts ...Option) (*Host, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+
+	rm, err := newResourceManager()
+	if err != nil {
+		return nil, err
+	}
+	cm, err := connmgr.NewConnManager(cfg.connLow, cfg.connHigh, connmgr.WithGracePeriod(cfg.connGrace))
+	if err != nil {
+		rm.Close()
+		return nil, fmt.Errorf("node: connection manager: %w", err)
+	}
+	lopts := []libp2p.Option{
+		libp2p.Identity(cfg.identity),
+		libp2p.ListenAddrs(cfg.listenAddrs...),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(quic.NewTransport),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
+	}
+	if cfg.nat {
+		lopts = append(lopts,
+			libp2p.EnableNATService(),
+			libp2p.EnableRelay(),
+			libp2p.EnableHolePunching(),
+		)
+	} else {
+		lopts = append(lopts, libp2p.DisableRelay())
+	}
+	if !cfg.metrics {
+		lopts = append(lopts, libp2p.DisableMetrics())
+	}
+	h, err := libp2p.New(lopts...)
+	if err != nil {
+		// libp2p closes rm and cm when construction fails.
+		return nil, fmt.Errorf("node: libp2p host: %w", err)
+	}
+
+	n := &Host{
+		cfg:       cfg,
+		h:         h,
+		inbound:   make(map[peer.ID]int),
+		published: make(map[string][]byte),
+		republish: make(chan struct{}, 1),
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+
+	dopts := []dht.Option{
+		dht.Mode(dht.ModeServer),
+		dht.ProtocolPrefix(ProtocolPrefix),
+		dht.Validator(newValidator(cfg.verifier, cfg.now)),
+	}
+	if len(cfg.bootstrap) > 0 {
+		dopts = append(dopts, dht.BootstrapPeers(cfg.bootstrap...))
+	}
+	n.dht, err = dht.New(h, dopts...)
+	if err != nil {
+		n.cancel()
+		h.Close()
+		return nil, fmt.Errorf("node: dht: %w", err)
+	}
+
+	n.sender = newSender(n)
+	if cfg.receiver != nil {
+		h.SetStreamHandler(DirectProtocol, n.handleDirect)
+	}
+	n.goFunc(n.republishLoop)
+
+	if cfg.mdns {
+		n.mdns = mdns.NewMdnsService(h, cfg.mdnsServiceName, mdnsNotifee{n})
+		if err := n.mdns.Start(); err != nil {
+			n.Close()
+			return nil, fmt.Errorf("node: mdns: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// newResourceManager builds a resource manager with libp2p's autoscaled
+// default limits plus a budget for the direct protocol. Loopback addresses
+// stay exempt from the per-IP connection limit (the library default).
+func newResourceManager() (network.ResourceManager, error) {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	limits.AddProtocolLimit(DirectProtocol,
+		rcmgr.BaseLimit{StreamsInbound: directStreamsTotal, StreamsOutbound: directStreamsTotal, Streams: 2 * directStreamsTotal, Memory: directMemoryBase},
+		rcmgr.BaseLimitIncrease{})
+	limits.AddProtocolPeerLimit(DirectProtocol,
+		rcmgr.BaseLimit{StreamsInbound: directStreamsPerPeer, StreamsOutbound: directStreamsPerPeer, Streams: 2 * directStreamsPerPeer, Memory: directMemoryBase},
+		rcmgr.BaseLimitIncrease{})
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	if err != nil {
+		return nil, fmt.Errorf("node: resource manager: %w", err)
+	}
+	return rm, nil
+}
+
+// goFunc runs f in a goroutine that Close waits for. It reports false, and
+// does not run f, once the host is closing.
+func (n *Host) goFunc(f func()) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return false
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// ID is the host's peer ID (the device's network address).
+func (n *Host) ID() peer.ID { return n.h.ID() }
+
+// Addrs are the addresses the host listens on.
+func (n *Host) Addrs() []ma.Multiaddr { return n.h.Addrs() }
+
+// AddrInfo is the host's peer ID with its listen addresses, what another
+// node needs to connect to it.
+func (n *Host) AddrInfo() peer.AddrInfo {
+	return peer.AddrInfo{ID: n.h.ID(), Addrs: n.h.Addrs()}
+}
+
+// LibP2P exposes the underlying libp2p host for the services built on it
+// (mailboxes, pubsub). Its lifetime is the Host's.
+func (n *Host) LibP2P() host.Host { return n.h }
+
+// DHT exposes the Kademlia DHT for services built on it (provider records).
+func (n *Host) DHT() *dht.IpfsDHT { return n.dht }
+
+// Sender is the host's pipelined direct-protocol sender.
+func (n *Host) Sender() *Sender { return n.sender }
+
+// Protect keeps connections to p from being trimmed by the connection
+// manager while any tag protects it. Tags name why (e.g. "contact",
+// "mailbox").
+func (n *Host) Protect(p peer.ID, tag string) { n.h.ConnManager().Protect(p, tag) }
+
+// Unprotect removes one protection tag from p and reports whether p is
+// still protected by another tag.
+func (n *Host) Unprotect(p peer.ID, tag string) bool { return n.h.ConnManager().Unprotect(p, tag) }
+
+// IsProtected reports whether tag protects p (any tag if tag is "").
+func (n *Host) IsProtected(p peer.ID, tag string) bool { return n.h.ConnManager().IsProtected(p, tag) }
+
+// Connect dials p (its addresses joined with what the peerstore knows).
+func (n *Host) Connect(ctx context.Context, p peer.AddrInfo) error {
+	if n.isClosed() {
+		return ErrClosed
+	}
+	if err := n.h.Connect(ctx, p); err != nil {
+		return fmt.Errorf("node: connect %s: %w", p.ID, err)
+	}
+	return nil
+}
+
+func (n *Host) isClosed() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.closed
+}
+
+// Close stops the host: mDNS, the republisher, the direct protocol handler
+// and sender streams, the DHT and the libp2p host. It waits for every
+// goroutine the Host started and is safe to call more than once.
+func (n *Host) Close() error {
+	n.closeOnce.Do(func() {
+		n.mu.Lock()
+		n.closed = true
+		n.mu.Unlock()
+		n.cancel()
+		n.h.RemoveStreamHandler(DirectProtocol)
+		var errs []error
+		if n.mdns != nil {
+			errs = append(errs, n.mdns.Close())
+		}
+		n.sender.close()
+		errs = append(errs, n.dht.Close())
+		errs = append(errs, n.h.Close())
+		n.wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			n.closeErr = fmt.Errorf("node: close: %w", err)
+		}
+	})
+	return n.closeErr
+}
+
+// mdnsNotifee connects to peers found on the LAN.
+type mdnsNotifee struct{ n *Host }
+
+func (m mdnsNotifee) HandlePeerFound(pi peer.AddrInfo) {
+	n := m.n
+	if pi.ID == n.h.ID() {
+		return
+	}
+	n.goFunc(func() {
+		ctx, cancel := context.WithTimeout(n.ctx, mdnsConnectTimeout)
+		defer cancel()
+		if err := n.h.Connect(ctx, pi); err != nil {
+			n.cfg.logger.Debug("mdns connect failed", "peer", pi.ID, "err", err)
+			return
+		}
+		n.cfg.logger.Debug("mdns peer connected", "peer", pi.ID)
+	})
+}
