@@ -1,0 +1,197 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// maxCheckErrors bounds how many problems Check reports.
+const maxCheckErrors = 20
+
+// Check verifies the database: bbolt's own page consistency, that every
+// record decodes, and that the indexes agree with the records (each
+// conversation's sequence numbers run 1..n without gaps, the global index
+// covers every message once, outbox and tag indexes match their records).
+// It returns nil or an error joining up to maxCheckErrors problems.
+func (db *DB) Check() error {
+	return db.View(func(tx *Tx) error {
+		var errs []error
+		add := func(err error) bool {
+			errs = append(errs, err)
+			return len(errs) < maxCheckErrors
+		}
+		for err := range tx.tx.Check() {
+			if !add(fmt.Errorf("bbolt: %w", err)) {
+				return errors.Join(errs...)
+			}
+		}
+		if err := tx.checkIndexes(add); err != nil {
+			add(err)
+		}
+		return errors.Join(errs...)
+	})
+}
+
+func (tx *Tx) checkIndexes(add func(error) bool) error {
+	for _, name := range [][]byte{bucketContacts} {
+		b, err := tx.bucket(name)
+		if err != nil {
+			return err
+		}
+		if err := b.ForEach(func(k, v []byte) error {
+			if _, err := unmarshalContact(v); err != nil && !add(err) {
+				return err
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+
+	// Messages: each conversation 1..n contiguous, counter = n, entries
+	// point at messages with matching contact and seq.
+	msgs, err := tx.bucket(bucketMessages)
+	if err != nil {
+		return err
+	}
+	conv, err := tx.bucket(bucketConv)
+	if err != nil {
+		return err
+	}
+	counters, err := tx.bucket(bucketConvSeq)
+	if err != nil {
+		return err
+	}
+	global, err := tx.bucket(bucketGlobal)
+	if err != nil {
+		return err
+	}
+	var (
+		cur    []byte
+		expect uint64
+		fail   = func(format string, args ...any) bool { return add(fmt.Errorf("check: "+format, args...)) }
+	)
+	endConv := func() {
+		if cur == nil {
+			return
+		}
+		n, err := convCounter(counters, [32]byte(cur))
+		if err != nil {
+			add(err)
+		} else if n != expect {
+			fail("conversation %x: counter %d, last seq %d", cur[:6], n, expect)
+		}
+	}
+	convCount := 0
+	err = conv.ForEach(func(k, id []byte) error {
+		if len(k) != 40 || len(id) != 16 {
+			fail("conversation index entry of bad size")
+			return nil
+		}
+		if cur == nil || !bytes.Equal(k[:32], cur) {
+			endConv()
+			cur, expect = bytes.Clone(k[:32]), 0
+		}
+		seq := binary.BigEndian.Uint64(k[32:])
+		if seq != expect+1 {
+			fail("conversation %x: seq %d follows %d", cur[:6], seq, expect)
+		}
+		expect = seq
+		convCount++
+		v := msgs.Get(id)
+		if v == nil {
+			fail("conversation %x seq %d: message %x missing", cur[:6], seq, id)
+			return nil
+		}
+		m, err := unmarshalMessage(v)
+		if err != nil {
+			add(err)
+			return nil
+		}
+		if !bytes.Equal(m.Contact[:], cur) || m.Seq != seq {
+			fail("message %x: index says %x/%d, record says %x/%d", id, cur[:6], seq, m.Contact[:6], m.Seq)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	endConv()
+	msgCount := msgs.Stats().KeyN
+	if convCount != msgCount {
+		fail("%d messages but %d conversation index entries", msgCount, convCount)
+	}
+	globalCount := 0
+	err = global.ForEach(func(k, id []byte) error {
+		globalCount++
+		if len(k) != 8 || len(id) != 16 {
+			fail("global index entry of bad size")
+			return nil
+		}
+		v := msgs.Get(id)
+		if v == nil {
+			fail("global seq %d: message %x missing", binary.BigEndian.Uint64(k), id)
+			return nil
+		}
+		if m, err := unmarshalMessage(v); err == nil && m.GlobalSeq != binary.BigEndian.Uint64(k) {
+			fail("message %x: global seq %d, index %d", id, m.GlobalSeq, binary.BigEndian.Uint64(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if globalCount != msgCount {
+		fail("%d messages but %d global index entries", msgCount, globalCount)
+	}
+
+	// Outbox: one due entry per record, with matching time.
+	ob, err := tx.bucket(bucketOutbox)
+	if err != nil {
+		return err
+	}
+	due, err := tx.bucket(bucketOutboxDue)
+	if err != nil {
+		return err
+	}
+	if err := ob.ForEach(func(k, v []byte) error {
+		e, err := unmarshalOutbox(v)
+		if err != nil {
+			add(err)
+			return nil
+		}
+		if due.Get(dueKey(e.NextAttempt, e.MsgID)) == nil {
+			fail("outbox entry %x has no due index entry", k)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if a, b := ob.Stats().KeyN, due.Stats().KeyN; a != b {
+		fail("%d outbox entries but %d due index entries", a, b)
+	}
+
+	// Tags: one epoch index entry per tag.
+	tags, err := tx.bucket(bucketTags)
+	if err != nil {
+		return err
+	}
+	tagIdx, err := tx.bucket(bucketTagEpochs)
+	if err != nil {
+		return err
+	}
+	if err := tags.ForEach(func(k, v []byte) error {
+		if len(v) != tagValueSize || tagIdx.Get(concat(v[32:], k)) == nil {
+			fail("tag %x has no epoch index entry", k[:min(6, len(k))])
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if a, b := tags.Stats().KeyN, tagIdx.Stats().KeyN; a != b {
+		fail("%d tags but %d epoch index entries", a, b)
+	}
+	return nil
+}

@@ -1,0 +1,234 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// FileName is the database file inside the data directory.
+const FileName = "sotto.db"
+
+// Permissions of the data directory and the database file.
+const (
+	DirMode  fs.FileMode = 0o700
+	FileMode fs.FileMode = 0o600
+)
+
+// DefaultLockTimeout is how long Open waits for another process to release
+// the database before it reports ErrInUse.
+const DefaultLockTimeout = 100 * time.Millisecond
+
+// Batch defaults (bbolt's own defaults; see DB.Batch).
+const (
+	DefaultMaxBatchSize  = 1000
+	DefaultMaxBatchDelay = 10 * time.Millisecond
+)
+
+// DB is an open Sotto database. It is safe for concurrent use.
+type DB struct {
+	dir  string
+	bolt *bolt.DB
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	lockTimeout   time.Duration
+	maxBatchSize  int
+	maxBatchDelay time.Duration
+	migrations    []migration
+}
+
+// WithLockTimeout sets how long Open waits for the database lock before it
+// returns ErrInUse (default DefaultLockTimeout; must be positive).
+func WithLockTimeout(d time.Duration) Option { return func(o *options) { o.lockTimeout = d } }
+
+// WithMaxBatchSize sets the largest number of DB.Batch calls combined in one
+// transaction (default DefaultMaxBatchSize).
+func WithMaxBatchSize(n int) Option { return func(o *options) { o.maxBatchSize = n } }
+
+// WithMaxBatchDelay sets how long DB.Batch waits for more calls before it
+// commits (default DefaultMaxBatchDelay).
+func WithMaxBatchDelay(d time.Duration) Option { return func(o *options) { o.maxBatchDelay = d } }
+
+// withMigrations replaces the schema migrations (tests only).
+func withMigrations(m []migration) Option { return func(o *options) { o.migrations = m } }
+
+// dirError is an error about the data directory that names it.
+type dirError struct {
+	dir string
+	msg string
+	err error
+}
+
+func (e *dirError) Error() string { return "store: data dir " + e.dir + " " + e.msg }
+func (e *dirError) Unwrap() error { return e.err }
+
+// Open opens (creating if needed) the database in dir.
+//
+// The directory is created with mode 0700. An existing directory that group
+// or other users can access is refused with ErrInsecureDir rather than
+// silently changed, since --data may point at a directory the user shares
+// on purpose; the error says how to fix it. The database file is created
+// 0600, and an existing file with looser permissions is tightened to 0600
+// (it is ours alone).
+//
+// If another process or handle holds the database, Open returns an error
+// wrapping ErrInUse after the lock timeout instead of waiting. Open applies
+// pending schema migrations, and refuses a database written by a newer
+// version with ErrSchemaTooNew.
+func Open(dir string, opts ...Option) (*DB, error) {
+	o := options{
+		lockTimeout:   DefaultLockTimeout,
+		maxBatchSize:  DefaultMaxBatchSize,
+		maxBatchDelay: DefaultMaxBatchDelay,
+		migrations:    migrations,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.lockTimeout <= 0 {
+		return nil, fmt.Errorf("store: lock timeout must be positive, got %v", o.lockTimeout)
+	}
+	if o.maxBatchSize <= 0 || o.maxBatchDelay <= 0 {
+		return nil, fmt.Errorf("store: batch size and delay must be positive")
+	}
+	if dir == "" {
+		return nil, errors.New("store: no data dir given; pass --data")
+	}
+	if err := prepareDir(dir); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, FileName)
+	if fi, err := os.Stat(path); err == nil {
+		if !fi.Mode().IsRegular() {
+			return nil, &dirError{dir: dir, msg: "contains " + FileName + " that is not a regular file; remove it or use another --data", err: ErrCorrupt}
+		}
+		if fi.Mode().Perm()&^FileMode != 0 {
+			if err := os.Chmod(path, FileMode); err != nil {
+				return nil, fmt.Errorf("store: tighten permissions of %s: %w", path, err)
+			}
+		}
+	}
+	bdb, err := bolt.Open(path, FileMode, &bolt.Options{Timeout: o.lockTimeout})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, &dirError{dir: dir, msg: "is already in use by a running node; stop it or use another --data", err: ErrInUse}
+		}
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	bdb.MaxBatchSize = o.maxBatchSize
+	bdb.MaxBatchDelay = o.maxBatchDelay
+	db := &DB{dir: dir, bolt: bdb}
+	if err := db.migrate(o.migrations); err != nil {
+		bdb.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// prepareDir creates dir 0700 or checks that an existing one is private.
+func prepareDir(dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(dir, DirMode); err != nil {
+			return fmt.Errorf("store: create data dir: %w", err)
+		}
+		// MkdirAll applies the umask; make sure the leaf is exactly 0700.
+		if err := os.Chmod(dir, DirMode); err != nil {
+			return fmt.Errorf("store: set data dir permissions: %w", err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("store: data dir: %w", err)
+	case !fi.IsDir():
+		return &dirError{dir: dir, msg: "is not a directory; use another --data", err: fs.ErrInvalid}
+	case fi.Mode().Perm()&0o077 != 0:
+		return &dirError{dir: dir, msg: fmt.Sprintf("is accessible by other users (mode %04o); run 'chmod 700 %s' or use another --data", fi.Mode().Perm(), dir), err: ErrInsecureDir}
+	}
+	return nil
+}
+
+// Dir returns the data directory.
+func (db *DB) Dir() string { return db.dir }
+
+// Close closes the database. It is idempotent: later calls return the
+// first call's result. Transactions started after Close fail with ErrClosed.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() { db.closeErr = db.bolt.Close() })
+	return db.closeErr
+}
+
+// Tx is a store transaction. Its methods are typed accessors; a Tx is valid
+// only inside the function passed to Update, View or Batch, and byte slices
+// it returns are copies that stay valid afterwards.
+type Tx struct {
+	tx *bolt.Tx
+}
+
+// Update runs fn in a read-write transaction, committed (and fsynced) if fn
+// returns nil and rolled back otherwise.
+func (db *DB) Update(fn func(*Tx) error) error {
+	return mapClosed(db.bolt.Update(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) }))
+}
+
+// View runs fn in a read-only transaction. Write methods fail with
+// ErrReadOnly.
+func (db *DB) View(fn func(*Tx) error) error {
+	return mapClosed(db.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) }))
+}
+
+// Batch runs fn in a read-write transaction shared with other concurrent
+// Batch calls, which raises throughput when many goroutines write at once.
+// Batch returns only after the shared transaction has committed, so it is as
+// durable as Update. If any call in the batch fails, the batch is rolled back
+// and the calls are retried one by one, so fn may run more than once and
+// must not have side effects outside the transaction. Batch is useless
+// without concurrency: a lone caller waits MaxBatchDelay.
+func (db *DB) Batch(fn func(*Tx) error) error {
+	return mapClosed(db.bolt.Batch(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) }))
+}
+
+func mapClosed(err error) error {
+	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		return fmt.Errorf("%w (%v)", ErrClosed, err)
+	}
+	return err
+}
+
+// writable returns ErrReadOnly in a read-only transaction.
+func (tx *Tx) writable() error {
+	if !tx.tx.Writable() {
+		return ErrReadOnly
+	}
+	return nil
+}
+
+// bucket returns a top-level bucket, which the migrations created.
+func (tx *Tx) bucket(name []byte) (*bolt.Bucket, error) {
+	b := tx.tx.Bucket(name)
+	if b == nil {
+		return nil, fmt.Errorf("%w: bucket %q is missing", ErrCorrupt, name)
+	}
+	return b, nil
+}
+
+// wbucket is bucket for write methods.
+func (tx *Tx) wbucket(name []byte) (*bolt.Bucket, error) {
+	if err := tx.writable(); err != nil {
+		return nil, err
+	}
+	return tx.bucket(name)
+}

@@ -1,0 +1,482 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Limits on messages and paging.
+const (
+	MaxBodySize     = 64 << 10 // bytes of a message body
+	DefaultPageSize = 100      // ListMessages limit when none is given
+	MaxPageSize     = 1000     // largest ListMessages page
+	maxMailboxCount = 1 << 16  // bound on Message.StoredAt when decoding
+)
+
+// Direction says who wrote a message.
+type Direction uint8
+
+// Directions.
+const (
+	Incoming Direction = 1
+	Outgoing Direction = 2
+)
+
+func (d Direction) String() string {
+	switch d {
+	case Incoming:
+		return "in"
+	case Outgoing:
+		return "out"
+	}
+	return fmt.Sprintf("direction(%d)", uint8(d))
+}
+
+// MessageState is where a message is on its way. Outgoing messages move
+// Queued → Sent (the recipient's node acknowledged it directly) or Stored
+// (StoredAt mailboxes acknowledged it) → Delivered (an end-to-end receipt
+// came back); Failed is for messages that could not be sent and may be
+// queued again. Incoming messages are always Received.
+type MessageState uint8
+
+// Message states.
+const (
+	StateQueued    MessageState = 1
+	StateSent      MessageState = 2
+	StateStored    MessageState = 3
+	StateDelivered MessageState = 4
+	StateFailed    MessageState = 5
+	StateReceived  MessageState = 6
+)
+
+func (s MessageState) String() string {
+	switch s {
+	case StateQueued:
+		return "queued"
+	case StateSent:
+		return "sent"
+	case StateStored:
+		return "stored"
+	case StateDelivered:
+		return "delivered"
+	case StateFailed:
+		return "failed"
+	case StateReceived:
+		return "received"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// Via says which path carried a message.
+type Via uint8
+
+// Paths.
+const (
+	ViaUnknown Via = 0
+	ViaDirect  Via = 1
+	ViaMailbox Via = 2
+)
+
+func (v Via) String() string {
+	switch v {
+	case ViaUnknown:
+		return "unknown"
+	case ViaDirect:
+		return "direct"
+	case ViaMailbox:
+		return "mailbox"
+	}
+	return fmt.Sprintf("via(%d)", uint8(v))
+}
+
+// Message is one message of a conversation.
+type Message struct {
+	ID         [16]byte // chosen by the sender, travels inside the encryption
+	Contact    [32]byte // the other party's account key
+	Direction  Direction
+	Type       uint8 // content type (protocol's ContentType), kept as is
+	Body       []byte
+	SentAt     time.Time // sender's clock
+	ReceivedAt time.Time // local clock; for outgoing messages, when it was queued
+	State      MessageState
+	Via        Via
+	StoredAt   int // number of mailboxes that acknowledged the message
+	// Seq is the message's position in its conversation, 1, 2, 3…,
+	// assigned by AppendMessage.
+	Seq uint64
+	// GlobalSeq orders messages across all conversations, assigned by
+	// AppendMessage.
+	GlobalSeq uint64
+}
+
+func (m *Message) marshal() ([]byte, error) {
+	if len(m.Body) > MaxBodySize {
+		return nil, tooLarge("message body", len(m.Body), MaxBodySize)
+	}
+	if m.StoredAt < 0 || m.StoredAt > maxMailboxCount {
+		return nil, fmt.Errorf("store: mailbox count %d out of range", m.StoredAt)
+	}
+	e := newEncoder(96 + len(m.Body))
+	e.fixed(m.ID[:])
+	e.fixed(m.Contact[:])
+	e.u8(uint8(m.Direction))
+	e.u8(m.Type)
+	e.bytes(m.Body)
+	e.time(m.SentAt)
+	e.time(m.ReceivedAt)
+	e.u8(uint8(m.State))
+	e.u8(uint8(m.Via))
+	e.uvarint(uint64(m.StoredAt))
+	e.uvarint(m.Seq)
+	e.uvarint(m.GlobalSeq)
+	return e.b, nil
+}
+
+func unmarshalMessage(b []byte) (Message, error) {
+	var m Message
+	d := newDecoder("message", b)
+	d.fixed(m.ID[:])
+	d.fixed(m.Contact[:])
+	m.Direction = Direction(d.u8())
+	m.Type = d.u8()
+	m.Body = d.bytes(MaxBodySize)
+	m.SentAt = d.time()
+	m.ReceivedAt = d.time()
+	m.State = MessageState(d.u8())
+	m.Via = Via(d.u8())
+	m.StoredAt = d.int(maxMailboxCount)
+	m.Seq = d.uvarint()
+	m.GlobalSeq = d.uvarint()
+	if err := d.finish(); err != nil {
+		return Message{}, err
+	}
+	if m.Direction != Incoming && m.Direction != Outgoing {
+		return Message{}, fmt.Errorf("%w: message: bad direction %d", ErrCorrupt, m.Direction)
+	}
+	if m.State < StateQueued || m.State > StateReceived {
+		return Message{}, fmt.Errorf("%w: message: bad state %d", ErrCorrupt, m.State)
+	}
+	return m, nil
+}
+
+func convKey(account [32]byte, seq uint64) []byte { return concat(account[:], be64(seq)) }
+
+// AppendMessage stores a new message at the end of its conversation and
+// returns it with Seq and GlobalSeq assigned.
+//
+// The contact must exist (ErrUnknownContact). An incoming message whose ID
+// this contact already sent fails with an error wrapping ErrDuplicate, and
+// the ID is marked seen in the same transaction, so storing a received
+// message and deduplicating it is one atomic step. Any message whose ID is
+// already stored also fails with ErrDuplicate. An incoming message gets
+// state Received; an outgoing one Queued unless the caller set a state.
+func (tx *Tx) AppendMessage(m Message) (Message, error) {
+	msgs, err := tx.wbucket(bucketMessages)
+	if err != nil {
+		return Message{}, err
+	}
+	if _, err := tx.GetContact(m.Contact); err != nil {
+		return Message{}, err
+	}
+	switch m.Direction {
+	case Incoming:
+		m.State = StateReceived
+		already, err := tx.Seen(m.Contact, m.ID)
+		if err != nil {
+			return Message{}, err
+		}
+		if already {
+			return Message{}, fmt.Errorf("%w: message %x was already received", ErrDuplicate, m.ID)
+		}
+	case Outgoing:
+		if m.State == 0 {
+			m.State = StateQueued
+		}
+		if m.State == StateReceived || m.State > StateReceived {
+			return Message{}, fmt.Errorf("store: invalid state %v for an outgoing message", m.State)
+		}
+	default:
+		return Message{}, fmt.Errorf("store: invalid message direction %d", m.Direction)
+	}
+	if msgs.Get(m.ID[:]) != nil {
+		return Message{}, fmt.Errorf("%w: message ID %x is already stored", ErrDuplicate, m.ID)
+	}
+	if m.Direction == Incoming {
+		if _, err := tx.MarkSeen(m.Contact, m.ID); err != nil {
+			return Message{}, err
+		}
+	}
+	conv, err := tx.bucket(bucketConv)
+	if err != nil {
+		return Message{}, err
+	}
+	counters, err := tx.bucket(bucketConvSeq)
+	if err != nil {
+		return Message{}, err
+	}
+	global, err := tx.bucket(bucketGlobal)
+	if err != nil {
+		return Message{}, err
+	}
+	last, err := convCounter(counters, m.Contact)
+	if err != nil {
+		return Message{}, err
+	}
+	m.Seq = last + 1
+	if m.GlobalSeq, err = global.NextSequence(); err != nil {
+		return Message{}, err
+	}
+	v, err := m.marshal()
+	if err != nil {
+		return Message{}, err
+	}
+	if err := counters.Put(m.Contact[:], be64(m.Seq)); err != nil {
+		return Message{}, err
+	}
+	if err := conv.Put(convKey(m.Contact, m.Seq), m.ID[:]); err != nil {
+		return Message{}, err
+	}
+	if err := global.Put(be64(m.GlobalSeq), m.ID[:]); err != nil {
+		return Message{}, err
+	}
+	if err := msgs.Put(m.ID[:], v); err != nil {
+		return Message{}, err
+	}
+	return m, nil
+}
+
+func convCounter(counters *bolt.Bucket, account [32]byte) (uint64, error) {
+	v := counters.Get(account[:])
+	if v == nil {
+		return 0, nil
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: conversation counter has %d bytes", ErrCorrupt, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// GetMessage returns the message with the given ID, or an error wrapping
+// ErrNotFound.
+func (tx *Tx) GetMessage(id [16]byte) (Message, error) {
+	msgs, err := tx.bucket(bucketMessages)
+	if err != nil {
+		return Message{}, err
+	}
+	v := msgs.Get(id[:])
+	if v == nil {
+		return Message{}, fmt.Errorf("%w: message %x", ErrNotFound, id)
+	}
+	return unmarshalMessage(v)
+}
+
+// StateOption adds detail to a state change.
+type StateOption func(*Message)
+
+// WithStoredAt records how many mailboxes acknowledged the message.
+func WithStoredAt(n int) StateOption { return func(m *Message) { m.StoredAt = n } }
+
+// WithVia records which path carried the message.
+func WithVia(v Via) StateOption { return func(m *Message) { m.Via = v } }
+
+// allowedTransition reports whether an outgoing message may move from one
+// state to another. States only move forward; Delivered is final; a Failed
+// message may be queued again.
+func allowedTransition(from, to MessageState) bool {
+	switch to {
+	case StateQueued:
+		return from == StateFailed
+	case StateStored:
+		return from == StateQueued || from == StateFailed || from == StateStored
+	case StateSent:
+		return from == StateQueued || from == StateStored || from == StateFailed
+	case StateDelivered:
+		return from != StateDelivered
+	case StateFailed:
+		return from == StateQueued || from == StateStored
+	}
+	return false
+}
+
+// SetMessageState moves an outgoing message to state to and returns the
+// message and whether anything changed. A transition that would go
+// backwards (for example Stored after Delivered, which happens when a
+// mailbox ack arrives after the receipt) changes nothing and is not an
+// error. Stored may be set again to raise the mailbox count.
+func (tx *Tx) SetMessageState(id [16]byte, to MessageState, opts ...StateOption) (Message, bool, error) {
+	msgs, err := tx.wbucket(bucketMessages)
+	if err != nil {
+		return Message{}, false, err
+	}
+	m, err := tx.GetMessage(id)
+	if err != nil {
+		return Message{}, false, err
+	}
+	if m.Direction != Outgoing {
+		return m, false, fmt.Errorf("store: message %x is incoming; its state cannot change", id)
+	}
+	if to < StateQueued || to > StateFailed {
+		return m, false, fmt.Errorf("store: invalid state %v for an outgoing message", to)
+	}
+	if !allowedTransition(m.State, to) {
+		return m, false, nil
+	}
+	next := m
+	next.State = to
+	for _, opt := range opts {
+		opt(&next)
+	}
+	if to == StateStored && m.State == StateStored && next.StoredAt <= m.StoredAt {
+		return m, false, nil // keep the larger count
+	}
+	v, err := next.marshal()
+	if err != nil {
+		return m, false, err
+	}
+	if err := msgs.Put(id[:], v); err != nil {
+		return m, false, err
+	}
+	return next, true, nil
+}
+
+// ListMessages returns up to limit messages in order. With a contact, it
+// pages through that conversation by Seq, starting after afterSeq; without
+// (nil), it pages through all conversations by GlobalSeq, starting after
+// afterSeq. A limit of 0 means DefaultPageSize; larger than MaxPageSize
+// means MaxPageSize. Pass the last message's Seq (or GlobalSeq) to get the
+// next page.
+func (tx *Tx) ListMessages(contact *[32]byte, afterSeq uint64, limit int) ([]Message, error) {
+	if limit <= 0 {
+		limit = DefaultPageSize
+	}
+	limit = min(limit, MaxPageSize)
+	var (
+		idx    *bolt.Bucket
+		err    error
+		prefix []byte
+		start  []byte
+	)
+	if contact != nil {
+		idx, err = tx.bucket(bucketConv)
+		prefix = contact[:]
+		start = convKey(*contact, afterSeq+1)
+	} else {
+		idx, err = tx.bucket(bucketGlobal)
+		start = be64(afterSeq + 1)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if afterSeq == ^uint64(0) {
+		return nil, nil
+	}
+	var out []Message
+	c := idx.Cursor()
+	for k, id := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix) && len(out) < limit; k, id = c.Next() {
+		if len(id) != 16 {
+			return nil, fmt.Errorf("%w: message index entry has %d bytes", ErrCorrupt, len(id))
+		}
+		m, err := tx.GetMessage([16]byte(id))
+		if err != nil {
+			return nil, fmt.Errorf("message index points at a missing message: %w", err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func seenKey(contact [32]byte, id [16]byte) []byte { return concat(contact[:], id[:]) }
+
+// MarkSeen records that contact sent a message with ID id and reports
+// whether it had been recorded before. AppendMessage does this for
+// incoming messages; call it directly for messages that are not stored,
+// such as receipts.
+func (tx *Tx) MarkSeen(contact [32]byte, id [16]byte) (already bool, err error) {
+	seen, err := tx.wbucket(bucketSeen)
+	if err != nil {
+		return false, err
+	}
+	k := seenKey(contact, id)
+	if seen.Get(k) != nil {
+		return true, nil
+	}
+	return false, seen.Put(k, nil)
+}
+
+// Seen reports whether contact's message ID was recorded by MarkSeen.
+func (tx *Tx) Seen(contact [32]byte, id [16]byte) (bool, error) {
+	seen, err := tx.bucket(bucketSeen)
+	if err != nil {
+		return false, err
+	}
+	return seen.Get(seenKey(contact, id)) != nil, nil
+}
+
+// moveConversation re-keys the conversation, counter and dedup marks of
+// account from to account to, keeping sequence numbers.
+func (tx *Tx) moveConversation(from, to [32]byte) error {
+	msgs, err := tx.wbucket(bucketMessages)
+	if err != nil {
+		return err
+	}
+	conv, err := tx.bucket(bucketConv)
+	if err != nil {
+		return err
+	}
+	counters, err := tx.bucket(bucketConvSeq)
+	if err != nil {
+		return err
+	}
+	seen, err := tx.bucket(bucketSeen)
+	if err != nil {
+		return err
+	}
+	if counters.Get(to[:]) != nil {
+		return fmt.Errorf("%w: the new key already has a conversation", ErrDuplicate)
+	}
+	for _, b := range []*bolt.Bucket{conv, seen} {
+		var keys, vals [][]byte
+		c := b.Cursor()
+		for k, v := c.Seek(from[:]); k != nil && bytes.HasPrefix(k, from[:]); k, v = c.Next() {
+			keys = append(keys, bytes.Clone(k))
+			vals = append(vals, bytes.Clone(v))
+		}
+		for i, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+			if err := b.Put(concat(to[:], k[32:]), vals[i]); err != nil {
+				return err
+			}
+			if b != conv {
+				continue
+			}
+			if len(vals[i]) != 16 {
+				return fmt.Errorf("%w: message index entry has %d bytes", ErrCorrupt, len(vals[i]))
+			}
+			m, err := tx.GetMessage([16]byte(vals[i]))
+			if err != nil {
+				return err
+			}
+			m.Contact = to
+			v, err := m.marshal()
+			if err != nil {
+				return err
+			}
+			if err := msgs.Put(m.ID[:], v); err != nil {
+				return err
+			}
+		}
+	}
+	if v := counters.Get(from[:]); v != nil {
+		if err := counters.Put(to[:], bytes.Clone(v)); err != nil {
+			return err
+		}
+		return counters.Delete(from[:])
+	}
+	return nil
+}

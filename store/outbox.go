@@ -1,0 +1,229 @@
+package store
+
+import (
+	"bytes"
+	"fmt"
+	"time"
+)
+
+// Limits on outbox entries.
+const (
+	// MaxEnvelopeSize bounds a stored envelope. It is above the protocol's
+	// own envelope limit so that the store never is the tighter bound.
+	MaxEnvelopeSize = 128 << 10
+	// DefaultDueLimit is the DueOutbox limit when none is given.
+	DefaultDueLimit = 100
+	maxAttempts     = 1 << 30
+)
+
+// OutboxKind says what an outbox entry carries.
+type OutboxKind uint8
+
+// Outbox kinds.
+const (
+	OutboxMessage OutboxKind = 1 // a user message
+	OutboxReceipt OutboxKind = 2 // a delivery receipt
+)
+
+func (k OutboxKind) String() string {
+	switch k {
+	case OutboxMessage:
+		return "message"
+	case OutboxReceipt:
+		return "receipt"
+	}
+	return fmt.Sprintf("outbox-kind(%d)", uint8(k))
+}
+
+// OutboxEntry is a sealed envelope waiting to be delivered. It is written
+// before the envelope first goes on the wire and deleted when delivery is
+// confirmed (or the entry expires).
+type OutboxEntry struct {
+	MsgID       [16]byte // the message (or receipt) ID; the entry's key
+	Contact     [32]byte // recipient account
+	Envelope    []byte   // marshalled envelope, opaque here
+	Kind        OutboxKind
+	Created     time.Time
+	NextAttempt time.Time // when to try again; DueOutbox orders by it
+	Attempts    int       // delivery attempts so far
+	Mailboxes   int       // mailboxes that acknowledged a deposit
+	Expires     time.Time // give up after this
+}
+
+func (e *OutboxEntry) marshal() ([]byte, error) {
+	switch {
+	case len(e.Envelope) == 0:
+		return nil, fmt.Errorf("store: outbox entry has no envelope")
+	case len(e.Envelope) > MaxEnvelopeSize:
+		return nil, tooLarge("envelope", len(e.Envelope), MaxEnvelopeSize)
+	case e.Kind != OutboxMessage && e.Kind != OutboxReceipt:
+		return nil, fmt.Errorf("store: invalid outbox kind %d", e.Kind)
+	case e.Attempts < 0 || e.Attempts > maxAttempts || e.Mailboxes < 0 || e.Mailboxes > maxMailboxCount:
+		return nil, fmt.Errorf("store: outbox counters out of range")
+	}
+	enc := newEncoder(96 + len(e.Envelope))
+	enc.fixed(e.MsgID[:])
+	enc.fixed(e.Contact[:])
+	enc.bytes(e.Envelope)
+	enc.u8(uint8(e.Kind))
+	enc.time(e.Created)
+	enc.time(e.NextAttempt)
+	enc.uvarint(uint64(e.Attempts))
+	enc.uvarint(uint64(e.Mailboxes))
+	enc.time(e.Expires)
+	return enc.b, nil
+}
+
+func unmarshalOutbox(b []byte) (OutboxEntry, error) {
+	var e OutboxEntry
+	d := newDecoder("outbox entry", b)
+	d.fixed(e.MsgID[:])
+	d.fixed(e.Contact[:])
+	e.Envelope = d.bytes(MaxEnvelopeSize)
+	e.Kind = OutboxKind(d.u8())
+	e.Created = d.time()
+	e.NextAttempt = d.time()
+	e.Attempts = d.int(maxAttempts)
+	e.Mailboxes = d.int(maxMailboxCount)
+	e.Expires = d.time()
+	if err := d.finish(); err != nil {
+		return OutboxEntry{}, err
+	}
+	if e.Kind != OutboxMessage && e.Kind != OutboxReceipt {
+		return OutboxEntry{}, fmt.Errorf("%w: outbox entry: bad kind %d", ErrCorrupt, e.Kind)
+	}
+	if len(e.Envelope) == 0 {
+		return OutboxEntry{}, fmt.Errorf("%w: outbox entry: empty envelope", ErrCorrupt)
+	}
+	return e, nil
+}
+
+func dueKey(next time.Time, id [16]byte) []byte { return concat(timeKey(next), id[:]) }
+
+// PutOutbox stores an outbox entry, replacing any entry with the same
+// MsgID (use it to record an attempt and reschedule).
+func (tx *Tx) PutOutbox(e OutboxEntry) error {
+	ob, err := tx.wbucket(bucketOutbox)
+	if err != nil {
+		return err
+	}
+	due, err := tx.bucket(bucketOutboxDue)
+	if err != nil {
+		return err
+	}
+	v, err := e.marshal()
+	if err != nil {
+		return err
+	}
+	if old := ob.Get(e.MsgID[:]); old != nil {
+		prev, err := unmarshalOutbox(old)
+		if err != nil {
+			return err
+		}
+		if err := due.Delete(dueKey(prev.NextAttempt, prev.MsgID)); err != nil {
+			return err
+		}
+	}
+	if err := due.Put(dueKey(e.NextAttempt, e.MsgID), nil); err != nil {
+		return err
+	}
+	return ob.Put(e.MsgID[:], v)
+}
+
+// GetOutbox returns the outbox entry for id, or an error wrapping
+// ErrNotFound.
+func (tx *Tx) GetOutbox(id [16]byte) (OutboxEntry, error) {
+	ob, err := tx.bucket(bucketOutbox)
+	if err != nil {
+		return OutboxEntry{}, err
+	}
+	v := ob.Get(id[:])
+	if v == nil {
+		return OutboxEntry{}, fmt.Errorf("%w: outbox entry %x", ErrNotFound, id)
+	}
+	return unmarshalOutbox(v)
+}
+
+// DeleteOutbox removes the outbox entry for id and reports whether it
+// existed.
+func (tx *Tx) DeleteOutbox(id [16]byte) (bool, error) {
+	ob, err := tx.wbucket(bucketOutbox)
+	if err != nil {
+		return false, err
+	}
+	due, err := tx.bucket(bucketOutboxDue)
+	if err != nil {
+		return false, err
+	}
+	old := ob.Get(id[:])
+	if old == nil {
+		return false, nil
+	}
+	prev, err := unmarshalOutbox(old)
+	if err != nil {
+		return false, err
+	}
+	if err := due.Delete(dueKey(prev.NextAttempt, id)); err != nil {
+		return false, err
+	}
+	return true, ob.Delete(id[:])
+}
+
+// DueOutbox returns up to limit entries whose NextAttempt is not after now,
+// earliest first (ties by MsgID). A limit of 0 means DefaultDueLimit.
+func (tx *Tx) DueOutbox(now time.Time, limit int) ([]OutboxEntry, error) {
+	if limit <= 0 {
+		limit = DefaultDueLimit
+	}
+	due, err := tx.bucket(bucketOutboxDue)
+	if err != nil {
+		return nil, err
+	}
+	end := timeKey(now)
+	var out []OutboxEntry
+	c := due.Cursor()
+	for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+		if len(k) != 8+16 {
+			return nil, fmt.Errorf("%w: outbox index key has %d bytes", ErrCorrupt, len(k))
+		}
+		if bytes.Compare(k[:8], end) > 0 {
+			break
+		}
+		e, err := tx.GetOutbox([16]byte(k[8:]))
+		if err != nil {
+			return nil, fmt.Errorf("outbox index points at a missing entry: %w", err)
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// NextOutboxAttempt returns the earliest NextAttempt in the outbox, and
+// false if the outbox is empty; the node sleeps until then.
+func (tx *Tx) NextOutboxAttempt() (time.Time, bool, error) {
+	due, err := tx.bucket(bucketOutboxDue)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	k, _ := due.Cursor().First()
+	if k == nil {
+		return time.Time{}, false, nil
+	}
+	if len(k) != 8+16 {
+		return time.Time{}, false, fmt.Errorf("%w: outbox index key has %d bytes", ErrCorrupt, len(k))
+	}
+	e, err := tx.GetOutbox([16]byte(k[8:]))
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	return e.NextAttempt, true, nil
+}
+
+// PendingCount returns the number of entries in the outbox.
+func (tx *Tx) PendingCount() (int, error) {
+	ob, err := tx.bucket(bucketOutbox)
+	if err != nil {
+		return 0, err
+	}
+	return ob.Stats().KeyN, nil
+}

@@ -1,0 +1,185 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// MaxPrekeySize bounds one stored private prekey (opaque bytes).
+const MaxPrekeySize = 4096
+
+// PrekeyKind says which pool a private prekey belongs to.
+type PrekeyKind uint8
+
+// Prekey kinds.
+const (
+	PrekeySignedDH   PrekeyKind = 1 // signed X25519 prekey
+	PrekeyOneTimeDH  PrekeyKind = 2 // one-time X25519 prekey
+	PrekeyLastResort PrekeyKind = 3 // signed ML-KEM-768 last-resort prekey
+	PrekeyOneTimeKEM PrekeyKind = 4 // signed one-time ML-KEM-768 prekey
+)
+
+func (k PrekeyKind) valid() bool { return k >= PrekeySignedDH && k <= PrekeyOneTimeKEM }
+
+func (k PrekeyKind) String() string {
+	switch k {
+	case PrekeySignedDH:
+		return "signed-dh"
+	case PrekeyOneTimeDH:
+		return "one-time-dh"
+	case PrekeyLastResort:
+		return "last-resort-kem"
+	case PrekeyOneTimeKEM:
+		return "one-time-kem"
+	}
+	return fmt.Sprintf("prekey-kind(%d)", uint8(k))
+}
+
+func prekeyKey(kind PrekeyKind, id uint32) []byte {
+	k := make([]byte, 5)
+	k[0] = byte(kind)
+	binary.BigEndian.PutUint32(k[1:], id)
+	return k
+}
+
+// PutPrekey stores a private prekey under (kind, id), replacing any
+// previous one.
+func (tx *Tx) PutPrekey(kind PrekeyKind, id uint32, secret []byte) error {
+	b, err := tx.wbucket(bucketPrekeys)
+	if err != nil {
+		return err
+	}
+	if !kind.valid() {
+		return fmt.Errorf("store: unknown prekey kind %d", kind)
+	}
+	if len(secret) == 0 || len(secret) > MaxPrekeySize {
+		return fmt.Errorf("%w: private prekey is %d bytes, allowed 1..%d", ErrTooLarge, len(secret), MaxPrekeySize)
+	}
+	return b.Put(prekeyKey(kind, id), secret)
+}
+
+// GetPrekey returns a copy of the private prekey (kind, id), or an error
+// wrapping ErrNotFound.
+func (tx *Tx) GetPrekey(kind PrekeyKind, id uint32) ([]byte, error) {
+	b, err := tx.bucket(bucketPrekeys)
+	if err != nil {
+		return nil, err
+	}
+	v := b.Get(prekeyKey(kind, id))
+	if v == nil {
+		return nil, fmt.Errorf("%w: %v prekey %d", ErrNotFound, kind, id)
+	}
+	return bytes.Clone(v), nil
+}
+
+// DeletePrekey removes a private prekey (missing is not an error).
+func (tx *Tx) DeletePrekey(kind PrekeyKind, id uint32) error {
+	b, err := tx.wbucket(bucketPrekeys)
+	if err != nil {
+		return err
+	}
+	return b.Delete(prekeyKey(kind, id))
+}
+
+// ConsumePrekey deletes the private prekey (kind, id) and reports whether
+// it existed. Used for one-time prekeys on first use, in the same
+// transaction that stores the new session.
+func (tx *Tx) ConsumePrekey(kind PrekeyKind, id uint32) (bool, error) {
+	b, err := tx.wbucket(bucketPrekeys)
+	if err != nil {
+		return false, err
+	}
+	k := prekeyKey(kind, id)
+	if b.Get(k) == nil {
+		return false, nil
+	}
+	return true, b.Delete(k)
+}
+
+// PrekeyIDs returns the IDs stored for kind in ascending order.
+func (tx *Tx) PrekeyIDs(kind PrekeyKind) ([]uint32, error) {
+	b, err := tx.bucket(bucketPrekeys)
+	if err != nil {
+		return nil, err
+	}
+	var ids []uint32
+	c := b.Cursor()
+	for k, _ := c.Seek([]byte{byte(kind)}); k != nil && k[0] == byte(kind); k, _ = c.Next() {
+		if len(k) != 5 {
+			return nil, fmt.Errorf("%w: prekey key has %d bytes", ErrCorrupt, len(k))
+		}
+		ids = append(ids, binary.BigEndian.Uint32(k[1:]))
+	}
+	return ids, nil
+}
+
+// CountPrekeys returns how many private prekeys of kind remain.
+func (tx *Tx) CountPrekeys(kind PrekeyKind) (int, error) {
+	ids, err := tx.PrekeyIDs(kind)
+	return len(ids), err
+}
+
+// MarkInitialSeen records the ID of an accepted initial (session-creating)
+// message until expires, and reports whether it was already recorded: a
+// true result means a replay.
+func (tx *Tx) MarkInitialSeen(id [32]byte, expires time.Time) (already bool, err error) {
+	b, err := tx.wbucket(bucketSeenInit)
+	if err != nil {
+		return false, err
+	}
+	idx, err := tx.bucket(bucketSeenInitExp)
+	if err != nil {
+		return false, err
+	}
+	if b.Get(id[:]) != nil {
+		return true, nil
+	}
+	ek := timeKey(expires)
+	if err := idx.Put(concat(ek, id[:]), nil); err != nil {
+		return false, err
+	}
+	return false, b.Put(id[:], ek)
+}
+
+// InitialSeen reports whether an initial message ID is recorded (and not
+// yet pruned).
+func (tx *Tx) InitialSeen(id [32]byte) (bool, error) {
+	b, err := tx.bucket(bucketSeenInit)
+	if err != nil {
+		return false, err
+	}
+	return b.Get(id[:]) != nil, nil
+}
+
+// PruneInitialSeen deletes replay marks that expired before now and
+// returns how many it deleted.
+func (tx *Tx) PruneInitialSeen(now time.Time) (int, error) {
+	b, err := tx.wbucket(bucketSeenInit)
+	if err != nil {
+		return 0, err
+	}
+	idx, err := tx.bucket(bucketSeenInitExp)
+	if err != nil {
+		return 0, err
+	}
+	limit := timeKey(now)
+	var doomed [][]byte
+	c := idx.Cursor()
+	for k, _ := c.First(); k != nil && bytes.Compare(k[:min(8, len(k))], limit) < 0; k, _ = c.Next() {
+		if len(k) != 8+32 {
+			return 0, fmt.Errorf("%w: replay index key has %d bytes", ErrCorrupt, len(k))
+		}
+		doomed = append(doomed, bytes.Clone(k))
+	}
+	for _, k := range doomed {
+		if err := idx.Delete(k); err != nil {
+			return 0, err
+		}
+		if err := b.Delete(k[8:]); err != nil {
+			return 0, err
+		}
+	}
+	return len(doomed), nil
+}
