@@ -119,8 +119,12 @@ func (k *AccountPrivate) Equal(o *AccountPrivate) bool {
 	return subtle.ConstantTimeCompare(k.k, o.k) == 1
 }
 
-// String redacts the key.
-func (k *AccountPrivate) String() string { return "account-private:REDACTED" }
+// String redacts the key. The value receiver keeps a copied struct
+// redacted too.
+func (k AccountPrivate) String() string { return "account-private:REDACTED" }
+
+// GoString redacts the key in %#v.
+func (k AccountPrivate) GoString() string { return "keys.AccountPrivate{REDACTED}" }
 
 // LogValue redacts the key in slog output.
-func (k *AccountPrivate) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+func (k AccountPrivate) LogValue() slog.Value { return slog.StringValue("REDACTED") }

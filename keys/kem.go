@@ -154,8 +154,12 @@ func (k *KEMPrivate) Equal(o *KEMPrivate) bool {
 	return subtle.ConstantTimeCompare(k.k.Bytes(), o.k.Bytes()) == 1
 }
 
-// String redacts the key.
-func (k *KEMPrivate) String() string { return "mlkem768-private:REDACTED" }
+// String redacts the key. The value receiver keeps a copied struct
+// redacted too.
+func (k KEMPrivate) String() string { return "mlkem768-private:REDACTED" }
+
+// GoString redacts the key in %#v.
+func (k KEMPrivate) GoString() string { return "keys.KEMPrivate{REDACTED}" }
 
 // LogValue redacts the key in slog output.
-func (k *KEMPrivate) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+func (k KEMPrivate) LogValue() slog.Value { return slog.StringValue("REDACTED") }

@@ -148,8 +148,12 @@ func (k *DHPrivate) Equal(o *DHPrivate) bool {
 	return subtle.ConstantTimeCompare(k.k.Bytes(), o.k.Bytes()) == 1
 }
 
-// String redacts the key.
-func (k *DHPrivate) String() string { return "x25519-private:REDACTED" }
+// String redacts the key. The value receiver keeps a copied struct
+// redacted too.
+func (k DHPrivate) String() string { return "x25519-private:REDACTED" }
+
+// GoString redacts the key in %#v.
+func (k DHPrivate) GoString() string { return "keys.DHPrivate{REDACTED}" }
 
 // LogValue redacts the key in slog output.
-func (k *DHPrivate) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+func (k DHPrivate) LogValue() slog.Value { return slog.StringValue("REDACTED") }
