@@ -19,13 +19,21 @@ func (db *DB) Check() error {
 	return db.View(func(tx *Tx) error {
 		var errs []error
 		add := func(err error) bool {
-			errs = append(errs, err)
+			if len(errs) < maxCheckErrors {
+				errs = append(errs, err)
+			}
 			return len(errs) < maxCheckErrors
 		}
+		// Drain the whole channel: bbolt's checker goroutine reads the
+		// transaction until it closes the channel.
+		full := false
 		for err := range tx.tx.Check() {
-			if !add(fmt.Errorf("bbolt: %w", err)) {
-				return errors.Join(errs...)
+			if !full {
+				full = !add(fmt.Errorf("bbolt: %w", err))
 			}
+		}
+		if full {
+			return errors.Join(errs...)
 		}
 		if err := tx.checkIndexes(add); err != nil {
 			add(err)
