@@ -79,11 +79,13 @@ func Pad(plaintext []byte) []byte {
 }
 
 // Unpad removes the padding added by Pad. It returns ErrBadPadding unless
-// len(padded) is a bucket size and padded ends with 0x80 followed only by
-// zero bytes. The returned slice aliases padded.
+// len(padded) is a bucket size, padded ends with 0x80 followed only by
+// zero bytes, and that bucket is the smallest that holds the plaintext
+// (so that Pad(Unpad(x)) == x). The returned slice aliases padded.
 //
 // The scan for the marker runs over the whole input without branching on
-// its contents, so its timing depends only on the (public) bucket size.
+// its contents, so its timing depends only on the (public) bucket size and
+// the plaintext length.
 func Unpad(padded []byte) ([]byte, error) {
 	if !isBucket(len(padded)) {
 		return nil, ErrBadPadding
@@ -104,6 +106,11 @@ func Unpad(padded []byte) ([]byte, error) {
 		inZeros &= isZero
 	}
 	if ok != 1 || marker < 0 {
+		return nil, ErrBadPadding
+	}
+	// Pad always picks the smallest bucket that fits; any other bucket
+	// would be a second encoding of the same plaintext.
+	if PaddedSize(marker) != len(padded) {
 		return nil, ErrBadPadding
 	}
 	return padded[:marker], nil

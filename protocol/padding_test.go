@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -69,6 +70,9 @@ func TestUnpadRejects(t *testing.T) {
 		{"nonzero after marker", func() []byte { b := valid(10); b[20] = 1; return b }()},
 		{"last byte neither zero nor marker", func() []byte { b := valid(10); b[159] = 0x01; return b }()},
 		{"zero after data, no marker", func() []byte { b := valid(10); b[10] = 0; return b }()},
+		{"bucket larger than needed", func() []byte { b := make([]byte, 256); b[0] = PadMarker; return b }()},
+		{"bucket one step too large", func() []byte { b := make([]byte, 512); b[255] = PadMarker; return b }()},
+		{"multiple-of-4096 bucket too large", func() []byte { b := make([]byte, 3*PadBlockSize); b[2*PadBlockSize-1] = PadMarker; return b }()},
 		{"marker in a large bucket then junk", func() []byte { b := valid(5000); b[8191] = 0xff; return b }()},
 	}
 	for _, tc := range tests {
@@ -86,13 +90,17 @@ func TestUnpadAcceptsEveryBucket(t *testing.T) {
 		sizes = append(sizes, s)
 	}
 	for _, s := range sizes {
-		b := make([]byte, s)
-		b[0] = PadMarker
-		got, err := Unpad(b)
-		if err != nil || len(got) != 0 {
-			t.Errorf("Unpad(empty message in %d bucket) = %d bytes, %v", s, len(got), err)
+		// The shortest and the longest plaintext each bucket holds.
+		short := 0
+		if i := slices.Index(sizes, s); i > 0 {
+			short = sizes[i-1]
 		}
-		b[0], b[s-1] = 'x', PadMarker
+		b := make([]byte, s)
+		b[short] = PadMarker
+		if got, err := Unpad(b); err != nil || len(got) != short {
+			t.Errorf("Unpad(%d bytes in %d bucket) = %d bytes, %v", short, s, len(got), err)
+		}
+		b[short], b[s-1] = 'x', PadMarker
 		if got, err := Unpad(b); err != nil || len(got) != s-1 {
 			t.Errorf("Unpad(full %d bucket) = %d bytes, %v", s, len(got), err)
 		}
