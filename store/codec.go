@@ -222,3 +222,8 @@ func concat(parts ...[]byte) []byte {
 	}
 	return out
 }
+
+// present is the value of index and marker entries. (bbolt's Get returns
+// nil for an empty value written in the same transaction, so markers must
+// not be empty.)
+var present = []byte{1}

@@ -404,7 +404,7 @@ func (tx *Tx) MarkSeen(contact [32]byte, id [16]byte) (already bool, err error) 
 	if seen.Get(k) != nil {
 		return true, nil
 	}
-	return false, seen.Put(k, nil)
+	return false, seen.Put(k, present)
 }
 
 // Seen reports whether contact's message ID was recorded by MarkSeen.

@@ -124,7 +124,7 @@ func (tx *Tx) PutOutbox(e OutboxEntry) error {
 			return err
 		}
 	}
-	if err := due.Put(dueKey(e.NextAttempt, e.MsgID), nil); err != nil {
+	if err := due.Put(dueKey(e.NextAttempt, e.MsgID), present); err != nil {
 		return err
 	}
 	return ob.Put(e.MsgID[:], v)

@@ -137,7 +137,7 @@ func (tx *Tx) MarkInitialSeen(id [32]byte, expires time.Time) (already bool, err
 		return true, nil
 	}
 	ek := timeKey(expires)
-	if err := idx.Put(concat(ek, id[:]), nil); err != nil {
+	if err := idx.Put(concat(ek, id[:]), present); err != nil {
 		return false, err
 	}
 	return false, b.Put(id[:], ek)

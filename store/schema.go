@@ -16,17 +16,17 @@ var (
 	bucketNames       = []byte("contact_names")       // folded name -> account(32)
 	bucketSessions    = []byte("sessions")            // account(32) -> opaque state
 	bucketTags        = []byte("tags")                // tag(32) -> account(32) || epoch(8)
-	bucketTagEpochs   = []byte("tag_epochs")          // epoch(8) || tag(32) -> empty
+	bucketTagEpochs   = []byte("tag_epochs")          // epoch(8) || tag(32) -> present (0x01)
 	bucketPrekeys     = []byte("prekeys")             // kind(1) || id(4) -> opaque private prekey
 	bucketSeenInit    = []byte("seen_initial")        // id(32) -> expiry(8)
-	bucketSeenInitExp = []byte("seen_initial_expiry") // expiry(8) || id(32) -> empty
+	bucketSeenInitExp = []byte("seen_initial_expiry") // expiry(8) || id(32) -> present (0x01)
 	bucketMessages    = []byte("messages")            // id(16) -> Message
 	bucketConv        = []byte("conv")                // account(32) || seq(8) -> id(16)
 	bucketConvSeq     = []byte("conv_seq")            // account(32) -> last seq(8)
 	bucketGlobal      = []byte("global")              // global seq(8) -> id(16); NextSequence is the counter
-	bucketSeen        = []byte("seen")                // account(32) || id(16) -> empty
+	bucketSeen        = []byte("seen")                // account(32) || id(16) -> present (0x01)
 	bucketOutbox      = []byte("outbox")              // msgID(16) -> OutboxEntry
-	bucketOutboxDue   = []byte("outbox_due")          // nextAttempt(8) || msgID(16) -> empty
+	bucketOutboxDue   = []byte("outbox_due")          // nextAttempt(8) || msgID(16) -> present (0x01)
 	bucketSettings    = []byte("settings")            // name -> value
 	bucketCursors     = []byte("sync_cursors")        // mailbox -> cursor
 )

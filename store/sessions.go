@@ -76,7 +76,7 @@ func (tx *Tx) PutTag(tag [32]byte, account [32]byte, epoch uint64) error {
 			return err
 		}
 	}
-	if err := idx.Put(concat(be64(epoch), tag[:]), nil); err != nil {
+	if err := idx.Put(concat(be64(epoch), tag[:]), present); err != nil {
 		return err
 	}
 	return tags.Put(tag[:], concat(account[:], be64(epoch)))

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -42,10 +43,7 @@ func (tx *Tx) PutSetting(name string, value []byte) error {
 	if len(value) > MaxSettingSize {
 		return tooLarge("setting "+name, len(value), MaxSettingSize)
 	}
-	if value == nil {
-		value = []byte{}
-	}
-	return b.Put([]byte(name), value)
+	return b.Put([]byte(name), concat(present, value))
 }
 
 // GetSetting returns a copy of the value stored under name, or an error
@@ -59,7 +57,7 @@ func (tx *Tx) GetSetting(name string) ([]byte, error) {
 	if v == nil {
 		return nil, fmt.Errorf("%w: setting %q", ErrNotFound, name)
 	}
-	return bytes.Clone(v), nil
+	return unwrapValue("setting "+name, v, MaxSettingSize)
 }
 
 // DeleteSetting removes a setting (missing is not an error).
@@ -76,13 +74,12 @@ func (tx *Tx) PutUint64(name string, v uint64) error { return tx.PutSetting(name
 
 // GetUint64 returns an integer setting and whether it was set.
 func (tx *Tx) GetUint64(name string) (uint64, bool, error) {
-	b, err := tx.bucket(bucketSettings)
+	v, err := tx.GetSetting(name)
+	if errors.Is(err, ErrNotFound) {
+		return 0, false, nil
+	}
 	if err != nil {
 		return 0, false, err
-	}
-	v := b.Get([]byte(name))
-	if v == nil {
-		return 0, false, nil
 	}
 	if len(v) != 8 {
 		return 0, false, fmt.Errorf("%w: setting %q is not an integer", ErrCorrupt, name)
@@ -120,10 +117,7 @@ func (tx *Tx) PutSyncCursor(mailbox string, cursor []byte) error {
 	if len(cursor) > MaxCursorSize {
 		return tooLarge("sync cursor", len(cursor), MaxCursorSize)
 	}
-	if cursor == nil {
-		cursor = []byte{}
-	}
-	return b.Put([]byte(mailbox), cursor)
+	return b.Put([]byte(mailbox), concat(present, cursor))
 }
 
 // GetSyncCursor returns the sync cursor for a mailbox, or nil (sync from
@@ -137,10 +131,7 @@ func (tx *Tx) GetSyncCursor(mailbox string) ([]byte, error) {
 	if v == nil {
 		return nil, nil
 	}
-	if len(v) > MaxCursorSize {
-		return nil, fmt.Errorf("%w: sync cursor is %d bytes", ErrCorrupt, len(v))
-	}
-	return bytes.Clone(v), nil
+	return unwrapValue("sync cursor", v, MaxCursorSize)
 }
 
 // DeleteSyncCursor forgets a mailbox's cursor.
@@ -150,4 +141,13 @@ func (tx *Tx) DeleteSyncCursor(mailbox string) error {
 		return err
 	}
 	return b.Delete([]byte(mailbox))
+}
+
+// Settings and cursors are stored behind a one-byte prefix (present), so
+// that an empty value is distinguishable from a missing one.
+func unwrapValue(what string, v []byte, max int) ([]byte, error) {
+	if len(v) == 0 || v[0] != present[0] || len(v)-1 > max {
+		return nil, fmt.Errorf("%w: %s has a bad encoding", ErrCorrupt, what)
+	}
+	return bytes.Clone(v[1:]), nil
 }
