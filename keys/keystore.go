@@ -224,10 +224,10 @@ func parseKeystoreLimit(b []byte, passphrase []byte, maxLogN uint8) (*Keystore, 
 	r := newParser(b)
 	magic := r.take(len(keystoreMagic))
 	if !r.ok {
-		if len(b) > 0 && string(b) == keystoreMagic[:len(b)] {
+		if string(b) == keystoreMagic[:len(b)] {
 			return nil, ErrKeystoreTruncated
 		}
-		return nil, ErrKeystoreCorrupt
+		return nil, fmt.Errorf("%w: bad magic", ErrKeystoreCorrupt)
 	}
 	if string(magic) != keystoreMagic {
 		return nil, fmt.Errorf("%w: bad magic", ErrKeystoreCorrupt)
