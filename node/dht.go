@@ -21,6 +21,11 @@ const (
 	findPeerTimeout = 15 * time.Second
 	// bootstrapConnectTimeout bounds the connection to one bootstrap peer.
 	bootstrapConnectTimeout = 10 * time.Second
+	// routingTableWait bounds the wait for a connected bootstrap peer to
+	// enter the routing table (after identify says it speaks the DHT).
+	routingTableWait = 10 * time.Second
+	// routingTablePoll is how often that wait looks at the table.
+	routingTablePoll = 20 * time.Millisecond
 )
 
 // Peer routing errors.
@@ -56,6 +61,14 @@ func (n *Host) Bootstrap(ctx context.Context) error {
 	if len(n.cfg.bootstrap) > 0 && ok == 0 && len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrNoBootstrap, errors.Join(errs...))
 	}
+	if ok > 0 {
+		// Connected is not yet in the routing table: the DHT adds a peer
+		// once identify confirms it speaks the protocol. A refresh started
+		// before that finds an empty table and does nothing.
+		if err := n.waitRoutingTable(ctx); err != nil {
+			return err
+		}
+	}
 	if err := n.dht.Bootstrap(ctx); err != nil {
 		return fmt.Errorf("node: dht bootstrap: %w", err)
 	}
@@ -65,6 +78,23 @@ func (n *Host) Bootstrap(ctx context.Context) error {
 	case <-n.dht.RefreshRoutingTable():
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	return nil
+}
+
+// waitRoutingTable waits, within routingTableWait, for the routing table
+// to hold a peer.
+func (n *Host) waitRoutingTable(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, routingTableWait)
+	defer cancel()
+	t := time.NewTicker(routingTablePoll)
+	defer t.Stop()
+	for n.dht.RoutingTable().Size() == 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: no bootstrap peer entered the routing table: %w", ErrNoBootstrap, ctx.Err())
+		case <-t.C:
+		}
 	}
 	return nil
 }

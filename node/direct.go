@@ -400,6 +400,7 @@ type outStream struct {
 
 	mu    sync.Mutex
 	queue []*sendReq // written (or being written), not yet acked
+	hiQ   int        // most requests ever queued at once
 
 	done chan struct{}
 	once sync.Once
@@ -523,6 +524,7 @@ func (o *outStream) write(bw *bufio.Writer, r *sendReq) error {
 		return o.err
 	}
 	o.queue = append(o.queue, r)
+	o.hiQ = max(o.hiQ, len(o.queue))
 	if len(o.queue) == 1 {
 		// The reader was idle: from now on an ack is due.
 		o.s.SetReadDeadline(time.Now().Add(o.n.cfg.readIdleTimeout))

@@ -136,6 +136,7 @@ func New(opts ...Option) (*Host, error) {
 	if len(cfg.bootstrap) > 0 {
 		dopts = append(dopts, dht.BootstrapPeers(cfg.bootstrap...))
 	}
+	dopts = append(dopts, cfg.dhtOpts...)
 	n.dht, err = dht.New(h, dopts...)
 	if err != nil {
 		n.cancel()

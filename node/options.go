@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -87,6 +88,8 @@ type config struct {
 	maxInFlight        int
 
 	logger *slog.Logger
+
+	dhtOpts []dht.Option // appended last; tests only
 }
 
 func defaultConfig() config {

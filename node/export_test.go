@@ -1,0 +1,54 @@
+package node
+
+import (
+	"os"
+
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+)
+
+var osDeadline = os.ErrDeadlineExceeded
+
+func swarmBackoff(n *Host) *swarm.DialBackoff {
+	return n.h.Network().(*swarm.Swarm).Backoff()
+}
+
+// current is the sender's stream to p, if any.
+func (snd *Sender) current(p peer.ID) *outStream {
+	snd.mu.Lock()
+	slot := snd.peers[p]
+	snd.mu.Unlock()
+	if slot == nil {
+		return nil
+	}
+	slot.mu.Lock()
+	defer slot.mu.Unlock()
+	return slot.os
+}
+
+func (o *outStream) queued() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.queue)
+}
+
+func (o *outStream) highWater() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.hiQ
+}
+
+func (n *Host) inboundCount(p peer.ID) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.inbound[p]
+}
+
+func withDHTOptions(opts ...dht.Option) Option {
+	return func(c *config) error {
+		c.dhtOpts = append(c.dhtOpts, opts...)
+		return nil
+	}
+}

@@ -1,0 +1,162 @@
+package node
+
+import (
+	"crypto/rand"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
+)
+
+func TestOptionsValidation(t *testing.T) {
+	ed := newKey(t)
+	secp, _, err := crypto.GenerateSecp256k1Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		opts []Option
+		want error
+	}{
+		{"no identity", nil, ErrNoIdentity},
+		{"non-ed25519 identity", []Option{WithIdentity(secp)}, ErrBadIdentity},
+		{"bad listen addr", []Option{WithIdentity(ed), WithListenAddrs("not-a-multiaddr")}, ErrBadListenAddr},
+		{"no listen addrs", []Option{WithIdentity(ed), WithListenAddrs()}, ErrBadListenAddr},
+		{"low above high", []Option{WithIdentity(ed), WithConnLimits(10, 5)}, ErrBadConfig},
+		{"republish too often", []Option{WithIdentity(ed), WithRepublishInterval(time.Millisecond)}, ErrBadConfig},
+		{"zero idle timeout", []Option{WithIdentity(ed), WithDirectTimeouts(0, time.Second)}, ErrBadConfig},
+		{"zero inbound cap", []Option{WithIdentity(ed), WithMaxInboundStreamsPerPeer(0)}, ErrBadConfig},
+		{"zero in-flight cap", []Option{WithIdentity(ed), WithMaxInFlight(0)}, ErrBadConfig},
+		{"nil logger", []Option{WithIdentity(ed), WithLogger(nil)}, ErrBadConfig},
+		{"nil clock", []Option{WithIdentity(ed), WithClock(nil)}, ErrBadConfig},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, err := New(tt.opts...)
+			if err == nil {
+				h.Close()
+				t.Fatal("New succeeded")
+			}
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("New: %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDefaultsAreSane(t *testing.T) {
+	c := defaultConfig()
+	c.identity = newKey(t)
+	if err := c.validate(); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+	if !c.mdns || !c.nat {
+		t.Error("mDNS and NAT traversal must be on by default")
+	}
+	if len(c.bootstrap) != 0 {
+		t.Error("there must be no default bootstrap peers")
+	}
+	if len(c.listenAddrs) != 2 {
+		t.Errorf("default listen addrs: %v", c.listenAddrs)
+	}
+}
+
+func TestIdentityIsPeerID(t *testing.T) {
+	k := newKey(t)
+	h := newTestHost(t, WithIdentity(k))
+	if !h.ID().MatchesPrivateKey(k) {
+		t.Fatal("host peer ID does not match the identity key")
+	}
+	if len(h.Addrs()) == 0 {
+		t.Fatal("host listens nowhere")
+	}
+}
+
+func TestProtect(t *testing.T) {
+	a := newTestHost(t)
+	b := newTestHost(t)
+	ctx := testContext(t, 20*time.Second)
+	if err := a.Connect(ctx, b.AddrInfo()); err != nil {
+		t.Fatal(err)
+	}
+	p := b.ID()
+	a.Protect(p, "contact")
+	a.Protect(p, "mailbox")
+	if !a.IsProtected(p, "contact") || !a.IsProtected(p, "mailbox") {
+		t.Fatal("protection tags not recorded")
+	}
+	if !a.Unprotect(p, "contact") {
+		t.Fatal("Unprotect(contact) reports unprotected while mailbox still protects")
+	}
+	if a.Unprotect(p, "mailbox") {
+		t.Fatal("Unprotect(mailbox) reports still protected")
+	}
+	if a.IsProtected(p, "") {
+		t.Fatal("peer still protected")
+	}
+	// A protected connection survives trimming down to the low water mark.
+	a.Protect(p, "contact")
+	a.LibP2P().ConnManager().TrimOpenConns(ctx)
+	if a.LibP2P().Network().Connectedness(p) != network.Connected {
+		t.Fatal("protected connection was trimmed")
+	}
+}
+
+func TestCloseIdempotentNoLeak(t *testing.T) {
+	// Warm up: libp2p starts a few process-wide goroutines on first use.
+	warm := newTestHost(t)
+	warm.Close()
+
+	check := goroutineLeakCheck(t)
+	ctx := testContext(t, 60*time.Second)
+	rcv := &memReceiver{}
+	boot, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false),
+		WithBundleVerifier(fakeVerifier{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false),
+		WithBundleVerifier(fakeVerifier{}), WithBootstrapPeers(boot.AddrInfo()), WithReceiver(rcv),
+		WithRepublishInterval(MinRepublishInterval))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false),
+		WithBundleVerifier(fakeVerifier{}), WithBootstrapPeers(boot.AddrInfo()), WithReceiver(rcv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []*Host{a, b} {
+		if err := h.Bootstrap(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.PutBundle(ctx, []byte("acct"), fakeBundle(1, "valid")); err != nil {
+		t.Fatal(err)
+	}
+	a.RepublishNow()
+	for i := range 20 {
+		if err := b.Sender().Send(ctx, a.ID(), []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Sender().Send(ctx, b.ID(), []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range []*Host{a, b, boot} {
+		if err := h.Close(); err != nil {
+			t.Logf("close: %v", err)
+		}
+		h.Close() // idempotent
+	}
+	if err := a.Sender().Send(ctx, b.ID(), []byte("late")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Send after Close: %v, want ErrClosed", err)
+	}
+	if err := a.Bootstrap(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Bootstrap after Close: %v, want ErrClosed", err)
+	}
+	check()
+}
