@@ -81,11 +81,11 @@ type config struct {
 	republishInterval time.Duration
 	now               func() time.Time
 
-	receiver           Receiver
-	readIdleTimeout    time.Duration
-	frameTimeout       time.Duration
-	maxInboundPerPeer  int
-	maxInFlight        int
+	receiver          Receiver
+	readIdleTimeout   time.Duration
+	frameTimeout      time.Duration
+	maxInboundPerPeer int
+	maxInFlight       int
 
 	logger *slog.Logger
 

@@ -28,11 +28,11 @@ const (
 
 // Record errors.
 var (
-	ErrBadRecordKey    = errors.New("node: bad bundle record key")
-	ErrRecordTooLarge  = errors.New("node: bundle record too large")
-	ErrNoVerifier      = errors.New("node: no bundle verifier configured")
-	ErrNoValidRecord   = errors.New("node: no valid bundle record")
-	ErrBundleNotFound  = errors.New("node: bundle not found")
+	ErrBadRecordKey   = errors.New("node: bad bundle record key")
+	ErrRecordTooLarge = errors.New("node: bundle record too large")
+	ErrNoVerifier     = errors.New("node: no bundle verifier configured")
+	ErrNoValidRecord  = errors.New("node: no valid bundle record")
+	ErrBundleNotFound = errors.New("node: bundle not found")
 )
 
 // BundleVerifier checks a bundle record found under key at time now: it
