@@ -139,6 +139,16 @@ type Ratchet struct {
 	old       []oldChain   // previous receiving chains, oldest first
 	skipped   []skippedKey // skipped message keys, oldest first
 	discarded []chainPos   // positions whose skipped keys were discarded, oldest first
+
+	kdf *kdf // scratch for the per-message key schedule; not state
+}
+
+// keySchedule returns r's scratch key schedule, creating it on first use.
+func (r *Ratchet) keySchedule() *kdf {
+	if r.kdf == nil {
+		r.kdf = newKDF()
+	}
+	return r.kdf
 }
 
 // oldChain is a receiving chain that a DH step closed: its header key and the
@@ -202,6 +212,7 @@ func NewRatchetBob(sk [32]byte, bobPriv *keys.DHPrivate, sharedHKa, sharedNHKb [
 // Clone returns an independent copy of r.
 func (r *Ratchet) Clone() *Ratchet {
 	c := *r
+	c.kdf = nil
 	c.old = append([]oldChain(nil), r.old...)
 	c.skipped = append([]skippedKey(nil), r.skipped...)
 	c.discarded = append([]chainPos(nil), r.discarded...)
@@ -261,8 +272,9 @@ func (r *Ratchet) Encrypt(rand io.Reader, plaintext, ad []byte) (msg []byte, sec
 	haead.Seal(msg[1+RatchetHeaderNonceSize:1+RatchetHeaderNonceSize], nonce, hdr[:], msg[:1])
 	encHeader := msg[1 : 1+RatchetEncHeaderSize]
 
-	mk, nextCK := kdfCK(&cks)
-	key, bnonce, secret := messageKeys(&mk)
+	k := r.keySchedule()
+	mk, nextCK := k.chain(&cks)
+	key, bnonce, secret := k.messageKeys(&mk)
 	clear(mk[:])
 	if err := sealBody(msg[1+RatchetEncHeaderSize:1+RatchetEncHeaderSize], &key, &bnonce, plaintext, ad, encHeader); err != nil {
 		return nil, [32]byte{}, err
@@ -381,9 +393,9 @@ func (r *Ratchet) Decrypt(msg, ad []byte) (plaintext []byte, secret [32]byte, er
 				fresh = make([]skippedKey, 0, hdr.n-r.nr)
 			}
 			ck := r.ckr
-			fresh = skipChain(fresh, &ck, &r.hkr, r.nr, hdr.n)
-			mk, next := kdfCK(&ck)
-			plaintext, secret, err = decryptWith(&mk, body, ad, encHeader)
+			fresh = r.skipChain(fresh, &ck, &r.hkr, r.nr, hdr.n)
+			mk, next := r.keySchedule().chain(&ck)
+			plaintext, secret, err = r.decryptWith(&mk, body, ad, encHeader)
 			if err != nil {
 				return nil, [32]byte{}, err
 			}
@@ -458,7 +470,7 @@ func (r *Ratchet) decryptStep(hdr header, body, ad, encHeader []byte) ([]byte, [
 	}
 	if r.hasRecv {
 		ck := r.ckr
-		fresh = skipChain(fresh, &ck, &r.hkr, r.nr, hdr.pn)
+		fresh = r.skipChain(fresh, &ck, &r.hkr, r.nr, hdr.pn)
 	}
 	dh, err := r.dhs.DH(peer)
 	if err != nil {
@@ -467,9 +479,9 @@ func (r *Ratchet) decryptStep(hdr header, body, ad, encHeader []byte) ([]byte, [
 	rk, ckr, nhkr := kdfRK(&r.rk, dh)
 	clear(dh)
 	hkr := r.nhkr
-	fresh = skipChain(fresh, &ckr, &hkr, 0, hdr.n)
-	mk, next := kdfCK(&ckr)
-	plaintext, secret, err := decryptWith(&mk, body, ad, encHeader)
+	fresh = r.skipChain(fresh, &ckr, &hkr, 0, hdr.n)
+	mk, next := r.keySchedule().chain(&ckr)
+	plaintext, secret, err := r.decryptWith(&mk, body, ad, encHeader)
 	if err != nil {
 		return nil, [32]byte{}, err
 	}
@@ -506,7 +518,7 @@ func (r *Ratchet) decryptSkipped(hk *[ratchetKeySize]byte, n uint32, body, ad, e
 	for i := range r.skipped {
 		s := &r.skipped[i]
 		if s.n == n && s.hk == *hk {
-			plaintext, secret, err := decryptWith(&s.mk, body, ad, encHeader)
+			plaintext, secret, err := r.decryptWith(&s.mk, body, ad, encHeader)
 			if err != nil {
 				return nil, [32]byte{}, err
 			}
@@ -524,8 +536,8 @@ func (r *Ratchet) decryptSkipped(hk *[ratchetKeySize]byte, n uint32, body, ad, e
 }
 
 // decryptWith derives the body key from mk and opens the body.
-func decryptWith(mk *[ratchetKeySize]byte, body, ad, encHeader []byte) ([]byte, [32]byte, error) {
-	key, nonce, secret := messageKeys(mk)
+func (r *Ratchet) decryptWith(mk *[ratchetKeySize]byte, body, ad, encHeader []byte) ([]byte, [32]byte, error) {
+	key, nonce, secret := r.keySchedule().messageKeys(mk)
 	plaintext, err := openBody(&key, &nonce, body, ad, encHeader)
 	clear(key[:])
 	if err != nil {
@@ -536,9 +548,9 @@ func decryptWith(mk *[ratchetKeySize]byte, body, ad, encHeader []byte) ([]byte, 
 
 // skipChain advances ck from position from to position until, appending the
 // message key of every position in between to dst.
-func skipChain(dst []skippedKey, ck *[ratchetKeySize]byte, hk *[ratchetKeySize]byte, from, until uint32) []skippedKey {
+func (r *Ratchet) skipChain(dst []skippedKey, ck *[ratchetKeySize]byte, hk *[ratchetKeySize]byte, from, until uint32) []skippedKey {
 	for n := from; n < until; n++ {
-		mk, next := kdfCK(ck)
+		mk, next := r.keySchedule().chain(ck)
 		dst = append(dst, skippedKey{hk: *hk, n: n, mk: mk})
 		*ck = next
 	}

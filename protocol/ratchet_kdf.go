@@ -2,8 +2,8 @@ package protocol
 
 import (
 	"crypto/hkdf"
-	"crypto/hmac"
 	"crypto/sha256"
+	"encoding"
 	"hash"
 )
 
@@ -55,51 +55,145 @@ func kdfRK(rk *[ratchetKeySize]byte, dh []byte) (newRK, ck, nhk [ratchetKeySize]
 	return newRK, ck, nhk
 }
 
-// kdfCK is KDF_CK: the message key for the current position of a chain and
+// Byte strings fed to the HMACs, as package variables so that passing them
+// to a hash.Hash does not allocate.
+var (
+	ckMessageKeyInput = []byte{ckMessageKeyByte}
+	ckNextChainInput  = []byte{ckNextChainByte}
+	hkdfBlock1        = []byte{1}
+	hkdfBlock2        = []byte{2}
+	messageKeyInfo    = []byte(labelRatchetMessageKey)
+	messageSecretInfo = []byte(labelRatchetMessageSecret)
+	hkdfZeroSaltState = newZeroSaltState()
+)
+
+// kdfStatePanic prefixes the panic for a SHA-256 state that does not
+// round-trip, which would be a bug in crypto/sha256.
+const kdfStatePanic = "protocol: ratchet: SHA-256 state: "
+
+// kdf computes the per-message key schedule (KDF_CK and the message key
+// expansion) without allocating. It holds two SHA-256 digests and the
+// marshaled states of HMAC's inner and outer hashes after the padded key
+// block (the precomputation FIPS 198-1 section 6 describes), so each HMAC
+// under an already loaded key costs only the message's blocks. A kdf is
+// scratch space owned by one Ratchet; it holds key-derived state only
+// between the calls of one derivation, and every result is checked by the
+// known-answer tests against crypto/hmac and crypto/hkdf.
+type kdf struct {
+	inner, outer hash.Hash
+	ck, prk      hmacKeyState
+	sum          [sha256.Size]byte
+	pad          [sha256.BlockSize]byte
+}
+
+// hmacKeyState is the marshaled SHA-256 state after (key XOR ipad) and
+// after (key XOR opad).
+type hmacKeyState struct{ inner, outer []byte }
+
+type sha256State interface {
+	encoding.BinaryAppender
+	encoding.BinaryUnmarshaler
+}
+
+func newKDF() *kdf {
+	return &kdf{inner: sha256.New(), outer: sha256.New()}
+}
+
+// newZeroSaltState precomputes the HMAC states for HKDF-Extract without a
+// salt (an HMAC key of HashLen zero bytes).
+func newZeroSaltState() hmacKeyState {
+	var zero [ratchetKeySize]byte
+	var st hmacKeyState
+	newKDF().load(&zero, &st)
+	return st
+}
+
+// load computes the HMAC states of key into st, reusing st's buffers.
+func (k *kdf) load(key *[ratchetKeySize]byte, st *hmacKeyState) {
+	for i := range k.pad {
+		k.pad[i] = 0x36
+	}
+	for i, b := range key {
+		k.pad[i] ^= b
+	}
+	k.inner.Reset()
+	k.inner.Write(k.pad[:])
+	st.inner = k.marshal(k.inner, st.inner[:0])
+	for i := range k.pad {
+		k.pad[i] = 0x5c
+	}
+	for i, b := range key {
+		k.pad[i] ^= b
+	}
+	k.outer.Reset()
+	k.outer.Write(k.pad[:])
+	st.outer = k.marshal(k.outer, st.outer[:0])
+	clear(k.pad[:])
+}
+
+func (k *kdf) marshal(h hash.Hash, dst []byte) []byte {
+	b, err := h.(sha256State).AppendBinary(dst)
+	if err != nil {
+		panic(kdfStatePanic + err.Error())
+	}
+	return b
+}
+
+func (k *kdf) restore(h hash.Hash, state []byte) {
+	if err := h.(sha256State).UnmarshalBinary(state); err != nil {
+		panic(kdfStatePanic + err.Error())
+	}
+}
+
+// mac returns HMAC-SHA256 of a || b || c under the key loaded into st.
+func (k *kdf) mac(st *hmacKeyState, a, b, c []byte) (out [sha256.Size]byte) {
+	k.restore(k.inner, st.inner)
+	k.inner.Write(a)
+	k.inner.Write(b)
+	k.inner.Write(c)
+	k.inner.Sum(k.sum[:0])
+	k.restore(k.outer, st.outer)
+	k.outer.Write(k.sum[:])
+	k.outer.Sum(k.sum[:0])
+	out = k.sum
+	clear(k.sum[:])
+	return out
+}
+
+// wipe clears the key-derived states.
+func (k *kdf) wipe() {
+	clear(k.prk.inner)
+	clear(k.prk.outer)
+}
+
+// chain is KDF_CK: the message key for the current position of a chain and
 // the chain key of the next position.
-func kdfCK(ck *[ratchetKeySize]byte) (mk, next [ratchetKeySize]byte) {
-	h := hmac.New(sha256.New, ck[:])
-	h.Write([]byte{ckMessageKeyByte})
-	h.Sum(mk[:0])
-	h.Reset()
-	h.Write([]byte{ckNextChainByte})
-	h.Sum(next[:0])
+func (k *kdf) chain(ck *[ratchetKeySize]byte) (mk, next [ratchetKeySize]byte) {
+	k.load(ck, &k.ck)
+	mk = k.mac(&k.ck, ckMessageKeyInput, nil, nil)
+	next = k.mac(&k.ck, ckNextChainInput, nil, nil)
+	clear(k.ck.inner)
+	clear(k.ck.outer)
 	return mk, next
 }
 
 // messageKeys expands a message key into the body AEAD key and nonce and
-// the per-message secret. It computes HKDF-Extract once and HKDF-Expand
-// once per label, which is exactly two HKDF-SHA256 computations with an
-// empty salt.
-func messageKeys(mk *[ratchetKeySize]byte) (key [bodyKeySize]byte, nonce [bodyNonceSize]byte, secret [ratchetKeySize]byte) {
-	// HKDF-Extract with no salt: HMAC keyed with HashLen zero bytes.
-	var zeroSalt [sha256.Size]byte
-	var prk [sha256.Size]byte
-	ext := hmac.New(sha256.New, zeroSalt[:])
-	ext.Write(mk[:])
-	ext.Sum(prk[:0])
-
-	exp := hmac.New(sha256.New, prk[:])
-	var t [2 * sha256.Size]byte
-	// T(1) and T(2) of labelRatchetMessageKey, 44 of their 64 bytes used.
-	expandBlock(exp, nil, labelRatchetMessageKey, 1, t[:0])
-	exp.Reset()
-	expandBlock(exp, t[:sha256.Size], labelRatchetMessageKey, 2, t[sha256.Size:sha256.Size])
-	copy(key[:], t[:bodyKeySize])
-	copy(nonce[:], t[bodyKeySize:bodyKeySize+bodyNonceSize])
-	// T(1) of labelRatchetMessageSecret.
-	exp.Reset()
-	expandBlock(exp, nil, labelRatchetMessageSecret, 1, secret[:0])
-	clear(t[:])
+// the per-message secret: HKDF-Extract once (no salt), then HKDF-Expand
+// once per label. That is exactly HKDF-SHA256(salt = none, ikm = mk,
+// info = label) for each of the two labels.
+func (k *kdf) messageKeys(mk *[ratchetKeySize]byte) (key [bodyKeySize]byte, nonce [bodyNonceSize]byte, secret [ratchetKeySize]byte) {
+	prk := k.mac(&hkdfZeroSaltState, mk[:], nil, nil)
+	k.load(&prk, &k.prk)
 	clear(prk[:])
+	// T(1) || T(2) of labelRatchetMessageKey; 44 of the 64 bytes are used.
+	t1 := k.mac(&k.prk, messageKeyInfo, hkdfBlock1, nil)
+	t2 := k.mac(&k.prk, t1[:], messageKeyInfo, hkdfBlock2)
+	copy(key[:], t1[:])
+	copy(nonce[:], t2[:bodyNonceSize])
+	clear(t1[:])
+	clear(t2[:])
+	// T(1) of labelRatchetMessageSecret.
+	secret = k.mac(&k.prk, messageSecretInfo, hkdfBlock1, nil)
+	k.wipe()
 	return key, nonce, secret
-}
-
-// expandBlock computes one HKDF-Expand block T(i) = HMAC(PRK, T(i-1) || info || i)
-// into dst's spare capacity. h must be keyed with PRK and freshly reset.
-func expandBlock(h hash.Hash, prev []byte, info string, i byte, dst []byte) {
-	h.Write(prev)
-	h.Write([]byte(info))
-	h.Write([]byte{i})
-	h.Sum(dst)
 }

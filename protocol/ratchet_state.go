@@ -35,6 +35,7 @@ import (
 //	        2     s, skipped keys (at most MaxSkippedKeys), then s × (header key 32, N 4, message key 32)
 //	        2     d, discarded positions (at most MaxDiscardedRecord), then d × (header key 32, N 4)
 //
+// A key the phase says is absent is all zero, and a present key is not.
 // Every header key in the skipped and discarded lists is the receiving
 // header key or an old chain's, N lies below that chain's position, no
 // position appears twice, and the lists are oldest first.
@@ -96,12 +97,39 @@ func (r *Ratchet) setPhase(p byte) bool {
 	return true
 }
 
+// checkKeys enforces that a key is all zero exactly when the phase says it
+// is absent, so that the phase and the keys cannot disagree.
+func (r *Ratchet) checkKeys() error {
+	var zero [ratchetKeySize]byte
+	for _, f := range []struct {
+		present bool
+		k       *[ratchetKeySize]byte
+		name    string
+	}{
+		{true, &r.rk, "root key"},
+		{r.hasCKs, &r.cks, "sending chain key"},
+		{r.hasHKs, &r.hks, "sending header key"},
+		{r.hasNHKs, &r.nhks, "next sending header key"},
+		{r.hasRecv, &r.ckr, "receiving chain key"},
+		{r.hasRecv, &r.hkr, "receiving header key"},
+		{true, &r.nhkr, "next receiving header key"},
+	} {
+		if f.present == (*f.k == zero) {
+			return fmt.Errorf("%w: %s present or absent against the phase", ErrRatchetState, f.name)
+		}
+	}
+	return nil
+}
+
 // MarshalBinary encodes the state. The encoding holds secret keys: store it
 // as such.
 func (r *Ratchet) MarshalBinary() ([]byte, error) {
 	p, ok := r.phase()
 	if !ok || r.dhs == nil {
 		return nil, fmt.Errorf("%w: inconsistent in memory", ErrRatchetState)
+	}
+	if err := r.checkKeys(); err != nil {
+		return nil, err
 	}
 	size := ratchetStateFixedSize + 1 + len(r.old)*oldChainSize + 2 + len(r.skipped)*skippedKeySize +
 		2 + len(r.discarded)*chainPosSize
@@ -202,14 +230,8 @@ func UnmarshalRatchet(b []byte) (*Ratchet, error) {
 	} else if r.dhr != zero {
 		return bad("peer ratchet key in phase 0")
 	}
-	if !r.hasCKs && r.cks != zero {
-		return bad("sending chain key without a sending chain")
-	}
-	if !r.hasHKs && r.hks != zero {
-		return bad("sending header key without one")
-	}
-	if !r.hasNHKs && r.nhks != zero {
-		return bad("next sending header key while awaiting a step")
+	if err := r.checkKeys(); err != nil {
+		return nil, err
 	}
 	if !r.hasCKs && r.ns != 0 {
 		return bad("Ns without a sending chain")
@@ -217,8 +239,8 @@ func UnmarshalRatchet(b []byte) (*Ratchet, error) {
 	if !r.hasDHr && r.pn != 0 {
 		return bad("PN before any step")
 	}
-	if !r.hasRecv && (r.ckr != zero || r.hkr != zero || r.nr != 0) {
-		return bad("receiving chain before any message")
+	if !r.hasRecv && r.nr != 0 {
+		return bad("Nr before any message")
 	}
 
 	nOld := int(s.u8())
