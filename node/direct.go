@@ -229,15 +229,17 @@ func (n *Host) serveDirect(s network.Stream, p peer.ID) error {
 	br := bufio.NewReaderSize(s, frameHeaderSize+MaxFrameSize)
 	bw := bufio.NewWriter(s)
 	for {
-		// Idle: wait for the first byte of the next frame.
-		if err := s.SetReadDeadline(time.Now().Add(n.cfg.readIdleTimeout)); err != nil {
-			return err
-		}
-		if _, err := br.Peek(1); err != nil {
-			if err == io.EOF {
-				return bw.Flush()
+		if br.Buffered() == 0 {
+			// Idle: wait for the first byte of the next frame.
+			if err := s.SetReadDeadline(time.Now().Add(n.cfg.readIdleTimeout)); err != nil {
+				return err
 			}
-			return err
+			if _, err := br.Peek(1); err != nil {
+				if err == io.EOF {
+					return n.flushAcks(s, bw)
+				}
+				return err
+			}
 		}
 		// The rest of the frame must follow promptly.
 		if err := s.SetReadDeadline(time.Now().Add(n.cfg.frameTimeout)); err != nil {
@@ -257,19 +259,33 @@ func (n *Host) serveDirect(s network.Stream, p peer.ID) error {
 		if rerr != nil && st != AckDuplicate {
 			n.cfg.logger.Debug("direct envelope not stored", "peer", p, "status", st, "err", rerr)
 		}
-		if err := s.SetWriteDeadline(time.Now().Add(n.cfg.frameTimeout)); err != nil {
-			return err
+		// Acks are tiny: they collect in bw and go out in one write once
+		// no further frame is already buffered.
+		if bw.Available() < frameHeaderSize+ackFrameSize {
+			if err := n.flushAcks(s, bw); err != nil {
+				return err
+			}
 		}
 		if err := writeFrame(bw, []byte{byte(st)}); err != nil {
 			return err
 		}
-		// Batch acks while more frames are already buffered.
 		if br.Buffered() == 0 {
-			if err := bw.Flush(); err != nil {
+			if err := n.flushAcks(s, bw); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// flushAcks writes the buffered acks under a write deadline.
+func (n *Host) flushAcks(s network.Stream, bw *bufio.Writer) error {
+	if bw.Buffered() == 0 {
+		return nil
+	}
+	if err := s.SetWriteDeadline(time.Now().Add(n.cfg.frameTimeout)); err != nil {
+		return err
+	}
+	return bw.Flush()
 }
 
 // Sender sends envelopes over the direct protocol. It keeps one stream per
@@ -471,6 +487,13 @@ func (o *outStream) writeLoop() {
 			o.fail(ErrClosed)
 			return
 		}
+		// One write deadline covers the batch: frames collect in bw and
+		// reach the stream when it fills or at the flush below.
+		if err := o.s.SetWriteDeadline(time.Now().Add(o.n.cfg.frameTimeout)); err != nil {
+			r.res <- fmt.Errorf("%w: %w", ErrStreamFailed, err)
+			o.fail(err)
+			return
+		}
 		for r != nil {
 			if err := o.write(bw, r); err != nil {
 				o.fail(err)
@@ -516,6 +539,12 @@ func (o *outStream) write(bw *bufio.Writer, r *sendReq) error {
 			r.res <- fmt.Errorf("%w: %w", ErrStreamFailed, o.err)
 			return o.err
 		}
+		// The wait may have outlasted the batch's write deadline.
+		if err := o.s.SetWriteDeadline(time.Now().Add(o.n.cfg.frameTimeout)); err != nil {
+			<-o.slots
+			r.res <- fmt.Errorf("%w: %w", ErrStreamFailed, err)
+			return err
+		}
 	}
 	o.mu.Lock()
 	if o.failed() {
@@ -530,9 +559,6 @@ func (o *outStream) write(bw *bufio.Writer, r *sendReq) error {
 		o.s.SetReadDeadline(time.Now().Add(o.n.cfg.readIdleTimeout))
 	}
 	o.mu.Unlock()
-	if err := o.s.SetWriteDeadline(time.Now().Add(o.n.cfg.frameTimeout)); err != nil {
-		return err
-	}
 	return writeFrame(bw, r.env)
 }
 
@@ -554,7 +580,11 @@ func (o *outStream) readLoop() {
 		o.queue[0] = nil
 		o.queue = o.queue[1:]
 		if len(o.queue) > 0 {
-			o.s.SetReadDeadline(time.Now().Add(o.n.cfg.readIdleTimeout))
+			// The next ack is due; if it is already buffered, the
+			// deadline is renewed after it.
+			if br.Buffered() < frameHeaderSize+ackFrameSize {
+				o.s.SetReadDeadline(time.Now().Add(o.n.cfg.readIdleTimeout))
+			}
 		} else {
 			o.s.SetReadDeadline(time.Time{})
 		}
