@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 )
 
@@ -49,6 +48,10 @@ const (
 	// clock may be: Validate accepts an expiry up to now + MaxTTL +
 	// MaxClockSkew.
 	MaxClockSkew = time.Hour
+
+	// MaxExpiry is the latest expiry an envelope can encode, in Unix
+	// seconds: the end of year 9999, the bound on every time on the wire.
+	MaxExpiry = 253402300799
 
 	// DeleteTokenSize and DeleteHashSize are the lengths of a delete token
 	// and of its hash.
@@ -110,7 +113,7 @@ func (e *Envelope) AppendMarshal(b []byte) []byte {
 // longer than MaxEnvelopeSize (ErrEnvelopeTooLarge), an empty input
 // (ErrEnvelopeTruncated), an unknown version (ErrUnknownVersion), a short
 // header (ErrEnvelopeTruncated),
-// an expiry above 2^63−1 (ErrExpiryOutOfRange), a zero ciphertext length
+// an expiry above MaxExpiry (ErrExpiryOutOfRange), a zero ciphertext length
 // (ErrEmptyCiphertext), a ciphertext length beyond MaxCiphertextSize
 // (ErrEnvelopeTooLarge), fewer ciphertext bytes than announced
 // (ErrEnvelopeTruncated) and bytes after the ciphertext
@@ -135,7 +138,7 @@ func ParseEnvelope(b []byte) (*Envelope, error) {
 	copy(e.Tag[:], p[:TagSize])
 	p = p[TagSize:]
 	exp := binary.BigEndian.Uint64(p)
-	if exp > math.MaxInt64 {
+	if exp > MaxExpiry {
 		return nil, ErrExpiryOutOfRange
 	}
 	e.Expiry = time.Unix(int64(exp), 0).UTC()
@@ -165,7 +168,7 @@ func (e *Envelope) ValidateStructure() error {
 	if e.Version != EnvelopeVersion {
 		return fmt.Errorf("%w %d", ErrUnknownVersion, e.Version)
 	}
-	if e.Expiry.Unix() < 0 {
+	if s := e.Expiry.Unix(); s < 0 || s > MaxExpiry {
 		return ErrExpiryOutOfRange
 	}
 	if len(e.Ciphertext) == 0 {

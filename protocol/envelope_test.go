@@ -136,7 +136,8 @@ func TestParseEnvelopeRejects(t *testing.T) {
 		{"length over max", setLen(MaxCiphertextSize + 1), ErrEnvelopeTooLarge},
 		{"length 2^32-1", setLen(math.MaxUint32), ErrEnvelopeTooLarge},
 		{"encoding over max size", big.Marshal(), ErrEnvelopeTooLarge},
-		{"expiry above 2^63-1", mod(func(b []byte) []byte { b[33] = 0x80; return b }), ErrExpiryOutOfRange},
+		{"expiry 2^63", mod(func(b []byte) []byte { b[33] = 0x80; return b }), ErrExpiryOutOfRange},
+		{"expiry MaxExpiry+1", mod(func(b []byte) []byte { binary.BigEndian.PutUint64(b[33:], MaxExpiry+1); return b }), ErrExpiryOutOfRange},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -181,6 +182,7 @@ func TestEnvelopeValidate(t *testing.T) {
 			e.Ciphertext = make([]byte, MaxCiphertextSize+1)
 			return e
 		}(), ErrEnvelopeTooLarge},
+		{"expiry beyond year 9999", func() *Envelope { e := testEnvelope(); e.Expiry = time.Unix(MaxExpiry+1, 0); return e }(), ErrExpiryOutOfRange},
 		{"negative expiry", func() *Envelope { e := testEnvelope(); e.Expiry = time.Unix(-5, 0); return e }(), ErrExpiryOutOfRange},
 	}
 	for _, tc := range tests {

@@ -82,6 +82,8 @@ func envelopeVectors() []envelopeVector {
 			base(make([]byte, MaxCiphertextSize+1), now.Add(time.Hour)).Marshal()},
 		{"expiry_high_bit", "expiry out of range", "expiry 2^63", now,
 			edit(func(b []byte) []byte { binary.BigEndian.PutUint64(b[33:], 1<<63); return b })},
+		{"expiry_after_9999", "expiry out of range", "expiry one second after the end of year 9999", now,
+			edit(func(b []byte) []byte { binary.BigEndian.PutUint64(b[33:], MaxExpiry+1); return b })},
 		{"expired_now", "expired", "expiry equals now", now, base([]byte{0}, now).Marshal()},
 		{"expired_zero", "expired", "expiry 0", now, base([]byte{0}, time.Unix(0, 0)).Marshal()},
 		{"ttl_too_long", "ttl too long", "one second beyond MaxTTL plus MaxClockSkew", now,
