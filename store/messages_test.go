@@ -390,3 +390,61 @@ func TestReceiveIsOneTransaction(t *testing.T) {
 		return nil
 	})
 }
+
+func TestBatchConcurrentAppends(t *testing.T) {
+	db, _ := openTest(t)
+	addContacts(t, db, 2)
+	const writers, each = 16, 10
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			for i := range each {
+				id := msgID(uint64(w*each + i))
+				errs <- db.Batch(func(tx *Tx) error {
+					_, err := tx.AppendMessage(Message{ID: id, Contact: acct(byte(w%2 + 1)), Direction: Incoming})
+					return err
+				})
+			}
+		}()
+	}
+	for range writers * each {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A failing call does not sink the others in its batch.
+	dupErrs := make(chan error, 2)
+	for _, id := range []uint64{0, 1000} {
+		go func() {
+			dupErrs <- db.Batch(func(tx *Tx) error {
+				_, err := tx.AppendMessage(Message{ID: msgID(id), Contact: acct(1), Direction: Incoming})
+				return err
+			})
+		}()
+	}
+	var dups, oks int
+	for range 2 {
+		err := <-dupErrs
+		switch {
+		case errors.Is(err, ErrDuplicate):
+			dups++
+		case err == nil:
+			oks++
+		default:
+			t.Fatal(err)
+		}
+	}
+	if dups != 1 || oks != 1 {
+		t.Errorf("duplicates %d, successes %d; want 1 and 1", dups, oks)
+	}
+	mustView(t, db, func(tx *Tx) error {
+		all, err := tx.ListMessages(nil, 0, MaxPageSize)
+		if len(all) != writers*each+1 {
+			t.Errorf("%d messages, want %d", len(all), writers*each+1)
+		}
+		return err
+	})
+	if err := db.Check(); err != nil {
+		t.Error(err)
+	}
+}
