@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/sotto-im/sotto/api"
+)
+
+// App is what the command-line tool needs from the node. The commands that
+// manage an identity or run a node call these hooks; a nil hook makes its
+// command fail with "not available in this build".
+type App struct {
+	// OpenBackend opens the data directory directly, for commands run
+	// while no node is serving it. The returned func releases it.
+	OpenBackend func(dataDir string) (api.Backend, func(), error)
+	// Init creates a new identity in cfg.DataDir.
+	Init func(ctx context.Context, cfg InitConfig) (api.Identity, error)
+	// Run runs a node until ctx ends. Once the node is ready it calls
+	// cfg.ServeAPI, which serves the control socket until ctx ends.
+	Run func(ctx context.Context, cfg RunConfig) error
+	// Demo runs a self-contained demonstration, writing its narration to
+	// out; with keep set it leaves its data directories in place.
+	Demo func(ctx context.Context, keep bool, out io.Writer) error
+}
+
+// InitConfig is what `sotto init` asks for.
+type InitConfig struct {
+	DataDir    string
+	Name       string
+	Passphrase []byte // nil: store keys unencrypted
+}
+
+// RunConfig is what `sotto run` asks for.
+type RunConfig struct {
+	DataDir    string
+	Listen     []string // multiaddrs; empty means the node's defaults
+	Bootstrap  []string // multiaddrs of peers to join the network through
+	Mailbox    bool     // also serve as a mailbox for others
+	Passphrase []byte   // from $SOTTO_PASSPHRASE_FILE; nil if unset
+	Log        *slog.Logger
+	// ServeAPI serves b on the data directory's control socket until ctx
+	// ends. It fails at once if another node serves the directory.
+	ServeAPI func(ctx context.Context, b api.Backend) error
+}
+
+// errNotAvailable reports a command whose hook this build lacks.
+var errNotAvailable = errors.New("not available in this build")
+
+func notAvailable(what string) error {
+	return fmt.Errorf("%s: %w", what, errNotAvailable)
+}

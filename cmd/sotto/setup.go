@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/sotto-im/sotto/api"
+)
+
+// maxPassphraseFile bounds what a passphrase file may hold.
+const maxPassphraseFile = 4 << 10
+
+var initCommand = &command{
+	name:     "init",
+	synopsis: "[--data DIR] [--name NAME] [--passphrase-file FILE] [--json]",
+	summary:  "create a new identity in the data directory",
+	detail: "With --passphrase-file, the keys are encrypted under the passphrase in FILE\n" +
+		"(its first line); `sotto run` then reads it from $SOTTO_PASSPHRASE_FILE.\n" + dataDirHelp,
+	setup: func(fs *flag.FlagSet) runFunc {
+		data := dataDirFlag(fs)
+		name := fs.String("name", "", "display `NAME` shown to contacts")
+		passFile := fs.String("passphrase-file", "", "read the keystore passphrase from `FILE`")
+		asJSON := jsonFlag(fs)
+		return func(ctx context.Context, c *cli, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected argument %q", args[0])
+			}
+			dir, err := c.dataDir(*data)
+			if err != nil {
+				return err
+			}
+			var pass []byte
+			if *passFile != "" {
+				if pass, err = readPassphrase(*passFile); err != nil {
+					return err
+				}
+			}
+			if c.app.Init == nil {
+				return notAvailable("init")
+			}
+			id, err := c.app.Init(ctx, InitConfig{DataDir: dir, Name: *name, Passphrase: pass})
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return printJSON(c.stdout, id)
+			}
+			fmt.Fprintf(c.stdout, "Created a new identity in %s\n\n", dir)
+			printIdentity(c.stdout, id)
+			fmt.Fprintf(c.stdout, "\nNext: `sotto run --data %s`, then `sotto invite` to share your invite.\n", dir)
+			return nil
+		}
+	},
+}
+
+// readPassphrase returns the first line of the file at path.
+func readPassphrase(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("passphrase file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPassphraseFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("passphrase file: %w", err)
+	}
+	if len(b) > maxPassphraseFile {
+		return nil, fmt.Errorf("passphrase file %s is larger than %d bytes", path, maxPassphraseFile)
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if len(line) == 0 {
+		return nil, fmt.Errorf("passphrase file %s is empty", path)
+	}
+	return line, nil
+}
+
+var runCommand = &command{
+	name:     "run",
+	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox]",
+	summary:  "run the node and serve the control socket until interrupted",
+	detail: "Other commands talk to the running node through the socket api.sock in the data\n" +
+		"directory (or, when that path is too long for a unix socket, in $TMPDIR/sotto-UID/).\n" +
+		"If the keys are encrypted, $SOTTO_PASSPHRASE_FILE names the passphrase file.\n" + dataDirHelp,
+	setup: func(fs *flag.FlagSet) runFunc {
+		data := dataDirFlag(fs)
+		var listen, bootstrap stringList
+		fs.Var(&listen, "listen", "listen on `MULTIADDR` (repeatable)")
+		fs.Var(&bootstrap, "bootstrap", "join the network through the peer at `MULTIADDR` (repeatable)")
+		mailbox := fs.Bool("mailbox", false, "also hold messages for offline users (serve as a mailbox)")
+		return func(ctx context.Context, c *cli, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected argument %q", args[0])
+			}
+			dir, err := c.dataDir(*data)
+			if err != nil {
+				return err
+			}
+			if c.app.Run == nil {
+				return notAvailable("run")
+			}
+			var pass []byte
+			if f := c.getenv("SOTTO_PASSPHRASE_FILE"); f != "" {
+				if pass, err = readPassphrase(f); err != nil {
+					return err
+				}
+			}
+			log := slog.New(slog.NewTextHandler(c.stderr, nil))
+			cfg := RunConfig{
+				DataDir:    dir,
+				Listen:     listen,
+				Bootstrap:  bootstrap,
+				Mailbox:    *mailbox,
+				Passphrase: pass,
+				Log:        log,
+				ServeAPI: func(ctx context.Context, b api.Backend) error {
+					path, err := api.SocketPath(dir)
+					if err != nil {
+						return err
+					}
+					ln, err := api.ListenUnix(path)
+					if err != nil {
+						return err
+					}
+					log.Info("control socket ready", "path", path)
+					return api.NewServer(b, api.WithLogger(log)).Serve(ctx, ln)
+				},
+			}
+			err = c.app.Run(ctx, cfg)
+			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+				return nil // interrupted: a normal way to stop
+			}
+			return err
+		}
+	},
+}
+
+var demoCommand = &command{
+	name:     "demo",
+	synopsis: "[--keep]",
+	summary:  "run two local nodes that add each other and exchange messages",
+	setup: func(fs *flag.FlagSet) runFunc {
+		keep := fs.Bool("keep", false, "keep the demo's data directories instead of deleting them")
+		return func(ctx context.Context, c *cli, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected argument %q", args[0])
+			}
+			if c.app.Demo == nil {
+				return notAvailable("demo")
+			}
+			return c.app.Demo(ctx, *keep, c.stdout)
+		}
+	},
+}
