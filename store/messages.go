@@ -480,3 +480,28 @@ func (tx *Tx) moveConversation(from, to [32]byte) error {
 	}
 	return nil
 }
+
+// LastSeq returns the Seq of a conversation's latest message (0 if it has
+// none), or with a nil contact the latest GlobalSeq. To show the newest n
+// messages, list from LastSeq-n.
+func (tx *Tx) LastSeq(contact *[32]byte) (uint64, error) {
+	if contact == nil {
+		global, err := tx.bucket(bucketGlobal)
+		if err != nil {
+			return 0, err
+		}
+		k, _ := global.Cursor().Last()
+		if k == nil {
+			return 0, nil
+		}
+		if len(k) != 8 {
+			return 0, fmt.Errorf("%w: global index key has %d bytes", ErrCorrupt, len(k))
+		}
+		return binary.BigEndian.Uint64(k), nil
+	}
+	counters, err := tx.bucket(bucketConvSeq)
+	if err != nil {
+		return 0, err
+	}
+	return convCounter(counters, *contact)
+}

@@ -448,3 +448,61 @@ func TestBatchConcurrentAppends(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestLastSeq(t *testing.T) {
+	db, _ := openTest(t)
+	addContacts(t, db, 2)
+	a, b := acct(1), acct(2)
+	mustView(t, db, func(tx *Tx) error {
+		if n, err := tx.LastSeq(nil); n != 0 || err != nil {
+			t.Errorf("empty: %d %v", n, err)
+		}
+		return nil
+	})
+	mustUpdate(t, db, func(tx *Tx) error {
+		for i := range uint64(5) {
+			c := a
+			if i == 4 {
+				c = b
+			}
+			if _, err := tx.AppendMessage(Message{ID: msgID(i), Contact: c, Direction: Outgoing}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	mustView(t, db, func(tx *Tx) error {
+		la, _ := tx.LastSeq(&a)
+		lb, _ := tx.LastSeq(&b)
+		lg, _ := tx.LastSeq(nil)
+		if la != 4 || lb != 1 || lg != 5 {
+			t.Errorf("LastSeq a=%d b=%d global=%d", la, lb, lg)
+		}
+		// The newest two of a's conversation.
+		page, err := tx.ListMessages(&a, la-2, 0)
+		if err != nil || len(page) != 2 || page[1].Seq != 4 {
+			t.Errorf("newest page %v %v", page, err)
+		}
+		return nil
+	})
+}
+
+func TestEnumStrings(t *testing.T) {
+	tests := []struct {
+		got, want string
+	}{
+		{Incoming.String(), "in"}, {Outgoing.String(), "out"}, {Direction(9).String(), "direction(9)"},
+		{StateQueued.String(), "queued"}, {StateSent.String(), "sent"}, {StateStored.String(), "stored"},
+		{StateDelivered.String(), "delivered"}, {StateFailed.String(), "failed"}, {StateReceived.String(), "received"},
+		{MessageState(0).String(), "state(0)"},
+		{ViaUnknown.String(), "unknown"}, {ViaDirect.String(), "direct"}, {ViaMailbox.String(), "mailbox"}, {Via(7).String(), "via(7)"},
+		{OutboxMessage.String(), "message"}, {OutboxReceipt.String(), "receipt"}, {OutboxKind(0).String(), "outbox-kind(0)"},
+		{PrekeySignedDH.String(), "signed-dh"}, {PrekeyOneTimeDH.String(), "one-time-dh"}, {PrekeyLastResort.String(), "last-resort-kem"},
+		{PrekeyOneTimeKEM.String(), "one-time-kem"}, {PrekeyKind(0).String(), "prekey-kind(0)"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("got %q, want %q", tt.got, tt.want)
+		}
+	}
+}
