@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -231,5 +233,86 @@ func TestPQXDHKnownAnswer(t *testing.T) {
 				t.Fatalf("AD %x, want %x", in.ad, wantAD)
 			}
 		})
+	}
+}
+
+// TestPQXDHVector runs the initiator's PQXDH on the keys recorded in
+// testdata/session/pqxdh.txt and checks the session keys and AD derived
+// from SK against the file.
+func TestPQXDHVector(t *testing.T) {
+	raw, err := os.ReadFile("testdata/session/pqxdh.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, _, _ := bytes.Cut(raw, []byte("\n\n"))
+	v := map[string][]byte{}
+	for _, line := range strings.Split(string(head), "\n") {
+		k, val, _ := strings.Cut(line, ": ")
+		if b, err := hex.DecodeString(val); err == nil {
+			v[k] = b
+		}
+	}
+	priv := func(k string) *keys.DHPrivate {
+		p, err := keys.NewDHPrivate(v[k])
+		if err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
+		return p
+	}
+	local := func(seedKey, ikKey, peerID string) LocalIdentity {
+		acct, err := keys.NewAccountPrivate(v[seedKey])
+		if err != nil {
+			t.Fatal(err)
+		}
+		ik := priv(ikKey)
+		cert, err := keys.NewDeviceCertificate(acct, []byte(peerID), ik.Public(), time.Unix(1700000000, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return LocalIdentity{Account: acct, IdentityDH: ik, Device: cert}
+	}
+	alice := local("alice_account_seed", "alice_identity_dh", "alice")
+	bob := local("bob_account_seed", "bob_identity_dh", "bob")
+	kem, err := keys.NewKEMPrivate(v["bob_kem_prekey_seed"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1700000000, 0).Add(time.Hour)
+	bundle := &keys.Bundle{
+		Account:       bob.Account.Public(),
+		Device:        bob.Device,
+		Expires:       now.Add(24 * time.Hour),
+		SignedPrekey:  keys.NewSignedPrekey(bob.Account, 1, priv("bob_signed_prekey").Public()),
+		LastResortKEM: keys.NewSignedKEMPrekey(bob.Account, 2, mustKEM(t, 0x77).Public()),
+		OneTimeDH:     []keys.OneTimePrekey{{ID: 3, Public: priv("bob_one_time_prekey").Public()}},
+		OneTimeKEM:    []keys.SignedKEMPrekey{keys.NewSignedKEMPrekey(bob.Account, 4, kem.Public())},
+	}
+	bundle.Sign(bob.Account)
+	// rand: two prekey choices (index 0 of one), then EK_A.
+	rnd := append(make([]byte, 8), v["alice_ephemeral"]...)
+	cfg := &initiateConfig{encapsulate: func(pk keys.KEMPublic) ([]byte, []byte, error) {
+		return pk.EncapsulateDerand(v["kem_randomness"])
+	}}
+	in, err := pqxdhInitiate(bytes.NewReader(rnd), now, &alice, bundle, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		got  []byte
+	}{
+		{"root_key", in.keys.rootKey[:]},
+		{"shared_hka", in.keys.headerKeyA[:]},
+		{"shared_nhkb", in.keys.nextHeaderKeyB[:]},
+		{"tag_seed", in.keys.tagSeed[:]},
+		{"ad", in.ad},
+	} {
+		if !bytes.Equal(c.got, v[c.name]) {
+			t.Errorf("%s = %x, vector has %x", c.name, c.got, v[c.name])
+		}
+	}
+	sk := [32]byte(v["sk"])
+	if k, err := deriveSessionKeys(sk); err != nil || k != in.keys {
+		t.Fatal("session keys are not the expansion of the vector's SK")
 	}
 }
