@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/hex"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,5 +173,12 @@ func TestShard(t *testing.T) {
 		if s := tg.Shard(7); s >= 7 {
 			t.Fatalf("Shard(7) = %d", s)
 		}
+	}
+}
+
+func TestTagString(t *testing.T) {
+	want := "tag:ab" + strings.Repeat("00", TagSize-1)
+	if got := (Tag{0xab}).String(); got != want {
+		t.Errorf("String = %q, want %q", got, want)
 	}
 }
