@@ -1,0 +1,465 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sotto-im/sotto/api"
+	"github.com/sotto-im/sotto/api/apitest"
+)
+
+const testTimeout = 10 * time.Second
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use that announces writes.
+type syncBuffer struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	writes chan struct{}
+}
+
+func newSyncBuffer() *syncBuffer { return &syncBuffer{writes: make(chan struct{}, 1)} }
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case b.writes <- struct{}{}:
+	default:
+	}
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// waitFor waits until the buffer contains s.
+func (b *syncBuffer) waitFor(t *testing.T, s string) {
+	t.Helper()
+	timeout := time.After(testTimeout)
+	for !strings.Contains(b.String(), s) {
+		select {
+		case <-b.writes:
+		case <-timeout:
+			t.Fatalf("output %q never contained %q", b.String(), s)
+		}
+	}
+}
+
+type harness struct {
+	app   App
+	env   map[string]string
+	stdin string
+}
+
+func (h harness) run(ctx context.Context, args ...string) result {
+	out, errOut := newSyncBuffer(), newSyncBuffer()
+	c := &cli{app: h.app, stdin: strings.NewReader(h.stdin), stdout: out, stderr: errOut,
+		getenv: func(k string) string { return h.env[k] }}
+	code := c.main(ctx, args)
+	return result{code, out.String(), errOut.String()}
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// offline returns a harness whose App opens node as the data directory's
+// backend, with SOTTO_HOME pointing at an existing directory.
+func offline(t *testing.T, node *apitest.Backend) (harness, *int) {
+	opened := new(int)
+	return harness{
+		app: App{OpenBackend: func(dir string) (api.Backend, func(), error) {
+			*opened++
+			return node, func() {}, nil
+		}},
+		env: map[string]string{"SOTTO_HOME": t.TempDir()},
+	}, opened
+}
+
+func TestParseInterspersed(t *testing.T) {
+	tests := []struct {
+		args     []string
+		wantPos  []string
+		wantData string
+		wantJSON bool
+	}{
+		{[]string{"bob", "hi"}, []string{"bob", "hi"}, "", false},
+		{[]string{"--data", "D", "bob", "hi"}, []string{"bob", "hi"}, "D", false},
+		{[]string{"bob", "--data", "D", "hi", "--json"}, []string{"bob", "hi"}, "D", true},
+		{[]string{"bob", "hi", "-data=D"}, []string{"bob", "hi"}, "D", false},
+		{[]string{"bob", "--", "--json", "-x"}, []string{"bob", "--json", "-x"}, "", false},
+		{[]string{"--json", "--", "bob"}, []string{"bob"}, "", true},
+		{[]string{"bob", "-", "--json"}, []string{"bob", "-"}, "", true},
+		{nil, nil, "", false},
+	}
+	for _, tt := range tests {
+		fs := newFlagSet("t")
+		data := dataDirFlag(fs)
+		asJSON := jsonFlag(fs)
+		pos, err := parseInterspersed(fs, tt.args)
+		if err != nil {
+			t.Errorf("%q: %v", tt.args, err)
+			continue
+		}
+		if fmt.Sprint(pos) != fmt.Sprint(tt.wantPos) || *data != tt.wantData || *asJSON != tt.wantJSON {
+			t.Errorf("%q: pos %q data %q json %v; want %q %q %v", tt.args, pos, *data, *asJSON, tt.wantPos, tt.wantData, tt.wantJSON)
+		}
+	}
+}
+
+func TestUsage(t *testing.T) {
+	h, opened := offline(t, apitest.New("alice"))
+	ctx := testContext(t)
+	tests := []struct {
+		args   []string
+		code   int
+		stderr string // prefix of the first stderr line
+	}{
+		{nil, exitUsage, "sotto: missing command"},
+		{[]string{"nope"}, exitUsage, `sotto: unknown command "nope"`},
+		{[]string{"contact"}, exitUsage, "sotto: contact: missing subcommand"},
+		{[]string{"contact", "rm"}, exitUsage, `sotto: contact: unknown subcommand "rm"`},
+		{[]string{"send", "bob"}, exitUsage, "sotto send: need a contact NAME"},
+		{[]string{"send", "--bogus", "bob", "hi"}, exitUsage, "sotto send: flag provided but not defined: -bogus"},
+		{[]string{"send", "bob", "hi", "--data"}, exitUsage, "sotto send: flag needs an argument: -data"},
+		{[]string{"contact", "add", "bob"}, exitUsage, "sotto contact add: need a NAME and an INVITE"},
+		{[]string{"contact", "add", "bob", "x", "y"}, exitUsage, `sotto contact add: unexpected argument "y"`},
+		{[]string{"contact", "verify"}, exitUsage, "sotto contact verify: need a contact NAME"},
+		{[]string{"contact", "list", "x"}, exitUsage, `sotto contact list: unexpected argument "x"`},
+		{[]string{"messages", "a", "b"}, exitUsage, `sotto messages: unexpected argument "b"`},
+		{[]string{"status", "--json=maybe"}, exitUsage, "sotto status: invalid boolean value"},
+		{[]string{"help", "nope"}, exitUsage, `sotto help: unknown command "nope"`},
+		{[]string{"--help"}, exitOK, ""},
+		{[]string{"help"}, exitOK, ""},
+		{[]string{"help", "contact"}, exitOK, ""},
+		{[]string{"help", "contact", "add"}, exitOK, ""},
+		{[]string{"contact", "-h"}, exitOK, ""},
+	}
+	for _, cmd := range commands {
+		tests = append(tests, struct {
+			args   []string
+			code   int
+			stderr string
+		}{append(strings.Fields(cmd.name), "x", "--help"), exitOK, ""})
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			r := h.run(ctx, tt.args...)
+			if r.code != tt.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, tt.code, r.stdout, r.stderr)
+			}
+			if tt.code == exitOK {
+				if r.stderr != "" || !strings.HasPrefix(r.stdout, "usage: sotto ") {
+					t.Errorf("help: stdout %q, stderr %q", r.stdout, r.stderr)
+				}
+				return
+			}
+			first, rest, _ := strings.Cut(r.stderr, "\n")
+			if !strings.HasPrefix(first, tt.stderr) || !strings.HasPrefix(rest, "usage: sotto ") || r.stdout != "" {
+				t.Errorf("stderr %q, stdout %q; want first line %q then usage", r.stderr, r.stdout, tt.stderr)
+			}
+		})
+	}
+	if *opened != 0 {
+		t.Errorf("usage errors opened the backend %d times", *opened)
+	}
+}
+
+func TestHelpListsFlags(t *testing.T) {
+	h := harness{}
+	for _, cmd := range commands {
+		r := h.run(testContext(t), append(strings.Fields(cmd.name), "--help")...)
+		// Every flag in the synopsis is documented below it, and vice versa.
+		for _, word := range strings.Fields(cmd.synopsis) {
+			if f := strings.Trim(word, "[].,"); strings.HasPrefix(f, "--") && !strings.Contains(r.stdout, "\n  "+f) {
+				t.Errorf("%s --help does not describe %s:\n%s", cmd.name, f, r.stdout)
+			}
+		}
+		for _, line := range strings.Split(r.stdout, "\n") {
+			if f, ok := strings.CutPrefix(line, "  --"); ok && !strings.Contains(cmd.synopsis, "--"+strings.Fields(f)[0]) {
+				t.Errorf("%s: flag --%s missing from the synopsis %q", cmd.name, f, cmd.synopsis)
+			}
+		}
+	}
+}
+
+func TestDataDir(t *testing.T) {
+	tests := []struct {
+		flag string
+		env  map[string]string
+		want string
+	}{
+		{"/f", map[string]string{"SOTTO_HOME": "/s", "XDG_DATA_HOME": "/x", "HOME": "/h"}, "/f"},
+		{"", map[string]string{"SOTTO_HOME": "/s", "XDG_DATA_HOME": "/x", "HOME": "/h"}, "/s"},
+		{"", map[string]string{"XDG_DATA_HOME": "/x", "HOME": "/h"}, "/x/sotto"},
+		{"", map[string]string{"HOME": "/h"}, "/h/.local/share/sotto"},
+		{"", nil, ""},
+	}
+	for _, tt := range tests {
+		c := &cli{getenv: func(k string) string { return tt.env[k] }}
+		got, err := c.dataDir(tt.flag)
+		if got != tt.want || (err != nil) != (tt.want == "") {
+			t.Errorf("flag %q env %v: %q, %v; want %q", tt.flag, tt.env, got, err, tt.want)
+		}
+	}
+}
+
+func TestCommandsOffline(t *testing.T) {
+	node := apitest.New("alice")
+	h, _ := offline(t, node)
+	ctx := testContext(t)
+
+	r := h.run(ctx, "id", "--json")
+	var id api.Identity
+	if err := json.Unmarshal([]byte(r.stdout), &id); r.code != 0 || err != nil || id.Name != "alice" {
+		t.Fatalf("id --json: %+v %v", r, err)
+	}
+	if r := h.run(ctx, "id"); r.code != 0 || !strings.Contains(r.stdout, "account:    "+id.Account) {
+		t.Errorf("id: %+v", r)
+	}
+	if r := h.run(ctx, "invite"); r.code != 0 || r.stdout != apitest.InviteFor("alice")+"\n" {
+		t.Errorf("invite: %+v", r)
+	}
+	if r := h.run(ctx, "invite", "--json"); r.code != 0 || r.stdout != `{"invite":"`+apitest.InviteFor("alice")+`"}`+"\n" {
+		t.Errorf("invite --json: %+v", r)
+	}
+	if r := h.run(ctx, "invite", "--qr"); r.code != exitFailure || !strings.HasPrefix(r.stderr, "sotto: --qr needs") {
+		t.Errorf("invite --qr: %+v", r)
+	}
+	if r := h.run(ctx, "contact", "list", "--json"); r.code != 0 || r.stdout != "[]\n" {
+		t.Errorf("contact list --json with no contacts: %+v", r)
+	}
+	// Flags after positional arguments.
+	if r := h.run(ctx, "contact", "add", "bob", apitest.InviteFor("bob"), "--json"); r.code != 0 || !strings.Contains(r.stdout, `"name":"bob"`) {
+		t.Fatalf("contact add: %+v", r)
+	}
+	if r := h.run(ctx, "contact", "add", "x", "garbage"); r.code != exitFailure || r.stderr != "sotto: invalid invite: expected "+apitest.InvitePrefix+"NAME\n" {
+		t.Errorf("contact add with a bad invite: %+v", r)
+	}
+	if r := h.run(ctx, "contact", "verify", "bob"); r.code != 0 || !strings.Contains(r.stdout, "sotto contact verify bob --confirm") {
+		t.Errorf("contact verify: %+v", r)
+	}
+	if r := h.run(ctx, "contact", "verify", "--confirm", "bob"); r.code != 0 || !strings.Contains(r.stdout, "bob is now verified") {
+		t.Errorf("contact verify --confirm: %+v", r)
+	}
+	if r := h.run(ctx, "contact", "list"); r.code != 0 || !strings.Contains(r.stdout, "bob   verified") {
+		t.Errorf("contact list: %+v", r)
+	}
+
+	// Interspersed flags: the words of TEXT around a flag are joined.
+	if r := h.run(ctx, "send", "bob", "hello", "--json", "world"); r.code != 0 || !strings.Contains(r.stdout, `"text":"hello world"`) {
+		t.Errorf("send: %+v", r)
+	}
+	if r := h.run(ctx, "send", "bob", "--", "--not-a-flag"); r.code != 0 || !strings.HasPrefix(r.stdout, "Queued to bob") {
+		t.Errorf("send after --: %+v", r)
+	}
+	h.stdin = "from stdin\n"
+	if r := h.run(ctx, "send", "bob", "-"); r.code != 0 {
+		t.Errorf("send -: %+v", r)
+	}
+	h.stdin = ""
+	r = h.run(ctx, "send", "bbo", "hi")
+	if r.code != exitFailure || r.stderr != "sotto: unknown contact \"bbo\" (known: bob)\n" || r.stdout != "" {
+		t.Errorf("send to unknown contact: %+v", r)
+	}
+	node.Receive("bob", "hi\x1b[2Jthere", api.ViaMailbox)
+
+	r = h.run(ctx, "messages", "--json", "bob")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 4 {
+		t.Fatalf("messages --json: %+v", r)
+	}
+	wantText := []string{"hello world", "--not-a-flag", "from stdin", "hi\x1b[2Jthere"}
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		if m["text"] != wantText[i] || m["contact"] != "bob" || m["id"] == "" {
+			t.Errorf("line %d = %v", i, m)
+		}
+		if _, err := time.Parse(time.RFC3339, fmt.Sprint(m["sent_at"])); err != nil {
+			t.Errorf("sent_at %v: %v", m["sent_at"], err)
+		}
+		out := m["direction"] == "out"
+		if _, hasState := m["state"]; hasState != out {
+			t.Errorf("line %d: state present %v for direction %v", i, hasState, m["direction"])
+		}
+		if _, hasVia := m["via"]; hasVia == out {
+			t.Errorf("line %d: via present %v for direction %v", i, hasVia, m["direction"])
+		}
+	}
+	// Text output never passes terminal control sequences through.
+	r = h.run(ctx, "messages")
+	if r.code != 0 || strings.ContainsRune(r.stdout, '\x1b') || !strings.Contains(r.stdout, "bob < hi\uFFFD[2Jthere  (via mailbox)") {
+		t.Errorf("messages: %+v", r)
+	}
+	if r := h.run(ctx, "messages", "carol"); r.code != exitFailure || !strings.HasPrefix(r.stderr, `sotto: unknown contact "carol"`) {
+		t.Errorf("messages for unknown contact: %+v", r)
+	}
+	if r := h.run(ctx, "status", "--json"); r.code != 0 || !strings.Contains(r.stdout, `"outbox_pending":3`) {
+		t.Errorf("status --json: %+v", r)
+	}
+}
+
+func TestMessagesFollow(t *testing.T) {
+	node := apitest.New("alice")
+	h, _ := offline(t, node)
+	if _, err := node.AddContact(context.Background(), "bob", apitest.InviteFor("bob")); err != nil {
+		t.Fatal(err)
+	}
+	node.Receive("bob", "before", api.ViaDirect)
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	out := newSyncBuffer()
+	done := make(chan int, 1)
+	go func() {
+		c := &cli{app: h.app, stdin: strings.NewReader(""), stdout: out, stderr: io.Discard,
+			getenv: func(k string) string { return h.env[k] }}
+		done <- c.main(ctx, []string{"messages", "--follow", "--json", "bob"})
+	}()
+	out.waitFor(t, `"text":"before"`)
+	if err := node.WaitSubscribers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	node.Receive("carol", "not shown", api.ViaDirect)
+	node.Receive("bob", "after", api.ViaMailbox)
+	out.waitFor(t, `"text":"after"`)
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d after interrupt", code)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("messages --follow did not stop")
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 || strings.Contains(out.String(), "not shown") {
+		t.Errorf("output %q: want exactly the two messages with bob, once each", out.String())
+	}
+}
+
+func TestNotAvailable(t *testing.T) {
+	h := harness{env: map[string]string{"SOTTO_HOME": t.TempDir()}}
+	for _, args := range [][]string{{"init"}, {"run"}, {"demo"}, {"status"}} {
+		r := h.run(testContext(t), args...)
+		if r.code != exitFailure || !strings.Contains(r.stderr, "not available in this build") || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: %+v", args, r)
+		}
+	}
+}
+
+func TestInitAndDemoHooks(t *testing.T) {
+	dir := t.TempDir()
+	pass := filepath.Join(dir, "pass")
+	if err := os.WriteFile(pass, []byte("correct horse\nignored\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var got InitConfig
+	var keep bool
+	h := harness{env: map[string]string{"XDG_DATA_HOME": dir}, app: App{
+		Init: func(ctx context.Context, cfg InitConfig) (api.Identity, error) {
+			got = cfg
+			return api.Identity{Name: cfg.Name, Account: "acct"}, nil
+		},
+		Demo: func(ctx context.Context, k bool, out io.Writer) error {
+			keep = k
+			fmt.Fprintln(out, "demo ran")
+			return nil
+		},
+	}}
+	r := h.run(testContext(t), "init", "--name", "alice", "--passphrase-file", pass, "--json")
+	if r.code != 0 || r.stdout != `{"peer_id":"","account":"acct","addrs":null,"name":"alice"}`+"\n" {
+		t.Errorf("init: %+v", r)
+	}
+	if got.DataDir != filepath.Join(dir, "sotto") || got.Name != "alice" || string(got.Passphrase) != "correct horse" {
+		t.Errorf("InitConfig = %+v", got)
+	}
+	if r := h.run(testContext(t), "demo", "--keep"); r.code != 0 || r.stdout != "demo ran\n" || !keep {
+		t.Errorf("demo: %+v keep=%v", r, keep)
+	}
+	h.app.Init = func(context.Context, InitConfig) (api.Identity, error) {
+		return api.Identity{}, errors.New("an identity already exists in this directory")
+	}
+	if r := h.run(testContext(t), "init"); r.code != exitFailure || r.stderr != "sotto: an identity already exists in this directory\n" {
+		t.Errorf("failing init: %+v", r)
+	}
+}
+
+// TestRunServesAPI runs `sotto run` with a hook that serves an in-memory
+// node, and drives it with other commands over the control socket.
+func TestRunServesAPI(t *testing.T) {
+	dir := t.TempDir()
+	node := apitest.New("alice")
+	ready := make(chan struct{})
+	var cfg RunConfig
+	runner := harness{env: map[string]string{"SOTTO_HOME": dir, "SOTTO_PASSPHRASE_FILE": ""}, app: App{
+		Run: func(ctx context.Context, c RunConfig) error {
+			cfg = c
+			close(ready)
+			return c.ServeAPI(ctx, node)
+		},
+	}}
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	logs := newSyncBuffer()
+	done := make(chan int, 1)
+	go func() {
+		c := &cli{app: runner.app, stdin: strings.NewReader(""), stdout: io.Discard, stderr: logs,
+			getenv: func(k string) string { return runner.env[k] }}
+		done <- c.main(ctx, []string{"run", "--listen", "/ip4/127.0.0.1/tcp/0", "--mailbox",
+			"--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--bootstrap", "/ip4/127.0.0.1/tcp/4001/p2p/x"})
+	}()
+	<-ready
+	if len(cfg.Listen) != 2 || len(cfg.Bootstrap) != 1 || !cfg.Mailbox || cfg.DataDir != dir || cfg.Passphrase != nil {
+		t.Errorf("RunConfig = %+v", cfg)
+	}
+	logs.waitFor(t, "control socket ready")
+	// Another command finds the node through the socket (the App it runs
+	// with has no OpenBackend, so nothing else could answer).
+	client := harness{env: map[string]string{"SOTTO_HOME": dir}}
+	r := client.run(ctx, "id", "--json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"name":"alice"`) {
+		t.Fatalf("id over the socket: %+v", r)
+	}
+	if r := client.run(ctx, "contact", "add", "bob", apitest.InviteFor("bob")); r.code != 0 {
+		t.Fatalf("contact add: %+v", r)
+	}
+	if r := client.run(ctx, "send", "bob", "hi"); r.code != 0 {
+		t.Fatalf("send: %+v", r)
+	}
+	if r := client.run(ctx, "send", "eve", "hi"); r.code != 1 || r.stderr != "sotto: unknown contact \"eve\" (known: bob)\n" {
+		t.Errorf("send to unknown contact over the socket: %+v", r)
+	}
+	// A second node on the same data directory is refused.
+	second := runner
+	second.app.Run = func(ctx context.Context, c RunConfig) error { return c.ServeAPI(ctx, node) }
+	if r := second.run(ctx, "run"); r.code != 1 || !strings.Contains(r.stderr, "another process is serving") {
+		t.Errorf("second run: %+v", r)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("run after interrupt: exit %d, log %s", code, logs.String())
+	}
+}
