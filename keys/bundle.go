@@ -18,6 +18,10 @@ const (
 	// MaxBundleValidity bounds how far in the future a bundle may expire,
 	// so a leaked prekey cannot be served for long.
 	MaxBundleValidity = 90 * 24 * time.Hour
+	// BundleClockSkew is how far ahead of the verifier's clock a
+	// publisher's clock may run: Verify accepts bundles expiring up to
+	// MaxBundleValidity + BundleClockSkew from now.
+	BundleClockSkew = time.Hour
 
 	signedPrekeySize  = 1 + 4 + DHSize + SignatureSize
 	kemPrekeySize     = 1 + 4 + KEMPublicSize + SignatureSize
@@ -250,8 +254,9 @@ func parseKEMPrekey(r *parser) (SignedKEMPrekey, error) {
 // structure and limits (ErrBundleMalformed), that the device certificate
 // names the bundle's account (ErrDeviceMismatch), every public key
 // (ParseDHPublic / ParseKEMPublic errors), distinct prekey IDs
-// (ErrDuplicatePrekeyID), expiry against now (ErrBundleExpired,
-// ErrBundleValidity), the bundle signature (ErrBundleSignature), the device
+// (ErrDuplicatePrekeyID), expiry against now (ErrBundleExpired, and
+// ErrBundleValidity beyond MaxBundleValidity plus BundleClockSkew), the
+// bundle signature (ErrBundleSignature), the device
 // certificate (Device errors) and each prekey signature (ErrPrekeySignature).
 func (b *Bundle) Verify(now time.Time) error {
 	if b.Account.IsZero() {
@@ -288,8 +293,8 @@ func (b *Bundle) Verify(now time.Time) error {
 	if !now.Before(b.Expires) {
 		return fmt.Errorf("%w (at %s)", ErrBundleExpired, b.Expires.UTC().Format(time.RFC3339))
 	}
-	if b.Expires.Sub(now) > MaxBundleValidity {
-		return fmt.Errorf("%w (expires %s, limit %s from now)", ErrBundleValidity, b.Expires.UTC().Format(time.RFC3339), MaxBundleValidity)
+	if b.Expires.Sub(now) > MaxBundleValidity+BundleClockSkew {
+		return fmt.Errorf("%w (expires %s, limit %s from now)", ErrBundleValidity, b.Expires.UTC().Format(time.RFC3339), MaxBundleValidity+BundleClockSkew)
 	}
 	if b.Signature == ([SignatureSize]byte{}) || !b.Account.Verify(b.signingInput(), b.Signature[:]) {
 		return ErrBundleSignature
