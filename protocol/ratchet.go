@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"crypto/cipher"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -260,26 +261,24 @@ func (r *Ratchet) Encrypt(rand io.Reader, plaintext, ad []byte) (msg []byte, sec
 	if _, err := io.ReadFull(rand, nonce); err != nil {
 		return nil, secret, fmt.Errorf("protocol: ratchet: reading header nonce: %w", err)
 	}
-	var hdr [RatchetHeaderSize]byte
+	k := r.keySchedule()
 	pub := dhs.Public()
-	copy(hdr[:keys.DHSize], pub[:])
-	binary.BigEndian.PutUint32(hdr[keys.DHSize:], r.pn)
-	binary.BigEndian.PutUint32(hdr[keys.DHSize+4:], ns)
-	haead, err := chacha20poly1305.NewX(r.hks[:])
+	copy(k.hdr[:keys.DHSize], pub[:])
+	binary.BigEndian.PutUint32(k.hdr[keys.DHSize:], r.pn)
+	binary.BigEndian.PutUint32(k.hdr[keys.DHSize+4:], ns)
+	haead, err := k.headerAEAD(&r.hks)
 	if err != nil {
-		return nil, secret, fmt.Errorf("protocol: ratchet: %w", err)
+		return nil, secret, err
 	}
-	haead.Seal(msg[1+RatchetHeaderNonceSize:1+RatchetHeaderNonceSize], nonce, hdr[:], msg[:1])
+	haead.Seal(msg[1+RatchetHeaderNonceSize:1+RatchetHeaderNonceSize], nonce, k.hdr[:], msg[:1])
 	encHeader := msg[1 : 1+RatchetEncHeaderSize]
 
-	k := r.keySchedule()
 	mk, nextCK := k.chain(&cks)
-	key, bnonce, secret := k.messageKeys(&mk)
+	secret, err = k.sealBody(msg[1+RatchetEncHeaderSize:1+RatchetEncHeaderSize], &mk, plaintext, ad, encHeader)
 	clear(mk[:])
-	if err := sealBody(msg[1+RatchetEncHeaderSize:1+RatchetEncHeaderSize], &key, &bnonce, plaintext, ad, encHeader); err != nil {
+	if err != nil {
 		return nil, [32]byte{}, err
 	}
-	clear(key[:])
 
 	// Commit.
 	if !r.hasCKs {
@@ -291,35 +290,55 @@ func (r *Ratchet) Encrypt(rand io.Reader, plaintext, ad []byte) (msg []byte, sec
 	return msg, secret, nil
 }
 
-// adBufSize is the stack buffer for the body AD of ordinary messages; longer
-// caller ADs fall back to a heap buffer.
-const adBufSize = 256
-
-// sealBody appends the body ciphertext to dst.
-func sealBody(dst []byte, key *[bodyKeySize]byte, nonce *[bodyNonceSize]byte, plaintext, ad, encHeader []byte) error {
-	aead, err := chacha20poly1305.New(key[:])
-	if err != nil {
-		return fmt.Errorf("protocol: ratchet: %w", err)
+// headerAEAD returns XChaCha20-Poly1305 under hk, reusing the last one made
+// when the key is the same (the common case: every message of a chain).
+func (k *kdf) headerAEAD(hk *[ratchetKeySize]byte) (cipher.AEAD, error) {
+	if k.haead != nil && k.hkey == *hk {
+		return k.haead, nil
 	}
-	var buf [adBufSize]byte
-	full := append(append(buf[:0], ad...), encHeader...)
-	aead.Seal(dst, nonce[:], plaintext, full)
-	return nil
-}
-
-// openBody authenticates and decrypts a body.
-func openBody(key *[bodyKeySize]byte, nonce *[bodyNonceSize]byte, body, ad, encHeader []byte) ([]byte, error) {
-	aead, err := chacha20poly1305.New(key[:])
+	a, err := chacha20poly1305.NewX(hk[:])
 	if err != nil {
 		return nil, fmt.Errorf("protocol: ratchet: %w", err)
 	}
-	var buf [adBufSize]byte
-	full := append(append(buf[:0], ad...), encHeader...)
-	out, err := aead.Open(make([]byte, 0, len(body)-RatchetTagSize), nonce[:], body, full)
+	k.haead, k.hkey = a, *hk
+	return a, nil
+}
+
+// bodyAD assembles the body's associated data, caller's AD || encrypted
+// header, in the scratch buffer.
+func (k *kdf) bodyAD(ad, encHeader []byte) []byte {
+	k.ad = append(append(k.ad[:0], ad...), encHeader...)
+	return k.ad
+}
+
+// sealBody derives the body key from mk and appends the body ciphertext to
+// dst. It returns the message secret.
+func (k *kdf) sealBody(dst []byte, mk *[ratchetKeySize]byte, plaintext, ad, encHeader []byte) ([32]byte, error) {
+	var secret [32]byte
+	k.key, k.nonce, secret = k.messageKeys(mk)
+	defer clear(k.key[:])
+	aead, err := chacha20poly1305.New(k.key[:])
 	if err != nil {
-		return nil, ErrAuth
+		return [32]byte{}, fmt.Errorf("protocol: ratchet: %w", err)
 	}
-	return out, nil
+	aead.Seal(dst, k.nonce[:], plaintext, k.bodyAD(ad, encHeader))
+	return secret, nil
+}
+
+// openBody derives the body key from mk, authenticates and decrypts body.
+func (k *kdf) openBody(mk *[ratchetKeySize]byte, body, ad, encHeader []byte) ([]byte, [32]byte, error) {
+	var secret [32]byte
+	k.key, k.nonce, secret = k.messageKeys(mk)
+	defer clear(k.key[:])
+	aead, err := chacha20poly1305.New(k.key[:])
+	if err != nil {
+		return nil, [32]byte{}, fmt.Errorf("protocol: ratchet: %w", err)
+	}
+	out, err := aead.Open(make([]byte, 0, len(body)-RatchetTagSize), k.nonce[:], body, k.bodyAD(ad, encHeader))
+	if err != nil {
+		return nil, [32]byte{}, ErrAuth
+	}
+	return out, secret, nil
 }
 
 // header is a decrypted message header.
@@ -330,12 +349,13 @@ type header struct {
 }
 
 // openHeader tries to open the encrypted header under hk.
-func openHeader(hk *[ratchetKeySize]byte, msg []byte) (hdr header, ok bool, err error) {
-	haead, err := chacha20poly1305.NewX(hk[:])
+func (r *Ratchet) openHeader(hk *[ratchetKeySize]byte, msg []byte) (hdr header, ok bool, err error) {
+	k := r.keySchedule()
+	haead, err := k.headerAEAD(hk)
 	if err != nil {
-		return hdr, false, fmt.Errorf("protocol: ratchet: %w", err)
+		return hdr, false, err
 	}
-	var plain [RatchetHeaderSize]byte
+	plain := k.hdr[:]
 	nonce := msg[1 : 1+RatchetHeaderNonceSize]
 	sealed := msg[1+RatchetHeaderNonceSize : 1+RatchetEncHeaderSize]
 	if _, err := haead.Open(plain[:0], nonce, sealed, msg[:1]); err != nil {
@@ -374,7 +394,7 @@ func (r *Ratchet) Decrypt(msg, ad []byte) (plaintext []byte, secret [32]byte, er
 
 	// 1. The current receiving chain (including its skipped keys).
 	if r.hasRecv {
-		hdr, ok, err := openHeader(&r.hkr, msg)
+		hdr, ok, err := r.openHeader(&r.hkr, msg)
 		if err != nil {
 			return nil, secret, err
 		}
@@ -409,7 +429,7 @@ func (r *Ratchet) Decrypt(msg, ad []byte) (plaintext []byte, secret [32]byte, er
 	// 2. The next receiving header key: a DH ratchet step. Only allowed once
 	// our own last step is complete (we have a next sending header key).
 	if r.hasNHKs {
-		hdr, ok, err := openHeader(&r.nhkr, msg)
+		hdr, ok, err := r.openHeader(&r.nhkr, msg)
 		if err != nil {
 			return nil, secret, err
 		}
@@ -421,7 +441,7 @@ func (r *Ratchet) Decrypt(msg, ad []byte) (plaintext []byte, secret [32]byte, er
 	// 3. Old receiving chains, newest first: late messages and replays.
 	for i := len(r.old) - 1; i >= 0; i-- {
 		oc := &r.old[i]
-		hdr, ok, err := openHeader(&oc.hk, msg)
+		hdr, ok, err := r.openHeader(&oc.hk, msg)
 		if err != nil {
 			return nil, secret, err
 		}
@@ -537,13 +557,7 @@ func (r *Ratchet) decryptSkipped(hk *[ratchetKeySize]byte, n uint32, body, ad, e
 
 // decryptWith derives the body key from mk and opens the body.
 func (r *Ratchet) decryptWith(mk *[ratchetKeySize]byte, body, ad, encHeader []byte) ([]byte, [32]byte, error) {
-	key, nonce, secret := r.keySchedule().messageKeys(mk)
-	plaintext, err := openBody(&key, &nonce, body, ad, encHeader)
-	clear(key[:])
-	if err != nil {
-		return nil, [32]byte{}, err
-	}
-	return plaintext, secret, nil
+	return r.keySchedule().openBody(mk, body, ad, encHeader)
 }
 
 // skipChain advances ck from position from to position until, appending the

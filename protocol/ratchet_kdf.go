@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding"
@@ -67,6 +68,10 @@ var (
 	hkdfZeroSaltState = newZeroSaltState()
 )
 
+// hmacMaxMessage bounds the HMAC inputs of the key schedule; the longest is
+// an HKDF-Expand block, T(i-1) || info || i.
+const hmacMaxMessage = 2 * sha256.BlockSize
+
 // kdfStatePanic prefixes the panic for a SHA-256 state that does not
 // round-trip, which would be a bug in crypto/sha256.
 const kdfStatePanic = "protocol: ratchet: SHA-256 state: "
@@ -84,6 +89,15 @@ type kdf struct {
 	ck, prk      hmacKeyState
 	sum          [sha256.Size]byte
 	pad          [sha256.BlockSize]byte
+	in           [hmacMaxMessage]byte // HMAC input, assembled here so callers' arrays stay on the stack
+
+	// AEAD scratch used by ratchet.go.
+	hdr   [RatchetHeaderSize]byte
+	nonce [bodyNonceSize]byte
+	key   [bodyKeySize]byte
+	ad    []byte
+	hkey  [ratchetKeySize]byte // the header key haead was made with
+	haead cipher.AEAD
 }
 
 // hmacKeyState is the marshaled SHA-256 state after (key XOR ipad) and
@@ -147,10 +161,13 @@ func (k *kdf) restore(h hash.Hash, state []byte) {
 
 // mac returns HMAC-SHA256 of a || b || c under the key loaded into st.
 func (k *kdf) mac(st *hmacKeyState, a, b, c []byte) (out [sha256.Size]byte) {
+	if len(a)+len(b)+len(c) > hmacMaxMessage {
+		panic("protocol: ratchet: HMAC input too long")
+	}
+	m := append(append(append(k.in[:0], a...), b...), c...)
 	k.restore(k.inner, st.inner)
-	k.inner.Write(a)
-	k.inner.Write(b)
-	k.inner.Write(c)
+	k.inner.Write(m)
+	clear(m)
 	k.inner.Sum(k.sum[:0])
 	k.restore(k.outer, st.outer)
 	k.outer.Write(k.sum[:])
