@@ -305,11 +305,11 @@ func (b *Bundle) Verify(now time.Time) error {
 	if err := b.SignedPrekey.Verify(b.Account); err != nil {
 		return err
 	}
-	if err := b.LastResortKEM.Verify(b.Account); err != nil {
+	if err := b.LastResortKEM.verifySignature(b.Account); err != nil {
 		return err
 	}
 	for i := range b.OneTimeKEM {
-		if err := b.OneTimeKEM[i].Verify(b.Account); err != nil {
+		if err := b.OneTimeKEM[i].verifySignature(b.Account); err != nil {
 			return err
 		}
 	}

@@ -33,17 +33,34 @@ var (
 type KEMPublic [KEMPublicSize]byte
 
 // ParseKEMPublic checks the length of b and that it is a valid ML-KEM-768
-// encapsulation key (FIPS 203 modulus check).
+// encapsulation key: the FIPS 203 §7.2 modulus check, which is exactly
+// what mlkem.NewEncapsulationKey768 checks, without the cost of expanding
+// the key's matrix (a test holds the two to agreement).
 func ParseKEMPublic(b []byte) (KEMPublic, error) {
 	var k KEMPublic
 	if len(b) != KEMPublicSize {
 		return k, fmt.Errorf("%w (got %d)", ErrKEMLength, len(b))
 	}
-	if _, err := mlkem.NewEncapsulationKey768(b); err != nil {
+	if !kemModulusOK(b) {
 		return k, ErrKEMInvalid
 	}
 	copy(k[:], b)
 	return k, nil
+}
+
+// kemModulusOK reports whether every 12-bit coefficient of the encoded
+// vector t (the first 1152 bytes; the last 32 are the seed rho) is below
+// q = 3329, i.e. ByteEncode12(ByteDecode12(t)) == t.
+func kemModulusOK(b []byte) bool {
+	const q = 3329
+	t := b[:KEMPublicSize-32]
+	ok := true
+	for i := 0; i+3 <= len(t); i += 3 {
+		d1 := uint16(t[i]) | uint16(t[i+1]&0x0f)<<8
+		d2 := uint16(t[i+1])>>4 | uint16(t[i+2])<<4
+		ok = ok && d1 < q && d2 < q
+	}
+	return ok
 }
 
 func (k *KEMPublic) key() (*mlkem.EncapsulationKey768, error) {

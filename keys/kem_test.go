@@ -2,6 +2,7 @@ package keys
 
 import (
 	"bytes"
+	"crypto/mlkem"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -116,4 +117,68 @@ func TestParseKEMPublicRejects(t *testing.T) {
 	if _, err := NewKEMPrivate(make([]byte, 32)); !errors.Is(err, ErrKEMSeedLength) {
 		t.Errorf("short seed: %v", err)
 	}
+}
+
+// TestKEMModulusCheckAgrees holds ParseKEMPublic to the standard library's
+// validity rule on valid keys, keys with single coefficients pushed to
+// and past q, and random byte strings.
+func TestKEMModulusCheckAgrees(t *testing.T) {
+	r := testRand("kem-modulus")
+	k, _ := GenerateKEM(r)
+	good := k.Public().Bytes()
+	var inputs [][]byte
+	inputs = append(inputs, good)
+	for _, pos := range []int{0, 1, 2, 600, 1149, 1150, 1151} {
+		for _, v := range []byte{0x0c, 0xd0, 0xd1, 0xff, 0x00} {
+			b := bytes.Clone(good)
+			b[pos] = v
+			inputs = append(inputs, b)
+		}
+	}
+	// Coefficient exactly q-1 and q at the first and last slots.
+	for _, enc := range [][3]byte{{0x00, 0x0d, 0x00}, {0x01, 0x0d, 0x00}, {0x00, 0x0d, 0xd0}, {0x00, 0x10, 0xd0}} {
+		for _, off := range []int{0, 1149} {
+			b := bytes.Clone(good)
+			copy(b[off:], enc[:])
+			inputs = append(inputs, b)
+		}
+	}
+	for range 200 {
+		b := make([]byte, KEMPublicSize)
+		r.Read(b)
+		inputs = append(inputs, b)
+		// Mostly-valid: random small coefficients with one random byte.
+		c := bytes.Clone(good)
+		var pick [3]byte
+		r.Read(pick[:])
+		c[(int(pick[0])<<8|int(pick[1]))%1152] = pick[2]
+		inputs = append(inputs, c)
+	}
+	valid := 0
+	for _, in := range inputs {
+		_, err := ParseKEMPublic(in)
+		_, stdErr := mlkem.NewEncapsulationKey768(in)
+		if (err == nil) != (stdErr == nil) {
+			t.Fatalf("disagreement on %x...: ours %v, crypto/mlkem %v", in[:8], err, stdErr)
+		}
+		if err == nil {
+			valid++
+		}
+	}
+	if valid < 10 || valid == len(inputs) {
+		t.Fatalf("test inputs not varied: %d of %d valid", valid, len(inputs))
+	}
+}
+
+func FuzzParseKEMPublic(f *testing.F) {
+	k, _ := GenerateKEM(testRand("fuzz-kem"))
+	f.Add(k.Public().Bytes())
+	f.Add(bytes.Repeat([]byte{0xff}, KEMPublicSize))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		_, err := ParseKEMPublic(in)
+		_, stdErr := mlkem.NewEncapsulationKey768(in)
+		if (err == nil) != (stdErr == nil) {
+			t.Fatalf("ours %v, crypto/mlkem %v", err, stdErr)
+		}
+	})
 }

@@ -114,6 +114,10 @@ func (p SignedKEMPrekey) Verify(acct AccountPublic) error {
 	if _, err := ParseKEMPublic(p.Public[:]); err != nil {
 		return fmt.Errorf("keys: KEM prekey %d: %w", p.ID, err)
 	}
+	return p.verifySignature(acct)
+}
+
+func (p *SignedKEMPrekey) verifySignature(acct AccountPublic) error {
 	if !acct.Verify(p.signingInput(), p.Signature[:]) {
 		return fmt.Errorf("%w (KEM prekey %d)", ErrPrekeySignature, p.ID)
 	}
