@@ -3,25 +3,25 @@ package protocol
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
 
 // The envelope vectors in testdata/envelope are files in the manner of the
-// age test vectors: a header of "key: value" lines, a blank line, then the
-// envelope in hex. Header keys:
+// age test vectors, in the same layout as the session vectors: a header of
+// "key: value" lines, a blank line, then the envelope in base64 (standard
+// alphabet, padded, 64 columns). Header keys:
 //
 //	expect:  success, or the name of the rule the envelope breaks
-//	now:     the validator's clock, Unix seconds
+//	now:     the validator's clock, RFC 3339
 //	comment: free text
 //
 // A conforming decoder parses the envelope, then validates it at "now", and
@@ -94,18 +94,18 @@ func envelopeVectors() []envelopeVector {
 func writeVector(path string, v envelopeVector) error {
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "expect: %s\n", v.expect)
-	fmt.Fprintf(&buf, "now: %d\n", v.now.Unix())
+	fmt.Fprintf(&buf, "now: %s\n", v.now.UTC().Format(time.RFC3339))
 	if v.comment != "" {
 		fmt.Fprintf(&buf, "comment: %s\n", v.comment)
 	}
 	buf.WriteString("\n")
-	h := hex.EncodeToString(v.data)
-	for len(h) > 64 {
-		buf.WriteString(h[:64] + "\n")
-		h = h[64:]
+	enc := base64.StdEncoding.EncodeToString(v.data)
+	for len(enc) > 64 {
+		buf.WriteString(enc[:64] + "\n")
+		enc = enc[64:]
 	}
-	if h != "" {
-		buf.WriteString(h + "\n")
+	if enc != "" {
+		buf.WriteString(enc + "\n")
 	}
 	return os.WriteFile(path, buf.Bytes(), 0o644)
 }
@@ -131,25 +131,25 @@ func readVector(path string) (envelopeVector, error) {
 		case "expect":
 			v.expect = val
 		case "now":
-			s, err := strconv.ParseInt(val, 10, 64)
+			t, err := time.Parse(time.RFC3339, val)
 			if err != nil {
 				return v, err
 			}
-			v.now = time.Unix(s, 0)
+			v.now = t
 		case "comment":
 			v.comment = val
 		default:
 			return v, fmt.Errorf("unknown header %q", k)
 		}
 	}
-	var h strings.Builder
+	var body strings.Builder
 	for sc.Scan() {
-		h.WriteString(strings.TrimSpace(sc.Text()))
+		body.WriteString(strings.TrimSpace(sc.Text()))
 	}
 	if err := sc.Err(); err != nil {
 		return v, err
 	}
-	v.data, err = hex.DecodeString(h.String())
+	v.data, err = base64.StdEncoding.DecodeString(body.String())
 	return v, err
 }
 
