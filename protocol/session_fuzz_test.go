@@ -51,7 +51,11 @@ func newSessFuzzFixture(tb testing.TB) *sessFuzzFixture {
 
 // FuzzAcceptInitial feeds arbitrary payloads under Bob's intro tag to
 // Accept: it must never panic, never change the prekey store, and accept
-// nothing but a genuine initial message from Alice.
+// nothing but a genuine initial message from Alice. Inputs that keep the
+// prekey IDs run real ML-KEM and X25519 operations, so give the fuzzer a
+// short minimisation budget:
+//
+//	go test ./protocol -run '^$' -fuzz FuzzAcceptInitial -fuzztime 60s -fuzzminimizetime 2s
 func FuzzAcceptInitial(f *testing.F) {
 	fx := newSessFuzzFixture(f)
 	ct := fx.initial.Ciphertext
