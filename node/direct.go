@@ -78,13 +78,14 @@ var (
 	ErrFrameSize         = errors.New("node: frame length out of range")
 	ErrBadAck            = errors.New("node: malformed ack")
 	ErrStreamFailed      = errors.New("node: direct stream failed")
-	ErrNoReceiver        = errors.New("node: no receiver configured")
 )
 
 // Receiver takes inbound envelopes. Receive returns only after the envelope
 // (and everything it changes) is durably committed; its return value
-// becomes the ack. Calls for one stream are sequential; calls for different
-// streams are concurrent. The envelope slice is the Receiver's to keep.
+// becomes the ack. Receive calls may run concurrently, also for envelopes from one stream (up
+// to the inbound pipeline depth, so that a store can commit several in one
+// transaction); acks still go back in the order the envelopes came. The
+// envelope slice is the Receiver's to keep.
 type Receiver interface {
 	Receive(ctx context.Context, from peer.ID, envelope []byte) error
 }
@@ -208,50 +209,107 @@ func (n *Host) handleDirect(s network.Stream) {
 		return
 	}
 	defer n.releaseInbound(p)
-	if err := s.Scope().ReserveMemory(MaxFrameSize, network.ReservationPriorityMedium); err != nil {
-		n.cfg.logger.Debug("direct stream refused: memory", "peer", p, "err", err)
-		s.Reset()
-		return
-	}
-	defer s.Scope().ReleaseMemory(MaxFrameSize)
-
 	if err := n.serveDirect(s, p); err != nil {
 		n.cfg.logger.Debug("direct stream reset", "peer", p, "err", err)
-		s.Reset()
 		return
 	}
 	s.Close()
 }
 
-// serveDirect reads envelopes and writes acks until the initiator closes
-// its side (nil) or anything goes wrong (error; the caller resets).
-func (n *Host) serveDirect(s network.Stream, p peer.ID) error {
-	br := bufio.NewReaderSize(s, frameHeaderSize+MaxFrameSize)
-	bw := bufio.NewWriter(s)
-	for {
-		if br.Buffered() == 0 {
-			// Idle: wait for the first byte of the next frame.
-			if err := s.SetReadDeadline(time.Now().Add(n.cfg.readIdleTimeout)); err != nil {
-				return err
-			}
-			if _, err := br.Peek(1); err != nil {
-				if err == io.EOF {
-					return n.flushAcks(s, bw)
-				}
-				return err
-			}
-		}
-		// The rest of the frame must follow promptly.
-		if err := s.SetReadDeadline(time.Now().Add(n.cfg.frameTimeout)); err != nil {
-			return err
-		}
-		env, err := readFrame(br, MaxFrameSize)
-		if err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(n.ctx, receiveTimeout)
-		rerr := n.cfg.receiver.Receive(ctx, p, env)
+// inbound is the state of one inbound direct stream. A reader goroutine
+// reads frames and starts a Receive for each, up to the pipeline depth at
+// once (so a store can commit several envelopes in one transaction); the
+// serving goroutine writes the acks in frame order.
+type inbound struct {
+	n *Host
+	s network.Stream
+	p peer.ID
+
+	mu      sync.Mutex
+	pending int  // envelopes read and not yet acked
+	inFrame bool // the reader is inside a frame (frame deadline applies)
+}
+
+// setIdle arms the idle deadline if nothing is pending: while acks are
+// owed the peer may rightly wait for them instead of sending.
+func (in *inbound) setIdle() error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.inFrame = false
+	if in.pending > 0 {
+		return in.s.SetReadDeadline(time.Time{})
+	}
+	return in.s.SetReadDeadline(time.Now().Add(in.n.cfg.readIdleTimeout))
+}
+
+func (in *inbound) startFrame() error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.inFrame = true
+	return in.s.SetReadDeadline(time.Now().Add(in.n.cfg.frameTimeout))
+}
+
+func (in *inbound) endFrame() {
+	in.mu.Lock()
+	in.pending++
+	in.mu.Unlock()
+}
+
+// acked notes one ack written; the last one owed re-arms the idle deadline
+// unless the reader is inside a frame.
+func (in *inbound) acked() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.pending--
+	if in.pending == 0 && !in.inFrame {
+		in.s.SetReadDeadline(time.Now().Add(in.n.cfg.readIdleTimeout))
+	}
+}
+
+// receipt is one envelope's Receive result, in frame order.
+type receipt struct {
+	res  chan error
+	size int // memory reserved for the envelope
+}
+
+// serveDirect serves s until the initiator closes its side (nil) or
+// anything goes wrong (error, s reset). Either way every goroutine it
+// started has ended when it returns.
+func (n *Host) serveDirect(s network.Stream, p peer.ID) (err error) {
+	in := &inbound{n: n, s: s, p: p}
+	ctx, cancel := context.WithCancel(n.ctx)
+	receipts := make(chan receipt, n.cfg.inboundPipeline)
+	slots := make(chan struct{}, n.cfg.inboundPipeline) // Receive calls running
+	readErr := make(chan error, 1)
+	var wg sync.WaitGroup
+	defer func() {
 		cancel()
+		if err != nil {
+			s.Reset()
+		}
+		wg.Wait()
+		for r := range receipts { // drain what the reader left behind
+			<-r.res
+			s.Scope().ReleaseMemory(r.size)
+		}
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(receipts)
+		readErr <- in.readLoop(ctx, &wg, slots, receipts)
+	}()
+
+	bw := bufio.NewWriter(s)
+	for r := range receipts {
+		var rerr error
+		select {
+		case rerr = <-r.res:
+		case <-n.ctx.Done():
+			return ErrClosed
+		}
+		<-slots
+		s.Scope().ReleaseMemory(r.size)
 		if n.ctx.Err() != nil {
 			return ErrClosed // never ack what a shutdown interrupted
 		}
@@ -260,7 +318,7 @@ func (n *Host) serveDirect(s network.Stream, p peer.ID) error {
 			n.cfg.logger.Debug("direct envelope not stored", "peer", p, "status", st, "err", rerr)
 		}
 		// Acks are tiny: they collect in bw and go out in one write once
-		// no further frame is already buffered.
+		// no further result is ready.
 		if bw.Available() < frameHeaderSize+ackFrameSize {
 			if err := n.flushAcks(s, bw); err != nil {
 				return err
@@ -269,11 +327,73 @@ func (n *Host) serveDirect(s network.Stream, p peer.ID) error {
 		if err := writeFrame(bw, []byte{byte(st)}); err != nil {
 			return err
 		}
-		if br.Buffered() == 0 {
+		if len(receipts) == 0 {
 			if err := n.flushAcks(s, bw); err != nil {
 				return err
 			}
 		}
+		in.acked()
+	}
+	if err := <-readErr; err != nil {
+		return err
+	}
+	return n.flushAcks(s, bw)
+}
+
+// readLoop reads frames and starts their Receive calls until the stream
+// ends (nil on a clean end between frames) or fails.
+func (in *inbound) readLoop(ctx context.Context, wg *sync.WaitGroup, slots chan<- struct{}, receipts chan<- receipt) error {
+	n := in.n
+	br := bufio.NewReaderSize(in.s, frameHeaderSize+MaxFrameSize)
+	for {
+		if br.Buffered() == 0 {
+			if err := in.setIdle(); err != nil {
+				return err
+			}
+			if _, err := br.Peek(1); err != nil {
+				if err == io.EOF {
+					return nil
+				}
+				return err
+			}
+		}
+		if err := in.startFrame(); err != nil {
+			return err
+		}
+		size, err := readFrameLen(br, MaxFrameSize)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if err := in.s.Scope().ReserveMemory(size, network.ReservationPriorityMedium); err != nil {
+			return err
+		}
+		env := make([]byte, size)
+		if _, err := io.ReadFull(br, env); err != nil {
+			in.s.Scope().ReleaseMemory(size)
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		in.endFrame()
+		select {
+		case slots <- struct{}{}: // blocks at the pipeline depth: backpressure
+		case <-ctx.Done():
+			in.s.Scope().ReleaseMemory(size)
+			return ctx.Err()
+		}
+		r := receipt{res: make(chan error, 1), size: size}
+		receipts <- r // never blocks: a receipt per slot
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rctx, cancel := context.WithTimeout(ctx, receiveTimeout)
+			defer cancel()
+			r.res <- n.cfg.receiver.Receive(rctx, in.p, env)
+		}()
 	}
 }
 

@@ -447,3 +447,52 @@ func waitFor(t testing.TB, ctx context.Context, cond func() bool) {
 		}
 	}
 }
+
+func TestDirectInboundPipeline(t *testing.T) {
+	// depth 1: Receive calls never overlap. depth 4: four run at once
+	// (what lets a store commit them together), acks still in order.
+	for _, depth := range []int{1, 4} {
+		t.Run(fmt.Sprint("depth ", depth), func(t *testing.T) {
+			var running, most atomic.Int32
+			release := make(chan struct{})
+			rcv := ReceiverFunc(func(ctx context.Context, _ peer.ID, env []byte) error {
+				now := running.Add(1)
+				defer running.Add(-1)
+				for {
+					m := most.Load()
+					if now <= m || most.CompareAndSwap(m, now) {
+						break
+					}
+				}
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				if env[0]%2 == 1 {
+					return ErrMalformedEnvelope
+				}
+				return nil
+			})
+			snd, dst := directPair(t, rcv, WithInboundPipeline(depth))
+			ctx := testContext(t, 30*time.Second)
+			const n = 12
+			errs := make([]chan error, n)
+			for i := range n {
+				errs[i] = make(chan error, 1)
+				go func() { errs[i] <- snd.Sender().Send(ctx, dst.ID(), []byte{byte(i)}) }()
+			}
+			waitFor(t, ctx, func() bool { return running.Load() == int32(depth) })
+			close(release)
+			for i := range n {
+				err := <-errs[i]
+				if i%2 == 1 && !errors.Is(err, ErrRejected) || i%2 == 0 && err != nil {
+					t.Fatalf("send %d: %v", i, err)
+				}
+			}
+			if got := most.Load(); got != int32(depth) {
+				t.Fatalf("at most %d Receive calls ran at once, want %d", got, depth)
+			}
+		})
+	}
+}

@@ -37,6 +37,9 @@ const (
 	// DefaultMaxInboundStreamsPerPeer caps concurrent inbound direct streams
 	// from one peer; excess streams are reset at once.
 	DefaultMaxInboundStreamsPerPeer = 4
+	// DefaultInboundPipeline caps concurrent Receive calls per inbound
+	// direct stream (and so the envelopes buffered for it).
+	DefaultInboundPipeline = 16
 	// DefaultMaxInFlight caps how many envelopes one outbound stream carries
 	// without an ack yet.
 	DefaultMaxInFlight = 256
@@ -86,6 +89,7 @@ type config struct {
 	frameTimeout      time.Duration
 	maxInboundPerPeer int
 	maxInFlight       int
+	inboundPipeline   int
 
 	logger *slog.Logger
 
@@ -107,6 +111,7 @@ func defaultConfig() config {
 		frameTimeout:      DefaultFrameTimeout,
 		maxInboundPerPeer: DefaultMaxInboundStreamsPerPeer,
 		maxInFlight:       DefaultMaxInFlight,
+		inboundPipeline:   DefaultInboundPipeline,
 		logger:            slog.New(slog.DiscardHandler),
 	}
 	for _, s := range DefaultListenAddrs {
@@ -134,7 +139,7 @@ func (c *config) validate() error {
 	if c.readIdleTimeout <= 0 || c.frameTimeout <= 0 {
 		return fmt.Errorf("%w: timeouts must be positive", ErrBadConfig)
 	}
-	if c.maxInboundPerPeer <= 0 || c.maxInFlight <= 0 {
+	if c.maxInboundPerPeer <= 0 || c.maxInFlight <= 0 || c.inboundPipeline <= 0 {
 		return fmt.Errorf("%w: stream limits must be positive", ErrBadConfig)
 	}
 	if c.mdns && c.mdnsServiceName == "" {
@@ -270,6 +275,15 @@ func WithMaxInboundStreamsPerPeer(n int) Option {
 func WithMaxInFlight(n int) Option {
 	return func(c *config) error {
 		c.maxInFlight = n
+		return nil
+	}
+}
+
+// WithInboundPipeline caps concurrent Receive calls per inbound direct
+// stream; 1 makes them sequential in frame order.
+func WithInboundPipeline(n int) Option {
+	return func(c *config) error {
+		c.inboundPipeline = n
 		return nil
 	}
 }
