@@ -362,12 +362,11 @@ func pqxdhInitiate(rand io.Reader, now time.Time, me *LocalIdentity, peer *keys.
 	if peer.Account.Equal(me.Account.Public()) {
 		return nil, ErrSelfSession
 	}
-	// Bundle.Verify checked every signature; check the ones used once more
-	// right where they are used, so that no change elsewhere can let an
-	// unsigned key through.
-	if err := peer.SignedPrekey.Verify(peer.Account); err != nil {
-		return nil, fmt.Errorf("protocol: peer bundle: %w", err)
-	}
+	// Bundle.Verify has checked the bundle signature, the device
+	// certificate, every public key and every prekey signature (signed
+	// prekey, last-resort and one-time KEM prekeys); TestBundleVerification
+	// pins that a forged prekey signature stops Initiate even under a
+	// valid bundle signature.
 	h := initialHeader{spkID: peer.SignedPrekey.ID}
 	kem := peer.LastResortKEM
 	if n := len(peer.OneTimeKEM); n > 0 {
@@ -378,9 +377,6 @@ func pqxdhInitiate(rand io.Reader, now time.Time, me *LocalIdentity, peer *keys.
 		kem = peer.OneTimeKEM[i]
 		h.flags |= flagOneTimeKEM
 	}
-	if err := kem.Verify(peer.Account); err != nil {
-		return nil, fmt.Errorf("protocol: peer bundle: %w", err)
-	}
 	h.kemID = kem.ID
 	var opk *keys.OneTimePrekey
 	if n := len(peer.OneTimeDH); n > 0 {
@@ -389,9 +385,6 @@ func pqxdhInitiate(rand io.Reader, now time.Time, me *LocalIdentity, peer *keys.
 			return nil, err
 		}
 		opk = &peer.OneTimeDH[i]
-		if err := opk.Verify(); err != nil {
-			return nil, fmt.Errorf("protocol: peer bundle: %w", err)
-		}
 		h.flags |= flagOneTimeDH
 		h.otpID = opk.ID
 	}
