@@ -35,13 +35,15 @@ func (k OutboxKind) String() string {
 	return fmt.Sprintf("outbox-kind(%d)", uint8(k))
 }
 
-// OutboxEntry is a sealed envelope waiting to be delivered. It is written
-// before the envelope first goes on the wire and deleted when delivery is
-// confirmed (or the entry expires).
+// OutboxEntry is a message waiting to be delivered. It is written before
+// the envelope first goes on the wire and deleted when delivery is
+// confirmed (or the entry expires). An entry with no Envelope is queued but
+// not sealed yet (the message record holds its body): the running node
+// seals it, in one commit with the session, before it first sends it.
 type OutboxEntry struct {
 	MsgID       [16]byte // the message (or receipt) ID; the entry's key
 	Contact     [32]byte // recipient account
-	Envelope    []byte   // marshalled envelope, opaque here
+	Envelope    []byte   // marshalled envelope, opaque here; empty until sealed
 	Kind        OutboxKind
 	Created     time.Time
 	NextAttempt time.Time // when to try again; DueOutbox orders by it
@@ -52,8 +54,8 @@ type OutboxEntry struct {
 
 func (e *OutboxEntry) marshal() ([]byte, error) {
 	switch {
-	case len(e.Envelope) == 0:
-		return nil, fmt.Errorf("store: outbox entry has no envelope")
+	case len(e.Envelope) == 0 && e.Kind == OutboxReceipt:
+		return nil, fmt.Errorf("store: a receipt outbox entry needs its sealed envelope")
 	case len(e.Envelope) > MaxEnvelopeSize:
 		return nil, tooLarge("envelope", len(e.Envelope), MaxEnvelopeSize)
 	case e.Kind != OutboxMessage && e.Kind != OutboxReceipt:
@@ -93,7 +95,7 @@ func unmarshalOutbox(b []byte) (OutboxEntry, error) {
 		return OutboxEntry{}, fmt.Errorf("%w: outbox entry: bad kind %d", ErrCorrupt, e.Kind)
 	}
 	if len(e.Envelope) == 0 {
-		return OutboxEntry{}, fmt.Errorf("%w: outbox entry: empty envelope", ErrCorrupt)
+		e.Envelope = nil // queued, not sealed yet
 	}
 	return e, nil
 }

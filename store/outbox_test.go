@@ -122,7 +122,7 @@ func TestOutboxRoundTripAndLimits(t *testing.T) {
 		return nil
 	})
 	bad := []OutboxEntry{
-		{MsgID: msgID(2), Kind: OutboxMessage},
+		{MsgID: msgID(2), Kind: OutboxReceipt}, // receipts have no message record to seal from
 		{MsgID: msgID(2), Kind: OutboxMessage, Envelope: make([]byte, MaxEnvelopeSize+1)},
 		{MsgID: msgID(2), Kind: 9, Envelope: []byte{1}},
 		{MsgID: msgID(2), Kind: OutboxMessage, Envelope: []byte{1}, Attempts: -1},
@@ -220,4 +220,28 @@ func TestSettingsAndCursors(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestOutboxUnsealedEntry(t *testing.T) {
+	db, _ := openTest(t)
+	e := OutboxEntry{MsgID: msgID(7), Contact: acct(1), Kind: OutboxMessage, NextAttempt: time.Unix(100, 0)}
+	if err := db.Update(func(tx *Tx) error { return tx.PutOutbox(e) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.View(func(tx *Tx) error {
+		got, err := tx.GetOutbox(e.MsgID)
+		if err != nil {
+			return err
+		}
+		if got.Envelope != nil || got.Kind != OutboxMessage || got.Contact != e.Contact {
+			t.Errorf("unsealed entry read back as %+v", got)
+		}
+		due, err := tx.DueOutbox(time.Unix(200, 0), 10)
+		if err != nil || len(due) != 1 {
+			t.Errorf("DueOutbox = %v, %v", due, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
