@@ -37,7 +37,8 @@ const (
 	// envelope is acked AckTryLater.
 	receiveTimeout = 30 * time.Second
 	// sendAttempts: Send retries once on a fresh stream when the stream
-	// fails under it (the responder dedups, so a resend is safe).
+	// fails under a live connection (the responder dedups, so a resend is
+	// safe).
 	sendAttempts = 2
 )
 
@@ -447,6 +448,13 @@ func (snd *Sender) Send(ctx context.Context, p peer.ID, env []byte) error {
 		}
 		err = os.send(ctx, env)
 		if !errors.Is(err, ErrStreamFailed) || ctx.Err() != nil {
+			return err
+		}
+		// A stream can fail under a live connection (the recipient closed
+		// it as idle just as we wrote): retry on a fresh one. If the
+		// connection is gone too, the peer is: report that at once rather
+		// than redial.
+		if snd.n.h.Network().Connectedness(p) != network.Connected {
 			return err
 		}
 	}

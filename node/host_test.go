@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"testing"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 func TestOptionsValidation(t *testing.T) {
@@ -158,5 +160,48 @@ func TestCloseIdempotentNoLeak(t *testing.T) {
 	if err := a.Bootstrap(ctx); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Bootstrap after Close: %v, want ErrClosed", err)
 	}
+	check()
+}
+
+func TestCloseDuringReceive(t *testing.T) {
+	// A Receive is blocked (a slow disk, say) when the receiving host
+	// closes: the Receive sees its context end, the sender gets an error
+	// (never an ack), and nothing is left running.
+	warm := newTestHost(t)
+	warm.Close()
+	check := goroutineLeakCheck(t)
+
+	entered := make(chan struct{})
+	rcv := ReceiverFunc(func(ctx context.Context, _ peer.ID, _ []byte) error {
+		close(entered)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	ctx := testContext(t, 30*time.Second)
+	dst, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false), WithReceiver(rcv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snd, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snd.Connect(ctx, dst.AddrInfo()); err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() { res <- snd.Sender().Send(ctx, dst.ID(), []byte("x")) }()
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("Receive never called")
+	}
+	if err := dst.Close(); err != nil {
+		t.Logf("close: %v", err)
+	}
+	if err := <-res; err == nil {
+		t.Fatal("Send succeeded although the receiver never stored the envelope")
+	}
+	snd.Close()
 	check()
 }
