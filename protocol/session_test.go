@@ -954,3 +954,44 @@ func TestInnerMessageEncoding(t *testing.T) {
 		}
 	}
 }
+
+// TestPreferSession covers the rule on its own: nil arguments, sessions
+// initiated by different accounts (the order of the arguments does not
+// matter), and two sessions initiated by the same account.
+func TestPreferSession(t *testing.T) {
+	rng := sessRNG(17)
+	a := newSessParty(t, rng, "alice", 0)
+	b := newSessParty(t, rng, "bob", 0)
+	ab, err := Initiate(rng, sessNow, a.me, b.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ab2, err := Initiate(rng, sessNow, a.me, b.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ba, err := Initiate(rng, sessNow, b.me, a.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if PreferSession(nil, ab) != ab || PreferSession(ab, nil) != ab || PreferSession(nil, nil) != nil {
+		t.Fatal("nil handling")
+	}
+	wantCross := ab
+	if bytes.Compare(b.account().Bytes(), a.account().Bytes()) < 0 {
+		wantCross = ba
+	}
+	if PreferSession(ab, ba) != wantCross || PreferSession(ba, ab) != wantCross {
+		t.Fatal("sessions of different initiators: not the smaller account's")
+	}
+	wantSame := ab
+	if id1, id2 := ab.InitialID(), ab2.InitialID(); bytes.Compare(id2[:], id1[:]) < 0 {
+		wantSame = ab2
+	}
+	if PreferSession(ab, ab2) != wantSame || PreferSession(ab2, ab) != wantSame {
+		t.Fatal("sessions of one initiator: not the smaller initial ID")
+	}
+	if ab.LocalAccount() != a.account() || ba.LocalAccount() != b.account() {
+		t.Fatal("LocalAccount")
+	}
+}
