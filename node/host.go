@@ -151,10 +151,13 @@ func New(opts ...Option) (*Host, error) {
 	n.goFunc(n.republishLoop)
 
 	if cfg.mdns {
-		n.mdns = mdns.NewMdnsService(h, cfg.mdnsServiceName, mdnsNotifee{n})
-		if err := n.mdns.Start(); err != nil {
-			n.Close()
-			return nil, fmt.Errorf("node: mdns: %w", err)
+		// LAN discovery is a convenience: without it (no multicast, only
+		// loopback addresses) the node still works through the DHT.
+		svc := mdns.NewMdnsService(h, cfg.mdnsServiceName, mdnsNotifee{n})
+		if err := svc.Start(); err != nil {
+			cfg.logger.Warn("mDNS discovery unavailable", "err", err)
+		} else {
+			n.mdns = svc
 		}
 	}
 	return n, nil

@@ -205,3 +205,19 @@ func TestCloseDuringReceive(t *testing.T) {
 	snd.Close()
 	check()
 }
+
+func TestMDNSStartsAndStops(t *testing.T) {
+	// mDNS finds nothing on loopback, but a node with it on (the default
+	// for a running node) must start and close cleanly.
+	warm := newTestHost(t)
+	warm.Close()
+	check := goroutineLeakCheck(t)
+	h, err := New(WithIdentity(newKey(t)), WithListenAddrs("/ip4/0.0.0.0/tcp/0"), WithMDNS(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Close(); err != nil {
+		t.Logf("close: %v", err)
+	}
+	check()
+}

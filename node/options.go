@@ -201,7 +201,11 @@ func WithConnLimits(low, high int) Option {
 }
 
 // WithNAT turns NAT traversal on or off (on by default): the AutoNAT
-// service, the relay v2 client and hole punching.
+// service (dial-backs for other peers) and client, the relay v2 client and
+// hole punching. On loopback they need no special options: AutoNAT only
+// probes public addresses, so reachability stays unknown, and relay and
+// hole punching stay idle. Off saves the AutoNAT service's second host
+// (tests and benchmarks turn it off for speed).
 func WithNAT(on bool) Option {
 	return func(c *config) error {
 		c.nat = on
