@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -33,6 +34,7 @@ var (
 	ErrNoVerifier     = errors.New("node: no bundle verifier configured")
 	ErrNoValidRecord  = errors.New("node: no valid bundle record")
 	ErrBundleNotFound = errors.New("node: bundle not found")
+	ErrStaleBundle    = errors.New("node: bundle sequence number is not above the one already published")
 )
 
 // BundleVerifier checks a bundle record found under key at time now: it
@@ -131,17 +133,25 @@ func newValidator(v BundleVerifier, now func() time.Time) record.Validator {
 
 // PutBundle validates value with the configured verifier, stores it in the
 // DHT under account's bundle key, and remembers it for republishing until
-// Unpublish. A record with a lower sequence number than one already stored
-// is refused by the DHT.
+// Unpublish. A record whose sequence number is not above the one this node
+// already publishes is refused with ErrStaleBundle (and the DHT refuses one
+// below what it stores).
 func (n *Host) PutBundle(ctx context.Context, account, value []byte) error {
 	if n.isClosed() {
 		return ErrClosed
 	}
 	key := BundleKey(account)
-	if err := (bundleValidator{v: n.cfg.verifier, now: n.cfg.now}).Validate(key, value); err != nil {
+	v := bundleValidator{v: n.cfg.verifier, now: n.cfg.now}
+	if err := v.Validate(key, value); err != nil {
 		return err
 	}
 	n.pubMu.Lock()
+	if old, ok := n.published[key]; ok && !bytes.Equal(old, value) {
+		if i, err := v.Select(key, [][]byte{old, value}); err == nil && i == 0 {
+			n.pubMu.Unlock()
+			return ErrStaleBundle
+		}
+	}
 	n.published[key] = append([]byte(nil), value...)
 	n.pubMu.Unlock()
 	if err := n.dht.PutValue(ctx, key, value); err != nil {

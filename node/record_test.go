@@ -146,8 +146,12 @@ func TestBundleRecordAcrossHosts(t *testing.T) {
 	if err := a.PutBundle(ctx, acct, fakeBundle(5, "valid")); err != nil {
 		t.Fatalf("PutBundle(seq 5): %v", err)
 	}
-	if err := a.PutBundle(ctx, acct, fakeBundle(3, "valid")); err == nil {
-		t.Fatal("PutBundle with a lower seq succeeded")
+	if err := a.PutBundle(ctx, acct, fakeBundle(3, "valid")); !errors.Is(err, ErrStaleBundle) {
+		t.Fatalf("PutBundle with a lower seq = %v, want ErrStaleBundle", err)
+	}
+	// A node that did not publish the newer record is refused by the DHT.
+	if err := b.PutBundle(ctx, acct, fakeBundle(4, "valid")); err == nil {
+		t.Fatal("PutBundle below the stored seq succeeded")
 	}
 	got, err = b.GetBundle(ctx, acct)
 	if err != nil {
