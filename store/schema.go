@@ -57,6 +57,7 @@ var migrations = []migration{
 		}
 		return nil
 	}},
+	{name: "mailbox", apply: createMailboxBuckets},
 }
 
 // SchemaVersion is the schema version this build writes.
