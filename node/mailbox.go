@@ -1071,7 +1071,10 @@ func (c *MailboxClient) DepositTo(ctx context.Context, mbx peer.ID, env []byte) 
 	if len(env) == 0 || len(env) > protocol.MaxEnvelopeSize {
 		return fmt.Errorf("%w: envelope of %d bytes", ErrFrameSize, len(env))
 	}
-	_, _, err := c.roundTrip(ctx, mbx, appendDepositRequest(nil, env))
+	_, body, err := c.roundTrip(ctx, mbx, appendDepositRequest(nil, env))
+	if err == nil && len(body) != 0 {
+		err = fmt.Errorf("%w: deposit response of %d bytes", ErrBadMailboxMessage, len(body)+mailboxRespHeader)
+	}
 	return err
 }
 

@@ -316,6 +316,9 @@ func parseResponse(b []byte) (MailboxStatus, []byte, error) {
 	s, r := MailboxStatus(b[0]), MailboxReason(b[1])
 	switch s {
 	case MailboxOK, MailboxDuplicate:
+		if r != ReasonNone || s == MailboxDuplicate && len(b) != mailboxRespHeader {
+			return 0, nil, fmt.Errorf("%w: bad %v response", ErrBadMailboxMessage, s)
+		}
 		return s, b[mailboxRespHeader:], nil
 	case MailboxRejected, MailboxThrottled, MailboxFull, MailboxBadRequest, MailboxUnavailable:
 		if len(b) != mailboxRespHeader {
