@@ -956,14 +956,22 @@ func (c *MailboxClient) SubscribeShards(shards []uint16, fn func(env []byte)) (c
 
 // Mailboxes returns the mailboxes for shard this node is connected to: the
 // static ones first, then providers the DHT names for the shard. Each is
-// protected in the connection manager. Results are cached for a while.
+// protected in the connection manager. The list is cached for
+// mailboxCacheTTL while every mailbox on it stays connected.
 func (c *MailboxClient) Mailboxes(ctx context.Context, shard uint16) []peer.ID {
 	c.mu.Lock()
-	if e, ok := c.cache[shard]; ok && time.Since(e.at) < mailboxCacheTTL && len(e.peers) > 0 {
-		c.mu.Unlock()
-		return append([]peer.ID(nil), e.peers...)
-	}
+	e, ok := c.cache[shard]
 	c.mu.Unlock()
+	if ok && time.Since(e.at) < mailboxCacheTTL {
+		// Reuse the cached list while all of it is still connected.
+		live := true
+		for _, p := range e.peers {
+			live = live && c.h.LibP2P().Network().Connectedness(p) == network.Connected
+		}
+		if live {
+			return append([]peer.ID(nil), e.peers...)
+		}
+	}
 
 	self := c.h.ID()
 	seen := map[peer.ID]bool{self: true}
