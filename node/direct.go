@@ -91,6 +91,16 @@ type Receiver interface {
 	Receive(ctx context.Context, from peer.ID, envelope []byte) error
 }
 
+// OrderedReceiver is a Receiver that takes envelopes in frame order: the
+// stream's reader calls Enqueue synchronously for each frame, in the order
+// the frames arrived, and the returned channel yields the Receive result
+// once the envelope is committed. Enqueue must not block for long (it is
+// backpressure on the stream); ctx bounds the whole receive.
+type OrderedReceiver interface {
+	Receiver
+	Enqueue(ctx context.Context, from peer.ID, envelope []byte) <-chan error
+}
+
 // ReceiverFunc adapts a function to Receiver.
 type ReceiverFunc func(ctx context.Context, from peer.ID, envelope []byte) error
 
@@ -389,9 +399,24 @@ func (in *inbound) readLoop(ctx context.Context, wg *sync.WaitGroup, slots chan<
 		r := receipt{res: make(chan error, 1), size: size}
 		receipts <- r // never blocks: a receipt per slot
 		wg.Add(1)
+		rctx, cancel := context.WithTimeout(ctx, receiveTimeout)
+		if or, ok := n.cfg.receiver.(OrderedReceiver); ok {
+			// Handed over here, in frame order; only the wait is concurrent.
+			ch := or.Enqueue(rctx, in.p, env)
+			go func() {
+				defer wg.Done()
+				defer cancel()
+				select {
+				case err := <-ch:
+					r.res <- err
+				case <-rctx.Done():
+					r.res <- rctx.Err()
+				}
+			}()
+			continue
+		}
 		go func() {
 			defer wg.Done()
-			rctx, cancel := context.WithTimeout(ctx, receiveTimeout)
 			defer cancel()
 			r.res <- n.cfg.receiver.Receive(rctx, in.p, env)
 		}()
@@ -459,6 +484,54 @@ func (snd *Sender) Send(ctx context.Context, p peer.ID, env []byte) error {
 		}
 	}
 	return err
+}
+
+// SendBatch writes envs to p in order on one stream, pipelined, and waits
+// for every ack. The result for envs[i] is errs[i], with Send's meanings.
+// Frames leave in slice order, so a recipient that processes frames in
+// order sees them in that order.
+func (snd *Sender) SendBatch(ctx context.Context, p peer.ID, envs [][]byte) []error {
+	errs := make([]error, len(envs))
+	for i, env := range envs {
+		if len(env) == 0 || len(env) > MaxFrameSize {
+			errs[i] = fmt.Errorf("%w: envelope of %d bytes", ErrFrameSize, len(env))
+		}
+	}
+	os, err := snd.stream(ctx, p)
+	if err != nil {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return errs
+	}
+	reqs := make([]*sendReq, len(envs))
+	for i, env := range envs {
+		if errs[i] != nil {
+			continue
+		}
+		r := &sendReq{env: env, res: make(chan error, 1)}
+		select {
+		case os.reqs <- r:
+			reqs[i] = r
+		case <-os.done:
+			errs[i] = fmt.Errorf("%w: %w", ErrStreamFailed, os.err)
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
+	}
+	for i, r := range reqs {
+		if r == nil {
+			continue
+		}
+		select {
+		case errs[i] = <-r.res:
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
+	}
+	return errs
 }
 
 // stream returns the live stream to p, opening one if needed.

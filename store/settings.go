@@ -10,7 +10,7 @@ import (
 // Limits on settings and sync cursors.
 const (
 	MaxSettingNameLen = 64
-	MaxSettingSize    = 4096
+	MaxSettingSize    = 1 << 20 // a prekey bundle or a spare session state fits
 	MaxMailboxIDLen   = 128 // bytes of a mailbox identifier (its peer ID)
 	MaxCursorSize     = 256
 )

@@ -1,0 +1,384 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
+)
+
+// BundleProtocol serves a device's current prekey bundle to whoever asks:
+// the asker writes nothing, the server writes one frame (the bundle) and
+// closes. Bundles are public; the DHT holds the same record.
+const BundleProtocol = "/sotto/bundle/1.0.0"
+
+// bundleTimeout bounds a whole bundle exchange.
+const bundleTimeout = 10 * time.Second
+
+// maintenanceInterval is how often the node re-indexes tags, prunes old
+// ones and checks its bundle.
+const maintenanceInterval = time.Hour
+
+// ErrNoBundle is returned when a contact's prekey bundle cannot be found
+// (the contact's device is unreachable and the DHT holds no record).
+var ErrNoBundle = errors.New("node: the contact's prekey bundle is not reachable yet; the message stays queued and is retried")
+
+// verifyBundleRecord is the DHT validator's check of a bundle record: it
+// must parse, verify at now, and be stored under its own account's key.
+func verifyBundleRecord(key string, value []byte, now time.Time) (uint64, error) {
+	b, err := keys.ParseBundle(value)
+	if err != nil {
+		return 0, err
+	}
+	if err := b.Verify(now); err != nil {
+		return 0, err
+	}
+	if key != BundleKey(b.Account[:]) {
+		return 0, fmt.Errorf("node: bundle stored under another account's key")
+	}
+	return b.Seq, nil
+}
+
+// newBundle generates a new bundle with fresh prekeys, stores their
+// private halves (earlier ones stay until they expire) and the bundle.
+func newBundle(tx *store.Tx, cfg *Config, acct *keys.AccountPrivate, cert keys.DeviceCertificate, now time.Time) (*keys.Bundle, error) {
+	seq, err := tx.NextBundleSeq()
+	if err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		b, sec, err := keys.GeneratePrekeys(cfg.Rand, acct, cert, now, seq, cfg.OneTimePrekeys, DefaultBundleValidity)
+		if err != nil {
+			return nil, err
+		}
+		clash := false
+		put := func(kind store.PrekeyKind, id keys.PrekeyID, secret []byte) error {
+			if _, err := tx.GetPrekey(kind, uint32(id)); err == nil {
+				clash = true
+				return nil
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			return tx.PutPrekey(kind, uint32(id), secret)
+		}
+		// Check every ID first so that a clash writes nothing.
+		for _, chk := range []struct {
+			kind store.PrekeyKind
+			id   keys.PrekeyID
+		}{{store.PrekeySignedDH, b.SignedPrekey.ID}, {store.PrekeyLastResort, b.LastResortKEM.ID}} {
+			if _, err := tx.GetPrekey(chk.kind, uint32(chk.id)); err == nil {
+				clash = true
+			}
+		}
+		for _, p := range b.OneTimeDH {
+			if _, err := tx.GetPrekey(store.PrekeyOneTimeDH, uint32(p.ID)); err == nil {
+				clash = true
+			}
+		}
+		for _, p := range b.OneTimeKEM {
+			if _, err := tx.GetPrekey(store.PrekeyOneTimeKEM, uint32(p.ID)); err == nil {
+				clash = true
+			}
+		}
+		if clash {
+			if attempt > 8 {
+				return nil, fmt.Errorf("node: could not choose fresh prekey IDs")
+			}
+			continue
+		}
+		if k, ok := sec.SignedPrekey(b.SignedPrekey.ID); ok {
+			if err := put(store.PrekeySignedDH, b.SignedPrekey.ID, k.Bytes()); err != nil {
+				return nil, err
+			}
+		}
+		if k, ok := sec.KEMPrekey(b.LastResortKEM.ID); ok {
+			if err := put(store.PrekeyLastResort, b.LastResortKEM.ID, k.Seed()); err != nil {
+				return nil, err
+			}
+		}
+		for _, p := range b.OneTimeDH {
+			if k, ok := sec.OneTimePrekey(p.ID); ok {
+				if err := put(store.PrekeyOneTimeDH, p.ID, k.Bytes()); err != nil {
+					return nil, err
+				}
+			}
+		}
+		for _, p := range b.OneTimeKEM {
+			if k, ok := sec.KEMPrekey(p.ID); ok {
+				if err := put(store.PrekeyOneTimeKEM, p.ID, k.Seed()); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if err := tx.PutSetting(settingBundle, b.Marshal()); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+}
+
+// currentBundle returns the stored bundle, replacing it first when it is
+// close to expiry or has run low on one-time prekeys.
+func (n *Node) currentBundle(now time.Time) ([]byte, error) {
+	var out []byte
+	err := n.db.Update(func(tx *store.Tx) error {
+		b, err := tx.GetSetting(settingBundle)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		fresh := false
+		if err == nil {
+			if bd, err := keys.ParseBundle(b); err == nil && bd.Expires.Sub(now) > DefaultBundleValidity/4 {
+				left, err := tx.CountPrekeys(store.PrekeyOneTimeDH)
+				if err != nil {
+					return err
+				}
+				fresh = left >= MinOneTimePrekeys
+			}
+		}
+		if fresh {
+			out = b
+			return nil
+		}
+		bd, err := newBundle(tx, &n.cfg, n.me.Account, n.me.Device, now)
+		if err != nil {
+			return err
+		}
+		out = bd.Marshal()
+		return nil
+	})
+	return out, err
+}
+
+// publishBundle puts the current bundle into the DHT (the host republishes
+// it on its own schedule afterwards).
+func (n *Node) publishBundle(ctx context.Context) {
+	h := n.Host()
+	if h == nil {
+		return
+	}
+	b, err := n.currentBundle(n.now())
+	if err != nil {
+		n.cfg.Logger.Error("prekey bundle", "err", err)
+		return
+	}
+	acct := n.Account()
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := h.PutBundle(pctx, acct[:], b); err != nil && !errors.Is(err, ErrStaleBundle) {
+		n.cfg.Logger.Info("bundle not published to the DHT yet (it is still served directly)", "err", err)
+	}
+}
+
+// serveBundle writes the current bundle on s.
+func (n *Node) serveBundle(s network.Stream) {
+	defer s.Close()
+	s.SetDeadline(time.Now().Add(bundleTimeout))
+	b, err := n.currentBundle(n.now())
+	if err != nil {
+		s.Reset()
+		return
+	}
+	bw := bufio.NewWriter(s)
+	if err := writeFrame(bw, b); err != nil || bw.Flush() != nil {
+		s.Reset()
+	}
+}
+
+// fetchBundle finds the contact's current bundle: straight from its device
+// when reachable, else from the DHT. It checks that the bundle verifies
+// and belongs to the contact's account.
+func (n *Node) fetchBundle(ctx context.Context, c store.Contact) (*keys.Bundle, error) {
+	h := n.Host()
+	if h == nil {
+		return nil, ErrNotRunning
+	}
+	now := n.now()
+	check := func(raw []byte) (*keys.Bundle, error) {
+		b, err := keys.ParseBundle(raw)
+		if err != nil {
+			return nil, err
+		}
+		if err := b.Verify(now); err != nil {
+			return nil, err
+		}
+		if b.Account != keys.AccountPublic(c.Account) {
+			return nil, &identityChangedError{bundle: b}
+		}
+		return b, nil
+	}
+	var errs []error
+	if pid, err := peer.Decode(c.PeerID); err == nil {
+		raw, err := n.askBundle(ctx, pid, c.Addrs)
+		if err == nil {
+			b, err := check(raw)
+			if err == nil {
+				return b, nil
+			}
+			errs = append(errs, err)
+		} else {
+			errs = append(errs, err)
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, bundleTimeout)
+	defer cancel()
+	raw, err := h.GetBundle(dctx, c.Account[:])
+	if err == nil {
+		b, err := check(raw)
+		if err == nil {
+			return b, nil
+		}
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("%w (%w)", ErrNoBundle, errors.Join(errs...))
+}
+
+// identityChangedError reports a contact's device publishing a bundle
+// under another account key.
+type identityChangedError struct{ bundle *keys.Bundle }
+
+func (e *identityChangedError) Error() string {
+	return "node: the contact's device now speaks for another account key"
+}
+
+func (e *identityChangedError) Unwrap() error { return protocol.ErrIdentityChanged }
+
+// askBundle asks a device for its bundle over BundleProtocol.
+func (n *Node) askBundle(ctx context.Context, p peer.ID, addrs []string) ([]byte, error) {
+	h := n.Host()
+	ctx, cancel := context.WithTimeout(ctx, bundleTimeout)
+	defer cancel()
+	n.addAddrs(p, addrs)
+	s, err := h.LibP2P().NewStream(ctx, p, BundleProtocol)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	s.SetDeadline(time.Now().Add(bundleTimeout))
+	b, err := readFrame(bufio.NewReader(s), keys.MaxBundleSize)
+	if err != nil {
+		s.Reset()
+		return nil, fmt.Errorf("node: reading bundle from %s: %w", p, err)
+	}
+	if _, err := io.Copy(io.Discard, io.LimitReader(s, 1)); err != nil {
+		s.Reset()
+	}
+	return b, nil
+}
+
+// addAddrs tells the peerstore where a contact was last seen.
+func (n *Node) addAddrs(p peer.ID, addrs []string) {
+	h := n.Host()
+	if h == nil {
+		return
+	}
+	var mas []ma.Multiaddr
+	for _, s := range addrs {
+		if a, err := ma.NewMultiaddr(s); err == nil {
+			mas = append(mas, a)
+		}
+	}
+	if len(mas) > 0 {
+		h.LibP2P().Peerstore().AddAddrs(p, mas, time.Hour)
+	}
+}
+
+// refreshTags re-indexes every session's receiving tags for the live
+// epochs and drops tags of epochs no envelope can still carry.
+func (n *Node) refreshTags() error {
+	now := n.now()
+	return n.db.Update(func(tx *store.Tx) error {
+		cs, err := tx.ListContacts()
+		if err != nil {
+			return err
+		}
+		for _, c := range cs {
+			b, err := tx.GetSession(c.Account)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			s, err := protocol.UnmarshalSession(b)
+			if err != nil {
+				n.cfg.Logger.Error("stored session does not decode", "contact", c.Name, "err", err)
+				continue
+			}
+			if err := n.putTags(tx, s, now); err != nil {
+				return err
+			}
+		}
+		if live := protocol.LiveEpochs(now); len(live) > 0 && live[0] > 0 {
+			if _, err := tx.PruneTags(live[0]); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.PruneInitialSeen(now); err != nil {
+			return err
+		}
+		return nil
+	})
+}
+
+// protectContacts keeps connections to contacts from being trimmed.
+func (n *Node) protectContacts() {
+	h := n.Host()
+	if h == nil {
+		return
+	}
+	var cs []store.Contact
+	n.db.View(func(tx *store.Tx) error {
+		var err error
+		cs, err = tx.ListContacts()
+		return err
+	})
+	for _, c := range cs {
+		if pid, err := peer.Decode(c.PeerID); err == nil {
+			h.Protect(pid, "contact")
+			n.addAddrs(pid, c.Addrs)
+		}
+	}
+}
+
+// maintenanceLoop runs the hourly upkeep: tags, replay marks, bundle.
+func (n *Node) maintenanceLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(maintenanceInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+			if err := n.refreshTags(); err != nil {
+				n.cfg.Logger.Error("tag upkeep", "err", err)
+			}
+			n.publishBundle(n.ctx)
+		}
+	}
+}
+
+// connNotifee reacts to a contact's device connecting: its queued
+// messages are tried at once, and dial backoff to it is cleared.
+type connNotifee struct{ n *Node }
+
+func (c connNotifee) Listen(network.Network, ma.Multiaddr)      {}
+func (c connNotifee) ListenClose(network.Network, ma.Multiaddr) {}
+func (c connNotifee) Disconnected(network.Network, network.Conn) {}
+func (c connNotifee) Connected(_ network.Network, conn network.Conn) {
+	c.n.ob.peerUp(conn.RemotePeer())
+	c.n.kickOutbox()
+}

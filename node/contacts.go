@@ -1,0 +1,248 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/store"
+)
+
+// ErrSelfInvite is returned when adding one's own invite as a contact.
+var ErrSelfInvite = errors.New("node: that is your own invite; ask your contact for theirs (`sotto invite` on their machine)")
+
+// AddContact adds the account behind an invite under name. Adding an
+// account that is already a contact fails with store.ErrDuplicate; adding
+// one that wrote first (a message request) turns the request into a
+// contact with the given name.
+func (n *Node) AddContact(name, invite string) (store.Contact, error) {
+	inv, err := ParseInvite(invite)
+	if err != nil {
+		return store.Contact{}, err
+	}
+	if inv.Account() == n.Account() {
+		return store.Contact{}, ErrSelfInvite
+	}
+	pid, err := inv.PeerID()
+	if err != nil {
+		return store.Contact{}, err
+	}
+	var addrs []string
+	for _, a := range inv.Addrs {
+		addrs = append(addrs, a.String())
+	}
+	now := n.now()
+	var out store.Contact
+	err = n.db.Update(func(tx *store.Tx) error {
+		old, err := tx.GetContact(inv.Account())
+		if err == nil {
+			if !old.IsRequest {
+				return fmt.Errorf("%w: this account is already your contact %q", store.ErrDuplicate, old.Name)
+			}
+			old.IsRequest = false
+			old.Name = name
+			old.DeviceCert = inv.Device.Marshal()
+			old.PeerID = pid.String()
+			old.Addrs = addrs
+			out = old
+			return tx.PutContact(old)
+		}
+		if !errors.Is(err, store.ErrUnknownContact) && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		// The same device under a different account: an identity change of
+		// a contact the user already has.
+		all, err := tx.ListContacts()
+		if err != nil {
+			return err
+		}
+		for _, c := range all {
+			if c.PeerID == pid.String() && !c.IsRequest {
+				return fmt.Errorf("node: this invite's device belongs to your contact %q, who used another identity key before; compare safety numbers with them, then accept the change with `sotto contact verify %s --confirm`", c.Name, c.Name)
+			}
+		}
+		out = store.Contact{
+			Name: name, Account: inv.Account(), DeviceCert: inv.Device.Marshal(),
+			PeerID: pid.String(), Addrs: addrs, Added: now,
+		}
+		return tx.AddContact(out)
+	})
+	if err != nil {
+		return store.Contact{}, err
+	}
+	if h := n.Host(); h != nil {
+		h.Protect(pid, "contact")
+		n.addAddrs(pid, addrs)
+		h.ClearBackoff(pid)
+	}
+	n.kickOutbox()
+	return out, nil
+}
+
+// Contacts lists the contacts, sorted by name.
+func (n *Node) Contacts() ([]store.Contact, error) {
+	var out []store.Contact
+	err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		out, err = tx.ListContacts()
+		return err
+	})
+	return out, err
+}
+
+// Contact finds a contact by name.
+func (n *Node) Contact(name string) (store.Contact, error) {
+	var c store.Contact
+	err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		c, err = contactByName(tx, name)
+		return err
+	})
+	return c, err
+}
+
+// ContactByAccount finds a contact by account key.
+func (n *Node) ContactByAccount(acct [32]byte) (store.Contact, error) {
+	var c store.Contact
+	err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		c, err = tx.GetContact(acct)
+		return err
+	})
+	return c, err
+}
+
+// Verification is what the user compares with a contact.
+type Verification struct {
+	Contact      store.Contact
+	SafetyNumber string // of the current key, or of the pending new key
+	KeyChanged   bool
+}
+
+// SafetyNumber returns the safety number of this account and acct.
+func (n *Node) SafetyNumber(acct [32]byte) string {
+	return keys.SafetyNumber(n.Account(), keys.AccountPublic(acct))
+}
+
+// VerifyContact shows the safety number to compare with the contact named
+// name; with confirm it marks the contact verified (and, when the
+// contact's identity key changed, accepts the new key).
+func (n *Node) VerifyContact(name string, confirm bool) (Verification, error) {
+	var v Verification
+	err := n.db.Update(func(tx *store.Tx) error {
+		c, err := contactByName(tx, name)
+		if err != nil {
+			return err
+		}
+		acct := c.Account
+		if c.KeyChange != nil {
+			acct = c.KeyChange.Account
+			v.KeyChanged = true
+		}
+		v.SafetyNumber = keys.SafetyNumber(n.Account(), keys.AccountPublic(acct))
+		if !confirm {
+			v.Contact = c
+			return nil
+		}
+		if c.KeyChange != nil {
+			if c, err = n.acceptKeyChange(tx, c); err != nil {
+				return err
+			}
+		}
+		c.Verified = true
+		c.IsRequest = false
+		if err := tx.PutContact(c); err != nil {
+			return err
+		}
+		v.Contact = c
+		return nil
+	})
+	if err == nil && confirm {
+		n.kickOutbox()
+	}
+	return v, err
+}
+
+// acceptKeyChange makes a contact's pending key its key. A message request
+// that the new key already made is folded into the contact.
+func (n *Node) acceptKeyChange(tx *store.Tx, c store.Contact) (store.Contact, error) {
+	newAcct := c.KeyChange.Account
+	if req, err := tx.GetContact(newAcct); err == nil {
+		// The new key wrote first: keep that contact (its session and
+		// messages), under the old name; the old key's history stays.
+		name := c.Name
+		if err := tx.DeleteContact(c.Account); err != nil {
+			return store.Contact{}, err
+		}
+		req.Name = name
+		req.IsRequest = false
+		req.Verified = false
+		if err := tx.PutContact(req); err != nil {
+			return store.Contact{}, err
+		}
+		return req, nil
+	} else if !errors.Is(err, store.ErrUnknownContact) && !errors.Is(err, store.ErrNotFound) {
+		return store.Contact{}, err
+	}
+	nc, err := tx.AcceptKeyChange(c.Account)
+	if err != nil {
+		return store.Contact{}, err
+	}
+	if cert, err := keys.ParseDeviceCertificate(nc.DeviceCert); err == nil {
+		if pid, err := peer.IDFromBytes(cert.PeerID); err == nil {
+			nc.PeerID = pid.String()
+		}
+	}
+	return nc, nil
+}
+
+// Messages lists messages in conversation order: of the contact named
+// name (all conversations when name is empty), after the cursor, at most
+// limit (0: the store's default).
+func (n *Node) Messages(name string, after uint64, limit int) ([]store.Message, error) {
+	var out []store.Message
+	err := n.db.View(func(tx *store.Tx) error {
+		var filter *[32]byte
+		if strings.TrimSpace(name) != "" {
+			c, err := contactByName(tx, name)
+			if err != nil {
+				return err
+			}
+			filter = &c.Account
+		}
+		var err error
+		out, err = tx.ListMessages(filter, after, limit)
+		return err
+	})
+	return out, err
+}
+
+// Status is a snapshot of the node.
+type Status struct {
+	PeerID         string
+	Addrs          []string
+	ConnectedPeers int
+	OutboxPending  int
+	Running        bool
+}
+
+// Status reports the node's state.
+func (n *Node) Status() (Status, error) {
+	st := Status{PeerID: n.ident.PeerID}
+	for _, a := range n.Addrs() {
+		st.Addrs = append(st.Addrs, a.String())
+	}
+	if h := n.Host(); h != nil {
+		st.Running = true
+		st.ConnectedPeers = len(h.LibP2P().Network().Peers())
+	}
+	err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		st.OutboxPending, err = tx.PendingCount()
+		return err
+	})
+	return st, err
+}

@@ -1,0 +1,213 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/store"
+)
+
+// testLogger logs to stderr when SOTTO_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("SOTTO_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// testNet is a bootstrap host plus messenger nodes on loopback.
+type testNet struct {
+	t    *testing.T
+	boot *Host
+}
+
+func newTestNet(t *testing.T) *testNet {
+	boot := newTestHost(t, WithBundleVerifier(BundleVerifierFunc(verifyBundleRecord)))
+	return &testNet{t: t, boot: boot}
+}
+
+// initNode creates a data dir with a fresh identity.
+func (tn *testNet) initNode(name string) string {
+	tn.t.Helper()
+	dir := tn.t.TempDir() + "/" + name
+	if _, err := Init(dir, name, nil); err != nil {
+		tn.t.Fatalf("Init %s: %v", name, err)
+	}
+	return dir
+}
+
+// start opens and starts the node in dir, bootstrapping from the test
+// net's bootstrap host.
+func (tn *testNet) start(dir string) *Node {
+	tn.t.Helper()
+	n, err := Open(Config{
+		DataDir:     dir,
+		ListenAddrs: testListenAddrs,
+		Bootstrap:   []peer.AddrInfo{tn.boot.AddrInfo()},
+		NoMDNS:      true,
+		NoNAT:       true,
+		Logger:      testLogger(),
+	})
+	if err != nil {
+		tn.t.Fatalf("Open %s: %v", dir, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := n.Start(ctx); err != nil {
+		n.Close()
+		tn.t.Fatalf("Start %s: %v", dir, err)
+	}
+	tn.t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// befriend makes a and b contacts of each other through invites that
+// carry only the account and device certificate (no addresses), so that
+// they must find each other through the DHT.
+func befriend(t *testing.T, a *Node, aName string, b *Node, bName string) {
+	t.Helper()
+	for _, p := range []struct {
+		from, to *Node
+		name     string
+	}{{a, b, bName}, {b, a, aName}} {
+		inv, err := p.to.Invite()
+		if err != nil {
+			t.Fatal(err)
+		}
+		inv.Addrs = nil
+		if _, err := p.from.AddContact(p.name, inv.String()); err != nil {
+			t.Fatalf("AddContact %s: %v", p.name, err)
+		}
+	}
+}
+
+// waitMessages waits until n holds want messages from/to contact name that
+// satisfy ok, and returns them.
+func waitMessages(t *testing.T, ctx context.Context, n *Node, name string, want int, ok func(store.Message) bool) []store.Message {
+	t.Helper()
+	var got []store.Message
+	waitFor(t, ctx, func() bool {
+		got = got[:0]
+		var after uint64
+		for {
+			page, err := n.Messages(name, after, 1000)
+			if err != nil {
+				t.Fatalf("Messages: %v", err)
+			}
+			for _, m := range page {
+				if ok(m) {
+					got = append(got, m)
+				}
+			}
+			if len(page) < 1000 {
+				break
+			}
+			after = page[len(page)-1].Seq
+		}
+		return len(got) >= want
+	})
+	return got
+}
+
+func incoming(m store.Message) bool  { return m.Direction == store.Incoming }
+func delivered(m store.Message) bool { return m.Direction == store.Outgoing && m.State == store.StateDelivered }
+
+func TestMessengerDiscoveryAndExchange(t *testing.T) {
+	check := goroutineLeakCheck(t)
+	tn := newTestNet(t)
+	alice := tn.start(tn.initNode("alice"))
+	bob := tn.start(tn.initNode("bob"))
+	befriend(t, alice, "alice", bob, "bob")
+
+	// Safety numbers agree on both sides.
+	va, err := alice.VerifyContact("bob", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vb, err := bob.VerifyContact("alice", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if va.SafetyNumber != vb.SafetyNumber || va.SafetyNumber == "" {
+		t.Fatalf("safety numbers differ: %q vs %q", va.SafetyNumber, vb.SafetyNumber)
+	}
+
+	ctx := testContext(t, 60*time.Second)
+	if _, err := alice.Send(ctx, "bob", "hello bob"); err != nil {
+		t.Fatal(err)
+	}
+	got := waitMessages(t, ctx, bob, "alice", 1, incoming)
+	if string(got[0].Body) != "hello bob" || got[0].Via != store.ViaDirect {
+		t.Fatalf("bob got %+v", got[0])
+	}
+	if _, err := bob.Send(ctx, "alice", "hi alice"); err != nil {
+		t.Fatal(err)
+	}
+	got = waitMessages(t, ctx, alice, "bob", 1, incoming)
+	if string(got[0].Body) != "hi alice" {
+		t.Fatalf("alice got %q", got[0].Body)
+	}
+	waitMessages(t, ctx, alice, "bob", 1, delivered)
+	waitMessages(t, ctx, bob, "alice", 1, delivered)
+
+	alice.Close()
+	bob.Close()
+	tn.boot.Close()
+	check()
+}
+
+func TestMessengerThousandEachWay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long exchange")
+	}
+	tn := newTestNet(t)
+	alice := tn.start(tn.initNode("alice"))
+	bob := tn.start(tn.initNode("bob"))
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testContext(t, 180*time.Second)
+
+	const N = 1000
+	errc := make(chan error, 2)
+	for _, s := range []struct {
+		from *Node
+		to   string
+	}{{alice, "bob"}, {bob, "alice"}} {
+		go func() {
+			for i := range N {
+				if _, err := s.from.Send(ctx, s.to, fmt.Sprintf("%s %04d", s.to, i)); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range []struct {
+		n    *Node
+		from string
+		me   string
+	}{{bob, "alice", "bob"}, {alice, "bob", "alice"}} {
+		got := waitMessages(t, ctx, r.n, r.from, N, incoming)
+		if len(got) != N {
+			t.Fatalf("%s got %d messages, want exactly %d", r.me, len(got), N)
+		}
+		for i, m := range got {
+			if want := fmt.Sprintf("%s %04d", r.me, i); string(m.Body) != want {
+				t.Fatalf("%s message %d = %q, want %q (order or duplicates wrong)", r.me, i, m.Body, want)
+			}
+		}
+	}
+	waitMessages(t, ctx, alice, "bob", N, delivered)
+	waitMessages(t, ctx, bob, "alice", N, delivered)
+}

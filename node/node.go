@@ -1,0 +1,499 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
+)
+
+// KeystoreFile is the name of the keystore file inside a data dir.
+const KeystoreFile = "keystore"
+
+// Defaults of the messenger.
+const (
+	// DefaultMessageTTL is how long a message envelope may wait in
+	// mailboxes, and how long the outbox keeps trying before a message is
+	// marked failed.
+	DefaultMessageTTL = protocol.MaxTTL
+	// DefaultOneTimePrekeys is how many one-time prekeys of each kind a
+	// bundle carries.
+	DefaultOneTimePrekeys = 8
+	// MinOneTimePrekeys triggers a new bundle when fewer one-time X25519
+	// prekeys remain.
+	MinOneTimePrekeys = 3
+	// DefaultBundleValidity is how long a published bundle is valid; a new
+	// one is made when less than a quarter of it remains.
+	DefaultBundleValidity = 30 * 24 * time.Hour
+	// MaxIngestBatch bounds how many inbound envelopes commit in one
+	// transaction.
+	MaxIngestBatch = 256
+	// MaxOutboxBatch bounds how many outbox entries one pass handles.
+	MaxOutboxBatch = 512
+	// eventBuffer is each subscriber's event queue length.
+	eventBuffer = 1024
+)
+
+// settings keys in the store.
+const (
+	settingDeviceCert = "device-cert"
+	settingBundle     = "bundle"
+	settingAddrs      = "addrs"
+)
+
+// Errors of the messenger.
+var (
+	ErrNotInitialised     = errors.New("node: this data dir has no identity yet; run `sotto init` first")
+	ErrAlreadyInitialised = errors.New("node: this data dir already holds an identity; use another --data to create a second one")
+	ErrLocked             = errors.New("node: the keystore is protected by a passphrase; give it with --passphrase-file (or SOTTO_PASSPHRASE_FILE)")
+	ErrUnknownContact     = errors.New("node: unknown contact")
+	ErrKeyChangePending   = errors.New("node: this contact's identity key changed; compare safety numbers and accept the new key before sending")
+	ErrNotRunning         = errors.New("node: the node is not running")
+	ErrEmptyMessage       = errors.New("node: the message is empty")
+	ErrMessageTooLarge    = fmt.Errorf("node: the message is longer than %d bytes; split it", protocol.MaxBodySize)
+)
+
+// Config configures a Node. The zero value (with DataDir set) opens the
+// data dir with no passphrase, listens on the default addresses, uses no
+// bootstrap peers and serves no mailbox.
+type Config struct {
+	DataDir    string
+	Passphrase []byte
+
+	// Network (used by Start).
+	ListenAddrs []string         // default DefaultListenAddrs
+	Bootstrap   []peer.AddrInfo  // DHT bootstrap peers
+	NoMDNS      bool             // disable LAN discovery (tests, loopback)
+	NoNAT       bool             // disable AutoNAT, relay client and hole punching
+	HostOptions []Option         // further options for the libp2p host
+
+	MessageTTL     time.Duration // default DefaultMessageTTL
+	OneTimePrekeys int           // default DefaultOneTimePrekeys
+
+	Logger *slog.Logger
+	Now    func() time.Time
+	Rand   io.Reader
+}
+
+func (c *Config) setDefaults() {
+	if c.MessageTTL <= 0 || c.MessageTTL > protocol.MaxTTL {
+		c.MessageTTL = DefaultMessageTTL
+	}
+	if c.OneTimePrekeys <= 0 || c.OneTimePrekeys > keys.MaxOneTimePrekeys {
+		c.OneTimePrekeys = DefaultOneTimePrekeys
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+}
+
+// Node is a Sotto messenger: the store, the keys and, once started, the
+// network. Open gives a node that works on the store alone (contacts,
+// queueing sends, reading messages); Start joins the network.
+type Node struct {
+	cfg   Config
+	db    *store.DB
+	ident store.Identity
+	me    *protocol.LocalIdentity // nil while the keystore is locked
+	ks    *keys.Keystore
+
+	events *feed
+
+	mu      sync.Mutex
+	host    *Host
+	started bool
+	closed  bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	ingest chan *ingestReq
+	kick   chan struct{}
+	ob     outboxState
+}
+
+// Init creates a new identity in dir: account key, device (host) key,
+// identity DH key, device certificate and a first prekey bundle. The keys
+// go to the keystore file (encrypted when passphrase is not empty), the
+// rest to the store.
+func Init(dir, name string, passphrase []byte, opts ...InitOption) (store.Identity, error) {
+	cfg := Config{DataDir: dir}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	cfg.setDefaults()
+	if name != "" {
+		if err := store.ValidateName(name); err != nil {
+			return store.Identity{}, err
+		}
+	}
+	db, err := store.Open(dir)
+	if err != nil {
+		return store.Identity{}, err
+	}
+	defer db.Close()
+	if err := db.View(func(tx *store.Tx) error {
+		_, err := tx.GetIdentity()
+		return err
+	}); err == nil {
+		return store.Identity{}, ErrAlreadyInitialised
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return store.Identity{}, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, KeystoreFile)); err == nil {
+		return store.Identity{}, ErrAlreadyInitialised
+	}
+
+	now := cfg.Now()
+	acct, err := keys.GenerateAccount(cfg.Rand)
+	if err != nil {
+		return store.Identity{}, err
+	}
+	hostKey, _, err := crypto.GenerateEd25519Key(cfg.Rand)
+	if err != nil {
+		return store.Identity{}, fmt.Errorf("node: host key: %w", err)
+	}
+	hostKeyBytes, err := crypto.MarshalPrivateKey(hostKey)
+	if err != nil {
+		return store.Identity{}, fmt.Errorf("node: host key: %w", err)
+	}
+	pid, err := peer.IDFromPrivateKey(hostKey)
+	if err != nil {
+		return store.Identity{}, fmt.Errorf("node: host key: %w", err)
+	}
+	ik, err := keys.GenerateDH(cfg.Rand)
+	if err != nil {
+		return store.Identity{}, err
+	}
+	cert, err := keys.NewDeviceCertificate(acct, []byte(pid), ik.Public(), now)
+	if err != nil {
+		return store.Identity{}, err
+	}
+	ks := &keys.Keystore{Account: acct, IdentityDH: ik, HostKey: hostKeyBytes}
+	ksPath := filepath.Join(dir, KeystoreFile)
+	if err := keys.WriteKeystore(ksPath, ks, passphrase, cfg.Rand); err != nil {
+		return store.Identity{}, err
+	}
+	ident := store.Identity{Name: name, Keystore: KeystoreFile, Account: acct.Public(), PeerID: pid.String(), Created: now}
+	err = db.Update(func(tx *store.Tx) error {
+		if err := tx.PutIdentity(ident); err != nil {
+			return err
+		}
+		if err := tx.PutSetting(settingDeviceCert, cert.Marshal()); err != nil {
+			return err
+		}
+		_, err := newBundle(tx, &cfg, acct, cert, now)
+		return err
+	})
+	if err != nil {
+		os.Remove(ksPath)
+		return store.Identity{}, err
+	}
+	return ident, nil
+}
+
+// InitOption adjusts Init (tests inject randomness and time).
+type InitOption func(*Config)
+
+// InitWithRand makes Init draw keys from r.
+func InitWithRand(r io.Reader) InitOption { return func(c *Config) { c.Rand = r } }
+
+// InitWithClock makes Init use now as the current time.
+func InitWithClock(now func() time.Time) InitOption { return func(c *Config) { c.Now = now } }
+
+// Open opens the node in cfg.DataDir: the store, and the keystore when it
+// can be read (a passphrase-protected keystore without the passphrase
+// leaves the node locked: it can queue and list, not seal or start).
+func Open(cfg Config) (*Node, error) {
+	cfg.setDefaults()
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, store.FileName)); errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotInitialised
+	}
+	db, err := store.Open(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, db: db, events: newFeed()}
+	var certBytes []byte
+	err = db.View(func(tx *store.Tx) error {
+		var err error
+		if n.ident, err = tx.GetIdentity(); err != nil {
+			return err
+		}
+		certBytes, err = tx.GetSetting(settingDeviceCert)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		db.Close()
+		return nil, ErrNotInitialised
+	}
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	ksPath := n.ident.Keystore
+	if !filepath.IsAbs(ksPath) {
+		ksPath = filepath.Join(cfg.DataDir, ksPath)
+	}
+	ks, err := keys.ReadKeystore(ksPath, cfg.Passphrase)
+	switch {
+	case errors.Is(err, keys.ErrPassphraseRequired) && len(cfg.Passphrase) == 0:
+		// Locked: store-only operations still work.
+	case err != nil:
+		db.Close()
+		return nil, err
+	default:
+		cert, err := keys.ParseDeviceCertificate(certBytes)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("node: stored device certificate: %w", err)
+		}
+		if cert.Account != ks.Account.Public() || cert.IdentityDH != ks.IdentityDH.Public() {
+			db.Close()
+			return nil, fmt.Errorf("node: the keystore does not belong to this data dir's identity")
+		}
+		n.ks = ks
+		n.me = &protocol.LocalIdentity{Account: ks.Account, IdentityDH: ks.IdentityDH, Device: cert}
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.ingest = make(chan *ingestReq, MaxIngestBatch)
+	n.kick = make(chan struct{}, 1)
+	n.ob.init()
+	return n, nil
+}
+
+// Identity is the node's own identity record.
+func (n *Node) Identity() store.Identity { return n.ident }
+
+// Account is the node's account public key.
+func (n *Node) Account() keys.AccountPublic { return keys.AccountPublic(n.ident.Account) }
+
+// DB is the node's store.
+func (n *Node) DB() *store.DB { return n.db }
+
+// Host is the running network host, nil before Start.
+func (n *Node) Host() *Host {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.host
+}
+
+// Locked reports whether the keystore could not be opened (passphrase
+// missing): the node can queue messages but not seal or send them.
+func (n *Node) Locked() bool { return n.me == nil }
+
+// Start joins the network: it starts the libp2p host and DHT, serves the
+// direct and bundle protocols, publishes the prekey bundle and starts the
+// outbox. It returns once the node can receive.
+func (n *Node) Start(ctx context.Context) error {
+	if n.me == nil {
+		return ErrLocked
+	}
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return ErrClosed
+	}
+	if n.started {
+		n.mu.Unlock()
+		return nil
+	}
+	n.started = true
+	n.mu.Unlock()
+
+	hostKey, err := crypto.UnmarshalPrivateKey(n.ks.HostKey)
+	if err != nil {
+		return fmt.Errorf("node: keystore host key: %w", err)
+	}
+	opts := []Option{
+		WithIdentity(hostKey),
+		WithBootstrapPeers(n.cfg.Bootstrap...),
+		WithMDNS(!n.cfg.NoMDNS),
+		WithNAT(!n.cfg.NoNAT),
+		WithBundleVerifier(BundleVerifierFunc(verifyBundleRecord)),
+		WithReceiver(directReceiver{n}),
+		WithLogger(n.cfg.Logger),
+		WithClock(n.cfg.Now),
+	}
+	if len(n.cfg.ListenAddrs) > 0 {
+		opts = append(opts, WithListenAddrs(n.cfg.ListenAddrs...))
+	}
+	opts = append(opts, n.cfg.HostOptions...)
+
+	// The committer must run before the host accepts envelopes.
+	n.wg.Add(1)
+	go n.ingestLoop()
+
+	h, err := New(opts...)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.host = h
+	n.mu.Unlock()
+	h.LibP2P().SetStreamHandler(BundleProtocol, n.serveBundle)
+	h.LibP2P().Network().Notify(connNotifee{n})
+
+	if err := n.refreshTags(); err != nil {
+		return err
+	}
+	n.saveAddrs()
+	n.protectContacts()
+
+	n.wg.Add(2)
+	go n.outboxLoop()
+	go n.maintenanceLoop()
+
+	if len(n.cfg.Bootstrap) > 0 {
+		bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := h.Bootstrap(bctx); err != nil {
+			n.cfg.Logger.Warn("DHT bootstrap failed; will rely on direct addresses", "err", err)
+		}
+		cancel()
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.publishBundle(n.ctx)
+	}()
+	n.kickOutbox()
+	return nil
+}
+
+// Close stops the network (if started), waits for every goroutine and
+// closes the store. It is idempotent.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	h := n.host
+	n.mu.Unlock()
+	var errs []error
+	if h != nil {
+		h.LibP2P().RemoveStreamHandler(BundleProtocol)
+		h.LibP2P().Network().StopNotify(connNotifee{n})
+		errs = append(errs, h.Close())
+	}
+	if n.cancel != nil {
+		n.cancel()
+	}
+	n.wg.Wait()
+	n.events.close()
+	errs = append(errs, n.db.Close())
+	return errors.Join(errs...)
+}
+
+// Addrs are the node's current listen addresses with its peer ID (empty
+// when not started: then the last known ones).
+func (n *Node) Addrs() []ma.Multiaddr {
+	if h := n.Host(); h != nil {
+		return h.Addrs()
+	}
+	var out []ma.Multiaddr
+	n.db.View(func(tx *store.Tx) error {
+		b, err := tx.GetSetting(settingAddrs)
+		if err != nil {
+			return nil
+		}
+		for len(b) > 0 {
+			l := int(b[0])
+			if 1+l > len(b) {
+				break
+			}
+			if a, err := ma.NewMultiaddrBytes(b[1 : 1+l]); err == nil {
+				out = append(out, a)
+			}
+			b = b[1+l:]
+		}
+		return nil
+	})
+	return out
+}
+
+// saveAddrs remembers the listen addresses for invites made while the node
+// is not running.
+func (n *Node) saveAddrs() {
+	h := n.Host()
+	if h == nil {
+		return
+	}
+	var b []byte
+	for _, a := range h.Addrs() {
+		ab := a.Bytes()
+		if len(ab) > 255 {
+			continue
+		}
+		b = append(b, byte(len(ab)))
+		b = append(b, ab...)
+	}
+	n.db.Update(func(tx *store.Tx) error { return tx.PutSetting(settingAddrs, b) })
+}
+
+// Invite is this node's invite: account, device certificate and addresses.
+func (n *Node) Invite() (*Invite, error) {
+	var cert keys.DeviceCertificate
+	err := n.db.View(func(tx *store.Tx) error {
+		b, err := tx.GetSetting(settingDeviceCert)
+		if err != nil {
+			return err
+		}
+		cert, err = keys.ParseDeviceCertificate(b)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Invite{Device: cert, Addrs: shareableAddrs(n.Addrs())}, nil
+}
+
+// shareableAddrs drops unspecified addresses (0.0.0.0) that say nothing
+// to another machine.
+func shareableAddrs(in []ma.Multiaddr) []ma.Multiaddr {
+	var out []ma.Multiaddr
+	for _, a := range in {
+		if v, err := a.ValueForProtocol(ma.P_IP4); err == nil && v == "0.0.0.0" {
+			continue
+		}
+		if v, err := a.ValueForProtocol(ma.P_IP6); err == nil && v == "::" {
+			continue
+		}
+		out = append(out, a)
+	}
+	if len(out) > MaxInviteAddrs {
+		out = out[:MaxInviteAddrs]
+	}
+	return out
+}
+
+func (n *Node) now() time.Time { return n.cfg.Now() }
+
+func (n *Node) kickOutbox() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}

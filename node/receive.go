@@ -1,0 +1,591 @@
+package node
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
+)
+
+// receiptTTL is the lifetime of a delivery receipt's envelope.
+const receiptTTL = protocol.MaxTTL
+
+// replayMarkLifetime is how long an accepted initial message's ID is kept:
+// past it, the envelope itself has expired and is refused anyway.
+const replayMarkLifetime = protocol.MaxTTL + 2*protocol.MaxClockSkew
+
+// ingestReq is one inbound envelope waiting for the committer.
+type ingestReq struct {
+	from peer.ID
+	raw  []byte
+	via  store.Via
+	res  chan error
+}
+
+// directReceiver is the direct protocol's OrderedReceiver: it hands
+// envelopes to the committer in frame order; each is acked once durably
+// processed.
+type directReceiver struct{ n *Node }
+
+func (d directReceiver) Receive(ctx context.Context, from peer.ID, env []byte) error {
+	return d.n.Ingest(ctx, from, env, store.ViaDirect)
+}
+
+func (d directReceiver) Enqueue(ctx context.Context, from peer.ID, env []byte) <-chan error {
+	return d.n.enqueue(ctx, from, env, store.ViaDirect)
+}
+
+// enqueue hands one envelope to the committer; the channel yields its
+// result after the commit.
+func (n *Node) enqueue(ctx context.Context, from peer.ID, env []byte, via store.Via) <-chan error {
+	r := &ingestReq{from: from, raw: env, via: via, res: make(chan error, 1)}
+	if n.me == nil {
+		r.res <- ErrLocked
+		return r.res
+	}
+	select {
+	case n.ingest <- r:
+	case <-ctx.Done():
+		r.res <- ctx.Err()
+	case <-n.ctx.Done():
+		r.res <- ErrClosed
+	}
+	return r.res
+}
+
+// Ingest processes one inbound envelope: it decrypts it, stores the
+// message (or applies the receipt), queues the delivery receipt and saves
+// the session — all in one commit, shared with other envelopes that arrive
+// at the same time — and returns once that commit is durable. It returns
+// ErrMalformedEnvelope (wrapped) for envelopes that will never decrypt and
+// ErrDuplicateEnvelope for ones already processed.
+func (n *Node) Ingest(ctx context.Context, from peer.ID, env []byte, via store.Via) error {
+	res := n.enqueue(ctx, from, env, via)
+	select {
+	case err := <-res:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.ctx.Done():
+		select {
+		case err := <-res:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+// ingestLoop is the committer: it takes every envelope waiting (up to
+// MaxIngestBatch), processes them in arrival order in one transaction, and
+// answers each only after the commit.
+func (n *Node) ingestLoop() {
+	defer n.wg.Done()
+	batch := make([]*ingestReq, 0, MaxIngestBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case r := <-n.ingest:
+			batch = append(batch, r)
+		case <-n.ctx.Done():
+			return
+		}
+	fill:
+		for len(batch) < MaxIngestBatch {
+			select {
+			case r := <-n.ingest:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		n.commitBatch(batch)
+	}
+}
+
+// commitBatch processes a batch in one transaction. If the transaction
+// fails as a whole (disk full, I/O error) every envelope gets a retryable
+// error and nothing is acked.
+func (n *Node) commitBatch(batch []*ingestReq) {
+	now := n.now()
+	results := make([]error, len(batch))
+	var events []Event
+	kick := false
+	err := n.db.Update(func(tx *store.Tx) error {
+		events = events[:0]
+		kick = false
+		for i, r := range batch {
+			out, err := n.process(tx, r, now)
+			if err != nil {
+				var se storeError
+				if errors.As(err, &se) {
+					return se.err // abort the whole transaction
+				}
+				results[i] = err
+				continue
+			}
+			results[i] = nil
+			events = append(events, out.events...)
+			kick = kick || out.queued
+		}
+		return nil
+	})
+	if err != nil {
+		n.cfg.Logger.Error("inbound commit failed; envelopes will be retried by their senders", "err", err, "count", len(batch))
+		for i := range results {
+			results[i] = fmt.Errorf("node: store: %w", err)
+		}
+		events = nil
+		kick = false
+	}
+	for i, r := range batch {
+		r.res <- results[i]
+	}
+	if len(events) > 0 {
+		n.events.publish(events...)
+	}
+	if kick {
+		n.kickOutbox()
+	}
+}
+
+// storeError marks an error from the store, which aborts the transaction,
+// as opposed to an error about the envelope, which rejects only it.
+type storeError struct{ err error }
+
+func (e storeError) Error() string { return e.err.Error() }
+func (e storeError) Unwrap() error { return e.err }
+
+func se(err error) error {
+	if err == nil {
+		return nil
+	}
+	return storeError{err}
+}
+
+// processed is what one envelope changed, reported after the commit.
+type processed struct {
+	events []Event
+	queued bool // a receipt went into the outbox
+}
+
+// malformed wraps a protocol error so the direct protocol acks it as
+// rejected (the sender must not retry this envelope).
+func malformed(err error) error { return fmt.Errorf("%w: %w", ErrMalformedEnvelope, err) }
+
+// process handles one envelope inside tx. Errors about the envelope are
+// returned plain (the transaction goes on); store errors wrapped in
+// storeError.
+func (n *Node) process(tx *store.Tx, r *ingestReq, now time.Time) (processed, error) {
+	env, err := protocol.ParseEnvelope(r.raw)
+	if err != nil {
+		return processed{}, malformed(err)
+	}
+	if err := env.Validate(now); err != nil {
+		return processed{}, malformed(err)
+	}
+
+	// 1. A pairwise tag names the session.
+	acct, _, err := tx.LookupTag(env.Tag)
+	switch {
+	case err == nil:
+		return n.openOn(tx, r, env, acct, now)
+	case !errors.Is(err, store.ErrNotFound):
+		return processed{}, se(err)
+	}
+
+	// 2. An initial message on a session that already exists.
+	if id, ok := protocol.EnvelopeInitialID(env); ok {
+		b, err := tx.GetSetting(initialSetting(id))
+		switch {
+		case err == nil && len(b) == 32:
+			return n.openOn(tx, r, env, [32]byte(b), now)
+		case err != nil && !errors.Is(err, store.ErrNotFound):
+			return processed{}, se(err)
+		}
+		// 3. A new session.
+		return n.accept(tx, r, env, now)
+	}
+	return processed{}, malformed(errors.New("no session for this envelope's tag"))
+}
+
+// initialSetting names the setting that maps an accepted initial message's
+// ID to the account whose session it started.
+func initialSetting(id [32]byte) string { return "initial/" + base64.RawURLEncoding.EncodeToString(id[:]) }
+
+// altSessionSetting names the setting holding the session kept only for
+// receiving after a simultaneous initiation.
+func altSessionSetting(acct [32]byte) string {
+	return "alt/" + base64.RawURLEncoding.EncodeToString(acct[:])
+}
+
+// openOn decrypts env on the session with acct (or its alternate, after a
+// simultaneous initiation) and applies the message.
+func (n *Node) openOn(tx *store.Tx, r *ingestReq, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
+	state, err := tx.GetSession(acct)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return processed{}, se(err)
+	}
+	var firstErr error
+	if err == nil {
+		sess, err := protocol.UnmarshalSession(state)
+		if err != nil {
+			return processed{}, se(fmt.Errorf("stored session: %w", err))
+		}
+		msg, _, err := sess.Open(now, env)
+		if err == nil {
+			if err := n.putSession(tx, sess, now); err != nil {
+				return processed{}, se(err)
+			}
+			return n.apply(tx, r, sess, msg, now)
+		}
+		firstErr = err
+	}
+	// The alternate session, kept for receiving after simultaneous initiation.
+	alt, aerr := tx.GetSetting(altSessionSetting(acct))
+	if aerr == nil {
+		sess, err := protocol.UnmarshalSession(alt)
+		if err == nil {
+			msg, _, err := sess.Open(now, env)
+			if err == nil {
+				b, err := sess.MarshalBinary()
+				if err != nil {
+					return processed{}, se(err)
+				}
+				if err := tx.PutSetting(altSessionSetting(acct), b); err != nil {
+					return processed{}, se(err)
+				}
+				return n.apply(tx, r, nil, msg, now)
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	if firstErr == nil {
+		firstErr = errors.New("no session with this contact")
+	}
+	if errors.Is(firstErr, protocol.ErrDuplicate) {
+		return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, firstErr)
+	}
+	return processed{}, malformed(firstErr)
+}
+
+// accept runs the responder's side of PQXDH for a first message.
+func (n *Node) accept(tx *store.Tx, r *ingestReq, env *protocol.Envelope, now time.Time) (processed, error) {
+	src := &prekeySource{tx: tx}
+	sess, msg, acc, err := protocol.Accept(now, *n.me, src, env)
+	if src.err != nil {
+		return processed{}, se(src.err)
+	}
+	if err != nil {
+		if errors.Is(err, protocol.ErrReplay) {
+			return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, err)
+		}
+		return processed{}, malformed(err)
+	}
+	var out processed
+	peerAcct := sess.Peer()
+	contact, err := tx.GetContact(peerAcct)
+	switch {
+	case errors.Is(err, store.ErrUnknownContact) || errors.Is(err, store.ErrNotFound):
+		c, evs, err := n.newRequest(tx, sess.PeerDevice(), now)
+		if err != nil {
+			return processed{}, se(err)
+		}
+		contact = c
+		out.events = append(out.events, evs...)
+	case err != nil:
+		return processed{}, se(err)
+	default:
+		// A known contact: take the device certificate the session proves.
+		cert := sess.PeerDevice()
+		if pid, err := peer.IDFromBytes(cert.PeerID); err == nil && pid.String() != contact.PeerID {
+			contact.PeerID = pid.String()
+			contact.DeviceCert = cert.Marshal()
+			contact.Addrs = nil
+			if err := tx.PutContact(contact); err != nil {
+				return processed{}, se(err)
+			}
+		}
+	}
+	_ = contact
+
+	// Consume what the initial message used, in this same commit.
+	if acc.ConsumedOneTimeDH != nil {
+		if _, err := tx.ConsumePrekey(store.PrekeyOneTimeDH, uint32(*acc.ConsumedOneTimeDH)); err != nil {
+			return processed{}, se(err)
+		}
+	}
+	if acc.ConsumedKEM != nil {
+		if _, err := tx.ConsumePrekey(store.PrekeyOneTimeKEM, uint32(*acc.ConsumedKEM)); err != nil {
+			return processed{}, se(err)
+		}
+	}
+	if _, err := tx.MarkInitialSeen(acc.InitialID, now.Add(replayMarkLifetime)); err != nil {
+		return processed{}, se(err)
+	}
+	if err := tx.PutSetting(initialSetting(acc.InitialID), peerAcct[:]); err != nil {
+		return processed{}, se(err)
+	}
+
+	// Simultaneous initiation: both sides keep the same session for sending
+	// and the other one for receiving.
+	keep := sess
+	if old, err := tx.GetSession(peerAcct); err == nil {
+		if oldSess, err := protocol.UnmarshalSession(old); err == nil && oldSess.Initiator() && oldSess.PendingInitial() {
+			keep = protocol.PreferSession(oldSess, sess)
+			other := sess
+			if keep == sess {
+				other = oldSess
+			}
+			b, err := other.MarshalBinary()
+			if err != nil {
+				return processed{}, se(err)
+			}
+			if err := tx.PutSetting(altSessionSetting(peerAcct), b); err != nil {
+				return processed{}, se(err)
+			}
+			if err := n.putTags(tx, other, now); err != nil {
+				return processed{}, se(err)
+			}
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return processed{}, se(err)
+	}
+	if err := n.putSession(tx, keep, now); err != nil {
+		return processed{}, se(err)
+	}
+	if keep != sess {
+		if err := n.putTags(tx, sess, now); err != nil {
+			return processed{}, se(err)
+		}
+	}
+	res, err := n.apply(tx, r, keep, msg, now)
+	res.events = append(out.events, res.events...)
+	return res, err
+}
+
+// newRequest creates a contact for an account that wrote first: a message
+// request, never dropped. If the sender's device is a known contact's
+// device with another account key, that contact is flagged as changed.
+func (n *Node) newRequest(tx *store.Tx, cert keys.DeviceCertificate, now time.Time) (store.Contact, []Event, error) {
+	var events []Event
+	pid, _ := peer.IDFromBytes(cert.PeerID)
+	all, err := tx.ListContacts()
+	if err != nil {
+		return store.Contact{}, nil, err
+	}
+	for _, c := range all {
+		if c.PeerID == pid.String() && c.Account != cert.Account && !c.IsRequest {
+			c.KeyChange = &store.KeyChange{Account: cert.Account, DeviceCert: cert.Marshal(), Detected: now}
+			if err := tx.PutContact(c); err != nil {
+				return store.Contact{}, nil, err
+			}
+			cc := c
+			events = append(events, Event{Type: EventKeyChange, Contact: &cc})
+		}
+	}
+	base := "request-" + cert.Account.Fingerprint()[len("sotto1"):][:8]
+	name := base
+	for i := 2; ; i++ {
+		_, err := tx.ContactByName(name)
+		if errors.Is(err, store.ErrUnknownContact) || errors.Is(err, store.ErrNotFound) {
+			break
+		}
+		if err != nil {
+			return store.Contact{}, nil, err
+		}
+		name = fmt.Sprintf("%s-%d", base, i)
+	}
+	c := store.Contact{
+		Name: name, Account: cert.Account, DeviceCert: cert.Marshal(), PeerID: pid.String(),
+		IsRequest: true, Added: now,
+	}
+	if err := tx.AddContact(c); err != nil {
+		return store.Contact{}, nil, err
+	}
+	events = append(events, Event{Type: EventContactRequest, Contact: &c})
+	return c, events, nil
+}
+
+// apply stores a decrypted message (or applies a receipt). sess is the
+// session to send the receipt on, nil when the message came on an
+// alternate session (the receipt then goes on the preferred one, loaded
+// here).
+func (n *Node) apply(tx *store.Tx, r *ingestReq, sess *protocol.Session, msg protocol.Message, now time.Time) (processed, error) {
+	var out processed
+	peerAcct := [32]byte(msg.Sender)
+	if msg.Type == protocol.ContentReceipt {
+		body := msg.Body
+		for len(body) >= protocol.MessageIDSize {
+			id := [16]byte(body[:protocol.MessageIDSize])
+			body = body[protocol.MessageIDSize:]
+			m, err := tx.GetMessage(id)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return processed{}, se(err)
+			}
+			if m.Direction != store.Outgoing || m.Contact != peerAcct {
+				continue // a receipt for someone else's message: ignore
+			}
+			m2, changed, err := tx.SetMessageState(id, store.StateDelivered)
+			if err != nil {
+				return processed{}, se(err)
+			}
+			if _, err := tx.DeleteOutbox(id); err != nil {
+				return processed{}, se(err)
+			}
+			if changed {
+				mm := m2
+				out.events = append(out.events, Event{Type: EventState, Message: &mm})
+			}
+		}
+		return out, nil
+	}
+
+	stored, err := tx.AppendMessage(store.Message{
+		ID: msg.ID, Contact: peerAcct, Direction: store.Incoming, Type: uint8(msg.Type),
+		Body: msg.Body, SentAt: msg.Sent, ReceivedAt: now, State: store.StateReceived, Via: r.via,
+	})
+	switch {
+	case err == nil:
+		m := stored
+		out.events = append(out.events, Event{Type: EventMessage, Message: &m})
+	case errors.Is(err, store.ErrDuplicate):
+		// Shown once already; the sender still needs its receipt.
+	default:
+		return processed{}, se(err)
+	}
+
+	// The delivery receipt, sealed now so it commits with the message.
+	if sess == nil {
+		state, err := tx.GetSession(peerAcct)
+		if err != nil {
+			return processed{}, se(err)
+		}
+		if sess, err = protocol.UnmarshalSession(state); err != nil {
+			return processed{}, se(err)
+		}
+	}
+	rid, err := newMessageID(n.cfg.Rand)
+	if err != nil {
+		return processed{}, se(err)
+	}
+	renv, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
+		Sender: n.Account(), ID: rid, Sent: now, Type: protocol.ContentReceipt, Body: msg.ID[:],
+	}, receiptTTL)
+	if err != nil {
+		return processed{}, se(fmt.Errorf("sealing receipt: %w", err))
+	}
+	if err := n.putSession(tx, sess, now); err != nil {
+		return processed{}, se(err)
+	}
+	if err := tx.PutOutbox(store.OutboxEntry{
+		MsgID: rid, Contact: peerAcct, Envelope: renv.Marshal(), Kind: store.OutboxReceipt,
+		Created: now, NextAttempt: now, Expires: renv.Expiry,
+	}); err != nil {
+		return processed{}, se(err)
+	}
+	out.queued = true
+	return out, nil
+}
+
+// putSession saves a session and makes sure its receiving tags for the
+// live epochs point at the contact.
+func (n *Node) putSession(tx *store.Tx, sess *protocol.Session, now time.Time) error {
+	b, err := sess.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	peerAcct := [32]byte(sess.Peer())
+	if err := tx.PutSession(peerAcct, b); err != nil {
+		return err
+	}
+	return n.putTags(tx, sess, now)
+}
+
+// putTags indexes the session's receiving tags for the live epochs. Tags
+// already present are rewritten in place; the cost is a few small puts.
+func (n *Node) putTags(tx *store.Tx, sess *protocol.Session, now time.Time) error {
+	peerAcct := [32]byte(sess.Peer())
+	for _, e := range protocol.LiveEpochs(now) {
+		t := sess.RecvTag(e)
+		if a, _, err := tx.LookupTag(t); err == nil && a == peerAcct {
+			continue
+		}
+		if err := tx.PutTag(t, peerAcct, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// prekeySource gives protocol.Accept the node's private prekeys from the
+// store, inside the transaction.
+type prekeySource struct {
+	tx  *store.Tx
+	err error // the first store error; Accept's result is then void
+}
+
+func (p *prekeySource) get(kind store.PrekeyKind, id keys.PrekeyID) ([]byte, bool) {
+	b, err := p.tx.GetPrekey(kind, uint32(id))
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) && p.err == nil {
+			p.err = err
+		}
+		return nil, false
+	}
+	return b, true
+}
+
+func (p *prekeySource) dh(kind store.PrekeyKind, id keys.PrekeyID) (*keys.DHPrivate, bool) {
+	b, ok := p.get(kind, id)
+	if !ok {
+		return nil, false
+	}
+	k, err := keys.NewDHPrivate(b)
+	if err != nil {
+		return nil, false
+	}
+	return k, true
+}
+
+func (p *prekeySource) SignedPrekey(id keys.PrekeyID) (*keys.DHPrivate, bool) {
+	return p.dh(store.PrekeySignedDH, id)
+}
+
+func (p *prekeySource) OneTimePrekey(id keys.PrekeyID) (*keys.DHPrivate, bool) {
+	return p.dh(store.PrekeyOneTimeDH, id)
+}
+
+func (p *prekeySource) KEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
+	b, ok := p.get(store.PrekeyOneTimeKEM, id)
+	if !ok {
+		if b, ok = p.get(store.PrekeyLastResort, id); !ok {
+			return nil, false
+		}
+	}
+	k, err := keys.NewKEMPrivate(b)
+	if err != nil {
+		return nil, false
+	}
+	return k, true
+}
+
+func (p *prekeySource) SeenInitial(id [32]byte) bool {
+	seen, err := p.tx.InitialSeen(id)
+	if err != nil && p.err == nil {
+		p.err = err
+	}
+	return seen
+}

@@ -1,0 +1,624 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
+)
+
+// Outbox timing.
+const (
+	// minRetry and maxRetry bound the backoff between delivery attempts of
+	// an envelope that could not be delivered.
+	minRetry = time.Second
+	maxRetry = 5 * time.Minute
+	// receiptWait is how long after a direct ack the outbox waits for the
+	// end-to-end receipt before sending the envelope again (the recipient
+	// treats the copy as a duplicate and its receipt is already queued).
+	receiptWait = 10 * time.Minute
+	// deliverTimeout bounds one delivery attempt to one contact.
+	deliverTimeout = 30 * time.Second
+	// maxOutboxWait is the longest the outbox sleeps without looking.
+	maxOutboxWait = time.Minute
+)
+
+// newMessageID draws a random 16-byte message ID.
+func newMessageID(r io.Reader) ([16]byte, error) {
+	var id [16]byte
+	if _, err := io.ReadFull(r, id[:]); err != nil {
+		return id, fmt.Errorf("node: message ID: %w", err)
+	}
+	return id, nil
+}
+
+// UnknownContactError is returned for a contact name that does not exist;
+// Known lists the names that do.
+type UnknownContactError struct {
+	Name  string
+	Known []string
+}
+
+func (e *UnknownContactError) Error() string {
+	if len(e.Known) == 0 {
+		return fmt.Sprintf("node: no contact named %q (no contacts yet: add one with `sotto contact add NAME INVITE`)", e.Name)
+	}
+	return fmt.Sprintf("node: no contact named %q (known: %v)", e.Name, e.Known)
+}
+
+func (e *UnknownContactError) Unwrap() error { return ErrUnknownContact }
+
+// contactByName finds a contact or returns an UnknownContactError.
+func contactByName(tx *store.Tx, name string) (store.Contact, error) {
+	c, err := tx.ContactByName(name)
+	if err == nil {
+		return c, nil
+	}
+	if !errors.Is(err, store.ErrUnknownContact) && !errors.Is(err, store.ErrNotFound) {
+		return store.Contact{}, err
+	}
+	all, lerr := tx.ListContacts()
+	if lerr != nil {
+		return store.Contact{}, lerr
+	}
+	ue := &UnknownContactError{Name: name}
+	for _, c := range all {
+		ue.Known = append(ue.Known, c.Name)
+	}
+	return store.Contact{}, ue
+}
+
+// Send queues a text message for the contact called name. It returns once
+// the message is durably in the outbox (sealed already when the session
+// exists and the keys are unlocked); delivery happens in the background
+// while the node runs, or when it next runs.
+func (n *Node) Send(ctx context.Context, name, text string) (store.Message, error) {
+	switch {
+	case text == "":
+		return store.Message{}, ErrEmptyMessage
+	case len(text) > protocol.MaxBodySize:
+		return store.Message{}, ErrMessageTooLarge
+	case !utf8.ValidString(text):
+		return store.Message{}, fmt.Errorf("node: the message is not valid UTF-8 text")
+	}
+	now := n.now()
+	id, err := newMessageID(n.cfg.Rand)
+	if err != nil {
+		return store.Message{}, err
+	}
+	var stored store.Message
+	err = n.db.Update(func(tx *store.Tx) error {
+		c, err := contactByName(tx, name)
+		if err != nil {
+			return err
+		}
+		if c.KeyChange != nil {
+			return ErrKeyChangePending
+		}
+		stored, err = tx.AppendMessage(store.Message{
+			ID: id, Contact: c.Account, Direction: store.Outgoing, Type: uint8(protocol.ContentText),
+			Body: []byte(text), SentAt: now, ReceivedAt: now, State: store.StateQueued,
+		})
+		if err != nil {
+			return err
+		}
+		e := store.OutboxEntry{
+			MsgID: id, Contact: c.Account, Kind: store.OutboxMessage,
+			Created: now, NextAttempt: now, Expires: now.Add(n.cfg.MessageTTL),
+		}
+		if n.me != nil {
+			if sess, err := loadSession(tx, c.Account); err == nil && sess != nil {
+				env, err := n.seal(tx, sess, stored, now)
+				if err != nil {
+					return err
+				}
+				e.Envelope = env
+			} else if err != nil {
+				return err
+			}
+		}
+		return tx.PutOutbox(e)
+	})
+	if err != nil {
+		return store.Message{}, err
+	}
+	m := stored
+	n.events.publish(Event{Type: EventState, Message: &m})
+	n.kickOutbox()
+	return stored, nil
+}
+
+// loadSession reads the session with acct, nil if there is none.
+func loadSession(tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
+	b, err := tx.GetSession(acct)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return protocol.UnmarshalSession(b)
+}
+
+// seal encrypts a stored outgoing message on sess and saves the session,
+// inside tx, and returns the envelope's bytes.
+func (n *Node) seal(tx *store.Tx, sess *protocol.Session, m store.Message, now time.Time) ([]byte, error) {
+	ttl := m.SentAt.Add(n.cfg.MessageTTL).Sub(now)
+	if ttl < time.Minute {
+		ttl = time.Minute
+	}
+	if ttl > protocol.MaxTTL {
+		ttl = protocol.MaxTTL
+	}
+	env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
+		Sender: n.Account(), ID: m.ID, Sent: m.SentAt, Type: protocol.ContentType(m.Type), Body: m.Body,
+	}, ttl)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.putSession(tx, sess, now); err != nil {
+		return nil, err
+	}
+	return env.Marshal(), nil
+}
+
+// outboxState tracks which contacts a delivery is running for, and which
+// contacts' devices just connected.
+type outboxState struct {
+	mu   sync.Mutex
+	busy map[[32]byte]bool
+	up   map[peer.ID]bool
+}
+
+func (o *outboxState) init() {
+	o.busy = make(map[[32]byte]bool)
+	o.up = make(map[peer.ID]bool)
+}
+
+func (o *outboxState) peerUp(p peer.ID) {
+	o.mu.Lock()
+	o.up[p] = true
+	o.mu.Unlock()
+}
+
+func (o *outboxState) takeUp() map[peer.ID]bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.up) == 0 {
+		return nil
+	}
+	up := o.up
+	o.up = make(map[peer.ID]bool)
+	return up
+}
+
+// outboxLoop delivers what the outbox holds: on a kick, when the next
+// entry falls due, and at least every maxOutboxWait.
+func (n *Node) outboxLoop() {
+	defer n.wg.Done()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.kick:
+		case <-timer.C:
+		}
+		n.outboxPass()
+		wait := maxOutboxWait
+		var next time.Time
+		var ok bool
+		n.db.View(func(tx *store.Tx) error {
+			var err error
+			next, ok, err = tx.NextOutboxAttempt()
+			return err
+		})
+		if ok {
+			wait = min(max(time.Until(next), 10*time.Millisecond), maxOutboxWait)
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// outboxPass starts a delivery for every contact with due entries (or
+// whose device just connected) that has none running.
+func (n *Node) outboxPass() {
+	now := n.now()
+	up := n.ob.takeUp()
+	var due []store.OutboxEntry
+	byPeer := map[[32]byte]bool{}
+	err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		due, err = tx.DueOutbox(now, MaxOutboxBatch)
+		if err != nil || len(up) == 0 {
+			return err
+		}
+		cs, err := tx.ListContacts()
+		if err != nil {
+			return err
+		}
+		for _, c := range cs {
+			if pid, err := peer.Decode(c.PeerID); err == nil && up[pid] {
+				byPeer[c.Account] = true
+			}
+		}
+		if len(byPeer) == 0 {
+			return nil
+		}
+		// Everything queued for a contact that just came back, due or not.
+		later, err := tx.DueOutbox(now.Add(100*365*24*time.Hour), MaxOutboxBatch)
+		if err != nil {
+			return err
+		}
+		seen := map[[16]byte]bool{}
+		for _, e := range due {
+			seen[e.MsgID] = true
+		}
+		for _, e := range later {
+			if byPeer[e.Contact] && !seen[e.MsgID] {
+				due = append(due, e)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		n.cfg.Logger.Error("reading the outbox", "err", err)
+		return
+	}
+	groups := map[[32]byte][]store.OutboxEntry{}
+	var order [][32]byte
+	for _, e := range due {
+		if _, ok := groups[e.Contact]; !ok {
+			order = append(order, e.Contact)
+		}
+		groups[e.Contact] = append(groups[e.Contact], e)
+	}
+	for _, acct := range order {
+		n.ob.mu.Lock()
+		if n.ob.busy[acct] {
+			n.ob.mu.Unlock()
+			continue
+		}
+		n.ob.busy[acct] = true
+		n.ob.mu.Unlock()
+		entries := groups[acct]
+		n.mu.Lock()
+		if n.closed {
+			n.mu.Unlock()
+			return
+		}
+		n.wg.Add(1)
+		n.mu.Unlock()
+		go func() {
+			defer n.wg.Done()
+			defer func() {
+				n.ob.mu.Lock()
+				delete(n.ob.busy, acct)
+				n.ob.mu.Unlock()
+			}()
+			n.deliver(acct, entries)
+		}()
+	}
+}
+
+// backoff is the wait before attempt number attempts+1, with jitter.
+func backoff(attempts int) time.Duration {
+	d := minRetry << min(attempts, 16)
+	if d > maxRetry || d <= 0 {
+		d = maxRetry
+	}
+	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+}
+
+// deliver seals what is unsealed and sends the entries for one contact,
+// in order, on one pipelined stream, then records each outcome.
+func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
+	ctx, cancel := context.WithTimeout(n.ctx, deliverTimeout)
+	defer cancel()
+	now := n.now()
+
+	var c store.Contact
+	var expired []store.OutboxEntry
+	live := entries[:0:0]
+	err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		c, err = tx.GetContact(acct)
+		return err
+	})
+	if err != nil {
+		n.cfg.Logger.Warn("outbox entry for a contact that is gone", "err", err)
+		return
+	}
+	for _, e := range entries {
+		if !e.Expires.IsZero() && now.After(e.Expires) {
+			expired = append(expired, e)
+		} else {
+			live = append(live, e)
+		}
+	}
+	if len(expired) > 0 {
+		n.failEntries(expired)
+	}
+	if len(live) == 0 || c.KeyChange != nil {
+		return
+	}
+
+	// Seal what was queued unsealed, starting a session if needed.
+	if unsealed := countUnsealed(live); unsealed > 0 {
+		var bundle *keys.Bundle
+		var sess *protocol.Session
+		n.db.View(func(tx *store.Tx) error {
+			var err error
+			sess, err = loadSession(tx, acct)
+			return err
+		})
+		if sess == nil {
+			bundle, err = n.fetchBundle(ctx, c)
+			var ice *identityChangedError
+			if errors.As(err, &ice) {
+				n.flagKeyChange(acct, ice.bundle)
+				return
+			}
+			if err != nil {
+				n.cfg.Logger.Info("no session yet and no bundle", "contact", c.Name, "err", err)
+				n.reschedule(live, now, nil)
+				return
+			}
+		}
+		err := n.db.Update(func(tx *store.Tx) error {
+			sess, err := loadSession(tx, acct)
+			if err != nil {
+				return err
+			}
+			if sess == nil {
+				if bundle == nil {
+					return ErrNoBundle
+				}
+				sess, err = protocol.Initiate(n.cfg.Rand, now, *n.me, bundle, protocol.WithExpectedPeer(keys.AccountPublic(acct)))
+				if err != nil {
+					return err
+				}
+			}
+			for i := range live {
+				if live[i].Envelope != nil {
+					continue
+				}
+				m, err := tx.GetMessage(live[i].MsgID)
+				if err != nil {
+					return err
+				}
+				env, err := n.seal(tx, sess, m, now)
+				if err != nil {
+					return err
+				}
+				live[i].Envelope = env
+				if err := tx.PutOutbox(live[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			n.cfg.Logger.Error("sealing queued messages", "contact", c.Name, "err", err)
+			for i := range live {
+				if live[i].Envelope == nil {
+					live[i].Envelope = nil
+				}
+			}
+			n.reschedule(live, now, nil)
+			return
+		}
+	}
+
+	pid, err := peer.Decode(c.PeerID)
+	if err != nil {
+		n.reschedule(live, now, nil)
+		return
+	}
+	h := n.Host()
+	if h == nil {
+		return
+	}
+	n.addAddrs(pid, c.Addrs)
+	envs := make([][]byte, len(live))
+	for i := range live {
+		envs[i] = live[i].Envelope
+	}
+	errs := h.Sender().SendBatch(ctx, pid, envs)
+	n.recordResults(acct, live, errs)
+}
+
+func countUnsealed(es []store.OutboxEntry) int {
+	k := 0
+	for _, e := range es {
+		if e.Envelope == nil {
+			k++
+		}
+	}
+	return k
+}
+
+// recordResults commits the outcome of a delivery attempt.
+func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []error) {
+	now := n.now()
+	var events []Event
+	resetSession := false
+	err := n.db.Update(func(tx *store.Tx) error {
+		events = events[:0]
+		for i, e := range live {
+			err := errs[i]
+			switch {
+			case err == nil:
+				if e.Kind == store.OutboxReceipt {
+					if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+						return err
+					}
+					continue
+				}
+				m, changed, err := tx.SetMessageState(e.MsgID, store.StateSent, store.WithVia(store.ViaDirect))
+				if err != nil && !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+				if changed {
+					mm := m
+					events = append(events, Event{Type: EventState, Message: &mm})
+				}
+				if m.State == store.StateDelivered {
+					if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+						return err
+					}
+					continue
+				}
+				e.Attempts = min(e.Attempts+1, 1000)
+				e.NextAttempt = now.Add(receiptWait)
+				if err := tx.PutOutbox(e); err != nil && !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+			case errors.Is(err, ErrRejected):
+				// The recipient cannot decrypt this envelope. For a first
+				// message (its one-time prekey was taken by someone else,
+				// or it lost the session) start over with a fresh bundle.
+				sess, serr := loadSession(tx, acct)
+				if serr != nil {
+					return serr
+				}
+				if e.Kind == store.OutboxMessage && sess != nil && sess.PendingInitial() {
+					if !resetSession {
+						if err := tx.DeleteSession(acct); err != nil {
+							return err
+						}
+						resetSession = true
+					}
+				}
+				if e.Kind == store.OutboxMessage && resetSession {
+					e.Envelope = nil
+					e.Attempts = min(e.Attempts+1, 1000)
+					e.NextAttempt = now.Add(backoff(e.Attempts))
+					if err := tx.PutOutbox(e); err != nil {
+						return err
+					}
+					continue
+				}
+				if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+					return err
+				}
+				if e.Kind == store.OutboxMessage {
+					m, changed, err := tx.SetMessageState(e.MsgID, store.StateFailed)
+					if err != nil && !errors.Is(err, store.ErrNotFound) {
+						return err
+					}
+					if changed {
+						mm := m
+						events = append(events, Event{Type: EventState, Message: &mm})
+					}
+				}
+			default:
+				e.Attempts = min(e.Attempts+1, 1000)
+				e.NextAttempt = now.Add(backoff(e.Attempts))
+				if err := tx.PutOutbox(e); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		n.cfg.Logger.Error("recording delivery results", "err", err)
+		return
+	}
+	n.events.publish(events...)
+	if resetSession {
+		n.kickOutbox()
+	}
+}
+
+// reschedule pushes entries back with backoff after a failed attempt.
+func (n *Node) reschedule(es []store.OutboxEntry, now time.Time, _ error) {
+	err := n.db.Update(func(tx *store.Tx) error {
+		for _, e := range es {
+			cur, err := tx.GetOutbox(e.MsgID)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			cur.Attempts = min(cur.Attempts+1, 1000)
+			cur.NextAttempt = now.Add(backoff(cur.Attempts))
+			if err := tx.PutOutbox(cur); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		n.cfg.Logger.Error("rescheduling outbox entries", "err", err)
+	}
+}
+
+// failEntries marks expired entries failed and drops them.
+func (n *Node) failEntries(es []store.OutboxEntry) {
+	var events []Event
+	err := n.db.Update(func(tx *store.Tx) error {
+		events = events[:0]
+		for _, e := range es {
+			if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+				return err
+			}
+			if e.Kind != store.OutboxMessage {
+				continue
+			}
+			m, changed, err := tx.SetMessageState(e.MsgID, store.StateFailed)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			if changed {
+				mm := m
+				events = append(events, Event{Type: EventState, Message: &mm})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		n.cfg.Logger.Error("expiring outbox entries", "err", err)
+		return
+	}
+	n.events.publish(events...)
+}
+
+// flagKeyChange records that a contact's published bundle is signed by
+// another account key than the one the user added: nothing is sent to it
+// until the user accepts the change.
+func (n *Node) flagKeyChange(acct [32]byte, b *keys.Bundle) {
+	var ev []Event
+	n.db.Update(func(tx *store.Tx) error {
+		c, err := tx.GetContact(acct)
+		if err != nil || c.KeyChange != nil {
+			return err
+		}
+		c.KeyChange = &store.KeyChange{Account: b.Account, DeviceCert: b.Device.Marshal(), Detected: n.now()}
+		if err := tx.PutContact(c); err != nil {
+			return err
+		}
+		ev = append(ev, Event{Type: EventKeyChange, Contact: &c})
+		return nil
+	})
+	n.events.publish(ev...)
+}
