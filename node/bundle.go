@@ -375,8 +375,8 @@ func (n *Node) maintenanceLoop() {
 // messages are tried at once, and dial backoff to it is cleared.
 type connNotifee struct{ n *Node }
 
-func (c connNotifee) Listen(network.Network, ma.Multiaddr)      {}
-func (c connNotifee) ListenClose(network.Network, ma.Multiaddr) {}
+func (c connNotifee) Listen(network.Network, ma.Multiaddr)       {}
+func (c connNotifee) ListenClose(network.Network, ma.Multiaddr)  {}
 func (c connNotifee) Disconnected(network.Network, network.Conn) {}
 func (c connNotifee) Connected(_ network.Network, conn network.Conn) {
 	c.n.ob.peerUp(conn.RemotePeer())

@@ -115,8 +115,10 @@ func waitMessages(t *testing.T, ctx context.Context, n *Node, name string, want 
 	return got
 }
 
-func incoming(m store.Message) bool  { return m.Direction == store.Incoming }
-func delivered(m store.Message) bool { return m.Direction == store.Outgoing && m.State == store.StateDelivered }
+func incoming(m store.Message) bool { return m.Direction == store.Incoming }
+func delivered(m store.Message) bool {
+	return m.Direction == store.Outgoing && m.State == store.StateDelivered
+}
 
 func TestMessengerDiscoveryAndExchange(t *testing.T) {
 	check := goroutineLeakCheck(t)

@@ -75,11 +75,11 @@ type Config struct {
 	Passphrase []byte
 
 	// Network (used by Start).
-	ListenAddrs []string         // default DefaultListenAddrs
-	Bootstrap   []peer.AddrInfo  // DHT bootstrap peers
-	NoMDNS      bool             // disable LAN discovery (tests, loopback)
-	NoNAT       bool             // disable AutoNAT, relay client and hole punching
-	HostOptions []Option         // further options for the libp2p host
+	ListenAddrs []string        // default DefaultListenAddrs
+	Bootstrap   []peer.AddrInfo // DHT bootstrap peers
+	NoMDNS      bool            // disable LAN discovery (tests, loopback)
+	NoNAT       bool            // disable AutoNAT, relay client and hole punching
+	HostOptions []Option        // further options for the libp2p host
 
 	MessageTTL     time.Duration // default DefaultMessageTTL
 	OneTimePrekeys int           // default DefaultOneTimePrekeys

@@ -218,7 +218,9 @@ func (n *Node) process(tx *store.Tx, r *ingestReq, now time.Time) (processed, er
 
 // initialSetting names the setting that maps an accepted initial message's
 // ID to the account whose session it started.
-func initialSetting(id [32]byte) string { return "initial/" + base64.RawURLEncoding.EncodeToString(id[:]) }
+func initialSetting(id [32]byte) string {
+	return "initial/" + base64.RawURLEncoding.EncodeToString(id[:])
+}
 
 // altSessionSetting names the setting holding the session kept only for
 // receiving after a simultaneous initiation.

@@ -11,7 +11,7 @@ import (
 const (
 	MaxSettingNameLen = 64
 	MaxSettingSize    = 1 << 20 // a prekey bundle or a spare session state fits
-	MaxMailboxIDLen   = 128 // bytes of a mailbox identifier (its peer ID)
+	MaxMailboxIDLen   = 128     // bytes of a mailbox identifier (its peer ID)
 	MaxCursorSize     = 256
 )
 
