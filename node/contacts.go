@@ -227,6 +227,13 @@ type Status struct {
 	ConnectedPeers int
 	OutboxPending  int
 	Running        bool
+	Mailbox        *MailboxHeld // set when the node serves as a mailbox
+}
+
+// MailboxHeld is what a mailbox node holds for others.
+type MailboxHeld struct {
+	Envelopes int64
+	Bytes     int64
 }
 
 // Status reports the node's state.
