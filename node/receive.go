@@ -27,6 +27,10 @@ type ingestReq struct {
 	raw  []byte
 	via  store.Via
 	res  chan error
+	// token is the envelope's delete token, set when the envelope was
+	// processed now or before (for mailbox clean-up after a sync).
+	token    [32]byte
+	hasToken bool
 }
 
 // directReceiver is the direct protocol's OrderedReceiver: it hands
@@ -121,8 +125,10 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	err := n.db.Update(func(tx *store.Tx) error {
 		events = events[:0]
 		kick = false
+		rc := &receipts{}
 		for i, r := range batch {
-			out, err := n.process(tx, r, now)
+			r.hasToken = false
+			out, err := n.process(tx, r, rc, now)
 			if err != nil {
 				var se storeError
 				if errors.As(err, &se) {
@@ -133,8 +139,12 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 			}
 			results[i] = nil
 			events = append(events, out.events...)
-			kick = kick || out.queued
 		}
+		queued, err := n.sealReceipts(tx, rc, now)
+		if err != nil {
+			return err
+		}
+		kick = queued
 		return nil
 	})
 	if err != nil {
@@ -173,7 +183,92 @@ func se(err error) error {
 // processed is what one envelope changed, reported after the commit.
 type processed struct {
 	events []Event
-	queued bool // a receipt went into the outbox
+}
+
+// receipts collects, per contact in first-seen order, the IDs of messages
+// received in one batch: one receipt message per contact acknowledges
+// them all.
+type receipts struct {
+	order []([32]byte)
+	ids   map[[32]byte][]byte
+}
+
+func (rc *receipts) add(acct [32]byte, id [16]byte) {
+	if rc.ids == nil {
+		rc.ids = make(map[[32]byte][]byte)
+	}
+	if _, ok := rc.ids[acct]; !ok {
+		rc.order = append(rc.order, acct)
+	}
+	rc.ids[acct] = append(rc.ids[acct], id[:]...)
+}
+
+// maxReceiptIDs bounds the message IDs one receipt carries.
+const maxReceiptIDs = 1024
+
+// sealReceipts seals the batch's receipts on each contact's current
+// session and queues them, inside the batch's transaction.
+func (n *Node) sealReceipts(tx *store.Tx, rc *receipts, now time.Time) (bool, error) {
+	queued := false
+	for _, acct := range rc.order {
+		ids := rc.ids[acct]
+		sess, err := loadSession(tx, acct)
+		if err != nil {
+			return false, err
+		}
+		if sess == nil {
+			continue
+		}
+		for len(ids) > 0 {
+			k := min(len(ids), maxReceiptIDs*protocol.MessageIDSize)
+			body := ids[:k]
+			ids = ids[k:]
+			rid, err := newMessageID(n.cfg.Rand)
+			if err != nil {
+				return false, err
+			}
+			renv, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
+				Sender: n.Account(), ID: rid, Sent: now, Type: protocol.ContentReceipt, Body: body,
+			}, receiptTTL)
+			if err != nil {
+				return false, fmt.Errorf("sealing receipt: %w", err)
+			}
+			if err := tx.PutOutbox(store.OutboxEntry{
+				MsgID: rid, Contact: acct, Envelope: renv.Marshal(), Kind: store.OutboxReceipt,
+				Created: now, NextAttempt: now, Expires: renv.Expiry,
+			}); err != nil {
+				return false, err
+			}
+			queued = true
+		}
+		if err := n.putSession(tx, sess, now); err != nil {
+			return false, err
+		}
+	}
+	return queued, nil
+}
+
+// tokenSetting names the setting that keeps a processed envelope's delete
+// token, by its delete hash, so that copies in mailboxes can be deleted
+// even when the envelope first came another way.
+func tokenSetting(deleteHash [32]byte) string {
+	return "dt/" + base64.RawURLEncoding.EncodeToString(deleteHash[:16])
+}
+
+// keepToken records the delete token of an envelope just processed.
+func keepToken(tx *store.Tx, r *ingestReq, env *protocol.Envelope, tok [32]byte) error {
+	r.token, r.hasToken = tok, true
+	return tx.PutSetting(tokenSetting(env.DeleteHash), tok[:])
+}
+
+// knownToken looks up the delete token of an envelope processed before.
+func knownToken(tx *store.Tx, r *ingestReq, env *protocol.Envelope) {
+	if b, err := tx.GetSetting(tokenSetting(env.DeleteHash)); err == nil && len(b) == 32 {
+		tok := [32]byte(b)
+		if env.CheckDeleteToken(tok) {
+			r.token, r.hasToken = tok, true
+		}
+	}
 }
 
 // malformed wraps a protocol error so the direct protocol acks it as
@@ -183,7 +278,7 @@ func malformed(err error) error { return fmt.Errorf("%w: %w", ErrMalformedEnvelo
 // process handles one envelope inside tx. Errors about the envelope are
 // returned plain (the transaction goes on); store errors wrapped in
 // storeError.
-func (n *Node) process(tx *store.Tx, r *ingestReq, now time.Time) (processed, error) {
+func (n *Node) process(tx *store.Tx, r *ingestReq, rc *receipts, now time.Time) (processed, error) {
 	env, err := protocol.ParseEnvelope(r.raw)
 	if err != nil {
 		return processed{}, malformed(err)
@@ -196,7 +291,7 @@ func (n *Node) process(tx *store.Tx, r *ingestReq, now time.Time) (processed, er
 	acct, _, err := tx.LookupTag(env.Tag)
 	switch {
 	case err == nil:
-		return n.openOn(tx, r, env, acct, now)
+		return n.openOn(tx, r, rc, env, acct, now)
 	case !errors.Is(err, store.ErrNotFound):
 		return processed{}, se(err)
 	}
@@ -206,12 +301,12 @@ func (n *Node) process(tx *store.Tx, r *ingestReq, now time.Time) (processed, er
 		b, err := tx.GetSetting(initialSetting(id))
 		switch {
 		case err == nil && len(b) == 32:
-			return n.openOn(tx, r, env, [32]byte(b), now)
+			return n.openOn(tx, r, rc, env, [32]byte(b), now)
 		case err != nil && !errors.Is(err, store.ErrNotFound):
 			return processed{}, se(err)
 		}
 		// 3. A new session.
-		return n.accept(tx, r, env, now)
+		return n.accept(tx, r, rc, env, now)
 	}
 	return processed{}, malformed(errors.New("no session for this envelope's tag"))
 }
@@ -230,7 +325,7 @@ func altSessionSetting(acct [32]byte) string {
 
 // openOn decrypts env on the session with acct (or its alternate, after a
 // simultaneous initiation) and applies the message.
-func (n *Node) openOn(tx *store.Tx, r *ingestReq, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
+func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
 	state, err := tx.GetSession(acct)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return processed{}, se(err)
@@ -241,12 +336,15 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, env *protocol.Envelope, acct [
 		if err != nil {
 			return processed{}, se(fmt.Errorf("stored session: %w", err))
 		}
-		msg, _, err := sess.Open(now, env)
+		msg, op, err := sess.Open(now, env)
 		if err == nil {
 			if err := n.putSession(tx, sess, now); err != nil {
 				return processed{}, se(err)
 			}
-			return n.apply(tx, r, sess, msg, now)
+			if err := keepToken(tx, r, env, op.DeleteToken); err != nil {
+				return processed{}, se(err)
+			}
+			return n.apply(tx, r, rc, msg, now)
 		}
 		firstErr = err
 	}
@@ -255,7 +353,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, env *protocol.Envelope, acct [
 	if aerr == nil {
 		sess, err := protocol.UnmarshalSession(alt)
 		if err == nil {
-			msg, _, err := sess.Open(now, env)
+			msg, op, err := sess.Open(now, env)
 			if err == nil {
 				b, err := sess.MarshalBinary()
 				if err != nil {
@@ -264,7 +362,10 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, env *protocol.Envelope, acct [
 				if err := tx.PutSetting(altSessionSetting(acct), b); err != nil {
 					return processed{}, se(err)
 				}
-				return n.apply(tx, r, nil, msg, now)
+				if err := keepToken(tx, r, env, op.DeleteToken); err != nil {
+					return processed{}, se(err)
+				}
+				return n.apply(tx, r, rc, msg, now)
 			}
 			if firstErr == nil {
 				firstErr = err
@@ -275,13 +376,14 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, env *protocol.Envelope, acct [
 		firstErr = errors.New("no session with this contact")
 	}
 	if errors.Is(firstErr, protocol.ErrDuplicate) {
+		knownToken(tx, r, env)
 		return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, firstErr)
 	}
 	return processed{}, malformed(firstErr)
 }
 
 // accept runs the responder's side of PQXDH for a first message.
-func (n *Node) accept(tx *store.Tx, r *ingestReq, env *protocol.Envelope, now time.Time) (processed, error) {
+func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.Envelope, now time.Time) (processed, error) {
 	src := &prekeySource{tx: tx}
 	sess, msg, acc, err := protocol.Accept(now, *n.me, src, env)
 	if src.err != nil {
@@ -289,6 +391,7 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, env *protocol.Envelope, now ti
 	}
 	if err != nil {
 		if errors.Is(err, protocol.ErrReplay) {
+			knownToken(tx, r, env)
 			return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, err)
 		}
 		return processed{}, malformed(err)
@@ -370,7 +473,10 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, env *protocol.Envelope, now ti
 			return processed{}, se(err)
 		}
 	}
-	res, err := n.apply(tx, r, keep, msg, now)
+	if err := keepToken(tx, r, env, acc.DeleteToken); err != nil {
+		return processed{}, se(err)
+	}
+	res, err := n.apply(tx, r, rc, msg, now)
 	res.events = append(out.events, res.events...)
 	return res, err
 }
@@ -418,11 +524,9 @@ func (n *Node) newRequest(tx *store.Tx, cert keys.DeviceCertificate, now time.Ti
 	return c, events, nil
 }
 
-// apply stores a decrypted message (or applies a receipt). sess is the
-// session to send the receipt on, nil when the message came on an
-// alternate session (the receipt then goes on the preferred one, loaded
-// here).
-func (n *Node) apply(tx *store.Tx, r *ingestReq, sess *protocol.Session, msg protocol.Message, now time.Time) (processed, error) {
+// apply stores a decrypted message (or applies a receipt) and notes the
+// receipt to send for it.
+func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *receipts, msg protocol.Message, now time.Time) (processed, error) {
 	var out processed
 	peerAcct := [32]byte(msg.Sender)
 	if msg.Type == protocol.ContentReceipt {
@@ -468,37 +572,7 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, sess *protocol.Session, msg pro
 	default:
 		return processed{}, se(err)
 	}
-
-	// The delivery receipt, sealed now so it commits with the message.
-	if sess == nil {
-		state, err := tx.GetSession(peerAcct)
-		if err != nil {
-			return processed{}, se(err)
-		}
-		if sess, err = protocol.UnmarshalSession(state); err != nil {
-			return processed{}, se(err)
-		}
-	}
-	rid, err := newMessageID(n.cfg.Rand)
-	if err != nil {
-		return processed{}, se(err)
-	}
-	renv, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
-		Sender: n.Account(), ID: rid, Sent: now, Type: protocol.ContentReceipt, Body: msg.ID[:],
-	}, receiptTTL)
-	if err != nil {
-		return processed{}, se(fmt.Errorf("sealing receipt: %w", err))
-	}
-	if err := n.putSession(tx, sess, now); err != nil {
-		return processed{}, se(err)
-	}
-	if err := tx.PutOutbox(store.OutboxEntry{
-		MsgID: rid, Contact: peerAcct, Envelope: renv.Marshal(), Kind: store.OutboxReceipt,
-		Created: now, NextAttempt: now, Expires: renv.Expiry,
-	}); err != nil {
-		return processed{}, se(err)
-	}
-	out.queued = true
+	rc.add(peerAcct, msg.ID)
 	return out, nil
 }
 
