@@ -79,6 +79,9 @@ type Verification struct {
 	Contact      string `json:"contact"`
 	SafetyNumber string `json:"safety_number"`
 	Verified     bool   `json:"verified"`
+	// KeyChanged is set when the contact presented a new key that awaits
+	// confirmation; SafetyNumber is then the new key's.
+	KeyChanged bool `json:"key_changed,omitempty"`
 }
 
 // Direction tells whether a message was received or sent.
@@ -147,6 +150,7 @@ const (
 	EventMessage        EventType = "message"         // a message was received or sent
 	EventState          EventType = "state"           // an outgoing message changed state
 	EventContactRequest EventType = "contact_request" // someone not in the contacts wrote
+	EventKeyChange      EventType = "key_change"      // a contact presented a new key
 	EventSyncProgress   EventType = "sync_progress"   // mailbox sync advanced
 )
 
@@ -154,7 +158,7 @@ const (
 type Event struct {
 	Type    EventType     `json:"type"`
 	Message *Message      `json:"message,omitempty"` // message, state
-	Contact *Contact      `json:"contact,omitempty"` // contact_request
+	Contact *Contact      `json:"contact,omitempty"` // contact_request, key_change
 	Sync    *SyncProgress `json:"sync,omitempty"`    // sync_progress
 }
 

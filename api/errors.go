@@ -14,6 +14,7 @@ const (
 	CodeBadInvite        = "bad_invite"         // the invite link does not parse or verify
 	CodeUnknownContact   = "unknown_contact"    // no contact by that name
 	CodeContactExists    = "contact_exists"     // a contact by that name already exists
+	CodeKeyChanged       = "key_changed"        // the contact's key changed; verify before sending
 	CodeUnauthorized     = "unauthorized"       // missing or wrong bearer token
 	CodeNotFound         = "not_found"          // no such endpoint
 	CodeMethodNotAllowed = "method_not_allowed" // endpoint exists, method does not
@@ -52,7 +53,7 @@ func (e *Error) HTTPStatus() int {
 		return http.StatusBadRequest
 	case CodeUnknownContact, CodeNotFound:
 		return http.StatusNotFound
-	case CodeContactExists:
+	case CodeContactExists, CodeKeyChanged:
 		return http.StatusConflict
 	case CodeUnauthorized:
 		return http.StatusUnauthorized
@@ -73,6 +74,7 @@ var (
 	ErrBadInvite      = &Error{Code: CodeBadInvite, Message: "api: bad invite"}
 	ErrUnknownContact = &Error{Code: CodeUnknownContact, Message: "api: unknown contact"}
 	ErrContactExists  = &Error{Code: CodeContactExists, Message: "api: contact exists"}
+	ErrKeyChanged     = &Error{Code: CodeKeyChanged, Message: "api: contact key changed"}
 	ErrUnauthorized   = &Error{Code: CodeUnauthorized, Message: "api: unauthorized"}
 )
 

@@ -1,0 +1,372 @@
+package api
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/node"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
+)
+
+// NodeBackend returns the Backend of a node, opened or running. Message
+// cursors (Message.Seq, MessageQuery.After) are the store's global
+// sequence numbers, strictly increasing per data directory, whether or not
+// the query is filtered by contact, so that one cursor serves listing and
+// the event stream alike.
+func NodeBackend(n *node.Node) Backend { return &nodeBackend{n: n} }
+
+type nodeBackend struct{ n *node.Node }
+
+var _ Backend = (*nodeBackend)(nil)
+
+func (b *nodeBackend) Status(ctx context.Context) (Status, error) {
+	st, err := b.n.Status()
+	if err != nil {
+		return Status{}, nodeError(err)
+	}
+	out := Status{
+		PeerID:         st.PeerID,
+		Addrs:          nonNil(st.Addrs),
+		ConnectedPeers: st.ConnectedPeers,
+		OutboxPending:  st.OutboxPending,
+	}
+	if st.Mailbox != nil {
+		out.Mailbox = &MailboxStatus{Envelopes: int(st.Mailbox.Envelopes), Bytes: st.Mailbox.Bytes}
+	}
+	return out, nil
+}
+
+func (b *nodeBackend) Identity(ctx context.Context) (Identity, error) {
+	id := b.n.Identity()
+	out := Identity{
+		PeerID:  id.PeerID,
+		Account: b.n.Account().Fingerprint(),
+		Name:    id.Name,
+		Addrs:   []string{},
+	}
+	for _, a := range b.n.Addrs() {
+		out.Addrs = append(out.Addrs, a.String())
+	}
+	return out, nil
+}
+
+func (b *nodeBackend) Invite(ctx context.Context) (string, error) {
+	inv, err := b.n.Invite()
+	if err != nil {
+		return "", nodeError(err)
+	}
+	return inv.String(), nil
+}
+
+func (b *nodeBackend) Contacts(ctx context.Context) ([]Contact, error) {
+	cs, err := b.n.Contacts()
+	if err != nil {
+		return nil, nodeError(err)
+	}
+	out := make([]Contact, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, contactFromStore(c))
+	}
+	return out, nil
+}
+
+func (b *nodeBackend) AddContact(ctx context.Context, name, invite string) (Contact, error) {
+	c, err := b.n.AddContact(name, invite)
+	if err != nil {
+		return Contact{}, nodeError(err)
+	}
+	return contactFromStore(c), nil
+}
+
+func (b *nodeBackend) VerifyContact(ctx context.Context, name string, confirm bool) (Verification, error) {
+	v, err := b.n.VerifyContact(name, confirm)
+	if err != nil {
+		return Verification{}, nodeError(err)
+	}
+	return Verification{
+		Contact:      v.Contact.Name,
+		SafetyNumber: v.SafetyNumber,
+		Verified:     v.Contact.Verified && v.Contact.KeyChange == nil,
+		KeyChanged:   v.KeyChanged,
+	}, nil
+}
+
+func (b *nodeBackend) Send(ctx context.Context, contact, text string) (Message, error) {
+	m, err := b.n.Send(ctx, contact, text)
+	if err != nil {
+		return Message{}, nodeError(err)
+	}
+	return b.message(m, nil), nil
+}
+
+// Messages lists messages after the global cursor q.After. The store pages
+// a single conversation by its own sequence numbers, so for a filtered
+// query the global cursor is first turned into the conversation's.
+func (b *nodeBackend) Messages(ctx context.Context, q MessageQuery) ([]Message, error) {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = DefaultMessageLimit
+	}
+	limit = min(limit, MaxMessageLimit)
+	names, err := b.names()
+	if err != nil {
+		return nil, nodeError(err)
+	}
+	after := q.After
+	if strings.TrimSpace(q.Contact) != "" {
+		c, err := b.n.Contact(q.Contact)
+		if err != nil {
+			return nil, nodeError(err)
+		}
+		if after, err = b.convCursor(c.Account, q.After); err != nil {
+			return nil, nodeError(err)
+		}
+	}
+	ms, err := b.n.Messages(q.Contact, after, limit)
+	if err != nil {
+		return nil, nodeError(err)
+	}
+	out := make([]Message, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, b.message(m, names))
+	}
+	return out, nil
+}
+
+// convCursor returns the conversation sequence number after which the
+// conversation's messages have a global sequence number above global.
+// Both numbers grow together within a conversation (AppendMessage assigns
+// them in one step) and conversation numbers run 1, 2, 3…, so a binary
+// search over the conversation finds it.
+func (b *nodeBackend) convCursor(acct [32]byte, global uint64) (uint64, error) {
+	if global == 0 {
+		return 0, nil
+	}
+	var cursor uint64
+	err := b.n.DB().View(func(tx *store.Tx) error {
+		last, err := tx.LastSeq(&acct)
+		if err != nil {
+			return err
+		}
+		// Invariant: messages 1..lo have GlobalSeq <= global, messages
+		// hi+1..last have GlobalSeq > global.
+		lo, hi := uint64(0), last
+		for lo < hi {
+			mid := lo + (hi-lo+1)/2
+			page, err := tx.ListMessages(&acct, mid-1, 1)
+			if err != nil {
+				return err
+			}
+			if len(page) == 0 || page[0].Seq != mid {
+				return fmt.Errorf("%w: conversation has no message %d", store.ErrCorrupt, mid)
+			}
+			if page[0].GlobalSeq <= global {
+				lo = mid
+			} else {
+				hi = mid - 1
+			}
+		}
+		cursor = lo
+		return nil
+	})
+	return cursor, err
+}
+
+// Subscribe converts the node's events. A node event for a message that
+// was just queued becomes a message event: it is the message's first
+// appearance.
+func (b *nodeBackend) Subscribe(ctx context.Context) (<-chan Event, error) {
+	in := b.n.Subscribe(ctx)
+	out := make(chan Event, eventQueue)
+	go func() {
+		defer close(out)
+		for ev := range in {
+			e, ok := b.event(ev)
+			if !ok {
+				continue
+			}
+			select {
+			case out <- e:
+			case <-ctx.Done():
+				for range in { // the node closes in once ctx ends
+				}
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// eventQueue is the length of a subscriber's queue of converted events.
+const eventQueue = 64
+
+func (b *nodeBackend) event(ev node.Event) (Event, bool) {
+	switch ev.Type {
+	case node.EventMessage, node.EventState:
+		if ev.Message == nil {
+			return Event{}, false
+		}
+		m := b.message(*ev.Message, nil)
+		t := EventMessage
+		if ev.Type == node.EventState && ev.Message.State != store.StateQueued {
+			t = EventState
+		}
+		return Event{Type: t, Message: &m}, true
+	case node.EventContactRequest, node.EventKeyChange:
+		if ev.Contact == nil {
+			return Event{}, false
+		}
+		c := contactFromStore(*ev.Contact)
+		t := EventContactRequest
+		if ev.Type == node.EventKeyChange {
+			t = EventKeyChange
+		}
+		return Event{Type: t, Contact: &c}, true
+	case node.EventSyncProgress:
+		if ev.Sync == nil {
+			return Event{}, false
+		}
+		return Event{Type: EventSyncProgress, Sync: &SyncProgress{
+			Mailboxes: ev.Sync.Mailboxes, Envelopes: ev.Sync.Envelopes, Done: ev.Sync.Done,
+		}}, true
+	}
+	return Event{}, false
+}
+
+// names maps account keys to contact names.
+func (b *nodeBackend) names() (map[[32]byte]string, error) {
+	cs, err := b.n.Contacts()
+	if err != nil {
+		return nil, err
+	}
+	names := make(map[[32]byte]string, len(cs))
+	for _, c := range cs {
+		names[c.Account] = c.Name
+	}
+	return names, nil
+}
+
+// message converts a stored message. The contact's name comes from names
+// when given, else from the store; a message of an account that is no
+// longer a contact shows the account's fingerprint.
+func (b *nodeBackend) message(m store.Message, names map[[32]byte]string) Message {
+	name, ok := names[m.Contact]
+	if names == nil {
+		if c, err := b.n.ContactByAccount(m.Contact); err == nil {
+			name, ok = c.Name, true
+		}
+	}
+	if !ok {
+		name = keys.AccountPublic(m.Contact).Fingerprint()
+	}
+	out := Message{
+		ID:      hex.EncodeToString(m.ID[:]),
+		Contact: name,
+		Text:    messageText(m),
+		SentAt:  m.SentAt.UTC(),
+		Seq:     m.GlobalSeq,
+	}
+	switch m.Direction {
+	case store.Outgoing:
+		out.Direction = DirectionOut
+		out.State = stateFromStore(m.State)
+		out.StoredAt = m.StoredAt
+	default:
+		out.Direction = DirectionIn
+		switch m.Via {
+		case store.ViaDirect:
+			out.Via = ViaDirect
+		case store.ViaMailbox:
+			out.Via = ViaMailbox
+		}
+	}
+	return out
+}
+
+// messageText is the text of a message; content this version cannot show
+// is described instead.
+func messageText(m store.Message) string {
+	if protocol.ContentType(m.Type) != protocol.ContentText {
+		return fmt.Sprintf("[content of type %d, which this version of sotto cannot show]", m.Type)
+	}
+	if !utf8.Valid(m.Body) {
+		return strings.ToValidUTF8(string(m.Body), "\uFFFD")
+	}
+	return string(m.Body)
+}
+
+func stateFromStore(s store.MessageState) State {
+	switch s {
+	case store.StateQueued:
+		return StateQueued
+	case store.StateSent:
+		return StateSent
+	case store.StateStored:
+		return StateStored
+	case store.StateDelivered:
+		return StateDelivered
+	case store.StateFailed:
+		return StateFailed
+	}
+	return State(s.String())
+}
+
+func contactFromStore(c store.Contact) Contact {
+	return Contact{
+		Name:       c.Name,
+		Account:    keys.AccountPublic(c.Account).Fingerprint(),
+		PeerID:     c.PeerID,
+		Verified:   c.Verified,
+		KeyChanged: c.KeyChange != nil,
+		Request:    c.IsRequest,
+	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// nodeError turns the node's and the store's errors into errors for the
+// API's user: conditions the user can correct get their code, and the
+// package prefix goes, since the message is shown as it is.
+func nodeError(err error) error {
+	var unknown *node.UnknownContactError
+	switch {
+	case errors.As(err, &unknown):
+		return UnknownContact(unknown.Name, unknown.Known)
+	case errors.Is(err, node.ErrInviteFormat), errors.Is(err, node.ErrInviteChecksum),
+		errors.Is(err, node.ErrInviteVersion), errors.Is(err, node.ErrSelfInvite),
+		strings.HasPrefix(err.Error(), "node: the invite"):
+		return BadInvite(userText(err))
+	case errors.Is(err, store.ErrDuplicate), errors.Is(err, store.ErrNameTaken),
+		strings.HasPrefix(err.Error(), "node: this invite's device belongs to"):
+		return &Error{Code: CodeContactExists, Message: userText(err)}
+	case errors.Is(err, node.ErrKeyChangePending):
+		return &Error{Code: CodeKeyChanged, Message: userText(err)}
+	case errors.Is(err, store.ErrInvalidName), errors.Is(err, node.ErrEmptyMessage),
+		errors.Is(err, node.ErrMessageTooLarge), errors.Is(err, store.ErrTooLarge),
+		strings.HasPrefix(err.Error(), "node: the message"):
+		return BadRequest("%s", userText(err))
+	case errors.Is(err, node.ErrLocked), errors.Is(err, node.ErrNotRunning):
+		return &Error{Code: CodeUnavailable, Message: userText(err)}
+	}
+	return err
+}
+
+// userText is err's message without the leading package prefix.
+func userText(err error) string {
+	s := err.Error()
+	for _, p := range []string{"node: ", "store: "} {
+		s = strings.TrimPrefix(s, p)
+	}
+	return s
+}
