@@ -381,4 +381,5 @@ func (c connNotifee) Disconnected(network.Network, network.Conn) {}
 func (c connNotifee) Connected(_ network.Network, conn network.Conn) {
 	c.n.ob.peerUp(conn.RemotePeer())
 	c.n.kickOutbox()
+	c.n.kickSync()
 }

@@ -238,7 +238,7 @@ type MailboxHeld struct {
 
 // Status reports the node's state.
 func (n *Node) Status() (Status, error) {
-	st := Status{PeerID: n.ident.PeerID}
+	st := Status{PeerID: n.ident.PeerID, Mailbox: n.mailboxHeld()}
 	for _, a := range n.Addrs() {
 		st.Addrs = append(st.Addrs, a.String())
 	}

@@ -81,6 +81,17 @@ type Config struct {
 	NoNAT       bool            // disable AutoNAT, relay client and hole punching
 	HostOptions []Option        // further options for the libp2p host
 
+	// Mailbox makes the node also serve as a gossip mailbox for others.
+	Mailbox bool
+	// Mailboxes are mailbox nodes to use besides those found in the DHT.
+	Mailboxes []peer.AddrInfo
+	// MailboxAfter is how long a message waits for direct delivery before
+	// it is also deposited in mailboxes (default DefaultMailboxAfter).
+	MailboxAfter time.Duration
+	// MailboxCopies is how many mailboxes a deposit aims for (default
+	// DefaultMailboxCopies).
+	MailboxCopies int
+
 	MessageTTL     time.Duration // default DefaultMessageTTL
 	OneTimePrekeys int           // default DefaultOneTimePrekeys
 
@@ -95,6 +106,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.OneTimePrekeys <= 0 || c.OneTimePrekeys > keys.MaxOneTimePrekeys {
 		c.OneTimePrekeys = DefaultOneTimePrekeys
+	}
+	if c.MailboxAfter <= 0 {
+		c.MailboxAfter = DefaultMailboxAfter
+	}
+	if c.MailboxCopies <= 0 {
+		c.MailboxCopies = DefaultMailboxCopies
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -131,6 +148,7 @@ type Node struct {
 	ingest chan *ingestReq
 	kick   chan struct{}
 	ob     outboxState
+	mbx    mailboxes
 }
 
 // Init creates a new identity in dir: account key, device (host) key,
@@ -358,6 +376,9 @@ func (n *Node) Start(ctx context.Context) error {
 	if err := n.refreshTags(); err != nil {
 		return err
 	}
+	if err := n.startMailboxes(h); err != nil {
+		return err
+	}
 	n.saveAddrs()
 	n.protectContacts()
 
@@ -393,6 +414,10 @@ func (n *Node) Close() error {
 	h := n.host
 	n.mu.Unlock()
 	var errs []error
+	if n.cancel != nil {
+		n.cancel()
+	}
+	n.closeMailboxes()
 	if h != nil {
 		h.LibP2P().RemoveStreamHandler(BundleProtocol)
 		h.LibP2P().Network().StopNotify(connNotifee{n})

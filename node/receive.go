@@ -49,10 +49,16 @@ func (d directReceiver) Enqueue(ctx context.Context, from peer.ID, env []byte) <
 // enqueue hands one envelope to the committer; the channel yields its
 // result after the commit.
 func (n *Node) enqueue(ctx context.Context, from peer.ID, env []byte, via store.Via) <-chan error {
+	return n.enqueueReq(ctx, from, env, via).res
+}
+
+// enqueueReq hands one envelope to the committer and returns the request,
+// whose res yields the result (and whose token is set) after the commit.
+func (n *Node) enqueueReq(ctx context.Context, from peer.ID, env []byte, via store.Via) *ingestReq {
 	r := &ingestReq{from: from, raw: env, via: via, res: make(chan error, 1)}
 	if n.me == nil {
 		r.res <- ErrLocked
-		return r.res
+		return r
 	}
 	select {
 	case n.ingest <- r:
@@ -61,7 +67,7 @@ func (n *Node) enqueue(ctx context.Context, from peer.ID, env []byte, via store.
 	case <-n.ctx.Done():
 		r.res <- ErrClosed
 	}
-	return r.res
+	return r
 }
 
 // Ingest processes one inbound envelope: it decrypts it, stores the
@@ -121,10 +127,10 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	now := n.now()
 	results := make([]error, len(batch))
 	var events []Event
-	kick := false
+	kick, newSession := false, false
 	err := n.db.Update(func(tx *store.Tx) error {
 		events = events[:0]
-		kick = false
+		kick, newSession = false, false
 		rc := &receipts{}
 		for i, r := range batch {
 			r.hasToken = false
@@ -139,6 +145,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 			}
 			results[i] = nil
 			events = append(events, out.events...)
+			newSession = newSession || out.newSession
 		}
 		queued, err := n.sealReceipts(tx, rc, now)
 		if err != nil {
@@ -164,6 +171,9 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	if kick {
 		n.kickOutbox()
 	}
+	if newSession {
+		n.kickResubscribe()
+	}
 }
 
 // storeError marks an error from the store, which aborts the transaction,
@@ -182,7 +192,8 @@ func se(err error) error {
 
 // processed is what one envelope changed, reported after the commit.
 type processed struct {
-	events []Event
+	events     []Event
+	newSession bool
 }
 
 // receipts collects, per contact in first-seen order, the IDs of messages
@@ -478,6 +489,7 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.En
 	}
 	res, err := n.apply(tx, r, rc, msg, now)
 	res.events = append(out.events, res.events...)
+	res.newSession = true
 	return res, err
 }
 

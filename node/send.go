@@ -395,6 +395,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 				if err != nil {
 					return err
 				}
+				defer n.kickResubscribe()
 			}
 			for i := range live {
 				if live[i].Envelope != nil {
@@ -437,6 +438,9 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 		return
 	}
 	n.addAddrs(pid, c.Addrs)
+	// What has waited long enough goes to mailboxes too; direct delivery
+	// keeps being tried, and the recipient drops whichever copy is second.
+	n.depositDue(ctx, live, now)
 	envs := make([][]byte, len(live))
 	for i := range live {
 		envs[i] = live[i].Envelope
@@ -530,9 +534,25 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					}
 				}
 			default:
-				e.Attempts = min(e.Attempts+1, 1000)
-				e.NextAttempt = now.Add(backoff(e.Attempts))
-				if err := tx.PutOutbox(e); err != nil {
+				cur, err := tx.GetOutbox(e.MsgID)
+				if errors.Is(err, store.ErrNotFound) {
+					continue // delivered meanwhile
+				}
+				if err != nil {
+					return err
+				}
+				cur.Attempts = min(cur.Attempts+1, 1000)
+				cur.NextAttempt = now.Add(backoff(cur.Attempts))
+				if cur.Mailboxes == 0 && n.mbx.client != nil {
+					// Come back in time for the mailbox deposit.
+					if at := cur.Created.Add(n.cfg.MailboxAfter); at.Before(cur.NextAttempt) {
+						if floor := now.Add(10 * time.Millisecond); at.Before(floor) {
+							at = floor
+						}
+						cur.NextAttempt = at
+					}
+				}
+				if err := tx.PutOutbox(cur); err != nil {
 					return err
 				}
 			}
