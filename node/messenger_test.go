@@ -44,16 +44,21 @@ func (tn *testNet) initNode(name string) string {
 
 // start opens and starts the node in dir, bootstrapping from the test
 // net's bootstrap host.
-func (tn *testNet) start(dir string) *Node {
+func (tn *testNet) start(dir string, mod ...func(*Config)) *Node {
 	tn.t.Helper()
-	n, err := Open(Config{
-		DataDir:     dir,
-		ListenAddrs: testListenAddrs,
-		Bootstrap:   []peer.AddrInfo{tn.boot.AddrInfo()},
-		NoMDNS:      true,
-		NoNAT:       true,
-		Logger:      testLogger(),
-	})
+	cfg := Config{
+		DataDir:      dir,
+		ListenAddrs:  testListenAddrs,
+		Bootstrap:    []peer.AddrInfo{tn.boot.AddrInfo()},
+		NoMDNS:       true,
+		NoNAT:        true,
+		Logger:       testLogger(),
+		MailboxAfter: 100 * time.Millisecond,
+	}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	n, err := Open(cfg)
 	if err != nil {
 		tn.t.Fatalf("Open %s: %v", dir, err)
 	}

@@ -1,0 +1,156 @@
+package node
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sotto-im/sotto/store"
+)
+
+func asMailbox(c *Config) { c.Mailbox = true }
+
+func stored(m store.Message) bool {
+	return m.Direction == store.Outgoing && (m.State == store.StateStored || m.State == store.StateDelivered)
+}
+
+// TestOfflineDeliveryThroughMailboxes: Alice sends 50 messages while Bob is
+// offline, then goes offline herself; Bob comes back and gets all 50
+// exactly once, in order; Alice comes back and sees all 50 delivered. One
+// of the three mailboxes is closed after the deposits.
+func TestOfflineDeliveryThroughMailboxes(t *testing.T) {
+	check := goroutineLeakCheck(t)
+	tn := newTestNet(t)
+	var mbx []*Node
+	for i := range 3 {
+		mbx = append(mbx, tn.start(tn.initNode(fmt.Sprintf("mailbox%d", i)), asMailbox))
+	}
+	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+	alice := tn.start(aliceDir)
+	bob := tn.start(bobDir)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testContext(t, 120*time.Second)
+
+	// Bob's bundle is in the DHT once he has published it; then he leaves.
+	waitFor(t, ctx, func() bool {
+		_, err := tn.boot.GetBundle(ctx, bob.ident.Account[:])
+		return err == nil
+	})
+	bob.Close()
+
+	const N = 50
+	for i := range N {
+		if _, err := alice.Send(ctx, "bob", fmt.Sprintf("while you were away %02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := waitMessages(t, ctx, alice, "bob", N, stored)
+	for _, m := range got {
+		if m.StoredAt < 1 {
+			t.Fatalf("message stored at %d mailboxes", m.StoredAt)
+		}
+	}
+	alice.Close()
+	mbx[0].Close() // a mailbox dies after the deposits
+
+	bob = tn.start(bobDir)
+	in := waitMessages(t, ctx, bob, "alice", N, incoming)
+	if len(in) != N {
+		t.Fatalf("bob got %d messages, want exactly %d", len(in), N)
+	}
+	for i, m := range in {
+		if want := fmt.Sprintf("while you were away %02d", i); string(m.Body) != want || m.Via != store.ViaMailbox {
+			t.Fatalf("message %d = %q via %v, want %q via mailbox", i, m.Body, m.Via, want)
+		}
+	}
+
+	alice = tn.start(aliceDir)
+	waitMessages(t, ctx, alice, "bob", N, delivered)
+
+	// Bob deleted what he fetched, and Alice what she fetched: the live
+	// mailboxes end up empty.
+	waitFor(t, ctx, func() bool {
+		for _, m := range mbx[1:] {
+			if m.mailboxHeld().Envelopes != 0 {
+				return false
+			}
+		}
+		return true
+	})
+
+	for _, n := range append(mbx, alice, bob) {
+		n.Close()
+	}
+	tn.boot.Close()
+	check()
+}
+
+// TestMailboxHoldsNoPlaintext scans every byte of a mailbox's data dir
+// after it held a conversation's envelopes.
+func TestMailboxHoldsNoPlaintext(t *testing.T) {
+	tn := newTestNet(t)
+	mdir := tn.initNode("mailbox")
+	m := tn.start(mdir, asMailbox)
+	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+	alice := tn.start(aliceDir)
+	bob := tn.start(bobDir)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testContext(t, 60*time.Second)
+	waitFor(t, ctx, func() bool {
+		_, err := tn.boot.GetBundle(ctx, bob.ident.Account[:])
+		return err == nil
+	})
+	bob.Close()
+	secret := "the eagle lands at midnight"
+	for i := range 5 {
+		if _, err := alice.Send(ctx, "bob", fmt.Sprintf("%s %d", secret, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMessages(t, ctx, alice, "bob", 5, stored)
+	waitFor(t, ctx, func() bool { return m.mailboxHeld().Envelopes >= 5 })
+	aliceAcct, bobAcct := alice.ident.Account, bob.ident.Account
+	aliceIK, bobIK := alice.me.IdentityDH.Public(), bobIK(t, bobDir)
+	m.Close()
+
+	forbidden := map[string][]byte{
+		"plaintext":          []byte(secret),
+		"alice account key":  aliceAcct[:],
+		"bob account key":    bobAcct[:],
+		"alice identity key": aliceIK[:],
+		"bob identity key":   bobIK[:],
+	}
+	files := 0
+	filepath.Walk(mdir, func(path string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files++
+		for what, needle := range forbidden {
+			if bytes.Contains(b, needle) {
+				t.Errorf("%s found in the mailbox's %s", what, filepath.Base(path))
+			}
+		}
+		return nil
+	})
+	if files == 0 {
+		t.Fatal("scanned no files")
+	}
+}
+
+// bobIK reads the identity DH public key of the node in dir.
+func bobIK(t *testing.T, dir string) [32]byte {
+	n, err := Open(Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	return n.me.IdentityDH.Public()
+}
