@@ -40,8 +40,11 @@ type RunConfig struct {
 	Listen     []string // multiaddrs; empty means the node's defaults
 	Bootstrap  []string // multiaddrs of peers to join the network through
 	Mailbox    bool     // also serve as a mailbox for others
-	Passphrase []byte   // from $SOTTO_PASSPHRASE_FILE; nil if unset
+	NoMDNS     bool     // no LAN discovery (--no-mdns or SOTTO_NO_MDNS=1)
+	Passphrase []byte   // from --passphrase-file or $SOTTO_PASSPHRASE_FILE; nil if unset
 	Log        *slog.Logger
+	// Stdout receives what scripts read: the node's peer ID and addresses.
+	Stdout io.Writer
 	// ServeAPI serves b on the data directory's control socket until ctx
 	// ends. It fails at once if another node serves the directory.
 	ServeAPI func(ctx context.Context, b api.Backend) error

@@ -140,6 +140,11 @@ var contactVerifyCommand = &command{
 			}
 			fmt.Fprintln(c.stdout)
 			switch {
+			case *confirm && v.KeyChanged:
+				fmt.Fprintf(c.stdout, "%s's new key is accepted and verified.\n", name)
+			case v.KeyChanged:
+				fmt.Fprintf(c.stdout, "%s's key CHANGED: this is the number of the new key. If %s sees the same\n"+
+					"number, accept the new key with `sotto contact verify %s --confirm`.\n", name, name, name)
 			case *confirm:
 				fmt.Fprintf(c.stdout, "%s is now verified.\n", name)
 			case v.Verified:

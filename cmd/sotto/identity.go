@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -10,9 +9,6 @@ import (
 
 	"github.com/sotto-im/sotto/api"
 )
-
-// errNoQR reports that --qr needs a QR encoder this build lacks.
-var errNoQR = errors.New("--qr needs a QR code encoder, which this build does not include; copy the invite link instead")
 
 var idCommand = &command{
 	name:     "id",
@@ -73,9 +69,6 @@ var inviteCommand = &command{
 			if len(args) > 0 {
 				return usagef("unexpected argument %q", args[0])
 			}
-			if *qr {
-				return errNoQR
-			}
 			b, release, err := c.backend(*data)
 			if err != nil {
 				return err
@@ -87,6 +80,13 @@ var inviteCommand = &command{
 			}
 			if *asJSON {
 				return printJSON(c.stdout, inviteJSON{Invite: inv})
+			}
+			if *qr {
+				code, err := inviteQR(inv)
+				if err != nil {
+					return err
+				}
+				fmt.Fprint(c.stdout, code)
 			}
 			fmt.Fprintln(c.stdout, inv)
 			return nil

@@ -17,7 +17,7 @@ import (
 
 // defaultApp holds the node-specific hooks of this build. Commands whose
 // hook is nil report that they are not available.
-var defaultApp App
+var defaultApp = nodeApp()
 
 func main() {
 	os.Exit(mainCode())

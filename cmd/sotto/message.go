@@ -57,6 +57,12 @@ var sendCommand = &command{
 			if *asJSON {
 				return printJSON(c.stdout, messageJSON(m))
 			}
+			_, running := b.(*api.Client)
+			if m.State == api.StateQueued && !running {
+				fmt.Fprintf(c.stdout, "Queued to %s (id %s); no node is running, so it goes out when the node next runs (`sotto run`).\n",
+					clean(m.Contact, true), m.ID)
+				return nil
+			}
 			fmt.Fprintf(c.stdout, "%s to %s (id %s)\n", capitalize(string(m.State)), clean(m.Contact, true), m.ID)
 			return nil
 		}
@@ -198,6 +204,14 @@ func (p *messagePrinter) event(ev api.Event) error {
 		}
 		p.endProgress()
 		_, err := fmt.Fprintf(p.w, "  (contact request from %s: see `sotto contact list`)\n", clean(ev.Contact.Name, true))
+		return err
+	case api.EventKeyChange:
+		if p.json || ev.Contact == nil {
+			return nil
+		}
+		p.endProgress()
+		name := clean(ev.Contact.Name, true)
+		_, err := fmt.Fprintf(p.w, "  (%s's key changed: compare safety numbers with `sotto contact verify %s`)\n", name, name)
 		return err
 	case api.EventSyncProgress:
 		if p.json || !p.terminal || ev.Sync == nil {

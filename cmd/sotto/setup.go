@@ -83,17 +83,23 @@ func readPassphrase(path string) ([]byte, error) {
 
 var runCommand = &command{
 	name:     "run",
-	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox]",
+	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox] [--no-mdns] [--passphrase-file FILE]",
 	summary:  "run the node and serve the control socket until interrupted",
-	detail: "Other commands talk to the running node through the socket api.sock in the data\n" +
+	detail: "Once the node is on the network, it prints its peer ID and its addresses, one\n" +
+		"per line (\"peer id: ID\", \"address: MULTIADDR/p2p/ID\": what others pass to\n" +
+		"--bootstrap), then \"control socket: PATH\" when other commands can reach it.\n" +
+		"Other commands talk to the running node through the socket api.sock in the data\n" +
 		"directory (or, when that path is too long for a unix socket, in $TMPDIR/sotto-UID/).\n" +
-		"If the keys are encrypted, $SOTTO_PASSPHRASE_FILE names the passphrase file.\n" + dataDirHelp,
+		"If the keys are encrypted, --passphrase-file, else $SOTTO_PASSPHRASE_FILE, names\n" +
+		"the passphrase file. SOTTO_NO_MDNS=1 has the effect of --no-mdns.\n" + dataDirHelp,
 	setup: func(fs *flag.FlagSet) runFunc {
 		data := dataDirFlag(fs)
 		var listen, bootstrap stringList
 		fs.Var(&listen, "listen", "listen on `MULTIADDR` (repeatable)")
-		fs.Var(&bootstrap, "bootstrap", "join the network through the peer at `MULTIADDR` (repeatable)")
+		fs.Var(&bootstrap, "bootstrap", "join the network through the peer at `MULTIADDR`, which ends in /p2p/PEERID (repeatable)")
 		mailbox := fs.Bool("mailbox", false, "also hold messages for offline users (serve as a mailbox)")
+		noMDNS := fs.Bool("no-mdns", false, "do not look for peers on the local network (mDNS)")
+		passFile := fs.String("passphrase-file", "", "read the keystore passphrase from `FILE` (default $SOTTO_PASSPHRASE_FILE)")
 		return func(ctx context.Context, c *cli, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected argument %q", args[0])
@@ -106,7 +112,11 @@ var runCommand = &command{
 				return notAvailable("run")
 			}
 			var pass []byte
-			if f := c.getenv("SOTTO_PASSPHRASE_FILE"); f != "" {
+			f := *passFile
+			if f == "" {
+				f = c.getenv("SOTTO_PASSPHRASE_FILE")
+			}
+			if f != "" {
 				if pass, err = readPassphrase(f); err != nil {
 					return err
 				}
@@ -117,8 +127,10 @@ var runCommand = &command{
 				Listen:     listen,
 				Bootstrap:  bootstrap,
 				Mailbox:    *mailbox,
+				NoMDNS:     *noMDNS || c.getenv("SOTTO_NO_MDNS") == "1",
 				Passphrase: pass,
 				Log:        log,
+				Stdout:     c.stdout,
 				ServeAPI: func(ctx context.Context, b api.Backend) error {
 					path, err := api.SocketPath(dir)
 					if err != nil {
@@ -129,6 +141,7 @@ var runCommand = &command{
 						return err
 					}
 					log.Info("control socket ready", "path", path)
+					fmt.Fprintf(c.stdout, "control socket: %s\n", path)
 					return api.NewServer(b, api.WithLogger(log)).Serve(ctx, ln)
 				},
 			}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/sotto-im/sotto/api"
+	"github.com/sotto-im/sotto/node"
+	"github.com/sotto-im/sotto/store"
+)
+
+// nodeApp is the App of the real node.
+func nodeApp() App {
+	return App{OpenBackend: openNodeBackend, Init: initNode, Run: runNode}
+}
+
+// startupWait bounds how long a command waits for a node that holds the
+// data directory but does not serve its control socket yet (it is
+// starting).
+const startupWait = 15 * time.Second
+
+// startupPoll is how often a command looks for the starting node's socket.
+const startupPoll = 100 * time.Millisecond
+
+func initNode(ctx context.Context, cfg InitConfig) (api.Identity, error) {
+	if _, err := node.Init(cfg.DataDir, cfg.Name, cfg.Passphrase); err != nil {
+		return api.Identity{}, userError(err)
+	}
+	n, err := node.Open(node.Config{DataDir: cfg.DataDir, Passphrase: cfg.Passphrase})
+	if err != nil {
+		return api.Identity{}, userError(err)
+	}
+	defer n.Close()
+	return api.NodeBackend(n).Identity(ctx)
+}
+
+// openNodeBackend opens the data directory for a command while no node
+// serves it. Without a passphrase an encrypted keystore stays locked,
+// which is enough for everything but running: messages are queued and
+// sealed when the node next runs.
+func openNodeBackend(dir string) (api.Backend, func(), error) {
+	n, err := node.Open(node.Config{DataDir: dir})
+	if errors.Is(err, store.ErrInUse) {
+		// A node holds the directory but its socket did not answer: it
+		// is starting, or another command has it open for a moment.
+		return waitForNode(dir, err)
+	}
+	if err != nil {
+		return nil, nil, userError(err)
+	}
+	return api.NodeBackend(n), func() { n.Close() }, nil
+}
+
+// waitForNode waits up to startupWait for a node to serve dir, or for the
+// directory to be free again.
+func waitForNode(dir string, inUse error) (api.Backend, func(), error) {
+	deadline := time.NewTimer(startupWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(startupPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-deadline.C:
+			return nil, nil, userError(inUse)
+		case <-tick.C:
+		}
+		if c, err := api.Dial(dir); err == nil {
+			return c, func() { c.Close() }, nil
+		}
+		n, err := node.Open(node.Config{DataDir: dir})
+		if err == nil {
+			return api.NodeBackend(n), func() { n.Close() }, nil
+		}
+		if !errors.Is(err, store.ErrInUse) {
+			return nil, nil, userError(err)
+		}
+	}
+}
+
+// runNode opens the data directory, joins the network, prints the peer ID
+// and the addresses others can reach it at, and serves the control socket
+// until ctx ends.
+func runNode(ctx context.Context, cfg RunConfig) error {
+	stdout := cfg.Stdout
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	bootstrap, err := parseBootstrap(cfg.Bootstrap)
+	if err != nil {
+		return err
+	}
+	for _, a := range cfg.Listen {
+		if _, err := ma.NewMultiaddr(a); err != nil {
+			return usagef("--listen %q is not a multiaddr: %v", a, err)
+		}
+	}
+	ncfg := node.Config{
+		DataDir:     cfg.DataDir,
+		Passphrase:  cfg.Passphrase,
+		ListenAddrs: cfg.Listen,
+		Bootstrap:   bootstrap,
+		NoMDNS:      cfg.NoMDNS,
+		Logger:      cfg.Log,
+	}
+	if err := setMailbox(&ncfg, cfg.Mailbox); err != nil {
+		return err
+	}
+	n, err := node.Open(ncfg)
+	if err != nil {
+		return userError(err)
+	}
+	defer n.Close()
+	if err := n.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return userError(err)
+	}
+	fmt.Fprintf(stdout, "peer id: %s\n", n.Identity().PeerID)
+	for _, a := range p2pAddrs(n) {
+		fmt.Fprintf(stdout, "address: %s\n", a)
+	}
+	return cfg.ServeAPI(ctx, api.NodeBackend(n))
+}
+
+// p2pAddrs are the node's listen addresses with its peer ID, the form
+// --bootstrap takes.
+func p2pAddrs(n *node.Node) []string {
+	id, err := peer.Decode(n.Identity().PeerID)
+	if err != nil {
+		return nil
+	}
+	full, err := peer.AddrInfoToP2pAddrs(&peer.AddrInfo{ID: id, Addrs: n.Addrs()})
+	if err != nil {
+		return nil
+	}
+	out := make([]string, 0, len(full))
+	for _, a := range full {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+// parseBootstrap parses --bootstrap values, each a multiaddr that ends in
+// /p2p/PEERID; addresses of one peer are merged.
+func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
+	var mas []ma.Multiaddr
+	for _, s := range addrs {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, usagef("--bootstrap %q is not a multiaddr: %v", s, err)
+		}
+		if _, err := a.ValueForProtocol(ma.P_P2P); err != nil {
+			return nil, usagef("--bootstrap %q has no peer ID: end it with /p2p/PEERID (`sotto run` prints its full addresses)", s)
+		}
+		mas = append(mas, a)
+	}
+	if len(mas) == 0 {
+		return nil, nil
+	}
+	infos, err := peer.AddrInfosFromP2pAddrs(mas...)
+	if err != nil {
+		return nil, usagef("--bootstrap: %v", err)
+	}
+	return infos, nil
+}
+
+// userError drops the package prefix from the errors of the node's
+// packages, whose messages are written for the user.
+func userError(err error) error {
+	s := err.Error()
+	for _, p := range []string{"node: ", "store: ", "keys: "} {
+		if rest, ok := strings.CutPrefix(s, p); ok {
+			return &prefixless{msg: rest, err: err}
+		}
+	}
+	return err
+}
+
+// prefixless is an error shown with another message than its cause's.
+type prefixless struct {
+	msg string
+	err error
+}
+
+func (e *prefixless) Error() string { return e.msg }
+func (e *prefixless) Unwrap() error { return e.err }
