@@ -365,7 +365,7 @@ func nodeError(err error) error {
 // userText is err's message without the leading package prefix.
 func userText(err error) string {
 	s := err.Error()
-	for _, p := range []string{"node: ", "store: "} {
+	for _, p := range []string{"node: ", "store: ", "duplicate: "} {
 		s = strings.TrimPrefix(s, p)
 	}
 	return s

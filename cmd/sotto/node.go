@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"strings"
 	"time"
 
@@ -31,7 +32,7 @@ const startupPoll = 100 * time.Millisecond
 
 func initNode(ctx context.Context, cfg InitConfig) (api.Identity, error) {
 	if _, err := node.Init(cfg.DataDir, cfg.Name, cfg.Passphrase); err != nil {
-		return api.Identity{}, userError(err)
+		return api.Identity{}, openError(cfg.DataDir, err)
 	}
 	n, err := node.Open(node.Config{DataDir: cfg.DataDir, Passphrase: cfg.Passphrase})
 	if err != nil {
@@ -53,7 +54,7 @@ func openNodeBackend(dir string) (api.Backend, func(), error) {
 		return waitForNode(dir, err)
 	}
 	if err != nil {
-		return nil, nil, userError(err)
+		return nil, nil, openError(dir, err)
 	}
 	return api.NodeBackend(n), func() { n.Close() }, nil
 }
@@ -114,7 +115,7 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 	}
 	n, err := node.Open(ncfg)
 	if err != nil {
-		return userError(err)
+		return openError(cfg.DataDir, err)
 	}
 	defer n.Close()
 	if err := n.Start(ctx); err != nil {
@@ -170,6 +171,15 @@ func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
 		return nil, usagef("--bootstrap: %v", err)
 	}
 	return infos, nil
+}
+
+// openError explains an error of opening the data directory dir.
+func openError(dir string, err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("cannot open the data directory %s: permission denied; it must belong to you, "+
+			"with mode 0700 (chmod 700 %s)", dir, dir)
+	}
+	return userError(err)
 }
 
 // userError drops the package prefix from the errors of the node's
