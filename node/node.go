@@ -376,9 +376,6 @@ func (n *Node) Start(ctx context.Context) error {
 	if err := n.refreshTags(); err != nil {
 		return err
 	}
-	if err := n.startMailboxes(h); err != nil {
-		return err
-	}
 	n.saveAddrs()
 	n.protectContacts()
 
@@ -392,6 +389,10 @@ func (n *Node) Start(ctx context.Context) error {
 			n.cfg.Logger.Warn("DHT bootstrap failed; will rely on direct addresses", "err", err)
 		}
 		cancel()
+	}
+	// Mailboxes announce themselves in the DHT: after bootstrap.
+	if err := n.startMailboxes(h); err != nil {
+		return err
 	}
 	n.wg.Add(1)
 	go func() {

@@ -334,13 +334,29 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	defer cancel()
 	now := n.now()
 
+	// Everything queued for the contact, oldest first, so that messages
+	// leave (directly and to mailboxes) in the order they were written.
 	var c store.Contact
 	var expired []store.OutboxEntry
-	live := entries[:0:0]
+	var live []store.OutboxEntry
+	acked := map[[16]byte]bool{} // directly acked, waiting for the receipt
 	err := n.db.View(func(tx *store.Tx) error {
 		var err error
-		c, err = tx.GetContact(acct)
-		return err
+		if c, err = tx.GetContact(acct); err != nil {
+			return err
+		}
+		if entries, err = tx.OutboxFor(acct, MaxOutboxBatch); err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.Kind != store.OutboxMessage {
+				continue
+			}
+			if m, err := tx.GetMessage(e.MsgID); err == nil && m.State == store.StateSent {
+				acked[e.MsgID] = true
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		n.cfg.Logger.Warn("outbox entry for a contact that is gone", "err", err)
@@ -441,12 +457,23 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	// What has waited long enough goes to mailboxes too; direct delivery
 	// keeps being tried, and the recipient drops whichever copy is second.
 	n.depositDue(ctx, live, now)
-	envs := make([][]byte, len(live))
-	for i := range live {
-		envs[i] = live[i].Envelope
+	// Directly: what has not been acked yet, and what was acked long ago
+	// without a receipt coming back.
+	var send []store.OutboxEntry
+	for _, e := range live {
+		if !acked[e.MsgID] || !e.NextAttempt.After(now) {
+			send = append(send, e)
+		}
+	}
+	if len(send) == 0 {
+		return
+	}
+	envs := make([][]byte, len(send))
+	for i := range send {
+		envs[i] = send[i].Envelope
 	}
 	errs := h.Sender().SendBatch(ctx, pid, envs)
-	n.recordResults(acct, live, errs)
+	n.recordResults(acct, send, errs)
 }
 
 func countUnsealed(es []store.OutboxEntry) int {

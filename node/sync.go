@@ -1,7 +1,9 @@
 package node
 
 import (
+	"container/heap"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"slices"
 	"sync"
@@ -258,10 +260,21 @@ func (n *Node) syncLoop() {
 	}
 }
 
+// maxSyncEnvelopes bounds the envelopes one sync round holds in memory;
+// a sync with more goes on in further rounds.
+const maxSyncEnvelopes = 50_000
+
 // SyncMailboxes fetches from every reachable mailbox the envelopes under
-// this node's tags, processes each page durably, then deletes what it
-// processed by revealing the envelopes' delete tokens. It reports progress
-// on the event feed and returns how many envelopes it fetched.
+// this node's tags, processes them durably, then deletes what it processed
+// by revealing the envelopes' delete tokens. It reports progress on the
+// event feed and returns how many distinct envelopes it processed.
+//
+// Each mailbox returns envelopes in the order they reached it, and a
+// sender deposits in the order it sent; but mailboxes may each hold a
+// different part of a conversation. The envelopes from all mailboxes are
+// therefore merged into one order consistent with every mailbox's order
+// (a topological merge) before they are processed, so messages are shown
+// in the order they were sent.
 func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 	m := &n.mbx
 	if m.client == nil {
@@ -291,61 +304,100 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 	if len(mbxs) == 0 {
 		return 0, nil
 	}
-	total := 0
+
+	// Fetch every mailbox's envelopes, in each mailbox's order.
 	var errs []error
-	for i, p := range mbxs {
-		got, err := n.syncOne(ctx, p, tagList)
-		total += got
+	envs := map[[32]byte][]byte{}
+	lists := make([][][32]byte, 0, len(mbxs))
+	held := make([]peer.ID, 0, len(mbxs))
+	for _, p := range mbxs {
+		list, err := n.fetchAll(ctx, p, tagList, envs)
 		if err != nil {
 			errs = append(errs, err)
 		}
-		n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: i + 1, Envelopes: total, Done: i == len(mbxs)-1}})
+		if len(list) > 0 {
+			lists = append(lists, list)
+			held = append(held, p)
+		}
 	}
-	return total, errors.Join(errs...)
+	order := mergeOrders(lists)
+	n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: len(mbxs), Envelopes: 0}})
+
+	// Process them in that order (the committer groups them into batches).
+	reqs := make(map[[32]byte]*ingestReq, len(order))
+	pending := make([]*ingestReq, 0, len(order))
+	for _, h := range order {
+		r := n.enqueueReq(ctx, "", envs[h], store.ViaMailbox)
+		reqs[h] = r
+		pending = append(pending, r)
+	}
+	done := 0
+	for _, r := range pending {
+		select {
+		case <-r.res:
+		case <-ctx.Done():
+			return done, ctx.Err()
+		}
+		// r.res was drained: keep the result for the token check below.
+		done++
+		if done%1000 == 0 {
+			n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: len(mbxs), Envelopes: done}})
+		}
+	}
+
+	// Delete at each mailbox what it held and this node has processed.
+	for i, p := range held {
+		dels := map[protocol.Tag][][32]byte{}
+		for _, h := range lists[i] {
+			r := reqs[h]
+			if r == nil || !r.hasToken {
+				continue
+			}
+			e, err := protocol.ParseEnvelope(r.raw)
+			if err != nil {
+				continue
+			}
+			dels[e.Tag] = append(dels[e.Tag], r.token)
+		}
+		for tag, toks := range dels {
+			for len(toks) > 0 {
+				k := min(len(toks), MaxMailboxDeleteTokens)
+				if _, err := m.client.Delete(ctx, p, tag, toks[:k]); err != nil {
+					n.cfg.Logger.Debug("mailbox delete", "mailbox", p, "err", err)
+				}
+				toks = toks[k:]
+			}
+		}
+	}
+	n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: len(mbxs), Envelopes: done, Done: true}})
+	if len(envs) >= maxSyncEnvelopes {
+		n.kickSync() // more remain
+	}
+	return done, errors.Join(errs...)
 }
 
-// syncOne syncs one mailbox.
-func (n *Node) syncOne(ctx context.Context, p peer.ID, tags []protocol.Tag) (int, error) {
+// fetchAll pages through one mailbox's envelopes under tags, adding new
+// ones to envs (by content hash) and returning the hashes in the
+// mailbox's order.
+func (n *Node) fetchAll(ctx context.Context, p peer.ID, tags []protocol.Tag, envs map[[32]byte][]byte) ([][32]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	total := 0
+	var list [][32]byte
 	for len(tags) > 0 {
 		chunk := tags[:min(len(tags), MaxMailboxQueryTags)]
 		tags = tags[len(chunk):]
 		var cursor []byte
-		for {
+		for len(envs) < maxSyncEnvelopes {
 			res, err := n.mbx.client.Query(ctx, p, chunk, cursor, syncPage)
 			if err != nil {
-				return total, err
+				return list, err
 			}
-			total += len(res.Envelopes)
-			reqs := make([]*ingestReq, 0, len(res.Envelopes))
 			for _, env := range res.Envelopes {
-				reqs = append(reqs, n.enqueueReq(ctx, p, env, store.ViaMailbox))
-			}
-			dels := map[protocol.Tag][][32]byte{}
-			for _, r := range reqs {
-				var err error
-				select {
-				case err = <-r.res:
-				case <-ctx.Done():
-					return total, ctx.Err()
+				h := sha256.Sum256(env)
+				if _, ok := envs[h]; !ok {
+					envs[h] = env
 				}
-				if (err == nil || errors.Is(err, ErrDuplicateEnvelope)) && r.hasToken {
-					e, perr := protocol.ParseEnvelope(r.raw)
-					if perr == nil {
-						dels[e.Tag] = append(dels[e.Tag], r.token)
-					}
-				}
-			}
-			for tag, toks := range dels {
-				for len(toks) > 0 {
-					k := min(len(toks), MaxMailboxDeleteTokens)
-					if _, err := n.mbx.client.Delete(ctx, p, tag, toks[:k]); err != nil && !errors.Is(err, store.ErrNotFound) {
-						n.cfg.Logger.Debug("mailbox delete", "mailbox", p, "err", err)
-					}
-					toks = toks[k:]
-				}
+				list = append(list, h)
 			}
 			if !res.More || len(res.Envelopes) == 0 {
 				break
@@ -353,7 +405,84 @@ func (n *Node) syncOne(ctx context.Context, p peer.ID, tags []protocol.Tag) (int
 			cursor = res.Cursor
 		}
 	}
-	return total, nil
+	return list, nil
+}
+
+// mergeOrders merges several sequences into one that keeps the relative
+// order of every sequence where they agree (Kahn's algorithm over the
+// union of their successor edges). Where they conflict, or nothing
+// constrains the choice, the element seen first wins.
+func mergeOrders(lists [][][32]byte) [][32]byte {
+	first := map[[32]byte]int{}
+	var all [][32]byte
+	for _, l := range lists {
+		for _, h := range l {
+			if _, ok := first[h]; !ok {
+				first[h] = len(all)
+				all = append(all, h)
+			}
+		}
+	}
+	succ := make([][]int, len(all))
+	indeg := make([]int, len(all))
+	edge := map[[2]int]bool{}
+	for _, l := range lists {
+		for i := 1; i < len(l); i++ {
+			a, b := first[l[i-1]], first[l[i]]
+			if a == b || edge[[2]int{a, b}] {
+				continue
+			}
+			edge[[2]int{a, b}] = true
+			succ[a] = append(succ[a], b)
+			indeg[b]++
+		}
+	}
+	// ready holds indices with no unplaced predecessor, smallest first.
+	ready := &intHeap{}
+	for i := range all {
+		if indeg[i] == 0 {
+			heap.Push(ready, i)
+		}
+	}
+	placed := make([]bool, len(all))
+	out := make([][32]byte, 0, len(all))
+	next := 0 // for breaking cycles: the earliest unplaced element
+	for len(out) < len(all) {
+		var i int
+		if ready.Len() > 0 {
+			i = heap.Pop(ready).(int)
+			if placed[i] {
+				continue
+			}
+		} else {
+			for placed[next] {
+				next++
+			}
+			i = next // a cycle: the orders conflict
+		}
+		placed[i] = true
+		out = append(out, all[i])
+		for _, j := range succ[i] {
+			indeg[j]--
+			if indeg[j] == 0 && !placed[j] {
+				heap.Push(ready, j)
+			}
+		}
+	}
+	return out
+}
+
+type intHeap []int
+
+func (h intHeap) Len() int           { return len(h) }
+func (h intHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h intHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *intHeap) Push(x any)        { *h = append(*h, x.(int)) }
+func (h *intHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // depositDue deposits in mailboxes the sealed entries that have waited

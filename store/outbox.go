@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -228,4 +229,47 @@ func (tx *Tx) PendingCount() (int, error) {
 		return 0, err
 	}
 	return ob.Stats().KeyN, nil
+}
+
+// OutboxFor returns the outbox entries for contact, oldest first (by
+// Created, then MsgID), at most limit (DefaultDueLimit if limit <= 0). It
+// scans the outbox: the node calls it once per delivery attempt to a
+// contact, so that a contact's messages always leave in the order they
+// were written.
+func (tx *Tx) OutboxFor(contact [32]byte, limit int) ([]OutboxEntry, error) {
+	if limit <= 0 {
+		limit = DefaultDueLimit
+	}
+	ob, err := tx.bucket(bucketOutbox)
+	if err != nil {
+		return nil, err
+	}
+	var out []OutboxEntry
+	err = ob.ForEach(func(k, v []byte) error {
+		// The contact is the fixed field after the version byte and the
+		// message ID: skip other contacts' entries without decoding them.
+		const at = 1 + 16
+		if len(v) >= at+32 && v[0] == recordV1 && !bytes.Equal(v[at:at+32], contact[:]) {
+			return nil
+		}
+		e, err := unmarshalOutbox(v)
+		if err != nil {
+			return err
+		}
+		out = append(out, e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b OutboxEntry) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return bytes.Compare(a.MsgID[:], b.MsgID[:])
+	})
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
 }

@@ -245,3 +245,43 @@ func TestOutboxUnsealedEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestOutboxFor(t *testing.T) {
+	db, _ := openTest(t)
+	t0 := time.Unix(1000, 0)
+	// Written out of order, for two contacts, with due times unrelated to
+	// creation.
+	for _, e := range []OutboxEntry{
+		{MsgID: msgID(3), Contact: acct(1), Kind: OutboxMessage, Created: t0.Add(3), NextAttempt: t0},
+		{MsgID: msgID(1), Contact: acct(1), Kind: OutboxMessage, Created: t0.Add(1), NextAttempt: t0.Add(9)},
+		{MsgID: msgID(2), Contact: acct(2), Kind: OutboxMessage, Created: t0.Add(2), NextAttempt: t0},
+		{MsgID: msgID(4), Contact: acct(1), Kind: OutboxReceipt, Envelope: []byte{1}, Created: t0.Add(2), NextAttempt: t0.Add(5)},
+	} {
+		if err := db.Update(func(tx *Tx) error { return tx.PutOutbox(e) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustView(t, db, func(tx *Tx) error {
+		got, err := tx.OutboxFor(acct(1), 0)
+		if err != nil {
+			return err
+		}
+		var ids []byte
+		for _, e := range got {
+			if e.Contact != acct(1) {
+				t.Errorf("entry for another contact: %+v", e)
+			}
+			ids = append(ids, e.MsgID[15])
+		}
+		if want := []byte{msgID(1)[15], msgID(4)[15], msgID(3)[15]}; !bytes.Equal(ids, want) {
+			t.Errorf("order %v, want %v", ids, want)
+		}
+		if got, _ := tx.OutboxFor(acct(1), 2); len(got) != 2 {
+			t.Errorf("limit 2 gave %d", len(got))
+		}
+		if got, _ := tx.OutboxFor(acct(9), 0); len(got) != 0 {
+			t.Errorf("unknown contact gave %d", len(got))
+		}
+		return nil
+	})
+}
