@@ -566,3 +566,33 @@ func (n *Node) mailboxHeld() *MailboxHeld {
 	})
 	return &h
 }
+
+// HeldEnvelope is one envelope a mailbox node holds, as the mailbox sees
+// it: outer fields and ciphertext only.
+type HeldEnvelope struct {
+	Tag        protocol.Tag
+	Expiry     time.Time
+	Size       int
+	Ciphertext []byte
+}
+
+// MailboxPeek lists up to limit envelopes this node holds as a mailbox,
+// oldest first.
+func (n *Node) MailboxPeek(limit int) ([]HeldEnvelope, error) {
+	var out []HeldEnvelope
+	err := n.db.View(func(tx *store.Tx) error {
+		es, err := tx.MailboxPeek(limit)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			env, err := protocol.ParseEnvelope(e.Envelope)
+			if err != nil {
+				return err
+			}
+			out = append(out, HeldEnvelope{Tag: env.Tag, Expiry: env.Expiry, Size: len(e.Envelope), Ciphertext: env.Ciphertext})
+		}
+		return nil
+	})
+	return out, err
+}

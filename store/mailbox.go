@@ -598,3 +598,27 @@ func (h *tagHeap) Pop() any {
 	*h = old[:len(old)-1]
 	return x
 }
+
+// MailboxPeek returns up to limit held envelopes, oldest first, whatever
+// their tags: what an operator (or the demo) sees of a mailbox. The
+// envelopes are sealed; nothing in them is readable here.
+func (tx *Tx) MailboxPeek(limit int) ([]MailboxEntry, error) {
+	m, err := tx.mailboxBuckets(false)
+	if err != nil {
+		return nil, err
+	}
+	var out []MailboxEntry
+	c := m.env.Cursor()
+	for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
+		raw, err := unmarshalMailboxRecord(v)
+		if err != nil {
+			return nil, err
+		}
+		e, err := protocol.ParseEnvelope(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w: held envelope: %w", ErrCorrupt, err)
+		}
+		out = append(out, MailboxEntry{Seq: binary.BigEndian.Uint64(k), Tag: e.Tag, Expiry: e.Expiry, Envelope: raw})
+	}
+	return out, nil
+}

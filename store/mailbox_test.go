@@ -536,3 +536,29 @@ func FuzzParseMailboxCursor(f *testing.F) {
 		}
 	})
 }
+
+func TestMailboxPeek(t *testing.T) {
+	db, _ := openTest(t)
+	envs := [][]byte{
+		mbxEnvelope(mbxTag(1), 1, 100, time.Hour),
+		mbxEnvelope(mbxTag(2), 2, 200, time.Hour),
+		mbxEnvelope(mbxTag(1), 3, 300, time.Hour),
+	}
+	for _, e := range envs {
+		mustMbxPut(t, db, e)
+	}
+	mustView(t, db, func(tx *Tx) error {
+		got, err := tx.MailboxPeek(2)
+		if err != nil {
+			return err
+		}
+		if len(got) != 2 || !bytes.Equal(got[0].Envelope, envs[0]) || !bytes.Equal(got[1].Envelope, envs[1]) || got[1].Tag != mbxTag(2) {
+			t.Errorf("MailboxPeek(2) = %+v", got)
+		}
+		all, err := tx.MailboxPeek(10)
+		if err != nil || len(all) != 3 || all[0].Seq >= all[2].Seq {
+			t.Errorf("MailboxPeek(10) = %d entries, %v", len(all), err)
+		}
+		return nil
+	})
+}
