@@ -1,18 +1,10 @@
 package main
 
-import (
-	"errors"
+import "github.com/sotto-im/sotto/node"
 
-	"github.com/sotto-im/sotto/node"
-)
-
-// errNoMailbox reports that this build's node cannot serve as a mailbox.
-var errNoMailbox = errors.New("--mailbox: serving as a mailbox is not available in this build")
-
-// setMailbox applies --mailbox to the node's configuration.
+// setMailbox applies --mailbox to the node's configuration: the node also
+// holds sealed envelopes for others.
 func setMailbox(c *node.Config, on bool) error {
-	if on {
-		return errNoMailbox
-	}
+	c.Mailbox = on
 	return nil
 }
