@@ -954,6 +954,10 @@ func (c *MailboxClient) SubscribeShards(shards []uint16, fn func(env []byte)) (c
 	return cancel, nil
 }
 
+// providerGrace is how long a mailbox search goes on after its first
+// answer.
+const providerGrace = time.Second
+
 // Mailboxes returns the mailboxes for shard this node is connected to: the
 // static ones first, then providers the DHT names for the shard. Each is
 // protected in the connection manager. The list is cached for
@@ -991,11 +995,32 @@ func (c *MailboxClient) Mailboxes(ctx context.Context, shard uint16) []peer.ID {
 	for _, ai := range c.cfg.static {
 		add(ai)
 	}
+	// The provider search can outlast its answers by seconds (it walks
+	// peers that are gone): once some mailboxes are found, wait only a
+	// short grace for more.
 	fctx, cancel := context.WithTimeout(ctx, findProvidersTimeout)
-	for ai := range c.h.DHT().FindProvidersAsync(fctx, MailboxShardCID(shard), maxMailboxProviders) {
-		add(ai)
+	found := c.h.DHT().FindProvidersAsync(fctx, MailboxShardCID(shard), maxMailboxProviders)
+	var grace <-chan time.Time
+search:
+	for {
+		select {
+		case ai, ok := <-found:
+			if !ok {
+				break search
+			}
+			add(ai)
+			if len(out) > 0 && grace == nil {
+				t := time.NewTimer(providerGrace)
+				defer t.Stop()
+				grace = t.C
+			}
+		case <-grace:
+			break search
+		}
 	}
 	cancel()
+	for range found { // the search ends on cancel; drain it
+	}
 	if len(out) > 0 {
 		c.mu.Lock()
 		c.cache[shard] = mailboxCacheEntry{peers: out, at: time.Now()}

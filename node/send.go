@@ -175,13 +175,15 @@ func (n *Node) seal(tx *store.Tx, sess *protocol.Session, m store.Message, now t
 // outboxState tracks which contacts a delivery is running for, and which
 // contacts' devices just connected.
 type outboxState struct {
-	mu   sync.Mutex
-	busy map[[32]byte]bool
-	up   map[peer.ID]bool
+	mu         sync.Mutex
+	busy       map[[32]byte]bool // a delivery runs for the contact
+	depositing map[[32]byte]bool // a mailbox deposit runs for the contact
+	up         map[peer.ID]bool
 }
 
 func (o *outboxState) init() {
 	o.busy = make(map[[32]byte]bool)
+	o.depositing = make(map[[32]byte]bool)
 	o.up = make(map[peer.ID]bool)
 }
 
@@ -225,7 +227,7 @@ func (n *Node) outboxLoop() {
 			return err
 		})
 		if ok {
-			wait = min(max(time.Until(next), 10*time.Millisecond), maxOutboxWait)
+			wait = min(max(time.Until(next), 50*time.Millisecond), maxOutboxWait)
 		}
 		if !timer.Stop() {
 			select {
@@ -291,31 +293,75 @@ func (n *Node) outboxPass() {
 		groups[e.Contact] = append(groups[e.Contact], e)
 	}
 	for _, acct := range order {
+		entries := groups[acct]
 		n.ob.mu.Lock()
 		if n.ob.busy[acct] {
+			// A direct attempt is under way (a dial to a device that is
+			// gone can take seconds): mailbox deposits need not wait for it.
+			start := !n.ob.depositing[acct] && n.mbx.client != nil
+			if start {
+				n.ob.depositing[acct] = true
+			}
 			n.ob.mu.Unlock()
+			if start && !n.spawn(func() {
+				defer func() {
+					n.ob.mu.Lock()
+					delete(n.ob.depositing, acct)
+					n.ob.mu.Unlock()
+				}()
+				n.depositFor(acct)
+			}) {
+				return
+			}
 			continue
 		}
 		n.ob.busy[acct] = true
 		n.ob.mu.Unlock()
-		entries := groups[acct]
-		n.mu.Lock()
-		if n.closed {
-			n.mu.Unlock()
-			return
-		}
-		n.wg.Add(1)
-		n.mu.Unlock()
-		go func() {
-			defer n.wg.Done()
+		if !n.spawn(func() {
 			defer func() {
 				n.ob.mu.Lock()
 				delete(n.ob.busy, acct)
 				n.ob.mu.Unlock()
+				n.kickOutbox() // what fell due meanwhile
 			}()
 			n.deliver(acct, entries)
-		}()
+		}) {
+			return
+		}
 	}
+}
+
+// spawn runs f in a goroutine the node waits for on Close; false if the
+// node is closing.
+func (n *Node) spawn(f func()) bool {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return false
+	}
+	n.wg.Add(1)
+	n.mu.Unlock()
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// depositFor deposits the contact's sealed entries that are due for
+// mailboxes, while a direct attempt is still running.
+func (n *Node) depositFor(acct [32]byte) {
+	ctx, cancel := context.WithTimeout(n.ctx, deliverTimeout)
+	defer cancel()
+	var entries []store.OutboxEntry
+	if err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		entries, err = tx.OutboxFor(acct, MaxOutboxBatch)
+		return err
+	}); err != nil {
+		return
+	}
+	n.depositDue(ctx, entries, n.now())
 }
 
 // backoff is the wait before attempt number attempts+1, with jitter.
@@ -456,7 +502,6 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	n.addAddrs(pid, c.Addrs)
 	// What has waited long enough goes to mailboxes too; direct delivery
 	// keeps being tried, and the recipient drops whichever copy is second.
-	n.depositDue(ctx, live, now)
 	// Directly: what has not been acked yet, and what was acked long ago
 	// without a receipt coming back.
 	var send []store.OutboxEntry
@@ -465,15 +510,53 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			send = append(send, e)
 		}
 	}
-	if len(send) == 0 {
-		return
+	// Meanwhile, what waits longer than MailboxAfter goes to mailboxes too
+	// (a dial to a device that is gone can take seconds to fail).
+	sent := make(chan struct{})
+	deposited := make(chan struct{})
+	go func() {
+		defer close(deposited)
+		if at, ok := n.depositTime(live); ok {
+			if d := time.Until(at); d > 0 {
+				t := time.NewTimer(d)
+				defer t.Stop()
+				select {
+				case <-t.C:
+				case <-sent:
+					return // the next attempt deposits what is still undelivered
+				case <-ctx.Done():
+					return
+				}
+			}
+			n.depositDue(ctx, live, n.now())
+		}
+	}()
+	if len(send) > 0 {
+		envs := make([][]byte, len(send))
+		for i := range send {
+			envs[i] = send[i].Envelope
+		}
+		errs := h.Sender().SendBatch(ctx, pid, envs)
+		close(sent)
+		n.recordResults(acct, send, errs)
+	} else {
+		close(sent)
 	}
-	envs := make([][]byte, len(send))
-	for i := range send {
-		envs[i] = send[i].Envelope
+	<-deposited
+}
+
+// depositTime is when the first entry not yet in mailboxes is due for a
+// deposit; false if there is none (or no mailbox client).
+func (n *Node) depositTime(live []store.OutboxEntry) (time.Time, bool) {
+	if n.mbx.client == nil {
+		return time.Time{}, false
 	}
-	errs := h.Sender().SendBatch(ctx, pid, envs)
-	n.recordResults(acct, send, errs)
+	for _, e := range live {
+		if e.Envelope != nil && e.Mailboxes == 0 {
+			return e.Created.Add(n.cfg.MailboxAfter), true
+		}
+	}
+	return time.Time{}, false
 }
 
 func countUnsealed(es []store.OutboxEntry) int {

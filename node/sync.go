@@ -501,7 +501,9 @@ func (n *Node) depositDue(ctx context.Context, live []store.OutboxEntry, now tim
 		if err != nil {
 			continue
 		}
+		t0 := time.Now()
 		k, err := n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
+		n.cfg.Logger.Debug("mailbox deposit", "copies", k, "took", time.Since(t0), "err", err)
 		if err != nil {
 			n.cfg.Logger.Info("mailbox deposit", "err", err)
 			break // no mailbox now: the next attempt tries again

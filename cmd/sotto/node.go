@@ -19,7 +19,7 @@ import (
 
 // nodeApp is the App of the real node.
 func nodeApp() App {
-	return App{OpenBackend: openNodeBackend, Init: initNode, Run: runNode}
+	return App{OpenBackend: openNodeBackend, Init: initNode, Run: runNode, Demo: runDemo}
 }
 
 // startupWait bounds how long a command waits for a node that holds the
