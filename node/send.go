@@ -97,7 +97,8 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 		return store.Message{}, err
 	}
 	var stored store.Message
-	err = n.db.Update(func(tx *store.Tx) error {
+	// Batch: concurrent sends share one commit (and one fsync).
+	err = n.db.Batch(func(tx *store.Tx) error {
 		c, err := contactByName(tx, name)
 		if err != nil {
 			return err
