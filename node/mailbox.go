@@ -891,8 +891,9 @@ type MailboxClient struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	cache map[uint16]mailboxCacheEntry
+	mu     sync.Mutex
+	cache  map[uint16]mailboxCacheEntry
+	closed bool // no new subscription after Close
 
 	closeOnce sync.Once
 }
@@ -919,6 +920,9 @@ func NewMailboxClient(h *Host, g *Gossip, opts ...MailboxClientOption) (*Mailbox
 // Close ends the client's subscriptions and waits for them. Idempotent.
 func (c *MailboxClient) Close() error {
 	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
 		c.cancel()
 		c.wg.Wait()
 	})
@@ -939,18 +943,26 @@ func (c *MailboxClient) SubscribeShards(shards []uint16, fn func(env []byte)) (c
 		stop()
 		wg.Wait()
 	}
-	c.wg.Add(1)
-	go func() { // owns wg on behalf of the client's Close
-		defer c.wg.Done()
-		<-ctx.Done()
-		wg.Wait()
-	}()
 	for _, sh := range shards {
 		if err := c.g.subscribe(ctx, &wg, sh, func(_ context.Context, env []byte, _ bool) { fn(env) }); err != nil {
 			cancel()
 			return nil, err
 		}
 	}
+	// Every wg.Add happened above: from here on only Wait.
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		cancel()
+		return nil, ErrClosed
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() { // owns wg on behalf of the client's Close
+		defer c.wg.Done()
+		<-ctx.Done()
+		wg.Wait()
+	}()
 	return cancel, nil
 }
 

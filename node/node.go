@@ -298,6 +298,8 @@ func Open(cfg Config) (*Node, error) {
 	n.ingest = make(chan *ingestReq, MaxIngestBatch)
 	n.kick = make(chan struct{}, 1)
 	n.ob.init()
+	n.mbx.syncKick = make(chan struct{}, 1)
+	n.mbx.resub = make(chan struct{}, 1)
 	return n, nil
 }
 
@@ -379,10 +381,6 @@ func (n *Node) Start(ctx context.Context) error {
 	n.saveAddrs()
 	n.protectContacts()
 
-	n.wg.Add(2)
-	go n.outboxLoop()
-	go n.maintenanceLoop()
-
 	if len(n.cfg.Bootstrap) > 0 {
 		bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if err := h.Bootstrap(bctx); err != nil {
@@ -394,6 +392,9 @@ func (n *Node) Start(ctx context.Context) error {
 	if err := n.startMailboxes(h); err != nil {
 		return err
 	}
+	n.wg.Add(2)
+	go n.outboxLoop()
+	go n.maintenanceLoop()
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()

@@ -177,8 +177,9 @@ func (n *Node) seal(tx *store.Tx, sess *protocol.Session, m store.Message, now t
 // contacts' devices just connected.
 type outboxState struct {
 	mu         sync.Mutex
-	busy       map[[32]byte]bool // a delivery runs for the contact
-	depositing map[[32]byte]bool // a mailbox deposit runs for the contact
+	deposits   map[[32]byte]*sync.Mutex // serialises deposits per contact
+	busy       map[[32]byte]bool        // a delivery runs for the contact
+	depositing map[[32]byte]bool        // a mailbox deposit runs for the contact
 	up         map[peer.ID]bool
 }
 
@@ -186,6 +187,21 @@ func (o *outboxState) init() {
 	o.busy = make(map[[32]byte]bool)
 	o.depositing = make(map[[32]byte]bool)
 	o.up = make(map[peer.ID]bool)
+}
+
+// depositLock is the contact's deposit mutex.
+func (o *outboxState) depositLock(acct [32]byte) *sync.Mutex {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.deposits == nil {
+		o.deposits = make(map[[32]byte]*sync.Mutex)
+	}
+	m := o.deposits[acct]
+	if m == nil {
+		m = &sync.Mutex{}
+		o.deposits[acct] = m
+	}
+	return m
 }
 
 func (o *outboxState) peerUp(p peer.ID) {
@@ -354,15 +370,7 @@ func (n *Node) spawn(f func()) bool {
 func (n *Node) depositFor(acct [32]byte) {
 	ctx, cancel := context.WithTimeout(n.ctx, deliverTimeout)
 	defer cancel()
-	var entries []store.OutboxEntry
-	if err := n.db.View(func(tx *store.Tx) error {
-		var err error
-		entries, err = tx.OutboxFor(acct, MaxOutboxBatch)
-		return err
-	}); err != nil {
-		return
-	}
-	n.depositDue(ctx, entries, n.now())
+	n.depositDue(ctx, acct, n.now())
 }
 
 // backoff is the wait before attempt number attempts+1, with jitter.
@@ -529,7 +537,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 					return
 				}
 			}
-			n.depositDue(ctx, live, n.now())
+			n.depositDue(ctx, acct, n.now())
 		}
 	}()
 	if len(send) > 0 {

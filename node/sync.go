@@ -58,8 +58,6 @@ func (n *Node) startMailboxes(h *Host) error {
 	}
 	m := &n.mbx
 	m.gossip = g
-	m.syncKick = make(chan struct{}, 1)
-	m.resub = make(chan struct{}, 1)
 	if n.cfg.Mailbox {
 		if m.svc, err = NewMailboxService(h, g, n.db, WithMailboxClock(n.cfg.Now), WithMailboxLogger(n.cfg.Logger)); err != nil {
 			return err
@@ -487,8 +485,23 @@ func (h *intHeap) Pop() any {
 
 // depositDue deposits in mailboxes the sealed entries that have waited
 // MailboxAfter without a direct delivery, and records where they are.
-func (n *Node) depositDue(ctx context.Context, live []store.OutboxEntry, now time.Time) {
+//
+// Deposits for one contact never run concurrently, and each run reads the
+// outbox afresh under that lock, so envelopes reach the mailboxes in the
+// order they were written and each is deposited once.
+func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 	if n.mbx.client == nil {
+		return
+	}
+	mu := n.ob.depositLock(acct)
+	mu.Lock()
+	defer mu.Unlock()
+	var live []store.OutboxEntry
+	if err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		live, err = tx.OutboxFor(acct, MaxOutboxBatch)
+		return err
+	}); err != nil {
 		return
 	}
 	var done []store.OutboxEntry

@@ -1,0 +1,123 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// BenchmarkSync10k: Alice sends 10,000 messages while Bob is offline;
+// they wait in a mailbox. Measured: Bob's start to all 10,000 committed
+// (fetch, decrypt, commit with receipts, delete at the mailbox). Run with
+// -benchtime 1x: the setup deposits 10,000 envelopes.
+func BenchmarkSync10k(b *testing.B) {
+	const N = 10_000
+	for b.Loop() {
+		b.StopTimer()
+		boot := newTestHost(b, WithBundleVerifier(BundleVerifierFunc(verifyBundleRecord)))
+		start := func(dir string, mailbox bool) *Node {
+			n, err := Open(Config{
+				DataDir: dir, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true,
+				Bootstrap: []peer.AddrInfo{boot.AddrInfo()}, Mailbox: mailbox, MailboxAfter: time.Millisecond,
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := n.Start(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { n.Close() })
+			return n
+		}
+		dirs := map[string]string{}
+		for _, name := range []string{"mailbox", "alice", "bob"} {
+			dirs[name] = b.TempDir() + "/" + name
+			if _, err := Init(dirs[name], name, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		start(dirs["mailbox"], true)
+		alice, bob := start(dirs["alice"], false), start(dirs["bob"], false)
+		for _, p := range []struct {
+			from, to *Node
+			name     string
+		}{{alice, bob, "bob"}, {bob, alice, "alice"}} {
+			inv, err := p.to.Invite()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := p.from.AddContact(p.name, inv.String()); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		// A first exchange so Bob's session exists, then Bob leaves.
+		feed := bob.Subscribe(ctx)
+		if _, err := alice.Send(ctx, "bob", "hi"); err != nil {
+			b.Fatal(err)
+		}
+		waitEvent(b, ctx, feed, EventMessage)
+		bob.Close()
+		for i := range N {
+			if _, err := alice.Send(ctx, "bob", fmt.Sprintf("message %05d", i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		waitStoredCount(b, ctx, alice, N+1)
+
+		n, err := Open(Config{
+			DataDir: dirs["bob"], ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true,
+			Bootstrap: []peer.AddrInfo{boot.AddrInfo()},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { n.Close() })
+		feed = n.Subscribe(ctx)
+		b.StartTimer()
+		t0 := time.Now()
+		if err := n.Start(ctx); err != nil {
+			b.Fatal(err)
+		}
+		for got := 0; got < N; got++ {
+			waitEvent(b, ctx, feed, EventMessage)
+		}
+		b.ReportMetric(time.Since(t0).Seconds(), "s-sync")
+	}
+}
+
+// waitStoredCount waits until n's outgoing messages to bob that are
+// stored or delivered number at least want.
+func waitStoredCount(b *testing.B, ctx context.Context, n *Node, want int) {
+	for {
+		count := 0
+		var after uint64
+		for {
+			page, err := n.Messages("bob", after, 1000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, m := range page {
+				if stored(m) {
+					count++
+				}
+			}
+			if len(page) < 1000 {
+				break
+			}
+			after = page[len(page)-1].Seq
+		}
+		if count >= want {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			b.Fatalf("only %d of %d messages stored", count, want)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
