@@ -259,6 +259,37 @@ func parseKEMPrekey(r *parser) (SignedKEMPrekey, error) {
 // bundle signature (ErrBundleSignature), the device
 // certificate (Device errors) and each prekey signature (ErrPrekeySignature).
 func (b *Bundle) Verify(now time.Time) error {
+	if err := b.VerifyForUse(now); err != nil {
+		return err
+	}
+	for i := range b.OneTimeKEM {
+		if err := b.VerifyOneTimeKEM(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// VerifyOneTimeKEM checks the i-th one-time KEM prekey: a valid ML-KEM-768
+// key signed by the bundle's account. Call it (after VerifyForUse) for the
+// one prekey an initiator is about to use.
+func (b *Bundle) VerifyOneTimeKEM(i int) error {
+	if i < 0 || i >= len(b.OneTimeKEM) {
+		return fmt.Errorf("%w: no one-time KEM prekey %d", ErrBundleMalformed, i)
+	}
+	p := &b.OneTimeKEM[i]
+	if _, err := ParseKEMPublic(p.Public[:]); err != nil {
+		return fmt.Errorf("keys: bundle one-time KEM prekey %d: %w", p.ID, err)
+	}
+	return p.verifySignature(b.Account)
+}
+
+// VerifyForUse checks everything Verify checks except each one-time KEM
+// prekey's own encoding and signature, which cost a KEM key check and an
+// Ed25519 verification apiece: an initiator uses one of them and checks
+// just that one with VerifyOneTimeKEM before use. (The bundle signature
+// covers all of them all the same.)
+func (b *Bundle) VerifyForUse(now time.Time) error {
 	if b.Account.IsZero() {
 		return fmt.Errorf("%w: no account key", ErrBundleMalformed)
 	}
@@ -282,11 +313,6 @@ func (b *Bundle) Verify(now time.Time) error {
 	if _, err := ParseKEMPublic(b.LastResortKEM.Public[:]); err != nil {
 		return fmt.Errorf("keys: bundle last-resort KEM prekey: %w", err)
 	}
-	for i := range b.OneTimeKEM {
-		if _, err := ParseKEMPublic(b.OneTimeKEM[i].Public[:]); err != nil {
-			return fmt.Errorf("keys: bundle one-time KEM prekey %d: %w", b.OneTimeKEM[i].ID, err)
-		}
-	}
 	if err := b.checkUniqueIDs(); err != nil {
 		return err
 	}
@@ -305,15 +331,7 @@ func (b *Bundle) Verify(now time.Time) error {
 	if err := b.SignedPrekey.Verify(b.Account); err != nil {
 		return err
 	}
-	if err := b.LastResortKEM.verifySignature(b.Account); err != nil {
-		return err
-	}
-	for i := range b.OneTimeKEM {
-		if err := b.OneTimeKEM[i].verifySignature(b.Account); err != nil {
-			return err
-		}
-	}
-	return nil
+	return b.LastResortKEM.verifySignature(b.Account)
 }
 
 func (b *Bundle) checkUniqueIDs() error {

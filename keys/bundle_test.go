@@ -392,3 +392,43 @@ func itoa(n int) string {
 	}
 	return string(s)
 }
+
+// TestVerifyForUse: VerifyForUse leaves the one-time KEM prekeys to
+// VerifyOneTimeKEM, which catches a forged one; Verify checks them all.
+func TestVerifyForUse(t *testing.T) {
+	b, _, acct := testBundle(t, "for-use", 4)
+	if err := b.VerifyForUse(testNow); err != nil {
+		t.Fatalf("VerifyForUse: %v", err)
+	}
+	for i := range b.OneTimeKEM {
+		if err := b.VerifyOneTimeKEM(i); err != nil {
+			t.Fatalf("VerifyOneTimeKEM(%d): %v", i, err)
+		}
+	}
+	forged := cloneBundle(t, b)
+	forged.OneTimeKEM[2].Signature[0] ^= 1
+	forged.Sign(acct)
+	if err := forged.VerifyForUse(testNow); err != nil {
+		t.Fatalf("VerifyForUse of a bundle with one forged one-time KEM signature: %v", err)
+	}
+	if err := forged.VerifyOneTimeKEM(2); !errors.Is(err, ErrPrekeySignature) {
+		t.Fatalf("VerifyOneTimeKEM(forged) = %v, want ErrPrekeySignature", err)
+	}
+	if err := forged.VerifyOneTimeKEM(1); err != nil {
+		t.Fatalf("VerifyOneTimeKEM(intact) = %v", err)
+	}
+	if err := forged.Verify(testNow); !errors.Is(err, ErrPrekeySignature) {
+		t.Fatalf("Verify = %v, want ErrPrekeySignature", err)
+	}
+	for _, i := range []int{-1, 4} {
+		if err := b.VerifyOneTimeKEM(i); !errors.Is(err, ErrBundleMalformed) {
+			t.Fatalf("VerifyOneTimeKEM(%d) = %v, want ErrBundleMalformed", i, err)
+		}
+	}
+	// The bundle signature still covers every one-time KEM key.
+	swapped := cloneBundle(t, b)
+	swapped.OneTimeKEM[0], swapped.OneTimeKEM[1] = swapped.OneTimeKEM[1], swapped.OneTimeKEM[0]
+	if err := swapped.VerifyForUse(testNow); !errors.Is(err, ErrBundleSignature) {
+		t.Fatalf("VerifyForUse of a reordered bundle = %v, want ErrBundleSignature", err)
+	}
+}

@@ -353,7 +353,7 @@ func pqxdhInitiate(rand io.Reader, now time.Time, me *LocalIdentity, peer *keys.
 	if peer == nil {
 		return nil, fmt.Errorf("protocol: no peer bundle")
 	}
-	if err := peer.Verify(now); err != nil {
+	if err := peer.VerifyForUse(now); err != nil {
 		return nil, fmt.Errorf("protocol: peer bundle: %w", err)
 	}
 	if err := checkExpectedPeer(cfg.expectedPeer, peer.Account); err != nil {
@@ -362,17 +362,21 @@ func pqxdhInitiate(rand io.Reader, now time.Time, me *LocalIdentity, peer *keys.
 	if peer.Account.Equal(me.Account.Public()) {
 		return nil, ErrSelfSession
 	}
-	// Bundle.Verify has checked the bundle signature, the device
-	// certificate, every public key and every prekey signature (signed
-	// prekey, last-resort and one-time KEM prekeys); TestBundleVerification
-	// pins that a forged prekey signature stops Initiate even under a
-	// valid bundle signature.
+	// Bundle.VerifyForUse has checked the bundle signature, the device
+	// certificate, the signed prekey and the last-resort KEM prekey with
+	// their signatures; the one-time KEM prekey chosen here is checked
+	// (key and signature) before use. TestBundleVerification pins that a
+	// forged prekey signature stops Initiate even under a valid bundle
+	// signature.
 	h := initialHeader{spkID: peer.SignedPrekey.ID}
 	kem := peer.LastResortKEM
 	if n := len(peer.OneTimeKEM); n > 0 {
 		i, err := chooseIndex(rand, n)
 		if err != nil {
 			return nil, err
+		}
+		if err := peer.VerifyOneTimeKEM(i); err != nil {
+			return nil, fmt.Errorf("protocol: peer bundle: %w", err)
 		}
 		kem = peer.OneTimeKEM[i]
 		h.flags |= flagOneTimeKEM

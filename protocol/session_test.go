@@ -399,7 +399,13 @@ func TestBundleVerification(t *testing.T) {
 		{"forged signed prekey signature", func(bd *keys.Bundle) { bd.SignedPrekey.Signature[7] ^= 1; resign(bd) }, keys.ErrPrekeySignature},
 		{"substituted signed prekey", func(bd *keys.Bundle) { bd.SignedPrekey.Public = m.bundle.SignedPrekey.Public; resign(bd) }, keys.ErrPrekeySignature},
 		{"forged last-resort KEM signature", func(bd *keys.Bundle) { bd.LastResortKEM.Signature[0] ^= 0x80; resign(bd) }, keys.ErrPrekeySignature},
-		{"forged one-time KEM signature", func(bd *keys.Bundle) { bd.OneTimeKEM[1].Signature[63] ^= 1; resign(bd) }, keys.ErrPrekeySignature},
+		{"forged one-time KEM signatures", func(bd *keys.Bundle) {
+			// Whichever one-time KEM prekey Initiate picks, it checks it.
+			for i := range bd.OneTimeKEM {
+				bd.OneTimeKEM[i].Signature[63] ^= 1
+			}
+			resign(bd)
+		}, keys.ErrPrekeySignature},
 		{"KEM prekey signed by another account", func(bd *keys.Bundle) {
 			bd.LastResortKEM = keys.NewSignedKEMPrekey(m.me.Account, bd.LastResortKEM.ID, bd.LastResortKEM.Public)
 			resign(bd)
