@@ -225,6 +225,12 @@ func (n *Node) fetchBundle(ctx context.Context, c store.Contact) (*keys.Bundle, 
 			if err == nil {
 				return b, nil
 			}
+			var ice *identityChangedError
+			if errors.As(err, &ice) {
+				// The device itself now speaks for another account: that
+				// is authoritative, whatever older record the DHT holds.
+				return nil, err
+			}
 			errs = append(errs, err)
 		} else {
 			errs = append(errs, err)

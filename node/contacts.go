@@ -183,6 +183,9 @@ func (n *Node) acceptKeyChange(tx *store.Tx, c store.Contact) (store.Contact, er
 		if err := tx.PutContact(req); err != nil {
 			return store.Contact{}, err
 		}
+		if err := n.moveOutbox(tx, c.Account, newAcct, true); err != nil {
+			return store.Contact{}, err
+		}
 		return req, nil
 	} else if !errors.Is(err, store.ErrUnknownContact) && !errors.Is(err, store.ErrNotFound) {
 		return store.Contact{}, err
@@ -191,12 +194,65 @@ func (n *Node) acceptKeyChange(tx *store.Tx, c store.Contact) (store.Contact, er
 	if err != nil {
 		return store.Contact{}, err
 	}
+	if err := n.moveOutbox(tx, c.Account, newAcct, false); err != nil {
+		return store.Contact{}, err
+	}
 	if cert, err := keys.ParseDeviceCertificate(nc.DeviceCert); err == nil {
 		if pid, err := peer.IDFromBytes(cert.PeerID); err == nil {
 			nc.PeerID = pid.String()
 		}
 	}
 	return nc, nil
+}
+
+// moveOutbox hands what waits in the outbox for an old account key to the
+// new one, to be sealed afresh on the new key's session. Receipts for the
+// old key are dropped. With requeue, each message is written again under
+// the new account (the original stays in the old key's history, marked
+// failed); without it, the message records have moved already.
+func (n *Node) moveOutbox(tx *store.Tx, oldAcct, newAcct [32]byte, requeue bool) error {
+	entries, err := tx.OutboxFor(oldAcct, 1<<20)
+	if err != nil {
+		return err
+	}
+	now := n.now()
+	for _, e := range entries {
+		if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+			return err
+		}
+		if e.Kind != store.OutboxMessage {
+			continue
+		}
+		if requeue {
+			m, err := tx.GetMessage(e.MsgID)
+			if err != nil {
+				return err
+			}
+			if _, _, err := tx.SetMessageState(e.MsgID, store.StateFailed); err != nil {
+				return err
+			}
+			id, err := newMessageID(n.cfg.Rand)
+			if err != nil {
+				return err
+			}
+			m2, err := tx.AppendMessage(store.Message{
+				ID: id, Contact: newAcct, Direction: store.Outgoing, Type: m.Type,
+				Body: m.Body, SentAt: m.SentAt, ReceivedAt: now, State: store.StateQueued,
+			})
+			if err != nil {
+				return err
+			}
+			e.MsgID = m2.ID
+		}
+		e.Contact = newAcct
+		e.Envelope = nil
+		e.Mailboxes = 0
+		e.NextAttempt = now
+		if err := tx.PutOutbox(e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Messages lists messages in conversation order: of the contact named

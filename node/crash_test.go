@@ -576,7 +576,7 @@ func TestKeyChangeBlocksSending(t *testing.T) {
 			return errors.New("the queued message was sealed while the key change is pending")
 		}
 		for _, a := range [][32]byte{oldAcct, newAcct} {
-			if s, err := loadSession(tx, a); err != nil || s != nil {
+			if s, err := alice.loadSession(tx, a); err != nil || s != nil {
 				return fmt.Errorf("a session exists (%v) while the key change is pending", err)
 			}
 		}

@@ -44,6 +44,9 @@ const (
 	MaxIngestBatch = 256
 	// MaxOutboxBatch bounds how many outbox entries one pass handles.
 	MaxOutboxBatch = 512
+	// sendBatchDelay is how long a send's commit waits for others to join
+	// it.
+	sendBatchDelay = 500 * time.Microsecond
 	// eventBuffer is each subscriber's event queue length.
 	eventBuffer = 1024
 )
@@ -145,10 +148,11 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	ingest chan *ingestReq
-	kick   chan struct{}
-	ob     outboxState
-	mbx    mailboxes
+	ingest   chan *ingestReq
+	kick     chan struct{}
+	ob       outboxState
+	mbx      mailboxes
+	sessions sessionCache
 }
 
 // Init creates a new identity in dir: account key, device (host) key,
@@ -248,7 +252,8 @@ func Open(cfg Config) (*Node, error) {
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, store.FileName)); errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNotInitialised
 	}
-	db, err := store.Open(cfg.DataDir)
+	// Concurrent sends share a commit; a short window keeps one send fast.
+	db, err := store.Open(cfg.DataDir, store.WithMaxBatchDelay(sendBatchDelay))
 	if err != nil {
 		return nil, err
 	}
@@ -353,6 +358,8 @@ func (n *Node) Start(ctx context.Context) error {
 		WithNAT(!n.cfg.NoNAT),
 		WithBundleVerifier(BundleVerifierFunc(verifyBundleRecord)),
 		WithReceiver(directReceiver{n}),
+		// Up to a whole commit's worth of envelopes per stream in flight.
+		WithInboundPipeline(MaxIngestBatch),
 		WithLogger(n.cfg.Logger),
 		WithClock(n.cfg.Now),
 	}

@@ -151,6 +151,9 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 		if err != nil {
 			return err
 		}
+		if err := rc.flush(n, tx, now); err != nil {
+			return err
+		}
 		kick = queued
 		return nil
 	})
@@ -202,6 +205,53 @@ type processed struct {
 type receipts struct {
 	order []([32]byte)
 	ids   map[[32]byte][]byte
+
+	// sessions holds the sessions this batch has loaded or changed; they
+	// are written back once, at the end of the batch, in its transaction.
+	sessions map[[32]byte]*protocol.Session
+	dirty    map[[32]byte]bool
+}
+
+// session returns the batch's copy of the session with acct (nil if none).
+func (rc *receipts) session(n *Node, tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
+	if s, ok := rc.sessions[acct]; ok {
+		return s, nil
+	}
+	s, err := n.loadSession(tx, acct)
+	if err != nil {
+		return nil, err
+	}
+	if s != nil {
+		if rc.sessions == nil {
+			rc.sessions = make(map[[32]byte]*protocol.Session)
+		}
+		rc.sessions[acct] = s
+	}
+	return s, nil
+}
+
+// changed records that sess is the batch's new state of its session.
+func (rc *receipts) changed(sess *protocol.Session) {
+	acct := [32]byte(sess.Peer())
+	if rc.sessions == nil {
+		rc.sessions = make(map[[32]byte]*protocol.Session)
+		rc.dirty = make(map[[32]byte]bool)
+	}
+	if rc.dirty == nil {
+		rc.dirty = make(map[[32]byte]bool)
+	}
+	rc.sessions[acct] = sess
+	rc.dirty[acct] = true
+}
+
+// flush writes the changed sessions.
+func (rc *receipts) flush(n *Node, tx *store.Tx, now time.Time) error {
+	for acct := range rc.dirty {
+		if err := n.putSession(tx, rc.sessions[acct], now); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (rc *receipts) add(acct [32]byte, id [16]byte) {
@@ -223,7 +273,7 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *receipts, now time.Time) (bool, er
 	queued := false
 	for _, acct := range rc.order {
 		ids := rc.ids[acct]
-		sess, err := loadSession(tx, acct)
+		sess, err := rc.session(n, tx, acct)
 		if err != nil {
 			return false, err
 		}
@@ -252,9 +302,7 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *receipts, now time.Time) (bool, er
 			}
 			queued = true
 		}
-		if err := n.putSession(tx, sess, now); err != nil {
-			return false, err
-		}
+		rc.changed(sess)
 	}
 	return queued, nil
 }
@@ -337,21 +385,15 @@ func altSessionSetting(acct [32]byte) string {
 // openOn decrypts env on the session with acct (or its alternate, after a
 // simultaneous initiation) and applies the message.
 func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
-	state, err := tx.GetSession(acct)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return processed{}, se(err)
+	sess, err := rc.session(n, tx, acct)
+	if err != nil {
+		return processed{}, se(fmt.Errorf("stored session: %w", err))
 	}
 	var firstErr error
-	if err == nil {
-		sess, err := protocol.UnmarshalSession(state)
-		if err != nil {
-			return processed{}, se(fmt.Errorf("stored session: %w", err))
-		}
+	if sess != nil {
 		msg, op, err := sess.Open(now, env)
 		if err == nil {
-			if err := n.putSession(tx, sess, now); err != nil {
-				return processed{}, se(err)
-			}
+			rc.changed(sess)
 			if err := keepToken(tx, r, env, op.DeleteToken); err != nil {
 				return processed{}, se(err)
 			}
@@ -455,8 +497,8 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.En
 	// Simultaneous initiation: both sides keep the same session for sending
 	// and the other one for receiving.
 	keep := sess
-	if old, err := tx.GetSession(peerAcct); err == nil {
-		if oldSess, err := protocol.UnmarshalSession(old); err == nil && oldSess.Initiator() && oldSess.PendingInitial() {
+	if oldSess, err := rc.session(n, tx, peerAcct); err == nil && oldSess != nil {
+		if oldSess.Initiator() && oldSess.PendingInitial() {
 			keep = protocol.PreferSession(oldSess, sess)
 			other := sess
 			if keep == sess {
@@ -473,10 +515,11 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.En
 				return processed{}, se(err)
 			}
 		}
-	} else if !errors.Is(err, store.ErrNotFound) {
+	} else if err != nil {
 		return processed{}, se(err)
 	}
-	if err := n.putSession(tx, keep, now); err != nil {
+	rc.changed(keep)
+	if err := n.putTags(tx, keep, now); err != nil {
 		return processed{}, se(err)
 	}
 	if keep != sess {
@@ -588,18 +631,19 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *receipts, msg protocol.Mess
 	return out, nil
 }
 
-// putSession saves a session and makes sure its receiving tags for the
-// live epochs point at the contact.
+// putSession saves a session. (Its receiving tags are indexed when it is
+// created, with putTags, and refreshed hourly for new epochs.)
 func (n *Node) putSession(tx *store.Tx, sess *protocol.Session, now time.Time) error {
 	b, err := sess.MarshalBinary()
 	if err != nil {
 		return err
 	}
-	peerAcct := [32]byte(sess.Peer())
-	if err := tx.PutSession(peerAcct, b); err != nil {
+	acct := [32]byte(sess.Peer())
+	if err := tx.PutSession(acct, b); err != nil {
 		return err
 	}
-	return n.putTags(tx, sess, now)
+	n.sessions.put(acct, b, sess)
+	return nil
 }
 
 // putTags indexes the session's receiving tags for the live epochs. Tags

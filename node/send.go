@@ -1,11 +1,13 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -118,7 +120,7 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 			Created: now, NextAttempt: now, Expires: now.Add(n.cfg.MessageTTL),
 		}
 		if n.me != nil {
-			if sess, err := loadSession(tx, c.Account); err == nil && sess != nil {
+			if sess, err := n.loadSession(tx, c.Account); err == nil && sess != nil {
 				env, err := n.seal(tx, sess, stored, now)
 				if err != nil {
 					return err
@@ -139,8 +141,45 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 	return stored, nil
 }
 
+// sessionCache keeps decoded sessions with the stored bytes they decode
+// from: a session whose stored bytes are unchanged need not be decoded
+// again (decoding costs an X25519 scalar multiplication). The store stays
+// the only truth: an entry is used only when the bytes read in the current
+// transaction equal the cached ones, so a transaction that failed after
+// updating the cache just causes a fresh decode.
+type sessionCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]cachedSession
+}
+
+type cachedSession struct {
+	raw  []byte
+	sess *protocol.Session
+}
+
+// maxCachedSessions bounds the cache; past it, it starts over.
+const maxCachedSessions = 1024
+
+func (c *sessionCache) get(acct [32]byte, raw []byte) *protocol.Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[acct]; ok && bytes.Equal(e.raw, raw) {
+		return e.sess.Clone()
+	}
+	return nil
+}
+
+func (c *sessionCache) put(acct [32]byte, raw []byte, sess *protocol.Session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedSessions {
+		c.m = make(map[[32]byte]cachedSession)
+	}
+	c.m[acct] = cachedSession{raw: raw, sess: sess.Clone()}
+}
+
 // loadSession reads the session with acct, nil if there is none.
-func loadSession(tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
+func (n *Node) loadSession(tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
 	b, err := tx.GetSession(acct)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
@@ -148,7 +187,15 @@ func loadSession(tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	return protocol.UnmarshalSession(b)
+	if s := n.sessions.get(acct, b); s != nil {
+		return s, nil
+	}
+	s, err := protocol.UnmarshalSession(b)
+	if err != nil {
+		return nil, err
+	}
+	n.sessions.put(acct, b, s)
+	return s, nil
 }
 
 // seal encrypts a stored outgoing message on sess and saves the session,
@@ -265,7 +312,9 @@ func (n *Node) outboxPass() {
 	byPeer := map[[32]byte]bool{}
 	err := n.db.View(func(tx *store.Tx) error {
 		var err error
-		due, err = tx.DueOutbox(now, MaxOutboxBatch)
+		// Enough to find the contacts with due entries: each delivery
+		// reads its contact's entries itself.
+		due, err = tx.DueOutbox(now, passScan)
 		if err != nil || len(up) == 0 {
 			return err
 		}
@@ -315,7 +364,8 @@ func (n *Node) outboxPass() {
 		if n.ob.busy[acct] {
 			// A direct attempt is under way (a dial to a device that is
 			// gone can take seconds): mailbox deposits need not wait for it.
-			start := !n.ob.depositing[acct] && n.mbx.client != nil
+			at, ok := n.depositTime(entries)
+			start := ok && !at.After(now) && !n.ob.depositing[acct]
 			if start {
 				n.ob.depositing[acct] = true
 			}
@@ -400,7 +450,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 		if c, err = tx.GetContact(acct); err != nil {
 			return err
 		}
-		if entries, err = tx.OutboxFor(acct, MaxOutboxBatch); err != nil {
+		if entries, err = pendingFor(tx, acct, now); err != nil {
 			return err
 		}
 		for _, e := range entries {
@@ -413,8 +463,14 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 		}
 		return nil
 	})
+	if errors.Is(err, store.ErrUnknownContact) || errors.Is(err, store.ErrNotFound) {
+		// The contact was deleted: what waited for it fails, visibly.
+		n.cfg.Logger.Warn("outbox entries for a contact that is gone", "count", len(entries))
+		n.failEntries(entries)
+		return
+	}
 	if err != nil {
-		n.cfg.Logger.Warn("outbox entry for a contact that is gone", "err", err)
+		n.cfg.Logger.Error("reading the outbox", "err", err)
 		return
 	}
 	for _, e := range entries {
@@ -437,7 +493,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 		var sess *protocol.Session
 		n.db.View(func(tx *store.Tx) error {
 			var err error
-			sess, err = loadSession(tx, acct)
+			sess, err = n.loadSession(tx, acct)
 			return err
 		})
 		if sess == nil {
@@ -454,7 +510,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			}
 		}
 		err := n.db.Update(func(tx *store.Tx) error {
-			sess, err := loadSession(tx, acct)
+			sess, err := n.loadSession(tx, acct)
 			if err != nil {
 				return err
 			}
@@ -464,6 +520,9 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 				}
 				sess, err = protocol.Initiate(n.cfg.Rand, now, *n.me, bundle, protocol.WithExpectedPeer(keys.AccountPublic(acct)))
 				if err != nil {
+					return err
+				}
+				if err := n.putTags(tx, sess, now); err != nil {
 					return err
 				}
 				defer n.kickResubscribe()
@@ -554,6 +613,46 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	<-deposited
 }
 
+// passScan bounds the due entries an outbox pass reads to find the
+// contacts to deliver to.
+const passScan = 64
+
+// pendingHorizon reaches past the longest retry backoff: every entry not
+// acked yet is due within it, while one acked directly (waiting for its
+// receipt, next due receiptWait after the ack) mostly is not.
+const pendingHorizon = maxRetry + time.Second
+
+// pendingScan bounds the outbox entries one look at a contact's pending
+// ones reads.
+const pendingScan = 4 * MaxOutboxBatch
+
+// pendingFor lists the contact's outbox entries that are not waiting for a
+// receipt, oldest first (by Created, then ID), so that they leave in the
+// order they were written. It reads the outbox's time index up to
+// pendingHorizon ahead, not the whole outbox.
+func pendingFor(tx *store.Tx, acct [32]byte, now time.Time) ([]store.OutboxEntry, error) {
+	due, err := tx.DueOutbox(now.Add(pendingHorizon), pendingScan)
+	if err != nil {
+		return nil, err
+	}
+	out := due[:0]
+	for _, e := range due {
+		if e.Contact == acct {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.OutboxEntry) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return bytes.Compare(a.MsgID[:], b.MsgID[:])
+	})
+	if len(out) > MaxOutboxBatch {
+		out = out[:MaxOutboxBatch]
+	}
+	return out, nil
+}
+
 // depositTime is when the first entry not yet in mailboxes is due for a
 // deposit; false if there is none (or no mailbox client).
 func (n *Node) depositTime(live []store.OutboxEntry) (time.Time, bool) {
@@ -618,7 +717,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 				// The recipient cannot decrypt this envelope. For a first
 				// message (its one-time prekey was taken by someone else,
 				// or it lost the session) start over with a fresh bundle.
-				sess, serr := loadSession(tx, acct)
+				sess, serr := n.loadSession(tx, acct)
 				if serr != nil {
 					return serr
 				}

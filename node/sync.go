@@ -499,7 +499,7 @@ func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 	var live []store.OutboxEntry
 	if err := n.db.View(func(tx *store.Tx) error {
 		var err error
-		live, err = tx.OutboxFor(acct, MaxOutboxBatch)
+		live, err = pendingFor(tx, acct, now)
 		return err
 	}); err != nil {
 		return

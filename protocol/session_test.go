@@ -1001,3 +1001,32 @@ func TestPreferSession(t *testing.T) {
 		t.Fatal("LocalAccount")
 	}
 }
+
+// TestSessionClone: a clone and its original evolve independently, and a
+// clone encodes exactly like the original.
+func TestSessionClone(t *testing.T) {
+	rng := sessRNG(41)
+	a := newSessParty(t, rng, "alice", 1)
+	b := newSessParty(t, rng, "bob", 1)
+	sa, err := Initiate(rng, sessNow, a.me, b.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sa.Clone()
+	orig, _ := sa.MarshalBinary()
+	cl, _ := c.MarshalBinary()
+	if !bytes.Equal(orig, cl) {
+		t.Fatal("clone encodes differently")
+	}
+	if _, _, err := c.Seal(rng, sessNow, Message{Sender: a.me.Account.Public(), Type: ContentText, Body: []byte("x")}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := sa.MarshalBinary()
+	if !bytes.Equal(orig, after) {
+		t.Fatal("sealing on the clone changed the original")
+	}
+	cl2, _ := c.MarshalBinary()
+	if bytes.Equal(cl, cl2) {
+		t.Fatal("sealing did not change the clone")
+	}
+}
