@@ -385,6 +385,11 @@ func (c connNotifee) Listen(network.Network, ma.Multiaddr)       {}
 func (c connNotifee) ListenClose(network.Network, ma.Multiaddr)  {}
 func (c connNotifee) Disconnected(network.Network, network.Conn) {}
 func (c connNotifee) Connected(_ network.Network, conn network.Conn) {
+	if h := c.n.Host(); h != nil {
+		// Not here: the swarm calls notifiees while a dial that the sender
+		// may be waiting on (holding the peer's slot) completes.
+		c.n.spawn(func() { h.Sender().ResetStale(conn.RemotePeer(), conn) })
+	}
 	c.n.ob.peerUp(conn.RemotePeer())
 	c.n.kickOutbox()
 	c.n.kickSync()

@@ -584,6 +584,26 @@ func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
 	return os, nil
 }
 
+// ResetStale fails the outbound stream to p if it runs over another
+// connection than conn. A new connection from a peer usually means it
+// restarted: a stream on the old connection may wait out its idle timeout
+// before it notices (a QUIC connection to a killed process is never told).
+// What was in flight on it is sent again; the recipient deduplicates.
+func (snd *Sender) ResetStale(p peer.ID, conn network.Conn) {
+	snd.mu.Lock()
+	slot := snd.peers[p]
+	snd.mu.Unlock()
+	if slot == nil {
+		return
+	}
+	slot.mu.Lock()
+	defer slot.mu.Unlock()
+	if slot.os != nil && !slot.os.failed() && slot.os.s.Conn() != conn {
+		slot.os.fail(fmt.Errorf("%w: the peer connected again", ErrStreamFailed))
+		slot.os = nil
+	}
+}
+
 // close resets every stream; the loops exit and the host's wait sees them.
 func (snd *Sender) close() {
 	snd.mu.Lock()
