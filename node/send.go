@@ -137,7 +137,14 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 	}
 	m := stored
 	n.events.publish(Event{Type: EventState, Message: &m})
-	n.kickOutbox()
+	// A delivery already running for the contact picks this message up
+	// when it finishes (it kicks the outbox then).
+	n.ob.mu.Lock()
+	busy := n.ob.busy[m.Contact]
+	n.ob.mu.Unlock()
+	if !busy {
+		n.kickOutbox()
+	}
 	return stored, nil
 }
 
