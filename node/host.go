@@ -82,6 +82,62 @@ func New(opts ...Option) (*Host, error) {
 		return nil, err
 	}
 
+	h := cfg.libp2p
+	if h == nil {
+		var err error
+		if h, err = newLibp2pHost(&cfg); err != nil {
+			return nil, err
+		}
+	}
+
+	n := &Host{
+		cfg:       cfg,
+		h:         h,
+		inbound:   make(map[peer.ID]int),
+		published: make(map[string][]byte),
+		republish: make(chan struct{}, 1),
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+
+	dopts := []dht.Option{
+		dht.Mode(dht.ModeServer),
+		dht.ProtocolPrefix(ProtocolPrefix),
+		dht.Validator(newValidator(cfg.verifier, cfg.now)),
+	}
+	if len(cfg.bootstrap) > 0 {
+		dopts = append(dopts, dht.BootstrapPeers(cfg.bootstrap...))
+	}
+	dopts = append(dopts, cfg.dhtOpts...)
+	var err error
+	n.dht, err = dht.New(h, dopts...)
+	if err != nil {
+		n.cancel()
+		h.Close()
+		return nil, fmt.Errorf("node: dht: %w", err)
+	}
+
+	n.sender = newSender(n)
+	if cfg.receiver != nil {
+		h.SetStreamHandler(DirectProtocol, n.handleDirect)
+	}
+	n.goFunc(n.republishLoop)
+
+	if cfg.mdns && cfg.libp2p == nil {
+		// LAN discovery is a convenience: without it (no multicast, only
+		// loopback addresses) the node still works through the DHT.
+		svc := mdns.NewMdnsService(h, cfg.mdnsServiceName, mdnsNotifee{n})
+		if err := svc.Start(); err != nil {
+			cfg.logger.Warn("mDNS discovery unavailable", "err", err)
+		} else {
+			n.mdns = svc
+		}
+	}
+	return n, nil
+}
+
+// newLibp2pHost builds the libp2p host: TCP and QUIC, Noise, yamux, the
+// resource and connection managers and, if enabled, NAT traversal.
+func newLibp2pHost(cfg *config) (host.Host, error) {
 	rm, err := newResourceManager()
 	if err != nil {
 		return nil, err
@@ -118,49 +174,7 @@ func New(opts ...Option) (*Host, error) {
 		// libp2p closes rm and cm when construction fails.
 		return nil, fmt.Errorf("node: libp2p host: %w", err)
 	}
-
-	n := &Host{
-		cfg:       cfg,
-		h:         h,
-		inbound:   make(map[peer.ID]int),
-		published: make(map[string][]byte),
-		republish: make(chan struct{}, 1),
-	}
-	n.ctx, n.cancel = context.WithCancel(context.Background())
-
-	dopts := []dht.Option{
-		dht.Mode(dht.ModeServer),
-		dht.ProtocolPrefix(ProtocolPrefix),
-		dht.Validator(newValidator(cfg.verifier, cfg.now)),
-	}
-	if len(cfg.bootstrap) > 0 {
-		dopts = append(dopts, dht.BootstrapPeers(cfg.bootstrap...))
-	}
-	dopts = append(dopts, cfg.dhtOpts...)
-	n.dht, err = dht.New(h, dopts...)
-	if err != nil {
-		n.cancel()
-		h.Close()
-		return nil, fmt.Errorf("node: dht: %w", err)
-	}
-
-	n.sender = newSender(n)
-	if cfg.receiver != nil {
-		h.SetStreamHandler(DirectProtocol, n.handleDirect)
-	}
-	n.goFunc(n.republishLoop)
-
-	if cfg.mdns {
-		// LAN discovery is a convenience: without it (no multicast, only
-		// loopback addresses) the node still works through the DHT.
-		svc := mdns.NewMdnsService(h, cfg.mdnsServiceName, mdnsNotifee{n})
-		if err := svc.Start(); err != nil {
-			cfg.logger.Warn("mDNS discovery unavailable", "err", err)
-		} else {
-			n.mdns = svc
-		}
-	}
-	return n, nil
+	return h, nil
 }
 
 // newResourceManager builds a resource manager with libp2p's autoscaled

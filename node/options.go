@@ -8,6 +8,7 @@ import (
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -93,6 +94,11 @@ type config struct {
 
 	logger *slog.Logger
 
+	// libp2p, when set, is used instead of building a host; the transport,
+	// listen, NAT, mDNS, metrics, resource and connection manager settings
+	// then do not apply.
+	libp2p host.Host
+
 	dhtOpts []dht.Option // appended last; tests only
 }
 
@@ -127,6 +133,15 @@ func (c *config) validate() error {
 	if c.identity.Type() != crypto.Ed25519 {
 		return ErrBadIdentity
 	}
+	if c.libp2p != nil {
+		id, err := peer.IDFromPrivateKey(c.identity)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrBadIdentity, err)
+		}
+		if id != c.libp2p.ID() {
+			return fmt.Errorf("%w: the libp2p host is %s, the identity key's peer ID is %s", ErrBadIdentity, c.libp2p.ID(), id)
+		}
+	}
 	if len(c.listenAddrs) == 0 {
 		return fmt.Errorf("%w: no listen addresses", ErrBadListenAddr)
 	}
@@ -153,6 +168,19 @@ func (c *config) validate() error {
 func WithIdentity(k crypto.PrivKey) Option {
 	return func(c *config) error {
 		c.identity = k
+		return nil
+	}
+}
+
+// WithLibp2pHost makes the Host run on h instead of building its own
+// libp2p host (simulations on an in-process network). h must belong to the
+// identity key (WithIdentity). Listen addresses, NAT traversal, mDNS,
+// metrics and resource and connection management are then h's business and
+// their options are ignored; the DHT and the node's protocols are set up on
+// h as usual, and Close closes h.
+func WithLibp2pHost(h host.Host) Option {
+	return func(c *config) error {
+		c.libp2p = h
 		return nil
 	}
 }
