@@ -60,6 +60,18 @@ func (n *Node) enqueueReq(ctx context.Context, from peer.ID, env []byte, via sto
 		r.res <- ErrLocked
 		return r
 	}
+	// Once a stream's context ends, nothing more from it may be taken:
+	// select alone would pick at random between a free queue slot and a
+	// done context, and a later envelope could be committed after an
+	// earlier one was refused (its retry would then arrive out of order).
+	if err := ctx.Err(); err != nil {
+		r.res <- err
+		return r
+	}
+	if n.ctx.Err() != nil {
+		r.res <- ErrClosed
+		return r
+	}
 	select {
 	case n.ingest <- r:
 	case <-ctx.Done():

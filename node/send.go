@@ -721,42 +721,42 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					return err
 				}
 			case errors.Is(err, ErrRejected):
-				// The recipient cannot decrypt this envelope. For a first
-				// message (its one-time prekey was taken by someone else,
-				// or it lost the session) start over with a fresh bundle.
-				sess, serr := n.loadSession(tx, acct)
-				if serr != nil {
-					return serr
-				}
-				if e.Kind == store.OutboxMessage && sess != nil && sess.PendingInitial() {
-					if !resetSession {
-						if err := tx.DeleteSession(acct); err != nil {
-							return err
-						}
-						resetSession = true
-					}
-				}
-				if e.Kind == store.OutboxMessage && resetSession {
-					e.Envelope = nil
-					e.Attempts = min(e.Attempts+1, 1000)
-					e.NextAttempt = now.Add(backoff(e.Attempts))
-					if err := tx.PutOutbox(e); err != nil {
+				// The recipient cannot decrypt this envelope: its one-time
+				// prekey was taken by another initiator, the session it
+				// was sealed on lost a simultaneous initiation, or the
+				// recipient lost its state. A message is sealed again on
+				// the current session (after a first message, on a fresh
+				// one) and retried with backoff until it is delivered or
+				// its outbox entry expires (then it is marked failed).
+				if e.Kind != store.OutboxMessage {
+					if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
 						return err
 					}
 					continue
 				}
-				if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+				cur, err := tx.GetOutbox(e.MsgID)
+				if errors.Is(err, store.ErrNotFound) {
+					continue // delivered meanwhile
+				}
+				if err != nil {
 					return err
 				}
-				if e.Kind == store.OutboxMessage {
-					m, changed, err := tx.SetMessageState(e.MsgID, store.StateFailed)
-					if err != nil && !errors.Is(err, store.ErrNotFound) {
+				sess, serr := n.loadSession(tx, acct)
+				if serr != nil {
+					return serr
+				}
+				if sess != nil && sess.PendingInitial() && !resetSession {
+					if err := tx.DeleteSession(acct); err != nil {
 						return err
 					}
-					if changed {
-						mm := m
-						events = append(events, Event{Type: EventState, Message: &mm})
-					}
+					resetSession = true
+				}
+				cur.Envelope = nil
+				cur.Mailboxes = 0
+				cur.Attempts = min(cur.Attempts+1, 1000)
+				cur.NextAttempt = now.Add(backoff(cur.Attempts))
+				if err := tx.PutOutbox(cur); err != nil {
+					return err
 				}
 			default:
 				cur, err := tx.GetOutbox(e.MsgID)
