@@ -1007,6 +1007,14 @@ func (c *MailboxClient) Mailboxes(ctx context.Context, shard uint16) []peer.ID {
 	for _, ai := range c.cfg.static {
 		add(ai)
 	}
+	// Mailboxes found before that are still connected stay on the list.
+	if ok {
+		for _, p := range e.peers {
+			if c.h.LibP2P().Network().Connectedness(p) == network.Connected {
+				add(peer.AddrInfo{ID: p})
+			}
+		}
+	}
 	// The provider search can outlast its answers by seconds (it walks
 	// peers that are gone): once some mailboxes are found, wait only a
 	// short grace for more.
