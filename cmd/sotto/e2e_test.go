@@ -42,13 +42,13 @@ func TestEndToEnd(t *testing.T) {
 	for _, name := range []string{"boot", "alice", "bob"} {
 		e.sotto("init", "--data", e.dir(name), "--name", name)
 	}
-	boot := e.start("boot")
+	boot := e.start("boot", "--mailbox") // also the mailbox for the offline part
 	bootAddr := strings.TrimPrefix(boot.startupLine("address: /ip4/127.0.0.1/"), "address: ")
 	if !strings.Contains(bootAddr, "/p2p/12D3KooW") {
 		t.Fatalf("bootstrap address %q has no peer ID", bootAddr)
 	}
 	alice := e.start("alice", "--bootstrap", bootAddr)
-	e.start("bob", "--bootstrap", bootAddr)
+	bob := e.start("bob", "--bootstrap", bootAddr)
 
 	aliceInvite := strings.TrimSpace(e.sotto("invite", "--data", e.dir("alice")))
 	bobInvite := strings.TrimSpace(e.sotto("invite", "--data", e.dir("bob")))
@@ -90,11 +90,30 @@ func TestEndToEnd(t *testing.T) {
 	if m := e.waitMessage("alice", "bob", id, nil); m.State != "queued" {
 		t.Errorf("queued message: %+v", m)
 	}
-	e.start("alice", "--bootstrap", bootAddr)
+	alice = e.start("alice", "--bootstrap", bootAddr)
 	if m := e.waitMessage("bob", "alice", id, func(m messageLine) bool { return m.Direction == "in" }); m.Text != "sent while offline" {
 		t.Errorf("bob received %+v", m)
 	}
 	e.waitMessage("alice", "bob", id, func(m messageLine) bool { return m.State == "delivered" })
+
+	// Bob's node stops; Alice's message goes to the mailbox; Alice stops
+	// too, so only the mailbox holds it; Bob comes back and gets it from
+	// the mailbox; Alice comes back and sees it delivered.
+	bob.stop()
+	out = e.sotto("send", "--data", e.dir("alice"), "--json", "bob", "kept for you by a mailbox")
+	if err := json.Unmarshal([]byte(out), &sent); err != nil {
+		t.Fatal(err)
+	}
+	if m := e.waitMessage("alice", "bob", sent.ID, func(m messageLine) bool { return m.State == "stored" }); m.StoredAt < 1 {
+		t.Errorf("stored message: %+v", m)
+	}
+	alice.stop()
+	bob = e.start("bob", "--bootstrap", bootAddr)
+	if m := e.waitMessage("bob", "alice", sent.ID, func(m messageLine) bool { return m.Direction == "in" }); m.Text != "kept for you by a mailbox" || m.Via != "mailbox" {
+		t.Errorf("bob received %+v, want it via the mailbox", m)
+	}
+	e.start("alice", "--bootstrap", bootAddr)
+	e.waitMessage("alice", "bob", sent.ID, func(m messageLine) bool { return m.State == "delivered" })
 }
 
 // e2e is the environment of an end-to-end test: the binary, a directory
