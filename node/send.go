@@ -706,8 +706,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					return err
 				}
 				if changed {
-					mm := m
-					events = append(events, Event{Type: EventState, Message: &mm})
+					events = append(events, Event{Type: EventState, Message: &m})
 				}
 				if m.State == store.StateDelivered {
 					if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
@@ -818,6 +817,19 @@ func (n *Node) reschedule(es []store.OutboxEntry, now time.Time, _ error) {
 	}
 }
 
+// setState moves message id to state (a message that is gone is no
+// error) and notes the change for the event feed.
+func setState(tx *store.Tx, events *[]Event, id [16]byte, state store.MessageState, opts ...store.StateOption) error {
+	m, changed, err := tx.SetMessageState(id, state, opts...)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if changed {
+		*events = append(*events, Event{Type: EventState, Message: &m})
+	}
+	return nil
+}
+
 // failEntries marks expired entries failed and drops them.
 func (n *Node) failEntries(es []store.OutboxEntry) {
 	var events []Event
@@ -830,13 +842,8 @@ func (n *Node) failEntries(es []store.OutboxEntry) {
 			if e.Kind != store.OutboxMessage {
 				continue
 			}
-			m, changed, err := tx.SetMessageState(e.MsgID, store.StateFailed)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
+			if err := setState(tx, &events, e.MsgID, store.StateFailed); err != nil {
 				return err
-			}
-			if changed {
-				mm := m
-				events = append(events, Event{Type: EventState, Message: &mm})
 			}
 		}
 		return nil

@@ -549,13 +549,8 @@ func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 			if err := tx.PutOutbox(cur); err != nil {
 				return err
 			}
-			m, changed, err := tx.SetMessageState(cur.MsgID, store.StateStored, store.WithStoredAt(counts[i]))
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
+			if err := setState(tx, &events, cur.MsgID, store.StateStored, store.WithStoredAt(counts[i])); err != nil {
 				return err
-			}
-			if changed {
-				mm := m
-				events = append(events, Event{Type: EventState, Message: &mm})
 			}
 		}
 		return nil
