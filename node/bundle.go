@@ -311,16 +311,12 @@ func (n *Node) refreshTags() error {
 			return err
 		}
 		for _, c := range cs {
-			b, err := tx.GetSession(c.Account)
-			if errors.Is(err, store.ErrNotFound) {
+			s, err := n.loadSession(tx, c.Account)
+			if err != nil {
+				n.cfg.Logger.Error("stored session does not load", "contact", c.Name, "err", err)
 				continue
 			}
-			if err != nil {
-				return err
-			}
-			s, err := protocol.UnmarshalSession(b)
-			if err != nil {
-				n.cfg.Logger.Error("stored session does not decode", "contact", c.Name, "err", err)
+			if s == nil {
 				continue
 			}
 			if err := n.putTags(tx, s, now); err != nil {

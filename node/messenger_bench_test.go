@@ -10,20 +10,29 @@ import (
 	"time"
 )
 
+// benchConfig is a loopback configuration for the node in dir.
+func benchConfig(dir string) Config {
+	return Config{DataDir: dir, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true}
+}
+
+// benchNode opens and starts a node, closed when the benchmark ends.
+func benchNode(b *testing.B, cfg Config) *Node {
+	b.Helper()
+	n, err := Open(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { n.Close() })
+	return n
+}
+
 // nodePair starts two befriended nodes with an established session.
 func nodePair(b *testing.B) (alice, bob *Node) {
 	b.Helper()
-	start := func(dir string) *Node {
-		n, err := Open(Config{DataDir: dir, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := n.Start(context.Background()); err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { n.Close() })
-		return n
-	}
+	start := func(dir string) *Node { return benchNode(b, benchConfig(dir)) }
 	var dirs []string
 	for _, name := range []string{"alice", "bob"} {
 		dir := b.TempDir() + "/" + name

@@ -143,7 +143,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	err := n.db.Update(func(tx *store.Tx) error {
 		events = events[:0]
 		kick, newSession = false, false
-		rc := &receipts{}
+		rc := &ingestBatch{}
 		for i, r := range batch {
 			r.hasToken = false
 			out, err := n.process(tx, r, rc, now)
@@ -211,10 +211,11 @@ type processed struct {
 	newSession bool
 }
 
-// receipts collects, per contact in first-seen order, the IDs of messages
-// received in one batch: one receipt message per contact acknowledges
-// them all.
-type receipts struct {
+// ingestBatch is the state of one inbound batch: per contact in
+// first-seen order, the IDs of the messages received (one receipt message
+// per contact acknowledges them all), and the sessions the batch loaded or
+// changed.
+type ingestBatch struct {
 	order []([32]byte)
 	ids   map[[32]byte][]byte
 
@@ -225,7 +226,7 @@ type receipts struct {
 }
 
 // session returns the batch's copy of the session with acct (nil if none).
-func (rc *receipts) session(n *Node, tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
+func (rc *ingestBatch) session(n *Node, tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
 	if s, ok := rc.sessions[acct]; ok {
 		return s, nil
 	}
@@ -243,11 +244,10 @@ func (rc *receipts) session(n *Node, tx *store.Tx, acct [32]byte) (*protocol.Ses
 }
 
 // changed records that sess is the batch's new state of its session.
-func (rc *receipts) changed(sess *protocol.Session) {
+func (rc *ingestBatch) changed(sess *protocol.Session) {
 	acct := [32]byte(sess.Peer())
 	if rc.sessions == nil {
 		rc.sessions = make(map[[32]byte]*protocol.Session)
-		rc.dirty = make(map[[32]byte]bool)
 	}
 	if rc.dirty == nil {
 		rc.dirty = make(map[[32]byte]bool)
@@ -257,7 +257,7 @@ func (rc *receipts) changed(sess *protocol.Session) {
 }
 
 // flush writes the changed sessions.
-func (rc *receipts) flush(n *Node, tx *store.Tx, now time.Time) error {
+func (rc *ingestBatch) flush(n *Node, tx *store.Tx, now time.Time) error {
 	for acct := range rc.dirty {
 		if err := n.putSession(tx, rc.sessions[acct], now); err != nil {
 			return err
@@ -266,7 +266,7 @@ func (rc *receipts) flush(n *Node, tx *store.Tx, now time.Time) error {
 	return nil
 }
 
-func (rc *receipts) add(acct [32]byte, id [16]byte) {
+func (rc *ingestBatch) add(acct [32]byte, id [16]byte) {
 	if rc.ids == nil {
 		rc.ids = make(map[[32]byte][]byte)
 	}
@@ -281,7 +281,7 @@ const maxReceiptIDs = 1024
 
 // sealReceipts seals the batch's receipts on each contact's current
 // session and queues them, inside the batch's transaction.
-func (n *Node) sealReceipts(tx *store.Tx, rc *receipts, now time.Time) (bool, error) {
+func (n *Node) sealReceipts(tx *store.Tx, rc *ingestBatch, now time.Time) (bool, error) {
 	queued := false
 	for _, acct := range rc.order {
 		ids := rc.ids[acct]
@@ -349,7 +349,7 @@ func malformed(err error) error { return fmt.Errorf("%w: %w", ErrMalformedEnvelo
 // process handles one envelope inside tx. Errors about the envelope are
 // returned plain (the transaction goes on); store errors wrapped in
 // storeError.
-func (n *Node) process(tx *store.Tx, r *ingestReq, rc *receipts, now time.Time) (processed, error) {
+func (n *Node) process(tx *store.Tx, r *ingestReq, rc *ingestBatch, now time.Time) (processed, error) {
 	env, err := protocol.ParseEnvelope(r.raw)
 	if err != nil {
 		return processed{}, malformed(err)
@@ -396,7 +396,7 @@ func altSessionSetting(acct [32]byte) string {
 
 // openOn decrypts env on the session with acct (or its alternate, after a
 // simultaneous initiation) and applies the message.
-func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
+func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
 	sess, err := rc.session(n, tx, acct)
 	if err != nil {
 		return processed{}, se(fmt.Errorf("stored session: %w", err))
@@ -448,7 +448,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.En
 }
 
 // accept runs the responder's side of PQXDH for a first message.
-func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.Envelope, now time.Time) (processed, error) {
+func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope, now time.Time) (processed, error) {
 	src := &prekeySource{tx: tx}
 	sess, msg, acc, err := protocol.Accept(now, *n.me, src, env)
 	if src.err != nil {
@@ -466,11 +466,10 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.En
 	contact, err := tx.GetContact(peerAcct)
 	switch {
 	case errors.Is(err, store.ErrUnknownContact) || errors.Is(err, store.ErrNotFound):
-		c, evs, err := n.newRequest(tx, sess.PeerDevice(), now)
+		_, evs, err := n.newRequest(tx, sess.PeerDevice(), now)
 		if err != nil {
 			return processed{}, se(err)
 		}
-		contact = c
 		out.events = append(out.events, evs...)
 	case err != nil:
 		return processed{}, se(err)
@@ -486,7 +485,6 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *receipts, env *protocol.En
 			}
 		}
 	}
-	_ = contact
 
 	// Consume what the initial message used, in this same commit.
 	if acc.ConsumedOneTimeDH != nil {
@@ -593,7 +591,7 @@ func (n *Node) newRequest(tx *store.Tx, cert keys.DeviceCertificate, now time.Ti
 
 // apply stores a decrypted message (or applies a receipt) and notes the
 // receipt to send for it.
-func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *receipts, msg protocol.Message, now time.Time) (processed, error) {
+func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.Message, now time.Time) (processed, error) {
 	var out processed
 	peerAcct := [32]byte(msg.Sender)
 	if msg.Type == protocol.ContentReceipt {

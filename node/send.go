@@ -495,7 +495,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	}
 
 	// Seal what was queued unsealed, starting a session if needed.
-	if unsealed := countUnsealed(live); unsealed > 0 {
+	if hasUnsealed(live) {
 		var bundle *keys.Bundle
 		var sess *protocol.Session
 		n.db.View(func(tx *store.Tx) error {
@@ -512,7 +512,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			}
 			if err != nil {
 				n.cfg.Logger.Info("no session yet and no bundle", "contact", c.Name, "err", err)
-				n.reschedule(live, now, nil)
+				n.reschedule(live, now)
 				return
 			}
 		}
@@ -555,19 +555,14 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 		})
 		if err != nil {
 			n.cfg.Logger.Error("sealing queued messages", "contact", c.Name, "err", err)
-			for i := range live {
-				if live[i].Envelope == nil {
-					live[i].Envelope = nil
-				}
-			}
-			n.reschedule(live, now, nil)
+			n.reschedule(live, now)
 			return
 		}
 	}
 
 	pid, err := peer.Decode(c.PeerID)
 	if err != nil {
-		n.reschedule(live, now, nil)
+		n.reschedule(live, now)
 		return
 	}
 	h := n.Host()
@@ -674,14 +669,13 @@ func (n *Node) depositTime(live []store.OutboxEntry) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-func countUnsealed(es []store.OutboxEntry) int {
-	k := 0
+func hasUnsealed(es []store.OutboxEntry) bool {
 	for _, e := range es {
 		if e.Envelope == nil {
-			k++
+			return true
 		}
 	}
-	return k
+	return false
 }
 
 // recordResults commits the outcome of a delivery attempt.
@@ -794,7 +788,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 }
 
 // reschedule pushes entries back with backoff after a failed attempt.
-func (n *Node) reschedule(es []store.OutboxEntry, now time.Time, _ error) {
+func (n *Node) reschedule(es []store.OutboxEntry, now time.Time) {
 	err := n.db.Update(func(tx *store.Tx) error {
 		for _, e := range es {
 			cur, err := tx.GetOutbox(e.MsgID)

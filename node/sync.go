@@ -111,21 +111,24 @@ func (n *Node) myTags() (map[protocol.Tag]bool, error) {
 			return err
 		}
 		for _, c := range cs {
-			for _, get := range []func() ([]byte, error){
-				func() ([]byte, error) { return tx.GetSession(c.Account) },
-				func() ([]byte, error) { return tx.GetSetting(altSessionSetting(c.Account)) },
-			} {
-				b, err := get()
-				if errors.Is(err, store.ErrNotFound) {
-					continue
+			// The session through the cache (decoding costs an X25519
+			// multiplication per session, and this runs at every sync);
+			// the rare spare session after a simultaneous initiation
+			// directly.
+			var sessions []*protocol.Session
+			if s, err := n.loadSession(tx, c.Account); err == nil && s != nil {
+				sessions = append(sessions, s)
+			}
+			b, err := tx.GetSetting(altSessionSetting(c.Account))
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			if err == nil {
+				if s, err := protocol.UnmarshalSession(b); err == nil {
+					sessions = append(sessions, s)
 				}
-				if err != nil {
-					return err
-				}
-				s, err := protocol.UnmarshalSession(b)
-				if err != nil {
-					continue
-				}
+			}
+			for _, s := range sessions {
 				for _, e := range live {
 					tags[s.RecvTag(e)] = true
 				}

@@ -24,18 +24,10 @@ func BenchmarkSync10k(b *testing.B) {
 		b.StopTimer()
 		boot := newTestHost(b, WithBundleVerifier(BundleVerifierFunc(verifyBundleRecord)))
 		start := func(dir string, mailbox bool) *Node {
-			n, err := Open(Config{
-				DataDir: dir, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true,
-				Bootstrap: []peer.AddrInfo{boot.AddrInfo()}, Mailbox: mailbox, MailboxAfter: time.Millisecond,
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := n.Start(context.Background()); err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { n.Close() })
-			return n
+			cfg := benchConfig(dir)
+			cfg.Bootstrap = []peer.AddrInfo{boot.AddrInfo()}
+			cfg.Mailbox, cfg.MailboxAfter = mailbox, time.Millisecond
+			return benchNode(b, cfg)
 		}
 		dirs := map[string]string{}
 		for _, name := range []string{"mailbox", "alice", "bob"} {
@@ -76,10 +68,9 @@ func BenchmarkSync10k(b *testing.B) {
 		waitStoredCount(b, ctx, alice, N+1)
 		b.Logf("%d messages stored at the mailbox in %s", N, time.Since(t0))
 
-		n, err := Open(Config{
-			DataDir: dirs["bob"], ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true,
-			Bootstrap: []peer.AddrInfo{boot.AddrInfo()},
-		})
+		cfg := benchConfig(dirs["bob"])
+		cfg.Bootstrap = []peer.AddrInfo{boot.AddrInfo()}
+		n, err := Open(cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
