@@ -67,8 +67,9 @@ import (
 //	1     32    sender account key (must equal the session's peer)
 //	33    16    message ID
 //	49    8     sent time, Unix milliseconds (int64)
-//	57    1     content type
-//	58    n     body (the rest; receipts: a multiple of 16 bytes)
+//	57    8     conversation sequence (uint64; 0 for receipts)
+//	65    1     content type
+//	66    n     body (the rest; receipts: a multiple of 16 bytes)
 
 // Payload kinds and initial header flags.
 const (
@@ -100,7 +101,7 @@ const (
 	innerVersion = 1
 
 	// MessageHeaderSize is the length of the inner message before the body.
-	MessageHeaderSize = 1 + keys.AccountSize + 16 + 8 + 1
+	MessageHeaderSize = 1 + keys.AccountSize + 16 + 8 + 8 + 1
 
 	// MaxBodySize is the longest message body a session seals.
 	MaxBodySize = MaxPlaintextSize - MessageHeaderSize
@@ -139,8 +140,12 @@ type Message struct {
 	Sender keys.AccountPublic
 	ID     [MessageIDSize]byte
 	Sent   time.Time // Unix milliseconds precision
-	Type   ContentType
-	Body   []byte
+	// Seq is the sender's position for this message in the conversation:
+	// 1 for the first message it sends to this peer, then one more for
+	// each. The receiver shows messages in this order. Receipts carry 0.
+	Seq  uint64
+	Type ContentType
+	Body []byte
 }
 
 // marshal encodes m (the inner message, before padding).
@@ -156,6 +161,7 @@ func (m *Message) marshal() ([]byte, error) {
 	b = append(b, m.Sender[:]...)
 	b = append(b, m.ID[:]...)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Sent.UnixMilli()))
+	b = binary.BigEndian.AppendUint64(b, m.Seq)
 	b = append(b, byte(m.Type))
 	return append(b, m.Body...), nil
 }
@@ -172,7 +178,8 @@ func parseMessage(b []byte) (Message, error) {
 	copy(m.Sender[:], b[1:33])
 	copy(m.ID[:], b[33:49])
 	m.Sent = time.UnixMilli(int64(binary.BigEndian.Uint64(b[49:57]))).UTC()
-	m.Type = ContentType(b[57])
+	m.Seq = binary.BigEndian.Uint64(b[57:65])
+	m.Type = ContentType(b[65])
 	m.Body = append([]byte{}, b[MessageHeaderSize:]...)
 	if len(m.Body) > MaxBodySize {
 		return Message{}, ErrBodyTooLarge

@@ -134,7 +134,7 @@ func mustOpen(tb testing.TB, s *Session, now time.Time, env *Envelope, want Mess
 func checkSessMessage(tb testing.TB, got, want Message, sender keys.AccountPublic) {
 	tb.Helper()
 	if got.Sender != sender || got.ID != want.ID || !got.Sent.Equal(want.Sent.Truncate(time.Millisecond)) ||
-		got.Type != want.Type || !bytes.Equal(got.Body, want.Body) {
+		got.Seq != want.Seq || got.Type != want.Type || !bytes.Equal(got.Body, want.Body) {
 		tb.Fatalf("message mismatch:\n got  %+v\n want %+v (sender %v)", got, want, sender)
 	}
 }
@@ -941,7 +941,7 @@ func TestEnvelopeInitialID(t *testing.T) {
 }
 
 func TestInnerMessageEncoding(t *testing.T) {
-	m := Message{Sender: keys.AccountPublic{1, 2, 3}, ID: [16]byte{9}, Sent: time.UnixMilli(-5).UTC(), Type: ContentReceipt, Body: make([]byte, 32)}
+	m := Message{Sender: keys.AccountPublic{1, 2, 3}, ID: [16]byte{9}, Sent: time.UnixMilli(-5).UTC(), Seq: 1<<63 + 7, Type: ContentReceipt, Body: make([]byte, 32)}
 	enc, err := m.marshal()
 	if err != nil {
 		t.Fatal(err)

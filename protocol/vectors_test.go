@@ -160,7 +160,7 @@ func checkVectorMessage(t *testing.T, f *vectors.File, m protocol.Message, tok [
 		t.Fatal(err)
 	}
 	if !bytes.Equal(m.Sender[:], mustHexField(t, f, "sender")) || !bytes.Equal(m.ID[:], mustHexField(t, f, "id")) ||
-		m.Sent.UnixMilli() != ms || fmt.Sprint(uint8(m.Type)) != f.Get("type") ||
+		m.Sent.UnixMilli() != ms || fmt.Sprint(m.Seq) != f.Get("seq") || fmt.Sprint(uint8(m.Type)) != f.Get("type") ||
 		!bytes.Equal(m.Body, mustHexField(t, f, "body")) || !bytes.Equal(tok[:], mustHexField(t, f, "delete_token")) {
 		t.Fatalf("message %+v (delete token %x) differs from the vector", m, tok)
 	}

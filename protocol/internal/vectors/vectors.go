@@ -287,8 +287,8 @@ func sessionVectors(rng io.Reader, alice, bob *party, bundle *keys.Bundle, sec *
 	if err != nil {
 		return nil, err
 	}
-	msg := func(i byte, body string) protocol.Message {
-		m := protocol.Message{Sent: Now.Add(time.Duration(i) * time.Second), Type: protocol.ContentText, Body: []byte(body)}
+	msg := func(i byte, seq uint64, body string) protocol.Message {
+		m := protocol.Message{Sent: Now.Add(time.Duration(i) * time.Second), Seq: seq, Type: protocol.ContentText, Body: []byte(body)}
 		for j := range m.ID {
 			m.ID[j] = i
 		}
@@ -299,6 +299,7 @@ func sessionVectors(rng io.Reader, alice, bob *party, bundle *keys.Bundle, sec *
 			hexf("sender", sender[:]),
 			hexf("id", m.ID[:]),
 			{"sent_ms", fmt.Sprint(m.Sent.UnixMilli())},
+			{"seq", fmt.Sprint(m.Seq)},
 			{"type", fmt.Sprint(uint8(m.Type))},
 			hexf("body", m.Body),
 		}
@@ -312,7 +313,7 @@ func sessionVectors(rng io.Reader, alice, bob *party, bundle *keys.Bundle, sec *
 	}
 	var files []File
 
-	m0 := msg(1, "Hello Bob, this is the first message of the session.")
+	m0 := msg(1, 1, "Hello Bob, this is the first message of the session.")
 	e0, s0, err := seal(sa, m0)
 	if err != nil {
 		return nil, err
@@ -350,7 +351,7 @@ func sessionVectors(rng io.Reader, alice, bob *party, bundle *keys.Bundle, sec *
 		Data:   bad,
 	})
 
-	m1 := msg(2, "Bob, are you there? (sent before any reply)")
+	m1 := msg(2, 2, "Bob, are you there? (sent before any reply)")
 	e1, s1, err := seal(sa, m1)
 	if err != nil {
 		return nil, err
@@ -379,7 +380,7 @@ func sessionVectors(rng io.Reader, alice, bob *party, bundle *keys.Bundle, sec *
 		return nil, err
 	}
 
-	r0 := msg(3, "Hi Alice! First reply, on a freshly ratcheted chain.")
+	r0 := msg(3, 1, "Hi Alice! First reply, on a freshly ratcheted chain.")
 	aliceState, err := state(sa)
 	if err != nil {
 		return nil, err
@@ -402,7 +403,7 @@ func sessionVectors(rng io.Reader, alice, bob *party, bundle *keys.Bundle, sec *
 		return nil, err
 	}
 
-	m2 := msg(4, "Great, now we are on pairwise tags.")
+	m2 := msg(4, 3, "Great, now we are on pairwise tags.")
 	bobState, err = state(sb)
 	if err != nil {
 		return nil, err
