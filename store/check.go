@@ -127,9 +127,39 @@ func (tx *Tx) checkIndexes(add func(error) bool) error {
 		return err
 	}
 	endConv()
+	held, err := tx.bucket(bucketHeld)
+	if err != nil {
+		return err
+	}
+	heldCount := 0
+	err = held.ForEach(func(k, v []byte) error {
+		heldCount++
+		if len(k) != heldKeySize || len(v) != 8 {
+			fail("held entry of bad size")
+			return nil
+		}
+		mv := msgs.Get(k[40:])
+		if mv == nil {
+			fail("held message %x missing", k[40:])
+			return nil
+		}
+		m, err := unmarshalMessage(mv)
+		if err != nil {
+			add(err)
+			return nil
+		}
+		if m.Seq != 0 || m.GlobalSeq != 0 || m.Direction != Incoming || m.Contact != [32]byte(k[:32]) ||
+			m.PeerSeq != binary.BigEndian.Uint64(k[32:40]) {
+			fail("held message %x does not match its entry", k[40:])
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
 	msgCount := msgs.Stats().KeyN
-	if convCount != msgCount {
-		fail("%d messages but %d conversation index entries", msgCount, convCount)
+	if convCount+heldCount != msgCount {
+		fail("%d messages but %d conversation index entries and %d held", msgCount, convCount, heldCount)
 	}
 	globalCount := 0
 	err = global.ForEach(func(k, id []byte) error {
@@ -151,8 +181,8 @@ func (tx *Tx) checkIndexes(add func(error) bool) error {
 	if err != nil {
 		return err
 	}
-	if globalCount != msgCount {
-		fail("%d messages but %d global index entries", msgCount, globalCount)
+	if globalCount+heldCount != msgCount {
+		fail("%d messages but %d global index entries and %d held", msgCount, globalCount, heldCount)
 	}
 
 	// Outbox: one due entry per record, with matching time.

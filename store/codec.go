@@ -211,6 +211,11 @@ func be64(v uint64) []byte {
 // keys (Unix nanoseconds with the sign bit flipped).
 func timeKey(t time.Time) []byte { return be64(uint64(timeToNanos(t)) ^ (1 << 63)) }
 
+// fromTimeKey inverts timeKey; b must be 8 bytes.
+func fromTimeKey(b []byte) time.Time {
+	return nanosToTime(int64(binary.BigEndian.Uint64(b) ^ (1 << 63)))
+}
+
 func concat(parts ...[]byte) []byte {
 	n := 0
 	for _, p := range parts {

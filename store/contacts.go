@@ -305,7 +305,9 @@ func (tx *Tx) DeleteContact(account [32]byte) error {
 
 // AcceptKeyChange makes a contact's pending new identity its identity: the
 // contact, its conversation and its dedup marks move to the new account
-// key, the old session and tags are dropped, and Verified is reset. It
+// key, held messages are shown and the conversation's sequence numbers
+// start again (the new identity counts from 1), the old session and tags
+// are dropped, and Verified is reset. It
 // returns the updated contact.
 func (tx *Tx) AcceptKeyChange(account [32]byte) (Contact, error) {
 	c, err := tx.GetContact(account)
@@ -322,6 +324,9 @@ func (tx *Tx) AcceptKeyChange(account [32]byte) (Contact, error) {
 	}
 	if contacts.Get(newAcct[:]) != nil {
 		return Contact{}, fmt.Errorf("%w: the new key already belongs to another contact", ErrDuplicate)
+	}
+	if err := tx.forgetOrder(account); err != nil {
+		return Contact{}, err
 	}
 	if err := tx.moveConversation(account, newAcct); err != nil {
 		return Contact{}, err

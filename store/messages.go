@@ -111,6 +111,11 @@ type Message struct {
 	// GlobalSeq orders messages across all conversations, assigned by
 	// AppendMessage.
 	GlobalSeq uint64
+	// PeerSeq is the conversation sequence that travels inside the
+	// encryption: for an outgoing message, the number AppendMessage gave
+	// it (1, 2, 3… per contact); for an incoming one, the sender's. Zero
+	// when unknown.
+	PeerSeq uint64
 }
 
 func (m *Message) marshal() ([]byte, error) {
@@ -133,6 +138,7 @@ func (m *Message) marshal() ([]byte, error) {
 	e.uvarint(uint64(m.StoredAt))
 	e.uvarint(m.Seq)
 	e.uvarint(m.GlobalSeq)
+	e.uvarint(m.PeerSeq)
 	return e.b, nil
 }
 
@@ -151,6 +157,7 @@ func unmarshalMessage(b []byte) (Message, error) {
 	m.StoredAt = d.int(maxMailboxCount)
 	m.Seq = d.uvarint()
 	m.GlobalSeq = d.uvarint()
+	m.PeerSeq = d.uvarint()
 	if err := d.finish(); err != nil {
 		return Message{}, err
 	}
@@ -166,7 +173,8 @@ func unmarshalMessage(b []byte) (Message, error) {
 func convKey(account [32]byte, seq uint64) []byte { return concat(account[:], be64(seq)) }
 
 // AppendMessage stores a new message at the end of its conversation and
-// returns it with Seq and GlobalSeq assigned.
+// returns it with Seq and GlobalSeq assigned. An outgoing message also
+// gets the next PeerSeq of the conversation unless the caller set one.
 //
 // The contact must exist (ErrUnknownContact). An incoming message whose ID
 // this contact already sent fails with an error wrapping ErrDuplicate, and
@@ -174,7 +182,19 @@ func convKey(account [32]byte, seq uint64) []byte { return concat(account[:], be
 // message and deduplicating it is one atomic step. Any message whose ID is
 // already stored also fails with ErrDuplicate. An incoming message gets
 // state Received; an outgoing one Queued unless the caller set a state.
+// Received messages that carry the sender's order go through
+// ReceiveMessage instead.
 func (tx *Tx) AppendMessage(m Message) (Message, error) {
+	m, err := tx.admitMessage(m)
+	if err != nil {
+		return Message{}, err
+	}
+	return tx.showMessage(m)
+}
+
+// admitMessage checks a new message, marks an incoming one seen and gives
+// an outgoing one its PeerSeq. It writes nothing else.
+func (tx *Tx) admitMessage(m Message) (Message, error) {
 	msgs, err := tx.wbucket(bucketMessages)
 	if err != nil {
 		return Message{}, err
@@ -209,6 +229,20 @@ func (tx *Tx) AppendMessage(m Message) (Message, error) {
 		if _, err := tx.MarkSeen(m.Contact, m.ID); err != nil {
 			return Message{}, err
 		}
+	} else if m.PeerSeq == 0 {
+		if m.PeerSeq, err = tx.nextOutSeq(m.Contact); err != nil {
+			return Message{}, err
+		}
+	}
+	return m, nil
+}
+
+// showMessage puts an admitted message at the end of its conversation:
+// it assigns Seq and GlobalSeq, indexes the message and writes it.
+func (tx *Tx) showMessage(m Message) (Message, error) {
+	msgs, err := tx.wbucket(bucketMessages)
+	if err != nil {
+		return Message{}, err
 	}
 	conv, err := tx.bucket(bucketConv)
 	if err != nil {

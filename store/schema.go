@@ -58,6 +58,7 @@ var migrations = []migration{
 		return nil
 	}},
 	{name: "mailbox", apply: createMailboxBuckets},
+	{name: "conversation order", apply: createOrderBuckets},
 }
 
 // SchemaVersion is the schema version this build writes.
