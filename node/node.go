@@ -97,6 +97,10 @@ type Config struct {
 
 	MessageTTL     time.Duration // default DefaultMessageTTL
 	OneTimePrekeys int           // default DefaultOneTimePrekeys
+	// ReorderWait is how long a received message waits for an earlier
+	// message of the same sender that has not arrived before it is shown
+	// anyway (default DefaultReorderWait).
+	ReorderWait time.Duration
 
 	Logger *slog.Logger
 	Now    func() time.Time
@@ -115,6 +119,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MailboxCopies <= 0 {
 		c.MailboxCopies = DefaultMailboxCopies
+	}
+	if c.ReorderWait <= 0 {
+		c.ReorderWait = DefaultReorderWait
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -148,11 +155,13 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	ingest   chan *ingestReq
-	kick     chan struct{}
-	ob       outboxState
-	mbx      mailboxes
-	sessions sessionCache
+	ingest chan *ingestReq
+	kick   chan struct{}
+	// releaseKick wakes releaseLoop when a message is held.
+	releaseKick chan struct{}
+	ob          outboxState
+	mbx         mailboxes
+	sessions    sessionCache
 }
 
 // Init creates a new identity in dir: account key, device (host) key,
@@ -302,6 +311,7 @@ func Open(cfg Config) (*Node, error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.ingest = make(chan *ingestReq, MaxIngestBatch)
 	n.kick = make(chan struct{}, 1)
+	n.releaseKick = make(chan struct{}, 1)
 	n.ob.init()
 	n.mbx.syncKick = make(chan struct{}, 1)
 	n.mbx.resub = make(chan struct{}, 1)
@@ -369,8 +379,9 @@ func (n *Node) Start(ctx context.Context) error {
 	opts = append(opts, n.cfg.HostOptions...)
 
 	// The committer must run before the host accepts envelopes.
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.ingestLoop()
+	go n.releaseLoop()
 
 	h, err := New(opts...)
 	if err != nil {

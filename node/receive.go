@@ -139,10 +139,10 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	now := n.now()
 	results := make([]error, len(batch))
 	var events []Event
-	kick, newSession := false, false
+	kick, newSession, held := false, false, false
 	err := n.db.Update(func(tx *store.Tx) error {
 		events = events[:0]
-		kick, newSession = false, false
+		kick, newSession, held = false, false, false
 		rc := &ingestBatch{}
 		for i, r := range batch {
 			r.hasToken = false
@@ -158,6 +158,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 			results[i] = nil
 			events = append(events, out.events...)
 			newSession = newSession || out.newSession
+			held = held || out.held
 		}
 		queued, err := n.sealReceipts(tx, rc, now)
 		if err != nil {
@@ -175,7 +176,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 			results[i] = fmt.Errorf("node: store: %w", err)
 		}
 		events = nil
-		kick = false
+		kick, held = false, false
 	}
 	for i, r := range batch {
 		r.res <- results[i]
@@ -188,6 +189,9 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	}
 	if newSession {
 		n.kickResubscribe()
+	}
+	if held {
+		n.kickRelease()
 	}
 }
 
@@ -209,6 +213,7 @@ func se(err error) error {
 type processed struct {
 	events     []Event
 	newSession bool
+	held       bool // a message waits for a missing predecessor
 }
 
 // ingestBatch is the state of one inbound batch: per contact in
@@ -624,14 +629,17 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 		return out, nil
 	}
 
-	stored, err := tx.AppendMessage(store.Message{
+	shown, err := tx.ReceiveMessage(store.Message{
 		ID: msg.ID, Contact: peerAcct, Direction: store.Incoming, Type: uint8(msg.Type),
 		Body: msg.Body, SentAt: msg.Sent, ReceivedAt: now, State: store.StateReceived, Via: r.via,
+		PeerSeq: msg.Seq,
 	})
 	switch {
 	case err == nil:
-		m := stored
-		out.events = append(out.events, Event{Type: EventMessage, Message: &m})
+		out.held = len(shown) == 0
+		for i := range shown {
+			out.events = append(out.events, Event{Type: EventMessage, Message: &shown[i]})
+		}
 	case errors.Is(err, store.ErrDuplicate):
 		// Shown once already; the sender still needs its receipt.
 	default:

@@ -216,7 +216,7 @@ func (n *Node) seal(tx *store.Tx, sess *protocol.Session, m store.Message, now t
 		ttl = protocol.MaxTTL
 	}
 	env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
-		Sender: n.Account(), ID: m.ID, Sent: m.SentAt, Type: protocol.ContentType(m.Type), Body: m.Body,
+		Sender: n.Account(), ID: m.ID, Sent: m.SentAt, Seq: m.PeerSeq, Type: protocol.ContentType(m.Type), Body: m.Body,
 	}, ttl)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,101 @@
+package node
+
+import (
+	"time"
+
+	"github.com/sotto-im/sotto/store"
+)
+
+// DefaultReorderWait is how long a received message may wait for a
+// missing predecessor before it is shown anyway.
+const DefaultReorderWait = 5 * time.Second
+
+// releaseLoop shows held messages (received while an earlier message of
+// the same sender was missing) once they have waited ReorderWait. The
+// ingest committer kicks it when it holds a message; it also runs once at
+// start for messages held before a restart.
+func (n *Node) releaseLoop() {
+	defer n.wg.Done()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.releaseKick:
+		case <-timer.C:
+		}
+		next, ok := n.releaseHeld()
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		if ok {
+			timer.Reset(max(next, time.Millisecond))
+		}
+	}
+}
+
+// releaseHeld shows what has waited long enough and reports how long until
+// the next held message is due, if any is held.
+func (n *Node) releaseHeld() (time.Duration, bool) {
+	now := n.now()
+	var (
+		due      bool
+		at       time.Time
+		held     bool
+		released []store.Message
+	)
+	if err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		at, held, err = tx.NextRelease()
+		due = held && !at.Add(n.cfg.ReorderWait).After(now)
+		return err
+	}); err != nil {
+		n.cfg.Logger.Error("reading held messages", "err", err)
+		return time.Second, true
+	}
+	if !held {
+		return 0, false
+	}
+	if due {
+		if err := n.db.Update(func(tx *store.Tx) error {
+			var err error
+			released, err = tx.ReleaseHeld(now.Add(-n.cfg.ReorderWait))
+			if err != nil {
+				return err
+			}
+			at, held, err = tx.NextRelease()
+			return err
+		}); err != nil {
+			n.cfg.Logger.Error("releasing held messages", "err", err)
+			return time.Second, true
+		}
+		n.publishShown(released)
+	}
+	if !held {
+		return 0, false
+	}
+	return at.Add(n.cfg.ReorderWait).Sub(now), true
+}
+
+// publishShown announces messages that became visible.
+func (n *Node) publishShown(ms []store.Message) {
+	if len(ms) == 0 {
+		return
+	}
+	evs := make([]Event, len(ms))
+	for i := range ms {
+		evs[i] = Event{Type: EventMessage, Message: &ms[i]}
+	}
+	n.events.publish(evs...)
+}
+
+func (n *Node) kickRelease() {
+	select {
+	case n.releaseKick <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,146 @@
+package node
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sotto-im/sotto/store"
+)
+
+// sealFor writes outgoing messages to contact acct in n's store and seals
+// them, without queueing them for delivery: the test delivers the
+// envelopes itself, in the order it wants.
+func sealFor(t *testing.T, n *Node, acct [32]byte, texts ...string) [][]byte {
+	t.Helper()
+	var envs [][]byte
+	err := n.db.Update(func(tx *store.Tx) error {
+		sess, err := n.loadSession(tx, acct)
+		if err != nil || sess == nil {
+			return fmt.Errorf("no session: %v", err)
+		}
+		for _, text := range texts {
+			id, err := newMessageID(n.cfg.Rand)
+			if err != nil {
+				return err
+			}
+			now := n.now()
+			m, err := tx.AppendMessage(store.Message{
+				ID: id, Contact: acct, Direction: store.Outgoing, Type: 1, Body: []byte(text),
+				SentAt: now, ReceivedAt: now,
+			})
+			if err != nil {
+				return err
+			}
+			env, err := n.seal(tx, sess, m, now)
+			if err != nil {
+				return err
+			}
+			envs = append(envs, env)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envs
+}
+
+// TestReceiverKeepsSenderOrder delivers one sender's envelopes out of
+// order: a message is held until its predecessor arrives, or until the
+// reorder wait ends (also across a restart); a late message is shown when
+// it comes.
+func TestReceiverKeepsSenderOrder(t *testing.T) {
+	tn := newTestNet(t)
+	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+	const wait = 300 * time.Millisecond
+	withWait := func(c *Config) { c.ReorderWait = wait }
+	alice := tn.start(aliceDir)
+	bob := tn.start(bobDir, withWait)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testContext(t, 60*time.Second)
+	if _, err := alice.Send(ctx, "bob", "m1"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, alice, "bob", 1, delivered)
+	envs := sealFor(t, alice, bob.ident.Account, "m2", "m3", "m4", "m5", "m6", "m7", "m8")
+	from := alice.Host().ID()
+
+	events := bob.Subscribe(ctx)
+	deliver := func(i int) {
+		t.Helper()
+		if err := bob.Ingest(ctx, from, envs[i-2], store.ViaDirect); err != nil {
+			t.Fatalf("ingest m%d: %v", i, err)
+		}
+	}
+	// shown collects the message events, in order, until want arrived.
+	shown := func(want ...string) {
+		t.Helper()
+		var got []string
+		for len(got) < len(want) {
+			select {
+			case ev := <-events:
+				if ev.Type == EventMessage {
+					got = append(got, string(ev.Message.Body))
+				}
+			case <-ctx.Done():
+				t.Fatalf("shown %v, waiting for %v", got, want)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("shown %v, want %v", got, want)
+		}
+	}
+	quiet := func() {
+		t.Helper()
+		for {
+			select {
+			case ev := <-events:
+				if ev.Type == EventMessage {
+					t.Fatalf("unexpected message %q", ev.Message.Body)
+				}
+			case <-time.After(wait / 3):
+				return
+			}
+		}
+	}
+
+	deliver(3)
+	quiet()
+	deliver(2)
+	shown("m2", "m3")
+	// m4 never comes in time: m5 waits, then is shown.
+	start := time.Now()
+	deliver(5)
+	shown("m5")
+	if d := time.Since(start); d < wait {
+		t.Fatalf("m5 shown after %v, before the %v wait", d, wait)
+	}
+	deliver(4) // late: shown at once
+	shown("m4")
+
+	// A held message survives a restart and is released by the next run.
+	deliver(7)
+	quiet()
+	bob.Close()
+	bob = tn.start(bobDir, withWait)
+	events = bob.Subscribe(ctx)
+	deliver(6)
+	shown("m6", "m7")
+	deliver(8)
+	shown("m8")
+
+	in := waitMessages(t, ctx, bob, "alice", 8, incoming)
+	if got, want := bodies(in), []string{"m1", "m2", "m3", "m5", "m4", "m6", "m7", "m8"}; !slices.Equal(got, want) {
+		t.Fatalf("conversation %v, want %v", got, want)
+	}
+	for i, m := range in {
+		if m.PeerSeq != uint64(slices.Index([]string{"", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8"}, string(m.Body))) {
+			t.Fatalf("message %d %q has PeerSeq %d", i, m.Body, m.PeerSeq)
+		}
+	}
+	if err := bob.db.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
