@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -142,5 +143,87 @@ func TestReceiverKeepsSenderOrder(t *testing.T) {
 	}
 	if err := bob.db.Check(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// receiptsFor counts the receipts n has queued for acct.
+func receiptsFor(t *testing.T, n *Node, acct [32]byte) int {
+	t.Helper()
+	count := 0
+	err := n.db.View(func(tx *store.Tx) error {
+		es, err := tx.DueOutbox(n.now().Add(24*time.Hour), 1000)
+		for _, e := range es {
+			if e.Kind == store.OutboxReceipt && e.Contact == acct {
+				count++
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return count
+}
+
+// TestRetransmissionIsReceiptedAgain: when a receipt is lost, the
+// sender's retransmission of the same envelope, straight from its device,
+// gets a fresh receipt; copies from elsewhere do not.
+func TestRetransmissionIsReceiptedAgain(t *testing.T) {
+	tn := newTestNet(t)
+	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+	alice := tn.start(aliceDir)
+	bob := tn.start(bobDir)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testContext(t, 60*time.Second)
+	if _, err := alice.Send(ctx, "bob", "m1"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, alice, "bob", 1, delivered)
+	env := sealFor(t, alice, bob.ident.Account, "m2")[0]
+	from := alice.Host().ID()
+	aliceAcct := alice.ident.Account
+	alice.Close() // Bob's receipts stay in his outbox
+
+	if err := bob.Ingest(ctx, from, env, store.ViaDirect); err != nil {
+		t.Fatal(err)
+	}
+	if n := receiptsFor(t, bob, aliceAcct); n != 1 {
+		t.Fatalf("%d receipts queued, want 1", n)
+	}
+	// The receipt is lost.
+	if err := bob.db.Update(func(tx *store.Tx) error {
+		es, err := tx.DueOutbox(bob.now().Add(24*time.Hour), 1000)
+		for _, e := range es {
+			if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+				return err
+			}
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Copies from a mailbox or from another peer are duplicates, nothing
+	// more.
+	if err := bob.Ingest(ctx, from, env, store.ViaMailbox); !errors.Is(err, ErrDuplicateEnvelope) {
+		t.Fatalf("mailbox copy: %v", err)
+	}
+	if err := bob.Ingest(ctx, tn.boot.ID(), env, store.ViaDirect); !errors.Is(err, ErrDuplicateEnvelope) {
+		t.Fatalf("copy from another peer: %v", err)
+	}
+	if n := receiptsFor(t, bob, aliceAcct); n != 0 {
+		t.Fatalf("%d receipts queued for copies, want 0", n)
+	}
+	// Alice's retransmission is receipted again, and the receipt reaches
+	// her when she is back.
+	if err := bob.Ingest(ctx, from, env, store.ViaDirect); !errors.Is(err, ErrDuplicateEnvelope) {
+		t.Fatalf("retransmission: %v", err)
+	}
+	if n := receiptsFor(t, bob, aliceAcct); n != 1 {
+		t.Fatalf("%d receipts queued for the retransmission, want 1", n)
+	}
+	alice = tn.start(aliceDir)
+	waitMessages(t, ctx, alice, "bob", 2, delivered)
+	if in := waitMessages(t, ctx, bob, "alice", 2, incoming); len(in) != 2 {
+		t.Fatalf("bob shows %d messages, want 2", len(in))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -331,20 +332,50 @@ func tokenSetting(deleteHash [32]byte) string {
 	return "dt/" + base64.RawURLEncoding.EncodeToString(deleteHash[:16])
 }
 
-// keepToken records the delete token of an envelope just processed.
-func keepToken(tx *store.Tx, r *ingestReq, env *protocol.Envelope, tok [32]byte) error {
+// keepToken records the delete token of an envelope just processed, and,
+// for a message that asks for a receipt, its sender and ID: a copy of the
+// envelope that arrives again (the sender retransmits when no receipt came
+// back) is then answered with a fresh receipt.
+func keepToken(tx *store.Tx, r *ingestReq, env *protocol.Envelope, tok [32]byte, msg protocol.Message) error {
 	r.token, r.hasToken = tok, true
-	return tx.PutSetting(tokenSetting(env.DeleteHash), tok[:])
+	v := tok[:]
+	if msg.Type != protocol.ContentReceipt {
+		v = slices.Concat(tok[:], msg.Sender[:], msg.ID[:])
+	}
+	return tx.PutSetting(tokenSetting(env.DeleteHash), v)
 }
 
-// knownToken looks up the delete token of an envelope processed before.
-func knownToken(tx *store.Tx, r *ingestReq, env *protocol.Envelope) {
-	if b, err := tx.GetSetting(tokenSetting(env.DeleteHash)); err == nil && len(b) == 32 {
-		tok := [32]byte(b)
-		if env.CheckDeleteToken(tok) {
-			r.token, r.hasToken = tok, true
-		}
+// knownToken looks up what keepToken recorded for an envelope processed
+// before. When the copy came straight from the sender's device, the
+// message it carried is receipted again.
+func knownToken(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope) error {
+	b, err := tx.GetSetting(tokenSetting(env.DeleteHash))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
 	}
+	if err != nil {
+		return se(err)
+	}
+	if len(b) != 32 && len(b) != 32+32+protocol.MessageIDSize {
+		return nil
+	}
+	tok := [32]byte(b[:32])
+	if !env.CheckDeleteToken(tok) {
+		return nil
+	}
+	r.token, r.hasToken = tok, true
+	if len(b) == 32 || r.via != store.ViaDirect {
+		return nil // a receipt, or a mailbox copy of something already receipted
+	}
+	acct, id := [32]byte(b[32:64]), [16]byte(b[64:])
+	c, err := tx.GetContact(acct)
+	if err != nil {
+		return nil // no longer a contact
+	}
+	if c.PeerID == r.from.String() {
+		rc.add(acct, id)
+	}
+	return nil
 }
 
 // malformed wraps a protocol error so the direct protocol acks it as
@@ -411,7 +442,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		msg, op, err := sess.Open(now, env)
 		if err == nil {
 			rc.changed(sess)
-			if err := keepToken(tx, r, env, op.DeleteToken); err != nil {
+			if err := keepToken(tx, r, env, op.DeleteToken, msg); err != nil {
 				return processed{}, se(err)
 			}
 			return n.apply(tx, r, rc, msg, now)
@@ -432,7 +463,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 				if err := tx.PutSetting(altSessionSetting(acct), b); err != nil {
 					return processed{}, se(err)
 				}
-				if err := keepToken(tx, r, env, op.DeleteToken); err != nil {
+				if err := keepToken(tx, r, env, op.DeleteToken, msg); err != nil {
 					return processed{}, se(err)
 				}
 				return n.apply(tx, r, rc, msg, now)
@@ -446,7 +477,9 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		firstErr = errors.New("no session with this contact")
 	}
 	if errors.Is(firstErr, protocol.ErrDuplicate) {
-		knownToken(tx, r, env)
+		if err := knownToken(tx, r, rc, env); err != nil {
+			return processed{}, err
+		}
 		return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, firstErr)
 	}
 	return processed{}, malformed(firstErr)
@@ -461,7 +494,9 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	}
 	if err != nil {
 		if errors.Is(err, protocol.ErrReplay) {
-			knownToken(tx, r, env)
+			if err := knownToken(tx, r, rc, env); err != nil {
+				return processed{}, err
+			}
 			return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, err)
 		}
 		return processed{}, malformed(err)
@@ -542,7 +577,7 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 			return processed{}, se(err)
 		}
 	}
-	if err := keepToken(tx, r, env, acc.DeleteToken); err != nil {
+	if err := keepToken(tx, r, env, acc.DeleteToken, msg); err != nil {
 		return processed{}, se(err)
 	}
 	res, err := n.apply(tx, r, rc, msg, now)

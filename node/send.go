@@ -25,10 +25,12 @@ const (
 	// an envelope that could not be delivered.
 	minRetry = time.Second
 	maxRetry = 5 * time.Minute
-	// receiptWait is how long after a direct ack the outbox waits for the
-	// end-to-end receipt before sending the envelope again (the recipient
-	// treats the copy as a duplicate and its receipt is already queued).
-	receiptWait = 10 * time.Minute
+	// receiptWait is how long after a first direct ack the outbox waits
+	// for the end-to-end receipt before sending the envelope again (the
+	// recipient treats the copy as a duplicate and receipts it again); it
+	// doubles with each attempt up to maxReceiptWait.
+	receiptWait    = 30 * time.Second
+	maxReceiptWait = 10 * time.Minute
 	// deliverTimeout bounds one delivery attempt to one contact.
 	deliverTimeout = 30 * time.Second
 	// maxOutboxWait is the longest the outbox sleeps without looking.
@@ -431,6 +433,12 @@ func (n *Node) depositFor(acct [32]byte) {
 }
 
 // backoff is the wait before attempt number attempts+1, with jitter.
+// receiptRetry is how long to wait for a receipt after the attempts-th
+// direct ack of a message.
+func receiptRetry(attempts int) time.Duration {
+	return min(receiptWait<<min(max(attempts-1, 0), 8), maxReceiptWait)
+}
+
 func backoff(attempts int) time.Duration {
 	d := minRetry << min(attempts, 16)
 	if d > maxRetry || d <= 0 {
@@ -620,8 +628,8 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 const passScan = 64
 
 // pendingHorizon reaches past the longest retry backoff: every entry not
-// acked yet is due within it, while one acked directly (waiting for its
-// receipt, next due receiptWait after the ack) mostly is not.
+// acked yet is due within it. Entries acked directly and waiting for their
+// receipt are left out until they are due.
 const pendingHorizon = maxRetry + time.Second
 
 // pendingScan bounds the outbox entries one look at a contact's pending
@@ -639,9 +647,19 @@ func pendingFor(tx *store.Tx, acct [32]byte, now time.Time) ([]store.OutboxEntry
 	}
 	out := due[:0]
 	for _, e := range due {
-		if e.Contact == acct {
-			out = append(out, e)
+		if e.Contact != acct {
+			continue
 		}
+		if e.Kind == store.OutboxMessage && e.NextAttempt.After(now) {
+			m, err := tx.GetMessage(e.MsgID)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return nil, err
+			}
+			if err == nil && (m.State == store.StateSent || m.State == store.StateDelivered) {
+				continue // acked; it waits for its receipt
+			}
+		}
+		out = append(out, e)
 	}
 	slices.SortFunc(out, func(a, b store.OutboxEntry) int {
 		if c := a.Created.Compare(b.Created); c != 0 {
@@ -709,7 +727,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					continue
 				}
 				e.Attempts = min(e.Attempts+1, 1000)
-				e.NextAttempt = now.Add(receiptWait)
+				e.NextAttempt = now.Add(receiptRetry(e.Attempts))
 				if err := tx.PutOutbox(e); err != nil && !errors.Is(err, store.ErrNotFound) {
 					return err
 				}
