@@ -315,7 +315,7 @@ func TestSimulation100(t *testing.T) {
 	if testing.Short() || os.Getenv("SOTTO_SIM") == "" {
 		t.Skip("100-node simulation, minutes long: set SOTTO_SIM=1")
 	}
-	check := goroutineLeakCheck(t)
+	check := mocknetLeakCheck(t)
 	const (
 		pairs    = 50
 		rounds   = 5
