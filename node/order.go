@@ -7,8 +7,12 @@ import (
 )
 
 // DefaultReorderWait is how long a received message may wait for a
-// missing predecessor before it is shown anyway.
-const DefaultReorderWait = 5 * time.Second
+// missing predecessor before it is shown anyway. Gaps from paths racing
+// (direct, gossip, several mailboxes) close within a sync; the longest
+// ordinary gap is a message the recipient could not decrypt at first (a
+// simultaneous first contact) being sealed again and retried with
+// backoff, which takes seconds to tens of seconds.
+const DefaultReorderWait = 30 * time.Second
 
 // releaseLoop shows held messages (received while an earlier message of
 // the same sender was missing) once they have waited ReorderWait. The
