@@ -94,6 +94,9 @@ type Config struct {
 	// MailboxCopies is how many mailboxes a deposit aims for (default
 	// DefaultMailboxCopies).
 	MailboxCopies int
+	// MailboxOptions tune the mailbox this node serves (limits, rate
+	// limits, timeouts), when Mailbox is set.
+	MailboxOptions []MailboxOption
 
 	MessageTTL     time.Duration // default DefaultMessageTTL
 	OneTimePrekeys int           // default DefaultOneTimePrekeys

@@ -154,3 +154,36 @@ func bobIK(t *testing.T, dir string) [32]byte {
 	defer n.Close()
 	return n.me.IdentityDH.Public()
 }
+
+// TestLongQueueReachesMailboxes: more messages to an offline contact than
+// one delivery batch holds all end up in mailboxes, not only the first
+// batch.
+func TestLongQueueReachesMailboxes(t *testing.T) {
+	tn := newTestNet(t)
+	tn.start(tn.initNode("mailbox"), func(c *Config) {
+		c.Mailbox = true
+		c.MailboxOptions = []MailboxOption{WithMailboxRateLimit(10_000, 10_000)}
+	})
+	alice := tn.start(tn.initNode("alice"))
+	bob := tn.start(tn.initNode("bob"))
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testContext(t, 120*time.Second)
+	if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, alice, "bob", 1, delivered)
+	bob.Close()
+
+	const N = MaxOutboxBatch + 40
+	for i := range N {
+		if _, err := alice.Send(ctx, "bob", fmt.Sprintf("queued %03d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := waitMessages(t, ctx, alice, "bob", N, func(m store.Message) bool {
+		return m.Direction == store.Outgoing && m.State == store.StateStored
+	})
+	if len(got) != N {
+		t.Fatalf("%d messages stored, want %d", len(got), N)
+	}
+}

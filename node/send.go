@@ -594,7 +594,13 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	deposited := make(chan struct{})
 	go func() {
 		defer close(deposited)
-		if at, ok := n.depositTime(live); ok {
+		at, ok := n.depositTime(live)
+		if !ok && len(live) == MaxOutboxBatch && n.mbx.client != nil {
+			// live is the head of a longer queue, all of it in mailboxes
+			// already: deposit what follows.
+			at, ok = now, true
+		}
+		if ok {
 			if d := time.Until(at); d > 0 {
 				t := time.NewTimer(d)
 				defer t.Stop()

@@ -59,7 +59,7 @@ func (n *Node) startMailboxes(h *Host) error {
 	m := &n.mbx
 	m.gossip = g
 	if n.cfg.Mailbox {
-		if m.svc, err = NewMailboxService(h, g, n.db, WithMailboxClock(n.cfg.Now), WithMailboxLogger(n.cfg.Logger)); err != nil {
+		if m.svc, err = NewMailboxService(h, g, n.db, append([]MailboxOption{WithMailboxClock(n.cfg.Now), WithMailboxLogger(n.cfg.Logger)}, n.cfg.MailboxOptions...)...); err != nil {
 			return err
 		}
 	}
@@ -487,11 +487,13 @@ func (h *intHeap) Pop() any {
 }
 
 // depositDue deposits in mailboxes the sealed entries that have waited
-// MailboxAfter without a direct delivery, and records where they are.
+// MailboxAfter without a direct delivery, and records where they are. It
+// goes on, batch after batch, until nothing is left to deposit, so a long
+// queue to an offline contact does not wait for the next delivery attempt.
 //
-// Deposits for one contact never run concurrently, and each run reads the
-// outbox afresh under that lock, so envelopes reach the mailboxes in the
-// order they were written and each is deposited once.
+// Deposits for one contact never run concurrently, and each batch reads
+// the outbox afresh under that lock, so envelopes reach the mailboxes in
+// the order they were written and each is deposited once.
 func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 	if n.mbx.client == nil {
 		return
@@ -499,23 +501,50 @@ func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 	mu := n.ob.depositLock(acct)
 	mu.Lock()
 	defer mu.Unlock()
-	var live []store.OutboxEntry
-	if err := n.db.View(func(tx *store.Tx) error {
-		var err error
-		live, err = pendingFor(tx, acct, now)
-		return err
-	}); err != nil {
-		return
+	for ctx.Err() == nil {
+		var todo []store.OutboxEntry
+		if err := n.db.View(func(tx *store.Tx) error {
+			es, err := tx.UndepositedFor(acct, now.Add(-n.cfg.MailboxAfter), 4*MaxOutboxBatch)
+			if err != nil {
+				return err
+			}
+			for _, e := range es {
+				if e.Kind == store.OutboxMessage {
+					m, err := tx.GetMessage(e.MsgID)
+					if err == nil && (m.State == store.StateSent || m.State == store.StateDelivered) {
+						continue // acked directly: no mailbox needed
+					}
+				}
+				if todo = append(todo, e); len(todo) == MaxOutboxBatch {
+					break
+				}
+			}
+			return nil
+		}); err != nil || len(todo) == 0 {
+			return
+		}
+		done, more := n.depositBatch(ctx, todo)
+		if !more || done < len(todo) {
+			return
+		}
 	}
+}
+
+// depositBatch deposits entries in order and records the outcome; it
+// stops at the first failed deposit. It returns how many were deposited
+// and false when recording failed.
+func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int, bool) {
+	now := n.now()
 	var done []store.OutboxEntry
 	var counts []int
-	for _, e := range live {
-		if e.Envelope == nil || e.Mailboxes > 0 || now.Sub(e.Created) < n.cfg.MailboxAfter {
-			continue
+	for _, e := range todo {
+		if !e.Expires.IsZero() && now.After(e.Expires) {
+			break // the delivery loop fails it, visibly
 		}
 		env, err := protocol.ParseEnvelope(e.Envelope)
 		if err != nil {
-			continue
+			n.cfg.Logger.Error("an outbox envelope does not parse", "err", err)
+			break
 		}
 		t0 := time.Now()
 		k, err := n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
@@ -528,7 +557,7 @@ func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 		counts = append(counts, k)
 	}
 	if len(done) == 0 {
-		return
+		return 0, true
 	}
 	var events []Event
 	err := n.db.Update(func(tx *store.Tx) error {
@@ -560,9 +589,10 @@ func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 	})
 	if err != nil {
 		n.cfg.Logger.Error("recording mailbox deposits", "err", err)
-		return
+		return len(done), false
 	}
 	n.events.publish(events...)
+	return len(done), true
 }
 
 // MailboxHeld reports what this node holds as a mailbox (nil if it serves

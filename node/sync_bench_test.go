@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/store"
 )
 
 // BenchmarkSync10k: Alice sends 10,000 messages while Bob is offline;
@@ -27,6 +29,13 @@ func BenchmarkSync10k(b *testing.B) {
 			cfg := benchConfig(dir)
 			cfg.Bootstrap = []peer.AddrInfo{boot.AddrInfo()}
 			cfg.Mailbox, cfg.MailboxAfter = mailbox, time.Millisecond
+			// The default per-tag quota (1,000 envelopes, 8 MiB) and
+			// per-peer deposit rate (50/s) would refuse most of a
+			// 10,000-message backlog from one sender to one recipient.
+			cfg.MailboxOptions = []MailboxOption{
+				WithMailboxLimits(store.MailboxLimits{TagEnvelopes: int64(2 * N), TagBytes: 64 << 20}),
+				WithMailboxRateLimit(float64(4*N), 4*N),
+			}
 			return benchNode(b, cfg)
 		}
 		dirs := map[string]string{}
@@ -59,12 +68,14 @@ func BenchmarkSync10k(b *testing.B) {
 		}
 		waitEvent(b, ctx, feed, EventMessage)
 		bob.Close()
+		t0 := time.Now()
 		for i := range N {
 			if _, err := alice.Send(ctx, "bob", fmt.Sprintf("message %05d", i)); err != nil {
 				b.Fatal(err)
 			}
 		}
-		t0 := time.Now()
+		b.Logf("%d messages sent in %s", N, time.Since(t0))
+		t0 = time.Now()
 		waitStoredCount(b, ctx, alice, N) // the first message may still wait for its receipt
 		b.Logf("%d messages stored at the mailbox in %s", N, time.Since(t0))
 

@@ -237,6 +237,19 @@ func (tx *Tx) PendingCount() (int, error) {
 // contact, so that a contact's messages always leave in the order they
 // were written.
 func (tx *Tx) OutboxFor(contact [32]byte, limit int) ([]OutboxEntry, error) {
+	return tx.outboxWhere(contact, limit, nil)
+}
+
+// UndepositedFor is OutboxFor restricted to sealed entries that no mailbox
+// holds yet (Mailboxes is 0) and that were created at or before
+// createdBy: the next deposits to make, in the order they were written.
+func (tx *Tx) UndepositedFor(contact [32]byte, createdBy time.Time, limit int) ([]OutboxEntry, error) {
+	return tx.outboxWhere(contact, limit, func(e *OutboxEntry) bool {
+		return len(e.Envelope) > 0 && e.Mailboxes == 0 && !e.Created.After(createdBy)
+	})
+}
+
+func (tx *Tx) outboxWhere(contact [32]byte, limit int, keep func(*OutboxEntry) bool) ([]OutboxEntry, error) {
 	if limit <= 0 {
 		limit = DefaultDueLimit
 	}
@@ -256,7 +269,9 @@ func (tx *Tx) OutboxFor(contact [32]byte, limit int) ([]OutboxEntry, error) {
 		if err != nil {
 			return err
 		}
-		out = append(out, e)
+		if keep == nil || keep(&e) {
+			out = append(out, e)
+		}
 		return nil
 	})
 	if err != nil {

@@ -285,3 +285,37 @@ func TestOutboxFor(t *testing.T) {
 		return nil
 	})
 }
+
+func TestUndepositedFor(t *testing.T) {
+	db, _ := openTest(t)
+	t0 := time.Unix(1000, 0)
+	for _, e := range []OutboxEntry{
+		{MsgID: msgID(1), Contact: acct(1), Kind: OutboxMessage, Created: t0.Add(1), NextAttempt: t0},                                    // unsealed
+		{MsgID: msgID(2), Contact: acct(1), Kind: OutboxMessage, Envelope: []byte{2}, Created: t0.Add(2), NextAttempt: t0, Mailboxes: 3}, // deposited
+		{MsgID: msgID(3), Contact: acct(1), Kind: OutboxMessage, Envelope: []byte{3}, Created: t0.Add(4), NextAttempt: t0},
+		{MsgID: msgID(4), Contact: acct(1), Kind: OutboxReceipt, Envelope: []byte{4}, Created: t0.Add(3), NextAttempt: t0},
+		{MsgID: msgID(5), Contact: acct(2), Kind: OutboxMessage, Envelope: []byte{5}, Created: t0.Add(1), NextAttempt: t0}, // other contact
+		{MsgID: msgID(6), Contact: acct(1), Kind: OutboxMessage, Envelope: []byte{6}, Created: t0.Add(9), NextAttempt: t0}, // too new
+	} {
+		if err := db.Update(func(tx *Tx) error { return tx.PutOutbox(e) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustView(t, db, func(tx *Tx) error {
+		got, err := tx.UndepositedFor(acct(1), t0.Add(5), 0)
+		if err != nil {
+			return err
+		}
+		var ids []byte
+		for _, e := range got {
+			ids = append(ids, e.MsgID[15])
+		}
+		if want := []byte{msgID(4)[15], msgID(3)[15]}; !bytes.Equal(ids, want) {
+			t.Errorf("UndepositedFor = %v, want %v", ids, want)
+		}
+		if got, _ := tx.UndepositedFor(acct(1), t0.Add(5), 1); len(got) != 1 || got[0].MsgID != msgID(4) {
+			t.Errorf("limit 1 gave %+v", got)
+		}
+		return nil
+	})
+}
