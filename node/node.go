@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -148,6 +149,10 @@ type Node struct {
 	ks    *keys.Keystore
 
 	events *feed
+
+	// sending counts Send calls writing right now: a lone one commits
+	// at once, concurrent ones share a batched commit.
+	sending atomic.Int32
 
 	mu      sync.Mutex
 	host    *Host

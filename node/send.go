@@ -101,8 +101,15 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 		return store.Message{}, err
 	}
 	var stored store.Message
-	// Batch: concurrent sends share one commit (and one fsync).
-	err = n.db.Batch(func(tx *store.Tx) error {
+	// Concurrent sends share one commit (and one fsync) through Batch; a
+	// send with no other in flight commits at once rather than waiting
+	// for company.
+	commit := n.db.Batch
+	if n.sending.Add(1) == 1 {
+		commit = n.db.Update
+	}
+	defer n.sending.Add(-1)
+	err = commit(func(tx *store.Tx) error {
 		c, err := contactByName(tx, name)
 		if err != nil {
 			return err
