@@ -231,7 +231,7 @@ func (n *Node) moveOutbox(tx *store.Tx, oldAcct, newAcct [32]byte, requeue bool)
 			if _, _, err := tx.SetMessageState(e.MsgID, store.StateFailed); err != nil {
 				return err
 			}
-			id, err := newMessageID(n.cfg.Rand)
+			id, err := newMessageID(n.cfg.Rand, now)
 			if err != nil {
 				return err
 			}

@@ -22,11 +22,11 @@ func sealFor(t *testing.T, n *Node, acct [32]byte, texts ...string) [][]byte {
 			return fmt.Errorf("no session: %v", err)
 		}
 		for _, text := range texts {
-			id, err := newMessageID(n.cfg.Rand)
+			now := n.now()
+			id, err := newMessageID(n.cfg.Rand, now)
 			if err != nil {
 				return err
 			}
-			now := n.now()
 			m, err := tx.AppendMessage(store.Message{
 				ID: id, Contact: acct, Direction: store.Outgoing, Type: 1, Body: []byte(text),
 				SentAt: now, ReceivedAt: now,

@@ -302,7 +302,7 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *ingestBatch, now time.Time) (bool,
 			k := min(len(ids), maxReceiptIDs*protocol.MessageIDSize)
 			body := ids[:k]
 			ids = ids[k:]
-			rid, err := newMessageID(n.cfg.Rand)
+			rid, err := newMessageID(n.cfg.Rand, now)
 			if err != nil {
 				return false, err
 			}
