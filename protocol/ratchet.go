@@ -220,6 +220,17 @@ func (r *Ratchet) Clone() *Ratchet {
 	return &c
 }
 
+// draft returns a copy of r to try an operation on, to be committed by
+// replacing r with it or dropped. Unlike Clone it shares r's scratch
+// space (the key schedule, which holds no state across calls but a cache
+// checked against its key), so r and the draft must not be used at the
+// same time.
+func (r *Ratchet) draft() *Ratchet {
+	c := r.Clone()
+	c.kdf = r.keySchedule()
+	return c
+}
+
 // CanSend reports whether Encrypt can produce a message: false only for a
 // responder that has not received anything yet.
 func (r *Ratchet) CanSend() bool { return r.hasCKs || r.hasDHr }

@@ -526,7 +526,7 @@ func (s *Session) Seal(rand io.Reader, now time.Time, m Message, ttl time.Durati
 	} else {
 		env.Tag = s.SendTag(epoch)
 	}
-	r := s.ratchet.Clone()
+	r := s.ratchet.draft()
 	msg, secret, err := r.Encrypt(rand, padded, messageAD(s.ad, env))
 	clear(padded)
 	if err != nil {
@@ -591,7 +591,7 @@ func (s *Session) Open(now time.Time, env *Envelope) (Message, Opened, error) {
 // hash, and only then commits the ratchet.
 func (s *Session) openRatchet(env *Envelope, msg []byte) (Message, [DeleteTokenSize]byte, error) {
 	var tok [DeleteTokenSize]byte
-	r := s.ratchet.Clone()
+	r := s.ratchet.draft()
 	padded, secret, err := r.Decrypt(msg, messageAD(s.ad, env))
 	if err != nil {
 		return Message{}, tok, fmt.Errorf("protocol: decrypting message: %w", err)
