@@ -486,7 +486,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			if e.Kind != store.OutboxMessage {
 				continue
 			}
-			if m, err := tx.GetMessage(e.MsgID); err == nil && m.State == store.StateSent {
+			if st, err := tx.MessageState(e.MsgID); err == nil && st == store.StateSent {
 				acked[e.MsgID] = true
 			}
 		}
@@ -671,11 +671,11 @@ func pendingFor(tx *store.Tx, acct [32]byte, now time.Time) ([]store.OutboxEntry
 			continue
 		}
 		if e.Kind == store.OutboxMessage && e.NextAttempt.After(now) {
-			m, err := tx.GetMessage(e.MsgID)
+			st, err := tx.MessageState(e.MsgID)
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
 				return nil, err
 			}
-			if err == nil && (m.State == store.StateSent || m.State == store.StateDelivered) {
+			if err == nil && (st == store.StateSent || st == store.StateDelivered) {
 				continue // acked; it waits for its receipt
 			}
 		}

@@ -510,8 +510,8 @@ func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 			}
 			for _, e := range es {
 				if e.Kind == store.OutboxMessage {
-					m, err := tx.GetMessage(e.MsgID)
-					if err == nil && (m.State == store.StateSent || m.State == store.StateDelivered) {
+					st, err := tx.MessageState(e.MsgID)
+					if err == nil && (st == store.StateSent || st == store.StateDelivered) {
 						continue // acked directly: no mailbox needed
 					}
 				}

@@ -182,6 +182,19 @@ func (d *decoder) bytes(max int) []byte {
 	return p
 }
 
+// skipBytes passes over a length-prefixed field without copying it.
+func (d *decoder) skipBytes(max int) {
+	n := d.int(max)
+	if d.err != nil {
+		return
+	}
+	if len(d.b) < n {
+		d.fail("truncated")
+		return
+	}
+	d.b = d.b[n:]
+}
+
 func (d *decoder) str(max int) string { return string(d.bytes(max)) }
 
 func (d *decoder) time() time.Time { return nanosToTime(d.varint()) }

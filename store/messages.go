@@ -308,6 +308,35 @@ func (tx *Tx) GetMessage(id [16]byte) (Message, error) {
 	return unmarshalMessage(v)
 }
 
+// MessageState returns the state of the message with the given ID without
+// decoding the rest of it, or an error wrapping ErrNotFound.
+func (tx *Tx) MessageState(id [16]byte) (MessageState, error) {
+	msgs, err := tx.bucket(bucketMessages)
+	if err != nil {
+		return 0, err
+	}
+	v := msgs.Get(id[:])
+	if v == nil {
+		return 0, fmt.Errorf("%w: message %x", ErrNotFound, id)
+	}
+	d := newDecoder("message", v)
+	var ids [16 + 32]byte
+	d.fixed(ids[:])
+	d.u8()
+	d.u8()
+	d.skipBytes(MaxBodySize)
+	d.time()
+	d.time()
+	st := MessageState(d.u8())
+	if d.err != nil {
+		return 0, d.err
+	}
+	if st < StateQueued || st > StateReceived {
+		return 0, fmt.Errorf("%w: message: bad state %d", ErrCorrupt, st)
+	}
+	return st, nil
+}
+
 // StateOption adds detail to a state change.
 type StateOption func(*Message)
 

@@ -506,3 +506,31 @@ func TestEnumStrings(t *testing.T) {
 		}
 	}
 }
+
+func TestMessageState(t *testing.T) {
+	db, _ := openTest(t)
+	addContacts(t, db, 1)
+	mustUpdate(t, db, func(tx *Tx) error {
+		if _, err := tx.AppendMessage(Message{ID: msgID(1), Contact: acct(1), Direction: Outgoing, Body: make([]byte, 300)}); err != nil {
+			return err
+		}
+		if _, err := tx.AppendMessage(Message{ID: msgID(2), Contact: acct(1), Direction: Incoming, Body: []byte("x")}); err != nil {
+			return err
+		}
+		_, _, err := tx.SetMessageState(msgID(1), StateStored, WithStoredAt(2))
+		return err
+	})
+	mustView(t, db, func(tx *Tx) error {
+		for id, want := range map[[16]byte]MessageState{msgID(1): StateStored, msgID(2): StateReceived} {
+			st, err := tx.MessageState(id)
+			m, _ := tx.GetMessage(id)
+			if err != nil || st != want || st != m.State {
+				t.Errorf("MessageState(%x) = %v, %v; want %v", id, st, err, want)
+			}
+		}
+		if _, err := tx.MessageState(msgID(9)); !errors.Is(err, ErrNotFound) {
+			t.Errorf("missing message: %v", err)
+		}
+		return nil
+	})
+}

@@ -103,6 +103,19 @@ func unmarshalOutbox(b []byte) (OutboxEntry, error) {
 
 func dueKey(next time.Time, id [16]byte) []byte { return concat(timeKey(next), id[:]) }
 
+// outboxNextAttempt reads only the NextAttempt of an encoded entry (what
+// its due index key needs), without copying the envelope.
+func outboxNextAttempt(b []byte) (time.Time, error) {
+	d := newDecoder("outbox entry", b)
+	var ids [16 + 32]byte
+	d.fixed(ids[:])
+	d.skipBytes(MaxEnvelopeSize)
+	d.u8()
+	d.time()
+	next := d.time()
+	return next, d.err
+}
+
 // PutOutbox stores an outbox entry, replacing any entry with the same
 // MsgID (use it to record an attempt and reschedule).
 func (tx *Tx) PutOutbox(e OutboxEntry) error {
@@ -119,11 +132,11 @@ func (tx *Tx) PutOutbox(e OutboxEntry) error {
 		return err
 	}
 	if old := ob.Get(e.MsgID[:]); old != nil {
-		prev, err := unmarshalOutbox(old)
+		prev, err := outboxNextAttempt(old)
 		if err != nil {
 			return err
 		}
-		if err := due.Delete(dueKey(prev.NextAttempt, prev.MsgID)); err != nil {
+		if err := due.Delete(dueKey(prev, e.MsgID)); err != nil {
 			return err
 		}
 	}
@@ -162,11 +175,11 @@ func (tx *Tx) DeleteOutbox(id [16]byte) (bool, error) {
 	if old == nil {
 		return false, nil
 	}
-	prev, err := unmarshalOutbox(old)
+	prev, err := outboxNextAttempt(old)
 	if err != nil {
 		return false, err
 	}
-	if err := due.Delete(dueKey(prev.NextAttempt, id)); err != nil {
+	if err := due.Delete(dueKey(prev, id)); err != nil {
 		return false, err
 	}
 	return true, ob.Delete(id[:])
