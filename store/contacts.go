@@ -227,6 +227,19 @@ func (tx *Tx) GetContact(account [32]byte) (Contact, error) {
 	return unmarshalContact(v)
 }
 
+// hasContact returns nil if account is a contact, else an error wrapping
+// ErrUnknownContact, without decoding the contact.
+func (tx *Tx) hasContact(account [32]byte) error {
+	contacts, err := tx.bucket(bucketContacts)
+	if err != nil {
+		return err
+	}
+	if contacts.Get(account[:]) == nil {
+		return unknownContact(account)
+	}
+	return nil
+}
+
 // ContactByName returns the contact with the given name (case-insensitive),
 // or an error wrapping ErrUnknownContact.
 func (tx *Tx) ContactByName(name string) (Contact, error) {

@@ -199,13 +199,14 @@ func (tx *Tx) admitMessage(m Message) (Message, error) {
 	if err != nil {
 		return Message{}, err
 	}
-	if _, err := tx.GetContact(m.Contact); err != nil {
+	if err := tx.hasContact(m.Contact); err != nil {
 		return Message{}, err
 	}
 	switch m.Direction {
 	case Incoming:
 		m.State = StateReceived
-		already, err := tx.Seen(m.Contact, m.ID)
+		// Marked seen here, in the transaction that stores the message.
+		already, err := tx.MarkSeen(m.Contact, m.ID)
 		if err != nil {
 			return Message{}, err
 		}
@@ -225,11 +226,7 @@ func (tx *Tx) admitMessage(m Message) (Message, error) {
 	if msgs.Get(m.ID[:]) != nil {
 		return Message{}, fmt.Errorf("%w: message ID %x is already stored", ErrDuplicate, m.ID)
 	}
-	if m.Direction == Incoming {
-		if _, err := tx.MarkSeen(m.Contact, m.ID); err != nil {
-			return Message{}, err
-		}
-	} else if m.PeerSeq == 0 {
+	if m.Direction == Outgoing && m.PeerSeq == 0 {
 		if m.PeerSeq, err = tx.nextOutSeq(m.Contact); err != nil {
 			return Message{}, err
 		}
