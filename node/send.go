@@ -34,8 +34,11 @@ const (
 	maxReceiptWait = 10 * time.Minute
 	// deliverTimeout bounds one delivery attempt to one contact.
 	deliverTimeout = 30 * time.Second
-	// maxOutboxWait is the longest the outbox sleeps without looking.
+	// maxOutboxWait is the longest the outbox sleeps without looking;
+	// minOutboxWait the shortest, so that entries that are due but cannot
+	// progress (their contact's delivery is running) do not spin it.
 	maxOutboxWait = time.Minute
+	minOutboxWait = 50 * time.Millisecond
 )
 
 // newMessageID makes a 16-byte message ID: the time in Unix nanoseconds
@@ -314,7 +317,7 @@ func (n *Node) outboxLoop() {
 			return err
 		})
 		if ok {
-			wait = min(max(time.Until(next), 50*time.Millisecond), maxOutboxWait)
+			wait = min(max(time.Until(next), minOutboxWait), maxOutboxWait)
 		}
 		if !timer.Stop() {
 			select {
@@ -621,7 +624,17 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 				select {
 				case <-t.C:
 				case <-sent:
-					return // the next attempt deposits what is still undelivered
+					// The direct attempt is over. What is still undelivered
+					// is deposited by the next attempt, unless the deposit
+					// is due sooner than the outbox would look again.
+					if time.Until(at) > minOutboxWait {
+						return
+					}
+					select {
+					case <-t.C:
+					case <-ctx.Done():
+						return
+					}
 				case <-ctx.Done():
 					return
 				}
