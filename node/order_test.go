@@ -227,3 +227,16 @@ func TestRetransmissionIsReceiptedAgain(t *testing.T) {
 		t.Fatalf("bob shows %d messages, want 2", len(in))
 	}
 }
+
+func TestReceiptRetry(t *testing.T) {
+	for _, tc := range []struct{ age, want time.Duration }{
+		{0, receiptWait},
+		{10 * time.Second, receiptWait},
+		{5 * time.Minute, 5 * time.Minute},
+		{time.Hour, maxReceiptWait},
+	} {
+		if got := receiptRetry(tc.age); got != tc.want {
+			t.Errorf("receiptRetry(%v) = %v, want %v", tc.age, got, tc.want)
+		}
+	}
+}

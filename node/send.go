@@ -26,10 +26,11 @@ const (
 	// an envelope that could not be delivered.
 	minRetry = time.Second
 	maxRetry = 5 * time.Minute
-	// receiptWait is how long after a first direct ack the outbox waits
-	// for the end-to-end receipt before sending the envelope again (the
-	// recipient treats the copy as a duplicate and receipts it again); it
-	// doubles with each attempt up to maxReceiptWait.
+	// receiptWait is how long after a direct ack the outbox waits for the
+	// end-to-end receipt before sending the envelope again (the recipient
+	// treats the copy as a duplicate and receipts it again): as long as
+	// the message is old, at least receiptWait and at most maxReceiptWait,
+	// so the waits roughly double.
 	receiptWait    = 30 * time.Second
 	maxReceiptWait = 10 * time.Minute
 	// deliverTimeout bounds one delivery attempt to one contact.
@@ -450,10 +451,11 @@ func (n *Node) depositFor(acct [32]byte) {
 }
 
 // backoff is the wait before attempt number attempts+1, with jitter.
-// receiptRetry is how long to wait for a receipt after the attempts-th
-// direct ack of a message.
-func receiptRetry(attempts int) time.Duration {
-	return min(receiptWait<<min(max(attempts-1, 0), 8), maxReceiptWait)
+// receiptRetry is how long to wait for a receipt after a direct ack of a
+// message created age ago. (Not by attempts: those count the failed
+// attempts while the recipient was away too.)
+func receiptRetry(age time.Duration) time.Duration {
+	return min(max(age, receiptWait), maxReceiptWait)
 }
 
 func backoff(attempts int) time.Duration {
@@ -760,7 +762,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					continue
 				}
 				e.Attempts = min(e.Attempts+1, 1000)
-				e.NextAttempt = now.Add(receiptRetry(e.Attempts))
+				e.NextAttempt = now.Add(receiptRetry(now.Sub(e.Created)))
 				if err := tx.PutOutbox(e); err != nil && !errors.Is(err, store.ErrNotFound) {
 					return err
 				}
