@@ -468,7 +468,9 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 				}
 				return n.apply(tx, r, rc, msg, now)
 			}
-			if firstErr == nil {
+			// A duplicate on either session is a duplicate: it is
+			// receipted again rather than rejected.
+			if firstErr == nil || errors.Is(err, protocol.ErrDuplicate) {
 				firstErr = err
 			}
 		}
