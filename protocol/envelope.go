@@ -214,10 +214,10 @@ func DeleteToken(secret [32]byte) [DeleteTokenSize]byte {
 // HashDeleteToken returns the delete hash an envelope carries for tok:
 // SHA-256("sotto/v1/delete" || tok).
 func HashDeleteToken(tok [DeleteTokenSize]byte) [DeleteHashSize]byte {
-	h := sha256.New()
-	h.Write([]byte(labelDeleteHash))
-	h.Write(tok[:])
-	return [DeleteHashSize]byte(h.Sum(nil))
+	var in [len(labelDeleteHash) + DeleteTokenSize]byte
+	copy(in[:], labelDeleteHash)
+	copy(in[len(labelDeleteHash):], tok[:])
+	return sha256.Sum256(in[:])
 }
 
 // CheckDeleteToken reports, in constant time, whether tok is the delete

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -303,5 +304,25 @@ func BenchmarkEnvelopeMarshal(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = e.Marshal()
+	}
+}
+
+// TestDeleteTokenInKeySchedule: the ratchet's allocation-free derivation
+// of the delete token equals DeleteToken (HKDF-SHA256 from the standard
+// library), and the delete hash equals SHA-256 over label and token.
+func TestDeleteTokenInKeySchedule(t *testing.T) {
+	k := newKDF()
+	for i := range 64 {
+		var secret [32]byte
+		for j := range secret {
+			secret[j] = byte(i*31 + j*7)
+		}
+		if got, want := k.deleteToken(&secret), DeleteToken(secret); got != want {
+			t.Fatalf("secret %x: key schedule gives %x, DeleteToken %x", secret, got, want)
+		}
+		tok := DeleteToken(secret)
+		if got, want := HashDeleteToken(tok), sha256.Sum256(append([]byte("sotto/v1/delete"), tok[:]...)); got != want {
+			t.Fatalf("HashDeleteToken(%x) = %x, want %x", tok, got, want)
+		}
 	}
 }

@@ -64,6 +64,7 @@ var (
 	hkdfBlock1        = []byte{1}
 	hkdfBlock2        = []byte{2}
 	messageKeyInfo    = []byte(labelRatchetMessageKey)
+	deleteTokenInfo   = []byte(labelDeleteToken)
 	messageSecretInfo = []byte(labelRatchetMessageSecret)
 	hkdfZeroSaltState = newZeroSaltState()
 )
@@ -192,6 +193,19 @@ func (k *kdf) chain(ck *[ratchetKeySize]byte) (mk, next [ratchetKeySize]byte) {
 	clear(k.ck.inner)
 	clear(k.ck.outer)
 	return mk, next
+}
+
+// deleteToken is DeleteToken computed with the key schedule's precomputed
+// zero-salt state and scratch space: HKDF-Extract (no salt) of the
+// per-message secret, then T(1) of HKDF-Expand with the delete-token
+// label, which is all 32 bytes of the token.
+func (k *kdf) deleteToken(secret *[ratchetKeySize]byte) [DeleteTokenSize]byte {
+	prk := k.mac(&hkdfZeroSaltState, secret[:], nil, nil)
+	k.load(&prk, &k.prk)
+	clear(prk[:])
+	tok := k.mac(&k.prk, deleteTokenInfo, hkdfBlock1, nil)
+	k.wipe()
+	return tok
 }
 
 // messageKeys expands a message key into the body AEAD key and nonce and

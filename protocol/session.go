@@ -539,7 +539,7 @@ func (s *Session) Seal(rand io.Reader, now time.Time, m Message, ttl time.Durati
 		payload = append(payload, kindMessage)
 	}
 	env.Ciphertext = append(payload, msg...)
-	tok := DeleteToken(secret)
+	tok := r.keySchedule().deleteToken(&secret)
 	clear(secret[:])
 	env.DeleteHash = HashDeleteToken(tok)
 	if err := env.ValidateStructure(); err != nil {
@@ -597,7 +597,7 @@ func (s *Session) openRatchet(env *Envelope, msg []byte) (Message, [DeleteTokenS
 		return Message{}, tok, fmt.Errorf("protocol: decrypting message: %w", err)
 	}
 	defer clear(padded)
-	tok = DeleteToken(secret)
+	tok = r.keySchedule().deleteToken(&secret)
 	clear(secret[:])
 	if !env.CheckDeleteToken(tok) {
 		return Message{}, [DeleteTokenSize]byte{}, ErrDeleteHash
