@@ -231,6 +231,15 @@ func (r *Ratchet) draft() *Ratchet {
 	return c
 }
 
+// sendDraft is draft for Encrypt, which sets only scalar fields (the
+// sending chain) and never touches the receiving chains' lists: the copy
+// shares those lists with r instead of copying them.
+func (r *Ratchet) sendDraft() *Ratchet {
+	c := *r
+	c.kdf = r.keySchedule()
+	return &c
+}
+
 // CanSend reports whether Encrypt can produce a message: false only for a
 // responder that has not received anything yet.
 func (r *Ratchet) CanSend() bool { return r.hasCKs || r.hasDHr }

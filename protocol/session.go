@@ -526,7 +526,7 @@ func (s *Session) Seal(rand io.Reader, now time.Time, m Message, ttl time.Durati
 	} else {
 		env.Tag = s.SendTag(epoch)
 	}
-	r := s.ratchet.draft()
+	r := s.ratchet.sendDraft()
 	msg, secret, err := r.Encrypt(rand, padded, messageAD(s.ad, env))
 	clear(padded)
 	if err != nil {
