@@ -450,7 +450,6 @@ func (n *Node) depositFor(acct [32]byte) {
 	n.depositDue(ctx, acct, n.now())
 }
 
-// backoff is the wait before attempt number attempts+1, with jitter.
 // receiptRetry is how long to wait for a receipt after a direct ack of a
 // message created age ago. (Not by attempts: those count the failed
 // attempts while the recipient was away too.)
@@ -458,6 +457,7 @@ func receiptRetry(age time.Duration) time.Duration {
 	return min(max(age, receiptWait), maxReceiptWait)
 }
 
+// backoff is the wait before attempt number attempts+1, with jitter.
 func backoff(attempts int) time.Duration {
 	d := minRetry << min(attempts, 16)
 	if d > maxRetry || d <= 0 {
@@ -478,24 +478,15 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	var c store.Contact
 	var expired []store.OutboxEntry
 	var live []store.OutboxEntry
-	acked := map[[16]byte]bool{} // directly acked, waiting for the receipt
 	err := n.db.View(func(tx *store.Tx) error {
 		var err error
 		if c, err = tx.GetContact(acct); err != nil {
 			return err
 		}
-		if entries, err = pendingFor(tx, acct, now); err != nil {
-			return err
-		}
-		for _, e := range entries {
-			if e.Kind != store.OutboxMessage {
-				continue
-			}
-			if st, err := tx.MessageState(e.MsgID); err == nil && st == store.StateSent {
-				acked[e.MsgID] = true
-			}
-		}
-		return nil
+		// Not what was acked directly and still waits for its receipt;
+		// what waited for it too long is sent again.
+		entries, err = pendingFor(tx, acct, now)
+		return err
 	})
 	if errors.Is(err, store.ErrUnknownContact) || errors.Is(err, store.ErrNotFound) {
 		// The contact was deleted: what waited for it fails, visibly.
@@ -599,14 +590,6 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	n.addAddrs(pid, c.Addrs)
 	// What has waited long enough goes to mailboxes too; direct delivery
 	// keeps being tried, and the recipient drops whichever copy is second.
-	// Directly: what has not been acked yet, and what was acked long ago
-	// without a receipt coming back.
-	var send []store.OutboxEntry
-	for _, e := range live {
-		if !acked[e.MsgID] || !e.NextAttempt.After(now) {
-			send = append(send, e)
-		}
-	}
 	// Meanwhile, what waits longer than MailboxAfter goes to mailboxes too
 	// (a dial to a device that is gone can take seconds to fail).
 	sent := make(chan struct{})
@@ -644,17 +627,13 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			n.depositDue(ctx, acct, n.now())
 		}
 	}()
-	if len(send) > 0 {
-		envs := make([][]byte, len(send))
-		for i := range send {
-			envs[i] = send[i].Envelope
-		}
-		errs := h.Sender().SendBatch(ctx, pid, envs)
-		close(sent)
-		n.recordResults(acct, send, errs)
-	} else {
-		close(sent)
+	envs := make([][]byte, len(live))
+	for i := range live {
+		envs[i] = live[i].Envelope
 	}
+	errs := h.Sender().SendBatch(ctx, pid, envs)
+	close(sent)
+	n.recordResults(acct, live, errs)
 	<-deposited
 }
 
