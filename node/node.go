@@ -550,3 +550,25 @@ func (n *Node) kickOutbox() {
 	default:
 	}
 }
+
+// kickLoop runs step at once, then on every kick and whenever the delay
+// step last asked for has passed (false: only on a kick), until the node
+// closes. It is the body of a goroutine counted in n.wg.
+func (n *Node) kickLoop(kick <-chan struct{}, step func() (time.Duration, bool)) {
+	defer n.wg.Done()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-kick:
+		case <-timer.C:
+		}
+		if d, ok := step(); ok {
+			timer.Reset(d)
+		} else {
+			timer.Stop()
+		}
+	}
+}

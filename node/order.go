@@ -19,27 +19,10 @@ const DefaultReorderWait = 30 * time.Second
 // ingest committer kicks it when it holds a message; it also runs once at
 // start for messages held before a restart.
 func (n *Node) releaseLoop() {
-	defer n.wg.Done()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		select {
-		case <-n.ctx.Done():
-			return
-		case <-n.releaseKick:
-		case <-timer.C:
-		}
+	n.kickLoop(n.releaseKick, func() (time.Duration, bool) {
 		next, ok := n.releaseHeld()
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
-		if ok {
-			timer.Reset(max(next, time.Millisecond))
-		}
-	}
+		return max(next, time.Millisecond), ok
+	})
 }
 
 // releaseHeld shows what has waited long enough and reports how long until

@@ -298,18 +298,8 @@ func (o *outboxState) takeUp() map[peer.ID]bool {
 // outboxLoop delivers what the outbox holds: on a kick, when the next
 // entry falls due, and at least every maxOutboxWait.
 func (n *Node) outboxLoop() {
-	defer n.wg.Done()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		select {
-		case <-n.ctx.Done():
-			return
-		case <-n.kick:
-		case <-timer.C:
-		}
+	n.kickLoop(n.kick, func() (time.Duration, bool) {
 		n.outboxPass()
-		wait := maxOutboxWait
 		var next time.Time
 		var ok bool
 		n.db.View(func(tx *store.Tx) error {
@@ -317,17 +307,11 @@ func (n *Node) outboxLoop() {
 			next, ok, err = tx.NextOutboxAttempt()
 			return err
 		})
-		if ok {
-			wait = min(max(time.Until(next), minOutboxWait), maxOutboxWait)
+		if !ok {
+			return maxOutboxWait, true
 		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
-		timer.Reset(wait)
-	}
+		return min(max(time.Until(next), minOutboxWait), maxOutboxWait), true
+	})
 }
 
 // outboxPass starts a delivery for every contact with due entries (or
