@@ -26,24 +26,6 @@ const crashMessages = 300
 // crashBody is the body of the i-th message of a crash test.
 func crashBody(i int) string { return fmt.Sprintf("crash test %03d", i) }
 
-// allMessages lists every message of the conversation with name.
-func allMessages(t *testing.T, n *Node, name string) []store.Message {
-	t.Helper()
-	var out []store.Message
-	var after uint64
-	for {
-		page, err := n.Messages(name, after, 1000)
-		if err != nil {
-			t.Fatalf("Messages: %v", err)
-		}
-		out = append(out, page...)
-		if len(page) < 1000 {
-			return out
-		}
-		after = page[len(page)-1].Seq
-	}
-}
-
 // sendCrashMessages sends crashMessages messages from n to name as fast as
 // Send returns, in a goroutine; the channel yields the first error or nil.
 func sendCrashMessages(ctx context.Context, n *Node, name string) <-chan error {

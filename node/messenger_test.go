@@ -98,26 +98,41 @@ func waitMessages(t *testing.T, ctx context.Context, n *Node, name string, want 
 	t.Helper()
 	var got []store.Message
 	waitFor(t, ctx, func() bool {
-		got = got[:0]
-		var after uint64
-		for {
-			page, err := n.Messages(name, after, 1000)
-			if err != nil {
-				t.Fatalf("Messages: %v", err)
-			}
-			for _, m := range page {
-				if ok(m) {
-					got = append(got, m)
-				}
-			}
-			if len(page) < 1000 {
-				break
-			}
-			after = page[len(page)-1].Seq
-		}
+		got = messagesWhere(t, n, name, ok)
 		return len(got) >= want
 	})
 	return got
+}
+
+// allMessages lists every message of the conversation with name (of all
+// conversations when name is empty), page after page.
+func allMessages(t testing.TB, n *Node, name string) []store.Message {
+	t.Helper()
+	var out []store.Message
+	var after uint64
+	for {
+		page, err := n.Messages(name, after, 1000)
+		if err != nil {
+			t.Fatalf("Messages: %v", err)
+		}
+		out = append(out, page...)
+		if len(page) < 1000 {
+			return out
+		}
+		after = page[len(page)-1].Seq
+	}
+}
+
+// messagesWhere is allMessages restricted to the messages ok accepts.
+func messagesWhere(t testing.TB, n *Node, name string, ok func(store.Message) bool) []store.Message {
+	t.Helper()
+	var out []store.Message
+	for _, m := range allMessages(t, n, name) {
+		if ok(m) {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func incoming(m store.Message) bool { return m.Direction == store.Incoming }

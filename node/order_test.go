@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -53,18 +54,10 @@ func sealFor(t *testing.T, n *Node, acct [32]byte, texts ...string) [][]byte {
 // reorder wait ends (also across a restart); a late message is shown when
 // it comes.
 func TestReceiverKeepsSenderOrder(t *testing.T) {
-	tn := newTestNet(t)
-	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
 	const wait = 300 * time.Millisecond
 	withWait := func(c *Config) { c.ReorderWait = wait }
-	alice := tn.start(aliceDir)
-	bob := tn.start(bobDir, withWait)
-	befriend(t, alice, "alice", bob, "bob")
 	ctx := testContext(t, 60*time.Second)
-	if _, err := alice.Send(ctx, "bob", "m1"); err != nil {
-		t.Fatal(err)
-	}
-	waitMessages(t, ctx, alice, "bob", 1, delivered)
+	tn, _, bobDir, alice, bob := sessionPair(t, ctx, withWait)
 	envs := sealFor(t, alice, bob.ident.Account, "m2", "m3", "m4", "m5", "m6", "m7", "m8")
 	from := alice.Host().ID()
 
@@ -154,6 +147,23 @@ func TestReceiverKeepsSenderOrder(t *testing.T) {
 	}
 }
 
+// sessionPair starts Alice and Bob (Bob's config changed by bobMods),
+// befriended, and waits until Alice's first message "m1" is delivered, so
+// that both hold the session.
+func sessionPair(t *testing.T, ctx context.Context, bobMods ...func(*Config)) (tn *testNet, aliceDir, bobDir string, alice, bob *Node) {
+	t.Helper()
+	tn = newTestNet(t)
+	aliceDir, bobDir = tn.initNode("alice"), tn.initNode("bob")
+	alice = tn.start(aliceDir)
+	bob = tn.start(bobDir, bobMods...)
+	befriend(t, alice, "alice", bob, "bob")
+	if _, err := alice.Send(ctx, "bob", "m1"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, alice, "bob", 1, delivered)
+	return tn, aliceDir, bobDir, alice, bob
+}
+
 // receiptsFor counts the receipts n has queued for acct.
 func receiptsFor(t *testing.T, n *Node, acct [32]byte) int {
 	t.Helper()
@@ -177,16 +187,8 @@ func receiptsFor(t *testing.T, n *Node, acct [32]byte) int {
 // sender's retransmission of the same envelope, straight from its device,
 // gets a fresh receipt; copies from elsewhere do not.
 func TestRetransmissionIsReceiptedAgain(t *testing.T) {
-	tn := newTestNet(t)
-	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
-	alice := tn.start(aliceDir)
-	bob := tn.start(bobDir)
-	befriend(t, alice, "alice", bob, "bob")
 	ctx := testContext(t, 60*time.Second)
-	if _, err := alice.Send(ctx, "bob", "m1"); err != nil {
-		t.Fatal(err)
-	}
-	waitMessages(t, ctx, alice, "bob", 1, delivered)
+	tn, aliceDir, _, alice, bob := sessionPair(t, ctx)
 	env := sealFor(t, alice, bob.ident.Account, "m2")[0]
 	from := alice.Host().ID()
 	aliceAcct := alice.ident.Account

@@ -409,23 +409,7 @@ func TestSimulation100(t *testing.T) {
 	// Every message arrives, exactly once, in order; every sender sees
 	// each one delivered.
 	msgs := func(n *Node, name string, ok func(store.Message) bool) []store.Message {
-		var out []store.Message
-		var after uint64
-		for {
-			page, err := n.Messages(name, after, 1000)
-			if err != nil {
-				t.Fatalf("Messages: %v", err)
-			}
-			for _, m := range page {
-				if ok(m) {
-					out = append(out, m)
-				}
-			}
-			if len(page) < 1000 {
-				return out
-			}
-			after = page[len(page)-1].Seq
-		}
+		return messagesWhere(t, n, name, ok)
 	}
 	arrived := func(c *conversation) bool { return len(msgs(c.to.node(), c.from.name, incoming)) >= len(c.bodies) }
 	acked := func(c *conversation) bool { return len(msgs(c.from.node(), c.to.name, delivered)) >= len(c.bodies) }

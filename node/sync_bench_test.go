@@ -103,23 +103,7 @@ func BenchmarkSync10k(b *testing.B) {
 // stored or delivered number at least want.
 func waitStoredCount(b *testing.B, ctx context.Context, n *Node, want int) {
 	for {
-		count := 0
-		var after uint64
-		for {
-			page, err := n.Messages("bob", after, 1000)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for _, m := range page {
-				if stored(m) {
-					count++
-				}
-			}
-			if len(page) < 1000 {
-				break
-			}
-			after = page[len(page)-1].Seq
-		}
+		count := len(messagesWhere(b, n, "bob", stored))
 		if count >= want {
 			return
 		}
