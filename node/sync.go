@@ -531,7 +531,7 @@ func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 }
 
 // depositBatch deposits entries in order and records the outcome; it
-// stops at the first failed deposit. It returns how many were deposited
+// stops at the first failed deposit or expired entry. It returns how many were deposited
 // and false when recording failed.
 func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int, bool) {
 	now := n.now()
@@ -543,8 +543,10 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		}
 		env, err := protocol.ParseEnvelope(e.Envelope)
 		if err != nil {
-			n.cfg.Logger.Error("an outbox envelope does not parse", "err", err)
-			break
+			// Not a reason to hold back the rest; sent directly, it is
+			// rejected and sealed again.
+			n.cfg.Logger.Error("an outbox envelope does not parse; not deposited", "err", err)
+			continue
 		}
 		t0 := time.Now()
 		k, err := n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
