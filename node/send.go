@@ -659,12 +659,7 @@ func pendingFor(tx *store.Tx, acct [32]byte, now time.Time) ([]store.OutboxEntry
 		}
 		out = append(out, e)
 	}
-	slices.SortFunc(out, func(a, b store.OutboxEntry) int {
-		if c := a.Created.Compare(b.Created); c != 0 {
-			return c
-		}
-		return bytes.Compare(a.MsgID[:], b.MsgID[:])
-	})
+	slices.SortFunc(out, store.CompareOutbox)
 	if len(out) > MaxOutboxBatch {
 		out = out[:MaxOutboxBatch]
 	}

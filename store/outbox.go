@@ -244,6 +244,15 @@ func (tx *Tx) PendingCount() (int, error) {
 	return ob.Stats().KeyN, nil
 }
 
+// CompareOutbox orders outbox entries as they were written: by Created,
+// then by MsgID.
+func CompareOutbox(a, b OutboxEntry) int {
+	if c := a.Created.Compare(b.Created); c != 0 {
+		return c
+	}
+	return bytes.Compare(a.MsgID[:], b.MsgID[:])
+}
+
 // OutboxFor returns the outbox entries for contact, oldest first (by
 // Created, then MsgID), at most limit (DefaultDueLimit if limit <= 0). It
 // scans the outbox: the node calls it once per delivery attempt to a
@@ -290,12 +299,7 @@ func (tx *Tx) outboxWhere(contact [32]byte, limit int, keep func(*OutboxEntry) b
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(out, func(a, b OutboxEntry) int {
-		if c := a.Created.Compare(b.Created); c != 0 {
-			return c
-		}
-		return bytes.Compare(a.MsgID[:], b.MsgID[:])
-	})
+	slices.SortFunc(out, CompareOutbox)
 	if len(out) > limit {
 		out = out[:limit]
 	}
