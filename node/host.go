@@ -138,7 +138,7 @@ func New(opts ...Option) (*Host, error) {
 // newLibp2pHost builds the libp2p host: TCP and QUIC, Noise, yamux, the
 // resource and connection managers and, if enabled, NAT traversal.
 func newLibp2pHost(cfg *config) (host.Host, error) {
-	rm, err := newResourceManager()
+	rm, err := newResourceManager(cfg.metrics)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +180,9 @@ func newLibp2pHost(cfg *config) (host.Host, error) {
 // newResourceManager builds a resource manager with libp2p's autoscaled
 // default limits plus a budget for the direct protocol. Loopback addresses
 // stay exempt from the per-IP connection limit (the library default).
-func newResourceManager() (network.ResourceManager, error) {
+// Without metrics, it records no per-reservation statistics (their cost
+// shows at high message rates: every stream frame reserves memory).
+func newResourceManager(metrics bool) (network.ResourceManager, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
 	limits.AddProtocolLimit(DirectProtocol,
@@ -189,7 +191,11 @@ func newResourceManager() (network.ResourceManager, error) {
 	limits.AddProtocolPeerLimit(DirectProtocol,
 		rcmgr.BaseLimit{StreamsInbound: directStreamsPerPeer, StreamsOutbound: directStreamsPerPeer, Streams: 2 * directStreamsPerPeer, Memory: directMemoryBase},
 		rcmgr.BaseLimitIncrease{})
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	var opts []rcmgr.Option
+	if !metrics {
+		opts = append(opts, rcmgr.WithMetricsDisabled())
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
 	}

@@ -97,6 +97,7 @@ func BenchmarkDurableDirect256(b *testing.B) {
 	feed := bob.Subscribe(ctx)
 	text := strings.Repeat("x", 256)
 	const senders = 64
+	b.ReportAllocs()
 	b.ResetTimer()
 	cpu0 := cpuTime()
 	start := time.Now()

@@ -110,7 +110,6 @@ func defaultConfig() config {
 		connHigh:          DefaultConnHigh,
 		connGrace:         DefaultConnGrace,
 		nat:               true,
-		metrics:           true,
 		republishInterval: DefaultRepublishInterval,
 		now:               time.Now,
 		readIdleTimeout:   DefaultReadIdleTimeout,
@@ -241,7 +240,10 @@ func WithNAT(on bool) Option {
 	}
 }
 
-// WithMetrics turns libp2p's Prometheus metrics on or off (on by default).
+// WithMetrics turns libp2p's Prometheus metrics (host and resource
+// manager) on or off. They are off by default: they go to Prometheus's
+// default registry, which an embedding program must serve itself, and
+// collecting them costs CPU on every stream frame.
 func WithMetrics(on bool) Option {
 	return func(c *config) error {
 		c.metrics = on
