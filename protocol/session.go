@@ -321,6 +321,12 @@ type Session struct {
 	initialID  [32]byte
 	prefixHash [32]byte // SHA-256 of the initial prefix
 	prefix     []byte   // pending initial prefix (initiator only), never modified in place
+
+	// sendTag caches SendTag for the epoch sendTagEpoch (a derivation
+	// per message would cost an HKDF); not part of the encoding.
+	sendTag      Tag
+	sendTagEpoch uint64
+	sendTagSet   bool
 }
 
 // Sealed is what Seal tells the caller beyond the envelope.
@@ -655,7 +661,12 @@ func (s *Session) role(local bool) byte {
 }
 
 // SendTag returns the pairwise tag of this side's messages in epoch.
-func (s *Session) SendTag(epoch uint64) Tag { return PairTag(s.tagSeed, s.role(true), epoch) }
+func (s *Session) SendTag(epoch uint64) Tag {
+	if !s.sendTagSet || s.sendTagEpoch != epoch {
+		s.sendTag, s.sendTagEpoch, s.sendTagSet = PairTag(s.tagSeed, s.role(true), epoch), epoch, true
+	}
+	return s.sendTag
+}
 
 // RecvTag returns the pairwise tag of the peer's messages in epoch.
 func (s *Session) RecvTag(epoch uint64) Tag { return PairTag(s.tagSeed, s.role(false), epoch) }

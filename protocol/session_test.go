@@ -1030,3 +1030,33 @@ func TestSessionClone(t *testing.T) {
 		t.Fatal("sealing did not change the clone")
 	}
 }
+
+// TestSendTagAcrossEpochs: a session sealing on both sides of an epoch
+// boundary, and back (a clock set back), tags each envelope for the epoch
+// it was sealed in, which the peer's RecvTag names.
+func TestSendTagAcrossEpochs(t *testing.T) {
+	rng := sessRNG(21)
+	a := newSessParty(t, rng, "alice", 1)
+	b := newSessParty(t, rng, "bob", 1)
+	sa, err := Initiate(rng, sessNow, a.me, b.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m0 := textMessage(0, "hello")
+	sb, _ := mustAccept(t, b, mustSeal(t, rng, sa, sessNow, m0), m0, a.account())
+	r0 := textMessage(1, "hi")
+	mustOpen(t, sa, sessNow, mustSeal(t, rng, sb, sessNow, r0), r0)
+
+	next := sessNow.Add(EpochLength)
+	for i, now := range []time.Time{sessNow, next, next, sessNow, next} {
+		m := textMessage(2+i, fmt.Sprintf("message %d", i))
+		e := mustSeal(t, rng, sa, now, m)
+		if e.Tag != sb.RecvTag(Epoch(now)) || e.Tag == sb.RecvTag(Epoch(now)+1) {
+			t.Fatalf("message %d sealed in epoch %d has the wrong tag", i, Epoch(now))
+		}
+		if e.Tag != PairTag(sa.tagSeed, FromInitiator, Epoch(now)) {
+			t.Fatalf("message %d: tag differs from its derivation", i)
+		}
+		mustOpen(t, sb, now, e, m)
+	}
+}
