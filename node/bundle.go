@@ -302,10 +302,11 @@ func (n *Node) addAddrs(p peer.ID, addrs []string) {
 }
 
 // refreshTags re-indexes every session's receiving tags for the live
-// epochs and drops tags of epochs no envelope can still carry.
+// epochs and drops tags of epochs no envelope can still carry, and the
+// replay marks and envelope tokens of envelopes that expired.
 func (n *Node) refreshTags() error {
 	now := n.now()
-	return n.db.Update(func(tx *store.Tx) error {
+	err := n.db.Update(func(tx *store.Tx) error {
 		cs, err := tx.ListContacts()
 		if err != nil {
 			return err
@@ -333,7 +334,25 @@ func (n *Node) refreshTags() error {
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	// Records of envelopes that expired go in batches, a commit each.
+	for {
+		var pruned int
+		err := n.db.Update(func(tx *store.Tx) error {
+			var err error
+			pruned, err = tx.PruneEnvelopeTokens(now, tokenPruneBatch)
+			return err
+		})
+		if err != nil || pruned < tokenPruneBatch {
+			return err
+		}
+	}
 }
+
+// tokenPruneBatch bounds the envelope token records one commit prunes.
+const tokenPruneBatch = 10000
 
 // protectContacts keeps connections to contacts from being trimmed.
 func (n *Node) protectContacts() {

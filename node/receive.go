@@ -325,31 +325,25 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *ingestBatch, now time.Time) (bool,
 	return queued, nil
 }
 
-// tokenSetting names the setting that keeps a processed envelope's delete
-// token, by its delete hash, so that copies in mailboxes can be deleted
-// even when the envelope first came another way.
-func tokenSetting(deleteHash [32]byte) string {
-	return "dt/" + base64.RawURLEncoding.EncodeToString(deleteHash[:16])
-}
-
 // keepToken records the delete token of an envelope just processed, and,
 // for a message that asks for a receipt, its sender and ID: a copy of the
-// envelope that arrives again (the sender retransmits when no receipt came
-// back) is then answered with a fresh receipt.
+// envelope that comes back (from a mailbox after a sync, or from its
+// sender, who retransmits when no receipt came back) is then found by its
+// outer fields, deleted from mailboxes, and answered with a fresh receipt.
 func keepToken(tx *store.Tx, r *ingestReq, env *protocol.Envelope, tok [32]byte, msg protocol.Message) error {
 	r.token, r.hasToken = tok, true
 	v := tok[:]
 	if msg.Type != protocol.ContentReceipt {
 		v = slices.Concat(tok[:], msg.Sender[:], msg.ID[:])
 	}
-	return tx.PutSetting(tokenSetting(env.DeleteHash), v)
+	return tx.PutEnvelopeToken(env.Expiry, env.DeleteHash, v)
 }
 
 // knownToken looks up what keepToken recorded for an envelope processed
 // before. When the copy came straight from the sender's device, the
 // message it carried is receipted again.
 func knownToken(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope) error {
-	b, err := tx.GetSetting(tokenSetting(env.DeleteHash))
+	b, err := tx.EnvelopeToken(env.Expiry, env.DeleteHash)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}

@@ -38,6 +38,9 @@ func (db *DB) Check() error {
 		if err := tx.checkIndexes(add); err != nil {
 			add(err)
 		}
+		if err := tx.checkTokens(add); err != nil && !errors.Is(err, ErrCorrupt) {
+			add(err)
+		}
 		return errors.Join(errs...)
 	})
 }

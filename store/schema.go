@@ -59,6 +59,7 @@ var migrations = []migration{
 	}},
 	{name: "mailbox", apply: createMailboxBuckets},
 	{name: "conversation order", apply: createOrderBuckets},
+	{name: "envelope tokens", apply: createTokenBucket},
 }
 
 // SchemaVersion is the schema version this build writes.
