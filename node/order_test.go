@@ -18,7 +18,7 @@ func sealFor(t *testing.T, n *Node, acct [32]byte, texts ...string) [][]byte {
 	t.Helper()
 	var envs [][]byte
 	err := n.db.Update(func(tx *store.Tx) error {
-		sess, err := n.loadSession(tx, acct)
+		sess, _, err := n.takeSession(tx, acct)
 		if err != nil || sess == nil {
 			return fmt.Errorf("no session: %v", err)
 		}
@@ -35,13 +35,13 @@ func sealFor(t *testing.T, n *Node, acct [32]byte, texts ...string) [][]byte {
 			if err != nil {
 				return err
 			}
-			env, err := n.seal(tx, sess, m, now)
+			env, err := n.seal(sess, m, now)
 			if err != nil {
 				return err
 			}
 			envs = append(envs, env)
 		}
-		return nil
+		return n.putSession(tx, sess, n.now())
 	})
 	if err != nil {
 		t.Fatal(err)

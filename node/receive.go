@@ -229,6 +229,9 @@ type ingestBatch struct {
 	// are written back once, at the end of the batch, in its transaction.
 	sessions map[[32]byte]*protocol.Session
 	dirty    map[[32]byte]bool
+	// raw holds the stored state of each session taken from the store
+	// (see takeSession), to return unchanged ones to the cache.
+	raw map[[32]byte][]byte
 }
 
 // session returns the batch's copy of the session with acct (nil if none).
@@ -236,15 +239,17 @@ func (rc *ingestBatch) session(n *Node, tx *store.Tx, acct [32]byte) (*protocol.
 	if s, ok := rc.sessions[acct]; ok {
 		return s, nil
 	}
-	s, err := n.loadSession(tx, acct)
+	s, raw, err := n.takeSession(tx, acct)
 	if err != nil {
 		return nil, err
 	}
 	if s != nil {
 		if rc.sessions == nil {
 			rc.sessions = make(map[[32]byte]*protocol.Session)
+			rc.raw = make(map[[32]byte][]byte)
 		}
 		rc.sessions[acct] = s
+		rc.raw[acct] = raw
 	}
 	return s, nil
 }
@@ -262,10 +267,17 @@ func (rc *ingestBatch) changed(sess *protocol.Session) {
 	rc.dirty[acct] = true
 }
 
-// flush writes the changed sessions.
+// flush writes the changed sessions, and returns the unchanged ones it
+// took to the cache.
 func (rc *ingestBatch) flush(n *Node, tx *store.Tx, now time.Time) error {
-	for acct := range rc.dirty {
-		if err := n.putSession(tx, rc.sessions[acct], now); err != nil {
+	for acct, sess := range rc.sessions {
+		if !rc.dirty[acct] {
+			if raw, ok := rc.raw[acct]; ok {
+				n.sessions.put(acct, raw, sess)
+			}
+			continue
+		}
+		if err := n.putSession(tx, sess, now); err != nil {
 			return err
 		}
 	}
@@ -680,7 +692,8 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 	return out, nil
 }
 
-// putSession saves a session. (Its receiving tags are indexed when it is
+// putSession saves a session and caches it: the caller must not change
+// sess afterwards. (Its receiving tags are indexed when it is
 // created, with putTags, and refreshed hourly for new epochs.)
 func (n *Node) putSession(tx *store.Tx, sess *protocol.Session, now time.Time) error {
 	b, err := sess.MarshalBinary()

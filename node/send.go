@@ -140,14 +140,17 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 			Created: now, NextAttempt: now, Expires: now.Add(n.cfg.MessageTTL),
 		}
 		if n.me != nil {
-			if sess, err := n.loadSession(tx, c.Account); err == nil && sess != nil {
-				env, err := n.seal(tx, sess, stored, now)
-				if err != nil {
+			sess, _, err := n.takeSession(tx, c.Account)
+			if err != nil {
+				return err
+			}
+			if sess != nil {
+				if e.Envelope, err = n.seal(sess, stored, now); err != nil {
 					return err
 				}
-				e.Envelope = env
-			} else if err != nil {
-				return err
+				if err := n.putSession(tx, sess, now); err != nil {
+					return err
+				}
 			}
 		}
 		return tx.PutOutbox(e)
@@ -171,9 +174,14 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 // sessionCache keeps decoded sessions with the stored bytes they decode
 // from: a session whose stored bytes are unchanged need not be decoded
 // again (decoding costs an X25519 scalar multiplication). The store stays
-// the only truth: an entry is used only when the bytes read in the current
-// transaction equal the cached ones, so a transaction that failed after
-// updating the cache just causes a fresh decode.
+// the only truth: an entry is used only when the bytes stored in the
+// current transaction equal the cached ones, so a transaction that failed
+// after updating the cache just causes a fresh decode.
+//
+// A writer takes an entry out (takeSession), changes the session, and
+// hands it back with its new bytes (putSession): no copy is made, and
+// while it is out nobody else can see it. A reader (loadSession) gets a
+// copy.
 type sessionCache struct {
 	mu sync.Mutex
 	m  map[[32]byte]cachedSession
@@ -187,6 +195,7 @@ type cachedSession struct {
 // maxCachedSessions bounds the cache; past it, it starts over.
 const maxCachedSessions = 1024
 
+// get returns a copy of the cached session for acct if it decodes from raw.
 func (c *sessionCache) get(acct [32]byte, raw []byte) *protocol.Session {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -196,16 +205,30 @@ func (c *sessionCache) get(acct [32]byte, raw []byte) *protocol.Session {
 	return nil
 }
 
+// take removes the entry for acct and returns it.
+func (c *sessionCache) take(acct [32]byte) (cachedSession, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[acct]
+	if ok {
+		delete(c.m, acct)
+	}
+	return e, ok
+}
+
+// put caches sess, decoded from (or encoded as) raw. The cache owns both
+// afterwards: the caller must not change them.
 func (c *sessionCache) put(acct [32]byte, raw []byte, sess *protocol.Session) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= maxCachedSessions {
 		c.m = make(map[[32]byte]cachedSession)
 	}
-	c.m[acct] = cachedSession{raw: raw, sess: sess.Clone()}
+	c.m[acct] = cachedSession{raw: raw, sess: sess}
 }
 
-// loadSession reads the session with acct, nil if there is none.
+// loadSession reads the session with acct, nil if there is none. The
+// caller gets its own copy, to read (a writer uses takeSession).
 func (n *Node) loadSession(tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
 	b, err := tx.GetSession(acct)
 	if errors.Is(err, store.ErrNotFound) {
@@ -221,13 +244,42 @@ func (n *Node) loadSession(tx *store.Tx, acct [32]byte) (*protocol.Session, erro
 	if err != nil {
 		return nil, err
 	}
-	n.sessions.put(acct, b, s)
+	n.sessions.put(acct, b, s.Clone())
 	return s, nil
 }
 
-// seal encrypts a stored outgoing message on sess and saves the session,
-// inside tx, and returns the envelope's bytes.
-func (n *Node) seal(tx *store.Tx, sess *protocol.Session, m store.Message, now time.Time) ([]byte, error) {
+// takeSession reads the session with acct for a writer, which changes it
+// and saves it with putSession (nil if there is none). raw is the stored
+// state it decodes from (a writer that ends up not changing the session
+// may return it to the cache with raw).
+func (n *Node) takeSession(tx *store.Tx, acct [32]byte) (sess *protocol.Session, raw []byte, err error) {
+	if e, ok := n.sessions.take(acct); ok {
+		same, err := tx.SessionIs(acct, e.raw)
+		if err != nil {
+			return nil, nil, err
+		}
+		if same {
+			return e.sess, e.raw, nil
+		}
+	}
+	b, err := tx.GetSession(acct)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := protocol.UnmarshalSession(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, b, nil
+}
+
+// seal encrypts a stored outgoing message on sess and returns the
+// envelope's bytes. The caller saves sess (putSession) in the transaction
+// that stores the envelope.
+func (n *Node) seal(sess *protocol.Session, m store.Message, now time.Time) ([]byte, error) {
 	ttl := m.SentAt.Add(n.cfg.MessageTTL).Sub(now)
 	if ttl < time.Minute {
 		ttl = time.Minute
@@ -239,9 +291,6 @@ func (n *Node) seal(tx *store.Tx, sess *protocol.Session, m store.Message, now t
 		Sender: n.Account(), ID: m.ID, Sent: m.SentAt, Seq: m.PeerSeq, Type: protocol.ContentType(m.Type), Body: m.Body,
 	}, ttl)
 	if err != nil {
-		return nil, err
-	}
-	if err := n.putSession(tx, sess, now); err != nil {
 		return nil, err
 	}
 	return env.Marshal(), nil
@@ -519,7 +568,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			}
 		}
 		err := n.db.Update(func(tx *store.Tx) error {
-			sess, err := n.loadSession(tx, acct)
+			sess, _, err := n.takeSession(tx, acct)
 			if err != nil {
 				return err
 			}
@@ -544,7 +593,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 				if err != nil {
 					return err
 				}
-				env, err := n.seal(tx, sess, m, now)
+				env, err := n.seal(sess, m, now)
 				if err != nil {
 					return err
 				}
@@ -553,7 +602,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 					return err
 				}
 			}
-			return nil
+			return n.putSession(tx, sess, now)
 		})
 		if err != nil {
 			n.cfg.Logger.Error("sealing queued messages", "contact", c.Name, "err", err)

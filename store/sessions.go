@@ -43,6 +43,18 @@ func (tx *Tx) GetSession(account [32]byte) ([]byte, error) {
 	return bytes.Clone(v), nil
 }
 
+// SessionIs reports whether the stored session state for account is
+// exactly state, without copying it (a cache of decoded sessions checks
+// its entries against the store with it).
+func (tx *Tx) SessionIs(account [32]byte, state []byte) (bool, error) {
+	b, err := tx.bucket(bucketSessions)
+	if err != nil {
+		return false, err
+	}
+	v := b.Get(account[:])
+	return v != nil && bytes.Equal(v, state), nil
+}
+
 // DeleteSession removes the session for account; deleting a missing
 // session is not an error.
 func (tx *Tx) DeleteSession(account [32]byte) error {
