@@ -647,21 +647,10 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 		for len(body) >= protocol.MessageIDSize {
 			id := [16]byte(body[:protocol.MessageIDSize])
 			body = body[protocol.MessageIDSize:]
-			m, err := tx.GetMessage(id)
-			if errors.Is(err, store.ErrNotFound) {
-				continue
-			}
+			// A receipt naming a message that is not ours to this
+			// peer changes nothing.
+			m2, changed, err := tx.ConfirmDelivery(peerAcct, id)
 			if err != nil {
-				return processed{}, se(err)
-			}
-			if m.Direction != store.Outgoing || m.Contact != peerAcct {
-				continue // a receipt for someone else's message: ignore
-			}
-			m2, changed, err := tx.SetMessageState(id, store.StateDelivered)
-			if err != nil {
-				return processed{}, se(err)
-			}
-			if _, err := tx.DeleteOutbox(id); err != nil {
 				return processed{}, se(err)
 			}
 			if changed {

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -376,6 +377,42 @@ func (tx *Tx) SetMessageState(id [16]byte, to MessageState, opts ...StateOption)
 	if err != nil {
 		return Message{}, false, err
 	}
+	return tx.moveState(msgs, m, to, opts...)
+}
+
+// ConfirmDelivery applies a delivery receipt from contact for message id:
+// contact's outgoing message becomes delivered and its outbox entry goes.
+// It reports the message and whether its state changed; a message that is
+// not an outgoing one to contact (or is gone) changes nothing and is no
+// error: a receipt names messages, and a peer may name any.
+func (tx *Tx) ConfirmDelivery(contact [32]byte, id [16]byte) (Message, bool, error) {
+	msgs, err := tx.wbucket(bucketMessages)
+	if err != nil {
+		return Message{}, false, err
+	}
+	m, err := tx.GetMessage(id)
+	if errors.Is(err, ErrNotFound) {
+		return Message{}, false, nil
+	}
+	if err != nil {
+		return Message{}, false, err
+	}
+	if m.Direction != Outgoing || m.Contact != contact {
+		return Message{}, false, nil
+	}
+	next, changed, err := tx.moveState(msgs, m, StateDelivered)
+	if err != nil {
+		return Message{}, false, err
+	}
+	if _, err := tx.DeleteOutbox(id); err != nil {
+		return Message{}, false, err
+	}
+	return next, changed, nil
+}
+
+// moveState is SetMessageState on the message m just read.
+func (tx *Tx) moveState(msgs *bolt.Bucket, m Message, to MessageState, opts ...StateOption) (Message, bool, error) {
+	id := m.ID
 	if m.Direction != Outgoing {
 		return m, false, fmt.Errorf("store: message %x is incoming; its state cannot change", id)
 	}

@@ -335,6 +335,62 @@ func TestSetMessageStateErrors(t *testing.T) {
 	})
 }
 
+// TestConfirmDelivery: a receipt moves the contact's outgoing message to
+// delivered and removes its outbox entry; it leaves alone an incoming
+// message, another contact's message and a message that is gone, and a
+// second receipt changes nothing.
+func TestConfirmDelivery(t *testing.T) {
+	db, _ := openTest(t)
+	addContacts(t, db, 2)
+	mustUpdate(t, db, func(tx *Tx) error {
+		for _, m := range []Message{
+			{ID: msgID(1), Contact: acct(1), Direction: Outgoing, State: StateSent},
+			{ID: msgID(2), Contact: acct(2), Direction: Outgoing, State: StateSent},
+			{ID: msgID(3), Contact: acct(1), Direction: Incoming, State: StateReceived},
+		} {
+			if _, err := tx.AppendMessage(m); err != nil {
+				return err
+			}
+			if m.Direction == Outgoing {
+				if err := tx.PutOutbox(OutboxEntry{MsgID: m.ID, Contact: m.Contact, Kind: OutboxMessage, Envelope: []byte{1}, Created: t0, NextAttempt: t0}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	mustUpdate(t, db, func(tx *Tx) error {
+		m, changed, err := tx.ConfirmDelivery(acct(1), msgID(1))
+		if err != nil || !changed || m.State != StateDelivered || m.ID != msgID(1) {
+			t.Errorf("receipt for the contact's message: %+v, %v, %v", m, changed, err)
+		}
+		if _, changed, err := tx.ConfirmDelivery(acct(1), msgID(1)); err != nil || changed {
+			t.Errorf("second receipt: %v, %v", changed, err)
+		}
+		for _, id := range []uint64{2, 3, 9} { // other contact's, incoming, unknown
+			if _, changed, err := tx.ConfirmDelivery(acct(1), msgID(id)); err != nil || changed {
+				t.Errorf("receipt for message %d: %v, %v", id, changed, err)
+			}
+		}
+		return nil
+	})
+	mustView(t, db, func(tx *Tx) error {
+		if _, err := tx.GetOutbox(msgID(1)); !errors.Is(err, ErrNotFound) {
+			t.Errorf("delivered message still in the outbox: %v", err)
+		}
+		if e, err := tx.GetOutbox(msgID(2)); err != nil || e.MsgID != msgID(2) {
+			t.Errorf("other contact's outbox entry: %v", err)
+		}
+		for id, want := range map[uint64]MessageState{2: StateSent, 3: StateReceived} {
+			if m, err := tx.GetMessage(msgID(id)); err != nil || m.State != want {
+				t.Errorf("message %d: %v, %v", id, m.State, err)
+			}
+		}
+		return nil
+	})
+	checkDB(t, db)
+}
+
 // TestReceiveIsOneTransaction checks the property the node relies on: the
 // session update, the message, its dedup mark and the receipt to send
 // commit together or not at all.
