@@ -60,6 +60,7 @@ var migrations = []migration{
 	{name: "mailbox", apply: createMailboxBuckets},
 	{name: "conversation order", apply: createOrderBuckets},
 	{name: "envelope tokens", apply: createTokenBucket},
+	{name: "envelope token log", apply: splitTokenLog},
 }
 
 // SchemaVersion is the schema version this build writes.

@@ -18,64 +18,93 @@ import (
 // is opaque here (the node keeps the envelope's delete token and, for a
 // message, its sender and ID).
 //
-// Keys are timeKey(expiry) || deleteHash(32): new records append at the
-// end of the B+tree, in the order envelopes expire, and records of
-// expired envelopes are pruned from the front.
+// Records are written for every envelope and looked up rarely (only for
+// a copy of one already processed), so they are laid out for writing:
+// token_log keys are timeKey(expiry) || sequence(8) and values are
+// deleteHash[:16] || record. New records append at the end of the
+// B+tree (a commit rewrites a page or two, where keys by hash would
+// scatter a batch over as many pages as it has envelopes); a lookup scans
+// the records of its envelope's expiry second (envelopes sealed in the
+// same second), at most maxTokenScan of them; records of expired
+// envelopes are pruned from the front.
+var bucketTokenLog = []byte("token_log")
+
+// Records kept before token_log existed, by deleteHash[:16]; they are
+// dropped together once every envelope they could belong to has expired
+// (meta keyLegacyTokensUntil).
+var bucketTokenLegacy = []byte("token_legacy")
+
+// bucketTokens is schema 4's layout, migrated into token_log and
+// token_legacy by schema 5: timeKey(expiry) || deleteHash -> record, and
+// timeKey(until) || deleteHash[:16] -> record for the records schema 4
+// moved out of the settings.
 var bucketTokens = []byte("envelope_tokens")
 
 // MaxTokenRecordSize bounds an envelope token record.
 const MaxTokenRecordSize = 128
+
+// maxTokenScan bounds the records a lookup reads: past it (more envelopes
+// sealed in one second than that), a copy is treated as unknown.
+const maxTokenScan = 1 << 14
+
+// tokenHashSize is the part of the delete hash a record keeps: enough to
+// tell envelopes of one expiry second apart (the caller checks the token
+// against the full hash anyway).
+const tokenHashSize = 16
 
 // tokenKeepAfterExpiry is how long a record outlives its envelope's
 // expiry: a copy arriving within the clock skew allowed is still
 // recognised.
 const tokenKeepAfterExpiry = 2 * protocol.MaxClockSkew
 
-// Records written before envelope_tokens existed were settings named
-// legacyTokenPrefix + base64url(deleteHash[:16]), without the expiry. The
-// migration moves them under the key timeKey(until) || deleteHash[:16],
-// where until (kept in meta under keyLegacyTokensUntil) is past the
-// expiry of any envelope that could have been processed by then; lookups
-// fall back to that key until it is pruned.
+// Records written before schema 4 were settings named legacyTokenPrefix +
+// base64url(deleteHash[:16]), without the expiry.
 const legacyTokenPrefix = "dt/"
 
 var keyLegacyTokensUntil = []byte("legacy_tokens_until")
 
-func tokenKey(expiry time.Time, deleteHash [32]byte) []byte {
-	return concat(timeKey(expiry), deleteHash[:])
-}
-
 // PutEnvelopeToken records rec for the envelope with the given expiry and
-// delete hash, replacing any record for it.
+// delete hash.
 func (tx *Tx) PutEnvelopeToken(expiry time.Time, deleteHash [32]byte, rec []byte) error {
-	b, err := tx.wbucket(bucketTokens)
+	b, err := tx.wbucket(bucketTokenLog)
 	if err != nil {
 		return err
 	}
 	if len(rec) == 0 || len(rec) > MaxTokenRecordSize {
 		return fmt.Errorf("store: envelope token record of %d bytes (1 to %d allowed)", len(rec), MaxTokenRecordSize)
 	}
-	return b.Put(tokenKey(expiry, deleteHash), rec)
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	return b.Put(concat(timeKey(expiry), be64(seq)), concat(deleteHash[:tokenHashSize], rec))
 }
 
 // EnvelopeToken returns a copy of the record for the envelope with the
-// given expiry and delete hash, or an error wrapping ErrNotFound.
+// given expiry and delete hash, or an error wrapping ErrNotFound. When
+// several were kept (copies processed more than once), it returns the
+// first.
 func (tx *Tx) EnvelopeToken(expiry time.Time, deleteHash [32]byte) ([]byte, error) {
-	b, err := tx.bucket(bucketTokens)
+	b, err := tx.bucket(bucketTokenLog)
 	if err != nil {
 		return nil, err
 	}
-	if v := b.Get(tokenKey(expiry, deleteHash)); v != nil {
-		return bytes.Clone(v), nil
-	}
-	meta, err := tx.bucket(bucketMeta)
-	if err != nil {
-		return nil, err
-	}
-	if until := meta.Get(keyLegacyTokensUntil); len(until) == 8 {
-		if v := b.Get(concat(until, deleteHash[:16])); v != nil {
-			return bytes.Clone(v), nil
+	prefix := timeKey(expiry)
+	want := deleteHash[:tokenHashSize]
+	c := b.Cursor()
+	n := 0
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && n < maxTokenScan; k, v = c.Next() {
+		n++
+		if len(v) > tokenHashSize && bytes.Equal(v[:tokenHashSize], want) {
+			return bytes.Clone(v[tokenHashSize:]), nil
 		}
+	}
+	legacy, err := tx.bucket(bucketTokenLegacy)
+	if err != nil {
+		return nil, err
+	}
+	if v := legacy.Get(want); v != nil {
+		return bytes.Clone(v), nil
 	}
 	return nil, fmt.Errorf("%w: envelope token", ErrNotFound)
 }
@@ -84,7 +113,7 @@ func (tx *Tx) EnvelopeToken(expiry time.Time, deleteHash [32]byte) ([]byte, erro
 // before now (less the allowed clock skew), at most limit of them, and
 // returns how many it deleted.
 func (tx *Tx) PruneEnvelopeTokens(now time.Time, limit int) (int, error) {
-	b, err := tx.wbucket(bucketTokens)
+	b, err := tx.wbucket(bucketTokenLog)
 	if err != nil {
 		return 0, err
 	}
@@ -98,6 +127,33 @@ func (tx *Tx) PruneEnvelopeTokens(now time.Time, limit int) (int, error) {
 		if err := b.Delete(k); err != nil {
 			return 0, err
 		}
+	}
+	// The legacy records go together, once their time has passed.
+	meta, err := tx.bucket(bucketMeta)
+	if err != nil {
+		return 0, err
+	}
+	if until := meta.Get(keyLegacyTokensUntil); len(until) == 8 && bytes.Compare(until, end) < 0 && len(doomed) < limit {
+		legacy, err := tx.bucket(bucketTokenLegacy)
+		if err != nil {
+			return 0, err
+		}
+		var old [][]byte
+		c := legacy.Cursor()
+		for k, _ := c.First(); k != nil && len(doomed)+len(old) < limit; k, _ = c.Next() {
+			old = append(old, bytes.Clone(k))
+		}
+		for _, k := range old {
+			if err := legacy.Delete(k); err != nil {
+				return 0, err
+			}
+		}
+		if len(doomed)+len(old) < limit {
+			if err := meta.Delete(keyLegacyTokensUntil); err != nil {
+				return 0, err
+			}
+		}
+		return len(doomed) + len(old), nil
 	}
 	return len(doomed), nil
 }
@@ -138,18 +194,64 @@ func createTokenBucket(tx *bolt.Tx) error {
 	return meta.Put(keyLegacyTokensUntil, until)
 }
 
-// checkTokens checks the key and record sizes of envelope_tokens.
-func (tx *Tx) checkTokens(add func(error) bool) error {
-	b, err := tx.bucket(bucketTokens)
+// splitTokenLog is the migration from schema 4's envelope_tokens to
+// token_log and token_legacy.
+func splitTokenLog(tx *bolt.Tx) error {
+	log, err := tx.CreateBucketIfNotExists(bucketTokenLog)
 	if err != nil {
 		return err
 	}
-	return b.ForEach(func(k, v []byte) error {
-		if (len(k) != 8+32 && len(k) != 8+16) || len(v) == 0 || len(v) > MaxTokenRecordSize {
-			if !add(fmt.Errorf("%w: envelope token record with a %d-byte key and %d-byte value", ErrCorrupt, len(k), len(v))) {
-				return ErrCorrupt
+	legacy, err := tx.CreateBucketIfNotExists(bucketTokenLegacy)
+	if err != nil {
+		return err
+	}
+	old := tx.Bucket(bucketTokens)
+	if old == nil {
+		return fmt.Errorf("%w: envelope_tokens bucket missing", ErrCorrupt)
+	}
+	if err := old.ForEach(func(k, v []byte) error {
+		if len(v) == 0 || len(v) > MaxTokenRecordSize {
+			return nil // not a record: dropped
+		}
+		switch len(k) {
+		case 8 + 32:
+			seq, err := log.NextSequence()
+			if err != nil {
+				return err
 			}
+			return log.Put(concat(k[:8], be64(seq)), concat(k[8:8+tokenHashSize], v))
+		case 8 + tokenHashSize:
+			return legacy.Put(bytes.Clone(k[8:]), bytes.Clone(v))
 		}
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
+	return tx.DeleteBucket(bucketTokens)
+}
+
+// checkTokens checks the key and record sizes of token_log and
+// token_legacy.
+func (tx *Tx) checkTokens(add func(error) bool) error {
+	for _, name := range [][]byte{bucketTokenLog, bucketTokenLegacy} {
+		b, err := tx.bucket(name)
+		if err != nil {
+			return err
+		}
+		log := bytes.Equal(name, bucketTokenLog)
+		err = b.ForEach(func(k, v []byte) error {
+			bad := len(k) != 16 || len(v) == 0 || len(v) > MaxTokenRecordSize
+			if log {
+				bad = len(k) != 16 || len(v) <= tokenHashSize || len(v) > tokenHashSize+MaxTokenRecordSize
+			}
+			if bad && !add(fmt.Errorf("%w: %s record with a %d-byte key and %d-byte value", ErrCorrupt, name, len(k), len(v))) {
+				return ErrCorrupt
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

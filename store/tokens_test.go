@@ -22,7 +22,7 @@ func hashN(n byte) [32]byte {
 }
 
 // TestEnvelopeTokens: a record is found by its envelope's expiry and
-// delete hash only; replacing keeps one record; bad sizes are refused.
+// delete hash only; bad sizes are refused.
 func TestEnvelopeTokens(t *testing.T) {
 	db, _ := openTest(t)
 	exp := t0.Add(time.Hour)
@@ -40,7 +40,7 @@ func TestEnvelopeTokens(t *testing.T) {
 		if err := tx.PutEnvelopeToken(exp, hashN(3), make([]byte, MaxTokenRecordSize+1)); err == nil {
 			t.Error("an oversized record was accepted")
 		}
-		return tx.PutEnvelopeToken(exp, hashN(2), rec[:32]) // again: replaced
+		return nil
 	})
 	mustView(t, db, func(tx *Tx) error {
 		if got, err := tx.EnvelopeToken(exp, hashN(1)); err != nil || !bytes.Equal(got, rec) {
@@ -175,11 +175,121 @@ func TestTokenSchemaUpgrade(t *testing.T) {
 func TestCheckFindsBadTokenRecord(t *testing.T) {
 	db, _ := openTest(t)
 	if err := db.bolt.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTokens).Put([]byte("short"), []byte{1})
+		return tx.Bucket(bucketTokenLog).Put([]byte("short"), []byte{1})
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Check(); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Check: %v, want ErrCorrupt", err)
 	}
+}
+
+// TestEnvelopeTokensOneSecond: many envelopes that expire in the same
+// second (sealed in the same second) are each found; records append in
+// arrival order whatever their hashes.
+func TestEnvelopeTokensOneSecond(t *testing.T) {
+	db, _ := openTest(t)
+	exp := t0.Truncate(time.Second).Add(time.Hour)
+	const n = 2000
+	mustUpdate(t, db, func(tx *Tx) error {
+		for i := range n {
+			var h [32]byte
+			h[0], h[1], h[31] = byte(i), byte(i>>8), 0xee
+			if err := tx.PutEnvelopeToken(exp, h, []byte{byte(i), byte(i >> 8)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	mustView(t, db, func(tx *Tx) error {
+		for _, i := range []int{0, 1, n / 2, n - 1} {
+			var h [32]byte
+			h[0], h[1], h[31] = byte(i), byte(i>>8), 0xee
+			got, err := tx.EnvelopeToken(exp, h)
+			if err != nil || !bytes.Equal(got, []byte{byte(i), byte(i >> 8)}) {
+				t.Errorf("record %d: %x, %v", i, got, err)
+			}
+		}
+		b, _ := tx.bucket(bucketTokenLog)
+		var last []byte
+		return b.ForEach(func(k, _ []byte) error {
+			if last != nil && bytes.Compare(k, last) <= 0 {
+				t.Fatal("token log keys out of order")
+			}
+			last = bytes.Clone(k)
+			return nil
+		})
+	})
+}
+
+// TestTokenSchema4Upgrade: records in schema 4's layout are found after
+// the upgrade, the legacy ones included.
+func TestTokenSchema4Upgrade(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	old, err := Open(dir, withMigrations(migrations[:4]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := t0.Add(time.Hour)
+	h, lh := hashN(1), hashN(2)
+	if err := old.bolt.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		if err := b.Put(concat(timeKey(exp), h[:]), []byte("new")); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketMeta).Put(keyLegacyTokensUntil, timeKey(t0.Add(48*time.Hour))); err != nil {
+			return err
+		}
+		return b.Put(concat(timeKey(t0.Add(48*time.Hour)), lh[:16]), []byte("legacy"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	mustView(t, db, func(tx *Tx) error {
+		if got, err := tx.EnvelopeToken(exp, h); err != nil || string(got) != "new" {
+			t.Errorf("schema 4 record: %q, %v", got, err)
+		}
+		if got, err := tx.EnvelopeToken(exp, lh); err != nil || string(got) != "legacy" {
+			t.Errorf("legacy record: %q, %v", got, err)
+		}
+		if tx.tx.Bucket(bucketTokens) != nil {
+			t.Error("schema 4's bucket is still there")
+		}
+		return nil
+	})
+	checkDB(t, db)
+}
+
+// TestEnvelopeTokenScanBound: a lookup reads at most maxTokenScan records
+// of one expiry second; a record past them counts as unknown.
+func TestEnvelopeTokenScanBound(t *testing.T) {
+	db, _ := openTest(t)
+	exp := t0.Truncate(time.Second)
+	mustUpdate(t, db, func(tx *Tx) error {
+		for i := range maxTokenScan + 1 {
+			var h [32]byte
+			h[0], h[1], h[2] = byte(i), byte(i>>8), byte(i>>16)
+			if err := tx.PutEnvelopeToken(exp, h, []byte{1}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	mustView(t, db, func(tx *Tx) error {
+		var first, last [32]byte
+		n := maxTokenScan
+		last[0], last[1], last[2] = byte(n), byte(n>>8), byte(n>>16)
+		if _, err := tx.EnvelopeToken(exp, first); err != nil {
+			t.Errorf("first record: %v", err)
+		}
+		if _, err := tx.EnvelopeToken(exp, last); !errors.Is(err, ErrNotFound) {
+			t.Errorf("record past the scan bound: %v, want ErrNotFound", err)
+		}
+		return nil
+	})
 }
