@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -91,6 +92,7 @@ func waitEvent(b testing.TB, ctx context.Context, feed <-chan Event, typ EventTy
 // in her outbox) to Bob's commit (ratchet, message, dedup mark and receipt
 // in one transaction, acked after it), many senders at once.
 func BenchmarkDurableDirect256(b *testing.B) {
+	daemonGC(b)
 	alice, bob := nodePair(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -129,6 +131,7 @@ func BenchmarkDurableDirect256(b *testing.B) {
 // BenchmarkSendLatency: one message at a time, Send call to the
 // recipient's commit (its event), p50 and p99.
 func BenchmarkSendLatency(b *testing.B) {
+	daemonGC(b)
 	alice, bob := nodePair(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -193,4 +196,15 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// daemonGC runs a benchmark under the garbage collector target the sotto
+// command runs with (TuneGC: GCPercent, or GOGC from the environment),
+// restored when it ends, and reports it as "gogc".
+func daemonGC(b *testing.B) {
+	prev := TuneGC()
+	cur := debug.SetGCPercent(prev)
+	debug.SetGCPercent(cur)
+	b.Cleanup(func() { debug.SetGCPercent(prev) })
+	b.ReportMetric(float64(cur), "gogc")
 }

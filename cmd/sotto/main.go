@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/sotto-im/sotto/node"
 )
 
 // defaultApp holds the node-specific hooks of this build. Commands whose
@@ -20,6 +22,7 @@ import (
 var defaultApp = nodeApp()
 
 func main() {
+	node.TuneGC()
 	os.Exit(mainCode())
 }
 
