@@ -150,8 +150,8 @@ type Node struct {
 
 	events *feed
 
-	// sending counts Send calls writing right now: a lone one commits
-	// at once, concurrent ones share a batched commit.
+	// writing counts the writes under way (see write), sending the sends.
+	writing atomic.Int32
 	sending atomic.Int32
 
 	mu      sync.Mutex
@@ -325,6 +325,27 @@ func Open(cfg Config) (*Node, error) {
 	n.mbx.resub = make(chan struct{}, 1)
 	return n, nil
 }
+
+// write runs fn in a read-write transaction. When share is set and other
+// writes are under way, it shares their commit, and one fsync, through
+// the store's batching, which waits briefly for company: fn may then run
+// more than once (alone, after another write in the batch failed), so it
+// must start afresh each time and have no effect outside the
+// transaction. Otherwise it commits at once. Latency-sensitive writes
+// share only under load: concurrent sends, inbound batches of several
+// envelopes.
+func (n *Node) write(share bool, fn func(*store.Tx) error) error {
+	others := n.writing.Add(1) > 1
+	defer n.writing.Add(-1)
+	if share && others {
+		return n.db.Batch(fn)
+	}
+	return n.db.Update(fn)
+}
+
+// shareIngestMin is the inbound batch size from which its commit may be
+// shared with other writes (see write).
+const shareIngestMin = 8
 
 // Identity is the node's own identity record.
 func (n *Node) Identity() store.Identity { return n.ident }

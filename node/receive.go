@@ -141,7 +141,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	results := make([]error, len(batch))
 	var events []Event
 	kick, newSession, held := false, false, false
-	err := n.db.Update(func(tx *store.Tx) error {
+	err := n.write(len(batch) >= shareIngestMin, func(tx *store.Tx) error {
 		events = events[:0]
 		kick, newSession, held = false, false, false
 		rc := &ingestBatch{}

@@ -112,15 +112,10 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 		return store.Message{}, err
 	}
 	var stored store.Message
-	// Concurrent sends share one commit (and one fsync) through Batch; a
-	// send with no other in flight commits at once rather than waiting
-	// for company.
-	commit := n.db.Batch
-	if n.sending.Add(1) == 1 {
-		commit = n.db.Update
-	}
+	// Concurrent sends share a commit; a lone send commits at once.
+	share := n.sending.Add(1) > 1
 	defer n.sending.Add(-1)
-	err = commit(func(tx *store.Tx) error {
+	err = n.write(share, func(tx *store.Tx) error {
 		c, err := contactByName(tx, name)
 		if err != nil {
 			return err
@@ -743,8 +738,9 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 	now := n.now()
 	var events []Event
 	resetSession := false
-	err := n.db.Update(func(tx *store.Tx) error {
+	err := n.write(true, func(tx *store.Tx) error {
 		events = events[:0]
+		resetSession = false
 		for i, e := range live {
 			err := errs[i]
 			switch {
