@@ -331,9 +331,10 @@ func Open(cfg Config) (*Node, error) {
 // the store's batching, which waits briefly for company: fn may then run
 // more than once (alone, after another write in the batch failed), so it
 // must start afresh each time and have no effect outside the
-// transaction. Otherwise it commits at once. Latency-sensitive writes
-// share only under load: concurrent sends, inbound batches of several
-// envelopes.
+// transaction. Otherwise it commits at once. A send shares when other
+// sends are under way (a lone send commits at once), the outcome of a
+// delivery whenever anything else is being written; an inbound batch
+// never waits.
 func (n *Node) write(share bool, fn func(*store.Tx) error) error {
 	others := n.writing.Add(1) > 1
 	defer n.writing.Add(-1)
@@ -342,10 +343,6 @@ func (n *Node) write(share bool, fn func(*store.Tx) error) error {
 	}
 	return n.db.Update(fn)
 }
-
-// shareIngestMin is the inbound batch size from which its commit may be
-// shared with other writes (see write).
-const shareIngestMin = 8
 
 // Identity is the node's own identity record.
 func (n *Node) Identity() store.Identity { return n.ident }

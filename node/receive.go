@@ -141,7 +141,9 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	results := make([]error, len(batch))
 	var events []Event
 	kick, newSession, held := false, false, false
-	err := n.write(len(batch) >= shareIngestMin, func(tx *store.Tx) error {
+	// The batch commits at once (it is one already); writes that may
+	// wait join around it.
+	err := n.write(false, func(tx *store.Tx) error {
 		events = events[:0]
 		kick, newSession, held = false, false, false
 		rc := &ingestBatch{}
