@@ -92,7 +92,7 @@ func waitEvent(b testing.TB, ctx context.Context, feed <-chan Event, typ EventTy
 // in her outbox) to Bob's commit (ratchet, message, dedup mark and receipt
 // in one transaction, acked after it), many senders at once.
 func BenchmarkDurableDirect256(b *testing.B) {
-	daemonGC(b)
+	gogc := daemonGC(b)
 	alice, bob := nodePair(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -126,12 +126,13 @@ func BenchmarkDurableDirect256(b *testing.B) {
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
+	b.ReportMetric(float64(gogc), "gogc")
 }
 
 // BenchmarkSendLatency: one message at a time, Send call to the
 // recipient's commit (its event), p50 and p99.
 func BenchmarkSendLatency(b *testing.B) {
-	daemonGC(b)
+	gogc := daemonGC(b)
 	alice, bob := nodePair(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -151,6 +152,7 @@ func BenchmarkSendLatency(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	b.ReportMetric(float64(gogc), "gogc")
 }
 
 // BenchmarkNodeStart: Open and Start on an existing data dir, until the
@@ -200,11 +202,11 @@ func cpuTime() time.Duration {
 
 // daemonGC runs a benchmark under the garbage collector target the sotto
 // command runs with (TuneGC: GCPercent, or GOGC from the environment),
-// restored when it ends, and reports it as "gogc".
-func daemonGC(b *testing.B) {
+// restored when it ends, and returns it for the benchmark to report.
+func daemonGC(b *testing.B) int {
 	prev := TuneGC()
 	cur := debug.SetGCPercent(prev)
 	debug.SetGCPercent(cur)
 	b.Cleanup(func() { debug.SetGCPercent(prev) })
-	b.ReportMetric(float64(cur), "gogc")
+	return cur
 }
