@@ -738,7 +738,10 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 	now := n.now()
 	var events []Event
 	resetSession := false
-	err := n.write(true, func(tx *store.Tx) error {
+	// Under load (sends being written), the outcome shares their commit;
+	// otherwise it commits at once: the next delivery to the contact
+	// waits for it.
+	err := n.write(n.sending.Load() > 1, func(tx *store.Tx) error {
 		events = events[:0]
 		resetSession = false
 		for i, e := range live {
