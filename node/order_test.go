@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
 
@@ -248,5 +249,44 @@ func TestReceiptRetry(t *testing.T) {
 		if got := receiptRetry(tc.age); got != tc.want {
 			t.Errorf("receiptRetry(%v) = %v, want %v", tc.age, got, tc.want)
 		}
+	}
+}
+
+// TestIngestBatchSessions: a batch that first gains a session (a new
+// contact's first message) and then loads a stored one keeps both, and
+// returns an unchanged session to the cache with the bytes it came from.
+func TestIngestBatchSessions(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	_, _, _, alice, bob := sessionPair(t, ctx)
+	aliceAcct, bobAcct := [32]byte(alice.Account()), [32]byte(bob.Account())
+	var other *protocol.Session
+	if err := bob.db.View(func(tx *store.Tx) (err error) {
+		other, err = bob.loadSession(tx, aliceAcct)
+		return err
+	}); err != nil || other == nil {
+		t.Fatalf("bob's session: %v", err)
+	}
+	errDone := errors.New("done")
+	err := alice.db.Update(func(tx *store.Tx) error {
+		rc := &ingestBatch{}
+		rc.changed(other) // as if a first message had set up a session
+		s, err := rc.session(alice, tx, bobAcct)
+		if err != nil || s == nil {
+			t.Fatalf("stored session in a batch that gained one: %v, %v", s, err)
+		}
+		if rc.sessions[aliceAcct] != other || rc.sessions[bobAcct] != s || len(rc.raw[bobAcct]) == 0 {
+			t.Fatal("the batch lost a session or the stored bytes")
+		}
+		delete(rc.dirty, aliceAcct)
+		if err := rc.flush(alice, tx, alice.now()); err != nil {
+			return err
+		}
+		if same, err := tx.SessionIs(bobAcct, rc.raw[bobAcct]); err != nil || !same {
+			t.Errorf("unchanged session's bytes differ from the store: %v", err)
+		}
+		return errDone // roll back
+	})
+	if !errors.Is(err, errDone) {
+		t.Fatal(err)
 	}
 }

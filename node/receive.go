@@ -248,6 +248,8 @@ func (rc *ingestBatch) session(n *Node, tx *store.Tx, acct [32]byte) (*protocol.
 	if s != nil {
 		if rc.sessions == nil {
 			rc.sessions = make(map[[32]byte]*protocol.Session)
+		}
+		if rc.raw == nil {
 			rc.raw = make(map[[32]byte][]byte)
 		}
 		rc.sessions[acct] = s
