@@ -331,10 +331,9 @@ func Open(cfg Config) (*Node, error) {
 // the store's batching, which waits briefly for company: fn may then run
 // more than once (alone, after another write in the batch failed), so it
 // must start afresh each time and have no effect outside the
-// transaction. Otherwise it commits at once. Sends and the outcomes of
-// deliveries share when several sends are under way (a lone send, and the
-// next delivery, which waits for the outcome of the last, do not wait for
-// company); an inbound batch never waits.
+// transaction. Otherwise it commits at once. Sends share when several
+// are under way (a lone send does not wait for company); inbound batches
+// and the outcomes of deliveries never wait.
 func (n *Node) write(share bool, fn func(*store.Tx) error) error {
 	others := n.writing.Add(1) > 1
 	defer n.writing.Add(-1)

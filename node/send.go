@@ -738,10 +738,11 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 	now := n.now()
 	var events []Event
 	resetSession := false
-	// Under load (sends being written), the outcome shares their commit;
-	// otherwise it commits at once: the next delivery to the contact
-	// waits for it.
-	err := n.write(n.sending.Load() > 1, func(tx *store.Tx) error {
+	// The outcome commits at once, on its own: the next delivery to the
+	// contact waits for it. (Shared with concurrent sends through the
+	// store's batching, it made the 100-node simulation lose first-contact
+	// messages and receipts in 3 runs of 5; the cause is not understood.)
+	err := n.write(false, func(tx *store.Tx) error {
 		events = events[:0]
 		resetSession = false
 		for i, e := range live {
