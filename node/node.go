@@ -150,8 +150,8 @@ type Node struct {
 
 	events *feed
 
-	// writing counts the writes under way (see write), sending the sends.
-	writing atomic.Int32
+	// sending counts Send calls writing right now: a lone one commits
+	// at once, concurrent ones share a batched commit.
 	sending atomic.Int32
 
 	mu      sync.Mutex
@@ -324,23 +324,6 @@ func Open(cfg Config) (*Node, error) {
 	n.mbx.syncKick = make(chan struct{}, 1)
 	n.mbx.resub = make(chan struct{}, 1)
 	return n, nil
-}
-
-// write runs fn in a read-write transaction. When share is set and other
-// writes are under way, it shares their commit, and one fsync, through
-// the store's batching, which waits briefly for company: fn may then run
-// more than once (alone, after another write in the batch failed), so it
-// must start afresh each time and have no effect outside the
-// transaction. Otherwise it commits at once. Sends share when several
-// are under way (a lone send does not wait for company); inbound batches
-// and the outcomes of deliveries never wait.
-func (n *Node) write(share bool, fn func(*store.Tx) error) error {
-	others := n.writing.Add(1) > 1
-	defer n.writing.Add(-1)
-	if share && others {
-		return n.db.Batch(fn)
-	}
-	return n.db.Update(fn)
 }
 
 // Identity is the node's own identity record.

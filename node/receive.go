@@ -141,9 +141,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	results := make([]error, len(batch))
 	var events []Event
 	kick, newSession, held := false, false, false
-	// The batch commits at once (it is one already); writes that may
-	// wait join around it.
-	err := n.write(false, func(tx *store.Tx) error {
+	err := n.db.Update(func(tx *store.Tx) error {
 		events = events[:0]
 		kick, newSession, held = false, false, false
 		rc := &ingestBatch{}
