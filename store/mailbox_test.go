@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -508,17 +507,7 @@ func TestMailboxReadOnly(t *testing.T) {
 
 func TestMailboxSchemaUpgrade(t *testing.T) {
 	// A database made before the mailbox existed gains its buckets on open.
-	dir := filepath.Join(t.TempDir(), "data")
-	old, err := Open(dir, withMigrations(migrations[:1]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	old.Close()
-	db, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := upgrade(t, openAtSchema(t, 1))
 	mustMbxPut(t, db, mbxEnvelope(mbxTag(1), 1, 10, time.Hour))
 }
 

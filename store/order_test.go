@@ -2,7 +2,6 @@ package store
 
 import (
 	"errors"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -275,11 +274,7 @@ func TestKeyChangeRestartsOrder(t *testing.T) {
 // TestOrderSchemaUpgrade: a schema 2 database with messages opens under
 // schema 3 with every message intact and PeerSeq 0.
 func TestOrderSchemaUpgrade(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "data")
-	old, err := Open(dir, withMigrations(migrations[:2]))
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := openAtSchema(t, 2)
 	addContacts(t, old, 1)
 	m := Message{ID: msgID(1), Contact: acct(1), Direction: Incoming, Type: 1, Body: []byte("old"),
 		SentAt: t0, ReceivedAt: t0, State: StateReceived, Seq: 1, GlobalSeq: 1}
@@ -302,12 +297,7 @@ func TestOrderSchemaUpgrade(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	old.Close()
-	db, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := upgrade(t, old)
 	mustView(t, db, func(tx *Tx) error {
 		got, err := tx.GetMessage(m.ID)
 		if err != nil || string(got.Body) != "old" || got.PeerSeq != 0 || got.Seq != 1 {

@@ -23,6 +23,30 @@ func openTest(t testing.TB, opts ...Option) (*DB, string) {
 	return db, dir
 }
 
+// openAtSchema opens a new database that stops at the given schema
+// version, for an upgrade test (see upgrade).
+func openAtSchema(t *testing.T, version int) *DB {
+	t.Helper()
+	db, err := Open(filepath.Join(t.TempDir(), "data"), withMigrations(migrations[:version]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// upgrade closes old and opens its data dir again under the current
+// schema; the database is closed when the test ends.
+func upgrade(t *testing.T, old *DB) *DB {
+	t.Helper()
+	old.Close()
+	db, err := Open(old.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 func acct(n byte) [32]byte {
 	var a [32]byte
 	a[0] = n

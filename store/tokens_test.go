@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -109,11 +108,7 @@ func TestPruneEnvelopeTokens(t *testing.T) {
 // after the upgrade by any expiry, until they are pruned once every
 // envelope they could belong to has expired. Other settings stay.
 func TestTokenSchemaUpgrade(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "data")
-	old, err := Open(dir, withMigrations(migrations[:3]))
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := openAtSchema(t, 3)
 	rec := bytes.Repeat([]byte{9}, 80)
 	h := hashN(5)
 	legacy := legacyTokenPrefix + base64.RawURLEncoding.EncodeToString(h[:16])
@@ -126,13 +121,8 @@ func TestTokenSchemaUpgrade(t *testing.T) {
 		}
 		return tx.PutSetting("other", []byte("kept"))
 	})
-	old.Close()
 	upgraded := time.Now()
-	db, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := upgrade(t, old)
 	mustView(t, db, func(tx *Tx) error {
 		if got, err := tx.EnvelopeToken(t0.Add(13*time.Hour), h); err != nil || !bytes.Equal(got, rec) {
 			t.Errorf("legacy record after the upgrade: %x, %v", got, err)
@@ -225,11 +215,7 @@ func TestEnvelopeTokensOneSecond(t *testing.T) {
 // TestTokenSchema4Upgrade: records in schema 4's layout are found after
 // the upgrade, the legacy ones included.
 func TestTokenSchema4Upgrade(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "data")
-	old, err := Open(dir, withMigrations(migrations[:4]))
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := openAtSchema(t, 4)
 	exp := t0.Add(time.Hour)
 	h, lh := hashN(1), hashN(2)
 	if err := old.bolt.Update(func(tx *bolt.Tx) error {
@@ -244,12 +230,7 @@ func TestTokenSchema4Upgrade(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	old.Close()
-	db, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := upgrade(t, old)
 	mustView(t, db, func(tx *Tx) error {
 		if got, err := tx.EnvelopeToken(exp, h); err != nil || string(got) != "new" {
 			t.Errorf("schema 4 record: %q, %v", got, err)
