@@ -66,19 +66,38 @@ var migrations = []migration{
 // SchemaVersion is the schema version this build writes.
 func SchemaVersion() int { return len(migrations) }
 
-// migrate brings the schema to len(ms), all in one transaction.
+// migrate brings the schema to len(ms), all in one transaction. A
+// database already at len(ms) is only read: a write transaction commits a
+// new meta page even when nothing changed, so opening an up-to-date store
+// would otherwise rewrite the file.
 func (db *DB) migrate(ms []migration) error {
-	err := db.bolt.Update(func(tx *bolt.Tx) error {
+	var current bool
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			return nil // a new database: initialise it below
+		}
+		have, err := schemaVersion(meta)
+		if err != nil {
+			return err
+		}
+		if have > uint64(len(ms)) {
+			return fmt.Errorf("%w (database schema %d, this build knows up to %d)", ErrSchemaTooNew, have, len(ms))
+		}
+		current = have == uint64(len(ms))
+		return nil
+	})
+	if err != nil || current {
+		return err
+	}
+	return db.bolt.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
 		}
-		var have uint64
-		if v := meta.Get(keySchema); v != nil {
-			if len(v) != 8 {
-				return fmt.Errorf("%w: schema version has %d bytes", ErrCorrupt, len(v))
-			}
-			have = binary.BigEndian.Uint64(v)
+		have, err := schemaVersion(meta)
+		if err != nil {
+			return err
 		}
 		if have > uint64(len(ms)) {
 			return fmt.Errorf("%w (database schema %d, this build knows up to %d)", ErrSchemaTooNew, have, len(ms))
@@ -88,12 +107,21 @@ func (db *DB) migrate(ms []migration) error {
 				return fmt.Errorf("store: migration %d (%s): %w", i+1, ms[i].name, err)
 			}
 		}
-		if have == uint64(len(ms)) {
-			return nil
-		}
 		return meta.Put(keySchema, be64(uint64(len(ms))))
 	})
-	return err
+}
+
+// schemaVersion reads the schema version from the meta bucket; a missing
+// version is 0 (no migration applied yet).
+func schemaVersion(meta *bolt.Bucket) (uint64, error) {
+	v := meta.Get(keySchema)
+	if v == nil {
+		return 0, nil
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: schema version has %d bytes", ErrCorrupt, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 // Schema returns the schema version stored in the database.
