@@ -43,7 +43,8 @@ const bundleLabel = "sotto/v1/prekey-bundle"
 var (
 	ErrBundleMalformed   = errors.New("keys: prekey bundle is malformed")
 	ErrBundleVersion     = errors.New("keys: prekey bundle has an unknown version")
-	ErrBundleSignature   = errors.New("keys: prekey bundle signature is missing or does not verify")
+	ErrBundleSignature   = errors.New("keys: prekey bundle signature does not verify")
+	ErrBundleUnsigned    = errors.New("keys: prekey bundle is not signed (its signature is all zero)")
 	ErrBundleExpired     = errors.New("keys: prekey bundle has expired")
 	ErrBundleValidity    = errors.New("keys: prekey bundle expires too far in the future")
 	ErrDeviceMismatch    = errors.New("keys: device certificate belongs to a different account than the bundle")
@@ -256,7 +257,8 @@ func parseKEMPrekey(r *parser) (SignedKEMPrekey, error) {
 // (ParseDHPublic / ParseKEMPublic errors), distinct prekey IDs
 // (ErrDuplicatePrekeyID), expiry against now (ErrBundleExpired, and
 // ErrBundleValidity beyond MaxBundleValidity plus BundleClockSkew), the
-// bundle signature (ErrBundleSignature), the device
+// bundle signature (ErrBundleUnsigned when it is all zero, as in a bundle
+// never signed; ErrBundleSignature when it does not verify), the device
 // certificate (Device errors) and each prekey signature (ErrPrekeySignature).
 func (b *Bundle) Verify(now time.Time) error {
 	if err := b.VerifyForUse(now); err != nil {
@@ -322,7 +324,10 @@ func (b *Bundle) VerifyForUse(now time.Time) error {
 	if b.Expires.Sub(now) > MaxBundleValidity+BundleClockSkew {
 		return fmt.Errorf("%w (expires %s, limit %s from now)", ErrBundleValidity, b.Expires.UTC().Format(time.RFC3339), MaxBundleValidity+BundleClockSkew)
 	}
-	if b.Signature == ([SignatureSize]byte{}) || !b.Account.Verify(b.signingInput(), b.Signature[:]) {
+	if b.Signature == ([SignatureSize]byte{}) {
+		return ErrBundleUnsigned
+	}
+	if !b.Account.Verify(b.signingInput(), b.Signature[:]) {
 		return ErrBundleSignature
 	}
 	if err := b.Device.Verify(); err != nil {

@@ -137,15 +137,46 @@ const (
 )
 
 // bundleErrors lists every sentinel Verify and ParseBundle may return;
-// each case must match exactly one.
+// each case must match exactly one, and TestBundleErrorsCovered checks
+// that some case triggers each of them.
+//
+// A prekey's type byte fixes its length, so a bundle cannot carry a key of
+// the wrong length: a key cut short by the end of the data is a truncated
+// bundle (ErrBundleMalformed), and ErrDHLength and ErrKEMLength come only
+// from ParseDHPublic and ParseKEMPublic given raw bytes (see
+// TestParseDHPublicLength and TestParseKEMPublic). A key of the wrong type
+// is ErrKeyType.
 var bundleErrors = []error{
-	ErrBundleMalformed, ErrBundleVersion, ErrBundleSignature, ErrBundleExpired, ErrBundleValidity,
-	ErrDeviceMismatch, ErrDuplicatePrekeyID, ErrPrekeySignature, ErrKeyType,
-	ErrDHLength, ErrDHLowOrder, ErrDHNonCanonical, ErrKEMInvalid, ErrKEMLength,
+	ErrBundleMalformed, ErrBundleVersion, ErrBundleSignature, ErrBundleUnsigned, ErrBundleExpired,
+	ErrBundleValidity, ErrDeviceMismatch, ErrDuplicatePrekeyID, ErrPrekeySignature, ErrKeyType,
+	ErrDHLowOrder, ErrDHNonCanonical, ErrKEMInvalid,
 	ErrDeviceSignature, ErrDeviceMalformed, ErrDeviceVersion,
 }
 
+// bundleVerifyCase is a change to a valid bundle and the error Verify must
+// then report at now (nil: the bundle still verifies).
+type bundleVerifyCase struct {
+	name   string
+	mutate func(b *Bundle)
+	now    time.Time
+	want   error
+}
+
 func TestBundleVerify(t *testing.T) {
+	base, cases := bundleVerifyCases(t)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b := cloneBundle(t, base)
+			c.mutate(b)
+			checkErr(t, b.Verify(c.now), c.want, bundleErrors)
+		})
+	}
+	if err := base.Verify(testNow); err != nil {
+		t.Fatalf("cases changed the base bundle: %v", err)
+	}
+}
+
+func bundleVerifyCases(t testing.TB) (*Bundle, []bundleVerifyCase) {
 	base, _, acct := testBundle(t, "verify", 3)
 	other := testAccount(t, "verify-other")
 	otherCert, _ := testDevice(t, other, "verify-other-ik")
@@ -153,17 +184,18 @@ func TestBundleVerify(t *testing.T) {
 	copy(badKEM[:], bytes.Repeat([]byte{0xff}, KEMPublicSize))
 	resign := func(b *Bundle) { b.Sign(acct) }
 
-	cases := []struct {
-		name   string
-		mutate func(b *Bundle)
-		now    time.Time
-		want   error
-	}{
+	return base, []bundleVerifyCase{
 		{"valid", func(b *Bundle) {}, testNow, nil},
 		{"valid just before expiry", func(b *Bundle) {}, base.Expires.Add(-time.Second), nil},
 		{"valid with no one-time prekeys", func(b *Bundle) { b.OneTimeDH, b.OneTimeKEM = nil, nil; resign(b) }, testNow, nil},
 
-		{"unsigned", func(b *Bundle) { b.Signature = [SignatureSize]byte{} }, testNow, ErrBundleSignature},
+		{"signature all zero", func(b *Bundle) { b.Signature = [SignatureSize]byte{} }, testNow, ErrBundleUnsigned},
+		{"never signed", func(b *Bundle) {
+			*b = Bundle{Account: b.Account, Device: b.Device, Seq: b.Seq, Expires: b.Expires,
+				SignedPrekey: b.SignedPrekey, LastResortKEM: b.LastResortKEM, OneTimeDH: b.OneTimeDH, OneTimeKEM: b.OneTimeKEM}
+		}, testNow, ErrBundleUnsigned},
+		{"signature all zero but one bit", func(b *Bundle) { b.Signature = [SignatureSize]byte{63: 1} }, testNow, ErrBundleSignature},
+		{"signature all 0xff", func(b *Bundle) { copy(b.Signature[:], bytes.Repeat([]byte{0xff}, SignatureSize)) }, testNow, ErrBundleSignature},
 		{"flipped signature", func(b *Bundle) { b.Signature[10] ^= 4 }, testNow, ErrBundleSignature},
 		{"seq changed after signing", func(b *Bundle) { b.Seq++ }, testNow, ErrBundleSignature},
 		{"expiry changed after signing", func(b *Bundle) { b.Expires = b.Expires.Add(time.Hour) }, testNow, ErrBundleSignature},
@@ -217,16 +249,6 @@ func TestBundleVerify(t *testing.T) {
 		}, testNow, ErrDuplicatePrekeyID},
 		{"last-resort ID reused by one-time DH", func(b *Bundle) { b.OneTimeDH[2].ID = b.LastResortKEM.ID; resign(b) }, testNow, ErrDuplicatePrekeyID},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			b := cloneBundle(t, base)
-			c.mutate(b)
-			checkErr(t, b.Verify(c.now), c.want, bundleErrors)
-		})
-	}
-	if err := base.Verify(testNow); err != nil {
-		t.Fatalf("cases changed the base bundle: %v", err)
-	}
 }
 
 // bundleOffsets locates fields in an encoding made by testBundle.
@@ -249,9 +271,15 @@ func offsetsOf(b *Bundle) bundleOffsets {
 	return o
 }
 
+// bundleParseCase is an encoding and the error ParseBundle must report.
+type bundleParseCase struct {
+	name string
+	in   []byte
+	want error
+}
+
 func TestParseBundle(t *testing.T) {
-	b, _, _ := testBundle(t, "parse", 2)
-	enc := b.Marshal()
+	b, enc, cases := bundleParseCases(t)
 	o := offsetsOf(b)
 	if o.sig+SignatureSize != len(enc) {
 		t.Fatalf("offsets wrong: %d vs %d", o.sig+SignatureSize, len(enc))
@@ -267,40 +295,6 @@ func TestParseBundle(t *testing.T) {
 		c := bytes.Clone(enc)
 		copy(c[off:], v)
 		return c
-	}
-	var far [8]byte
-	binary.BigEndian.PutUint64(far[:], 1<<63)
-	cases := []struct {
-		name string
-		in   []byte
-		want error
-	}{
-		{"empty", nil, ErrBundleMalformed},
-		{"version 0", with(0, 0), ErrBundleVersion},
-		{"version 2", with(0, 2), ErrBundleVersion},
-		{"trailing byte", append(bytes.Clone(enc), 0), ErrBundleMalformed},
-		{"over MaxBundleSize", make([]byte, MaxBundleSize+1), ErrBundleMalformed},
-		{"expiry out of range", with(o.expires, far[:]...), ErrBundleMalformed},
-		{"33 one-time prekeys", with(o.nOTDH, MaxOneTimePrekeys+1), ErrBundleMalformed},
-		{"255 one-time KEM prekeys", with(o.nOTKEM, 0xff), ErrBundleMalformed},
-		{"one-time count larger than data", with(o.nOTDH, 3), ErrKeyType},
-		{"one-time KEM count larger than data", func() []byte {
-			c := with(o.nOTKEM, 3)
-			c[o.sig] = byte(KeyTypeMLKEM768)
-			return c
-		}(), ErrBundleMalformed},
-		{"signed prekey typed as KEM", with(o.spk, byte(KeyTypeMLKEM768)), ErrKeyType},
-		{"last-resort typed as X25519", with(o.lrKEM, byte(KeyTypeX25519)), ErrKeyType},
-		{"one-time prekey typed 0", with(o.otdh, 0), ErrKeyType},
-		{"one-time KEM typed X25519", with(o.otkem+kemPrekeySize, byte(KeyTypeX25519)), ErrKeyType},
-		{"signed prekey low-order", with(o.spk+5, lowOrder[2][:]...), ErrDHLowOrder},
-		{"signed prekey non-canonical", with(o.spk+5+31, 0x80), ErrDHNonCanonical},
-		{"one-time prekey p-1", with(o.otdh+oneTimePrekeySize+5, lowOrder[4][:]...), ErrDHLowOrder},
-		{"last-resort KEM invalid", with(o.lrKEM+5, 0xff, 0xff), ErrKEMInvalid},
-		{"one-time KEM invalid", with(o.otkem+5, 0xff, 0xff), ErrKEMInvalid},
-		{"device version 9", with(o.device, 9), ErrDeviceVersion},
-		{"device peer ID length 0", with(o.device+1+AccountSize, 0), ErrDeviceMalformed},
-		{"device identity key low-order", with(o.device+1+AccountSize+1+len(testPeerID), lowOrder[0][:]...), ErrDHLowOrder},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -325,6 +319,86 @@ func TestParseBundle(t *testing.T) {
 	}
 	if err := p.Verify(testNow); !errors.Is(err, ErrDuplicatePrekeyID) {
 		t.Fatalf("duplicate IDs: %v", err)
+	}
+}
+
+// bundleParseCases returns a valid bundle, its encoding, and encodings
+// that ParseBundle must reject.
+func bundleParseCases(t testing.TB) (*Bundle, []byte, []bundleParseCase) {
+	b, _, _ := testBundle(t, "parse", 2)
+	enc := b.Marshal()
+	o := offsetsOf(b)
+	with := func(off int, v ...byte) []byte {
+		c := bytes.Clone(enc)
+		copy(c[off:], v)
+		return c
+	}
+	var far [8]byte
+	binary.BigEndian.PutUint64(far[:], 1<<63)
+	return b, enc, []bundleParseCase{
+		{"empty", nil, ErrBundleMalformed},
+		{"version 0", with(0, 0), ErrBundleVersion},
+		{"version 2", with(0, 2), ErrBundleVersion},
+		{"trailing byte", append(bytes.Clone(enc), 0), ErrBundleMalformed},
+		{"over MaxBundleSize", make([]byte, MaxBundleSize+1), ErrBundleMalformed},
+		{"expiry out of range", with(o.expires, far[:]...), ErrBundleMalformed},
+		{"33 one-time prekeys", with(o.nOTDH, MaxOneTimePrekeys+1), ErrBundleMalformed},
+		{"255 one-time KEM prekeys", with(o.nOTKEM, 0xff), ErrBundleMalformed},
+		{"one-time count larger than data", with(o.nOTDH, 3), ErrKeyType},
+		{"one-time KEM count larger than data", func() []byte {
+			c := with(o.nOTKEM, 3)
+			c[o.sig] = byte(KeyTypeMLKEM768)
+			return c
+		}(), ErrBundleMalformed},
+		{"signed prekey cut short", enc[:o.spk+5+DHSize-1], ErrBundleMalformed},
+		{"last-resort KEM cut short", enc[:o.lrKEM+5+KEMPublicSize-1], ErrBundleMalformed},
+		{"signed prekey typed as KEM", with(o.spk, byte(KeyTypeMLKEM768)), ErrKeyType},
+		{"last-resort typed as X25519", with(o.lrKEM, byte(KeyTypeX25519)), ErrKeyType},
+		{"one-time prekey typed 0", with(o.otdh, 0), ErrKeyType},
+		{"one-time KEM typed X25519", with(o.otkem+kemPrekeySize, byte(KeyTypeX25519)), ErrKeyType},
+		{"one-time KEM typed 0xff", with(o.otkem, 0xff), ErrKeyType},
+		{"signed prekey low-order", with(o.spk+5, lowOrder[2][:]...), ErrDHLowOrder},
+		{"signed prekey non-canonical", with(o.spk+5+31, 0x80), ErrDHNonCanonical},
+		{"one-time prekey p-1", with(o.otdh+oneTimePrekeySize+5, lowOrder[4][:]...), ErrDHLowOrder},
+		{"last-resort KEM invalid", with(o.lrKEM+5, 0xff, 0xff), ErrKEMInvalid},
+		{"one-time KEM invalid", with(o.otkem+5, 0xff, 0xff), ErrKEMInvalid},
+		{"device version 9", with(o.device, 9), ErrDeviceVersion},
+		{"device peer ID length 0", with(o.device+1+AccountSize, 0), ErrDeviceMalformed},
+		{"device identity key low-order", with(o.device+1+AccountSize+1+len(testPeerID), lowOrder[0][:]...), ErrDHLowOrder},
+	}
+}
+
+// TestBundleErrorsCovered: every error in bundleErrors is what some case
+// of TestBundleVerify or TestParseBundle must produce, and every case
+// expects an error from the list, so the list names no unreachable error.
+func TestBundleErrorsCovered(t *testing.T) {
+	var wants []error
+	_, verify := bundleVerifyCases(t)
+	for _, c := range verify {
+		wants = append(wants, c.want)
+	}
+	_, _, parse := bundleParseCases(t)
+	for _, c := range parse {
+		wants = append(wants, c.want)
+	}
+	covered := map[error]bool{}
+	for _, w := range wants {
+		if w == nil {
+			continue
+		}
+		listed := false
+		for _, e := range bundleErrors {
+			listed = listed || w == e
+		}
+		if !listed {
+			t.Errorf("a case expects %v, which bundleErrors does not list", w)
+		}
+		covered[w] = true
+	}
+	for _, e := range bundleErrors {
+		if !covered[e] {
+			t.Errorf("no case triggers %v", e)
+		}
 	}
 }
 
