@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -13,8 +14,13 @@ import (
 	"golang.org/x/crypto/scrypt"
 )
 
-// KeystoreVersion is the only keystore format this package writes and reads.
-const KeystoreVersion = 1
+// KeystoreVersion is the keystore format this package writes. It also
+// reads keystoreVersion1, the format before it.
+const KeystoreVersion = 2
+
+// keystoreVersion1 is the first format: no checksum, so damage to an
+// encrypted file reads as a wrong passphrase.
+const keystoreVersion1 = 1
 
 // Passphrase key derivation: scrypt with N = 2^ScryptLogN. The parameters
 // are stored in each file, so they can be raised later without breaking
@@ -39,17 +45,22 @@ const (
 	// MaxKeystorePayload bounds the (possibly encrypted) payload.
 	MaxKeystorePayload = 16 << 10
 
-	keystoreMagic     = "SOTTO-KS"
-	keystoreSaltSize  = 16
-	keystorePlainHdr  = len(keystoreMagic) + 1 + 1 + 4
-	keystoreSealedHdr = len(keystoreMagic) + 1 + 1 + 1 + 4 + 4 + keystoreSaltSize + chacha20poly1305.NonceSizeX + 4
-	maxKeystoreFile   = keystoreSealedHdr + MaxKeystorePayload
+	keystoreMagic        = "SOTTO-KS"
+	keystoreSaltSize     = 16
+	keystorePlainHdr     = len(keystoreMagic) + 1 + 1 + 4
+	keystoreSealedHdr    = len(keystoreMagic) + 1 + 1 + 1 + 4 + 4 + keystoreSaltSize + chacha20poly1305.NonceSizeX + 4
+	keystoreChecksumSize = sha256.Size
+	maxKeystoreFile      = keystoreSealedHdr + MaxKeystorePayload + keystoreChecksumSize
 
 	modePlain  = 0
 	modeScrypt = 1 // scrypt, then XChaCha20-Poly1305 with the header as associated data
 )
 
 // Errors reading or writing a keystore. Each message says what to do.
+// From version 2 on, damage to the file (ErrKeystoreCorrupt,
+// ErrKeystoreTruncated) is told apart from a wrong passphrase; in a
+// version 1 file, damage to an encrypted payload, salt, nonce or scrypt
+// parameters reads as ErrWrongPassphrase, whose message still names both.
 var (
 	ErrWrongPassphrase    = errors.New("keys: wrong passphrase for the keystore (or the file is damaged); try again with the right passphrase")
 	ErrPassphraseRequired = errors.New("keys: the keystore is encrypted; supply its passphrase")
@@ -60,19 +71,34 @@ var (
 
 // Keystore is the set of long-term secrets of one device.
 //
-// File format (version 1), integers big-endian:
+// File format (version 2, written), integers big-endian:
 //
-//	magic    "SOTTO-KS"
-//	version  uint8 = 1
-//	mode     uint8: 0 plain, 1 scrypt + XChaCha20-Poly1305
-//	mode 1:  logN uint8 | r uint32 | p uint32 | salt [16]byte | nonce [24]byte
-//	length   uint32, of the payload that follows (at most 16 KiB)
-//	payload  mode 0: body; mode 1: XChaCha20-Poly1305(key, nonce, body, header)
-//	         where key = scrypt(passphrase, salt, 2^logN, r, p, 32) and
-//	         header is every byte before the payload
+//	magic     "SOTTO-KS"
+//	version   uint8 = 2
+//	mode      uint8: 0 plain, 1 scrypt + XChaCha20-Poly1305
+//	mode 1:   logN uint8 | r uint32 | p uint32 | salt [16]byte | nonce [24]byte
+//	length    uint32, of the payload that follows (at most 16 KiB)
+//	payload   mode 0: body; mode 1: XChaCha20-Poly1305(key, nonce, body, header)
+//	          where key = scrypt(passphrase, salt, 2^logN, r, p, 32) and
+//	          header is every byte before the payload
+//	checksum  [32]byte SHA-256 of every byte before it (unkeyed)
 //
-//	body     account seed [32]byte | identity DH [32]byte |
-//	         host key length uint16 (1..1024) | host key
+//	body      account seed [32]byte | identity DH [32]byte |
+//	          host key length uint16 (1..1024) | host key
+//
+// A reader checks the checksum before it looks at the payload: a file
+// whose checksum does not match is damaged (ErrKeystoreTruncated when it
+// is shorter than its header says, else ErrKeystoreCorrupt), so an
+// authentication failure of an intact file means a wrong passphrase. The
+// checksum detects accidents, not tampering: anyone who can write the file
+// can recompute it, and the AEAD is what protects an encrypted payload.
+// Every version from 2 on ends with the same checksum, so a file whose
+// version byte is unknown is reported as written by a newer version
+// (ErrKeystoreVersion) only if its checksum matches, and as damaged
+// otherwise.
+//
+// Version 1 (read, never written) is version 2 with version byte 1 and no
+// checksum.
 type Keystore struct {
 	Account    *AccountPrivate
 	IdentityDH *DHPrivate
@@ -170,14 +196,14 @@ func marshalKeystore(ks *Keystore, passphrase []byte, rand io.Reader, params scr
 		return nil, err
 	}
 	defer clear(body)
-	w := builder{b: make([]byte, 0, keystoreSealedHdr+len(body)+chacha20poly1305.Overhead)}
+	w := builder{b: make([]byte, 0, keystoreSealedHdr+len(body)+chacha20poly1305.Overhead+keystoreChecksumSize)}
 	w.bytes([]byte(keystoreMagic))
 	w.u8(KeystoreVersion)
 	if len(passphrase) == 0 {
 		w.u8(modePlain)
 		w.u32(uint32(len(body)))
 		w.bytes(body)
-		return w.b, nil
+		return appendChecksum(w.b), nil
 	}
 	if err := params.check(MaxScryptLogN); err != nil {
 		return nil, err
@@ -207,7 +233,24 @@ func marshalKeystore(ks *Keystore, passphrase []byte, rand io.Reader, params scr
 		return nil, fmt.Errorf("keys: keystore cipher: %w", err)
 	}
 	header := w.b
-	return aead.Seal(header, nonce[:], body, header), nil
+	return appendChecksum(aead.Seal(header, nonce[:], body, header)), nil
+}
+
+// appendChecksum appends the SHA-256 of b to b.
+func appendChecksum(b []byte) []byte {
+	sum := sha256.Sum256(b)
+	return append(b, sum[:]...)
+}
+
+// checksumOK reports whether b ends with the SHA-256 of the bytes before
+// its last keystoreChecksumSize bytes.
+func checksumOK(b []byte) bool {
+	if len(b) < keystoreChecksumSize {
+		return false
+	}
+	n := len(b) - keystoreChecksumSize
+	sum := sha256.Sum256(b[:n])
+	return subtle.ConstantTimeCompare(sum[:], b[n:]) == 1
 }
 
 // parseKeystore decodes a keystore file's contents.
@@ -236,9 +279,24 @@ func parseKeystoreLimit(b []byte, passphrase []byte, maxLogN uint8) (*Keystore, 
 	if !r.ok {
 		return nil, ErrKeystoreTruncated
 	}
-	if version != KeystoreVersion {
+	switch {
+	case version == keystoreVersion1:
+		return parseKeystoreBodyV(b, r, passphrase, maxLogN, false)
+	case version == KeystoreVersion:
+		return parseKeystoreBodyV(b, r, passphrase, maxLogN, true)
+	case version > KeystoreVersion && checksumOK(b):
 		return nil, fmt.Errorf("%w (format %d)", ErrKeystoreVersion, version)
+	default:
+		// Version 0 never existed, and a newer version would end with a
+		// matching checksum: the version byte or the file is damaged.
+		return nil, fmt.Errorf("%w: unknown format %d and no valid checksum", ErrKeystoreCorrupt, version)
 	}
+}
+
+// parseKeystoreBodyV parses what follows the version byte in b (r is
+// positioned there); checksummed says whether the file ends with a
+// checksum (version 2).
+func parseKeystoreBodyV(b []byte, r *parser, passphrase []byte, maxLogN uint8, checksummed bool) (*Keystore, error) {
 	mode := r.u8()
 	var params scryptParams
 	var salt, nonce []byte
@@ -259,13 +317,20 @@ func parseKeystoreLimit(b []byte, passphrase []byte, maxLogN uint8) (*Keystore, 
 		return nil, fmt.Errorf("%w: payload length %d", ErrKeystoreCorrupt, n)
 	}
 	header := b[:len(b)-len(r.b)]
-	if uint32(len(r.b)) < n {
+	want := int(n)
+	if checksummed {
+		want += keystoreChecksumSize
+	}
+	if len(r.b) < want {
 		return nil, ErrKeystoreTruncated
 	}
-	if uint32(len(r.b)) > n {
-		return nil, fmt.Errorf("%w: %d trailing bytes", ErrKeystoreCorrupt, uint32(len(r.b))-n)
+	if len(r.b) > want {
+		return nil, fmt.Errorf("%w: %d trailing bytes", ErrKeystoreCorrupt, len(r.b)-want)
 	}
-	payload := r.b
+	if checksummed && !checksumOK(b) {
+		return nil, fmt.Errorf("%w: checksum does not match", ErrKeystoreCorrupt)
+	}
+	payload := r.b[:n]
 	if mode == modePlain {
 		return parseKeystoreBody(payload)
 	}

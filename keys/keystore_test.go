@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/chacha20poly1305"
 )
 
 // testScrypt keeps the tests fast; files written with it are still valid.
@@ -154,12 +156,160 @@ func TestKeystoreKnownAnswer(t *testing.T) {
 	if err != nil || !got.Equal(ks) {
 		t.Fatalf("parse: %v", err)
 	}
+	// The trailer is the SHA-256 of everything before it.
+	for _, b := range [][]byte{plain, sealed} {
+		n := len(b) - sha256.Size
+		if sum := sha256.Sum256(b[:n]); !bytes.Equal(sum[:], b[n:]) {
+			t.Errorf("checksum trailer of %x is not the SHA-256 of the rest", b[:12])
+		}
+	}
 }
 
+// wantPlainKeystore is the version 1 encoding pinned before version 2
+// existed, with its version byte set to 2 and the SHA-256 of the result
+// appended (computed with Python's hashlib).
 const (
-	wantPlainKeystore      = "534f54544f2d4b530100000000866fbe007b17c91775692407697ac5597e2ee9ef3a3320b48e4147639eff73d1991eecbf97c7e85034e0553b2461b1c9919b03cc58ce2779ff9f02bba7bb16c5520044080112405a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"
-	wantSealedKeystoreHash = "ac75aa3a1cc9304080399cd03e8a0931960d0374183bfe71fd9ca23285f88746"
+	wantPlainKeystore      = "534f54544f2d4b530200000000866fbe007b17c91775692407697ac5597e2ee9ef3a3320b48e4147639eff73d1991eecbf97c7e85034e0553b2461b1c9919b03cc58ce2779ff9f02bba7bb16c5520044080112405a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a3aca789dbf8588dbca34a5345a9d7c6c61b77d1596fcf60719319580e2bca1d3"
+	wantSealedKeystoreHash = "6ebd1266e8be9bf077066be09bbf9ccefe4295923d85b44464eeea704b4e9b8b"
 )
+
+// resum replaces the checksum trailer of a version 2 keystore with the
+// SHA-256 of the bytes before it, as a writer that changed a field would.
+func resum(b []byte) []byte {
+	n := len(b) - sha256.Size
+	return appendChecksum(bytes.Clone(b[:n]))
+}
+
+// TestKeystoreVersion1 opens keystore files written by the version 1
+// code (keys/testdata/keystore-v1-*: plain, scrypt with the tests' cheap
+// parameters, and scrypt with the defaults, as WriteKeystore wrote them),
+// and checks what version 1 can and cannot tell.
+func TestKeystoreVersion1(t *testing.T) {
+	want := testKeystore(t, "ks-v1")
+	pass := []byte("passphrase")
+	for _, name := range []string{"plain", "scrypt", "default"} {
+		path := filepath.Join("testdata", "keystore-v1-"+name)
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if raw[len(keystoreMagic)] != keystoreVersion1 {
+			t.Fatalf("%s: not a version 1 file", name)
+		}
+		got, err := ReadKeystore(path, pass)
+		if err != nil || !got.Equal(want) {
+			t.Fatalf("%s: version 1 keystore does not open: %v", name, err)
+		}
+		// Written again, it is version 2 and reads back the same.
+		again, err := marshalKeystore(got, pass, testRand("ks-v1-again"), testScrypt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again[len(keystoreMagic)] != KeystoreVersion {
+			t.Fatalf("%s: rewritten as version %d", name, again[len(keystoreMagic)])
+		}
+		if back, err := parseKeystore(again, pass); err != nil || !back.Equal(want) {
+			t.Fatalf("%s: rewritten keystore: %v", name, err)
+		}
+		for n := range len(raw) {
+			if _, err := parseKeystore(raw[:n], pass); !errors.Is(err, ErrKeystoreTruncated) {
+				t.Fatalf("%s cut to %d bytes: %v", name, n, err)
+			}
+		}
+		if _, err := parseKeystore(append(bytes.Clone(raw), 0), pass); !errors.Is(err, ErrKeystoreCorrupt) {
+			t.Fatalf("%s with a trailing byte: %v", name, err)
+		}
+		if name == "plain" {
+			continue
+		}
+		if _, err := parseKeystore(raw, []byte("not the passphrase")); !errors.Is(err, ErrWrongPassphrase) {
+			t.Fatalf("%s, wrong passphrase: %v", name, err)
+		}
+		// Without a checksum, damage to the ciphertext is indistinguishable
+		// from a wrong passphrase; the error's message names both.
+		damaged := bytes.Clone(raw)
+		damaged[len(damaged)-20] ^= 1
+		_, err = parseKeystore(damaged, pass)
+		checkErr(t, err, ErrWrongPassphrase, keystoreErrors)
+		if !strings.Contains(err.Error(), "damaged") {
+			t.Fatalf("%s: version 1 error does not mention damage: %v", name, err)
+		}
+	}
+}
+
+// TestKeystoreDamage: in a version 2 file, any truncation or flipped bit
+// is reported as damage, never as a wrong passphrase, and costs no scrypt
+// run; an intact file with the wrong passphrase is reported as such.
+func TestKeystoreDamage(t *testing.T) {
+	ks := testKeystore(t, "ks-damage")
+	pass := []byte("hunter2 hunter2")
+	plain, _ := marshalKeystore(ks, nil, testRand("r"), testScrypt)
+	sealed, _ := marshalKeystore(ks, pass, testRand("r"), testScrypt)
+	m := len(keystoreMagic)
+	payload := keystoreSealedHdr
+	sum := len(sealed) - sha256.Size
+	flip := func(off int, bit byte) []byte {
+		b := bytes.Clone(sealed)
+		b[off] ^= bit
+		return b
+	}
+	regions := []struct {
+		name string
+		off  int
+		want error
+	}{
+		{"magic", 3, ErrKeystoreCorrupt},
+		{"version", m, ErrKeystoreCorrupt},
+		{"mode", m + 1, ErrKeystoreCorrupt},
+		{"scrypt logN", m + 2, ErrKeystoreCorrupt},
+		{"scrypt r", m + 6, ErrKeystoreCorrupt},
+		{"scrypt p", m + 10, ErrKeystoreCorrupt},
+		{"salt", m + 11, ErrKeystoreCorrupt},
+		{"salt end", m + 11 + keystoreSaltSize - 1, ErrKeystoreCorrupt},
+		{"nonce", m + 11 + keystoreSaltSize, ErrKeystoreCorrupt},
+		{"nonce end", payload - 5, ErrKeystoreCorrupt},
+		{"payload length, low bit", payload - 1, ErrKeystoreTruncated},
+		{"ciphertext", payload, ErrKeystoreCorrupt},
+		{"ciphertext end", sum - chacha20poly1305.Overhead - 1, ErrKeystoreCorrupt},
+		{"tag", sum - chacha20poly1305.Overhead, ErrKeystoreCorrupt},
+		{"tag end", sum - 1, ErrKeystoreCorrupt},
+		{"checksum", sum, ErrKeystoreCorrupt},
+		{"checksum end", len(sealed) - 1, ErrKeystoreCorrupt},
+	}
+	for _, c := range regions {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := parseKeystore(flip(c.off, 1), pass)
+			checkErr(t, err, c.want, keystoreErrors)
+		})
+	}
+	t.Run("wrong passphrase", func(t *testing.T) {
+		_, err := parseKeystore(sealed, []byte("hunter3 hunter3"))
+		checkErr(t, err, ErrWrongPassphrase, keystoreErrors)
+	})
+	// Every single-bit flip anywhere in either file, and every truncation.
+	// The checksum is checked before scrypt, so a wrong passphrase costs
+	// nothing here: none of these reaches the key derivation.
+	for _, src := range []struct {
+		name string
+		b    []byte
+	}{{"plain", plain}, {"encrypted", sealed}} {
+		for off := range len(src.b) {
+			for bit := range 8 {
+				b := bytes.Clone(src.b)
+				b[off] ^= 1 << bit
+				_, err := parseKeystore(b, []byte("wrong"))
+				if !errors.Is(err, ErrKeystoreCorrupt) && !errors.Is(err, ErrKeystoreTruncated) {
+					t.Fatalf("%s, bit %d of byte %d flipped: %v", src.name, bit, off, err)
+				}
+			}
+		}
+		for n := range len(src.b) {
+			if _, err := parseKeystore(src.b[:n], []byte("wrong")); !errors.Is(err, ErrKeystoreTruncated) {
+				t.Fatalf("%s cut to %d bytes: %v", src.name, n, err)
+			}
+		}
+	}
+}
 
 func TestParseKeystoreErrors(t *testing.T) {
 	ks := testKeystore(t, "ks-errors")
@@ -179,6 +329,9 @@ func TestParseKeystoreErrors(t *testing.T) {
 	m := len(keystoreMagic)
 	lenOff := m + 2
 	bodyOff := keystorePlainHdr
+	tag := len(sealed) - sha256.Size - 1
+	// Cases with "resummed" change a field and recompute the checksum, so
+	// the check after the checksum is the one that must catch them.
 	cases := []struct {
 		name string
 		in   []byte
@@ -188,27 +341,41 @@ func TestParseKeystoreErrors(t *testing.T) {
 		{"empty file", nil, nil, ErrKeystoreTruncated},
 		{"not a keystore", []byte("-----BEGIN PRIVATE KEY-----"), nil, ErrKeystoreCorrupt},
 		{"bad magic", with(plain, 0, 'X'), nil, ErrKeystoreCorrupt},
-		{"version 2", with(plain, m, 2), nil, ErrKeystoreVersion},
-		{"version 0", with(plain, m, 0), nil, ErrKeystoreVersion},
+		{"version 3, resummed", resum(with(plain, m, 3)), nil, ErrKeystoreVersion},
+		{"version 255, resummed", resum(with(sealed, m, 255)), pass, ErrKeystoreVersion},
+		{"version 3, checksum not matching", with(plain, m, 3), nil, ErrKeystoreCorrupt},
+		{"version 0", with(plain, m, 0), nil, ErrKeystoreCorrupt},
+		{"version 0, resummed", resum(with(plain, m, 0)), nil, ErrKeystoreCorrupt},
+		{"version 1 with a checksum", with(plain, m, 1), nil, ErrKeystoreCorrupt},
 		{"unknown mode", with(plain, m+1, 7), nil, ErrKeystoreCorrupt},
 		{"trailing byte plain", append(bytes.Clone(plain), 0), nil, ErrKeystoreCorrupt},
 		{"trailing byte encrypted", append(bytes.Clone(sealed), 0), pass, ErrKeystoreCorrupt},
+		{"trailing byte encrypted, resummed", appendChecksum(append(bytes.Clone(sealed), 0)), pass, ErrKeystoreCorrupt},
 		{"payload length over limit", with(plain, lenOff, 0xff), nil, ErrKeystoreCorrupt},
-		{"host key length 0", with(plain, bodyOff+64, 0, 0), nil, ErrKeystoreCorrupt},
-		{"host key length too long", with(plain, bodyOff+64, 0x10, 0), nil, ErrKeystoreCorrupt},
-		{"host key length short of body", with(plain, bodyOff+64, 0, 1), nil, ErrKeystoreCorrupt},
-		{"scrypt logN too small", with(sealed, m+2, MinScryptLogN-1), pass, ErrKeystoreCorrupt},
-		{"scrypt logN too large", with(sealed, m+2, 40), pass, ErrKeystoreCorrupt},
-		{"scrypt r zero", with(sealed, m+3, 0, 0, 0, 0), pass, ErrKeystoreCorrupt},
-		{"scrypt memory too large", with(sealed, m+2, MaxScryptLogN, 0, 0, 0, MaxScryptR), pass, ErrKeystoreCorrupt},
+		{"checksum missing", plain[:len(plain)-sha256.Size], nil, ErrKeystoreTruncated},
+		{"host key length 0, resummed", resum(with(plain, bodyOff+64, 0, 0)), nil, ErrKeystoreCorrupt},
+		{"host key length too long, resummed", resum(with(plain, bodyOff+64, 0x10, 0)), nil, ErrKeystoreCorrupt},
+		{"host key length short of body, resummed", resum(with(plain, bodyOff+64, 0, 1)), nil, ErrKeystoreCorrupt},
+		{"account seed flipped", flip(plain, bodyOff+3), nil, ErrKeystoreCorrupt},
+		{"scrypt logN too small, resummed", resum(with(sealed, m+2, MinScryptLogN-1)), pass, ErrKeystoreCorrupt},
+		{"scrypt logN too large, resummed", resum(with(sealed, m+2, 40)), pass, ErrKeystoreCorrupt},
+		{"scrypt r zero, resummed", resum(with(sealed, m+3, 0, 0, 0, 0)), pass, ErrKeystoreCorrupt},
+		{"scrypt memory too large, resummed", resum(with(sealed, m+2, MaxScryptLogN, 0, 0, 0, MaxScryptR)), pass, ErrKeystoreCorrupt},
 		{"wrong passphrase", sealed, []byte("hunter3 hunter3"), ErrWrongPassphrase},
 		{"passphrase missing", sealed, nil, ErrPassphraseRequired},
 		{"empty passphrase", sealed, []byte{}, ErrPassphraseRequired},
-		{"ciphertext flipped", flip(sealed, len(sealed)-20), pass, ErrWrongPassphrase},
-		{"tag flipped", flip(sealed, len(sealed)-1), pass, ErrWrongPassphrase},
-		{"salt flipped", flip(sealed, m+11), pass, ErrWrongPassphrase},
-		{"nonce flipped", flip(sealed, m+11+keystoreSaltSize), pass, ErrWrongPassphrase},
-		{"scrypt p changed", with(sealed, m+7, 0, 0, 0, 2), pass, ErrWrongPassphrase},
+		{"passphrase missing, file damaged", flip(sealed, tag), nil, ErrKeystoreCorrupt},
+		{"ciphertext flipped", flip(sealed, tag-20), pass, ErrKeystoreCorrupt},
+		{"tag flipped", flip(sealed, tag), pass, ErrKeystoreCorrupt},
+		{"salt flipped", flip(sealed, m+11), pass, ErrKeystoreCorrupt},
+		{"nonce flipped", flip(sealed, m+11+keystoreSaltSize), pass, ErrKeystoreCorrupt},
+		{"scrypt p changed", with(sealed, m+7, 0, 0, 0, 2), pass, ErrKeystoreCorrupt},
+		// A writer that recomputes the checksum defeats it; the AEAD
+		// still refuses, and without a way to tell, the error is the
+		// passphrase's.
+		{"ciphertext flipped, resummed", resum(flip(sealed, tag-20)), pass, ErrWrongPassphrase},
+		{"salt flipped, resummed", resum(flip(sealed, m+11)), pass, ErrWrongPassphrase},
+		{"scrypt p changed, resummed", resum(with(sealed, m+7, 0, 0, 0, 2)), pass, ErrWrongPassphrase},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -234,6 +401,12 @@ func TestParseKeystoreErrors(t *testing.T) {
 	}
 }
 
+// FuzzReadKeystore parses arbitrary files with arbitrary passphrases:
+// errors are keystore sentinels; a version 2 file reported as having the
+// wrong passphrase is intact (its checksum matches); a plain version 2
+// file re-encodes to the same bytes; anything read re-encrypts and reads
+// back. The seed corpus (testdata/fuzz/FuzzReadKeystore) holds version 1
+// and 2 files of both modes.
 func FuzzReadKeystore(f *testing.F) {
 	ks := testKeystore(f, "ks-fuzz")
 	plain, _ := marshalKeystore(ks, nil, testRand("r"), testScrypt)
@@ -247,6 +420,9 @@ func FuzzReadKeystore(f *testing.F) {
 		// Bound the scrypt work a fuzzed header may ask for.
 		got, err := parseKeystoreLimit(data, pass, MinScryptLogN)
 		if err != nil {
+			if errors.Is(err, ErrWrongPassphrase) && data[len(keystoreMagic)] == KeystoreVersion && !checksumOK(data) {
+				t.Fatal("a damaged version 2 file was reported as a wrong passphrase")
+			}
 			for _, e := range keystoreErrors {
 				if errors.Is(err, e) {
 					return
@@ -254,10 +430,19 @@ func FuzzReadKeystore(f *testing.F) {
 			}
 			t.Fatalf("error matches no keystore sentinel: %v", err)
 		}
+		if data[len(keystoreMagic)] == KeystoreVersion && !checksumOK(data) {
+			t.Fatal("a version 2 file without a matching checksum was read")
+		}
 		if data[len(keystoreMagic)+1] == modePlain {
 			again, err := marshalKeystore(got, nil, nil, testScrypt)
-			if err != nil || !bytes.Equal(again, data) {
-				t.Fatalf("plain keystore not canonical: %v", err)
+			if err != nil {
+				t.Fatalf("plain keystore does not encode: %v", err)
+			}
+			if data[len(keystoreMagic)] == KeystoreVersion && !bytes.Equal(again, data) {
+				t.Fatal("plain keystore not canonical")
+			}
+			if back, err := parseKeystore(again, nil); err != nil || !back.Equal(got) {
+				t.Fatalf("re-encoded plain keystore does not read back: %v", err)
 			}
 			return
 		}
