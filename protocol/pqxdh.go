@@ -73,6 +73,7 @@ var (
 	ErrEncapsulation    = errors.New("protocol: ML-KEM encapsulation failed")
 	ErrUnknownPrekey    = errors.New("protocol: initial message names a signed or KEM prekey this device does not hold")
 	ErrPrekeyConsumed   = errors.New("protocol: initial message names a one-time prekey that was already used")
+	ErrPrekeyKind       = errors.New("protocol: initial message's one-time KEM flag does not match the kind of KEM prekey it names")
 	ErrReplay           = errors.New("protocol: initial message was already accepted")
 	ErrSealedIdentity   = errors.New("protocol: sealed sender identity does not open")
 	ErrMalformedInitial = errors.New("protocol: malformed initial message")
@@ -456,6 +457,9 @@ func pqxdhInitiate(rand io.Reader, now time.Time, me *LocalIdentity, peer *keys.
 // only reads; the caller deletes the one-time prekeys that Accepted
 // reports, and records Accepted.InitialID, in the same commit as the new
 // session.
+//
+// A source that keeps one-time and last-resort KEM prekeys apart should
+// also implement KEMPrekeyKinds.
 type PrekeySource interface {
 	SignedPrekey(id keys.PrekeyID) (*keys.DHPrivate, bool)
 	OneTimePrekey(id keys.PrekeyID) (*keys.DHPrivate, bool)
@@ -463,19 +467,40 @@ type PrekeySource interface {
 	SeenInitial(id [32]byte) bool
 }
 
+// KEMPrekeyKinds is implemented by a PrekeySource that can look up each
+// kind of KEM prekey on its own. Accept then uses it instead of KEMPrekey:
+// the initial header's flag 0x02 says which kind to look in, an initial
+// message whose flag disagrees with the kind of KEM prekey its ID names is
+// rejected with ErrPrekeyKind, and Accepted.ConsumedKEM is set exactly
+// when a one-time KEM prekey was used.
+//
+// With a source that does not implement it, Accept cannot tell the kinds
+// apart (whatever the initiator's flag claims), so it reports every KEM
+// prekey it used in Accepted.ConsumedKEM, and the caller deletes the
+// one-time KEM prekey with that ID if it holds one.
+type KEMPrekeyKinds interface {
+	// OneTimeKEMPrekey looks up a one-time ML-KEM prekey not yet used.
+	OneTimeKEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool)
+	// LastResortKEMPrekey looks up a last-resort ML-KEM prekey.
+	LastResortKEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool)
+}
+
 // response is the responder's state between opening the sealed identity
 // and finishing PQXDH.
 type response struct {
-	spk     *keys.DHPrivate
-	opk     *keys.DHPrivate // nil if no one-time X25519 prekey was used
-	kemPub  keys.KEMPublic
-	dh3, ss []byte
-	sealKey [32]byte
+	spk    *keys.DHPrivate
+	opk    *keys.DHPrivate // nil if no one-time X25519 prekey was used
+	kemPub keys.KEMPublic
+	// consumeKEM: the KEM prekey used is, or (with a source that cannot
+	// tell) may be, a one-time prekey, which the caller deletes.
+	consumeKEM bool
+	dh3, ss    []byte
+	sealKey    [32]byte
 }
 
 // pqxdhRespondSeal looks up the prekeys h names and computes DH3 and SS,
 // enough to open the sealed identity. It rejects replays and prekeys that
-// are unknown or already consumed.
+// are unknown, already consumed or of another kind than the header says.
 func pqxdhRespondSeal(pk PrekeySource, h *initialHeader) (*response, error) {
 	id := initialIDOf(h.ek, h.ct[:])
 	if pk.SeenInitial(id) {
@@ -486,12 +511,13 @@ func pqxdhRespondSeal(pk PrekeySource, h *initialHeader) (*response, error) {
 	if r.spk, ok = pk.SignedPrekey(h.spkID); !ok || r.spk == nil {
 		return nil, fmt.Errorf("%w (signed prekey %d)", ErrUnknownPrekey, h.spkID)
 	}
-	kem, ok := pk.KEMPrekey(h.kemID)
-	if !ok || kem == nil {
-		if h.flags&flagOneTimeKEM != 0 {
-			return nil, fmt.Errorf("%w (KEM prekey %d)", ErrPrekeyConsumed, h.kemID)
-		}
-		return nil, fmt.Errorf("%w (KEM prekey %d)", ErrUnknownPrekey, h.kemID)
+	kem, err := lookupKEMPrekey(pk, h)
+	if err != nil {
+		return nil, err
+	}
+	r.consumeKEM = h.flags&flagOneTimeKEM != 0
+	if _, kinds := pk.(KEMPrekeyKinds); !kinds {
+		r.consumeKEM = true
 	}
 	if h.flags&flagOneTimeDH != 0 {
 		if r.opk, ok = pk.OneTimePrekey(h.otpID); !ok || r.opk == nil {
@@ -513,6 +539,41 @@ func pqxdhRespondSeal(pk PrekeySource, h *initialHeader) (*response, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// lookupKEMPrekey finds the KEM prekey h names. With a source that keeps
+// the kinds apart, flag 0x02 picks the kind, and a key found only under
+// the other kind is ErrPrekeyKind.
+func lookupKEMPrekey(pk PrekeySource, h *initialHeader) (*keys.KEMPrivate, error) {
+	oneTime := h.flags&flagOneTimeKEM != 0
+	kinds, ok := pk.(KEMPrekeyKinds)
+	if !ok {
+		kem, ok := pk.KEMPrekey(h.kemID)
+		if !ok || kem == nil {
+			if oneTime {
+				return nil, fmt.Errorf("%w (KEM prekey %d)", ErrPrekeyConsumed, h.kemID)
+			}
+			return nil, fmt.Errorf("%w (KEM prekey %d)", ErrUnknownPrekey, h.kemID)
+		}
+		return kem, nil
+	}
+	want, other := kinds.LastResortKEMPrekey, kinds.OneTimeKEMPrekey
+	if oneTime {
+		want, other = other, want
+	}
+	if kem, ok := want(h.kemID); ok && kem != nil {
+		return kem, nil
+	}
+	if kem, ok := other(h.kemID); ok && kem != nil {
+		if oneTime {
+			return nil, fmt.Errorf("%w (KEM prekey %d is a last-resort prekey, marked one-time)", ErrPrekeyKind, h.kemID)
+		}
+		return nil, fmt.Errorf("%w (KEM prekey %d is a one-time prekey, not marked so)", ErrPrekeyKind, h.kemID)
+	}
+	if oneTime {
+		return nil, fmt.Errorf("%w (KEM prekey %d)", ErrPrekeyConsumed, h.kemID)
+	}
+	return nil, fmt.Errorf("%w (KEM prekey %d)", ErrUnknownPrekey, h.kemID)
 }
 
 // finish completes the responder's side of PQXDH once the initiator's

@@ -131,7 +131,7 @@ func newKATKeys(t *testing.T, oneTime bool) *katKeys {
 	}
 	b.Sign(k.bob.Account)
 	k.bundle = b
-	k.store = &sessStore{PrekeySecrets: sec, seen: map[[32]byte]bool{}}
+	k.store = newSessStore(sec, 11)
 	return k
 }
 

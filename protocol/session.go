@@ -347,10 +347,13 @@ type Opened struct {
 type Accepted struct {
 	InitialID         [32]byte
 	ConsumedOneTimeDH *keys.PrekeyID // nil if none was used
-	// ConsumedKEM is set when the initiator marked the KEM prekey it used
-	// as one-time. A last-resort prekey is never deleted on use: the
-	// caller checks that the ID names a one-time KEM prekey before
-	// deleting it.
+	// ConsumedKEM names the KEM prekey the initial message used if it is
+	// a one-time prekey, which the caller deletes. With a PrekeySource
+	// that implements KEMPrekeyKinds it is set exactly when the KEM
+	// prekey was a one-time prekey. With any other source Accept cannot
+	// tell, and the initiator's flag is only a claim, so it is set for
+	// every KEM prekey used: the caller deletes the one-time KEM prekey
+	// with that ID if it holds one, and never a last-resort prekey.
 	ConsumedKEM *keys.PrekeyID
 	DeleteToken [DeleteTokenSize]byte
 }
@@ -369,6 +372,12 @@ func Initiate(rand io.Reader, now time.Time, me LocalIdentity, peer *keys.Bundle
 	if err != nil {
 		return nil, err
 	}
+	return newInitiatorSession(rand, &me, peer, in)
+}
+
+// newInitiatorSession starts the initiator's ratchet from the outcome of
+// PQXDH and builds the initial prefix: the header and the sealed identity.
+func newInitiatorSession(rand io.Reader, me *LocalIdentity, peer *keys.Bundle, in *initiation) (*Session, error) {
 	defer clear(in.sealKey[:])
 	r, err := NewRatchetAlice(rand, in.keys.rootKey, in.spk, in.keys.headerKeyA, in.keys.nextHeaderKeyB)
 	if err != nil {
@@ -397,10 +406,12 @@ func Initiate(rand io.Reader, now time.Time, me LocalIdentity, peer *keys.Bundle
 
 // Accept answers an initial message addressed to me: it checks the
 // envelope against now, parses the initial header, rejects a replayed
-// initial message and unknown or consumed prekeys, opens the sealed
-// identity, verifies the initiator's device certificate, completes PQXDH,
-// starts the responder's ratchet and decrypts the first message. It reads
-// pk but changes nothing: the caller applies Accepted.
+// initial message, unknown or consumed prekeys and (with a source that
+// implements KEMPrekeyKinds) a KEM prekey of another kind than the
+// header's flag 0x02 says, opens the sealed identity, verifies the
+// initiator's device certificate, completes PQXDH, starts the responder's
+// ratchet and decrypts the first message. It reads pk but changes
+// nothing: the caller applies Accepted.
 //
 // An initial-prefixed envelope whose initial ID belongs to an existing
 // session goes to that session's Open instead (see EnvelopeInitialID).
@@ -474,7 +485,7 @@ func Accept(now time.Time, me LocalIdentity, pk PrekeySource, env *Envelope, opt
 		id := h.otpID
 		acc.ConsumedOneTimeDH = &id
 	}
-	if h.flags&flagOneTimeKEM != 0 {
+	if resp.consumeKEM {
 		id := h.kemID
 		acc.ConsumedKEM = &id
 	}

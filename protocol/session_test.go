@@ -2,10 +2,13 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -36,24 +39,117 @@ type sessParty struct {
 }
 
 // sessStore is an in-memory PrekeySource that applies Accepted results
-// the way persistent storage does.
+// the way persistent storage does. It tells last-resort KEM prekeys from
+// one-time ones (KEMPrekeyKinds).
 type sessStore struct {
 	*keys.PrekeySecrets
-	seen map[[32]byte]bool
+	lastResort map[keys.PrekeyID]bool // IDs in KEM that are last-resort prekeys
+	seen       map[[32]byte]bool
+}
+
+func newSessStore(sec *keys.PrekeySecrets, lastResort ...keys.PrekeyID) *sessStore {
+	s := &sessStore{PrekeySecrets: sec, lastResort: map[keys.PrekeyID]bool{}, seen: map[[32]byte]bool{}}
+	for _, id := range lastResort {
+		s.lastResort[id] = true
+	}
+	return s
 }
 
 func (s *sessStore) SeenInitial(id [32]byte) bool { return s.seen[id] }
 
+func (s *sessStore) OneTimeKEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
+	if s.lastResort[id] {
+		return nil, false
+	}
+	return s.KEMPrekey(id)
+}
+
+func (s *sessStore) LastResortKEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
+	if !s.lastResort[id] {
+		return nil, false
+	}
+	return s.KEMPrekey(id)
+}
+
 // commit records what Accept reported: the replay cache entry and the
-// deletion of consumed one-time prekeys.
+// deletion of consumed one-time prekeys. Like persistent storage, it
+// deletes the KEM prekey ConsumedKEM names only if it is a one-time one.
 func (s *sessStore) commit(a Accepted) {
 	s.seen[a.InitialID] = true
 	if a.ConsumedOneTimeDH != nil {
 		delete(s.OneTimeDH, *a.ConsumedOneTimeDH)
 	}
-	if a.ConsumedKEM != nil {
+	if a.ConsumedKEM != nil && !s.lastResort[*a.ConsumedKEM] {
 		delete(s.KEM, *a.ConsumedKEM)
 	}
+}
+
+// snapshot describes everything the store holds.
+func (s *sessStore) snapshot() string {
+	ids := func(m any) []keys.PrekeyID {
+		var out []keys.PrekeyID
+		switch m := m.(type) {
+		case map[keys.PrekeyID]*keys.DHPrivate:
+			for id := range m {
+				out = append(out, id)
+			}
+		case map[keys.PrekeyID]*keys.KEMPrivate:
+			for id := range m {
+				out = append(out, id)
+			}
+		case map[keys.PrekeyID]bool:
+			for id := range m {
+				out = append(out, id)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	return fmt.Sprintf("signed %v one-time %v kem %v last-resort %v seen %d",
+		ids(s.SignedDH), ids(s.OneTimeDH), ids(s.KEM), ids(s.lastResort), len(s.seen))
+}
+
+// legacySource is a PrekeySource that does not implement KEMPrekeyKinds.
+type legacySource struct{ s *sessStore }
+
+func (l legacySource) SignedPrekey(id keys.PrekeyID) (*keys.DHPrivate, bool) {
+	return l.s.SignedPrekey(id)
+}
+func (l legacySource) OneTimePrekey(id keys.PrekeyID) (*keys.DHPrivate, bool) {
+	return l.s.OneTimePrekey(id)
+}
+func (l legacySource) KEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) { return l.s.KEMPrekey(id) }
+func (l legacySource) SeenInitial(id [32]byte) bool                        { return l.s.SeenInitial(id) }
+
+// spySource forwards to a store and counts the lookups made through it.
+type spySource struct {
+	s       *sessStore
+	lookups []string
+}
+
+func (p *spySource) SignedPrekey(id keys.PrekeyID) (*keys.DHPrivate, bool) {
+	p.lookups = append(p.lookups, fmt.Sprint("signed ", id))
+	return p.s.SignedPrekey(id)
+}
+func (p *spySource) OneTimePrekey(id keys.PrekeyID) (*keys.DHPrivate, bool) {
+	p.lookups = append(p.lookups, fmt.Sprint("one-time ", id))
+	return p.s.OneTimePrekey(id)
+}
+func (p *spySource) KEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
+	p.lookups = append(p.lookups, fmt.Sprint("kem ", id))
+	return p.s.KEMPrekey(id)
+}
+func (p *spySource) OneTimeKEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
+	p.lookups = append(p.lookups, fmt.Sprint("one-time kem ", id))
+	return p.s.OneTimeKEMPrekey(id)
+}
+func (p *spySource) LastResortKEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
+	p.lookups = append(p.lookups, fmt.Sprint("last-resort kem ", id))
+	return p.s.LastResortKEMPrekey(id)
+}
+func (p *spySource) SeenInitial(id [32]byte) bool {
+	p.lookups = append(p.lookups, "seen")
+	return p.s.SeenInitial(id)
 }
 
 func newSessParty(tb testing.TB, rng io.Reader, name string, oneTime int) *sessParty {
@@ -79,7 +175,7 @@ func newSessParty(tb testing.TB, rng io.Reader, name string, oneTime int) *sessP
 		name:   name,
 		me:     LocalIdentity{Account: acct, IdentityDH: ik, Device: cert},
 		bundle: b,
-		store:  &sessStore{PrekeySecrets: sec, seen: map[[32]byte]bool{}},
+		store:  newSessStore(sec, b.LastResortKEM.ID),
 	}
 }
 
@@ -311,21 +407,235 @@ func TestInitialPrefixOnExistingSession(t *testing.T) {
 	}
 }
 
+// TestReplayRejected: an initial message accepted once is refused again
+// with ErrReplay, before any prekey is looked up, and the replay returns
+// no session and nothing to consume. With last-resort keys only, the
+// replay cache alone stops it; with one-time keys, the replay is still
+// reported as such rather than as a consumed prekey.
 func TestReplayRejected(t *testing.T) {
-	rng := sessRNG(3)
+	for _, oneTime := range []int{0, 1} {
+		t.Run(fmt.Sprint("one-time=", oneTime), func(t *testing.T) {
+			rng := sessRNG(3)
+			a := newSessParty(t, rng, "alice", 0)
+			b := newSessParty(t, rng, "bob", oneTime)
+			sa, err := Initiate(rng, sessNow, a.me, b.bundle)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := textMessage(0, "once")
+			e := mustSeal(t, rng, sa, sessNow, m)
+			first := e.Marshal()
+			mustAccept(t, b, e, m, a.account())
+			before := b.store.snapshot()
+			for _, env := range []*Envelope{e, mustSeal(t, rng, sa, sessNow, textMessage(1, "again, same prefix"))} {
+				spy := &spySource{s: b.store}
+				s, got, acc, err := Accept(sessNow, b.me, spy, env)
+				if !errors.Is(err, ErrReplay) {
+					t.Fatalf("replayed initial message: %v, want ErrReplay", err)
+				}
+				if s != nil || got.Body != nil || !got.Sender.IsZero() || acc != (Accepted{}) {
+					t.Fatalf("replay returned a session, message or consumption: %v %+v %+v", s, got, acc)
+				}
+				if !slices.Equal(spy.lookups, []string{"seen"}) {
+					t.Fatalf("replay looked up prekeys: %v", spy.lookups)
+				}
+				if after := b.store.snapshot(); after != before {
+					t.Fatalf("replay changed the prekey store:\n%s\n%s", before, after)
+				}
+			}
+			if !bytes.Equal(e.Marshal(), first) {
+				t.Fatal("Accept changed the envelope")
+			}
+		})
+	}
+}
+
+// TestAcceptBadEphemeralKey: an initial message whose EK_A is a low-order
+// point or a non-canonical encoding is rejected while the header is
+// parsed, before the prekey source is consulted; nothing is consumed, and
+// the genuine message is accepted afterwards and consumes its prekeys.
+func TestAcceptBadEphemeralKey(t *testing.T) {
+	rng := sessRNG(7)
 	a := newSessParty(t, rng, "alice", 0)
-	b := newSessParty(t, rng, "bob", 0)
+	b := newSessParty(t, rng, "bob", 2)
 	sa, err := Initiate(rng, sessNow, a.me, b.bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := textMessage(0, "once")
+	m := textMessage(0, "hi")
 	e := mustSeal(t, rng, sa, sessNow, m)
-	mustAccept(t, b, e, m, a.account())
-	// Last-resort keys are still there, so only the replay cache stops it.
-	_, _, _, err = Accept(sessNow, b.me, b.store, e)
-	if !errors.Is(err, ErrReplay) {
-		t.Fatalf("replayed initial message: %v, want ErrReplay", err)
+	const ekAt = 14
+	ek := e.Ciphertext[ekAt : ekAt+keys.DHSize]
+	u := func(s string) []byte {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	highBit := bytes.Clone(ek)
+	highBit[31] |= 0x80
+	cases := []struct {
+		name string
+		ek   []byte
+		want error
+	}{
+		{"u = 0", make([]byte, 32), keys.ErrDHLowOrder},
+		{"u = 1", u("0100000000000000000000000000000000000000000000000000000000000000"), keys.ErrDHLowOrder},
+		{"u = p - 1", u("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"), keys.ErrDHLowOrder},
+		{"order 8", u("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"), keys.ErrDHLowOrder},
+		{"order 8, other", u("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"), keys.ErrDHLowOrder},
+		{"u = p (0 unreduced)", u("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"), keys.ErrDHNonCanonical},
+		{"u = p + 1 (1 unreduced)", u("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"), keys.ErrDHNonCanonical},
+		{"genuine EK_A with the high bit set", highBit, keys.ErrDHNonCanonical},
+	}
+	before := b.store.snapshot()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			bad := *e
+			bad.Ciphertext = bytes.Clone(e.Ciphertext)
+			copy(bad.Ciphertext[ekAt:], c.ek)
+			if _, ok := EnvelopeInitialID(&bad); ok {
+				t.Fatal("EnvelopeInitialID accepted the header")
+			}
+			spy := &spySource{s: b.store}
+			s, got, acc, err := Accept(sessNow, b.me, spy, &bad)
+			if !errors.Is(err, ErrMalformedInitial) || !errors.Is(err, c.want) {
+				t.Fatalf("Accept: %v, want ErrMalformedInitial wrapping %v", err, c.want)
+			}
+			if s != nil || got.Body != nil || acc != (Accepted{}) {
+				t.Fatalf("rejected message returned a session, message or consumption: %v %+v %+v", s, got, acc)
+			}
+			if len(spy.lookups) != 0 {
+				t.Fatalf("prekey source consulted: %v", spy.lookups)
+			}
+			if after := b.store.snapshot(); after != before {
+				t.Fatalf("prekey store changed:\n%s\n%s", before, after)
+			}
+		})
+	}
+	_, acc := mustAccept(t, b, e, m, a.account())
+	if acc.ConsumedOneTimeDH == nil || acc.ConsumedKEM == nil {
+		t.Fatalf("genuine message consumed nothing: %+v", acc)
+	}
+	if len(b.store.OneTimeDH) != 1 || len(b.store.KEM) != 2 {
+		t.Fatalf("after the genuine message: %s", b.store.snapshot())
+	}
+}
+
+// initiateFlags runs Initiate's steps with the initial header's flags
+// changed before the identity is sealed over it: the message a hostile
+// initiator would send, well-formed and correctly sealed.
+func initiateFlags(tb testing.TB, rng io.Reader, me LocalIdentity, peer *keys.Bundle, set, clear byte) *Session {
+	tb.Helper()
+	in, err := pqxdhInitiate(rng, sessNow, &me, peer, &initiateConfig{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	in.header.flags = in.header.flags&^clear | set
+	s, err := newInitiatorSession(rng, &me, peer, in)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// TestKEMPrekeyKind: an initiator whose flag 0x02 misstates the kind of
+// KEM prekey it used cannot keep a one-time KEM prekey from being deleted,
+// nor have a last-resort one deleted. A source that tells the kinds apart
+// (KEMPrekeyKinds) rejects such a message with ErrPrekeyKind, consuming
+// nothing; with any other source Accept reports the KEM prekey used,
+// whatever the flag, and the caller deletes it only if it is a one-time
+// prekey.
+func TestKEMPrekeyKind(t *testing.T) {
+	rng := sessRNG(8)
+	a := newSessParty(t, rng, "alice", 0)
+	b := newSessParty(t, rng, "bob", 1)
+	otKEM := b.bundle.OneTimeKEM[0].ID
+	lrKEM := b.bundle.LastResortKEM.ID
+	// A bundle without one-time KEM prekeys makes Initiate use the
+	// last-resort prekey.
+	noOTKEM, err := keys.ParseBundle(b.bundle.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	noOTKEM.OneTimeKEM = nil
+	noOTKEM.Sign(b.me.Account)
+
+	cases := []struct {
+		name       string
+		bundle     *keys.Bundle
+		set, clear byte
+		kemID      keys.PrekeyID
+		wantKinds  error // with KEMPrekeyKinds
+	}{
+		{"one-time KEM prekey, flag cleared", b.bundle, 0, flagOneTimeKEM, otKEM, ErrPrekeyKind},
+		{"last-resort KEM prekey, flag set", noOTKEM, flagOneTimeKEM, 0, lrKEM, ErrPrekeyKind},
+		{"one-time KEM prekey, honest", b.bundle, 0, 0, otKEM, nil},
+		{"last-resort KEM prekey, honest", noOTKEM, 0, 0, lrKEM, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rng := sessRNG(9)
+			fresh := func() *sessParty {
+				p := *b
+				sec := keys.NewPrekeySecrets()
+				if err := sec.Merge(b.store.PrekeySecrets); err != nil {
+					t.Fatal(err)
+				}
+				p.store = newSessStore(sec, lrKEM)
+				return &p
+			}
+			m := textMessage(0, "hello")
+			sa := initiateFlags(t, rng, a.me, c.bundle, c.set, c.clear)
+			e := mustSeal(t, rng, sa, sessNow, m)
+			if got := keys.PrekeyID(binary.BigEndian.Uint32(e.Ciphertext[6:])); got != c.kemID {
+				t.Fatalf("initiator used KEM prekey %d, want %d", got, c.kemID)
+			}
+
+			// A source that tells the kinds apart.
+			bob := fresh()
+			before := bob.store.snapshot()
+			s, _, acc, err := Accept(sessNow, bob.me, bob.store, e)
+			if c.wantKinds != nil {
+				if !errors.Is(err, c.wantKinds) {
+					t.Fatalf("Accept: %v, want %v", err, c.wantKinds)
+				}
+				if s != nil || acc != (Accepted{}) {
+					t.Fatalf("rejected message returned a session or consumption: %+v", acc)
+				}
+				if after := bob.store.snapshot(); after != before {
+					t.Fatalf("prekey store changed:\n%s\n%s", before, after)
+				}
+			} else {
+				if err != nil {
+					t.Fatalf("Accept: %v", err)
+				}
+				if oneTime := c.kemID == otKEM; (acc.ConsumedKEM != nil) != oneTime ||
+					(oneTime && *acc.ConsumedKEM != otKEM) {
+					t.Fatalf("ConsumedKEM = %v for KEM prekey %d", acc.ConsumedKEM, c.kemID)
+				}
+			}
+
+			// A source that cannot tell: the message is accepted (it is
+			// well-formed and sealed), and the KEM prekey used is reported
+			// whatever the flag says.
+			bob = fresh()
+			s, got, acc, err := Accept(sessNow, bob.me, legacySource{bob.store}, e)
+			if err != nil {
+				t.Fatalf("Accept with a source that cannot tell the kinds: %v", err)
+			}
+			checkSessMessage(t, got, m, a.account())
+			if s.Peer() != a.account() || acc.ConsumedKEM == nil || *acc.ConsumedKEM != c.kemID {
+				t.Fatalf("ConsumedKEM = %v, want %d", acc.ConsumedKEM, c.kemID)
+			}
+			bob.store.commit(acc)
+			_, otLeft := bob.store.KEM[otKEM]
+			_, lrLeft := bob.store.KEM[lrKEM]
+			if otLeft == (c.kemID == otKEM) || !lrLeft {
+				t.Fatalf("after commit: one-time KEM prekey held %v, last-resort held %v", otLeft, lrLeft)
+			}
+		})
 	}
 }
 
