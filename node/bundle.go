@@ -317,11 +317,24 @@ func (n *Node) refreshTags() error {
 				n.cfg.Logger.Error("stored session does not load", "contact", c.Name, "err", err)
 				continue
 			}
-			if s == nil {
+			if s != nil {
+				if err := n.putTags(tx, s, now); err != nil {
+					return err
+				}
+			}
+			// The session kept for receiving after a simultaneous
+			// initiation, while it lasts.
+			b, err := tx.GetSetting(altSessionSetting(c.Account))
+			if errors.Is(err, store.ErrNotFound) {
 				continue
 			}
-			if err := n.putTags(tx, s, now); err != nil {
+			if err != nil {
 				return err
+			}
+			if alt, err := protocol.UnmarshalSession(b); err == nil {
+				if err := n.putTags(tx, alt, now); err != nil {
+					return err
+				}
 			}
 		}
 		if live := protocol.LiveEpochs(now); len(live) > 0 && live[0] > 0 {

@@ -441,12 +441,12 @@ func altSessionSetting(acct [32]byte) string {
 // openOn decrypts env on the session with acct (or its alternate, after a
 // simultaneous initiation) and applies the message.
 func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
-	sess, err := rc.session(n, tx, acct)
+	main, err := rc.session(n, tx, acct)
 	if err != nil {
 		return processed{}, se(fmt.Errorf("stored session: %w", err))
 	}
 	var firstErr error
-	if sess != nil {
+	if sess := main; sess != nil {
 		msg, op, err := sess.Open(now, env)
 		if err == nil {
 			rc.changed(sess)
@@ -464,11 +464,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		if err == nil {
 			msg, op, err := sess.Open(now, env)
 			if err == nil {
-				b, err := sess.MarshalBinary()
-				if err != nil {
-					return processed{}, se(err)
-				}
-				if err := tx.PutSetting(altSessionSetting(acct), b); err != nil {
+				if err := n.keepAlt(tx, rc, acct, main, sess); err != nil {
 					return processed{}, se(err)
 				}
 				if err := keepToken(tx, r, env, op.DeleteToken, msg); err != nil {
@@ -493,6 +489,24 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, firstErr)
 	}
 	return processed{}, malformed(firstErr)
+}
+
+// keepAlt stores the alternate session alt after a message opened on it.
+// When alt is the session both sides prefer and this side started it, the
+// peer holds it and sends on it (this side had moved to a session the
+// peer started later: see accept), so it becomes the session to send on
+// and main becomes the alternate.
+func (n *Node) keepAlt(tx *store.Tx, rc *ingestBatch, acct [32]byte, main, alt *protocol.Session) error {
+	keep := alt
+	if main != nil && alt.Initiator() && protocol.PreferSession(main, alt) == alt {
+		keep = main
+		rc.changed(alt)
+	}
+	b, err := keep.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	return tx.PutSetting(altSessionSetting(acct), b)
 }
 
 // accept runs the responder's side of PQXDH for a first message.
@@ -554,26 +568,31 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		return processed{}, se(err)
 	}
 
-	// Simultaneous initiation: both sides keep the same session for sending
-	// and the other one for receiving.
+	// A session already there is kept for receiving: the peer may still
+	// send on it. Simultaneous initiation (this side's first message not
+	// yet answered): both sides send on the session PreferSession picks.
+	// Otherwise the new session is the one to send on: the peer may have
+	// lost the old one. If the new one is instead a late first message of
+	// a simultaneous initiation, the peer goes on sending on the preferred
+	// session, and keepAlt moves back to it.
 	keep := sess
 	if oldSess, err := rc.session(n, tx, peerAcct); err == nil && oldSess != nil {
 		if oldSess.Initiator() && oldSess.PendingInitial() {
 			keep = protocol.PreferSession(oldSess, sess)
-			other := sess
-			if keep == sess {
-				other = oldSess
-			}
-			b, err := other.MarshalBinary()
-			if err != nil {
-				return processed{}, se(err)
-			}
-			if err := tx.PutSetting(altSessionSetting(peerAcct), b); err != nil {
-				return processed{}, se(err)
-			}
-			if err := n.putTags(tx, other, now); err != nil {
-				return processed{}, se(err)
-			}
+		}
+		other := sess
+		if keep == sess {
+			other = oldSess
+		}
+		b, err := other.MarshalBinary()
+		if err != nil {
+			return processed{}, se(err)
+		}
+		if err := tx.PutSetting(altSessionSetting(peerAcct), b); err != nil {
+			return processed{}, se(err)
+		}
+		if err := n.putTags(tx, other, now); err != nil {
+			return processed{}, se(err)
 		}
 	} else if err != nil {
 		return processed{}, se(err)

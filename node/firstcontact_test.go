@@ -1,0 +1,180 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	mrand "math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
+)
+
+// initiate starts n's session with contact acct from the contact's
+// published bundle, as Send does for a first message, without sending.
+func initiate(t *testing.T, ctx context.Context, n *Node, acct [32]byte) {
+	t.Helper()
+	var c store.Contact
+	if err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		c, err = tx.GetContact(acct)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var bundle *keys.Bundle
+	waitFor(t, ctx, func() bool {
+		var err error
+		bundle, err = n.fetchBundle(ctx, c)
+		return err == nil
+	})
+	err := n.db.Update(func(tx *store.Tx) error {
+		now := n.now()
+		sess, err := protocol.Initiate(n.cfg.Rand, now, *n.me, bundle, protocol.WithExpectedPeer(keys.AccountPublic(acct)))
+		if err != nil {
+			return err
+		}
+		if err := n.putTags(tx, sess, now); err != nil {
+			return err
+		}
+		return n.putSession(tx, sess, now)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// firstContactPair starts two befriended nodes, each with a session it
+// initiated and none from the other: a simultaneous first contact. The
+// winner is the side whose session both sides prefer (its initiator's
+// account key is the smaller).
+func firstContactPair(t *testing.T, ctx context.Context) (tn *testNet, winner, loser *Node, wName, lName string) {
+	t.Helper()
+	tn = newTestNet(t)
+	a := tn.start(tn.initNode("alice"))
+	b := tn.start(tn.initNode("bob"))
+	befriend(t, a, "alice", b, "bob")
+	initiate(t, ctx, a, b.ident.Account)
+	initiate(t, ctx, b, a.ident.Account)
+	aa, ba := a.ident.Account, b.ident.Account
+	if bytes.Compare(aa[:], ba[:]) < 0 {
+		return tn, a, b, "alice", "bob"
+	}
+	return tn, b, a, "bob", "alice"
+}
+
+// TestFirstContactLateInitial: in a simultaneous first contact the
+// losing side's first message reaches the winner only after the winner
+// has already heard from the loser on the preferred session (it went
+// through a mailbox, say). The winner must keep sending on the preferred
+// session and keep reading both: every message in both directions opens,
+// in order, and every receipt comes back.
+func TestFirstContactLateInitial(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	_, w, l, wName, lName := firstContactPair(t, ctx)
+	wAcct, lAcct := w.ident.Account, l.ident.Account
+	wFrom, lFrom := w.Host().ID(), l.Host().ID()
+
+	w1 := sealFor(t, w, lAcct, "w1")[0]
+	l1 := sealFor(t, l, wAcct, "l1")[0] // delayed until the end
+
+	ingest := func(to *Node, env []byte, what string) {
+		t.Helper()
+		id := wFrom
+		if to == w {
+			id = lFrom
+		}
+		if err := to.Ingest(ctx, id, env, store.ViaMailbox); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	// The loser accepts the winner's session and answers on it.
+	ingest(l, w1, "w1 at the loser")
+	l2 := sealFor(t, l, wAcct, "l2")[0]
+	ingest(w, l2, "l2 at the winner")
+	// Now the loser's own first message arrives, late.
+	ingest(w, l1, "l1 at the winner")
+	// Both go on talking; each side seals on whatever it now sends on.
+	for i := range 3 {
+		lx := sealFor(t, l, wAcct, fmt.Sprintf("l%d", 3+i))[0]
+		ingest(w, lx, "later message at the winner")
+		wx := sealFor(t, w, lAcct, fmt.Sprintf("w%d", 2+i))[0]
+		ingest(l, wx, "later message at the loser")
+	}
+
+	got := bodies(waitMessages(t, ctx, w, lName, 5, incoming))
+	if want := []string{"l1", "l2", "l3", "l4", "l5"}; !slices.Equal(got, want) {
+		t.Fatalf("the winner shows %v, want %v", got, want)
+	}
+	got = bodies(waitMessages(t, ctx, l, wName, 4, incoming))
+	if want := []string{"w1", "w2", "w3", "w4"}; !slices.Equal(got, want) {
+		t.Fatalf("the loser shows %v, want %v", got, want)
+	}
+	// Receipts go over the network on their own; each side sees all its
+	// messages delivered.
+	waitMessages(t, ctx, w, lName, 4, delivered)
+	waitMessages(t, ctx, l, wName, 5, delivered)
+}
+
+// TestFirstContactInterleavings: both sides start a session at once and
+// go on sending while their envelopes arrive in random order, each side
+// sealing on whatever session it sends on at the time. Every envelope
+// opens, each conversation ends in send order, and every message is seen
+// delivered.
+func TestFirstContactInterleavings(t *testing.T) {
+	const (
+		seeds  = 12
+		window = 4 // an envelope arrives after at most 3 sent later
+	)
+	for seed := range uint64(seeds) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			ctx := testContext(t, 30*time.Second)
+			rng := mrand.New(mrand.NewPCG(seed, 0xf1c))
+			_, w, l, wName, lName := firstContactPair(t, ctx)
+			side := []struct {
+				n       *Node
+				to      *Node
+				name    string // the peer's contact name at n
+				pending [][]byte
+				sent    []string
+			}{{n: w, to: l, name: lName}, {n: l, to: w, name: wName}}
+			step := func(i int, drain bool) {
+				s := &side[i]
+				if len(s.pending) > 0 && (drain || rng.IntN(2) == 0) {
+					k := rng.IntN(min(len(s.pending), window))
+					env := s.pending[k]
+					s.pending = slices.Delete(s.pending, k, k+1)
+					t.Logf("deliver %d's envelope %d of %d", i, k, len(s.pending)+1)
+					if err := s.to.Ingest(ctx, s.n.Host().ID(), env, store.ViaMailbox); err != nil {
+						t.Fatalf("envelope from %s: %v", s.n.cfg.DataDir, err)
+					}
+					return
+				}
+				body := fmt.Sprintf("%d-%d", i, len(s.sent))
+				t.Logf("seal %s", body)
+				s.pending = append(s.pending, sealFor(t, s.n, s.to.ident.Account, body)[0])
+				s.sent = append(s.sent, body)
+			}
+			for range 40 {
+				step(rng.IntN(2), false)
+			}
+			for i := range side {
+				for len(side[i].pending) > 0 {
+					step(i, true)
+				}
+			}
+			for i, s := range side {
+				peer := side[1-i]
+				got := bodies(waitMessages(t, ctx, peer.n, peer.name, len(s.sent), incoming))
+				if !slices.Equal(got, s.sent) {
+					t.Fatalf("shown %v, sent %v", got, s.sent)
+				}
+				waitMessages(t, ctx, s.n, s.name, len(s.sent), delivered)
+			}
+		})
+	}
+}
