@@ -80,8 +80,12 @@ const (
 
 	// MaxOldChains is how many previous receiving chains (their header keys
 	// and replay positions) are kept after DH ratchet steps. A message on an
-	// older chain no longer opens and fails with ErrAuth.
-	MaxOldChains = 5
+	// older chain no longer opens and fails with ErrAuth. Every delivery
+	// receipt that comes back starts a new chain, and a copy that went
+	// through a mailbox can arrive many round trips after later messages
+	// went straight through, so this is well above the 5 a transport that
+	// keeps order would need.
+	MaxOldChains = 32
 
 	// MaxDiscardedRecord is how many discarded skipped positions are
 	// remembered so that their messages fail with ErrKeyDiscarded rather
