@@ -290,3 +290,46 @@ func TestIngestBatchSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCopyAfterChainDropped: a copy of an envelope that arrives after its
+// ratchet chain was forgotten (more DH steps than protocol.MaxOldChains
+// later) is recognised as a duplicate by its delete token, not rejected
+// as malformed, which would make its sender seal it again.
+func TestCopyAfterChainDropped(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	_, _, _, alice, bob := sessionPair(t, ctx)
+	aFrom, bFrom := alice.Host().ID(), bob.Host().ID()
+	env := sealFor(t, alice, bob.ident.Account, "m2")[0]
+	if err := bob.Ingest(ctx, aFrom, env, store.ViaDirect); err != nil {
+		t.Fatal(err)
+	}
+	// Each round trip is a DH step on each side.
+	for i := range protocol.MaxOldChains + 2 {
+		b := sealFor(t, bob, alice.ident.Account, fmt.Sprintf("b%d", i))[0]
+		if err := alice.Ingest(ctx, bFrom, b, store.ViaDirect); err != nil {
+			t.Fatal(err)
+		}
+		a := sealFor(t, alice, bob.ident.Account, fmt.Sprintf("a%d", i))[0]
+		if err := bob.Ingest(ctx, aFrom, a, store.ViaDirect); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := bob.Ingest(ctx, aFrom, env, store.ViaMailbox)
+	if !errors.Is(err, ErrDuplicateEnvelope) {
+		t.Fatalf("late copy: %v, want ErrDuplicateEnvelope", err)
+	}
+	// Another ciphertext under the same outer fields is answered the
+	// same way, and stores nothing.
+	forged, perr := protocol.ParseEnvelope(env)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	forged.Ciphertext = slices.Clone(forged.Ciphertext)
+	forged.Ciphertext[len(forged.Ciphertext)-1] ^= 1
+	if err := bob.Ingest(ctx, aFrom, forged.Marshal(), store.ViaMailbox); !errors.Is(err, ErrDuplicateEnvelope) {
+		t.Fatalf("altered copy: %v, want ErrDuplicateEnvelope", err)
+	}
+	if got := len(messagesWhere(t, bob, "alice", incoming)); got != protocol.MaxOldChains+4 {
+		t.Fatalf("bob holds %d messages, want %d", got, protocol.MaxOldChains+4)
+	}
+}

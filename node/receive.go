@@ -354,36 +354,37 @@ func keepToken(tx *store.Tx, r *ingestReq, env *protocol.Envelope, tok [32]byte,
 }
 
 // knownToken looks up what keepToken recorded for an envelope processed
-// before. When the copy came straight from the sender's device, the
-// message it carried is receipted again.
-func knownToken(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope) error {
+// before, and reports whether there is such a record. When the copy came
+// straight from the sender's device, the message it carried is receipted
+// again.
+func knownToken(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope) (bool, error) {
 	b, err := tx.EnvelopeToken(env.Expiry, env.DeleteHash)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return se(err)
+		return false, se(err)
 	}
 	if len(b) != 32 && len(b) != 32+32+protocol.MessageIDSize {
-		return nil
+		return false, nil
 	}
 	tok := [32]byte(b[:32])
 	if !env.CheckDeleteToken(tok) {
-		return nil
+		return false, nil
 	}
 	r.token, r.hasToken = tok, true
 	if len(b) == 32 || r.via != store.ViaDirect {
-		return nil // a receipt, or a mailbox copy of something already receipted
+		return true, nil // a receipt, or a mailbox copy of something already receipted
 	}
 	acct, id := [32]byte(b[32:64]), [16]byte(b[64:])
 	c, err := tx.GetContact(acct)
 	if err != nil {
-		return nil // no longer a contact
+		return true, nil // no longer a contact
 	}
 	if c.PeerID == r.from.String() {
 		rc.add(acct, id)
 	}
-	return nil
+	return true, nil
 }
 
 // malformed wraps a protocol error so the direct protocol acks it as
@@ -482,10 +483,14 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	if firstErr == nil {
 		firstErr = errors.New("no session with this contact")
 	}
-	if errors.Is(firstErr, protocol.ErrDuplicate) {
-		if err := knownToken(tx, r, rc, env); err != nil {
-			return processed{}, err
-		}
+	// A copy of an envelope processed before is a duplicate, also when
+	// the ratchet no longer knows its chain (it was dropped after many
+	// steps): its delete token is on record.
+	known, err := knownToken(tx, r, rc, env)
+	if err != nil {
+		return processed{}, err
+	}
+	if known || errors.Is(firstErr, protocol.ErrDuplicate) {
 		return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, firstErr)
 	}
 	return processed{}, malformed(firstErr)
@@ -518,7 +523,7 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	}
 	if err != nil {
 		if errors.Is(err, protocol.ErrReplay) {
-			if err := knownToken(tx, r, rc, env); err != nil {
+			if _, err := knownToken(tx, r, rc, env); err != nil {
 				return processed{}, err
 			}
 			return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, err)
