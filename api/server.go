@@ -115,17 +115,35 @@ func ListenTCP(addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: TCP address: %w", err)
 	}
+	if !IsLoopbackAddr(addr) {
+		return nil, fmt.Errorf("api: TCP listener must be on a loopback address, got %q", addr)
+	}
 	if host == "localhost" {
 		host = "127.0.0.1"
-	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return nil, fmt.Errorf("api: TCP listener must be on a loopback address, got %q", addr)
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, port))
 	if err != nil {
 		return nil, fmt.Errorf("api: listen: %w", err)
 	}
 	return ln, nil
+}
+
+// IsLoopbackAddr reports whether addr is HOST:PORT with a loopback HOST
+// (an address in 127.0.0.0/8, ::1, or "localhost"), the only addresses
+// ListenTCP accepts.
+func IsLoopbackAddr(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func checkToken(token string) error {

@@ -386,6 +386,29 @@ func TestTCPRefusesNonLoopback(t *testing.T) {
 	}
 }
 
+func TestIsLoopbackAddr(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:0":     true,
+		"127.0.0.1:8080":  true,
+		"127.1.2.3:80":    true,
+		"[::1]:8080":      true,
+		"localhost:8080":  true,
+		"0.0.0.0:8080":    false,
+		":8080":           false,
+		"[::]:8080":       false,
+		"192.0.2.1:8080":  false,
+		"example.com:80":  false,
+		"127.0.0.1":       false,
+		"127.0.0.1:http":  false,
+		"127.0.0.1:70000": false,
+		"":                false,
+	} {
+		if got := api.IsLoopbackAddr(addr); got != want {
+			t.Errorf("IsLoopbackAddr(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
 func TestEvents(t *testing.T) {
 	node := apitest.New("alice")
 	s := serve(t, node)
