@@ -127,20 +127,8 @@ type e2e struct {
 
 func newE2E(t *testing.T) *e2e {
 	t.Helper()
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(gobin); err != nil {
-		if gobin, err = exec.LookPath("go"); err != nil {
-			t.Skip("no go command to build the binary with")
-		}
-	}
+	bin := builtSotto(t)
 	root := t.TempDir()
-	bin := filepath.Join(root, "sotto")
-	ctx, cancel := context.WithTimeout(context.Background(), e2eBuildTimeout)
-	defer cancel()
-	build := exec.CommandContext(ctx, gobin, "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
 	env := append(os.Environ(), "SOTTO_NO_MDNS=1", "SOTTO_HOME=", "SOTTO_PASSPHRASE_FILE=", "TMPDIR="+root)
 	return &e2e{t: t, bin: bin, root: root, env: env}
 }
@@ -253,7 +241,16 @@ func (l *syncLog) String() string {
 // test ends.
 func (e *e2e) start(name string, args ...string) *runningNode {
 	e.t.Helper()
-	args = append([]string{"run", "--data", e.dir(name), "--listen", "/ip4/127.0.0.1/tcp/0"}, args...)
+	n := e.spawn(name, append([]string{"run", "--data", e.dir(name), "--listen", "/ip4/127.0.0.1/tcp/0"}, args...)...)
+	n.startup = n.waitLine("control socket: ")
+	return n
+}
+
+// spawn starts a command that runs until interrupted (a node, messages
+// --follow) and reads its standard output line by line. It is stopped
+// when the test ends.
+func (e *e2e) spawn(name string, args ...string) *runningNode {
+	e.t.Helper()
 	cmd := exec.Command(e.bin, args...)
 	cmd.Env = e.env
 	stdout, err := cmd.StdoutPipe()
@@ -275,8 +272,25 @@ func (e *e2e) start(name string, args ...string) *runningNode {
 		n.err = cmd.Wait()
 		close(n.done)
 	}()
-	n.startup = n.waitLine("control socket: ")
 	return n
+}
+
+// waitLog waits until the command's standard error contains s.
+func (n *runningNode) waitLog(s string) {
+	n.t.Helper()
+	deadline := time.NewTimer(e2eWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(e2ePoll)
+	defer tick.Stop()
+	for !strings.Contains(n.log.String(), s) {
+		select {
+		case <-n.done:
+			n.t.Fatalf("%s: exited (%v) before writing %q; stderr:\n%s", n.name, n.err, s, n.log)
+		case <-deadline.C:
+			n.t.Fatalf("%s: no %q on stderr after %v; stderr:\n%s", n.name, s, e2eWait, n.log)
+		case <-tick.C:
+		}
+	}
 }
 
 // startupLine returns the line the node printed before serving its
@@ -296,22 +310,31 @@ func (n *runningNode) startupLine(prefix string) string {
 // starts with prefix, and returns what it read.
 func (n *runningNode) waitLine(prefix string) []string {
 	n.t.Helper()
+	return n.waitUntil(fmt.Sprintf("a line starting with %q", prefix), func(line string) bool {
+		return strings.HasPrefix(line, prefix)
+	})
+}
+
+// waitUntil reads standard output up to and including the first line for
+// which ok is true, and returns what it read; what describes that line.
+func (n *runningNode) waitUntil(what string, ok func(line string) bool) []string {
+	n.t.Helper()
 	var read []string
 	deadline := time.NewTimer(e2eWait)
 	defer deadline.Stop()
 	for {
 		select {
-		case line, ok := <-n.lines:
-			if !ok {
+		case line, open := <-n.lines:
+			if !open {
 				<-n.done
-				n.t.Fatalf("%s: node exited (%v) before printing %q; log:\n%s", n.name, n.err, prefix, n.log)
+				n.t.Fatalf("%s: exited (%v) before printing %s; stdout so far %q; stderr:\n%s", n.name, n.err, what, read, n.log)
 			}
 			read = append(read, line)
-			if strings.HasPrefix(line, prefix) {
+			if ok(line) {
 				return read
 			}
 		case <-deadline.C:
-			n.t.Fatalf("%s: no %q line after %v; log:\n%s", n.name, prefix, e2eWait, n.log)
+			n.t.Fatalf("%s: no %s after %v; stdout so far %q; stderr:\n%s", n.name, what, e2eWait, read, n.log)
 		}
 	}
 }
