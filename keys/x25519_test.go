@@ -154,3 +154,57 @@ func TestRFC7748(t *testing.T) {
 		t.Errorf("shared = %s", got)
 	}
 }
+
+// FuzzParseDHPublic checks ParseDHPublic against an independent reading
+// of RFC 7748: a 32-byte input is non-canonical exactly when its
+// little-endian value is at least p (the top bit set included), and
+// low-order exactly when it is canonical and X25519 with a fixed clamped
+// scalar (crypto/ecdh) outputs zero; everything else is accepted, and
+// any other length is ErrDHLength.
+func FuzzParseDHPublic(f *testing.F) {
+	k, _ := GenerateDH(testRand("fuzz-dh"))
+	f.Add(k.Public().Bytes())
+	for _, p := range lowOrder {
+		f.Add(p[:])
+	}
+	f.Add(leU(curveP))
+	f.Add(make([]byte, 31))
+	priv, err := ecdh.X25519().NewPrivateKey(k.Bytes())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		got, err := ParseDHPublic(in)
+		if len(in) != DHSize {
+			if !errors.Is(err, ErrDHLength) {
+				t.Fatalf("%d bytes: %v, want ErrDHLength", len(in), err)
+			}
+			return
+		}
+		le := make([]byte, DHSize)
+		for i := range le {
+			le[i] = in[DHSize-1-i]
+		}
+		canonical := new(big.Int).SetBytes(le).Cmp(curveP) < 0
+		pub, stdErr := ecdh.X25519().NewPublicKey(in)
+		if stdErr != nil {
+			t.Fatalf("crypto/ecdh refused 32 bytes: %v", stdErr)
+		}
+		_, dhErr := priv.ECDH(pub)
+		lowOrder := canonical && dhErr != nil
+		switch {
+		case !canonical:
+			if !errors.Is(err, ErrDHNonCanonical) {
+				t.Fatalf("%x is not canonical: %v", in, err)
+			}
+		case lowOrder:
+			if !errors.Is(err, ErrDHLowOrder) {
+				t.Fatalf("%x is low-order: %v", in, err)
+			}
+		default:
+			if err != nil || !bytes.Equal(got[:], in) {
+				t.Fatalf("%x refused: %v", in, err)
+			}
+		}
+	})
+}
