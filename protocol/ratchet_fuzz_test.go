@@ -2,8 +2,11 @@ package protocol
 
 import (
 	"bytes"
+	"errors"
 	mrand "math/rand/v2"
 	"testing"
+
+	"github.com/sotto-im/sotto/keys"
 )
 
 // fuzzSession is a fixed session in a state that exercises every decrypt
@@ -108,6 +111,65 @@ func FuzzUnmarshalRatchet(f *testing.F) {
 		r.Clone().Decrypt(msgs[0], []byte("ad"))
 		if _, _, err := r.Clone().Encrypt(rng, []byte("x"), nil); err != nil && r.CanSend() {
 			t.Fatalf("Encrypt on an accepted state: %v", err)
+		}
+	})
+}
+
+// FuzzRatchetHeader reaches the checks behind the header encryption,
+// which random bytes never pass: it seals a fuzzed header (ratchet key,
+// PN, N) under one of the live session's header keys (sel: 0 the
+// receiving chain's, 1 the next one, a DH step, 2 an old chain's, 3 a key
+// the session does not hold) and follows it with a forged body. Decrypt
+// must never panic or succeed, must leave the state unchanged, and must
+// fail with one of the ratchet's errors.
+func FuzzRatchetHeader(f *testing.F) {
+	bob, _ := fuzzSession(f)
+	fresh, err := keys.GenerateDH(mrand.NewChaCha8([32]byte{'h'}))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for sel := range uint8(4) {
+		f.Add(sel, bob.dhr[:], uint32(0), bob.nr, []byte("body"))
+		f.Add(sel, fresh.Public().Bytes(), bob.nr, uint32(0), []byte("body"))
+		f.Add(sel, bob.dhr[:], uint32(0), uint32(0), []byte{})
+	}
+	f.Add(uint8(1), fresh.Public().Bytes(), bob.nr, uint32(MaxSkip+1), []byte("x"))
+	f.Add(uint8(1), make([]byte, keys.DHSize), bob.nr, uint32(0), []byte("x"))
+	before := mustState(f, bob)
+	sentinels := []error{ErrMalformed, ErrAuth, ErrDuplicate, ErrTooFarAhead, ErrKeyDiscarded}
+	f.Fuzz(func(t *testing.T, sel uint8, dh []byte, pn, n uint32, body []byte) {
+		if len(body) > 4096 {
+			body = body[:4096]
+		}
+		var hk [32]byte
+		switch sel % 4 {
+		case 0:
+			hk = bob.hkr
+		case 1:
+			hk = bob.nhkr
+		case 2:
+			hk = bob.old[int(sel/4)%len(bob.old)].hk
+		default:
+			hk = [32]byte{sel}
+		}
+		var hdr header
+		copy(hdr.dh[:], dh)
+		hdr.pn, hdr.n = pn, n
+		msg := craftMessage(mrand.NewChaCha8([32]byte{sel}), hk, hdr, body)
+		r := bob.Clone()
+		pt, _, err := r.Decrypt(msg, []byte("ad"))
+		if err == nil || pt != nil {
+			t.Fatalf("Decrypt accepted a forged body (err %v)", err)
+		}
+		known := false
+		for _, e := range sentinels {
+			known = known || errors.Is(err, e)
+		}
+		if !known {
+			t.Fatalf("error is none of the ratchet's: %v", err)
+		}
+		if !bytes.Equal(before, mustState(t, r)) {
+			t.Fatalf("failed Decrypt (%v) changed the state", err)
 		}
 	})
 }
