@@ -178,3 +178,51 @@ func TestFirstContactInterleavings(t *testing.T) {
 		})
 	}
 }
+
+// TestFirstMessageConsumesPrekeys: accepting a first message deletes the
+// one-time DH and KEM prekeys it used, in the same commit, and keeps the
+// last-resort KEM prekey.
+func TestFirstMessageConsumesPrekeys(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	tn := newTestNet(t)
+	alice := tn.start(tn.initNode("alice"))
+	bob := tn.start(tn.initNode("bob"))
+	befriend(t, alice, "alice", bob, "bob")
+	ids := func() map[store.PrekeyKind][]uint32 {
+		out := map[store.PrekeyKind][]uint32{}
+		if err := bob.db.View(func(tx *store.Tx) error {
+			for _, k := range []store.PrekeyKind{store.PrekeyOneTimeDH, store.PrekeyOneTimeKEM, store.PrekeyLastResort} {
+				l, err := tx.PrekeyIDs(k)
+				if err != nil {
+					return err
+				}
+				out[k] = l
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	before := ids()
+	initiate(t, ctx, alice, bob.ident.Account)
+	env := sealFor(t, alice, bob.ident.Account, "hello")[0]
+	if err := bob.Ingest(ctx, alice.Host().ID(), env, store.ViaDirect); err != nil {
+		t.Fatal(err)
+	}
+	after := ids()
+	for kind, want := range map[store.PrekeyKind]int{store.PrekeyOneTimeDH: 1, store.PrekeyOneTimeKEM: 1, store.PrekeyLastResort: 0} {
+		gone := 0
+		for _, id := range before[kind] {
+			if !slices.Contains(after[kind], id) {
+				gone++
+			}
+		}
+		if gone != want {
+			t.Errorf("prekey kind %v: %d of %d gone, want %d", kind, gone, len(before[kind]), want)
+		}
+	}
+	if len(before[store.PrekeyLastResort]) == 0 {
+		t.Fatal("no last-resort KEM prekey stored")
+	}
+}

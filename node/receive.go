@@ -778,11 +778,26 @@ func (p *prekeySource) OneTimePrekey(id keys.PrekeyID) (*keys.DHPrivate, bool) {
 }
 
 func (p *prekeySource) KEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
-	b, ok := p.get(store.PrekeyOneTimeKEM, id)
+	if k, ok := p.OneTimeKEMPrekey(id); ok {
+		return k, true
+	}
+	return p.LastResortKEMPrekey(id)
+}
+
+// OneTimeKEMPrekey and LastResortKEMPrekey tell protocol.Accept which
+// kind of KEM prekey an initial message used (protocol.KEMPrekeyKinds).
+func (p *prekeySource) OneTimeKEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
+	return p.kem(store.PrekeyOneTimeKEM, id)
+}
+
+func (p *prekeySource) LastResortKEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
+	return p.kem(store.PrekeyLastResort, id)
+}
+
+func (p *prekeySource) kem(kind store.PrekeyKind, id keys.PrekeyID) (*keys.KEMPrivate, bool) {
+	b, ok := p.get(kind, id)
 	if !ok {
-		if b, ok = p.get(store.PrekeyLastResort, id); !ok {
-			return nil, false
-		}
+		return nil, false
 	}
 	k, err := keys.NewKEMPrivate(b)
 	if err != nil {
@@ -790,6 +805,8 @@ func (p *prekeySource) KEMPrekey(id keys.PrekeyID) (*keys.KEMPrivate, bool) {
 	}
 	return k, true
 }
+
+var _ protocol.KEMPrekeyKinds = (*prekeySource)(nil)
 
 func (p *prekeySource) SeenInitial(id [32]byte) bool {
 	seen, err := p.tx.InitialSeen(id)
