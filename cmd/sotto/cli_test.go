@@ -323,41 +323,184 @@ func TestCommandsOffline(t *testing.T) {
 	}
 }
 
+// serveSocket serves b on the control socket of dir until the test ends.
+func serveSocket(t *testing.T, dir string, b api.Backend) {
+	t.Helper()
+	path, err := api.SocketPath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := api.ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- api.NewServer(b).Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serving the control socket: %v", err)
+		}
+	})
+}
+
+// follow runs `sotto messages --follow ARGS...` with h until the returned
+// stop is called; stop returns its exit status.
+func (h harness) follow(t *testing.T, args ...string) (stdout, stderr *syncBuffer, stop func() int) {
+	ctx, cancel := context.WithCancel(testContext(t))
+	stdout, stderr = newSyncBuffer(), newSyncBuffer()
+	done := make(chan int, 1)
+	go func() {
+		c := &cli{app: h.app, stdin: strings.NewReader(""), stdout: stdout, stderr: stderr,
+			getenv: func(k string) string { return h.env[k] }}
+		done <- c.main(ctx, append([]string{"messages", "--follow"}, args...))
+	}()
+	return stdout, stderr, func() int {
+		cancel()
+		select {
+		case code := <-done:
+			return code
+		case <-time.After(testTimeout):
+			t.Fatal("messages --follow did not stop")
+			return -1
+		}
+	}
+}
+
 func TestMessagesFollow(t *testing.T) {
 	node := apitest.New("alice")
-	h, _ := offline(t, node)
 	if _, err := node.AddContact(context.Background(), "bob", apitest.InviteFor("bob")); err != nil {
 		t.Fatal(err)
 	}
 	node.Receive("bob", "before", api.ViaDirect)
-	ctx, cancel := context.WithCancel(testContext(t))
-	defer cancel()
-	out := newSyncBuffer()
-	done := make(chan int, 1)
-	go func() {
-		c := &cli{app: h.app, stdin: strings.NewReader(""), stdout: out, stderr: io.Discard,
-			getenv: func(k string) string { return h.env[k] }}
-		done <- c.main(ctx, []string{"messages", "--follow", "--json", "bob"})
-	}()
+	dir := t.TempDir()
+	serveSocket(t, dir, node)
+	h := harness{env: map[string]string{"SOTTO_HOME": dir}} // no OpenBackend: only the socket answers
+	out, _, stop := h.follow(t, "--json", "bob")
 	out.waitFor(t, `"text":"before"`)
-	if err := node.WaitSubscribers(ctx, 1); err != nil {
+	if err := node.WaitSubscribers(testContext(t), 1); err != nil {
 		t.Fatal(err)
 	}
 	node.Receive("carol", "not shown", api.ViaDirect)
 	node.Receive("bob", "after", api.ViaMailbox)
 	out.waitFor(t, `"text":"after"`)
-	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Errorf("exit %d after interrupt", code)
-		}
-	case <-time.After(testTimeout):
-		t.Fatal("messages --follow did not stop")
+	if code := stop(); code != 0 {
+		t.Errorf("exit %d after interrupt", code)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if len(lines) != 2 || strings.Contains(out.String(), "not shown") {
 		t.Errorf("output %q: want exactly the two messages with bob, once each", out.String())
+	}
+}
+
+// TestMessagesFollowStates checks that --follow prints state changes:
+// with --json as the message's line with its new state and "event":"state",
+// as text as a note.
+func TestMessagesFollowStates(t *testing.T) {
+	node := apitest.New("alice")
+	if _, err := node.AddContact(context.Background(), "bob", apitest.InviteFor("bob")); err != nil {
+		t.Fatal(err)
+	}
+	node.Receive("bob", "earlier", api.ViaDirect)
+	dir := t.TempDir()
+	serveSocket(t, dir, node)
+	h := harness{env: map[string]string{"SOTTO_HOME": dir}}
+	jsonOut, _, stopJSON := h.follow(t, "--json", "bob")
+	textOut, _, stopText := h.follow(t, "bob")
+	// Both have read the history once they print it.
+	jsonOut.waitFor(t, `"text":"earlier"`)
+	textOut.waitFor(t, "bob < earlier")
+	m, err := node.Send(context.Background(), "bob", "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []struct {
+		state    api.State
+		storedAt int
+	}{{api.StateSent, 0}, {api.StateStored, 1}, {api.StateDelivered, 0}} {
+		if err := node.SetState(m.ID, st.state, st.storedAt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jsonOut.waitFor(t, `"state":"delivered"`)
+	textOut.waitFor(t, "delivered)")
+	if code := stopJSON(); code != 0 {
+		t.Errorf("--json: exit %d after interrupt", code)
+	}
+	if code := stopText(); code != 0 {
+		t.Errorf("text: exit %d after interrupt", code)
+	}
+
+	var states []string
+	lines := strings.Split(strings.TrimSpace(jsonOut.String()), "\n")
+	for i, line := range lines[1:] { // after "earlier"
+		var got map[string]any
+		if err := json.Unmarshal([]byte(line), &got); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		if got["id"] != m.ID || got["text"] != "hello" || got["contact"] != "bob" || got["direction"] != "out" {
+			t.Errorf("line %q: want message %s's fields", line, m.ID)
+		}
+		event, hasEvent := got["event"]
+		if (i == 0) == hasEvent || (hasEvent && event != "state") {
+			t.Errorf("line %d %q: want \"event\":\"state\" on state changes only", i, line)
+		}
+		states = append(states, fmt.Sprint(got["state"]))
+	}
+	if want := "queued sent stored delivered"; strings.Join(states, " ") != want {
+		t.Errorf("states %v, want %s", states, want)
+	}
+	for _, want := range []string{"bob > hello  (queued)", ": sent)", ": stored at 1 mailbox)", ": delivered)"} {
+		if !strings.Contains(textOut.String(), want) {
+			t.Errorf("text output lacks %q:\n%s", want, textOut.String())
+		}
+	}
+}
+
+// TestMessagesFollowWaits runs --follow while no node serves the data
+// directory: it prints what is stored, lets go of the directory, says it
+// waits, and follows the node that then serves the socket.
+func TestMessagesFollowWaits(t *testing.T) {
+	offlineNode := apitest.New("alice")
+	if _, err := offlineNode.AddContact(context.Background(), "bob", apitest.InviteFor("bob")); err != nil {
+		t.Fatal(err)
+	}
+	offlineNode.Receive("bob", "stored", api.ViaMailbox)
+	dir := t.TempDir()
+	released := make(chan struct{})
+	h := harness{env: map[string]string{"SOTTO_HOME": dir}, app: App{
+		OpenBackend: func(string) (api.Backend, func(), error) {
+			return offlineNode, func() { close(released) }, nil
+		},
+	}}
+	out, errOut, stop := h.follow(t, "--json")
+	out.waitFor(t, `"text":"stored"`)
+	errOut.waitFor(t, "No node is running for "+dir+"; waiting for one to start (`sotto run --data "+dir+"`).")
+	select {
+	case <-released:
+	case <-time.After(testTimeout):
+		t.Fatal("the follower still holds the data directory while it waits")
+	}
+
+	// The node starts with what the store held, and a message arrives.
+	running := apitest.New("alice")
+	if _, err := running.AddContact(context.Background(), "bob", apitest.InviteFor("bob")); err != nil {
+		t.Fatal(err)
+	}
+	running.Receive("bob", "stored", api.ViaMailbox)
+	serveSocket(t, dir, running)
+	errOut.waitFor(t, "A node is running for "+dir+"; following it.")
+	if err := running.WaitSubscribers(testContext(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	running.Receive("bob", "new", api.ViaDirect)
+	out.waitFor(t, `"text":"new"`)
+	if code := stop(); code != 0 {
+		t.Errorf("exit %d after interrupt", code)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 2 {
+		t.Errorf("output %q: want the stored message and the new one, once each", out.String())
 	}
 }
 

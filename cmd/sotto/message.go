@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sotto-im/sotto/api"
@@ -81,6 +82,28 @@ type messageLine struct {
 	Via       api.Via       `json:"via,omitempty"`
 	StoredAt  int           `json:"stored_at,omitempty"`
 	Seq       uint64        `json:"seq"`
+	// Event is set only on a line that `messages --follow --json` prints
+	// for a change of state of a message shown before: "state".
+	Event string `json:"event,omitempty"`
+}
+
+// eventState marks a state change line of `messages --follow --json`.
+const eventState = "state"
+
+// stateText describes an outgoing message's state for people.
+func stateText(m api.Message) string {
+	if m.State == api.StateStored && m.StoredAt > 0 {
+		return "stored at " + plural(m.StoredAt, "mailbox", "mailboxes")
+	}
+	return string(m.State)
+}
+
+// plural is "1 mailbox", "2 mailboxes".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 func messageJSON(m api.Message) messageLine {
@@ -101,14 +124,17 @@ var messagesCommand = &command{
 	name:     "messages",
 	synopsis: "[--data DIR] [--json] [--follow] [NAME]",
 	summary:  "list messages, all or with NAME, oldest first",
-	detail: "With --follow, keep running and print new messages as they arrive (and, as\n" +
-		"text, delivery updates) until interrupted. With --json, print one JSON object\n" +
-		"per message and line: id, contact, direction, text, sent_at, and state (sent)\n" +
-		"or via (received).",
+	detail: "With --follow, keep running and print new messages as they arrive, and\n" +
+		"changes of their state, until interrupted. If no node is running, it prints\n" +
+		"the stored messages, then waits for `sotto run` (without holding the data\n" +
+		"directory) and follows that node. With --json, print one JSON object per\n" +
+		"message and line: id, contact, direction, text, sent_at, seq, and state\n" +
+		"(sent) or via (received); a state change is the message's line again with\n" +
+		"its new state and \"event\":\"state\".",
 	setup: func(fs *flag.FlagSet) runFunc {
 		data := dataDirFlag(fs)
 		asJSON := jsonFlag(fs)
-		follow := fs.Bool("follow", false, "keep printing new messages until interrupted")
+		follow := fs.Bool("follow", false, "keep printing new messages and state changes until interrupted")
 		return func(ctx context.Context, c *cli, args []string) error {
 			if len(args) > 1 {
 				return usagef("unexpected argument %q", args[1])
@@ -121,35 +147,89 @@ var messagesCommand = &command{
 			if err != nil {
 				return err
 			}
+			release = sync.OnceFunc(release)
 			defer release()
 			p := &messagePrinter{w: c.stdout, json: *asJSON, terminal: isTerminal(c.stdout), contact: contact}
-			var events <-chan api.Event
-			if *follow {
-				// Subscribe before reading the history, so that nothing
-				// falls between them; the seq cursor removes overlap.
-				ctx, cancel := context.WithCancel(ctx)
-				defer cancel()
-				if events, err = b.Subscribe(ctx); err != nil {
-					return err
-				}
+			if !*follow {
+				return p.history(ctx, b)
 			}
+			if _, running := b.(*api.Client); running {
+				return p.follow(ctx, b)
+			}
+			// No node is running. Following the data directory opened
+			// here would hold it, and `sotto run` could not start: print
+			// what is stored, let go, and follow the node once one runs.
 			if err := p.history(ctx, b); err != nil {
 				return err
 			}
-			if !*follow {
-				return nil
+			release()
+			dir, err := c.dataDir(*data)
+			if err != nil {
+				return err
 			}
-			for ev := range events {
-				if err := p.event(ev); err != nil {
-					return err
+			fmt.Fprintf(c.stderr, "No node is running for %s; waiting for one to start (`sotto run --data %s`).\n", dir, dir)
+			client, err := waitForSocket(ctx, dir)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil // interrupted
 				}
+				return err
 			}
-			if ctx.Err() != nil {
-				return nil // interrupted
-			}
-			return errors.New("lost the connection to the node")
+			defer client.Close()
+			fmt.Fprintf(c.stderr, "A node is running for %s; following it.\n", dir)
+			return p.follow(ctx, client)
 		}
 	},
+}
+
+// followPoll is how often `messages --follow` looks for a node to start.
+const followPoll = 250 * time.Millisecond
+
+// waitForSocket waits until a node serves the control socket of dir, or
+// ctx ends. It only probes the socket: the data directory stays free for
+// the node to open.
+func waitForSocket(ctx context.Context, dir string) (*api.Client, error) {
+	tick := time.NewTicker(followPoll)
+	defer tick.Stop()
+	for {
+		client, err := api.Dial(dir)
+		if err == nil {
+			return client, nil
+		}
+		if !errors.Is(err, api.ErrNoNode) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// follow prints the messages after those printed so far, then new ones and
+// state changes as they come, until ctx ends or the node goes away.
+func (p *messagePrinter) follow(ctx context.Context, b api.Backend) error {
+	// Subscribe before reading the history, so that nothing falls between
+	// them; the seq cursor removes overlap.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events, err := b.Subscribe(ctx)
+	if err != nil {
+		return err
+	}
+	if err := p.history(ctx, b); err != nil {
+		return err
+	}
+	for ev := range events {
+		if err := p.event(ev); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return nil // interrupted
+	}
+	return errors.New("lost the connection to the node")
 }
 
 // messagePrinter prints messages and events for `sotto messages`.
@@ -188,15 +268,16 @@ func (p *messagePrinter) event(ev api.Event) error {
 		}
 	case api.EventState:
 		m := ev.Message
-		if p.json || m == nil || (p.contact != "" && m.Contact != p.contact) {
+		if m == nil || (p.contact != "" && m.Contact != p.contact) {
 			return nil
 		}
-		p.endProgress()
-		state := string(m.State)
-		if m.State == api.StateStored && m.StoredAt > 0 {
-			state = fmt.Sprintf("stored at %d mailboxes", m.StoredAt)
+		if p.json {
+			line := messageJSON(*m)
+			line.Event = eventState
+			return printJSON(p.w, line)
 		}
-		_, err := fmt.Fprintf(p.w, "  (%s to %s: %s)\n", m.ID, clean(m.Contact, true), state)
+		p.endProgress()
+		_, err := fmt.Fprintf(p.w, "  (%s to %s: %s)\n", m.ID, clean(m.Contact, true), stateText(*m))
 		return err
 	case api.EventContactRequest:
 		if p.json || ev.Contact == nil {
@@ -245,10 +326,7 @@ func (p *messagePrinter) message(m api.Message) error {
 	p.endProgress()
 	arrow, note := "<", "via "+string(m.Via)
 	if m.Direction == api.DirectionOut {
-		arrow, note = ">", string(m.State)
-		if m.State == api.StateStored && m.StoredAt > 0 {
-			note = fmt.Sprintf("stored at %d mailboxes", m.StoredAt)
-		}
+		arrow, note = ">", stateText(m)
 	}
 	text := strings.ReplaceAll(clean(m.Text, false), "\n", "\n    ")
 	_, err := fmt.Fprintf(p.w, "%s  %s %s %s  (%s)\n",
