@@ -23,7 +23,8 @@ type App struct {
 	// cfg.ServeAPI, which serves the control socket until ctx ends.
 	Run func(ctx context.Context, cfg RunConfig) error
 	// Demo runs a self-contained demonstration, writing its narration to
-	// out; with keep set it leaves its data directories in place.
+	// out; with keep set it leaves the network running until ctx ends,
+	// prints how to talk to it, and keeps its data directories.
 	Demo func(ctx context.Context, keep bool, out io.Writer) error
 }
 
@@ -45,6 +46,9 @@ type RunConfig struct {
 	Log        *slog.Logger
 	// Stdout receives what scripts read: the node's peer ID and addresses.
 	Stdout io.Writer
+	// Progress, when set (standard output is a terminal), shows text as a
+	// live progress line on Stdout; an empty text removes it.
+	Progress func(text string)
 	// ServeAPI serves b on the data directory's control socket until ctx
 	// ends. It fails at once if another node serves the directory.
 	ServeAPI func(ctx context.Context, b api.Backend) error

@@ -23,9 +23,18 @@ import (
 // demoStepTimeout bounds each step of the demo.
 const demoStepTimeout = 60 * time.Second
 
+// demoTick is how often the live line of a running step is redrawn (on a
+// terminal only).
+const demoTick = 100 * time.Millisecond
+
+// demoSpreadWait bounds how long the demo waits for a stored message to
+// reach every mailbox (gossip carries it beyond those that acknowledged
+// it) before it reports how many hold it.
+const demoSpreadWait = 3 * time.Second
+
 // demo is the state of a running demonstration network.
 type demo struct {
-	out   io.Writer
+	out   *liveWriter
 	root  string
 	start time.Time
 	nodes []*node.Node
@@ -52,7 +61,7 @@ func runDemo(ctx context.Context, keep bool, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	d := &demo{out: out, root: root, start: time.Now(), dirs: map[string]string{}}
+	d := &demo{out: newLiveWriter(out, isTerminal(out)), root: root, start: time.Now(), dirs: map[string]string{}}
 	defer func() {
 		if !keep || err != nil {
 			d.closeAll()
@@ -60,7 +69,7 @@ func runDemo(ctx context.Context, keep bool, out io.Writer) (err error) {
 		}
 	}()
 
-	fmt.Fprintf(out, "Sotto demo: a real network on 127.0.0.1, every node in this process with its own data dir under %s\n\n", root)
+	fmt.Fprintf(d.out, "Sotto demo: a real network on 127.0.0.1, every node in this process with its own data dir under %s\n\n", root)
 
 	var alice, bob, carol *node.Node
 	steps := []struct {
@@ -156,7 +165,15 @@ func runDemo(ctx context.Context, keep bool, out io.Writer) (err error) {
 				if err != nil {
 					return err
 				}
-				d.say("%q: stored at %d mailboxes after %s", texts[i], m.StoredAt, since(t0))
+				took := since(t0)
+				held, err := d.holding(ctx, alice, id)
+				if err != nil {
+					return err
+				}
+				if held == 0 { // not found in the mailboxes: count the acknowledgements
+					held = m.StoredAt
+				}
+				d.say("%q: stored at %s after %s", texts[i], plural(held, "mailbox", "mailboxes"), took)
 			}
 			return nil
 		}},
@@ -226,15 +243,17 @@ func runDemo(ctx context.Context, keep bool, out io.Writer) (err error) {
 		}},
 	}
 	for _, s := range steps {
-		fmt.Fprintf(out, "[%7s] %s\n", since(d.start), s.name)
+		fmt.Fprintf(d.out, "[%7s] %s\n", since(d.start), s.name)
 		sctx, cancel := context.WithTimeout(ctx, demoStepTimeout)
+		stop := d.showStep(s.name)
 		err := s.run(sctx)
+		stop()
 		cancel()
 		if err != nil {
 			return &stepError{step: s.name, err: err}
 		}
 	}
-	fmt.Fprintf(out, "\n[%7s] every step succeeded\n", since(d.start))
+	fmt.Fprintf(d.out, "\n[%7s] every step succeeded\n", since(d.start))
 	if keep {
 		return d.keep(ctx)
 	}
@@ -270,6 +289,76 @@ func (d *demo) keep(ctx context.Context) error {
 	fmt.Fprintf(d.out, "data dirs kept under %s\n", d.root)
 	return nil
 }
+
+// showStep shows, on a terminal, a live line with the running step and
+// the time so far until the returned func is called.
+func (d *demo) showStep(name string) (stop func()) {
+	if !d.out.live {
+		return func() {}
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	started := time.Now()
+	go func() {
+		defer close(done)
+		t := time.NewTicker(demoTick)
+		defer t.Stop()
+		for {
+			d.out.Progress(fmt.Sprintf("[%7s] %s… (%s)", since(d.start), name, time.Since(started).Truncate(demoTick)))
+			select {
+			case <-quit:
+				d.out.Progress("")
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
+}
+
+// holding returns how many of the demo's mailboxes hold the envelope of
+// sender's message id, waiting up to demoSpreadWait for every mailbox to
+// hold it.
+func (d *demo) holding(ctx context.Context, sender *node.Node, id [16]byte) (int, error) {
+	var env []byte
+	err := sender.DB().View(func(tx *store.Tx) error {
+		e, err := tx.GetOutbox(id)
+		env = e.Envelope
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, demoSpreadWait)
+	defer cancel()
+	count := 0
+	err = poll(ctx, func() (bool, error) {
+		count = 0
+		for _, m := range d.mbx {
+			var held bool
+			err := m.DB().View(func(tx *store.Tx) error {
+				es, err := tx.MailboxPeek(demoPeekLimit)
+				for _, e := range es {
+					held = held || bytes.Equal(e.Envelope, env)
+				}
+				return err
+			})
+			if err != nil {
+				return false, err
+			}
+			if held {
+				count++
+			}
+		}
+		return count == len(d.mbx), nil
+	})
+	if err != nil && ctx.Err() == nil {
+		return 0, err
+	}
+	return count, nil
+}
+
+// demoPeekLimit bounds the envelopes the demo reads from a mailbox.
+const demoPeekLimit = 100
 
 func (d *demo) say(format string, args ...any) {
 	fmt.Fprintf(d.out, "          "+format+"\n", args...)

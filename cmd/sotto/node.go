@@ -118,6 +118,16 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 		return openError(cfg.DataDir, err)
 	}
 	defer n.Close()
+	if cfg.Progress != nil {
+		// Subscribe before Start, which begins the first sync.
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			showSync(n.Subscribe(sctx), cfg.Progress, stdout)
+		}()
+		defer func() { cancel(); <-done }()
+	}
 	if err := n.Start(ctx); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -129,6 +139,28 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 		fmt.Fprintf(stdout, "address: %s\n", a)
 	}
 	return cfg.ServeAPI(ctx, api.NodeBackend(n))
+}
+
+// showSync shows mailbox syncs from the node's events as a progress line
+// until events closes, and a summary line for a sync that fetched
+// envelopes.
+func showSync(events <-chan node.Event, progress func(string), out io.Writer) {
+	for ev := range events {
+		s := ev.Sync
+		if ev.Type != node.EventSyncProgress || s == nil {
+			continue
+		}
+		from := plural(s.Mailboxes, "mailbox", "mailboxes")
+		if !s.Done {
+			progress(fmt.Sprintf("syncing mailboxes: %s from %s…", plural(s.Envelopes, "envelope", "envelopes"), from))
+			continue
+		}
+		progress("")
+		if s.Envelopes > 0 {
+			fmt.Fprintf(out, "mailbox sync: %s from %s\n", plural(s.Envelopes, "envelope", "envelopes"), from)
+		}
+	}
+	progress("")
 }
 
 // p2pAddrs are the node's listen addresses with its peer ID, the form

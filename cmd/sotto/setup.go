@@ -91,7 +91,8 @@ var runCommand = &command{
 		"Other commands talk to the running node through the socket api.sock in the data\n" +
 		"directory (or, when that path is too long for a unix socket, in $TMPDIR/sotto-UID/).\n" +
 		"If the keys are encrypted, --passphrase-file, else $SOTTO_PASSPHRASE_FILE, names\n" +
-		"the passphrase file. SOTTO_NO_MDNS=1 has the effect of --no-mdns.\n" + dataDirHelp,
+		"the passphrase file. SOTTO_NO_MDNS=1 has the effect of --no-mdns. On a terminal,\n" +
+		"a progress line shows mailbox syncs.\n" + dataDirHelp,
 	setup: func(fs *flag.FlagSet) runFunc {
 		data := dataDirFlag(fs)
 		var listen, bootstrap stringList
@@ -121,7 +122,8 @@ var runCommand = &command{
 					return err
 				}
 			}
-			log := slog.New(slog.NewTextHandler(c.stderr, nil))
+			out := newLiveWriter(c.stdout, isTerminal(c.stdout))
+			log := slog.New(slog.NewTextHandler(out.Beside(c.stderr), nil))
 			cfg := RunConfig{
 				DataDir:    dir,
 				Listen:     listen,
@@ -130,20 +132,13 @@ var runCommand = &command{
 				NoMDNS:     *noMDNS || c.getenv("SOTTO_NO_MDNS") == "1",
 				Passphrase: pass,
 				Log:        log,
-				Stdout:     c.stdout,
+				Stdout:     out,
 				ServeAPI: func(ctx context.Context, b api.Backend) error {
-					path, err := api.SocketPath(dir)
-					if err != nil {
-						return err
-					}
-					ln, err := api.ListenUnix(path)
-					if err != nil {
-						return err
-					}
-					log.Info("control socket ready", "path", path)
-					fmt.Fprintf(c.stdout, "control socket: %s\n", path)
-					return api.NewServer(b, api.WithLogger(log)).Serve(ctx, ln)
+					return serveAPI(ctx, b, dir, out, log)
 				},
+			}
+			if out.live {
+				cfg.Progress = out.Progress
 			}
 			err = c.app.Run(ctx, cfg)
 			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
@@ -154,12 +149,32 @@ var runCommand = &command{
 	},
 }
 
+// serveAPI serves b on the control socket of dir until ctx ends, and
+// says where once it listens.
+func serveAPI(ctx context.Context, b api.Backend, dir string, out io.Writer, log *slog.Logger) error {
+	path, err := api.SocketPath(dir)
+	if err != nil {
+		return err
+	}
+	ln, err := api.ListenUnix(path)
+	if err != nil {
+		return err
+	}
+	log.Info("control socket ready", "path", path)
+	fmt.Fprintf(out, "control socket: %s\n", path)
+	return api.NewServer(b, api.WithLogger(log)).Serve(ctx, ln)
+}
+
 var demoCommand = &command{
 	name:     "demo",
 	synopsis: "[--keep]",
-	summary:  "run two local nodes that add each other and exchange messages",
+	summary:  "run a small network on loopback and narrate direct, offline and first-contact messaging",
+	detail: "The demo starts a bootstrap node, two mailboxes, alice, bob and carol in this\n" +
+		"process, each with its own data directory in a temporary directory, and narrates\n" +
+		"each step; on a terminal a live line shows the running step's time. It exits 0\n" +
+		"when every step succeeded and deletes the data directories.",
 	setup: func(fs *flag.FlagSet) runFunc {
-		keep := fs.Bool("keep", false, "keep the demo's data directories instead of deleting them")
+		keep := fs.Bool("keep", false, "leave the network running after the last step and print the commands that talk to alice, bob and carol from another terminal; Ctrl-C stops it and keeps the data directories")
 		return func(ctx context.Context, c *cli, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected argument %q", args[0])
