@@ -49,8 +49,9 @@ type RunConfig struct {
 	// Progress, when set (standard output is a terminal), shows text as a
 	// live progress line on Stdout; an empty text removes it.
 	Progress func(text string)
-	// ServeAPI serves b on the data directory's control socket until ctx
-	// ends. It fails at once if another node serves the directory.
+	// ServeAPI serves b on the data directory's control socket (and the
+	// TCP listener --api-listen asks for) until ctx ends. It fails at once
+	// if another node serves the directory.
 	ServeAPI func(ctx context.Context, b api.Backend) error
 }
 

@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/sotto-im/sotto/api"
 )
@@ -83,13 +85,18 @@ func readPassphrase(path string) ([]byte, error) {
 
 var runCommand = &command{
 	name:     "run",
-	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox] [--no-mdns] [--passphrase-file FILE]",
+	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox] [--no-mdns] [--passphrase-file FILE] [--api-listen HOST:PORT]",
 	summary:  "run the node and serve the control socket until interrupted",
 	detail: "Once the node is on the network, it prints its peer ID and its addresses, one\n" +
 		"per line (\"peer id: ID\", \"address: MULTIADDR/p2p/ID\": what others pass to\n" +
 		"--bootstrap), then \"control socket: PATH\" when other commands can reach it.\n" +
 		"Other commands talk to the running node through the socket api.sock in the data\n" +
 		"directory (or, when that path is too long for a unix socket, in $TMPDIR/sotto-UID/).\n" +
+		"With --api-listen, the same API is also served over HTTP on a loopback address,\n" +
+		"for a browser UI; each request must carry \"Authorization: Bearer TOKEN\" with the\n" +
+		"token in the file api.token of the data directory (created on first use, mode\n" +
+		"0600). It prints \"api listener: http://HOST:PORT\" and \"api token file: PATH\"\n" +
+		"before the control socket line.\n" +
 		"If the keys are encrypted, --passphrase-file, else $SOTTO_PASSPHRASE_FILE, names\n" +
 		"the passphrase file. SOTTO_NO_MDNS=1 has the effect of --no-mdns. On a terminal,\n" +
 		"a progress line shows mailbox syncs.\n" + dataDirHelp,
@@ -101,9 +108,13 @@ var runCommand = &command{
 		mailbox := fs.Bool("mailbox", false, "also hold messages for offline users (serve as a mailbox)")
 		noMDNS := fs.Bool("no-mdns", false, "do not look for peers on the local network (mDNS)")
 		passFile := fs.String("passphrase-file", "", "read the keystore passphrase from `FILE` (default $SOTTO_PASSPHRASE_FILE)")
+		apiListen := fs.String("api-listen", "", "also serve the API over HTTP at the loopback address `HOST:PORT` (127.0.0.1:PORT, [::1]:PORT or localhost:PORT), with a bearer token")
 		return func(ctx context.Context, c *cli, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected argument %q", args[0])
+			}
+			if *apiListen != "" && !api.IsLoopbackAddr(*apiListen) {
+				return usagef("--api-listen %q is not a loopback address: the API listens only on 127.0.0.1:PORT, [::1]:PORT or localhost:PORT", *apiListen)
 			}
 			dir, err := c.dataDir(*data)
 			if err != nil {
@@ -134,7 +145,7 @@ var runCommand = &command{
 				Log:        log,
 				Stdout:     out,
 				ServeAPI: func(ctx context.Context, b api.Backend) error {
-					return serveAPI(ctx, b, dir, out, log)
+					return serveAPI(ctx, b, dir, *apiListen, out, log)
 				},
 			}
 			if out.live {
@@ -149,9 +160,10 @@ var runCommand = &command{
 	},
 }
 
-// serveAPI serves b on the control socket of dir until ctx ends, and
-// says where once it listens.
-func serveAPI(ctx context.Context, b api.Backend, dir string, out io.Writer, log *slog.Logger) error {
+// serveAPI serves b on the control socket of dir and, if tcpAddr is set, on
+// that loopback address with the data directory's bearer token, until ctx
+// ends or either fails. It prints where once both listen.
+func serveAPI(ctx context.Context, b api.Backend, dir, tcpAddr string, out io.Writer, log *slog.Logger) error {
 	path, err := api.SocketPath(dir)
 	if err != nil {
 		return err
@@ -160,9 +172,44 @@ func serveAPI(ctx context.Context, b api.Backend, dir string, out io.Writer, log
 	if err != nil {
 		return err
 	}
+	srv := api.NewServer(b, api.WithLogger(log))
+	if tcpAddr == "" {
+		log.Info("control socket ready", "path", path)
+		fmt.Fprintf(out, "control socket: %s\n", path)
+		return srv.Serve(ctx, ln)
+	}
+	tcp, err := api.ListenTCP(tcpAddr)
+	if err != nil {
+		ln.Close()
+		return &prefixless{msg: "--api-listen " + tcpAddr + ": " + strings.TrimPrefix(err.Error(), "api: "), err: err}
+	}
+	token, err := api.LoadOrCreateToken(dir)
+	if err != nil {
+		ln.Close()
+		tcp.Close()
+		return err
+	}
+	tokenFile := filepath.Join(dir, api.TokenFile)
+	if abs, err := filepath.Abs(tokenFile); err == nil {
+		tokenFile = abs
+	}
+	log.Info("API listener ready", "addr", tcp.Addr().String(), "token_file", tokenFile)
 	log.Info("control socket ready", "path", path)
+	fmt.Fprintf(out, "api listener: http://%s\n", tcp.Addr())
+	fmt.Fprintf(out, "api token file: %s\n", tokenFile)
 	fmt.Fprintf(out, "control socket: %s\n", path)
-	return api.NewServer(b, api.WithLogger(log)).Serve(ctx, ln)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ctx, ln) }()
+	go func() { errc <- srv.ServeAuth(ctx, tcp, token) }()
+	err = <-errc
+	cancel() // the first to end stops the other
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
 }
 
 var demoCommand = &command{
