@@ -160,6 +160,72 @@ func (n *Node) currentBundle(now time.Time) ([]byte, error) {
 	return out, err
 }
 
+// dropUsedPrekeys re-signs the stored bundle, under a new sequence number,
+// without the one-time prekeys that are no longer held (a first message
+// used them), so that the bundle served and published next offers only
+// prekeys that can still be used: an initiator that picked a used one
+// would be rejected. It reports whether the bundle changed; the caller
+// publishes it after the commit (kickPublish).
+func (n *Node) dropUsedPrekeys(tx *store.Tx) (bool, error) {
+	b, err := tx.GetSetting(settingBundle)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	bd, err := keys.ParseBundle(b)
+	if err != nil {
+		return false, nil // currentBundle replaces it
+	}
+	held := func(kind store.PrekeyKind, id keys.PrekeyID) (bool, error) {
+		_, err := tx.GetPrekey(kind, uint32(id))
+		if errors.Is(err, store.ErrNotFound) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	var dh []keys.OneTimePrekey
+	for _, p := range bd.OneTimeDH {
+		ok, err := held(store.PrekeyOneTimeDH, p.ID)
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			dh = append(dh, p)
+		}
+	}
+	var kem []keys.SignedKEMPrekey
+	for _, p := range bd.OneTimeKEM {
+		ok, err := held(store.PrekeyOneTimeKEM, p.ID)
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			kem = append(kem, p)
+		}
+	}
+	if len(dh) == len(bd.OneTimeDH) && len(kem) == len(bd.OneTimeKEM) {
+		return false, nil
+	}
+	seq, err := tx.NextBundleSeq()
+	if err != nil {
+		return false, err
+	}
+	bd.Seq, bd.OneTimeDH, bd.OneTimeKEM = seq, dh, kem
+	bd.Sign(n.me.Account)
+	return true, tx.PutSetting(settingBundle, bd.Marshal())
+}
+
+// kickPublish has the bundle published again soon; kicks that come while
+// a publication runs are served by one more.
+func (n *Node) kickPublish() {
+	select {
+	case n.publishKick <- struct{}{}:
+	default:
+	}
+}
+
 // publishBundle puts the current bundle into the DHT (the host republishes
 // it on its own schedule afterwards).
 func (n *Node) publishBundle(ctx context.Context) {

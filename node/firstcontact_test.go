@@ -181,7 +181,8 @@ func TestFirstContactInterleavings(t *testing.T) {
 
 // TestFirstMessageConsumesPrekeys: accepting a first message deletes the
 // one-time DH and KEM prekeys it used, in the same commit, and keeps the
-// last-resort KEM prekey.
+// last-resort KEM prekey; the bundle offered next leaves the used ones
+// out.
 func TestFirstMessageConsumesPrekeys(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	tn := newTestNet(t)
@@ -204,7 +205,21 @@ func TestFirstMessageConsumesPrekeys(t *testing.T) {
 		}
 		return out
 	}
-	before := ids()
+	bundle := func() *keys.Bundle {
+		raw, err := bob.currentBundle(bob.now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := keys.ParseBundle(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Verify(bob.now()); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	before, offered := ids(), bundle()
 	initiate(t, ctx, alice, bob.ident.Account)
 	env := sealFor(t, alice, bob.ident.Account, "hello")[0]
 	if err := bob.Ingest(ctx, alice.Host().ID(), env, store.ViaDirect); err != nil {
@@ -224,5 +239,23 @@ func TestFirstMessageConsumesPrekeys(t *testing.T) {
 	}
 	if len(before[store.PrekeyLastResort]) == 0 {
 		t.Fatal("no last-resort KEM prekey stored")
+	}
+	// The bundle Bob offers next no longer lists the used prekeys.
+	now := bundle()
+	if now.Seq <= offered.Seq {
+		t.Errorf("bundle sequence %d after the first message, was %d", now.Seq, offered.Seq)
+	}
+	if len(now.OneTimeDH) != len(offered.OneTimeDH)-1 || len(now.OneTimeKEM) != len(offered.OneTimeKEM)-1 {
+		t.Errorf("bundle offers %d+%d one-time prekeys, was %d+%d", len(now.OneTimeDH), len(now.OneTimeKEM), len(offered.OneTimeDH), len(offered.OneTimeKEM))
+	}
+	for _, p := range now.OneTimeDH {
+		if !slices.Contains(after[store.PrekeyOneTimeDH], uint32(p.ID)) {
+			t.Errorf("bundle offers used one-time prekey %d", p.ID)
+		}
+	}
+	for _, p := range now.OneTimeKEM {
+		if !slices.Contains(after[store.PrekeyOneTimeKEM], uint32(p.ID)) {
+			t.Errorf("bundle offers used one-time KEM prekey %d", p.ID)
+		}
 	}
 }

@@ -167,6 +167,8 @@ type Node struct {
 	kick   chan struct{}
 	// releaseKick wakes releaseLoop when a message is held.
 	releaseKick chan struct{}
+	// publishKick has the bundle published again (kickPublish).
+	publishKick chan struct{}
 	ob          outboxState
 	mbx         mailboxes
 	sessions    sessionCache
@@ -320,6 +322,7 @@ func Open(cfg Config) (*Node, error) {
 	n.ingest = make(chan *ingestReq, MaxIngestBatch)
 	n.kick = make(chan struct{}, 1)
 	n.releaseKick = make(chan struct{}, 1)
+	n.publishKick = make(chan struct{}, 1)
 	n.ob.init()
 	n.mbx.syncKick = make(chan struct{}, 1)
 	n.mbx.resub = make(chan struct{}, 1)
@@ -421,11 +424,13 @@ func (n *Node) Start(ctx context.Context) error {
 	n.wg.Add(2)
 	go n.outboxLoop()
 	go n.maintenanceLoop()
+	// The bundle goes into the DHT now, and again whenever a first
+	// message used some of its one-time prekeys.
 	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
+	go n.kickLoop(n.publishKick, func() (time.Duration, bool) {
 		n.publishBundle(n.ctx)
-	}()
+		return 0, false
+	})
 	n.kickOutbox()
 	return nil
 }

@@ -140,10 +140,10 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	now := n.now()
 	results := make([]error, len(batch))
 	var events []Event
-	kick, newSession, held := false, false, false
+	kick, newSession, held, republish := false, false, false, false
 	err := n.db.Update(func(tx *store.Tx) error {
 		events = events[:0]
-		kick, newSession, held = false, false, false
+		kick, newSession, held, republish = false, false, false, false
 		rc := &ingestBatch{}
 		for i, r := range batch {
 			r.hasToken = false
@@ -160,6 +160,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 			events = append(events, out.events...)
 			newSession = newSession || out.newSession
 			held = held || out.held
+			republish = republish || out.republish
 		}
 		queued, err := n.sealReceipts(tx, rc, now)
 		if err != nil {
@@ -177,9 +178,12 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 			results[i] = fmt.Errorf("node: store: %w", err)
 		}
 		events = nil
-		kick, held = false, false
+		kick, held, republish = false, false, false
 	}
 	for i, r := range batch {
+		if err := results[i]; err != nil && !errors.Is(err, ErrDuplicateEnvelope) {
+			n.cfg.Logger.Debug("envelope not accepted", "from", r.from, "via", r.via, "err", err)
+		}
 		r.res <- results[i]
 	}
 	if len(events) > 0 {
@@ -193,6 +197,9 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	}
 	if held {
 		n.kickRelease()
+	}
+	if republish {
+		n.kickPublish()
 	}
 }
 
@@ -215,6 +222,7 @@ type processed struct {
 	events     []Event
 	newSession bool
 	held       bool // a message waits for a missing predecessor
+	republish  bool // the bundle changed (dropUsedPrekeys)
 }
 
 // ingestBatch is the state of one inbound batch: per contact in
@@ -566,6 +574,13 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 			return processed{}, se(err)
 		}
 	}
+	if acc.ConsumedOneTimeDH != nil || acc.ConsumedKEM != nil {
+		changed, err := n.dropUsedPrekeys(tx)
+		if err != nil {
+			return processed{}, se(err)
+		}
+		out.republish = changed
+	}
 	if _, err := tx.MarkInitialSeen(acc.InitialID, now.Add(replayMarkLifetime)); err != nil {
 		return processed{}, se(err)
 	}
@@ -617,6 +632,7 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	res, err := n.apply(tx, r, rc, msg, now)
 	res.events = append(out.events, res.events...)
 	res.newSession = true
+	res.republish = out.republish
 	return res, err
 }
 
