@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -779,6 +780,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					return err
 				}
 			case errors.Is(err, ErrRejected):
+				n.cfg.Logger.Debug("recipient rejected an envelope; sealing it again", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]))
 				// The recipient cannot decrypt this envelope: its one-time
 				// prekey was taken by another initiator, the session it
 				// was sealed on lost a simultaneous initiation, or the
@@ -817,6 +819,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					return err
 				}
 			default:
+				n.cfg.Logger.Debug("delivery failed", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]), "err", err)
 				cur, err := tx.GetOutbox(e.MsgID)
 				if errors.Is(err, store.ErrNotFound) {
 					continue // delivered meanwhile

@@ -155,6 +155,9 @@ func (s *simNet) up(ctx context.Context, sn *simNode) error {
 		Logger:       testLogger(),
 		HostOptions:  []Option{WithLibp2pHost(s.mn.Host(sn.id))},
 	}
+	if cfg.Logger != nil {
+		cfg.Logger = cfg.Logger.With("node", sn.name)
+	}
 	if s.mod != nil {
 		s.mod(&cfg)
 	}
@@ -416,7 +419,7 @@ func TestSimulation100(t *testing.T) {
 	describe := func(ms []store.Message) string {
 		var b strings.Builder
 		for _, m := range ms {
-			fmt.Fprintf(&b, "\n\t%q %v %v stored at %d", m.Body, m.Via, m.State, m.StoredAt)
+			fmt.Fprintf(&b, "\n\t%q %v %v stored at %d (%x)", m.Body, m.Via, m.State, m.StoredAt, m.ID)
 		}
 		return b.String()
 	}
