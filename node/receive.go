@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -708,6 +709,7 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 		Body: msg.Body, SentAt: msg.Sent, ReceivedAt: now, State: store.StateReceived, Via: r.via,
 		PeerSeq: msg.Seq,
 	})
+	n.cfg.Logger.Debug("message received", "id", hex.EncodeToString(msg.ID[:]), "seq", msg.Seq, "via", r.via, "shown", len(shown), "err", err)
 	switch {
 	case err == nil:
 		out.held = len(shown) == 0

@@ -755,6 +755,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 			err := errs[i]
 			switch {
 			case err == nil:
+				n.cfg.Logger.Debug("delivered directly", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]))
 				if e.Kind == store.OutboxReceipt {
 					if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
 						return err

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"slices"
 	"sync"
@@ -322,6 +323,7 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 		}
 	}
 	order := mergeOrders(lists)
+	n.cfg.Logger.Debug("mailbox sync", "mailboxes", len(mbxs), "holding", len(held), "envelopes", len(order), "err", errors.Join(errs...))
 	n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: len(mbxs), Envelopes: 0}})
 
 	// Process them in that order (the committer groups them into batches).
@@ -550,7 +552,7 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		}
 		t0 := time.Now()
 		k, err := n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
-		n.cfg.Logger.Debug("mailbox deposit", "copies", k, "took", time.Since(t0), "err", err)
+		n.cfg.Logger.Debug("mailbox deposit", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]), "copies", k, "took", time.Since(t0), "err", err)
 		if err != nil {
 			n.cfg.Logger.Info("mailbox deposit", "err", err)
 			break // no mailbox now: the next attempt tries again
