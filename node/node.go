@@ -549,6 +549,10 @@ func shareableAddrs(in []ma.Multiaddr) []ma.Multiaddr {
 
 func (n *Node) now() time.Time { return n.cfg.Now() }
 
+// debugOn reports whether debug lines are logged: per-message debug lines
+// are built only then.
+func (n *Node) debugOn() bool { return n.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) }
+
 func (n *Node) kickOutbox() {
 	select {
 	case n.kick <- struct{}{}:

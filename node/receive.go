@@ -183,7 +183,9 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	}
 	for i, r := range batch {
 		if err := results[i]; err != nil && !errors.Is(err, ErrDuplicateEnvelope) {
-			n.cfg.Logger.Debug("envelope not accepted", "from", r.from, "via", r.via, "err", err)
+			if n.debugOn() {
+				n.cfg.Logger.Debug("envelope not accepted", "from", r.from, "via", r.via, "err", err)
+			}
 		}
 		r.res <- results[i]
 	}
@@ -709,7 +711,9 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 		Body: msg.Body, SentAt: msg.Sent, ReceivedAt: now, State: store.StateReceived, Via: r.via,
 		PeerSeq: msg.Seq,
 	})
-	n.cfg.Logger.Debug("message received", "id", hex.EncodeToString(msg.ID[:]), "seq", msg.Seq, "via", r.via, "shown", len(shown), "err", err)
+	if n.debugOn() {
+		n.cfg.Logger.Debug("message received", "id", hex.EncodeToString(msg.ID[:]), "seq", msg.Seq, "via", r.via, "shown", len(shown), "err", err)
+	}
 	switch {
 	case err == nil:
 		out.held = len(shown) == 0

@@ -755,7 +755,9 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 			err := errs[i]
 			switch {
 			case err == nil:
-				n.cfg.Logger.Debug("delivered directly", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]))
+				if n.debugOn() {
+					n.cfg.Logger.Debug("delivered directly", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]))
+				}
 				if e.Kind == store.OutboxReceipt {
 					if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
 						return err
@@ -781,7 +783,9 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					return err
 				}
 			case errors.Is(err, ErrRejected):
-				n.cfg.Logger.Debug("recipient rejected an envelope; sealing it again", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]))
+				if n.debugOn() {
+					n.cfg.Logger.Debug("recipient rejected an envelope; sealing it again", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]))
+				}
 				// The recipient cannot decrypt this envelope: its one-time
 				// prekey was taken by another initiator, the session it
 				// was sealed on lost a simultaneous initiation, or the
@@ -820,7 +824,9 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					return err
 				}
 			default:
-				n.cfg.Logger.Debug("delivery failed", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]), "err", err)
+				if n.debugOn() {
+					n.cfg.Logger.Debug("delivery failed", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]), "err", err)
+				}
 				cur, err := tx.GetOutbox(e.MsgID)
 				if errors.Is(err, store.ErrNotFound) {
 					continue // delivered meanwhile

@@ -552,7 +552,9 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		}
 		t0 := time.Now()
 		k, err := n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
-		n.cfg.Logger.Debug("mailbox deposit", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]), "copies", k, "took", time.Since(t0), "err", err)
+		if n.debugOn() {
+			n.cfg.Logger.Debug("mailbox deposit", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]), "copies", k, "took", time.Since(t0), "err", err)
+		}
 		if err != nil {
 			n.cfg.Logger.Info("mailbox deposit", "err", err)
 			break // no mailbox now: the next attempt tries again
