@@ -3,7 +3,9 @@ package node
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"slices"
 	"testing"
@@ -257,5 +259,69 @@ func TestFirstMessageConsumesPrekeys(t *testing.T) {
 		if !slices.Contains(after[store.PrekeyOneTimeKEM], uint32(p.ID)) {
 			t.Errorf("bundle offers used one-time KEM prekey %d", p.ID)
 		}
+	}
+}
+
+// TestRejectedEarlierFirstMessage: when the recipient refuses a first
+// message sealed on a session the sender has since replaced, the sender
+// keeps its current session (which the recipient may have accepted);
+// only a refused first message of the current session starts it over.
+func TestRejectedEarlierFirstMessage(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	tn := newTestNet(t)
+	alice := tn.start(tn.initNode("alice"))
+	bob := tn.start(tn.initNode("bob"))
+	befriend(t, alice, "alice", bob, "bob")
+	acct := bob.ident.Account
+	current := func() (id [32]byte, ok bool) {
+		t.Helper()
+		if err := alice.db.View(func(tx *store.Tx) error {
+			s, err := alice.loadSession(tx, acct)
+			if s != nil {
+				id, ok = s.InitialID(), true
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return id, ok
+	}
+	entry := func(env []byte) store.OutboxEntry {
+		t.Helper()
+		e := store.OutboxEntry{
+			Contact: acct, Envelope: env, Kind: store.OutboxMessage, Created: alice.now(),
+			NextAttempt: alice.now().Add(time.Hour), Expires: alice.now().Add(time.Hour),
+		}
+		if _, err := io.ReadFull(crand.Reader, e.MsgID[:]); err != nil {
+			t.Fatal(err)
+		}
+		if err := alice.db.Update(func(tx *store.Tx) error { return tx.PutOutbox(e) }); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+
+	initiate(t, ctx, alice, acct)
+	old := sealFor(t, alice, acct, "m1")[0]
+	first, _ := current()
+	if err := alice.db.Update(func(tx *store.Tx) error { return tx.DeleteSession(acct) }); err != nil {
+		t.Fatal(err)
+	}
+	alice.sessions.take(acct)
+	initiate(t, ctx, alice, acct)
+	fresh := sealFor(t, alice, acct, "m2")[0]
+	second, _ := current()
+	bob.Close() // nothing below reaches him
+	if second == first {
+		t.Fatal("the second session has the first one's initial ID")
+	}
+
+	alice.recordResults(acct, []store.OutboxEntry{entry(old)}, []error{ErrRejected})
+	if id, ok := current(); !ok || id != second {
+		t.Fatalf("a refused message of the replaced session dropped the current one (have %v)", ok)
+	}
+	alice.recordResults(acct, []store.OutboxEntry{entry(fresh)}, []error{ErrRejected})
+	if _, ok := current(); ok {
+		t.Fatal("a refused first message of the current session left it in place")
 	}
 }

@@ -739,6 +739,17 @@ func hasUnsealed(es []store.OutboxEntry) bool {
 	return false
 }
 
+// sealedOn reports whether env is a first message of sess (it carries
+// that session's initial ID).
+func sealedOn(env []byte, sess *protocol.Session) bool {
+	e, err := protocol.ParseEnvelope(env)
+	if err != nil {
+		return false
+	}
+	id, ok := protocol.EnvelopeInitialID(e)
+	return ok && id == sess.InitialID()
+}
+
 // recordResults commits the outcome of a delivery attempt.
 func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []error) {
 	now := n.now()
@@ -810,7 +821,11 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 				if serr != nil {
 					return serr
 				}
-				if sess != nil && sess.PendingInitial() && !resetSession {
+				// A session whose first message is refused starts over,
+				// with a fresh bundle; not when the refused envelope was
+				// sealed on an earlier session (then the current one may
+				// well be accepted already).
+				if sess != nil && sess.PendingInitial() && !resetSession && sealedOn(e.Envelope, sess) {
 					if err := tx.DeleteSession(acct); err != nil {
 						return err
 					}
