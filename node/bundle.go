@@ -227,23 +227,50 @@ func (n *Node) kickPublish() {
 }
 
 // publishBundle puts the current bundle into the DHT (the host republishes
-// it on its own schedule afterwards).
-func (n *Node) publishBundle(ctx context.Context) {
+// it on its own schedule afterwards) and reports whether that worked.
+func (n *Node) publishBundle(ctx context.Context) bool {
 	h := n.Host()
 	if h == nil {
-		return
+		return true // closing: nothing to retry
 	}
 	b, err := n.currentBundle(n.now())
 	if err != nil {
 		n.cfg.Logger.Error("prekey bundle", "err", err)
-		return
+		return false
 	}
 	acct := n.Account()
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := h.PutBundle(pctx, acct[:], b); err != nil && !errors.Is(err, ErrStaleBundle) {
 		n.cfg.Logger.Info("bundle not published to the DHT yet (it is still served directly)", "err", err)
+		return false
 	}
+	return true
+}
+
+// Retries of a bundle publication that failed (no DHT peers yet, say):
+// the wait starts at minPublishRetry and doubles up to maxPublishRetry.
+const (
+	minPublishRetry = 2 * time.Second
+	maxPublishRetry = 10 * time.Minute
+)
+
+// publishLoop publishes the bundle at start, on every kickPublish, and
+// again after a failure, with backoff. It is the body of a goroutine
+// counted in n.wg.
+func (n *Node) publishLoop() {
+	retry := minPublishRetry
+	n.kickLoop(n.publishKick, func() (time.Duration, bool) {
+		ok := n.publishBundle(n.ctx)
+		n.bundlePublished.Store(ok)
+		if ok {
+			retry = minPublishRetry
+			return 0, false
+		}
+		d := retry
+		retry = min(2*retry, maxPublishRetry)
+		return d, true
+	})
 }
 
 // serveBundle writes the current bundle on s.
@@ -466,7 +493,7 @@ func (n *Node) maintenanceLoop() {
 			if err := n.refreshTags(); err != nil {
 				n.cfg.Logger.Error("tag upkeep", "err", err)
 			}
-			n.publishBundle(n.ctx)
+			n.kickPublish()
 		}
 	}
 }

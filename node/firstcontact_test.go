@@ -325,3 +325,25 @@ func TestRejectedEarlierFirstMessage(t *testing.T) {
 		t.Fatal("a refused first message of the current session left it in place")
 	}
 }
+
+// TestBundlePublishRetried: a node that starts with no DHT peer cannot
+// publish its bundle; it tries again, so the bundle reaches the DHT once
+// a peer is there.
+func TestBundlePublishRetried(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	tn := newTestNet(t)
+	alice := tn.start(tn.initNode("alice"), func(c *Config) { c.Bootstrap = nil })
+	acct := alice.ident.Account
+	if alice.bundlePublished.Load() {
+		t.Fatal("the bundle was published with no DHT peer")
+	}
+	if err := alice.Host().LibP2P().Connect(ctx, tn.boot.AddrInfo()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, alice.bundlePublished.Load)
+	// The DHT peer holds it: with Alice gone, it still answers.
+	alice.Close()
+	if _, err := tn.boot.GetBundle(ctx, acct[:]); err != nil {
+		t.Fatalf("bundle not in the DHT: %v", err)
+	}
+}

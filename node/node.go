@@ -169,9 +169,11 @@ type Node struct {
 	releaseKick chan struct{}
 	// publishKick has the bundle published again (kickPublish).
 	publishKick chan struct{}
-	ob          outboxState
-	mbx         mailboxes
-	sessions    sessionCache
+	// bundlePublished: the last publication of the bundle worked.
+	bundlePublished atomic.Bool
+	ob              outboxState
+	mbx             mailboxes
+	sessions        sessionCache
 }
 
 // Init creates a new identity in dir: account key, device (host) key,
@@ -424,13 +426,10 @@ func (n *Node) Start(ctx context.Context) error {
 	n.wg.Add(2)
 	go n.outboxLoop()
 	go n.maintenanceLoop()
-	// The bundle goes into the DHT now, and again whenever a first
-	// message used some of its one-time prekeys.
+	// The bundle goes into the DHT now (retried until it works), and again
+	// whenever a first message used some of its one-time prekeys.
 	n.wg.Add(1)
-	go n.kickLoop(n.publishKick, func() (time.Duration, bool) {
-		n.publishBundle(n.ctx)
-		return 0, false
-	})
+	go n.publishLoop()
 	n.kickOutbox()
 	return nil
 }
