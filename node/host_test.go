@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -61,8 +62,19 @@ func TestDefaultsAreSane(t *testing.T) {
 	if len(c.bootstrap) != 0 {
 		t.Error("there must be no default bootstrap peers")
 	}
-	if len(c.listenAddrs) != 2 {
-		t.Errorf("default listen addrs: %v", c.listenAddrs)
+	// TCP and QUIC on every IPv4 and IPv6 interface, kernel-chosen ports.
+	var want []string
+	for _, ip := range []string{"/ip4/0.0.0.0", "/ip6/::"} {
+		want = append(want, ip+"/tcp/0", ip+"/udp/0/quic-v1")
+	}
+	var got []string
+	for _, a := range c.listenAddrs {
+		got = append(got, a.String())
+	}
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("default listen addrs: %v, want %v", got, want)
 	}
 }
 

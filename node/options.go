@@ -50,10 +50,14 @@ const (
 )
 
 // DefaultListenAddrs are the addresses a node listens on unless told
-// otherwise: any interface, a kernel-chosen port, TCP and QUIC.
+// otherwise: any interface, IPv4 and IPv6, a kernel-chosen port, TCP and
+// QUIC. A host without IPv6 listens on the IPv4 ones (libp2p fails only
+// when no address can be listened on).
 var DefaultListenAddrs = []string{
 	"/ip4/0.0.0.0/tcp/0",
 	"/ip4/0.0.0.0/udp/0/quic-v1",
+	"/ip6/::/tcp/0",
+	"/ip6/::/udp/0/quic-v1",
 }
 
 // Configuration errors.
