@@ -77,8 +77,13 @@ func (k AccountPublic) Fingerprint() string {
 func (k AccountPublic) String() string { return k.Fingerprint() }
 
 // AccountPrivate is the user's long-term Ed25519 signing key.
+//
+// The key sits behind a pointer so that even where fmt formats the struct
+// without calling Format (%p on a value, %w on an argument that is not an
+// error, both reported by go vet) it prints an address, never the key
+// bytes.
 type AccountPrivate struct {
-	k ed25519.PrivateKey
+	k *ed25519.PrivateKey
 }
 
 // GenerateAccount returns a new account key drawn from rand.
@@ -95,7 +100,8 @@ func NewAccountPrivate(seed []byte) (*AccountPrivate, error) {
 	if len(seed) != ed25519.SeedSize {
 		return nil, fmt.Errorf("keys: account seed must be %d bytes (got %d)", ed25519.SeedSize, len(seed))
 	}
-	return &AccountPrivate{k: ed25519.NewKeyFromSeed(seed)}, nil
+	k := ed25519.NewKeyFromSeed(seed)
+	return &AccountPrivate{k: &k}, nil
 }
 
 // Seed returns a copy of the 32-byte seed, for the keystore only.
@@ -104,19 +110,19 @@ func (k *AccountPrivate) Seed() []byte { return append([]byte(nil), k.k.Seed()..
 // Public returns the account's public key.
 func (k *AccountPrivate) Public() AccountPublic {
 	var p AccountPublic
-	copy(p[:], k.k[32:])
+	copy(p[:], (*k.k)[32:])
 	return p
 }
 
 // Sign signs msg. Callers must pass a domain-separated encoding.
-func (k *AccountPrivate) Sign(msg []byte) []byte { return ed25519.Sign(k.k, msg) }
+func (k *AccountPrivate) Sign(msg []byte) []byte { return ed25519.Sign(*k.k, msg) }
 
 // Equal compares in constant time.
 func (k *AccountPrivate) Equal(o *AccountPrivate) bool {
 	if k == nil || o == nil {
 		return k == o
 	}
-	return subtle.ConstantTimeCompare(k.k, o.k) == 1
+	return subtle.ConstantTimeCompare(*k.k, *o.k) == 1
 }
 
 // String redacts the key. The value receiver keeps a copied struct
@@ -125,6 +131,12 @@ func (k AccountPrivate) String() string { return "account-private:REDACTED" }
 
 // GoString redacts the key in %#v.
 func (k AccountPrivate) GoString() string { return "keys.AccountPrivate{REDACTED}" }
+
+// Format writes String (GoString under %#v) for every verb, so that no
+// verb (%d, %x, %c, ...) prints the key bytes.
+func (k AccountPrivate) Format(f fmt.State, verb rune) {
+	formatRedacted(f, verb, k.String(), k.GoString())
+}
 
 // LogValue redacts the key in slog output.
 func (k AccountPrivate) LogValue() slog.Value { return slog.StringValue("REDACTED") }

@@ -178,5 +178,9 @@ func (k KEMPrivate) String() string { return "mlkem768-private:REDACTED" }
 // GoString redacts the key in %#v.
 func (k KEMPrivate) GoString() string { return "keys.KEMPrivate{REDACTED}" }
 
+// Format writes String (GoString under %#v) for every verb, so that no
+// verb prints the key's fields.
+func (k KEMPrivate) Format(f fmt.State, verb rune) { formatRedacted(f, verb, k.String(), k.GoString()) }
+
 // LogValue redacts the key in slog output.
 func (k KEMPrivate) LogValue() slog.Value { return slog.StringValue("REDACTED") }

@@ -138,8 +138,26 @@ func (ks Keystore) String() string { return "keystore:REDACTED" }
 // GoString redacts the secrets in %#v.
 func (ks Keystore) GoString() string { return "keys.Keystore{REDACTED}" }
 
+// Format writes String (GoString under %#v) for every verb, so that no
+// verb (%d, %x, %c, ...) prints the account seed or the host key. fmt
+// skips Format for %p on a Keystore value and for %w on an argument that
+// is not an error (both reported by go vet): those print the fields, and
+// HostKey's bytes with them.
+func (ks Keystore) Format(f fmt.State, verb rune) {
+	formatRedacted(f, verb, ks.String(), ks.GoString())
+}
+
 // LogValue redacts the secrets in slog output.
 func (ks Keystore) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// formatRedacted writes s, or gs under %#v, whatever the verb, width or
+// flags.
+func formatRedacted(f fmt.State, verb rune, s, gs string) {
+	if verb == 'v' && f.Flag('#') {
+		s = gs
+	}
+	io.WriteString(f, s)
+}
 
 // Equal compares two keystores in constant time per field.
 func (ks *Keystore) Equal(o *Keystore) bool {

@@ -3,6 +3,7 @@ package keys
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 )
 
 // PrekeyID names a prekey within its owner's device. IDs are chosen by the
@@ -215,3 +216,15 @@ func (s *PrekeySecrets) String() string {
 	}
 	return fmt.Sprintf("prekey-secrets(signed=%d one-time=%d kem=%d)", len(s.SignedDH), len(s.OneTimeDH), len(s.KEM))
 }
+
+// GoString is String under %#v.
+func (s PrekeySecrets) GoString() string { return "keys." + s.String() }
+
+// Format writes String (GoString under %#v) for every verb, for a value
+// as for a pointer, so that no verb prints the maps.
+func (s PrekeySecrets) Format(f fmt.State, verb rune) {
+	formatRedacted(f, verb, s.String(), s.GoString())
+}
+
+// LogValue is String in slog output.
+func (s PrekeySecrets) LogValue() slog.Value { return slog.StringValue(s.String()) }

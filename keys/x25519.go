@@ -155,5 +155,9 @@ func (k DHPrivate) String() string { return "x25519-private:REDACTED" }
 // GoString redacts the key in %#v.
 func (k DHPrivate) GoString() string { return "keys.DHPrivate{REDACTED}" }
 
+// Format writes String (GoString under %#v) for every verb, so that no
+// verb prints the key's fields.
+func (k DHPrivate) Format(f fmt.State, verb rune) { formatRedacted(f, verb, k.String(), k.GoString()) }
+
 // LogValue redacts the key in slog output.
 func (k DHPrivate) LogValue() slog.Value { return slog.StringValue("REDACTED") }
