@@ -28,6 +28,33 @@ type party struct {
 	seen      []*packet             // delivered to this party
 	maxChain  int                   // newest peer chain this party has stepped into
 	steppedIn bool
+	late      []latePacket // held back from the inbox until their step
+}
+
+// latePacket is a straggler: a packet the transport holds back for many
+// steps, as a mailbox copy or a partitioned link would.
+type latePacket struct {
+	p   *packet
+	due int
+}
+
+// lossyStats counts what happened in one run.
+type lossyStats struct {
+	sent, ok, dup, dropped int
+	// tooOld counts packets that arrived on a chain the receiver had
+	// already evicted (more than MaxOldChains DH steps late).
+	tooOld int
+	// deepOld counts packets that decrypted on an old chain more than 5
+	// steps back, the cap on old chains in earlier builds.
+	deepOld int
+}
+
+// lossyConfig shapes the simulated transport.
+type lossyConfig struct {
+	steps int
+	// straggle is the per-mille of sent packets held back for 1 to
+	// maxDelay steps instead of entering the inbox.
+	straggle, maxDelay int
 }
 
 // TestRatchetLossyTransport runs long two-way conversations over a
@@ -38,18 +65,45 @@ type party struct {
 // expected to fail authentication, which the model accounts for.
 func TestRatchetLossyTransport(t *testing.T) {
 	seeds := []uint64{1, 2, 3, 4, 5, 6, 7, 8}
-	steps := 4000
+	cfg := lossyConfig{steps: 4000}
 	if testing.Short() {
-		seeds, steps = seeds[:2], 1000
+		seeds, cfg.steps = seeds[:2], 1000
 	}
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			runLossy(t, seed, steps)
+			runLossy(t, seed, cfg)
 		})
 	}
 }
 
-func runLossy(t *testing.T, seed uint64, steps int) {
+// TestRatchetLossyTransportStragglers is TestRatchetLossyTransport with
+// some packets held back for up to 3000 steps, about 75 DH steps at the
+// generator's pace: some arrive on an old chain still held, others after
+// their chain was evicted, possibly duplicated. Across the seeds both must
+// happen, or the eviction path went untested.
+func TestRatchetLossyTransportStragglers(t *testing.T) {
+	seeds := []uint64{11, 12, 13, 14}
+	cfg := lossyConfig{steps: 4000, straggle: 30, maxDelay: 3000}
+	if testing.Short() {
+		seeds = seeds[:2]
+	}
+	var total lossyStats
+	for _, seed := range seeds {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			st := runLossy(t, seed, cfg)
+			total.tooOld += st.tooOld
+			total.deepOld += st.deepOld
+		})
+	}
+	if total.tooOld == 0 {
+		t.Errorf("no packet arrived on an evicted chain in any run: chain eviction was not exercised")
+	}
+	if total.deepOld == 0 {
+		t.Errorf("no packet decrypted on an old chain more than 5 steps back in any run")
+	}
+}
+
+func runLossy(t *testing.T, seed uint64, cfg lossyConfig) lossyStats {
 	rng := mrand.New(mrand.NewPCG(seed, 0x5077))
 	keyRand := mrand.NewChaCha8([32]byte{byte(seed)})
 	a, b := newTestPair(t, keyRand)
@@ -57,7 +111,8 @@ func runLossy(t *testing.T, seed uint64, steps int) {
 	bob := &party{name: "bob", r: b, chains: map[keys.DHPublic]int{}}
 	ad := []byte("lossy")
 	nextID := 0
-	var stats struct{ sent, ok, dup, dropped, tooOld int }
+	var stats lossyStats
+	step := 0
 
 	sendFrom := func(from, to *party) {
 		pt := fmt.Appendf(nil, "%s message %d", from.name, nextID)
@@ -71,7 +126,12 @@ func runLossy(t *testing.T, seed uint64, steps int) {
 			chain = len(from.chains)
 			from.chains[pub] = chain
 		}
-		to.inbox = append(to.inbox, &packet{id: nextID, msg: msg, pt: pt, secret: secret, chain: chain})
+		p := &packet{id: nextID, msg: msg, pt: pt, secret: secret, chain: chain}
+		if cfg.straggle > 0 && p.id > 0 && rng.IntN(1000) < cfg.straggle {
+			to.late = append(to.late, latePacket{p: p, due: step + 1 + rng.IntN(cfg.maxDelay)})
+		} else {
+			to.inbox = append(to.inbox, p)
+		}
 		nextID++
 		stats.sent++
 	}
@@ -101,6 +161,9 @@ func runLossy(t *testing.T, seed uint64, steps int) {
 			}
 			p.delivered = true
 			to.seen = append(to.seen, p)
+			if to.steppedIn && to.maxChain-p.chain > 5 {
+				stats.deepOld++
+			}
 			if !to.steppedIn || p.chain > to.maxChain {
 				to.maxChain, to.steppedIn = p.chain, true
 			}
@@ -123,7 +186,21 @@ func runLossy(t *testing.T, seed uint64, steps int) {
 	sendFrom(alice, bob)
 	deliver(bob, take(bob))
 	const maxInFlight = 64
-	for range steps {
+	// release delivers the stragglers due by step, or all of them.
+	release := func(p *party, all bool) {
+		keep := p.late[:0]
+		for _, l := range p.late {
+			if all || l.due <= step {
+				deliver(p, l.p)
+			} else {
+				keep = append(keep, l)
+			}
+		}
+		p.late = keep
+	}
+	for ; step < cfg.steps; step++ {
+		release(alice, false)
+		release(bob, false)
 		switch x := rng.IntN(100); {
 		case x < 22 && len(bob.inbox) < maxInFlight:
 			sendFrom(alice, bob)
@@ -170,6 +247,7 @@ func runLossy(t *testing.T, seed uint64, steps int) {
 		for len(p.inbox) > 0 {
 			deliver(p, take(p))
 		}
+		release(p, true)
 		if n := len(p.r.discarded); n != 0 {
 			t.Fatalf("%s discarded %d skipped keys; the generator stays below MaxSkippedKeys", p.name, n)
 		}
@@ -181,4 +259,5 @@ func runLossy(t *testing.T, seed uint64, steps int) {
 		t.Fatalf("weak run: %+v, %d chains", stats, alice.maxChain)
 	}
 	t.Logf("%+v, bob stepped into %d of alice's chains", stats, bob.maxChain+1)
+	return stats
 }
