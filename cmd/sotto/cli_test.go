@@ -140,14 +140,15 @@ func TestUsage(t *testing.T) {
 		{[]string{"contact"}, exitUsage, "sotto: contact: missing subcommand"},
 		{[]string{"contact", "rm"}, exitUsage, `sotto: contact: unknown subcommand "rm"`},
 		{[]string{"send", "bob"}, exitUsage, "sotto send: need a contact NAME"},
-		{[]string{"send", "--bogus", "bob", "hi"}, exitUsage, "sotto send: flag provided but not defined: -bogus"},
-		{[]string{"send", "bob", "hi", "--data"}, exitUsage, "sotto send: flag needs an argument: -data"},
+		{[]string{"send", "--bogus", "bob", "hi"}, exitUsage, "sotto send: flag provided but not defined: --bogus"},
+		{[]string{"send", "-bogus", "bob", "hi"}, exitUsage, "sotto send: flag provided but not defined: --bogus"},
+		{[]string{"send", "bob", "hi", "--data"}, exitUsage, "sotto send: flag needs an argument: --data"},
 		{[]string{"contact", "add", "bob"}, exitUsage, "sotto contact add: need a NAME and an INVITE"},
 		{[]string{"contact", "add", "bob", "x", "y"}, exitUsage, `sotto contact add: unexpected argument "y"`},
 		{[]string{"contact", "verify"}, exitUsage, "sotto contact verify: need a contact NAME"},
 		{[]string{"contact", "list", "x"}, exitUsage, `sotto contact list: unexpected argument "x"`},
 		{[]string{"messages", "a", "b"}, exitUsage, `sotto messages: unexpected argument "b"`},
-		{[]string{"status", "--json=maybe"}, exitUsage, "sotto status: invalid boolean value"},
+		{[]string{"status", "--json=maybe"}, exitUsage, `sotto status: invalid boolean value "maybe" for --json: parse error`},
 		{[]string{"help", "nope"}, exitUsage, `sotto help: unknown command "nope"`},
 		{[]string{"--help"}, exitOK, ""},
 		{[]string{"help"}, exitOK, ""},
@@ -182,6 +183,36 @@ func TestUsage(t *testing.T) {
 	}
 	if *opened != 0 {
 		t.Errorf("usage errors opened the backend %d times", *opened)
+	}
+}
+
+// TestFlagErrorDashes checks that each kind of error of the flag package
+// names the flag with two dashes, however it was written.
+func TestFlagErrorDashes(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nope"}, "flag provided but not defined: --nope"},
+		{[]string{"-nope"}, "flag provided but not defined: --nope"},
+		{[]string{"--s"}, "flag needs an argument: --s"},
+		{[]string{"-b=maybe"}, `invalid boolean value "maybe" for --b: parse error`},
+		{[]string{`--b=a "-b" \`}, `invalid boolean value "a \"-b\" \\" for --b: parse error`},
+		{[]string{"--f", "x"}, `invalid value "x" for flag --f: refused`},
+		{[]string{"--bf"}, "invalid boolean flag --bf: refused"},
+		{[]string{"---x"}, "bad flag syntax: ---x"},
+	}
+	for _, tt := range tests {
+		fs := newFlagSet("t")
+		fs.String("s", "", "")
+		fs.Bool("b", false, "")
+		refuse := func(string) error { return errors.New("refused") }
+		fs.Func("f", "", refuse)
+		fs.BoolFunc("bf", "", refuse)
+		_, err := parseInterspersed(fs, tt.args)
+		if !isFlagError(err) || err.Error() != tt.want {
+			t.Errorf("%q: %v, want the flag error %q", tt.args, err, tt.want)
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 )
 
@@ -147,11 +148,26 @@ func (c *cli) exec(ctx context.Context, cmd *command, args []string) int {
 	}
 }
 
-// flagError marks an error from the flag package.
+// flagError marks an error from the flag package. Its message spells the
+// flag with two dashes, as the usage does.
 type flagError struct{ err error }
 
-func (e flagError) Error() string { return e.err.Error() }
+func (e flagError) Error() string { return doubleDash(e.err.Error()) }
 func (e flagError) Unwrap() error { return e.err }
+
+// flagName finds the flag's name in the messages of the flag package,
+// which spell it "-name" (or "name", for "invalid boolean flag").
+var flagName = regexp.MustCompile(`^(flag provided but not defined: |flag needs an argument: |` +
+	`invalid boolean value "(?:[^"\\]|\\.)*" for |invalid value "(?:[^"\\]|\\.)*" for flag |invalid boolean flag )-?`)
+
+// doubleDash rewrites a message of the flag package to name the flag as
+// "--name".
+func doubleDash(msg string) string {
+	if m := flagName.FindStringSubmatchIndex(msg); m != nil {
+		return msg[:m[3]] + "--" + msg[m[1]:]
+	}
+	return msg
+}
 
 func isFlagError(err error) bool {
 	var fe flagError
