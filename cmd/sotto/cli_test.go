@@ -150,6 +150,15 @@ func TestUsage(t *testing.T) {
 		{[]string{"messages", "a", "b"}, exitUsage, `sotto messages: unexpected argument "b"`},
 		{[]string{"status", "--json=maybe"}, exitUsage, `sotto status: invalid boolean value "maybe" for --json: parse error`},
 		{[]string{"help", "nope"}, exitUsage, `sotto help: unknown command "nope"`},
+		{[]string{"--json", "id"}, exitUsage, "sotto: flag --json goes after the command name (sotto COMMAND --json ...); only --data DIR may come before it"},
+		{[]string{"--data", "D", "-listen=x", "run"}, exitUsage, "sotto: flag --listen goes after the command name"},
+		{[]string{"---data", "D", "id"}, exitUsage, "sotto: bad flag syntax: ---data"},
+		{[]string{"--data"}, exitUsage, "sotto: flag needs an argument: --data"},
+		{[]string{"--data", "D"}, exitUsage, "sotto: missing command"},
+		{[]string{"--data=D", "nope"}, exitUsage, `sotto: unknown command "nope"`},
+		{[]string{"--data", "D", "demo"}, exitUsage, "sotto demo: flag provided but not defined: --data"},
+		{[]string{"--data", "D", "--help"}, exitOK, ""},
+		{[]string{"--data", "D", "help", "send"}, exitOK, ""},
 		{[]string{"--help"}, exitOK, ""},
 		{[]string{"help"}, exitOK, ""},
 		{[]string{"help", "contact"}, exitOK, ""},
@@ -212,6 +221,34 @@ func TestFlagErrorDashes(t *testing.T) {
 		_, err := parseInterspersed(fs, tt.args)
 		if !isFlagError(err) || err.Error() != tt.want {
 			t.Errorf("%q: %v, want the flag error %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+// TestDataBeforeCommand checks that --data before the command name selects
+// the data directory as it does after it, and that a --data after the
+// command name wins.
+func TestDataBeforeCommand(t *testing.T) {
+	dir := t.TempDir()
+	var openedDir string
+	h := harness{
+		app: App{OpenBackend: func(d string) (api.Backend, func(), error) {
+			openedDir = d
+			return apitest.New("alice"), func() {}, nil
+		}},
+		env: map[string]string{"SOTTO_HOME": t.TempDir()},
+	}
+	for _, args := range [][]string{
+		{"--data", dir, "id"},
+		{"--data=" + dir, "id", "--json"},
+		{"-data", dir, "contact", "list"},
+		{"-data=" + dir, "contact", "verify", "--", "bob"},
+		{"--data", t.TempDir(), "id", "--data", dir},
+	} {
+		openedDir = ""
+		r := h.run(testContext(t), args...)
+		if openedDir != dir {
+			t.Errorf("%q opened %q, want %q (%+v)", args, openedDir, dir, r)
 		}
 	}
 }

@@ -54,16 +54,22 @@ const dataDirHelp = "The data directory is --data, else $SOTTO_HOME, else $XDG_D
 
 // main dispatches args (without the program name) and returns the exit status.
 func (c *cli) main(ctx context.Context, args []string) int {
+	global, args, err := leadingFlags(args)
+	if errors.Is(err, flag.ErrHelp) {
+		c.usage(c.stdout)
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(c.stderr, "sotto: %v\n", err)
+		c.usage(c.stderr)
+		return exitUsage
+	}
 	if len(args) == 0 {
 		fmt.Fprintln(c.stderr, "sotto: missing command")
 		c.usage(c.stderr)
 		return exitUsage
 	}
-	switch args[0] {
-	case "-h", "-help", "--help":
-		c.usage(c.stdout)
-		return exitOK
-	case "help":
+	if args[0] == "help" {
 		return c.help(args[1:])
 	}
 	cmd, rest, err := lookup(args)
@@ -81,7 +87,40 @@ func (c *cli) main(ctx context.Context, args []string) int {
 		}
 		return exitUsage
 	}
-	return c.exec(ctx, cmd, rest)
+	// The command parses the flags given before its name as its own.
+	return c.exec(ctx, cmd, append(global, rest...))
+}
+
+// leadingFlags splits off the flags before the command name: --data DIR
+// (or --data=DIR), which the command then parses as its own, and --help,
+// for which it returns flag.ErrHelp. Other flags belong after the command
+// name, since which ones exist, and which take a value, depends on it.
+func leadingFlags(args []string) (global, rest []string, err error) {
+	for len(args) > 0 {
+		arg := args[0]
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(arg, "-"), "-"), "=")
+		switch {
+		case arg == "-" || arg == "--" || !strings.HasPrefix(arg, "-"):
+			return global, args, nil
+		case name == "" || strings.HasPrefix(name, "-"):
+			return nil, nil, fmt.Errorf("bad flag syntax: %s", arg)
+		case name == "h" || name == "help":
+			return nil, nil, flag.ErrHelp
+		case name == "data" && hasValue:
+			global = append(global, "--data="+value)
+			args = args[1:]
+		case name == "data":
+			if len(args) < 2 {
+				return nil, nil, errors.New("flag needs an argument: --data")
+			}
+			global = append(global, "--data="+args[1])
+			args = args[2:]
+		default:
+			return nil, nil, fmt.Errorf("flag --%s goes after the command name (sotto COMMAND --%s ...); "+
+				"only --data DIR may come before it", name, name)
+		}
+	}
+	return global, nil, nil
 }
 
 // groupError is a missing or unknown subcommand of a group ("contact").
@@ -234,7 +273,7 @@ func (c *cli) help(args []string) int {
 
 // usage prints the list of commands.
 func (c *cli) usage(w io.Writer) {
-	fmt.Fprint(w, "usage: sotto COMMAND [flags] [args]\n\nCommands:\n")
+	fmt.Fprint(w, "usage: sotto [--data DIR] COMMAND [flags] [args]\n\nCommands:\n")
 	for _, cmd := range commands {
 		fmt.Fprintf(w, "  %-16s %s\n", cmd.name, cmd.summary)
 	}
