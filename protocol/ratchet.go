@@ -317,6 +317,9 @@ func (r *Ratchet) Encrypt(rand io.Reader, plaintext, ad []byte) (msg []byte, sec
 // headerAEAD returns XChaCha20-Poly1305 under hk, reusing the last one made
 // when the key is the same (the common case: every message of a chain).
 func (k *kdf) headerAEAD(hk *[ratchetKeySize]byte) (cipher.AEAD, error) {
+	// A plain comparison: hk is always one of the state's own header keys
+	// (callers pass &r.hks, &r.hkr, &r.nhkr or an old chain's), and so is
+	// k.hkey; nothing an attacker sends is compared here.
 	if k.haead != nil && k.hkey == *hk {
 		return k.haead, nil
 	}
@@ -559,6 +562,10 @@ func (r *Ratchet) decryptStep(hdr header, body, ad, encHeader []byte) ([]byte, [
 // position of the chain with header key hk: a skipped key, a discarded
 // one, or a duplicate.
 func (r *Ratchet) decryptSkipped(hk *[ratchetKeySize]byte, n uint32, body, ad, encHeader []byte) ([]byte, [32]byte, error) {
+	// Plain comparisons: hk is the state's receiving header key or an old
+	// chain's (the one the header opened under), and the skipped and
+	// discarded lists hold state keys too; nothing an attacker sends is
+	// compared here.
 	for i := range r.skipped {
 		s := &r.skipped[i]
 		if s.n == n && s.hk == *hk {
@@ -572,7 +579,7 @@ func (r *Ratchet) decryptSkipped(hk *[ratchetKeySize]byte, n uint32, body, ad, e
 		}
 	}
 	for _, d := range r.discarded {
-		if d.n == n && d.hk == *hk {
+		if d.n == n && d.hk == *hk { // state keys only, as above
 			return nil, [32]byte{}, ErrKeyDiscarded
 		}
 	}
