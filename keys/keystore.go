@@ -60,14 +60,27 @@ const (
 // From version 2 on, damage to the file (ErrKeystoreCorrupt,
 // ErrKeystoreTruncated) is told apart from a wrong passphrase; in a
 // version 1 file, damage to an encrypted payload, salt, nonce or scrypt
-// parameters reads as ErrWrongPassphrase, whose message still names both.
+// parameters reads as ErrWrongPassphrase, and the error's message names
+// both.
 var (
-	ErrWrongPassphrase    = errors.New("keys: wrong passphrase for the keystore (or the file is damaged); try again with the right passphrase")
+	ErrWrongPassphrase    = errors.New("keys: wrong passphrase for the keystore; try again with the right passphrase")
 	ErrPassphraseRequired = errors.New("keys: the keystore is encrypted; supply its passphrase")
 	ErrKeystoreCorrupt    = errors.New("keys: the keystore file is corrupt or not a Sotto keystore; restore it from a backup")
 	ErrKeystoreTruncated  = errors.New("keys: the keystore file is truncated (an interrupted write or copy); restore it from a backup")
 	ErrKeystoreVersion    = errors.New("keys: the keystore was written by a newer version of Sotto; upgrade Sotto to read it")
 )
+
+// errWrongPassphraseV1 is ErrWrongPassphrase (errors.Is) for a version 1
+// file, which cannot tell a wrong passphrase from damage.
+var errWrongPassphraseV1 error = wrongPassphraseV1{}
+
+type wrongPassphraseV1 struct{}
+
+func (wrongPassphraseV1) Error() string {
+	return "keys: wrong passphrase for the keystore (or, in this older keystore format, the file is damaged); try again with the right passphrase"
+}
+
+func (wrongPassphraseV1) Is(target error) bool { return target == ErrWrongPassphrase }
 
 // Keystore is the set of long-term secrets of one device.
 //
@@ -372,6 +385,9 @@ func parseKeystoreBodyV(b []byte, r *parser, passphrase []byte, maxLogN uint8, c
 	}
 	body, err := aead.Open(nil, nonce, payload, header)
 	if err != nil {
+		if !checksummed {
+			return nil, errWrongPassphraseV1
+		}
 		return nil, ErrWrongPassphrase
 	}
 	defer clear(body)

@@ -456,3 +456,31 @@ func FuzzReadKeystore(f *testing.F) {
 		}
 	})
 }
+
+// TestWrongPassphraseMessage: a version 2 file, which tells damage apart,
+// reports only the wrong passphrase; a version 1 file says it may also be
+// damaged. Both are ErrWrongPassphrase.
+func TestWrongPassphraseMessage(t *testing.T) {
+	v1, err := os.ReadFile(filepath.Join("testdata", "keystore-v1-scrypt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := testKeystore(t, "ks-wrong-message")
+	v2, err := marshalKeystore(ks, []byte("right"), testRand("ks-wrong-message-seal"), testScrypt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		file    []byte
+		damaged bool
+	}{{"v1", v1, true}, {"v2", v2, false}} {
+		_, err := parseKeystore(c.file, []byte("certainly not the passphrase"))
+		if !errors.Is(err, ErrWrongPassphrase) {
+			t.Fatalf("%s: %v, want ErrWrongPassphrase", c.name, err)
+		}
+		if got := strings.Contains(err.Error(), "damaged"); got != c.damaged {
+			t.Errorf("%s: message %q mentions damage: %v, want %v", c.name, err, got, c.damaged)
+		}
+	}
+}
