@@ -265,7 +265,8 @@ func TestFirstMessageConsumesPrekeys(t *testing.T) {
 // TestRejectedEarlierFirstMessage: when the recipient refuses a first
 // message sealed on a session the sender has since replaced, the sender
 // keeps its current session (which the recipient may have accepted);
-// only a refused first message of the current session starts it over.
+// only a refused first message of the current session starts it over. A
+// refused message is sealed again and retried within seconds.
 func TestRejectedEarlierFirstMessage(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	tn := newTestNet(t)
@@ -288,9 +289,10 @@ func TestRejectedEarlierFirstMessage(t *testing.T) {
 	}
 	entry := func(env []byte) store.OutboxEntry {
 		t.Helper()
+		// Ten attempts failed while the recipient was away.
 		e := store.OutboxEntry{
 			Contact: acct, Envelope: env, Kind: store.OutboxMessage, Created: alice.now(),
-			NextAttempt: alice.now().Add(time.Hour), Expires: alice.now().Add(time.Hour),
+			NextAttempt: alice.now().Add(time.Hour), Expires: alice.now().Add(time.Hour), Attempts: 10,
 		}
 		if _, err := io.ReadFull(crand.Reader, e.MsgID[:]); err != nil {
 			t.Fatal(err)
@@ -316,9 +318,28 @@ func TestRejectedEarlierFirstMessage(t *testing.T) {
 		t.Fatal("the second session has the first one's initial ID")
 	}
 
-	alice.recordResults(acct, []store.OutboxEntry{entry(old)}, []error{ErrRejected})
+	refused := entry(old)
+	before := alice.now()
+	alice.recordResults(acct, []store.OutboxEntry{refused}, []error{ErrRejected})
 	if id, ok := current(); !ok || id != second {
 		t.Fatalf("a refused message of the replaced session dropped the current one (have %v)", ok)
+	}
+	// It is sealed again and retried within seconds, whatever failed
+	// before.
+	if err := alice.db.View(func(tx *store.Tx) error {
+		e, err := tx.GetOutbox(refused.MsgID)
+		if err != nil {
+			return err
+		}
+		if e.Envelope != nil {
+			t.Error("the refused envelope is kept for another try")
+		}
+		if wait := e.NextAttempt.Sub(before); wait > 4*time.Second {
+			t.Errorf("the refused message is retried after %v", wait)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	alice.recordResults(acct, []store.OutboxEntry{entry(fresh)}, []error{ErrRejected})
 	if _, ok := current(); ok {

@@ -491,6 +491,11 @@ func receiptRetry(age time.Duration) time.Duration {
 	return min(max(age, receiptWait), maxReceiptWait)
 }
 
+// rejectedAttempts caps the attempt count a refused message keeps when it
+// is sealed again, so that its retry comes after backoff(rejectedAttempts+1):
+// 2–4 s.
+const rejectedAttempts = 1
+
 // backoff is the wait before attempt number attempts+1, with jitter.
 func backoff(attempts int) time.Duration {
 	d := minRetry << min(attempts, 16)
@@ -833,7 +838,11 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 				}
 				cur.Envelope = nil
 				cur.Mailboxes = 0
-				cur.Attempts = min(cur.Attempts+1, 1000)
+				// The envelope sealed again is a new one: the attempts that
+				// failed while the recipient was away do not delay it (a
+				// message held behind it waits only ReorderWait). A
+				// recipient that keeps refusing is tried every few seconds.
+				cur.Attempts = min(cur.Attempts, rejectedAttempts) + 1
 				cur.NextAttempt = now.Add(backoff(cur.Attempts))
 				if err := tx.PutOutbox(cur); err != nil {
 					return err
