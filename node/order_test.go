@@ -193,6 +193,8 @@ func TestRetransmissionIsReceiptedAgain(t *testing.T) {
 	env := sealFor(t, alice, bob.ident.Account, "m2")[0]
 	from := alice.Host().ID()
 	aliceAcct := alice.ident.Account
+	// The receipt for m1 reached Alice; Bob records that just after.
+	waitFor(t, ctx, func() bool { return receiptsFor(t, bob, aliceAcct) == 0 })
 	alice.Close() // Bob's receipts stay in his outbox
 
 	if err := bob.Ingest(ctx, from, env, store.ViaDirect); err != nil {
