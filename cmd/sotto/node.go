@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -208,10 +210,22 @@ func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
 // openError explains an error of opening the data directory dir.
 func openError(dir string, err error) error {
 	if errors.Is(err, fs.ErrPermission) {
+		// A file that cannot be read in a data directory that can (the
+		// file's metadata is then readable): name the file.
+		var pe *fs.PathError
+		if errors.As(err, &pe) && filepath.Dir(filepath.Clean(pe.Path)) == filepath.Clean(dir) && statOK(pe.Path) {
+			return fmt.Errorf("cannot open %s: permission denied; it must belong to you, "+
+				"with mode 0600 (chmod 600 %s)", pe.Path, pe.Path)
+		}
 		return fmt.Errorf("cannot open the data directory %s: permission denied; it must belong to you, "+
 			"with mode 0700 (chmod 700 %s)", dir, dir)
 	}
 	return userError(err)
+}
+
+func statOK(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // userError drops the package prefix from the errors of the node's
