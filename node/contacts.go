@@ -170,6 +170,10 @@ func (n *Node) VerifyContact(name string, confirm bool) (Verification, error) {
 // that the new key already made is folded into the contact.
 func (n *Node) acceptKeyChange(tx *store.Tx, c store.Contact) (store.Contact, error) {
 	newAcct := c.KeyChange.Account
+	// The old key's sessions go with it (the store drops its session).
+	if err := tx.DeleteSetting(altSessionSetting(c.Account)); err != nil {
+		return store.Contact{}, err
+	}
 	if req, err := tx.GetContact(newAcct); err == nil {
 		// The new key wrote first: keep that contact (its session and
 		// messages), under the old name; the old key's history stays.

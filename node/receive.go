@@ -453,12 +453,12 @@ func altSessionSetting(acct [32]byte) string {
 // openOn decrypts env on the session with acct (or its alternate, after a
 // simultaneous initiation) and applies the message.
 func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
-	main, err := rc.session(n, tx, acct)
+	sess, err := rc.session(n, tx, acct)
 	if err != nil {
 		return processed{}, se(fmt.Errorf("stored session: %w", err))
 	}
 	var firstErr error
-	if sess := main; sess != nil {
+	if sess != nil {
 		msg, op, err := sess.Open(now, env)
 		if err == nil {
 			rc.changed(sess)
@@ -476,7 +476,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		if err == nil {
 			msg, op, err := sess.Open(now, env)
 			if err == nil {
-				if err := n.keepAlt(tx, rc, acct, main, sess); err != nil {
+				if err := n.keepAlt(tx, acct, sess); err != nil {
 					return processed{}, se(err)
 				}
 				if err := keepToken(tx, r, env, op.DeleteToken, msg); err != nil {
@@ -508,17 +508,13 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 }
 
 // keepAlt stores the alternate session alt after a message opened on it.
-// When alt is the session both sides prefer and this side started it, the
-// peer holds it and sends on it (this side had moved to a session the
-// peer started later: see accept), so it becomes the session to send on
-// and main becomes the alternate.
-func (n *Node) keepAlt(tx *store.Tx, rc *ingestBatch, acct [32]byte, main, alt *protocol.Session) error {
-	keep := alt
-	if main != nil && alt.Initiator() && protocol.PreferSession(main, alt) == alt {
-		keep = main
-		rc.changed(alt)
-	}
-	b, err := keep.MarshalBinary()
+// It never becomes the session to send on again: a message on it does not
+// tell whether the peer still holds it (the late first message of a
+// simultaneous initiation) or sent it before it lost its state (and now
+// sends on the session it started afresh). Sending on the newer session
+// is right in both cases, since the peer keeps the other for receiving.
+func (n *Node) keepAlt(tx *store.Tx, acct [32]byte, alt *protocol.Session) error {
+	b, err := alt.MarshalBinary()
 	if err != nil {
 		return err
 	}
@@ -597,7 +593,8 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	// Otherwise the new session is the one to send on: the peer may have
 	// lost the old one. If the new one is instead a late first message of
 	// a simultaneous initiation, the peer goes on sending on the preferred
-	// session, and keepAlt moves back to it.
+	// session, which this side reads as its alternate, and reads this
+	// side's messages on its own alternate.
 	keep := sess
 	if oldSess, err := rc.session(n, tx, peerAcct); err == nil && oldSess != nil {
 		if oldSess.Initiator() && oldSess.PendingInitial() {
