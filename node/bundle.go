@@ -139,11 +139,11 @@ func (n *Node) currentBundle(now time.Time) ([]byte, error) {
 		fresh := false
 		if err == nil {
 			if bd, err := keys.ParseBundle(b); err == nil && bd.Expires.Sub(now) > DefaultBundleValidity/4 {
-				left, err := tx.CountPrekeys(store.PrekeyOneTimeDH)
-				if err != nil {
-					return err
-				}
-				fresh = left >= MinOneTimePrekeys
+				// What the bundle still offers (dropUsedPrekeys takes out
+				// what first messages used), not what is held: prekeys of
+				// earlier bundles are held until they expire.
+				low := min(MinOneTimePrekeys, n.cfg.OneTimePrekeys)
+				fresh = len(bd.OneTimeDH) >= low && len(bd.OneTimeKEM) >= low
 			}
 		}
 		if fresh {
@@ -263,6 +263,7 @@ func (n *Node) publishLoop() {
 	n.kickLoop(n.publishKick, func() (time.Duration, bool) {
 		ok := n.publishBundle(n.ctx)
 		n.bundlePublished.Store(ok)
+		n.publishAttempts.Add(1)
 		if ok {
 			retry = minPublishRetry
 			return 0, false

@@ -355,6 +355,7 @@ func TestBundlePublishRetried(t *testing.T) {
 	tn := newTestNet(t)
 	alice := tn.start(tn.initNode("alice"), func(c *Config) { c.Bootstrap = nil })
 	acct := alice.ident.Account
+	waitFor(t, ctx, func() bool { return alice.publishAttempts.Load() > 0 })
 	if alice.bundlePublished.Load() {
 		t.Fatal("the bundle was published with no DHT peer")
 	}
@@ -366,5 +367,52 @@ func TestBundlePublishRetried(t *testing.T) {
 	alice.Close()
 	if _, err := tn.boot.GetBundle(ctx, acct[:]); err != nil {
 		t.Fatalf("bundle not in the DHT: %v", err)
+	}
+}
+
+// TestBundleRenewedWhenOffersRunLow: once the bundle offers fewer than
+// MinOneTimePrekeys one-time prekeys, a new one is made, even while the
+// prekeys of an earlier bundle are still held.
+func TestBundleRenewedWhenOffersRunLow(t *testing.T) {
+	tn := newTestNet(t)
+	n := tn.start(tn.initNode("alice"))
+	parse := func(raw []byte) *keys.Bundle {
+		t.Helper()
+		b, err := keys.ParseBundle(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	var second *keys.Bundle
+	if err := n.db.Update(func(tx *store.Tx) error {
+		// A second bundle: the first one's prekeys stay held.
+		b, err := newBundle(tx, &n.cfg, n.me.Account, n.me.Device, n.now())
+		if err != nil {
+			return err
+		}
+		second = b
+		// First messages use all but two of its one-time prekeys.
+		for i := range len(b.OneTimeDH) - 2 {
+			if _, err := tx.ConsumePrekey(store.PrekeyOneTimeDH, uint32(b.OneTimeDH[i].ID)); err != nil {
+				return err
+			}
+			if _, err := tx.ConsumePrekey(store.PrekeyOneTimeKEM, uint32(b.OneTimeKEM[i].ID)); err != nil {
+				return err
+			}
+		}
+		_, err = n.dropUsedPrekeys(tx)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := n.currentBundle(n.now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := parse(raw)
+	if b.Seq <= second.Seq || len(b.OneTimeDH) != n.cfg.OneTimePrekeys || len(b.OneTimeKEM) != n.cfg.OneTimePrekeys {
+		t.Fatalf("bundle %d offers %d+%d one-time prekeys; want a new one (after %d) with %d of each",
+			b.Seq, len(b.OneTimeDH), len(b.OneTimeKEM), second.Seq, n.cfg.OneTimePrekeys)
 	}
 }

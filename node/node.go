@@ -169,8 +169,10 @@ type Node struct {
 	releaseKick chan struct{}
 	// publishKick has the bundle published again (kickPublish).
 	publishKick chan struct{}
-	// bundlePublished: the last publication of the bundle worked.
+	// bundlePublished: the last publication of the bundle worked, of
+	// publishAttempts so far.
 	bundlePublished atomic.Bool
+	publishAttempts atomic.Int64
 	ob              outboxState
 	mbx             mailboxes
 	sessions        sessionCache

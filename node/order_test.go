@@ -254,6 +254,23 @@ func TestReceiptRetry(t *testing.T) {
 	}
 }
 
+// TestRefusedRetry: a refused message goes again within seconds while it
+// is young, and ever less often as it ages, never more than maxRetry.
+func TestRefusedRetry(t *testing.T) {
+	for _, tc := range []struct{ age, lo, hi time.Duration }{
+		{0, minRefusedRetry / 2, minRefusedRetry},
+		{30 * time.Second, minRefusedRetry / 2, minRefusedRetry},
+		{8 * time.Minute, 30 * time.Second, time.Minute},
+		{24 * time.Hour, maxRetry / 2, maxRetry},
+	} {
+		for range 50 {
+			if got := refusedRetry(tc.age); got < tc.lo || got > tc.hi {
+				t.Fatalf("refusedRetry(%v) = %v, want %v..%v", tc.age, got, tc.lo, tc.hi)
+			}
+		}
+	}
+}
+
 // TestIngestBatchSessions: a batch that first gains a session (a new
 // contact's first message) and then loads a stored one keeps both, and
 // returns an unchanged session to the cache with the bytes it came from.

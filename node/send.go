@@ -491,10 +491,20 @@ func receiptRetry(age time.Duration) time.Duration {
 	return min(max(age, receiptWait), maxReceiptWait)
 }
 
-// rejectedAttempts caps the attempt count a refused message keeps when it
-// is sealed again, so that its retry comes after backoff(rejectedAttempts+1):
-// 2–4 s.
-const rejectedAttempts = 1
+// minRefusedRetry is the longest first wait before a refused message,
+// sealed again, is tried (see refusedRetry).
+const minRefusedRetry = 4 * time.Second
+
+// refusedRetry is the wait, with jitter, before a refused message sealed
+// again is tried: an eighth of the message's age, at least minRefusedRetry
+// and at most maxRetry. A young message (a first message that met a used
+// prekey, say) goes again within seconds; a recipient that keeps refusing
+// is tried ever less often, and so are the mailboxes that take each new
+// envelope's copies.
+func refusedRetry(age time.Duration) time.Duration {
+	d := min(max(age/8, minRefusedRetry), maxRetry)
+	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+}
 
 // backoff is the wait before attempt number attempts+1, with jitter.
 func backoff(attempts int) time.Duration {
@@ -840,10 +850,9 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 				cur.Mailboxes = 0
 				// The envelope sealed again is a new one: the attempts that
 				// failed while the recipient was away do not delay it (a
-				// message held behind it waits only ReorderWait). A
-				// recipient that keeps refusing is tried every few seconds.
-				cur.Attempts = min(cur.Attempts, rejectedAttempts) + 1
-				cur.NextAttempt = now.Add(backoff(cur.Attempts))
+				// message held behind it waits only ReorderWait).
+				cur.Attempts = min(cur.Attempts+1, 1000)
+				cur.NextAttempt = now.Add(refusedRetry(now.Sub(cur.Created)))
 				if err := tx.PutOutbox(cur); err != nil {
 					return err
 				}
