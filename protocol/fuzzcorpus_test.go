@@ -4,27 +4,19 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	mrand "math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/sotto-im/sotto/keys"
+
+	"github.com/sotto-im/sotto/internal/fuzzcorpus"
 )
 
 var updateFuzzCorpus = flag.Bool("update-fuzz-corpus", false, "rewrite the seed files in testdata/fuzz")
 
-// corpusSeed is one seed file of a fuzz target: the file is
-// testdata/fuzz/<target>/seed-<name>, holding args in Go's corpus format.
-type corpusSeed struct {
-	name string
-	args []any
-}
+// corpusSeed is one seed file of a fuzz target.
+type corpusSeed = fuzzcorpus.Seed
 
 // TestFuzzCorpus checks the committed seed corpora: every fuzz target in
 // the package has one; every file in them is in Go's corpus format; and
@@ -33,7 +25,7 @@ type corpusSeed struct {
 // fuzzer found, kept as regression tests) are left alone. Regenerate with
 //
 //	go test ./protocol -run TestFuzzCorpus -update-fuzz-corpus
-func TestFuzzCorpus(t *testing.T) { checkFuzzCorpus(t, fuzzSeeds(t), *updateFuzzCorpus) }
+func TestFuzzCorpus(t *testing.T) { fuzzcorpus.Check(t, fuzzSeeds(t), *updateFuzzCorpus) }
 
 // fuzzSeeds returns the generated seeds of every fuzz target: valid
 // encodings made by the code and edge cases around them.
@@ -41,7 +33,7 @@ func fuzzSeeds(tb testing.TB) map[string][]corpusSeed {
 	fx := newSessFuzzFixture(tb)
 	seeds := map[string][]corpusSeed{}
 	add := func(target, name string, args ...any) {
-		seeds[target] = append(seeds[target], corpusSeed{name, args})
+		seeds[target] = append(seeds[target], corpusSeed{Name: name, Args: args})
 	}
 	cut := func(b []byte, n int) []byte { return bytes.Clone(b[:n]) }
 	set := func(b []byte, off int, v ...byte) []byte {
@@ -180,121 +172,4 @@ func fuzzSeeds(tb testing.TB) map[string][]corpusSeed {
 	}
 	add("FuzzPad", "marker-and-zero", []byte{PadMarker, 0})
 	return seeds
-}
-
-// encodeCorpusFile writes args in Go's fuzz corpus format.
-func encodeCorpusFile(tb testing.TB, args []any) []byte {
-	var b bytes.Buffer
-	b.WriteString("go test fuzz v1\n")
-	for _, a := range args {
-		switch v := a.(type) {
-		case []byte:
-			fmt.Fprintf(&b, "[]byte(%q)\n", v)
-		case byte:
-			fmt.Fprintf(&b, "byte(%q)\n", v)
-		case bool, uint32:
-			fmt.Fprintf(&b, "%T(%v)\n", v, v)
-		default:
-			tb.Fatalf("corpus value of type %T", a)
-		}
-	}
-	return b.Bytes()
-}
-
-// fuzzTargets lists the fuzz targets declared in the package's test files.
-func fuzzTargets(tb testing.TB) []string {
-	fset := token.NewFileSet()
-	files, err := filepath.Glob("*_test.go")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var out []string
-	for _, name := range files {
-		f, err := parser.ParseFile(fset, name, nil, parser.SkipObjectResolution)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		for _, d := range f.Decls {
-			fn, ok := d.(*ast.FuncDecl)
-			if ok && fn.Recv == nil && strings.HasPrefix(fn.Name.Name, "Fuzz") && len(fn.Type.Params.List) == 1 {
-				if star, ok := fn.Type.Params.List[0].Type.(*ast.StarExpr); ok {
-					if sel, ok := star.X.(*ast.SelectorExpr); ok && sel.Sel.Name == "F" {
-						out = append(out, fn.Name.Name)
-					}
-				}
-			}
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-// checkFuzzCorpus compares (or, with update, writes) the seed files and
-// checks that every fuzz target has a corpus in the right format.
-func checkFuzzCorpus(t *testing.T, seeds map[string][]corpusSeed, update bool) {
-	targets := fuzzTargets(t)
-	if len(targets) == 0 {
-		t.Fatal("no fuzz targets found")
-	}
-	for target := range seeds {
-		if !slices.Contains(targets, target) {
-			t.Errorf("seeds for %s, which is not a fuzz target", target)
-		}
-	}
-	for _, target := range targets {
-		dir := filepath.Join("testdata", "fuzz", target)
-		want := map[string][]byte{}
-		for _, s := range seeds[target] {
-			name := "seed-" + s.name
-			if _, dup := want[name]; dup {
-				t.Fatalf("%s: two seeds named %s", target, name)
-			}
-			want[name] = encodeCorpusFile(t, s.args)
-		}
-		if len(want) == 0 {
-			t.Errorf("%s has no generated seeds", target)
-			continue
-		}
-		if update {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			old, _ := filepath.Glob(filepath.Join(dir, "seed-*"))
-			for _, p := range old {
-				if _, keep := want[filepath.Base(p)]; !keep {
-					os.Remove(p)
-				}
-			}
-			for name, b := range want {
-				if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			t.Errorf("%s: no seed corpus: %v", target, err)
-			continue
-		}
-		for _, e := range entries {
-			b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.HasPrefix(b, []byte("go test fuzz v1\n")) {
-				t.Errorf("%s/%s is not a corpus file", target, e.Name())
-			}
-			if w, ok := want[e.Name()]; ok {
-				if !bytes.Equal(b, w) {
-					t.Errorf("%s/%s differs from the generated seed; regenerate with -update-fuzz-corpus", target, e.Name())
-				}
-				delete(want, e.Name())
-			} else if strings.HasPrefix(e.Name(), "seed-") {
-				t.Errorf("%s/%s is no longer generated; regenerate with -update-fuzz-corpus", target, e.Name())
-			}
-		}
-		for name := range want {
-			t.Errorf("%s/%s is missing; regenerate with -update-fuzz-corpus", target, name)
-		}
-	}
 }
