@@ -50,16 +50,24 @@ func initiate(t *testing.T, ctx context.Context, n *Node, acct [32]byte) {
 	}
 }
 
+// strangers starts Alice and Bob, contacts of each other with no session
+// yet.
+func strangers(t *testing.T) (tn *testNet, alice, bob *Node) {
+	t.Helper()
+	tn = newTestNet(t)
+	alice = tn.start(tn.initNode("alice"))
+	bob = tn.start(tn.initNode("bob"))
+	befriend(t, alice, "alice", bob, "bob")
+	return tn, alice, bob
+}
+
 // firstContactPair starts two befriended nodes, each with a session it
 // initiated and none from the other: a simultaneous first contact. The
 // winner is the side whose session both sides prefer (its initiator's
 // account key is the smaller).
 func firstContactPair(t *testing.T, ctx context.Context) (tn *testNet, winner, loser *Node, wName, lName string) {
 	t.Helper()
-	tn = newTestNet(t)
-	a := tn.start(tn.initNode("alice"))
-	b := tn.start(tn.initNode("bob"))
-	befriend(t, a, "alice", b, "bob")
+	tn, a, b := strangers(t)
 	initiate(t, ctx, a, b.ident.Account)
 	initiate(t, ctx, b, a.ident.Account)
 	aa, ba := a.ident.Account, b.ident.Account
@@ -187,10 +195,7 @@ func TestFirstContactInterleavings(t *testing.T) {
 // out.
 func TestFirstMessageConsumesPrekeys(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
-	tn := newTestNet(t)
-	alice := tn.start(tn.initNode("alice"))
-	bob := tn.start(tn.initNode("bob"))
-	befriend(t, alice, "alice", bob, "bob")
+	_, alice, bob := strangers(t)
 	ids := func() map[store.PrekeyKind][]uint32 {
 		out := map[store.PrekeyKind][]uint32{}
 		if err := bob.db.View(func(tx *store.Tx) error {
@@ -269,10 +274,7 @@ func TestFirstMessageConsumesPrekeys(t *testing.T) {
 // refused message is sealed again and retried within seconds.
 func TestRejectedEarlierFirstMessage(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
-	tn := newTestNet(t)
-	alice := tn.start(tn.initNode("alice"))
-	bob := tn.start(tn.initNode("bob"))
-	befriend(t, alice, "alice", bob, "bob")
+	_, alice, bob := strangers(t)
 	acct := bob.ident.Account
 	current := func() (id [32]byte, ok bool) {
 		t.Helper()
