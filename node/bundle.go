@@ -418,14 +418,11 @@ func (n *Node) refreshTags() error {
 			}
 			// The session kept for receiving after a simultaneous
 			// initiation, while it lasts.
-			b, err := tx.GetSetting(altSessionSetting(c.Account))
-			if errors.Is(err, store.ErrNotFound) {
-				continue
-			}
+			alt, err := altSession(tx, c.Account)
 			if err != nil {
 				return err
 			}
-			if alt, err := protocol.UnmarshalSession(b); err == nil {
+			if alt != nil {
 				if err := n.putTags(tx, alt, now); err != nil {
 					return err
 				}

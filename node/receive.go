@@ -470,25 +470,25 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		firstErr = err
 	}
 	// The alternate session, kept for receiving after simultaneous initiation.
-	alt, aerr := tx.GetSetting(altSessionSetting(acct))
-	if aerr == nil {
-		sess, err := protocol.UnmarshalSession(alt)
+	alt, err := altSession(tx, acct)
+	if err != nil {
+		return processed{}, se(err)
+	}
+	if alt != nil {
+		msg, op, err := alt.Open(now, env)
 		if err == nil {
-			msg, op, err := sess.Open(now, env)
-			if err == nil {
-				if err := n.keepAlt(tx, acct, sess); err != nil {
-					return processed{}, se(err)
-				}
-				if err := keepToken(tx, r, env, op.DeleteToken, msg); err != nil {
-					return processed{}, se(err)
-				}
-				return n.apply(tx, r, rc, msg, now)
+			if err := putAltSession(tx, acct, alt); err != nil {
+				return processed{}, se(err)
 			}
-			// A duplicate on either session is a duplicate: it is
-			// receipted again rather than rejected.
-			if firstErr == nil || errors.Is(err, protocol.ErrDuplicate) {
-				firstErr = err
+			if err := keepToken(tx, r, env, op.DeleteToken, msg); err != nil {
+				return processed{}, se(err)
 			}
+			return n.apply(tx, r, rc, msg, now)
+		}
+		// A duplicate on either session is a duplicate: it is
+		// receipted again rather than rejected.
+		if firstErr == nil || errors.Is(err, protocol.ErrDuplicate) {
+			firstErr = err
 		}
 	}
 	if firstErr == nil {
@@ -507,13 +507,30 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	return processed{}, malformed(firstErr)
 }
 
-// keepAlt stores the alternate session alt after a message opened on it.
+// altSession reads the session kept for receiving with acct: nil if there
+// is none or it no longer decodes.
+func altSession(tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
+	b, err := tx.GetSetting(altSessionSetting(acct))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	s, err := protocol.UnmarshalSession(b)
+	if err != nil {
+		return nil, nil
+	}
+	return s, nil
+}
+
+// putAltSession stores alt as the session kept for receiving with acct.
 // It never becomes the session to send on again: a message on it does not
 // tell whether the peer still holds it (the late first message of a
 // simultaneous initiation) or sent it before it lost its state (and now
 // sends on the session it started afresh). Sending on the newer session
 // is right in both cases, since the peer keeps the other for receiving.
-func (n *Node) keepAlt(tx *store.Tx, acct [32]byte, alt *protocol.Session) error {
+func putAltSession(tx *store.Tx, acct [32]byte, alt *protocol.Session) error {
 	b, err := alt.MarshalBinary()
 	if err != nil {
 		return err
@@ -604,11 +621,7 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		if keep == sess {
 			other = oldSess
 		}
-		b, err := other.MarshalBinary()
-		if err != nil {
-			return processed{}, se(err)
-		}
-		if err := tx.PutSetting(altSessionSetting(peerAcct), b); err != nil {
+		if err := putAltSession(tx, peerAcct, other); err != nil {
 			return processed{}, se(err)
 		}
 		if err := n.putTags(tx, other, now); err != nil {

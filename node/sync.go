@@ -120,14 +120,12 @@ func (n *Node) myTags() (map[protocol.Tag]bool, error) {
 			if s, err := n.loadSession(tx, c.Account); err == nil && s != nil {
 				sessions = append(sessions, s)
 			}
-			b, err := tx.GetSetting(altSessionSetting(c.Account))
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
+			alt, err := altSession(tx, c.Account)
+			if err != nil {
 				return err
 			}
-			if err == nil {
-				if s, err := protocol.UnmarshalSession(b); err == nil {
-					sessions = append(sessions, s)
-				}
+			if alt != nil {
+				sessions = append(sessions, alt)
 			}
 			for _, s := range sessions {
 				for _, e := range live {
