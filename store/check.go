@@ -63,19 +63,7 @@ func (tx *Tx) checkIndexes(add func(error) bool) error {
 
 	// Messages: each conversation 1..n contiguous, counter = n, entries
 	// point at messages with matching contact and seq.
-	msgs, err := tx.bucket(bucketMessages)
-	if err != nil {
-		return err
-	}
-	conv, err := tx.bucket(bucketConv)
-	if err != nil {
-		return err
-	}
-	counters, err := tx.bucket(bucketConvSeq)
-	if err != nil {
-		return err
-	}
-	global, err := tx.bucket(bucketGlobal)
+	mb, err := tx.messageBuckets()
 	if err != nil {
 		return err
 	}
@@ -88,7 +76,7 @@ func (tx *Tx) checkIndexes(add func(error) bool) error {
 		if cur == nil {
 			return
 		}
-		n, err := convCounter(counters, [32]byte(cur))
+		n, err := convCounter(mb.counters, [32]byte(cur))
 		if err != nil {
 			add(err)
 		} else if n != expect {
@@ -96,7 +84,7 @@ func (tx *Tx) checkIndexes(add func(error) bool) error {
 		}
 	}
 	convCount := 0
-	err = conv.ForEach(func(k, id []byte) error {
+	err = mb.conv.ForEach(func(k, id []byte) error {
 		if len(k) != 40 || len(id) != 16 {
 			fail("conversation index entry of bad size")
 			return nil
@@ -111,7 +99,7 @@ func (tx *Tx) checkIndexes(add func(error) bool) error {
 		}
 		expect = seq
 		convCount++
-		v := msgs.Get(id)
+		v := mb.msgs.Get(id)
 		if v == nil {
 			fail("conversation %x seq %d: message %x missing", cur[:6], seq, id)
 			return nil
@@ -141,7 +129,7 @@ func (tx *Tx) checkIndexes(add func(error) bool) error {
 			fail("held entry of bad size")
 			return nil
 		}
-		mv := msgs.Get(k[40:])
+		mv := mb.msgs.Get(k[40:])
 		if mv == nil {
 			fail("held message %x missing", k[40:])
 			return nil
@@ -160,18 +148,18 @@ func (tx *Tx) checkIndexes(add func(error) bool) error {
 	if err != nil {
 		return err
 	}
-	msgCount := msgs.Stats().KeyN
+	msgCount := mb.msgs.Stats().KeyN
 	if convCount+heldCount != msgCount {
 		fail("%d messages but %d conversation index entries and %d held", msgCount, convCount, heldCount)
 	}
 	globalCount := 0
-	err = global.ForEach(func(k, id []byte) error {
+	err = mb.global.ForEach(func(k, id []byte) error {
 		globalCount++
 		if len(k) != 8 || len(id) != 16 {
 			fail("global index entry of bad size")
 			return nil
 		}
-		v := msgs.Get(id)
+		v := mb.msgs.Get(id)
 		if v == nil {
 			fail("global seq %d: message %x missing", binary.BigEndian.Uint64(k), id)
 			return nil

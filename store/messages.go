@@ -238,47 +238,67 @@ func (tx *Tx) admitMessage(m Message) (Message, error) {
 // showMessage puts an admitted message at the end of its conversation:
 // it assigns Seq and GlobalSeq, indexes the message and writes it.
 func (tx *Tx) showMessage(m Message) (Message, error) {
-	msgs, err := tx.wbucket(bucketMessages)
+	if err := tx.writable(); err != nil {
+		return Message{}, err
+	}
+	mb, err := tx.messageBuckets()
 	if err != nil {
 		return Message{}, err
 	}
-	conv, err := tx.bucket(bucketConv)
-	if err != nil {
-		return Message{}, err
-	}
-	counters, err := tx.bucket(bucketConvSeq)
-	if err != nil {
-		return Message{}, err
-	}
-	global, err := tx.bucket(bucketGlobal)
-	if err != nil {
-		return Message{}, err
-	}
-	last, err := convCounter(counters, m.Contact)
+	last, err := convCounter(mb.counters, m.Contact)
 	if err != nil {
 		return Message{}, err
 	}
 	m.Seq = last + 1
-	if m.GlobalSeq, err = global.NextSequence(); err != nil {
+	if m.GlobalSeq, err = mb.global.NextSequence(); err != nil {
 		return Message{}, err
 	}
 	v, err := m.marshal()
 	if err != nil {
 		return Message{}, err
 	}
-	if err := counters.Put(m.Contact[:], be64(m.Seq)); err != nil {
+	if err := mb.counters.Put(m.Contact[:], be64(m.Seq)); err != nil {
 		return Message{}, err
 	}
-	if err := conv.Put(convKey(m.Contact, m.Seq), m.ID[:]); err != nil {
+	if err := mb.conv.Put(convKey(m.Contact, m.Seq), m.ID[:]); err != nil {
 		return Message{}, err
 	}
-	if err := global.Put(be64(m.GlobalSeq), m.ID[:]); err != nil {
+	if err := mb.global.Put(be64(m.GlobalSeq), m.ID[:]); err != nil {
 		return Message{}, err
 	}
-	if err := msgs.Put(m.ID[:], v); err != nil {
+	if err := mb.msgs.Put(m.ID[:], v); err != nil {
 		return Message{}, err
 	}
 	return m, nil
+}
+
+// messageBuckets are the messages and the indexes that put them in order;
+// whatever writes or checks one of them needs the others too.
+type messageBuckets struct {
+	msgs     *bolt.Bucket // bucketMessages: id -> Message
+	conv     *bolt.Bucket // bucketConv: account || seq -> id
+	counters *bolt.Bucket // bucketConvSeq: account -> last seq
+	global   *bolt.Bucket // bucketGlobal: global seq -> id
+}
+
+// messageBuckets looks up the messages and their indexes. It does not check
+// that tx is writable: writers call tx.writable first.
+func (tx *Tx) messageBuckets() (messageBuckets, error) {
+	var mb messageBuckets
+	var err error
+	if mb.msgs, err = tx.bucket(bucketMessages); err != nil {
+		return messageBuckets{}, err
+	}
+	if mb.conv, err = tx.bucket(bucketConv); err != nil {
+		return messageBuckets{}, err
+	}
+	if mb.counters, err = tx.bucket(bucketConvSeq); err != nil {
+		return messageBuckets{}, err
+	}
+	if mb.global, err = tx.bucket(bucketGlobal); err != nil {
+		return messageBuckets{}, err
+	}
+	return mb, nil
 }
 
 func convCounter(counters *bolt.Bucket, account [32]byte) (uint64, error) {
@@ -516,15 +536,10 @@ func (tx *Tx) Seen(contact [32]byte, id [16]byte) (bool, error) {
 // moveConversation re-keys the conversation, counter and dedup marks of
 // account from to account to, keeping sequence numbers.
 func (tx *Tx) moveConversation(from, to [32]byte) error {
-	msgs, err := tx.wbucket(bucketMessages)
-	if err != nil {
+	if err := tx.writable(); err != nil {
 		return err
 	}
-	conv, err := tx.bucket(bucketConv)
-	if err != nil {
-		return err
-	}
-	counters, err := tx.bucket(bucketConvSeq)
+	mb, err := tx.messageBuckets()
 	if err != nil {
 		return err
 	}
@@ -532,10 +547,10 @@ func (tx *Tx) moveConversation(from, to [32]byte) error {
 	if err != nil {
 		return err
 	}
-	if counters.Get(to[:]) != nil {
+	if mb.counters.Get(to[:]) != nil {
 		return fmt.Errorf("%w: the new key already has a conversation", ErrDuplicate)
 	}
-	for _, b := range []*bolt.Bucket{conv, seen} {
+	for _, b := range []*bolt.Bucket{mb.conv, seen} {
 		var keys, vals [][]byte
 		c := b.Cursor()
 		for k, v := c.Seek(from[:]); k != nil && bytes.HasPrefix(k, from[:]); k, v = c.Next() {
@@ -549,7 +564,7 @@ func (tx *Tx) moveConversation(from, to [32]byte) error {
 			if err := b.Put(concat(to[:], k[32:]), vals[i]); err != nil {
 				return err
 			}
-			if b != conv {
+			if b != mb.conv {
 				continue
 			}
 			if len(vals[i]) != 16 {
@@ -564,16 +579,16 @@ func (tx *Tx) moveConversation(from, to [32]byte) error {
 			if err != nil {
 				return err
 			}
-			if err := msgs.Put(m.ID[:], v); err != nil {
+			if err := mb.msgs.Put(m.ID[:], v); err != nil {
 				return err
 			}
 		}
 	}
-	if v := counters.Get(from[:]); v != nil {
-		if err := counters.Put(to[:], bytes.Clone(v)); err != nil {
+	if v := mb.counters.Get(from[:]); v != nil {
+		if err := mb.counters.Put(to[:], bytes.Clone(v)); err != nil {
 			return err
 		}
-		return counters.Delete(from[:])
+		return mb.counters.Delete(from[:])
 	}
 	return nil
 }

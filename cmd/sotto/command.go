@@ -8,6 +8,8 @@ import (
 	"io"
 	"regexp"
 	"strings"
+
+	"github.com/sotto-im/sotto/api"
 )
 
 // A command is one subcommand. setup defines its flags on fs and returns
@@ -21,6 +23,39 @@ type command struct {
 }
 
 type runFunc func(ctx context.Context, c *cli, args []string) error
+
+// backendCall is the runFunc of a command that makes one call to the
+// backend: it defines --data and --json on fs, wants exactly n positional
+// arguments (missing is the usage error for fewer), and prints what call
+// returns as JSON with --json, else with text. The backend stays open until
+// the output is written.
+func backendCall[T any](fs *flag.FlagSet, n int, missing string,
+	call func(ctx context.Context, b api.Backend, args []string) (T, error),
+	text func(w io.Writer, v T) error) runFunc {
+	data := dataDirFlag(fs)
+	asJSON := jsonFlag(fs)
+	return func(ctx context.Context, c *cli, args []string) error {
+		switch {
+		case len(args) < n:
+			return usageError{missing}
+		case len(args) > n:
+			return usagef("unexpected argument %q", args[n])
+		}
+		b, release, err := c.backend(*data)
+		if err != nil {
+			return err
+		}
+		defer release()
+		v, err := call(ctx, b, args)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(c.stdout, v)
+		}
+		return text(c.stdout, v)
+	}
+}
 
 // commands lists every command, in the order of the usage text.
 var commands []*command

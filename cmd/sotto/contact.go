@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 
@@ -15,31 +16,13 @@ var contactAddCommand = &command{
 	synopsis: "[--data DIR] [--json] NAME INVITE",
 	summary:  "add a contact under NAME from their invite link",
 	setup: func(fs *flag.FlagSet) runFunc {
-		data := dataDirFlag(fs)
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, c *cli, args []string) error {
-			switch {
-			case len(args) < 2:
-				return usagef("need a NAME and an INVITE")
-			case len(args) > 2:
-				return usagef("unexpected argument %q", args[2])
-			}
-			b, release, err := c.backend(*data)
-			if err != nil {
-				return err
-			}
-			defer release()
-			ct, err := b.AddContact(ctx, args[0], args[1])
-			if err != nil {
-				return err
-			}
-			if *asJSON {
-				return printJSON(c.stdout, ct)
-			}
-			fmt.Fprintf(c.stdout, "Added %s (account %s).\n", clean(ct.Name, true), ct.Account)
-			fmt.Fprintf(c.stdout, "Compare safety numbers with `sotto contact verify %s`.\n", clean(ct.Name, true))
+		return backendCall(fs, 2, "need a NAME and an INVITE", func(ctx context.Context, b api.Backend, args []string) (api.Contact, error) {
+			return b.AddContact(ctx, args[0], args[1])
+		}, func(w io.Writer, ct api.Contact) error {
+			fmt.Fprintf(w, "Added %s (account %s).\n", clean(ct.Name, true), ct.Account)
+			fmt.Fprintf(w, "Compare safety numbers with `sotto contact verify %s`.\n", clean(ct.Name, true))
 			return nil
-		}
+		})
 	},
 }
 
@@ -48,38 +31,24 @@ var contactListCommand = &command{
 	synopsis: "[--data DIR] [--json]",
 	summary:  "list contacts and contact requests",
 	setup: func(fs *flag.FlagSet) runFunc {
-		data := dataDirFlag(fs)
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, c *cli, args []string) error {
-			if len(args) > 0 {
-				return usagef("unexpected argument %q", args[0])
-			}
-			b, release, err := c.backend(*data)
-			if err != nil {
-				return err
-			}
-			defer release()
+		return backendCall(fs, 0, "", func(ctx context.Context, b api.Backend, _ []string) ([]api.Contact, error) {
 			cs, err := b.Contacts(ctx)
-			if err != nil {
-				return err
+			if err == nil && cs == nil {
+				cs = []api.Contact{} // --json prints [], not null
 			}
-			if *asJSON {
-				if cs == nil {
-					cs = []api.Contact{}
-				}
-				return printJSON(c.stdout, cs)
-			}
+			return cs, err
+		}, func(w io.Writer, cs []api.Contact) error {
 			if len(cs) == 0 {
-				fmt.Fprintln(c.stdout, "No contacts yet: add one with `sotto contact add NAME INVITE`.")
+				fmt.Fprintln(w, "No contacts yet: add one with `sotto contact add NAME INVITE`.")
 				return nil
 			}
-			tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATUS\tACCOUNT")
 			for _, ct := range cs {
 				fmt.Fprintf(tw, "%s\t%s\t%s\n", clean(ct.Name, true), contactStatus(ct), ct.Account)
 			}
 			return tw.Flush()
-		}
+		})
 	},
 }
 
@@ -110,49 +79,31 @@ var contactVerifyCommand = &command{
 	detail: "Compare the number with your contact's, in person or over a channel you trust.\n" +
 		"If they match, run the command again with --confirm.",
 	setup: func(fs *flag.FlagSet) runFunc {
-		data := dataDirFlag(fs)
 		confirm := fs.Bool("confirm", false, "mark NAME as verified: the numbers match")
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, c *cli, args []string) error {
-			switch {
-			case len(args) < 1:
-				return usagef("need a contact NAME")
-			case len(args) > 1:
-				return usagef("unexpected argument %q", args[1])
-			}
-			b, release, err := c.backend(*data)
-			if err != nil {
-				return err
-			}
-			defer release()
-			v, err := b.VerifyContact(ctx, args[0], *confirm)
-			if err != nil {
-				return err
-			}
-			if *asJSON {
-				return printJSON(c.stdout, v)
-			}
+		return backendCall(fs, 1, "need a contact NAME", func(ctx context.Context, b api.Backend, args []string) (api.Verification, error) {
+			return b.VerifyContact(ctx, args[0], *confirm)
+		}, func(w io.Writer, v api.Verification) error {
 			name := clean(v.Contact, true)
-			fmt.Fprintf(c.stdout, "Safety number with %s:\n\n", name)
+			fmt.Fprintf(w, "Safety number with %s:\n\n", name)
 			groups := strings.Fields(v.SafetyNumber)
 			for i := 0; i < len(groups); i += safetyGroupsPerLine {
-				fmt.Fprintf(c.stdout, "    %s\n", strings.Join(groups[i:min(i+safetyGroupsPerLine, len(groups))], " "))
+				fmt.Fprintf(w, "    %s\n", strings.Join(groups[i:min(i+safetyGroupsPerLine, len(groups))], " "))
 			}
-			fmt.Fprintln(c.stdout)
+			fmt.Fprintln(w)
 			switch {
 			case *confirm && v.KeyChanged:
-				fmt.Fprintf(c.stdout, "%s's new key is accepted and verified.\n", name)
+				fmt.Fprintf(w, "%s's new key is accepted and verified.\n", name)
 			case v.KeyChanged:
-				fmt.Fprintf(c.stdout, "%s's key CHANGED: this is the number of the new key. If %s sees the same\n"+
+				fmt.Fprintf(w, "%s's key CHANGED: this is the number of the new key. If %s sees the same\n"+
 					"number, accept the new key with `sotto contact verify %s --confirm`.\n", name, name, name)
 			case *confirm:
-				fmt.Fprintf(c.stdout, "%s is now verified.\n", name)
+				fmt.Fprintf(w, "%s is now verified.\n", name)
 			case v.Verified:
-				fmt.Fprintf(c.stdout, "%s is verified.\n", name)
+				fmt.Fprintf(w, "%s is verified.\n", name)
 			default:
-				fmt.Fprintf(c.stdout, "If %s sees the same number, run `sotto contact verify %s --confirm`.\n", name, name)
+				fmt.Fprintf(w, "If %s sees the same number, run `sotto contact verify %s --confirm`.\n", name, name)
 			}
 			return nil
-		}
+		})
 	},
 }

@@ -15,27 +15,12 @@ var idCommand = &command{
 	synopsis: "[--data DIR] [--json]",
 	summary:  "show this device's identity: name, account fingerprint, peer ID, addresses",
 	setup: func(fs *flag.FlagSet) runFunc {
-		data := dataDirFlag(fs)
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, c *cli, args []string) error {
-			if len(args) > 0 {
-				return usagef("unexpected argument %q", args[0])
-			}
-			b, release, err := c.backend(*data)
-			if err != nil {
-				return err
-			}
-			defer release()
-			id, err := b.Identity(ctx)
-			if err != nil {
-				return err
-			}
-			if *asJSON {
-				return printJSON(c.stdout, id)
-			}
-			printIdentity(c.stdout, id)
+		return backendCall(fs, 0, "", func(ctx context.Context, b api.Backend, _ []string) (api.Identity, error) {
+			return b.Identity(ctx)
+		}, func(w io.Writer, id api.Identity) error {
+			printIdentity(w, id)
 			return nil
-		}
+		})
 	},
 }
 
@@ -62,35 +47,21 @@ var inviteCommand = &command{
 	synopsis: "[--data DIR] [--qr] [--json]",
 	summary:  "print an invite link that others add with `sotto contact add`",
 	setup: func(fs *flag.FlagSet) runFunc {
-		data := dataDirFlag(fs)
 		qr := fs.Bool("qr", false, "also show the invite as a QR code")
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, c *cli, args []string) error {
-			if len(args) > 0 {
-				return usagef("unexpected argument %q", args[0])
-			}
-			b, release, err := c.backend(*data)
-			if err != nil {
-				return err
-			}
-			defer release()
+		return backendCall(fs, 0, "", func(ctx context.Context, b api.Backend, _ []string) (inviteJSON, error) {
 			inv, err := b.Invite(ctx)
-			if err != nil {
-				return err
-			}
-			if *asJSON {
-				return printJSON(c.stdout, inviteJSON{Invite: inv})
-			}
+			return inviteJSON{Invite: inv}, err
+		}, func(w io.Writer, inv inviteJSON) error {
 			if *qr {
-				code, err := inviteQR(inv)
+				code, err := inviteQR(inv.Invite)
 				if err != nil {
 					return err
 				}
-				fmt.Fprint(c.stdout, code)
+				fmt.Fprint(w, code)
 			}
-			fmt.Fprintln(c.stdout, inv)
+			fmt.Fprintln(w, inv.Invite)
 			return nil
-		}
+		})
 	},
 }
 
@@ -99,32 +70,17 @@ var statusCommand = &command{
 	synopsis: "[--data DIR] [--json]",
 	summary:  "show the node's connections, outbox and mailbox",
 	setup: func(fs *flag.FlagSet) runFunc {
-		data := dataDirFlag(fs)
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, c *cli, args []string) error {
-			if len(args) > 0 {
-				return usagef("unexpected argument %q", args[0])
-			}
-			b, release, err := c.backend(*data)
-			if err != nil {
-				return err
-			}
-			defer release()
-			st, err := b.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if *asJSON {
-				return printJSON(c.stdout, st)
-			}
-			fmt.Fprintf(c.stdout, "peer id:          %s\n", st.PeerID)
-			fmt.Fprintf(c.stdout, "addresses:        %s\n", orNone(st.Addrs, "\n                  "))
-			fmt.Fprintf(c.stdout, "connected peers:  %d\n", st.ConnectedPeers)
-			fmt.Fprintf(c.stdout, "outbox pending:   %d\n", st.OutboxPending)
+		return backendCall(fs, 0, "", func(ctx context.Context, b api.Backend, _ []string) (api.Status, error) {
+			return b.Status(ctx)
+		}, func(w io.Writer, st api.Status) error {
+			fmt.Fprintf(w, "peer id:          %s\n", st.PeerID)
+			fmt.Fprintf(w, "addresses:        %s\n", orNone(st.Addrs, "\n                  "))
+			fmt.Fprintf(w, "connected peers:  %d\n", st.ConnectedPeers)
+			fmt.Fprintf(w, "outbox pending:   %d\n", st.OutboxPending)
 			if st.Mailbox != nil {
-				fmt.Fprintf(c.stdout, "mailbox:          %d envelopes, %d bytes\n", st.Mailbox.Envelopes, st.Mailbox.Bytes)
+				fmt.Fprintf(w, "mailbox:          %d envelopes, %d bytes\n", st.Mailbox.Envelopes, st.Mailbox.Bytes)
 			}
 			return nil
-		}
+		})
 	},
 }
