@@ -13,6 +13,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -43,7 +44,7 @@ func verifyBundleRecord(key string, value []byte, now time.Time) (uint64, error)
 	if err := b.Verify(now); err != nil {
 		return 0, err
 	}
-	if key != BundleKey(b.Account[:]) {
+	if key != p2p.BundleKey(b.Account[:]) {
 		return 0, fmt.Errorf("node: bundle stored under another account's key")
 	}
 	return b.Seq, nil
@@ -241,7 +242,7 @@ func (n *Node) publishBundle(ctx context.Context) bool {
 	acct := n.Account()
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := h.PutBundle(pctx, acct[:], b); err != nil && !errors.Is(err, ErrStaleBundle) {
+	if err := h.PutBundle(pctx, acct[:], b); err != nil && !errors.Is(err, p2p.ErrStaleBundle) {
 		n.cfg.Logger.Info("bundle not published to the DHT yet (it is still served directly)", "err", err)
 		return false
 	}
@@ -284,7 +285,7 @@ func (n *Node) serveBundle(s network.Stream) {
 		return
 	}
 	bw := bufio.NewWriter(s)
-	if err := writeFrame(bw, b); err != nil || bw.Flush() != nil {
+	if err := p2p.WriteFrame(bw, b, keys.MaxBundleSize); err != nil || bw.Flush() != nil {
 		s.Reset()
 	}
 }
@@ -367,7 +368,7 @@ func (n *Node) askBundle(ctx context.Context, p peer.ID, addrs []string) ([]byte
 	}
 	defer s.Close()
 	s.SetDeadline(time.Now().Add(bundleTimeout))
-	b, err := readFrame(bufio.NewReader(s), keys.MaxBundleSize)
+	b, err := p2p.ReadFrame(bufio.NewReader(s), keys.MaxBundleSize)
 	if err != nil {
 		s.Reset()
 		return nil, fmt.Errorf("node: reading bundle from %s: %w", p, err)

@@ -16,7 +16,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/p2p/p2ptest"
 	"github.com/sotto-im/sotto/store"
 )
 
@@ -107,13 +109,13 @@ func TestRecipientClosedMidStream(t *testing.T) {
 }
 
 func testRecipientClosedMidStream(t *testing.T, burst bool) {
-	check := goroutineLeakCheck(t)
+	check := testkit.Goroutines(t)
 	tn := newTestNet(t)
 	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
 	alice := tn.start(aliceDir)
 	bob := tn.start(bobDir)
 	befriend(t, alice, "alice", bob, "bob")
-	ctx := testContext(t, 120*time.Second)
+	ctx := testkit.Context(t, 120*time.Second)
 
 	// Bob writes first: both ends have the session.
 	if _, err := bob.Send(ctx, "alice", "hi"); err != nil {
@@ -232,7 +234,7 @@ func TestCrashChild(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), crashChildLife)
 	defer cancel()
 	n, err := Open(Config{
-		DataDir: dir, ListenAddrs: testListenAddrs, Bootstrap: []peer.AddrInfo{*boot},
+		DataDir: dir, ListenAddrs: p2ptest.LoopbackAddrs, Bootstrap: []peer.AddrInfo{*boot},
 		NoMDNS: true, NoNAT: true, Logger: testLogger(),
 	})
 	if err != nil {
@@ -364,7 +366,7 @@ func TestRecipientSIGKILL(t *testing.T) {
 	tn := newTestNet(t)
 	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
 	alice := tn.start(aliceDir)
-	ctx := testContext(t, 150*time.Second)
+	ctx := testkit.Context(t, 150*time.Second)
 
 	// Bob knows Alice before his node first runs.
 	aliceInv, err := alice.Invite()
@@ -467,7 +469,7 @@ func randomSeed(t *testing.T) []byte {
 // nothing is sealed or sent until she accepts the new key after comparing
 // safety numbers.
 func TestKeyChangeBlocksSending(t *testing.T) {
-	check := goroutineLeakCheck(t)
+	check := testkit.Goroutines(t)
 	tn := newTestNet(t)
 	hostSeed := randomSeed(t)
 	oldDir := t.TempDir() + "/bob-old"
@@ -503,7 +505,7 @@ func TestKeyChangeBlocksSending(t *testing.T) {
 	oldBob.Close()
 
 	newBob := tn.start(newDir)
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	events := alice.Subscribe(ctx)
 
 	// The device is reachable (the DHT still holds the old account's
@@ -520,7 +522,7 @@ func TestKeyChangeBlocksSending(t *testing.T) {
 		t.Fatalf("Send before the change is known: %v", err)
 	}
 	var flagged store.Contact
-	waitFor(t, ctx, func() bool {
+	testkit.WaitFor(t, ctx, func() bool {
 		c, err := alice.Contact("bob")
 		if err != nil {
 			t.Fatal(err)

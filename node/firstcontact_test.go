@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -29,7 +31,7 @@ func initiate(t *testing.T, ctx context.Context, n *Node, acct [32]byte) {
 		t.Fatal(err)
 	}
 	var bundle *keys.Bundle
-	waitFor(t, ctx, func() bool {
+	testkit.WaitFor(t, ctx, func() bool {
 		var err error
 		bundle, err = n.fetchBundle(ctx, c)
 		return err == nil
@@ -84,7 +86,7 @@ func firstContactPair(t *testing.T, ctx context.Context) (tn *testNet, winner, l
 // session and keep reading both: every message in both directions opens,
 // in order, and every receipt comes back.
 func TestFirstContactLateInitial(t *testing.T) {
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	_, w, l, wName, lName := firstContactPair(t, ctx)
 	wAcct, lAcct := w.ident.Account, l.ident.Account
 	wFrom, lFrom := w.Host().ID(), l.Host().ID()
@@ -142,7 +144,7 @@ func TestFirstContactInterleavings(t *testing.T) {
 	)
 	for seed := range uint64(seeds) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			ctx := testContext(t, 30*time.Second)
+			ctx := testkit.Context(t, 30*time.Second)
 			rng := mrand.New(mrand.NewPCG(seed, 0xf1c))
 			_, w, l, wName, lName := firstContactPair(t, ctx)
 			side := []struct {
@@ -194,7 +196,7 @@ func TestFirstContactInterleavings(t *testing.T) {
 // last-resort KEM prekey; the bundle offered next leaves the used ones
 // out.
 func TestFirstMessageConsumesPrekeys(t *testing.T) {
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	_, alice, bob := strangers(t)
 	ids := func() map[store.PrekeyKind][]uint32 {
 		out := map[store.PrekeyKind][]uint32{}
@@ -273,7 +275,7 @@ func TestFirstMessageConsumesPrekeys(t *testing.T) {
 // only a refused first message of the current session starts it over. A
 // refused message is sealed again and retried within seconds.
 func TestRejectedEarlierFirstMessage(t *testing.T) {
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	_, alice, bob := strangers(t)
 	acct := bob.ident.Account
 	current := func() (id [32]byte, ok bool) {
@@ -322,7 +324,7 @@ func TestRejectedEarlierFirstMessage(t *testing.T) {
 
 	refused := entry(old)
 	before := alice.now()
-	alice.recordResults(acct, []store.OutboxEntry{refused}, []error{ErrRejected})
+	alice.recordResults(acct, []store.OutboxEntry{refused}, []error{p2p.ErrRejected})
 	if id, ok := current(); !ok || id != second {
 		t.Fatalf("a refused message of the replaced session dropped the current one (have %v)", ok)
 	}
@@ -343,7 +345,7 @@ func TestRejectedEarlierFirstMessage(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	alice.recordResults(acct, []store.OutboxEntry{entry(fresh)}, []error{ErrRejected})
+	alice.recordResults(acct, []store.OutboxEntry{entry(fresh)}, []error{p2p.ErrRejected})
 	if _, ok := current(); ok {
 		t.Fatal("a refused first message of the current session left it in place")
 	}
@@ -353,18 +355,18 @@ func TestRejectedEarlierFirstMessage(t *testing.T) {
 // publish its bundle; it tries again, so the bundle reaches the DHT once
 // a peer is there.
 func TestBundlePublishRetried(t *testing.T) {
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	tn := newTestNet(t)
 	alice := tn.start(tn.initNode("alice"), func(c *Config) { c.Bootstrap = nil })
 	acct := alice.ident.Account
-	waitFor(t, ctx, func() bool { return alice.publishAttempts.Load() > 0 })
+	testkit.WaitFor(t, ctx, func() bool { return alice.publishAttempts.Load() > 0 })
 	if alice.bundlePublished.Load() {
 		t.Fatal("the bundle was published with no DHT peer")
 	}
 	if err := alice.Host().LibP2P().Connect(ctx, tn.boot.AddrInfo()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, ctx, alice.bundlePublished.Load)
+	testkit.WaitFor(t, ctx, alice.bundlePublished.Load)
 	// The DHT peer holds it: with Alice gone, it still answers.
 	alice.Close()
 	if _, err := tn.boot.GetBundle(ctx, acct[:]); err != nil {

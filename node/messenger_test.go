@@ -10,6 +10,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/p2p"
+	"github.com/sotto-im/sotto/p2p/p2ptest"
 	"github.com/sotto-im/sotto/store"
 )
 
@@ -24,11 +27,11 @@ func testLogger() *slog.Logger {
 // testNet is a bootstrap host plus messenger nodes on loopback.
 type testNet struct {
 	t    *testing.T
-	boot *Host
+	boot *p2p.Host
 }
 
 func newTestNet(t *testing.T) *testNet {
-	boot := newTestHost(t, WithBundleVerifier(BundleVerifierFunc(verifyBundleRecord)))
+	boot := p2ptest.NewHost(t, p2p.WithBundleVerifier(p2p.BundleVerifierFunc(verifyBundleRecord)))
 	return &testNet{t: t, boot: boot}
 }
 
@@ -48,7 +51,7 @@ func (tn *testNet) start(dir string, mod ...func(*Config)) *Node {
 	tn.t.Helper()
 	cfg := Config{
 		DataDir:      dir,
-		ListenAddrs:  testListenAddrs,
+		ListenAddrs:  p2ptest.LoopbackAddrs,
 		Bootstrap:    []peer.AddrInfo{tn.boot.AddrInfo()},
 		NoMDNS:       true,
 		NoNAT:        true,
@@ -97,7 +100,7 @@ func befriend(t *testing.T, a *Node, aName string, b *Node, bName string) {
 func waitMessages(t *testing.T, ctx context.Context, n *Node, name string, want int, ok func(store.Message) bool) []store.Message {
 	t.Helper()
 	var got []store.Message
-	waitFor(t, ctx, func() bool {
+	testkit.WaitFor(t, ctx, func() bool {
 		got = messagesWhere(t, n, name, ok)
 		return len(got) >= want
 	})
@@ -141,7 +144,7 @@ func delivered(m store.Message) bool {
 }
 
 func TestMessengerDiscoveryAndExchange(t *testing.T) {
-	check := goroutineLeakCheck(t)
+	check := testkit.Goroutines(t)
 	tn := newTestNet(t)
 	alice := tn.start(tn.initNode("alice"))
 	bob := tn.start(tn.initNode("bob"))
@@ -160,7 +163,7 @@ func TestMessengerDiscoveryAndExchange(t *testing.T) {
 		t.Fatalf("safety numbers differ: %q vs %q", va.SafetyNumber, vb.SafetyNumber)
 	}
 
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	if _, err := alice.Send(ctx, "bob", "hello bob"); err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +195,7 @@ func TestMessengerThousandEachWay(t *testing.T) {
 	alice := tn.start(tn.initNode("alice"))
 	bob := tn.start(tn.initNode("bob"))
 	befriend(t, alice, "alice", bob, "bob")
-	ctx := testContext(t, 180*time.Second)
+	ctx := testkit.Context(t, 180*time.Second)
 
 	const N = 1000
 	errc := make(chan error, 2)

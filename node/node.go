@@ -18,6 +18,8 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/mailbox"
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -83,7 +85,7 @@ type Config struct {
 	Bootstrap   []peer.AddrInfo // DHT bootstrap peers
 	NoMDNS      bool            // disable LAN discovery (tests, loopback)
 	NoNAT       bool            // disable AutoNAT, relay client and hole punching
-	HostOptions []Option        // further options for the libp2p host
+	HostOptions []p2p.Option    // further options for the libp2p host
 
 	// Mailbox makes the node also serve as a gossip mailbox for others.
 	Mailbox bool
@@ -97,7 +99,7 @@ type Config struct {
 	MailboxCopies int
 	// MailboxOptions tune the mailbox this node serves (limits, rate
 	// limits, timeouts), when Mailbox is set.
-	MailboxOptions []MailboxOption
+	MailboxOptions []mailbox.Option
 
 	MessageTTL     time.Duration // default DefaultMessageTTL
 	OneTimePrekeys int           // default DefaultOneTimePrekeys
@@ -155,7 +157,7 @@ type Node struct {
 	sending atomic.Int32
 
 	mu      sync.Mutex
-	host    *Host
+	host    *p2p.Host
 	started bool
 	closed  bool
 
@@ -343,7 +345,7 @@ func (n *Node) Account() keys.AccountPublic { return keys.AccountPublic(n.ident.
 func (n *Node) DB() *store.DB { return n.db }
 
 // Host is the running network host, nil before Start.
-func (n *Node) Host() *Host {
+func (n *Node) Host() *p2p.Host {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.host
@@ -363,7 +365,7 @@ func (n *Node) Start(ctx context.Context) error {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
-		return ErrClosed
+		return p2p.ErrClosed
 	}
 	if n.started {
 		n.mu.Unlock()
@@ -376,20 +378,20 @@ func (n *Node) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: keystore host key: %w", err)
 	}
-	opts := []Option{
-		WithIdentity(hostKey),
-		WithBootstrapPeers(n.cfg.Bootstrap...),
-		WithMDNS(!n.cfg.NoMDNS),
-		WithNAT(!n.cfg.NoNAT),
-		WithBundleVerifier(BundleVerifierFunc(verifyBundleRecord)),
-		WithReceiver(directReceiver{n}),
+	opts := []p2p.Option{
+		p2p.WithIdentity(hostKey),
+		p2p.WithBootstrapPeers(n.cfg.Bootstrap...),
+		p2p.WithMDNS(!n.cfg.NoMDNS),
+		p2p.WithNAT(!n.cfg.NoNAT),
+		p2p.WithBundleVerifier(p2p.BundleVerifierFunc(verifyBundleRecord)),
+		p2p.WithReceiver(directReceiver{n}),
 		// Up to a whole commit's worth of envelopes per stream in flight.
-		WithInboundPipeline(MaxIngestBatch),
-		WithLogger(n.cfg.Logger),
-		WithClock(n.cfg.Now),
+		p2p.WithInboundPipeline(MaxIngestBatch),
+		p2p.WithLogger(n.cfg.Logger),
+		p2p.WithClock(n.cfg.Now),
 	}
 	if len(n.cfg.ListenAddrs) > 0 {
-		opts = append(opts, WithListenAddrs(n.cfg.ListenAddrs...))
+		opts = append(opts, p2p.WithListenAddrs(n.cfg.ListenAddrs...))
 	}
 	opts = append(opts, n.cfg.HostOptions...)
 
@@ -398,7 +400,7 @@ func (n *Node) Start(ctx context.Context) error {
 	go n.ingestLoop()
 	go n.releaseLoop()
 
-	h, err := New(opts...)
+	h, err := p2p.New(opts...)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/mailbox"
 	"github.com/sotto-im/sotto/store"
 )
 
@@ -22,7 +24,7 @@ func stored(m store.Message) bool {
 // exactly once, in order; Alice comes back and sees all 50 delivered. One
 // of the three mailboxes is closed after the deposits.
 func TestOfflineDeliveryThroughMailboxes(t *testing.T) {
-	check := goroutineLeakCheck(t)
+	check := testkit.Goroutines(t)
 	tn := newTestNet(t)
 	var mbx []*Node
 	for i := range 3 {
@@ -32,10 +34,10 @@ func TestOfflineDeliveryThroughMailboxes(t *testing.T) {
 	alice := tn.start(aliceDir)
 	bob := tn.start(bobDir)
 	befriend(t, alice, "alice", bob, "bob")
-	ctx := testContext(t, 120*time.Second)
+	ctx := testkit.Context(t, 120*time.Second)
 
 	// Bob's bundle is in the DHT once he has published it; then he leaves.
-	waitFor(t, ctx, func() bool {
+	testkit.WaitFor(t, ctx, func() bool {
 		_, err := tn.boot.GetBundle(ctx, bob.ident.Account[:])
 		return err == nil
 	})
@@ -72,7 +74,7 @@ func TestOfflineDeliveryThroughMailboxes(t *testing.T) {
 
 	// Bob deleted what he fetched, and Alice what she fetched: the live
 	// mailboxes end up empty.
-	waitFor(t, ctx, func() bool {
+	testkit.WaitFor(t, ctx, func() bool {
 		for _, m := range mbx[1:] {
 			if m.mailboxHeld().Envelopes != 0 {
 				return false
@@ -98,8 +100,8 @@ func TestMailboxHoldsNoPlaintext(t *testing.T) {
 	alice := tn.start(aliceDir)
 	bob := tn.start(bobDir)
 	befriend(t, alice, "alice", bob, "bob")
-	ctx := testContext(t, 60*time.Second)
-	waitFor(t, ctx, func() bool {
+	ctx := testkit.Context(t, 60*time.Second)
+	testkit.WaitFor(t, ctx, func() bool {
 		_, err := tn.boot.GetBundle(ctx, bob.ident.Account[:])
 		return err == nil
 	})
@@ -111,7 +113,7 @@ func TestMailboxHoldsNoPlaintext(t *testing.T) {
 		}
 	}
 	waitMessages(t, ctx, alice, "bob", 5, stored)
-	waitFor(t, ctx, func() bool { return m.mailboxHeld().Envelopes >= 5 })
+	testkit.WaitFor(t, ctx, func() bool { return m.mailboxHeld().Envelopes >= 5 })
 	aliceAcct, bobAcct := alice.ident.Account, bob.ident.Account
 	aliceIK, bobIK := alice.me.IdentityDH.Public(), bobIK(t, bobDir)
 	m.Close()
@@ -162,12 +164,12 @@ func TestLongQueueReachesMailboxes(t *testing.T) {
 	tn := newTestNet(t)
 	tn.start(tn.initNode("mailbox"), func(c *Config) {
 		c.Mailbox = true
-		c.MailboxOptions = []MailboxOption{WithMailboxRateLimit(10_000, 10_000)}
+		c.MailboxOptions = []mailbox.Option{mailbox.WithRateLimit(10_000, 10_000)}
 	})
 	alice := tn.start(tn.initNode("alice"))
 	bob := tn.start(tn.initNode("bob"))
 	befriend(t, alice, "alice", bob, "bob")
-	ctx := testContext(t, 120*time.Second)
+	ctx := testkit.Context(t, 120*time.Second)
 	if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
 		t.Fatal(err)
 	}

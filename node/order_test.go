@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -57,7 +59,7 @@ func sealFor(t *testing.T, n *Node, acct [32]byte, texts ...string) [][]byte {
 func TestReceiverKeepsSenderOrder(t *testing.T) {
 	const wait = 300 * time.Millisecond
 	withWait := func(c *Config) { c.ReorderWait = wait }
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	tn, _, bobDir, alice, bob := sessionPair(t, ctx, withWait)
 	envs := sealFor(t, alice, bob.ident.Account, "m2", "m3", "m4", "m5", "m6", "m7", "m8")
 	from := alice.Host().ID()
@@ -188,13 +190,13 @@ func receiptsFor(t *testing.T, n *Node, acct [32]byte) int {
 // sender's retransmission of the same envelope, straight from its device,
 // gets a fresh receipt; copies from elsewhere do not.
 func TestRetransmissionIsReceiptedAgain(t *testing.T) {
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	tn, aliceDir, _, alice, bob := sessionPair(t, ctx)
 	env := sealFor(t, alice, bob.ident.Account, "m2")[0]
 	from := alice.Host().ID()
 	aliceAcct := alice.ident.Account
 	// The receipt for m1 reached Alice; Bob records that just after.
-	waitFor(t, ctx, func() bool { return receiptsFor(t, bob, aliceAcct) == 0 })
+	testkit.WaitFor(t, ctx, func() bool { return receiptsFor(t, bob, aliceAcct) == 0 })
 	alice.Close() // Bob's receipts stay in his outbox
 
 	if err := bob.Ingest(ctx, from, env, store.ViaDirect); err != nil {
@@ -217,10 +219,10 @@ func TestRetransmissionIsReceiptedAgain(t *testing.T) {
 	}
 	// Copies from a mailbox or from another peer are duplicates, nothing
 	// more.
-	if err := bob.Ingest(ctx, from, env, store.ViaMailbox); !errors.Is(err, ErrDuplicateEnvelope) {
+	if err := bob.Ingest(ctx, from, env, store.ViaMailbox); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("mailbox copy: %v", err)
 	}
-	if err := bob.Ingest(ctx, tn.boot.ID(), env, store.ViaDirect); !errors.Is(err, ErrDuplicateEnvelope) {
+	if err := bob.Ingest(ctx, tn.boot.ID(), env, store.ViaDirect); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("copy from another peer: %v", err)
 	}
 	if n := receiptsFor(t, bob, aliceAcct); n != 0 {
@@ -228,7 +230,7 @@ func TestRetransmissionIsReceiptedAgain(t *testing.T) {
 	}
 	// Alice's retransmission is receipted again, and the receipt reaches
 	// her when she is back.
-	if err := bob.Ingest(ctx, from, env, store.ViaDirect); !errors.Is(err, ErrDuplicateEnvelope) {
+	if err := bob.Ingest(ctx, from, env, store.ViaDirect); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("retransmission: %v", err)
 	}
 	if n := receiptsFor(t, bob, aliceAcct); n != 1 {
@@ -275,7 +277,7 @@ func TestRefusedRetry(t *testing.T) {
 // contact's first message) and then loads a stored one keeps both, and
 // returns an unchanged session to the cache with the bytes it came from.
 func TestIngestBatchSessions(t *testing.T) {
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	_, _, _, alice, bob := sessionPair(t, ctx)
 	aliceAcct, bobAcct := [32]byte(alice.Account()), [32]byte(bob.Account())
 	var other *protocol.Session
@@ -315,7 +317,7 @@ func TestIngestBatchSessions(t *testing.T) {
 // later) is recognised as a duplicate by its delete token, not rejected
 // as malformed, which would make its sender seal it again.
 func TestCopyAfterChainDropped(t *testing.T) {
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	_, _, _, alice, bob := sessionPair(t, ctx)
 	aFrom, bFrom := alice.Host().ID(), bob.Host().ID()
 	env := sealFor(t, alice, bob.ident.Account, "m2")[0]
@@ -334,7 +336,7 @@ func TestCopyAfterChainDropped(t *testing.T) {
 		}
 	}
 	err := bob.Ingest(ctx, aFrom, env, store.ViaMailbox)
-	if !errors.Is(err, ErrDuplicateEnvelope) {
+	if !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("late copy: %v, want ErrDuplicateEnvelope", err)
 	}
 	// Another ciphertext under the same outer fields is answered the
@@ -345,7 +347,7 @@ func TestCopyAfterChainDropped(t *testing.T) {
 	}
 	forged.Ciphertext = slices.Clone(forged.Ciphertext)
 	forged.Ciphertext[len(forged.Ciphertext)-1] ^= 1
-	if err := bob.Ingest(ctx, aFrom, forged.Marshal(), store.ViaMailbox); !errors.Is(err, ErrDuplicateEnvelope) {
+	if err := bob.Ingest(ctx, aFrom, forged.Marshal(), store.ViaMailbox); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("altered copy: %v, want ErrDuplicateEnvelope", err)
 	}
 	if got := len(messagesWhere(t, bob, "alice", incoming)); got != protocol.MaxOldChains+4 {

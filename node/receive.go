@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -71,7 +72,7 @@ func (n *Node) enqueueReq(ctx context.Context, from peer.ID, env []byte, via sto
 		return r
 	}
 	if n.ctx.Err() != nil {
-		r.res <- ErrClosed
+		r.res <- p2p.ErrClosed
 		return r
 	}
 	select {
@@ -79,7 +80,7 @@ func (n *Node) enqueueReq(ctx context.Context, from peer.ID, env []byte, via sto
 	case <-ctx.Done():
 		r.res <- ctx.Err()
 	case <-n.ctx.Done():
-		r.res <- ErrClosed
+		r.res <- p2p.ErrClosed
 	}
 	return r
 }
@@ -102,7 +103,7 @@ func (n *Node) Ingest(ctx context.Context, from peer.ID, env []byte, via store.V
 		case err := <-res:
 			return err
 		default:
-			return ErrClosed
+			return p2p.ErrClosed
 		}
 	}
 }
@@ -182,7 +183,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 		kick, held, republish = false, false, false
 	}
 	for i, r := range batch {
-		if err := results[i]; err != nil && !errors.Is(err, ErrDuplicateEnvelope) {
+		if err := results[i]; err != nil && !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 			if n.debugOn() {
 				n.cfg.Logger.Debug("envelope not accepted", "from", r.from, "via", r.via, "err", err)
 			}
@@ -400,7 +401,7 @@ func knownToken(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envel
 
 // malformed wraps a protocol error so the direct protocol acks it as
 // rejected (the sender must not retry this envelope).
-func malformed(err error) error { return fmt.Errorf("%w: %w", ErrMalformedEnvelope, err) }
+func malformed(err error) error { return fmt.Errorf("%w: %w", p2p.ErrMalformedEnvelope, err) }
 
 // process handles one envelope inside tx. Errors about the envelope are
 // returned plain (the transaction goes on); store errors wrapped in
@@ -502,7 +503,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		return processed{}, err
 	}
 	if known || errors.Is(firstErr, protocol.ErrDuplicate) {
-		return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, firstErr)
+		return processed{}, fmt.Errorf("%w: %w", p2p.ErrDuplicateEnvelope, firstErr)
 	}
 	return processed{}, malformed(firstErr)
 }
@@ -550,7 +551,7 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 			if _, err := knownToken(tx, r, rc, env); err != nil {
 				return processed{}, err
 			}
-			return processed{}, fmt.Errorf("%w: %w", ErrDuplicateEnvelope, err)
+			return processed{}, fmt.Errorf("%w: %w", p2p.ErrDuplicateEnvelope, err)
 		}
 		return processed{}, malformed(err)
 	}

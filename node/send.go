@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -808,7 +809,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 				if err := tx.PutOutbox(e); err != nil && !errors.Is(err, store.ErrNotFound) {
 					return err
 				}
-			case errors.Is(err, ErrRejected):
+			case errors.Is(err, p2p.ErrRejected):
 				if n.debugOn() {
 					n.cfg.Logger.Debug("recipient rejected an envelope; sealing it again", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]))
 				}

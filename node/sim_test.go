@@ -19,7 +19,9 @@ import (
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/store"
 )
 
@@ -153,7 +155,7 @@ func (s *simNet) up(ctx context.Context, sn *simNode) error {
 		Mailbox:      sn.mailbox,
 		MailboxAfter: 100 * time.Millisecond,
 		Logger:       testLogger(),
-		HostOptions:  []Option{WithLibp2pHost(s.mn.Host(sn.id))},
+		HostOptions:  []p2p.Option{p2p.WithLibp2pHost(s.mn.Host(sn.id))},
 	}
 	if cfg.Logger != nil {
 		cfg.Logger = cfg.Logger.With("node", sn.name)
@@ -244,7 +246,7 @@ func (s *simNet) start(ctx context.Context) {
 		s.t.Fatal(err)
 	}
 	// Every user's bundle is in the DHT.
-	waitFor(s.t, ctx, func() bool {
+	testkit.WaitFor(s.t, ctx, func() bool {
 		for _, sn := range s.nodes {
 			if _, err := s.nodes[0].node().Host().GetBundle(ctx, sn.node().ident.Account[:]); err != nil {
 				return false
@@ -318,7 +320,7 @@ func TestSimulation100(t *testing.T) {
 	if testing.Short() || os.Getenv("SOTTO_SIM") == "" {
 		t.Skip("100-node simulation, minutes long: set SOTTO_SIM=1")
 	}
-	check := mocknetLeakCheck(t)
+	check := testkit.MocknetGoroutines(t)
 	const (
 		pairs    = 50
 		rounds   = 5
@@ -328,7 +330,7 @@ func TestSimulation100(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := mrand.New(mrand.NewPCG(seed, 0x5177))
-	ctx := testContext(t, 5*time.Minute)
+	ctx := testkit.Context(t, 5*time.Minute)
 
 	began := time.Now()
 	s := newSimNet(t, simNodes, simMailboxes, nil)
@@ -483,7 +485,7 @@ func TestSimulation100(t *testing.T) {
 // how long a message to an offline recipient takes from Send until the
 // sender's event feed reports it stored at mailboxes.
 func BenchmarkDeposit100(b *testing.B) {
-	ctx := testContext(b, 10*time.Minute)
+	ctx := testkit.Context(b, 10*time.Minute)
 	s := newSimNet(b, simNodes, simMailboxes, func(c *Config) { c.MailboxAfter = time.Millisecond })
 	defer s.close()
 	s.start(ctx)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/sotto-im/sotto/mailbox"
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -37,9 +39,9 @@ const (
 // mailboxes is the node's mailbox machinery: the gossip router, the
 // client, the service (when serving), and the live subscription.
 type mailboxes struct {
-	gossip *Gossip
-	client *MailboxClient
-	svc    *MailboxService
+	gossip *p2p.Gossip
+	client *mailbox.Client
+	svc    *mailbox.Service
 
 	mu     sync.Mutex
 	tags   map[protocol.Tag]bool // tags this node receives under
@@ -52,19 +54,19 @@ type mailboxes struct {
 
 // startMailboxes sets up gossip, the mailbox client and (when configured)
 // the mailbox service, and starts the sync loop.
-func (n *Node) startMailboxes(h *Host) error {
-	g, err := NewGossip(h, WithGossipClock(n.cfg.Now))
+func (n *Node) startMailboxes(h *p2p.Host) error {
+	g, err := p2p.NewGossip(h)
 	if err != nil {
 		return err
 	}
 	m := &n.mbx
 	m.gossip = g
 	if n.cfg.Mailbox {
-		if m.svc, err = NewMailboxService(h, g, n.db, append([]MailboxOption{WithMailboxClock(n.cfg.Now), WithMailboxLogger(n.cfg.Logger)}, n.cfg.MailboxOptions...)...); err != nil {
+		if m.svc, err = mailbox.NewService(h, g, n.db, append([]mailbox.Option{mailbox.WithClock(n.cfg.Now), mailbox.WithLogger(n.cfg.Logger)}, n.cfg.MailboxOptions...)...); err != nil {
 			return err
 		}
 	}
-	if m.client, err = NewMailboxClient(h, g, WithStaticMailboxes(n.cfg.Mailboxes...)); err != nil {
+	if m.client, err = mailbox.NewClient(h, g, mailbox.WithStaticMailboxes(n.cfg.Mailboxes...), mailbox.WithClientClock(n.cfg.Now)); err != nil {
 		return err
 	}
 	if err := n.resubscribe(); err != nil {
@@ -151,7 +153,7 @@ func (n *Node) resubscribe() error {
 	}
 	set := map[uint16]bool{}
 	for t := range tags {
-		set[t.Shard(MailboxShards)] = true
+		set[t.Shard(mailbox.Shards)] = true
 	}
 	var shards []uint16
 	for s := range set {
@@ -288,7 +290,7 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 	shardSet := map[uint16]bool{}
 	for t := range tags {
 		tagList = append(tagList, t)
-		shardSet[t.Shard(MailboxShards)] = true
+		shardSet[t.Shard(mailbox.Shards)] = true
 	}
 	slices.SortFunc(tagList, func(a, b protocol.Tag) int { return slices.Compare(a[:], b[:]) })
 	seen := map[peer.ID]bool{}
@@ -362,7 +364,7 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 		}
 		for tag, toks := range dels {
 			for len(toks) > 0 {
-				k := min(len(toks), MaxMailboxDeleteTokens)
+				k := min(len(toks), mailbox.MaxDeleteTokens)
 				if _, err := m.client.Delete(ctx, p, tag, toks[:k]); err != nil {
 					n.cfg.Logger.Debug("mailbox delete", "mailbox", p, "err", err)
 				}
@@ -385,7 +387,7 @@ func (n *Node) fetchAll(ctx context.Context, p peer.ID, tags []protocol.Tag, env
 	defer cancel()
 	var list [][32]byte
 	for len(tags) > 0 {
-		chunk := tags[:min(len(tags), MaxMailboxQueryTags)]
+		chunk := tags[:min(len(tags), mailbox.MaxQueryTags)]
 		tags = tags[len(chunk):]
 		var cursor []byte
 		for len(envs) < maxSyncEnvelopes {

@@ -10,6 +10,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/sotto-im/sotto/mailbox"
+	"github.com/sotto-im/sotto/p2p"
+	"github.com/sotto-im/sotto/p2p/p2ptest"
 	"github.com/sotto-im/sotto/store"
 )
 
@@ -24,17 +27,17 @@ func BenchmarkSync10k(b *testing.B) {
 	}
 	for b.Loop() {
 		b.StopTimer()
-		boot := newTestHost(b, WithBundleVerifier(BundleVerifierFunc(verifyBundleRecord)))
-		start := func(dir string, mailbox bool) *Node {
+		boot := p2ptest.NewHost(b, p2p.WithBundleVerifier(p2p.BundleVerifierFunc(verifyBundleRecord)))
+		start := func(dir string, serve bool) *Node {
 			cfg := benchConfig(dir)
 			cfg.Bootstrap = []peer.AddrInfo{boot.AddrInfo()}
-			cfg.Mailbox, cfg.MailboxAfter = mailbox, time.Millisecond
+			cfg.Mailbox, cfg.MailboxAfter = serve, time.Millisecond
 			// The default per-tag quota (1,000 envelopes, 8 MiB) and
 			// per-peer deposit rate (50/s) would refuse most of a
 			// 10,000-message backlog from one sender to one recipient.
-			cfg.MailboxOptions = []MailboxOption{
-				WithMailboxLimits(store.MailboxLimits{TagEnvelopes: int64(2 * N), TagBytes: 64 << 20}),
-				WithMailboxRateLimit(float64(4*N), 4*N),
+			cfg.MailboxOptions = []mailbox.Option{
+				mailbox.WithLimits(store.MailboxLimits{TagEnvelopes: int64(2 * N), TagBytes: 64 << 20}),
+				mailbox.WithRateLimit(float64(4*N), 4*N),
 			}
 			return benchNode(b, cfg)
 		}

@@ -1,4 +1,4 @@
-package node
+package p2p
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/internal/testkit"
 )
 
 // benchEnvelopeSize is a typical small envelope.
@@ -31,7 +33,7 @@ func benchPair(b *testing.B, addr string) (snd *Host, dst peer.ID) {
 	})
 	d := newTestHost(b, WithNAT(false), WithMetrics(false), WithListenAddrs(addr), WithReceiver(rcv))
 	s := newTestHost(b, WithNAT(false), WithMetrics(false), WithListenAddrs(addr))
-	ctx := testContext(b, 30*time.Second)
+	ctx := testkit.Context(b, 30*time.Second)
 	if err := s.Connect(ctx, d.AddrInfo()); err != nil {
 		b.Fatal(err)
 	}
@@ -50,7 +52,7 @@ func BenchmarkDirectPipelined(b *testing.B) {
 		b.Run(tr.name, func(b *testing.B) {
 			snd, dst := benchPair(b, tr.addr)
 			env := make([]byte, benchEnvelopeSize)
-			ctx := testContext(b, 10*time.Minute)
+			ctx := testkit.Context(b, 10*time.Minute)
 			var next atomic.Int64
 			var wg sync.WaitGroup
 			errs := make(chan error, workers)
@@ -88,7 +90,7 @@ func BenchmarkDirectLatency(b *testing.B) {
 		b.Run(tr.name, func(b *testing.B) {
 			snd, dst := benchPair(b, tr.addr)
 			env := make([]byte, benchEnvelopeSize)
-			ctx := testContext(b, 10*time.Minute)
+			ctx := testkit.Context(b, 10*time.Minute)
 			lat := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
 			for range b.N {

@@ -1,4 +1,4 @@
-package node
+package p2p
 
 import (
 	"errors"
@@ -62,10 +62,10 @@ var DefaultListenAddrs = []string{
 
 // Configuration errors.
 var (
-	ErrNoIdentity    = errors.New("node: a host identity key is required (WithIdentity)")
-	ErrBadIdentity   = errors.New("node: the host identity must be an Ed25519 private key")
-	ErrBadListenAddr = errors.New("node: bad listen address")
-	ErrBadConfig     = errors.New("node: bad configuration")
+	ErrNoIdentity    = errors.New("p2p: a host identity key is required (WithIdentity)")
+	ErrBadIdentity   = errors.New("p2p: the host identity must be an Ed25519 private key")
+	ErrBadListenAddr = errors.New("p2p: bad listen address")
+	ErrBadConfig     = errors.New("p2p: bad configuration")
 )
 
 // Option configures a Host. Options are applied over the defaults in order,

@@ -1,4 +1,4 @@
-package node
+package p2p
 
 import (
 	"bytes"
@@ -9,13 +9,15 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/internal/testkit"
 )
 
 // threeHosts starts a bootstrap node and two nodes that know only it, and
 // bootstraps the two.
 func threeHosts(t *testing.T, opts ...Option) (boot, a, b *Host, ra, rb *memReceiver) {
 	t.Helper()
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	boot = newTestHost(t, opts...)
 	ra, rb = &memReceiver{}, &memReceiver{}
 	a = newTestHost(t, append(opts, WithBootstrapPeers(boot.AddrInfo()), WithReceiver(ra))...)
@@ -32,7 +34,7 @@ func TestThreeHostsFindEachOther(t *testing.T) {
 	// NAT traversal stays on (the default) to show it does not get in the
 	// way on loopback.
 	_, a, b, ra, _ := threeHosts(t)
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 
 	if len(a.LibP2P().Peerstore().Addrs(b.ID())) > 0 &&
 		a.LibP2P().Network().Connectedness(b.ID()) == network.Connected {
@@ -81,7 +83,7 @@ func TestThreeHostsFindEachOther(t *testing.T) {
 func TestSendFindsUnknownPeer(t *testing.T) {
 	// b has never seen a's addresses: Send looks a up through the DHT.
 	_, a, b, ra, _ := threeHosts(t, WithNAT(false))
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	b.LibP2P().Network().ClosePeer(a.ID())
 	b.LibP2P().Peerstore().ClearAddrs(a.ID())
 	if err := b.Sender().Send(ctx, a.ID(), []byte("hello")); err != nil {
@@ -94,7 +96,7 @@ func TestSendFindsUnknownPeer(t *testing.T) {
 
 func TestFindPeerUnknown(t *testing.T) {
 	_, a, _, _, _ := threeHosts(t, WithNAT(false))
-	ctx := testContext(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	ghost, err := peer.IDFromPrivateKey(newKey(t))
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +113,7 @@ func TestBootstrapUnreachable(t *testing.T) {
 	info := gone.AddrInfo()
 	gone.Close()
 	h := newTestHost(t, WithBootstrapPeers(info), WithNAT(false))
-	ctx := testContext(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	if err := h.Bootstrap(ctx); !errors.Is(err, ErrNoBootstrap) {
 		t.Fatalf("Bootstrap = %v, want ErrNoBootstrap", err)
 	}
@@ -122,7 +124,7 @@ func TestClearBackoff(t *testing.T) {
 	gone := newTestHost(t, WithNAT(false), WithListenAddrs(testListenAddrs[0]))
 	info := gone.AddrInfo()
 	gone.Close()
-	ctx := testContext(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	if err := a.Connect(ctx, info); err == nil {
 		t.Fatal("connect to a closed host succeeded")
 	}

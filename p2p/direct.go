@@ -1,9 +1,8 @@
-package node
+package p2p
 
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -29,8 +28,6 @@ const (
 	// MaxFrameSize bounds one frame's payload; a length prefix above it is
 	// a protocol violation and resets the stream.
 	MaxFrameSize = 128 << 10
-	// frameHeaderSize is the length prefix.
-	frameHeaderSize = 4
 	// ackFrameSize is the payload size of an ack frame.
 	ackFrameSize = 1
 	// receiveTimeout bounds one Receiver.Receive call; on timeout the
@@ -72,13 +69,12 @@ func (s AckStatus) String() string {
 // error is acked AckTryLater. Send returns ErrRejected and ErrTryLater for
 // the corresponding acks.
 var (
-	ErrDuplicateEnvelope = errors.New("node: envelope already stored")
-	ErrMalformedEnvelope = errors.New("node: envelope malformed")
-	ErrRejected          = errors.New("node: recipient rejected the envelope (do not retry)")
-	ErrTryLater          = errors.New("node: recipient could not store the envelope now (retry later)")
-	ErrFrameSize         = errors.New("node: frame length out of range")
-	ErrBadAck            = errors.New("node: malformed ack")
-	ErrStreamFailed      = errors.New("node: direct stream failed")
+	ErrDuplicateEnvelope = errors.New("p2p: envelope already stored")
+	ErrMalformedEnvelope = errors.New("p2p: envelope malformed")
+	ErrRejected          = errors.New("p2p: recipient rejected the envelope (do not retry)")
+	ErrTryLater          = errors.New("p2p: recipient could not store the envelope now (retry later)")
+	ErrBadAck            = errors.New("p2p: malformed ack")
+	ErrStreamFailed      = errors.New("p2p: direct stream failed")
 )
 
 // Receiver takes inbound envelopes. Receive returns only after the envelope
@@ -136,53 +132,9 @@ func errOfAck(s AckStatus) error {
 	return fmt.Errorf("%w: unknown status %d", ErrBadAck, uint8(s))
 }
 
-// writeFrame writes one length-prefixed frame.
-func writeFrame(w io.Writer, payload []byte) error {
-	if len(payload) == 0 || len(payload) > MaxFrameSize {
-		return fmt.Errorf("%w: %d", ErrFrameSize, len(payload))
-	}
-	var hdr [frameHeaderSize]byte
-	binary.BigEndian.PutUint32(hdr[:], uint32(len(payload)))
-	if _, err := w.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err := w.Write(payload)
-	return err
-}
-
-// readFrameLen reads a frame's length prefix and checks it against max.
-func readFrameLen(r io.Reader, max int) (int, error) {
-	var hdr [frameHeaderSize]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return 0, err
-	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n == 0 || n > uint32(max) {
-		return 0, fmt.Errorf("%w: %d (max %d)", ErrFrameSize, n, max)
-	}
-	return int(n), nil
-}
-
-// readFrame reads one frame of at most max bytes. A stream that ends inside
-// a frame yields io.ErrUnexpectedEOF; one that ends between frames, io.EOF.
-func readFrame(r io.Reader, max int) ([]byte, error) {
-	n, err := readFrameLen(r, max)
-	if err != nil {
-		return nil, err
-	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, err
-	}
-	return buf, nil
-}
-
 // readAck reads one ack frame.
 func readAck(r io.Reader) (AckStatus, error) {
-	b, err := readFrame(r, ackFrameSize)
+	b, err := ReadFrame(r, ackFrameSize)
 	if err != nil {
 		return 0, err
 	}
@@ -330,12 +282,12 @@ func (n *Host) serveDirect(s network.Stream, p peer.ID) (err error) {
 		}
 		// Acks are tiny: they collect in bw and go out in one write once
 		// no further result is ready.
-		if bw.Available() < frameHeaderSize+ackFrameSize {
+		if bw.Available() < FrameHeaderSize+ackFrameSize {
 			if err := n.flushAcks(s, bw); err != nil {
 				return err
 			}
 		}
-		if err := writeFrame(bw, []byte{byte(st)}); err != nil {
+		if err := WriteFrame(bw, []byte{byte(st)}, ackFrameSize); err != nil {
 			return err
 		}
 		if len(receipts) == 0 {
@@ -355,7 +307,7 @@ func (n *Host) serveDirect(s network.Stream, p peer.ID) (err error) {
 // ends (nil on a clean end between frames) or fails.
 func (in *inbound) readLoop(ctx context.Context, wg *sync.WaitGroup, slots chan<- struct{}, receipts chan<- receipt) error {
 	n := in.n
-	br := bufio.NewReaderSize(in.s, frameHeaderSize+MaxFrameSize)
+	br := bufio.NewReaderSize(in.s, FrameHeaderSize+MaxFrameSize)
 	for {
 		if br.Buffered() == 0 {
 			if err := in.setIdle(); err != nil {
@@ -371,7 +323,7 @@ func (in *inbound) readLoop(ctx context.Context, wg *sync.WaitGroup, slots chan<
 		if err := in.startFrame(); err != nil {
 			return err
 		}
-		size, err := readFrameLen(br, MaxFrameSize)
+		size, err := ReadFrameLen(br, MaxFrameSize)
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
@@ -562,7 +514,7 @@ func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
 	}
 	s, err := n.h.NewStream(ctx, p, DirectProtocol)
 	if err != nil {
-		return nil, fmt.Errorf("node: open direct stream to %s: %w", p, err)
+		return nil, fmt.Errorf("p2p: open direct stream to %s: %w", p, err)
 	}
 	os := newOutStream(n, s)
 	snd.mu.Lock()
@@ -780,7 +732,7 @@ func (o *outStream) write(bw *bufio.Writer, r *sendReq) error {
 		o.s.SetReadDeadline(time.Now().Add(o.n.cfg.readIdleTimeout))
 	}
 	o.mu.Unlock()
-	return writeFrame(bw, r.env)
+	return WriteFrame(bw, r.env, MaxFrameSize)
 }
 
 func (o *outStream) readLoop() {
@@ -803,7 +755,7 @@ func (o *outStream) readLoop() {
 		if len(o.queue) > 0 {
 			// The next ack is due; if it is already buffered, the
 			// deadline is renewed after it.
-			if br.Buffered() < frameHeaderSize+ackFrameSize {
+			if br.Buffered() < FrameHeaderSize+ackFrameSize {
 				o.s.SetReadDeadline(time.Now().Add(o.n.cfg.readIdleTimeout))
 			}
 		} else {

@@ -1,4 +1,4 @@
-package node
+package mailbox
 
 import (
 	"bytes"
@@ -16,24 +16,24 @@ func TestMailboxRequestRoundTrip(t *testing.T) {
 	tests := []struct {
 		name  string
 		enc   []byte
-		check func(*mailboxRequest) bool
+		check func(*request) bool
 	}{
-		{"deposit", appendDepositRequest(nil, []byte{1, 2, 3}), func(r *mailboxRequest) bool {
-			return r.op == mailboxOpDeposit && bytes.Equal(r.envelope, []byte{1, 2, 3})
+		{"deposit", appendDepositRequest(nil, []byte{1, 2, 3}), func(r *request) bool {
+			return r.op == opDeposit && bytes.Equal(r.envelope, []byte{1, 2, 3})
 		}},
-		{"query", appendQueryRequest(nil, tags, cursor, 42), func(r *mailboxRequest) bool {
-			return r.op == mailboxOpQuery && r.limit == 42 && bytes.Equal(r.cursor, cursor) && slices.Equal(r.tags, tags)
+		{"query", appendQueryRequest(nil, tags, cursor, 42), func(r *request) bool {
+			return r.op == opQuery && r.limit == 42 && bytes.Equal(r.cursor, cursor) && slices.Equal(r.tags, tags)
 		}},
-		{"query from start", appendQueryRequest(nil, tags[:1], nil, 0), func(r *mailboxRequest) bool {
+		{"query from start", appendQueryRequest(nil, tags[:1], nil, 0), func(r *request) bool {
 			return r.cursor == nil && r.limit == 0 && len(r.tags) == 1
 		}},
-		{"delete", appendDeleteRequest(nil, [32]byte{5}, tokens), func(r *mailboxRequest) bool {
-			return r.op == mailboxOpDelete && r.tag == [32]byte{5} && slices.Equal(r.tokens, tokens)
+		{"delete", appendDeleteRequest(nil, [32]byte{5}, tokens), func(r *request) bool {
+			return r.op == opDelete && r.tag == [32]byte{5} && slices.Equal(r.tokens, tokens)
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := parseMailboxRequest(tt.enc)
+			r, err := parseRequest(tt.enc)
 			if err != nil || !tt.check(r) {
 				t.Fatalf("parse = %+v, %v", r, err)
 			}
@@ -42,29 +42,29 @@ func TestMailboxRequestRoundTrip(t *testing.T) {
 }
 
 func TestMailboxRequestRejects(t *testing.T) {
-	many := make([][32]byte, MaxMailboxQueryTags+1)
+	many := make([][32]byte, MaxQueryTags+1)
 	tests := []struct {
 		name string
 		in   []byte
 	}{
 		{"empty", nil},
 		{"unknown op", []byte{0x09}},
-		{"empty deposit", []byte{mailboxOpDeposit}},
-		{"oversized deposit", append([]byte{mailboxOpDeposit}, make([]byte, MaxMailboxRequestSize)...)},
-		{"short query", []byte{mailboxOpQuery, 0}},
+		{"empty deposit", []byte{opDeposit}},
+		{"oversized deposit", append([]byte{opDeposit}, make([]byte, MaxRequestSize)...)},
+		{"short query", []byte{opQuery, 0}},
 		{"query no tags", appendQueryRequest(nil, nil, nil, 1)},
 		{"query too many tags", appendQueryRequest(nil, many, nil, 1)},
 		{"query odd cursor", appendQueryRequest(nil, many[:1], []byte{1, 2, 3}, 1)},
 		{"query trailing", append(appendQueryRequest(nil, many[:1], nil, 1), 0)},
 		{"query truncated tag", appendQueryRequest(nil, many[:2], nil, 1)[:40]},
-		{"short delete", []byte{mailboxOpDelete, 1}},
+		{"short delete", []byte{opDelete, 1}},
 		{"delete no tokens", appendDeleteRequest(nil, [32]byte{}, nil)},
-		{"delete too many", appendDeleteRequest(nil, [32]byte{}, make([][32]byte, MaxMailboxDeleteTokens+1))},
+		{"delete too many", appendDeleteRequest(nil, [32]byte{}, make([][32]byte, MaxDeleteTokens+1))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := parseMailboxRequest(tt.in); !errors.Is(err, ErrBadMailboxMessage) {
-				t.Fatalf("parse = %v, want ErrBadMailboxMessage", err)
+			if _, err := parseRequest(tt.in); !errors.Is(err, ErrBadMessage) {
+				t.Fatalf("parse = %v, want ErrBadMessage", err)
 			}
 		})
 	}
@@ -77,31 +77,31 @@ func TestMailboxResponses(t *testing.T) {
 		More:    true,
 	}
 	st, body, err := parseResponse(appendQueryResponse(nil, page))
-	if err != nil || st != MailboxOK {
+	if err != nil || st != StatusOK {
 		t.Fatal(st, err)
 	}
 	q, err := parseQueryBody(body, 10)
 	if err != nil || !q.more || !bytes.Equal(q.cursor, page.Cursor) || len(q.envelopes) != 2 || string(q.envelopes[1]) != "two!" {
 		t.Fatalf("query body = %+v, %v", q, err)
 	}
-	if _, err := parseQueryBody(body, 1); !errors.Is(err, ErrBadMailboxMessage) {
+	if _, err := parseQueryBody(body, 1); !errors.Is(err, ErrBadMessage) {
 		t.Fatalf("more envelopes than the limit: %v", err)
 	}
 	for _, bad := range [][]byte{body[:len(body)-1], append(bytes.Clone(body), 0), {2, 0, 0, 0}} {
-		if _, err := parseQueryBody(bad, 10); !errors.Is(err, ErrBadMailboxMessage) {
+		if _, err := parseQueryBody(bad, 10); !errors.Is(err, ErrBadMessage) {
 			t.Errorf("body %x: %v", bad, err)
 		}
 	}
 	statuses := []struct {
-		s    MailboxStatus
+		s    Status
 		want error
 	}{
-		{MailboxRejected, ErrMailboxRejected},
-		{MailboxThrottled, ErrMailboxThrottled},
-		{MailboxFull, ErrMailboxFull},
-		{MailboxBadRequest, ErrMailboxBadRequest},
-		{MailboxUnavailable, ErrMailboxUnavailable},
-		{0x42, ErrBadMailboxMessage},
+		{StatusRejected, ErrRejected},
+		{StatusThrottled, ErrThrottled},
+		{StatusFull, ErrFull},
+		{StatusBadRequest, ErrBadRequest},
+		{StatusUnavailable, ErrUnavailable},
+		{0x42, ErrBadMessage},
 	}
 	for _, tt := range statuses {
 		_, _, err := parseResponse(appendStatus(nil, tt.s, ReasonCapacity))
@@ -109,10 +109,10 @@ func TestMailboxResponses(t *testing.T) {
 			t.Errorf("status %v: %v, want %v", tt.s, err, tt.want)
 		}
 	}
-	if _, _, err := parseResponse([]byte{0}); !errors.Is(err, ErrBadMailboxMessage) {
+	if _, _, err := parseResponse([]byte{0}); !errors.Is(err, ErrBadMessage) {
 		t.Errorf("short response: %v", err)
 	}
-	if _, _, err := parseResponse([]byte{byte(MailboxFull), 0, 1}); !errors.Is(err, ErrBadMailboxMessage) {
+	if _, _, err := parseResponse([]byte{byte(StatusFull), 0, 1}); !errors.Is(err, ErrBadMessage) {
 		t.Errorf("refusal with a body: %v", err)
 	}
 }
@@ -121,20 +121,20 @@ func FuzzParseMailboxRequest(f *testing.F) {
 	f.Add(appendDepositRequest(nil, []byte{1, 2, 3}))
 	f.Add(appendQueryRequest(nil, [][32]byte{{1}, {2}}, store.MailboxCursor(3), 10))
 	f.Add(appendDeleteRequest(nil, [32]byte{4}, [][32]byte{{5}}))
-	f.Add([]byte{mailboxOpQuery, 0xff, 0xff, 9})
+	f.Add([]byte{opQuery, 0xff, 0xff, 9})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := parseMailboxRequest(b)
+		r, err := parseRequest(b)
 		if err != nil {
 			return
 		}
 		// What parses re-encodes to the same bytes: one encoding per request.
 		var enc []byte
 		switch r.op {
-		case mailboxOpDeposit:
+		case opDeposit:
 			enc = appendDepositRequest(nil, r.envelope)
-		case mailboxOpQuery:
+		case opQuery:
 			enc = appendQueryRequest(nil, r.tags, r.cursor, r.limit)
-		case mailboxOpDelete:
+		case opDelete:
 			enc = appendDeleteRequest(nil, r.tag, r.tokens)
 		}
 		if !bytes.Equal(enc, b) {
@@ -145,14 +145,14 @@ func FuzzParseMailboxRequest(f *testing.F) {
 
 func FuzzParseMailboxResponse(f *testing.F) {
 	f.Add(appendQueryResponse(nil, store.MailboxPage{Entries: []store.MailboxEntry{{Envelope: []byte("x")}}, Cursor: store.MailboxCursor(1)}))
-	f.Add(appendStatus(nil, MailboxFull, ReasonTagQuota))
+	f.Add(appendStatus(nil, StatusFull, ReasonTagQuota))
 	f.Add([]byte{0, 0, 1, 0, 0, 5})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		st, body, err := parseResponse(b)
-		if err != nil || st != MailboxOK {
+		if err != nil || st != StatusOK {
 			return
 		}
-		q, err := parseQueryBody(body, MaxMailboxPage)
+		q, err := parseQueryBody(body, MaxPage)
 		if err != nil {
 			return
 		}

@@ -1,8 +1,7 @@
-package node
+package p2p
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -15,92 +14,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/internal/testkit"
 )
-
-func TestFrameRoundTrip(t *testing.T) {
-	tests := []struct {
-		name    string
-		payload []byte
-		wantErr error
-	}{
-		{"one byte", []byte{1}, nil},
-		{"max", bytes.Repeat([]byte{2}, MaxFrameSize), nil},
-		{"empty", nil, ErrFrameSize},
-		{"too large", make([]byte, MaxFrameSize+1), ErrFrameSize},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var buf bytes.Buffer
-			err := writeFrame(&buf, tt.payload)
-			if tt.wantErr != nil {
-				if !errors.Is(err, tt.wantErr) || buf.Len() != 0 {
-					t.Fatalf("writeFrame = %v (%d bytes written), want %v", err, buf.Len(), tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := readFrame(&buf, MaxFrameSize)
-			if err != nil || !bytes.Equal(got, tt.payload) {
-				t.Fatalf("readFrame = %d bytes, %v", len(got), err)
-			}
-		})
-	}
-}
-
-func TestReadFrameRejects(t *testing.T) {
-	hdr := func(n uint32) []byte { return binary.BigEndian.AppendUint32(nil, n) }
-	tests := []struct {
-		name string
-		in   []byte
-		want error
-	}{
-		{"empty stream", nil, io.EOF},
-		{"short header", []byte{0, 0}, io.ErrUnexpectedEOF},
-		{"zero length", hdr(0), ErrFrameSize},
-		{"oversized", hdr(MaxFrameSize + 1), ErrFrameSize},
-		{"huge", hdr(0xffffffff), ErrFrameSize},
-		{"truncated body", append(hdr(10), 1, 2, 3), io.ErrUnexpectedEOF},
-		{"header only", hdr(10), io.ErrUnexpectedEOF},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if _, err := readFrame(bytes.NewReader(tt.in), MaxFrameSize); !errors.Is(err, tt.want) {
-				t.Fatalf("readFrame = %v, want %v", err, tt.want)
-			}
-		})
-	}
-}
-
-func FuzzReadFrame(f *testing.F) {
-	f.Add([]byte{0, 0, 0, 1, 0x42})
-	f.Add([]byte{0, 0, 0, 0})
-	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1, 2})
-	f.Add([]byte{0, 2, 0, 1, 9})
-	f.Add([]byte{0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 1, 7})
-	f.Fuzz(func(t *testing.T, in []byte) {
-		r := bytes.NewReader(in)
-		for {
-			off := len(in) - r.Len()
-			p, err := readFrame(r, MaxFrameSize)
-			if err != nil {
-				return
-			}
-			if len(p) == 0 || len(p) > MaxFrameSize {
-				t.Fatalf("accepted a frame of %d bytes", len(p))
-			}
-			// The accepted frame re-encodes to exactly the bytes consumed.
-			var buf bytes.Buffer
-			if err := writeFrame(&buf, p); err != nil {
-				t.Fatal(err)
-			}
-			if end := len(in) - r.Len(); !bytes.Equal(buf.Bytes(), in[off:end]) {
-				t.Fatal("frame does not re-encode to its input")
-			}
-		}
-	})
-}
 
 func TestAckStatusMapping(t *testing.T) {
 	tests := []struct {
@@ -135,7 +51,7 @@ func directPair(t testing.TB, rcv Receiver, rOpts ...Option) (snd, dst *Host) {
 	t.Helper()
 	dst = newTestHost(t, append([]Option{WithNAT(false), WithReceiver(rcv)}, rOpts...)...)
 	snd = newTestHost(t, WithNAT(false))
-	ctx := testContext(t, 20*time.Second)
+	ctx := testkit.Context(t, 20*time.Second)
 	if err := snd.Connect(ctx, dst.AddrInfo()); err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +73,7 @@ func TestDirectPipelinedStatuses(t *testing.T) {
 		return nil
 	}}
 	snd, dst := directPair(t, rcv)
-	ctx := testContext(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	const n = 400
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -201,7 +117,7 @@ func TestDirectInFlightCap(t *testing.T) {
 	})
 	dst := newTestHost(t, WithNAT(false), WithReceiver(rcv))
 	snd := newTestHost(t, WithNAT(false), WithMaxInFlight(2))
-	ctx := testContext(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	if err := snd.Connect(ctx, dst.AddrInfo()); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +126,7 @@ func TestDirectInFlightCap(t *testing.T) {
 	for i := range n {
 		go func() { errs <- snd.Sender().Send(ctx, dst.ID(), []byte{byte(i)}) }()
 	}
-	waitFor(t, ctx, func() bool {
+	testkit.WaitFor(t, ctx, func() bool {
 		o := snd.Sender().current(dst.ID())
 		return o != nil && o.queued() == 2
 	})
@@ -228,7 +144,7 @@ func TestDirectInFlightCap(t *testing.T) {
 func TestDirectNoReceiver(t *testing.T) {
 	dst := newTestHost(t, WithNAT(false))
 	snd := newTestHost(t, WithNAT(false))
-	ctx := testContext(t, 20*time.Second)
+	ctx := testkit.Context(t, 20*time.Second)
 	if err := snd.Connect(ctx, dst.AddrInfo()); err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +155,7 @@ func TestDirectNoReceiver(t *testing.T) {
 
 func TestDirectSendValidates(t *testing.T) {
 	snd, dst := directPair(t, &memReceiver{})
-	ctx := testContext(t, 20*time.Second)
+	ctx := testkit.Context(t, 20*time.Second)
 	for _, env := range [][]byte{nil, make([]byte, MaxFrameSize+1)} {
 		if err := snd.Sender().Send(ctx, dst.ID(), env); !errors.Is(err, ErrFrameSize) {
 			t.Fatalf("Send(%d bytes) = %v, want ErrFrameSize", len(env), err)
@@ -252,7 +168,7 @@ func TestDirectReopensAfterIdleClose(t *testing.T) {
 	// stream for the next envelope.
 	rcv := &memReceiver{}
 	snd, dst := directPair(t, rcv, WithDirectTimeouts(200*time.Millisecond, time.Second))
-	ctx := testContext(t, 20*time.Second)
+	ctx := testkit.Context(t, 20*time.Second)
 	if err := snd.Sender().Send(ctx, dst.ID(), []byte("one")); err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +202,7 @@ func TestDirectHostilePeers(t *testing.T) {
 		WithDirectTimeouts(idle, idle), WithMaxInboundStreamsPerPeer(2))
 	legit := newTestHost(t, WithNAT(false))
 	hostile := newTestHost(t, WithNAT(false))
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	for _, h := range []*Host{legit, hostile} {
 		if err := h.Connect(ctx, dst.AddrInfo()); err != nil {
 			t.Fatal(err)
@@ -397,7 +313,7 @@ func TestDirectInboundCapPerPeer(t *testing.T) {
 	dst := newTestHost(t, WithNAT(false), WithReceiver(rcv), WithMaxInboundStreamsPerPeer(2))
 	hostile := newTestHost(t, WithNAT(false))
 	legit := newTestHost(t, WithNAT(false))
-	ctx := testContext(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	for _, h := range []*Host{legit, hostile} {
 		if err := h.Connect(ctx, dst.AddrInfo()); err != nil {
 			t.Fatal(err)
@@ -417,7 +333,7 @@ func TestDirectInboundCapPerPeer(t *testing.T) {
 	}
 	open()
 	open()
-	waitFor(t, ctx, func() bool { return dst.inboundCount(hostile.ID()) == 2 })
+	testkit.WaitFor(t, ctx, func() bool { return dst.inboundCount(hostile.ID()) == 2 })
 
 	third := open()
 	third.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -434,20 +350,6 @@ func TestDirectInboundCapPerPeer(t *testing.T) {
 	// The cap is per peer: another peer is served.
 	if err := legit.Sender().Send(ctx, dst.ID(), []byte("hello")); err != nil {
 		t.Fatalf("legitimate send while hostile peer is at its cap: %v", err)
-	}
-}
-
-// waitFor polls cond until it holds or ctx ends.
-func waitFor(t testing.TB, ctx context.Context, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatal("condition never held")
-		case <-tick.C:
-		}
 	}
 }
 
@@ -478,14 +380,14 @@ func TestDirectInboundPipeline(t *testing.T) {
 				return nil
 			})
 			snd, dst := directPair(t, rcv, WithInboundPipeline(depth))
-			ctx := testContext(t, 30*time.Second)
+			ctx := testkit.Context(t, 30*time.Second)
 			const n = 12
 			errs := make([]chan error, n)
 			for i := range n {
 				errs[i] = make(chan error, 1)
 				go func() { errs[i] <- snd.Sender().Send(ctx, dst.ID(), []byte{byte(i)}) }()
 			}
-			waitFor(t, ctx, func() bool { return running.Load() == int32(depth) })
+			testkit.WaitFor(t, ctx, func() bool { return running.Load() == int32(depth) })
 			close(release)
 			for i := range n {
 				err := <-errs[i]

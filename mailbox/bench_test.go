@@ -1,23 +1,28 @@
-package node
+package mailbox
 
 import (
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 )
+
+// benchEnvelopeSize is a typical small envelope.
+const benchEnvelopeSize = 256
 
 // BenchmarkMailboxDeposit deposits one envelope at a time straight to a
 // mailbox on loopback (TCP) and reports the round trip — request, validation,
 // fsynced commit, ack — at the 50th and 99th percentiles.
 func BenchmarkMailboxDeposit(b *testing.B) {
 	m := newMailboxNode(b, mbxNodeOpts{
-		hostOpts: []Option{WithListenAddrs("/ip4/127.0.0.1/tcp/0")},
-		svcOpts:  []MailboxOption{WithMailboxRateLimit(1e9, 1<<30)},
+		hostOpts: []p2p.Option{p2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0")},
+		svcOpts:  []Option{WithRateLimit(1e9, 1<<30)},
 	})
 	_, c := newClient(b, false, m)
-	ctx := testContext(b, 10*time.Minute)
+	ctx := testkit.Context(b, 10*time.Minute)
 	now := time.Now()
 	// Envelopes are built outside the timed loop.
 	envs := make([][]byte, 0, 4096)

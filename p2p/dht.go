@@ -1,4 +1,4 @@
-package node
+package p2p
 
 import (
 	"context"
@@ -30,8 +30,8 @@ const (
 
 // Peer routing errors.
 var (
-	ErrNoBootstrap  = errors.New("node: could not connect to any bootstrap peer")
-	ErrPeerNotFound = errors.New("node: peer not found")
+	ErrNoBootstrap  = errors.New("p2p: could not connect to any bootstrap peer")
+	ErrPeerNotFound = errors.New("p2p: peer not found")
 )
 
 // Bootstrap connects to the configured bootstrap peers, then bootstraps the
@@ -70,7 +70,7 @@ func (n *Host) Bootstrap(ctx context.Context) error {
 		}
 	}
 	if err := n.dht.Bootstrap(ctx); err != nil {
-		return fmt.Errorf("node: dht bootstrap: %w", err)
+		return fmt.Errorf("p2p: dht bootstrap: %w", err)
 	}
 	// Wait for one refresh so that lookups right after Bootstrap see the
 	// network. The refresh may fail on a network of one; that is not fatal.

@@ -1,4 +1,4 @@
-package node
+package p2p
 
 import (
 	"bytes"
@@ -29,12 +29,12 @@ const (
 
 // Record errors.
 var (
-	ErrBadRecordKey   = errors.New("node: bad bundle record key")
-	ErrRecordTooLarge = errors.New("node: bundle record too large")
-	ErrNoVerifier     = errors.New("node: no bundle verifier configured")
-	ErrNoValidRecord  = errors.New("node: no valid bundle record")
-	ErrBundleNotFound = errors.New("node: bundle not found")
-	ErrStaleBundle    = errors.New("node: bundle sequence number is not above the one already published")
+	ErrBadRecordKey   = errors.New("p2p: bad bundle record key")
+	ErrRecordTooLarge = errors.New("p2p: bundle record too large")
+	ErrNoVerifier     = errors.New("p2p: no bundle verifier configured")
+	ErrNoValidRecord  = errors.New("p2p: no valid bundle record")
+	ErrBundleNotFound = errors.New("p2p: bundle not found")
+	ErrStaleBundle    = errors.New("p2p: bundle sequence number is not above the one already published")
 )
 
 // BundleVerifier checks a bundle record found under key at time now: it
@@ -92,7 +92,7 @@ func (b bundleValidator) check(key string, value []byte) (uint64, error) {
 	}
 	seq, err := b.v.Verify(key, value, b.now())
 	if err != nil {
-		return 0, fmt.Errorf("node: bundle record rejected: %w", err)
+		return 0, fmt.Errorf("p2p: bundle record rejected: %w", err)
 	}
 	return seq, nil
 }
@@ -155,7 +155,7 @@ func (n *Host) PutBundle(ctx context.Context, account, value []byte) error {
 	n.published[key] = append([]byte(nil), value...)
 	n.pubMu.Unlock()
 	if err := n.dht.PutValue(ctx, key, value); err != nil {
-		return fmt.Errorf("node: put bundle: %w", err)
+		return fmt.Errorf("p2p: put bundle: %w", err)
 	}
 	return nil
 }
@@ -202,7 +202,7 @@ func (n *Host) Republish(ctx context.Context) error {
 	var errs []error
 	for k, v := range recs {
 		if err := n.dht.PutValue(ctx, k, v); err != nil {
-			errs = append(errs, fmt.Errorf("node: republish %s: %w", k, err))
+			errs = append(errs, fmt.Errorf("p2p: republish %s: %w", k, err))
 		}
 	}
 	return errors.Join(errs...)

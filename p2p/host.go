@@ -1,17 +1,10 @@
-// Package node is Sotto's running node on the network: the libp2p host
-// (TCP and QUIC, Noise, yamux, resource and connection management, NAT
-// traversal, mDNS), the Kademlia DHT that holds prekey bundles and routes to
-// peers, and the direct delivery protocol /sotto/msg/1.0.0.
-//
-// The package knows envelopes and bundles only as opaque bytes. What checks
-// a bundle (BundleVerifier) and what durably stores an inbound envelope
-// (Receiver) are small interfaces the layers below plug in.
-package node
+package p2p
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -41,7 +34,7 @@ const (
 )
 
 // ErrClosed is returned by operations on a closed Host.
-var ErrClosed = errors.New("node: host is closed")
+var ErrClosed = errors.New("p2p: host is closed")
 
 // Host is a running Sotto node on the network. Create it with New; Close
 // stops everything it started.
@@ -113,7 +106,7 @@ func New(opts ...Option) (*Host, error) {
 	if err != nil {
 		n.cancel()
 		h.Close()
-		return nil, fmt.Errorf("node: dht: %w", err)
+		return nil, fmt.Errorf("p2p: dht: %w", err)
 	}
 
 	n.sender = newSender(n)
@@ -145,7 +138,7 @@ func newLibp2pHost(cfg *config) (host.Host, error) {
 	cm, err := connmgr.NewConnManager(cfg.connLow, cfg.connHigh, connmgr.WithGracePeriod(cfg.connGrace))
 	if err != nil {
 		rm.Close()
-		return nil, fmt.Errorf("node: connection manager: %w", err)
+		return nil, fmt.Errorf("p2p: connection manager: %w", err)
 	}
 	lopts := []libp2p.Option{
 		libp2p.Identity(cfg.identity),
@@ -172,7 +165,7 @@ func newLibp2pHost(cfg *config) (host.Host, error) {
 	h, err := libp2p.New(lopts...)
 	if err != nil {
 		// libp2p closes rm and cm when construction fails.
-		return nil, fmt.Errorf("node: libp2p host: %w", err)
+		return nil, fmt.Errorf("p2p: libp2p host: %w", err)
 	}
 	return h, nil
 }
@@ -197,7 +190,7 @@ func newResourceManager(metrics bool) (network.ResourceManager, error) {
 	}
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), opts...)
 	if err != nil {
-		return nil, fmt.Errorf("node: resource manager: %w", err)
+		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}
 	return rm, nil
 }
@@ -230,6 +223,20 @@ func (n *Host) AddrInfo() peer.AddrInfo {
 	return peer.AddrInfo{ID: n.h.ID(), Addrs: n.h.Addrs()}
 }
 
+// Context is done once the host closes; services built on the host
+// derive their own contexts from it.
+func (n *Host) Context() context.Context { return n.ctx }
+
+// Logger is the host's logger, the default of services built on it.
+func (n *Host) Logger() *slog.Logger { return n.cfg.logger }
+
+// Clock is the host's clock (WithClock), the default of services built on
+// it.
+func (n *Host) Clock() func() time.Time { return n.cfg.now }
+
+// Closed reports whether Close has been called.
+func (n *Host) Closed() bool { return n.isClosed() }
+
 // LibP2P exposes the underlying libp2p host for the services built on it
 // (mailboxes, pubsub). Its lifetime is the Host's.
 func (n *Host) LibP2P() host.Host { return n.h }
@@ -258,7 +265,7 @@ func (n *Host) Connect(ctx context.Context, p peer.AddrInfo) error {
 		return ErrClosed
 	}
 	if err := n.h.Connect(ctx, p); err != nil {
-		return fmt.Errorf("node: connect %s: %w", p.ID, err)
+		return fmt.Errorf("p2p: connect %s: %w", p.ID, err)
 	}
 	return nil
 }
@@ -288,7 +295,7 @@ func (n *Host) Close() error {
 		errs = append(errs, n.h.Close())
 		n.wg.Wait()
 		if err := errors.Join(errs...); err != nil {
-			n.closeErr = fmt.Errorf("node: close: %w", err)
+			n.closeErr = fmt.Errorf("p2p: close: %w", err)
 		}
 	})
 	return n.closeErr

@@ -1,4 +1,4 @@
-package node
+package mailbox
 
 import (
 	"bufio"
@@ -18,7 +18,10 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/p2p"
+	"github.com/sotto-im/sotto/p2p/p2ptest"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -72,10 +75,10 @@ func openMailboxDB(t testing.TB, dir string) *store.DB {
 
 // mailboxNode is a host serving the mailbox role.
 type mailboxNode struct {
-	h   *Host
-	g   *Gossip
+	h   *p2p.Host
+	g   *p2p.Gossip
 	db  *store.DB
-	svc *MailboxService
+	svc *Service
 	dir string
 
 	stored chan []byte // every newly stored envelope
@@ -91,8 +94,8 @@ func (m *mailboxNode) close() {
 }
 
 type mbxNodeOpts struct {
-	hostOpts []Option
-	svcOpts  []MailboxOption
+	hostOpts []p2p.Option
+	svcOpts  []Option
 	gossip   bool
 	dir      string
 }
@@ -100,7 +103,7 @@ type mbxNodeOpts struct {
 func newMailboxNode(t testing.TB, o mbxNodeOpts) *mailboxNode {
 	t.Helper()
 	m := &mailboxNode{stored: make(chan []byte, 1024)}
-	m.h = newTestHost(t, append([]Option{WithNAT(false), WithMetrics(false)}, o.hostOpts...)...)
+	m.h = p2ptest.NewHost(t, o.hostOpts...)
 	m.dir = o.dir
 	if m.dir == "" {
 		m.dir = filepath.Join(t.TempDir(), "mbx")
@@ -109,7 +112,7 @@ func newMailboxNode(t testing.TB, o mbxNodeOpts) *mailboxNode {
 	if o.gossip {
 		m.g = newTestGossip(t, m.h)
 	}
-	opts := append([]MailboxOption{
+	opts := append([]Option{
 		WithProvide(false, 0, 0),
 		WithOnStored(func(env []byte, _ DepositVia) {
 			select {
@@ -118,18 +121,18 @@ func newMailboxNode(t testing.TB, o mbxNodeOpts) *mailboxNode {
 			}
 		}),
 	}, o.svcOpts...)
-	svc, err := NewMailboxService(m.h, m.g, m.db, opts...)
+	svc, err := NewService(m.h, m.g, m.db, opts...)
 	if err != nil {
-		t.Fatalf("NewMailboxService: %v", err)
+		t.Fatalf("NewService: %v", err)
 	}
 	m.svc = svc
 	t.Cleanup(m.close)
 	return m
 }
 
-func newTestGossip(t testing.TB, h *Host, opts ...GossipOption) *Gossip {
+func newTestGossip(t testing.TB, h *p2p.Host) *p2p.Gossip {
 	t.Helper()
-	g, err := NewGossip(h, opts...)
+	g, err := p2p.NewGossip(h)
 	if err != nil {
 		t.Fatalf("NewGossip: %v", err)
 	}
@@ -138,10 +141,10 @@ func newTestGossip(t testing.TB, h *Host, opts ...GossipOption) *Gossip {
 }
 
 // newClient builds a client host connected to the given mailboxes.
-func newClient(t testing.TB, g bool, mbxs ...*mailboxNode) (*Host, *MailboxClient) {
+func newClient(t testing.TB, g bool, mbxs ...*mailboxNode) (*p2p.Host, *Client) {
 	t.Helper()
-	h := newTestHost(t, WithNAT(false), WithMetrics(false))
-	var gs *Gossip
+	h := p2ptest.NewHost(t)
+	var gs *p2p.Gossip
 	if g {
 		gs = newTestGossip(t, h)
 	}
@@ -149,12 +152,12 @@ func newClient(t testing.TB, g bool, mbxs ...*mailboxNode) (*Host, *MailboxClien
 	for _, m := range mbxs {
 		static = append(static, m.h.AddrInfo())
 	}
-	c, err := NewMailboxClient(h, gs, WithStaticMailboxes(static...))
+	c, err := NewClient(h, gs, WithStaticMailboxes(static...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	ctx := testContext(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	for _, m := range mbxs {
 		if err := h.Connect(ctx, m.h.AddrInfo()); err != nil {
 			t.Fatal(err)
@@ -177,7 +180,7 @@ func mbxStatsOf(t testing.TB, db *store.DB) int64 {
 }
 
 func TestMailboxDepositQueryDelete(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
+	ctx := testkit.Context(t, mbxTestTimeout)
 	m := newMailboxNode(t, mbxNodeOpts{})
 	_, c := newClient(t, false, m)
 	now := time.Now()
@@ -241,7 +244,7 @@ func TestMailboxDepositQueryDelete(t *testing.T) {
 }
 
 func TestMailboxRandomTagsFindNothing(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
+	ctx := testkit.Context(t, mbxTestTimeout)
 	m := newMailboxNode(t, mbxNodeOpts{})
 	_, c := newClient(t, false, m)
 	for range 20 {
@@ -250,7 +253,7 @@ func TestMailboxRandomTagsFindNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tags := make([]protocol.Tag, MaxMailboxQueryTags)
+	tags := make([]protocol.Tag, MaxQueryTags)
 	for i := range tags {
 		tags[i] = randTag()
 	}
@@ -261,10 +264,10 @@ func TestMailboxRandomTagsFindNothing(t *testing.T) {
 }
 
 func TestMailboxSurvivesRestart(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
-	key := newKey(t)
+	ctx := testkit.Context(t, mbxTestTimeout)
+	key := p2ptest.NewKey(t)
 	dir := filepath.Join(t.TempDir(), "mbx")
-	m := newMailboxNode(t, mbxNodeOpts{hostOpts: []Option{WithIdentity(key)}, dir: dir})
+	m := newMailboxNode(t, mbxNodeOpts{hostOpts: []p2p.Option{p2p.WithIdentity(key)}, dir: dir})
 	_, c := newClient(t, false, m)
 	tag := randTag()
 	env := testEnvelope(t, tag, randToken(), time.Now(), time.Hour, 500).Marshal()
@@ -273,7 +276,7 @@ func TestMailboxSurvivesRestart(t *testing.T) {
 	}
 	m.close()
 
-	m2 := newMailboxNode(t, mbxNodeOpts{hostOpts: []Option{WithIdentity(key)}, dir: dir})
+	m2 := newMailboxNode(t, mbxNodeOpts{hostOpts: []p2p.Option{p2p.WithIdentity(key)}, dir: dir})
 	if m2.h.ID() != m.h.ID() {
 		t.Fatal("restarted mailbox has another peer ID")
 	}
@@ -300,9 +303,9 @@ func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) 
 func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 func TestMailboxExpiredSweptAndNotServed(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
+	ctx := testkit.Context(t, mbxTestTimeout)
 	clock := newFakeClock(time.Now())
-	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []MailboxOption{WithMailboxClock(clock.Now)}})
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []Option{WithClock(clock.Now)}})
 	_, c := newClient(t, false, m)
 	tag := randTag()
 	short := testEnvelope(t, tag, randToken(), clock.Now(), time.Hour, 100).Marshal()
@@ -325,15 +328,15 @@ func TestMailboxExpiredSweptAndNotServed(t *testing.T) {
 	}
 	// An envelope that has expired by the mailbox's clock is refused.
 	err = c.DepositTo(ctx, m.h.ID(), short)
-	var me *MailboxError
-	if !errors.As(err, &me) || me.Status != MailboxRejected || me.Reason != ReasonExpired {
+	var me *Error
+	if !errors.As(err, &me) || me.Status != StatusRejected || me.Reason != ReasonExpired {
 		t.Fatalf("expired deposit = %v", err)
 	}
 }
 
 func TestMailboxTagQuota(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
-	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []MailboxOption{WithMailboxLimits(store.MailboxLimits{TagEnvelopes: 3})}})
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []Option{WithLimits(store.MailboxLimits{TagEnvelopes: 3})}})
 	_, c := newClient(t, false, m)
 	hog := randTag()
 	for i := range 3 {
@@ -342,9 +345,9 @@ func TestMailboxTagQuota(t *testing.T) {
 		}
 	}
 	err := c.DepositTo(ctx, m.h.ID(), testEnvelope(t, hog, randToken(), time.Now(), time.Hour, 100).Marshal())
-	var me *MailboxError
-	if !errors.Is(err, ErrMailboxFull) || !errors.As(err, &me) || me.Reason != ReasonTagQuota {
-		t.Fatalf("deposit over the tag quota = %v, want ErrMailboxFull (tag quota)", err)
+	var me *Error
+	if !errors.Is(err, ErrFull) || !errors.As(err, &me) || me.Reason != ReasonTagQuota {
+		t.Fatalf("deposit over the tag quota = %v, want ErrFull (tag quota)", err)
 	}
 	honest := testEnvelope(t, randTag(), randToken(), time.Now(), time.Hour, 100)
 	if n, err := c.Deposit(ctx, honest, 1); err != nil || n != 1 {
@@ -353,8 +356,8 @@ func TestMailboxTagQuota(t *testing.T) {
 }
 
 func TestMailboxTotalCapEvictsOldest(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
-	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []MailboxOption{WithMailboxLimits(store.MailboxLimits{TotalEnvelopes: 3})}})
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []Option{WithLimits(store.MailboxLimits{TotalEnvelopes: 3})}})
 	_, c := newClient(t, false, m)
 	var tags []protocol.Tag
 	var envs [][]byte
@@ -378,9 +381,9 @@ func TestMailboxTotalCapEvictsOldest(t *testing.T) {
 }
 
 // rawStream opens a mailbox stream from h to m for hand-made frames.
-func rawStream(t *testing.T, ctx context.Context, h *Host, m *mailboxNode) (io.ReadWriter, func(), func() error) {
+func rawStream(t *testing.T, ctx context.Context, h *p2p.Host, m *mailboxNode) (io.ReadWriter, func(), func() error) {
 	t.Helper()
-	s, err := h.LibP2P().NewStream(ctx, m.h.ID(), MailboxProtocol)
+	s, err := h.LibP2P().NewStream(ctx, m.h.ID(), Protocol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,8 +392,8 @@ func rawStream(t *testing.T, ctx context.Context, h *Host, m *mailboxNode) (io.R
 }
 
 func TestMailboxHostileStreams(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
-	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []MailboxOption{WithMailboxTimeouts(2*time.Second, time.Second)}})
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []Option{WithTimeouts(2*time.Second, time.Second)}})
 	h, c := newClient(t, false, m)
 	hdr := func(n uint32) []byte { return binary.BigEndian.AppendUint32(nil, n) }
 	frame := func(p []byte) []byte { return append(hdr(uint32(len(p))), p...) }
@@ -399,20 +402,20 @@ func TestMailboxHostileStreams(t *testing.T) {
 	tests := []struct {
 		name   string
 		send   []byte
-		status MailboxStatus // expected response, or 0xff for a reset without one
-		reason MailboxReason
+		status Status // expected response, or 0xff for a reset without one
+		reason Reason
 	}{
-		{"oversized length", hdr(MaxMailboxRequestSize + 1), 0xff, 0},
+		{"oversized length", hdr(MaxRequestSize + 1), 0xff, 0},
 		{"huge length", hdr(0xffffffff), 0xff, 0},
 		{"zero length", hdr(0), 0xff, 0},
-		{"unknown op", frame([]byte{0x7f, 1, 2, 3}), MailboxBadRequest, 0},
-		{"empty deposit", frame([]byte{mailboxOpDeposit}), MailboxBadRequest, 0},
-		{"garbage envelope", frame(append([]byte{mailboxOpDeposit}, "not an envelope"...)), MailboxRejected, ReasonMalformed},
-		{"truncated envelope", frame(append([]byte{mailboxOpDeposit}, valid[:len(valid)-3]...)), MailboxRejected, ReasonMalformed},
-		{"too long ttl", frame(append([]byte{mailboxOpDeposit}, testEnvelope(t, randTag(), randToken(), time.Now(), protocol.MaxTTL+2*time.Hour, 64).Marshal()...)), MailboxRejected, ReasonTTLTooLong},
-		{"query without tags", frame(appendQueryRequest(nil, nil, nil, 10)), MailboxBadRequest, 0},
-		{"query bad cursor", frame(appendQueryRequest(nil, [][32]byte{{1}}, []byte{9, 9, 9, 9, 9, 9, 9, 9, 9}, 10)), MailboxBadRequest, 0},
-		{"delete truncated", frame([]byte{mailboxOpDelete, 1, 2}), MailboxBadRequest, 0},
+		{"unknown op", frame([]byte{0x7f, 1, 2, 3}), StatusBadRequest, 0},
+		{"empty deposit", frame([]byte{opDeposit}), StatusBadRequest, 0},
+		{"garbage envelope", frame(append([]byte{opDeposit}, "not an envelope"...)), StatusRejected, ReasonMalformed},
+		{"truncated envelope", frame(append([]byte{opDeposit}, valid[:len(valid)-3]...)), StatusRejected, ReasonMalformed},
+		{"too long ttl", frame(append([]byte{opDeposit}, testEnvelope(t, randTag(), randToken(), time.Now(), protocol.MaxTTL+2*time.Hour, 64).Marshal()...)), StatusRejected, ReasonTTLTooLong},
+		{"query without tags", frame(appendQueryRequest(nil, nil, nil, 10)), StatusBadRequest, 0},
+		{"query bad cursor", frame(appendQueryRequest(nil, [][32]byte{{1}}, []byte{9, 9, 9, 9, 9, 9, 9, 9, 9}, 10)), StatusBadRequest, 0},
+		{"delete truncated", frame([]byte{opDelete, 1, 2}), StatusBadRequest, 0},
 		{"stalled frame", hdr(100), 0xff, 0},
 	}
 	for _, tt := range tests {
@@ -422,7 +425,7 @@ func TestMailboxHostileStreams(t *testing.T) {
 			if _, err := s.Write(tt.send); err != nil {
 				t.Fatal(err)
 			}
-			resp, err := readFrame(bufio.NewReader(s), MaxMailboxResponseSize)
+			resp, err := p2p.ReadFrame(bufio.NewReader(s), MaxResponseSize)
 			if tt.status == 0xff {
 				if err == nil {
 					t.Fatalf("got a response %x, want the stream reset", resp)
@@ -432,7 +435,7 @@ func TestMailboxHostileStreams(t *testing.T) {
 			if err != nil {
 				t.Fatalf("no response: %v", err)
 			}
-			if len(resp) != 2 || MailboxStatus(resp[0]) != tt.status || MailboxReason(resp[1]) != tt.reason {
+			if len(resp) != 2 || Status(resp[0]) != tt.status || Reason(resp[1]) != tt.reason {
 				t.Fatalf("response %x, want status %v reason %v", resp, tt.status, tt.reason)
 			}
 		})
@@ -447,12 +450,12 @@ func TestMailboxHostileStreams(t *testing.T) {
 	closeWrite()
 	br := bufio.NewReader(s)
 	for i, want := range []int{2, 2 + 2 + store.MailboxCursorSize + 2} {
-		resp, err := readFrame(br, MaxMailboxResponseSize)
-		if err != nil || len(resp) != want || resp[0] != byte(MailboxOK) {
+		resp, err := p2p.ReadFrame(br, MaxResponseSize)
+		if err != nil || len(resp) != want || resp[0] != byte(StatusOK) {
 			t.Fatalf("response %d: %x, %v", i, resp, err)
 		}
 	}
-	if _, err := readFrame(br, MaxMailboxResponseSize); err != io.EOF {
+	if _, err := p2p.ReadFrame(br, MaxResponseSize); err != io.EOF {
 		t.Fatalf("after the last response: %v, want EOF", err)
 	}
 	// The service is still up and honest deposits succeed.
@@ -466,9 +469,9 @@ func TestMailboxHostileStreams(t *testing.T) {
 }
 
 func TestMailboxRateLimit(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
+	ctx := testkit.Context(t, mbxTestTimeout)
 	const burst = 5
-	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []MailboxOption{WithMailboxRateLimit(0.5, burst)}})
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: []Option{WithRateLimit(0.5, burst)}})
 	_, c := newClient(t, false, m)
 	ok, throttled := 0, 0
 	for range 30 {
@@ -476,7 +479,7 @@ func TestMailboxRateLimit(t *testing.T) {
 		switch {
 		case err == nil:
 			ok++
-		case errors.Is(err, ErrMailboxThrottled):
+		case errors.Is(err, ErrThrottled):
 			throttled++
 		default:
 			t.Fatalf("deposit: %v", err)
@@ -497,9 +500,9 @@ func TestMailboxRateLimit(t *testing.T) {
 }
 
 // waitTopicPeer waits until g's topic for shard knows p as a subscriber.
-func waitTopicPeer(t *testing.T, ctx context.Context, g *Gossip, shard uint16, p peer.ID) {
+func waitTopicPeer(t *testing.T, ctx context.Context, g *p2p.Gossip, shard uint16, p peer.ID) {
 	t.Helper()
-	top, err := g.Topic(shard)
+	top, err := joinShard(g, shard, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,21 +540,21 @@ func waitStored(t *testing.T, ctx context.Context, m *mailboxNode, want []byte) 
 }
 
 func TestMailboxGossipDeposit(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
+	ctx := testkit.Context(t, mbxTestTimeout)
 	shard := uint16(7)
-	m := newMailboxNode(t, mbxNodeOpts{gossip: true, svcOpts: []MailboxOption{WithMailboxShards(shard)}})
+	m := newMailboxNode(t, mbxNodeOpts{gossip: true, svcOpts: []Option{WithShards(shard)}})
 	_, c := newClient(t, true, m)
 	waitTopicPeer(t, ctx, c.g, shard, m.h.ID())
 
 	// A hostile peer with a bare gossipsub router (no validators) floods
 	// the topic with garbage, oversized and wrong-shard envelopes.
-	bad := newTestHost(t, WithNAT(false), WithMetrics(false))
-	bps, err := pubsub.NewGossipSub(bad.ctx, bad.LibP2P(), pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign),
-		pubsub.WithNoAuthor(), pubsub.WithMessageIdFn(gossipMessageID))
+	bad := p2ptest.NewHost(t)
+	bps, err := pubsub.NewGossipSub(bad.Context(), bad.LibP2P(), pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign),
+		pubsub.WithNoAuthor(), pubsub.WithMessageIdFn(p2p.MessageID))
 	if err != nil {
 		t.Fatal(err)
 	}
-	bt, err := bps.Join(MailboxTopic(shard))
+	bt, err := bps.Join(Topic(shard))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -581,7 +584,7 @@ func TestMailboxGossipDeposit(t *testing.T) {
 	}
 
 	env := testEnvelope(t, tagInShard(shard), randToken(), time.Now(), time.Hour, 200).Marshal()
-	if err := c.g.Publish(ctx, env); err != nil {
+	if err := publish(ctx, c.g, env, time.Now); err != nil {
 		t.Fatal(err)
 	}
 	waitStored(t, ctx, m, env)
@@ -589,18 +592,18 @@ func TestMailboxGossipDeposit(t *testing.T) {
 		t.Fatalf("mailbox holds %d envelopes, want only the honest one", n)
 	}
 	// The local validator refuses to publish an invalid envelope.
-	if err := c.g.Publish(ctx, garbage[0]); !errors.Is(err, ErrMalformedEnvelope) {
+	if err := publish(ctx, c.g, garbage[0], time.Now); !errors.Is(err, p2p.ErrMalformedEnvelope) {
 		t.Fatalf("publishing garbage = %v", err)
 	}
 }
 
 func TestMailboxLiveDelivery(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
+	ctx := testkit.Context(t, mbxTestTimeout)
 	shard := uint16(3)
 	// A recipient subscribed to its shard gets a deposit at once.
-	rh := newTestHost(t, WithNAT(false), WithMetrics(false))
+	rh := p2ptest.NewHost(t)
 	rg := newTestGossip(t, rh)
-	rc, err := NewMailboxClient(rh, rg)
+	rc, err := NewClient(rh, rg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -611,7 +614,7 @@ func TestMailboxLiveDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cancel()
-	sh := newTestHost(t, WithNAT(false), WithMetrics(false))
+	sh := p2ptest.NewHost(t)
 	sg := newTestGossip(t, sh)
 	if err := sh.Connect(ctx, rh.AddrInfo()); err != nil {
 		t.Fatal(err)
@@ -627,7 +630,7 @@ func TestMailboxLiveDelivery(t *testing.T) {
 	defer tick.Stop()
 	for {
 		env := testEnvelope(t, tagInShard(shard), randToken(), time.Now(), time.Hour, 80).Marshal()
-		if err := sg.Publish(ctx, env); err != nil {
+		if err := publish(ctx, sg, env, time.Now); err != nil {
 			t.Fatal(err)
 		}
 		sent[string(env)] = true
@@ -648,13 +651,13 @@ func TestMailboxLiveDelivery(t *testing.T) {
 // the DHT; a client finds them, deposits at all three, and after one
 // closes another still serves the envelope.
 func TestMailboxDiscoveryAndRedundancy(t *testing.T) {
-	ctx := testContext(t, 2*mbxTestTimeout)
+	ctx := testkit.Context(t, 2*mbxTestTimeout)
 	shard := uint16(11)
-	boot := newTestHost(t, WithNAT(false), WithMetrics(false))
-	join := []Option{WithBootstrapPeers(boot.AddrInfo())}
+	boot := p2ptest.NewHost(t)
+	join := []p2p.Option{p2p.WithBootstrapPeers(boot.AddrInfo())}
 	var mbxs []*mailboxNode
 	for range 3 {
-		m := newMailboxNode(t, mbxNodeOpts{hostOpts: join, svcOpts: []MailboxOption{WithMailboxShards(shard)}})
+		m := newMailboxNode(t, mbxNodeOpts{hostOpts: join, svcOpts: []Option{WithShards(shard)}})
 		if err := m.h.Bootstrap(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -665,11 +668,11 @@ func TestMailboxDiscoveryAndRedundancy(t *testing.T) {
 			t.Fatalf("Provide: %v", err)
 		}
 	}
-	ch := newTestHost(t, append(join, WithNAT(false), WithMetrics(false))...)
+	ch := p2ptest.NewHost(t, join...)
 	if err := ch.Bootstrap(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c, err := NewMailboxClient(ch, nil)
+	c, err := NewClient(ch, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -679,7 +682,7 @@ func TestMailboxDiscoveryAndRedundancy(t *testing.T) {
 		if !slices.Contains(found, m.h.ID()) {
 			t.Fatalf("Mailboxes(%d) = %v, missing %s", shard, found, m.h.ID())
 		}
-		if !ch.IsProtected(m.h.ID(), MailboxProtectTag) {
+		if !ch.IsProtected(m.h.ID(), ProtectTag) {
 			t.Errorf("mailbox %s not protected", m.h.ID())
 		}
 	}
@@ -737,7 +740,7 @@ func newSealedParty(t *testing.T, now time.Time, peerID peer.ID) *sealedParty {
 // scans every byte of the mailbox's data dir for the plaintext and the
 // parties' keys.
 func TestMailboxStoresNoPlaintext(t *testing.T) {
-	ctx := testContext(t, mbxTestTimeout)
+	ctx := testkit.Context(t, mbxTestTimeout)
 	m := newMailboxNode(t, mbxNodeOpts{})
 	ah, c := newClient(t, false, m)
 	now := time.Now()
@@ -818,11 +821,11 @@ func TestMailboxStoresNoPlaintext(t *testing.T) {
 }
 
 func TestMailboxCloseLeaksNothing(t *testing.T) {
-	check := goroutineLeakCheck(t)
+	check := testkit.Goroutines(t)
 	func() {
-		ctx := testContext(t, mbxTestTimeout)
-		mk := func(opts ...Option) *Host {
-			h, err := New(append([]Option{WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false), WithNAT(false), WithMetrics(false)}, opts...)...)
+		ctx := testkit.Context(t, mbxTestTimeout)
+		mk := func() *p2p.Host {
+			h, err := p2p.New(p2p.WithIdentity(p2ptest.NewKey(t)), p2p.WithListenAddrs(p2ptest.LoopbackAddrs...), p2p.WithMDNS(false), p2p.WithNAT(false), p2p.WithMetrics(false))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -833,19 +836,19 @@ func TestMailboxCloseLeaksNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		mg, err := NewGossip(mh)
+		mg, err := p2p.NewGossip(mh)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cg, err := NewGossip(ch)
+		cg, err := p2p.NewGossip(ch)
 		if err != nil {
 			t.Fatal(err)
 		}
-		svc, err := NewMailboxService(mh, mg, db, WithProvide(true, time.Hour, time.Second))
+		svc, err := NewService(mh, mg, db, WithProvide(true, time.Hour, time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := NewMailboxClient(ch, cg, WithStaticMailboxes(mh.AddrInfo()))
+		c, err := NewClient(ch, cg, WithStaticMailboxes(mh.AddrInfo()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -858,7 +861,7 @@ func TestMailboxCloseLeaksNothing(t *testing.T) {
 			t.Fatalf("Deposit = %d, %v", n, err)
 		}
 		// A stream left open mid-request must not hold Close up.
-		s, err := ch.LibP2P().NewStream(ctx, mh.ID(), MailboxProtocol)
+		s, err := ch.LibP2P().NewStream(ctx, mh.ID(), Protocol)
 		if err != nil {
 			t.Fatal(err)
 		}

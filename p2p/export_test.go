@@ -1,10 +1,9 @@
-package node
+package p2p
 
 import (
 	"os"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
-
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )

@@ -1,4 +1,4 @@
-package node
+package p2p
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/internal/testkit"
 )
 
 func TestOptionsValidation(t *testing.T) {
@@ -92,7 +94,7 @@ func TestIdentityIsPeerID(t *testing.T) {
 func TestProtect(t *testing.T) {
 	a := newTestHost(t)
 	b := newTestHost(t)
-	ctx := testContext(t, 20*time.Second)
+	ctx := testkit.Context(t, 20*time.Second)
 	if err := a.Connect(ctx, b.AddrInfo()); err != nil {
 		t.Fatal(err)
 	}
@@ -124,8 +126,8 @@ func TestCloseIdempotentNoLeak(t *testing.T) {
 	warm := newTestHost(t)
 	warm.Close()
 
-	check := goroutineLeakCheck(t)
-	ctx := testContext(t, 60*time.Second)
+	check := testkit.Goroutines(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	rcv := &memReceiver{}
 	boot, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false),
 		WithBundleVerifier(fakeVerifier{}))
@@ -181,7 +183,7 @@ func TestCloseDuringReceive(t *testing.T) {
 	// (never an ack), and nothing is left running.
 	warm := newTestHost(t)
 	warm.Close()
-	check := goroutineLeakCheck(t)
+	check := testkit.Goroutines(t)
 
 	entered := make(chan struct{})
 	rcv := ReceiverFunc(func(ctx context.Context, _ peer.ID, _ []byte) error {
@@ -189,7 +191,7 @@ func TestCloseDuringReceive(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	})
-	ctx := testContext(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	dst, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false), WithReceiver(rcv))
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +225,7 @@ func TestMDNSStartsAndStops(t *testing.T) {
 	// for a running node) must start and close cleanly.
 	warm := newTestHost(t)
 	warm.Close()
-	check := goroutineLeakCheck(t)
+	check := testkit.Goroutines(t)
 	h, err := New(WithIdentity(newKey(t)), WithListenAddrs("/ip4/0.0.0.0/tcp/0"), WithMDNS(true))
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package node
+package p2p
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"github.com/ipfs/go-datastore/query"
 	dssync "github.com/ipfs/go-datastore/sync"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+
+	"github.com/sotto-im/sotto/internal/testkit"
 )
 
 func TestBundleKey(t *testing.T) {
@@ -128,7 +130,7 @@ func seqOf(t *testing.T, v []byte) uint64 {
 
 func TestBundleRecordAcrossHosts(t *testing.T) {
 	_, a, b, _, _ := threeHosts(t, WithNAT(false))
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	acct := []byte("alice-account-key-32-bytes-long!")
 
 	if err := a.PutBundle(ctx, acct, fakeBundle(1, "valid")); err != nil {
@@ -170,7 +172,7 @@ func TestBundleRecordAcrossHosts(t *testing.T) {
 func TestForgedRecordFromLyingHost(t *testing.T) {
 	// liar's verifier accepts anything, so it stores and serves a forged
 	// record; honest nodes must refuse it.
-	ctx := testContext(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	boot := newTestHost(t, WithNAT(false))
 	liar := newTestHost(t, WithNAT(false), WithBundleVerifier(acceptAll), WithBootstrapPeers(boot.AddrInfo()))
 	honest := newTestHost(t, WithNAT(false), WithBootstrapPeers(boot.AddrInfo()))
@@ -215,7 +217,7 @@ func TestRepublish(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx := testContext(t, 60*time.Second)
+			ctx := testkit.Context(t, 60*time.Second)
 			boot := newTestHost(t, WithNAT(false))
 			a := newTestHost(t, WithNAT(false), WithBootstrapPeers(boot.AddrInfo()), WithRepublishInterval(tt.interval))
 			if err := a.Bootstrap(ctx); err != nil {
@@ -253,7 +255,7 @@ func TestRepublish(t *testing.T) {
 			if tt.onDemand {
 				a.RepublishNow()
 			}
-			waitFor(t, ctx, holds)
+			testkit.WaitFor(t, ctx, holds)
 		})
 	}
 }
