@@ -4,14 +4,9 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"strings"
-	"unicode/utf8"
 
-	"github.com/sotto-im/sotto/keys"
 	"github.com/sotto-im/sotto/node"
-	"github.com/sotto-im/sotto/protocol"
-	"github.com/sotto-im/sotto/store"
 )
 
 // NodeBackend returns the Backend of a node, opened or running. Message
@@ -46,7 +41,7 @@ func (b *nodeBackend) Identity(ctx context.Context) (Identity, error) {
 	id := b.n.Identity()
 	out := Identity{
 		PeerID:  id.PeerID,
-		Account: b.n.Account().Fingerprint(),
+		Account: id.Fingerprint,
 		Name:    id.Name,
 		Addrs:   []string{},
 	}
@@ -61,7 +56,7 @@ func (b *nodeBackend) Invite(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", nodeError(err)
 	}
-	return inv.String(), nil
+	return inv, nil
 }
 
 func (b *nodeBackend) Contacts(ctx context.Context) ([]Contact, error) {
@@ -71,7 +66,7 @@ func (b *nodeBackend) Contacts(ctx context.Context) ([]Contact, error) {
 	}
 	out := make([]Contact, 0, len(cs))
 	for _, c := range cs {
-		out = append(out, contactFromStore(c))
+		out = append(out, contactOf(c))
 	}
 	return out, nil
 }
@@ -81,7 +76,7 @@ func (b *nodeBackend) AddContact(ctx context.Context, name, invite string) (Cont
 	if err != nil {
 		return Contact{}, nodeError(err)
 	}
-	return contactFromStore(c), nil
+	return contactOf(c), nil
 }
 
 func (b *nodeBackend) VerifyContact(ctx context.Context, name string, confirm bool) (Verification, error) {
@@ -92,7 +87,7 @@ func (b *nodeBackend) VerifyContact(ctx context.Context, name string, confirm bo
 	return Verification{
 		Contact:      v.Contact.Name,
 		SafetyNumber: v.SafetyNumber,
-		Verified:     v.Contact.Verified && v.Contact.KeyChange == nil,
+		Verified:     v.Contact.Verified && !v.Contact.KeyChanged,
 		KeyChanged:   v.KeyChanged,
 	}, nil
 }
@@ -105,9 +100,8 @@ func (b *nodeBackend) Send(ctx context.Context, contact, text string) (Message, 
 	return b.message(m, nil), nil
 }
 
-// Messages lists messages after the global cursor q.After. The store pages
-// a single conversation by its own sequence numbers, so for a filtered
-// query the global cursor is first turned into the conversation's.
+// Messages lists messages after the global cursor q.After, of one
+// conversation or of all.
 func (b *nodeBackend) Messages(ctx context.Context, q MessageQuery) ([]Message, error) {
 	limit := q.Limit
 	if limit <= 0 {
@@ -118,17 +112,7 @@ func (b *nodeBackend) Messages(ctx context.Context, q MessageQuery) ([]Message, 
 	if err != nil {
 		return nil, nodeError(err)
 	}
-	after := q.After
-	if strings.TrimSpace(q.Contact) != "" {
-		c, err := b.n.Contact(q.Contact)
-		if err != nil {
-			return nil, nodeError(err)
-		}
-		if after, err = b.convCursor(c.Account, q.After); err != nil {
-			return nil, nodeError(err)
-		}
-	}
-	ms, err := b.n.Messages(q.Contact, after, limit)
+	ms, err := b.n.Messages(q.Contact, q.After, limit)
 	if err != nil {
 		return nil, nodeError(err)
 	}
@@ -137,45 +121,6 @@ func (b *nodeBackend) Messages(ctx context.Context, q MessageQuery) ([]Message, 
 		out = append(out, b.message(m, names))
 	}
 	return out, nil
-}
-
-// convCursor returns the conversation sequence number after which the
-// conversation's messages have a global sequence number above global.
-// Both numbers grow together within a conversation (AppendMessage assigns
-// them in one step) and conversation numbers run 1, 2, 3…, so a binary
-// search over the conversation finds it.
-func (b *nodeBackend) convCursor(acct [32]byte, global uint64) (uint64, error) {
-	if global == 0 {
-		return 0, nil
-	}
-	var cursor uint64
-	err := b.n.DB().View(func(tx *store.Tx) error {
-		last, err := tx.LastSeq(&acct)
-		if err != nil {
-			return err
-		}
-		// Invariant: messages 1..lo have GlobalSeq <= global, messages
-		// hi+1..last have GlobalSeq > global.
-		lo, hi := uint64(0), last
-		for lo < hi {
-			mid := lo + (hi-lo+1)/2
-			page, err := tx.ListMessages(&acct, mid-1, 1)
-			if err != nil {
-				return err
-			}
-			if len(page) == 0 || page[0].Seq != mid {
-				return fmt.Errorf("%w: conversation has no message %d", store.ErrCorrupt, mid)
-			}
-			if page[0].GlobalSeq <= global {
-				lo = mid
-			} else {
-				hi = mid - 1
-			}
-		}
-		cursor = lo
-		return nil
-	})
-	return cursor, err
 }
 
 // Subscribe converts the node's events. A node event for a message that
@@ -214,7 +159,7 @@ func (b *nodeBackend) event(ev node.Event) (Event, bool) {
 		}
 		m := b.message(*ev.Message, nil)
 		t := EventMessage
-		if ev.Type == node.EventState && ev.Message.State != store.StateQueued {
+		if ev.Type == node.EventState && ev.Message.State != node.StateQueued {
 			t = EventState
 		}
 		return Event{Type: t, Message: &m}, true
@@ -222,7 +167,7 @@ func (b *nodeBackend) event(ev node.Event) (Event, bool) {
 		if ev.Contact == nil {
 			return Event{}, false
 		}
-		c := contactFromStore(*ev.Contact)
+		c := contactOf(*ev.Contact)
 		t := EventContactRequest
 		if ev.Type == node.EventKeyChange {
 			t = EventKeyChange
@@ -252,10 +197,10 @@ func (b *nodeBackend) names() (map[[32]byte]string, error) {
 	return names, nil
 }
 
-// message converts a stored message. The contact's name comes from names
-// when given, else from the store; a message of an account that is no
-// longer a contact shows the account's fingerprint.
-func (b *nodeBackend) message(m store.Message, names map[[32]byte]string) Message {
+// message converts a message. The contact's name comes from names when
+// given, else from the node; a message of an account that is no longer a
+// contact shows the account's fingerprint.
+func (b *nodeBackend) message(m node.Message, names map[[32]byte]string) Message {
 	name, ok := names[m.Contact]
 	if names == nil {
 		if c, err := b.n.ContactByAccount(m.Contact); err == nil {
@@ -263,68 +208,56 @@ func (b *nodeBackend) message(m store.Message, names map[[32]byte]string) Messag
 		}
 	}
 	if !ok {
-		name = keys.AccountPublic(m.Contact).Fingerprint()
+		name = node.Fingerprint(m.Contact)
 	}
 	out := Message{
 		ID:      hex.EncodeToString(m.ID[:]),
 		Contact: name,
-		Text:    messageText(m),
+		Text:    m.Text(),
 		SentAt:  m.SentAt.UTC(),
 		Seq:     m.GlobalSeq,
 	}
 	switch m.Direction {
-	case store.Outgoing:
+	case node.Outgoing:
 		out.Direction = DirectionOut
-		out.State = stateFromStore(m.State)
+		out.State = stateOf(m.State)
 		out.StoredAt = m.StoredAt
 	default:
 		out.Direction = DirectionIn
 		switch m.Via {
-		case store.ViaDirect:
+		case node.ViaDirect:
 			out.Via = ViaDirect
-		case store.ViaMailbox:
+		case node.ViaMailbox:
 			out.Via = ViaMailbox
 		}
 	}
 	return out
 }
 
-// messageText is the text of a message; content this version cannot show
-// is described instead.
-func messageText(m store.Message) string {
-	if protocol.ContentType(m.Type) != protocol.ContentText {
-		return fmt.Sprintf("[content of type %d, which this version of sotto cannot show]", m.Type)
-	}
-	if !utf8.Valid(m.Body) {
-		return strings.ToValidUTF8(string(m.Body), "\uFFFD")
-	}
-	return string(m.Body)
-}
-
-func stateFromStore(s store.MessageState) State {
+func stateOf(s node.MessageState) State {
 	switch s {
-	case store.StateQueued:
+	case node.StateQueued:
 		return StateQueued
-	case store.StateSent:
+	case node.StateSent:
 		return StateSent
-	case store.StateStored:
+	case node.StateStored:
 		return StateStored
-	case store.StateDelivered:
+	case node.StateDelivered:
 		return StateDelivered
-	case store.StateFailed:
+	case node.StateFailed:
 		return StateFailed
 	}
 	return State(s.String())
 }
 
-func contactFromStore(c store.Contact) Contact {
+func contactOf(c node.Contact) Contact {
 	return Contact{
 		Name:       c.Name,
-		Account:    keys.AccountPublic(c.Account).Fingerprint(),
+		Account:    c.Fingerprint,
 		PeerID:     c.PeerID,
 		Verified:   c.Verified,
-		KeyChanged: c.KeyChange != nil,
-		Request:    c.IsRequest,
+		KeyChanged: c.KeyChanged,
+		Request:    c.Request,
 	}
 }
 
@@ -347,13 +280,13 @@ func nodeError(err error) error {
 		errors.Is(err, node.ErrInviteVersion), errors.Is(err, node.ErrSelfInvite),
 		strings.HasPrefix(err.Error(), "node: the invite"):
 		return BadInvite(userText(err))
-	case errors.Is(err, store.ErrDuplicate), errors.Is(err, store.ErrNameTaken),
+	case errors.Is(err, node.ErrDuplicate), errors.Is(err, node.ErrNameTaken),
 		strings.HasPrefix(err.Error(), "node: this invite's device belongs to"):
 		return &Error{Code: CodeContactExists, Message: userText(err)}
 	case errors.Is(err, node.ErrKeyChangePending):
 		return &Error{Code: CodeKeyChanged, Message: userText(err)}
-	case errors.Is(err, store.ErrInvalidName), errors.Is(err, node.ErrEmptyMessage),
-		errors.Is(err, node.ErrMessageTooLarge), errors.Is(err, store.ErrTooLarge),
+	case errors.Is(err, node.ErrInvalidName), errors.Is(err, node.ErrEmptyMessage),
+		errors.Is(err, node.ErrMessageTooLarge), errors.Is(err, node.ErrTooLarge),
 		strings.HasPrefix(err.Error(), "node: the message"):
 		return BadRequest("%s", userText(err))
 	case errors.Is(err, node.ErrLocked), errors.Is(err, node.ErrNotRunning):

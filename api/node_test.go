@@ -36,7 +36,7 @@ func inviteOf(t *testing.T, n *node.Node) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return inv.String()
+	return inv
 }
 
 func wantCode(t *testing.T, err error, code string) {
@@ -57,7 +57,7 @@ func TestNodeBackendIdentityAndContacts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id.Name != "alice" || id.PeerID != alice.Identity().PeerID || id.Account != alice.Account().Fingerprint() {
+	if id.Name != "alice" || id.PeerID != alice.Identity().PeerID || id.Account != alice.Identity().Fingerprint {
 		t.Errorf("Identity = %+v", id)
 	}
 	inv, err := b.Invite(ctx)
@@ -73,7 +73,7 @@ func TestNodeBackendIdentityAndContacts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := api.Contact{Name: "bob", Account: bob.Account().Fingerprint(), PeerID: bob.Identity().PeerID}
+	want := api.Contact{Name: "bob", Account: bob.Identity().Fingerprint, PeerID: bob.Identity().PeerID}
 	if c != want {
 		t.Errorf("AddContact = %+v, want %+v", c, want)
 	}
@@ -242,7 +242,7 @@ func TestNodeBackendVerify(t *testing.T) {
 	if _, err := b.AddContact(ctx, "bob", inviteOf(t, bob)); err != nil {
 		t.Fatal(err)
 	}
-	want := keys.SafetyNumber(alice.Account(), bob.Account())
+	want := keys.SafetyNumber(keys.AccountPublic(alice.Identity().Account), keys.AccountPublic(bob.Identity().Account))
 	v, err := b.VerifyContact(ctx, "bob", false)
 	if err != nil || v != (api.Verification{Contact: "bob", SafetyNumber: want}) {
 		t.Fatalf("VerifyContact = %+v, %v; want number %s, not verified", v, err, want)

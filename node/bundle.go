@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -228,25 +229,47 @@ func (n *Node) kickPublish() {
 }
 
 // publishBundle puts the current bundle into the DHT (the host republishes
-// it on its own schedule afterwards) and reports whether that worked.
-func (n *Node) publishBundle(ctx context.Context) bool {
+// it on its own schedule afterwards) and reports why that failed.
+func (n *Node) publishBundle(ctx context.Context) error {
 	h := n.Host()
 	if h == nil {
-		return true // closing: nothing to retry
+		return nil // closing: nothing to retry
 	}
 	b, err := n.currentBundle(n.now())
 	if err != nil {
 		n.cfg.Logger.Error("prekey bundle", "err", err)
-		return false
+		return err
 	}
-	acct := n.Account()
+	acct := n.account()
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := h.PutBundle(pctx, acct[:], b); err != nil && !errors.Is(err, p2p.ErrStaleBundle) {
 		n.cfg.Logger.Info("bundle not published to the DHT yet (it is still served directly)", "err", err)
-		return false
+		return err
 	}
-	return true
+	return nil
+}
+
+// publication is how the bundle's publication went, for Status.
+type publication struct {
+	mu  sync.Mutex
+	at  time.Time // the last publication that worked
+	err error     // why the last attempt failed; nil if it worked
+}
+
+func (p *publication) record(at time.Time, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil {
+		p.at = at
+	}
+	p.err = err
+}
+
+func (p *publication) get() (time.Time, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.at, p.err
 }
 
 // Retries of a bundle publication that failed (no DHT peers yet, say):
@@ -262,10 +285,9 @@ const (
 func (n *Node) publishLoop() {
 	retry := minPublishRetry
 	n.kickLoop(n.publishKick, func() (time.Duration, bool) {
-		ok := n.publishBundle(n.ctx)
-		n.bundlePublished.Store(ok)
-		n.publishAttempts.Add(1)
-		if ok {
+		err := n.publishBundle(n.ctx)
+		n.published.record(n.now(), err)
+		if err == nil {
 			retry = minPublishRetry
 			return 0, false
 		}

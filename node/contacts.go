@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -18,17 +19,17 @@ var ErrSelfInvite = errors.New("node: that is your own invite; ask your contact 
 // account that is already a contact fails with store.ErrDuplicate; adding
 // one that wrote first (a message request) turns the request into a
 // contact with the given name.
-func (n *Node) AddContact(name, invite string) (store.Contact, error) {
+func (n *Node) AddContact(name, invite string) (Contact, error) {
 	inv, err := ParseInvite(invite)
 	if err != nil {
-		return store.Contact{}, err
+		return Contact{}, err
 	}
-	if inv.Account() == n.Account() {
-		return store.Contact{}, ErrSelfInvite
+	if inv.Account() == n.account() {
+		return Contact{}, ErrSelfInvite
 	}
 	pid, err := inv.PeerID()
 	if err != nil {
-		return store.Contact{}, err
+		return Contact{}, err
 	}
 	var addrs []string
 	for _, a := range inv.Addrs {
@@ -71,7 +72,7 @@ func (n *Node) AddContact(name, invite string) (store.Contact, error) {
 		return tx.AddContact(out)
 	})
 	if err != nil {
-		return store.Contact{}, err
+		return Contact{}, err
 	}
 	if h := n.Host(); h != nil {
 		h.Protect(pid, "contact")
@@ -79,52 +80,54 @@ func (n *Node) AddContact(name, invite string) (store.Contact, error) {
 		h.ClearBackoff(pid)
 	}
 	n.kickOutbox()
-	return out, nil
+	return contactOf(out), nil
 }
 
-// Contacts lists the contacts, sorted by name.
-func (n *Node) Contacts() ([]store.Contact, error) {
-	var out []store.Contact
+// Contacts lists the contacts and message requests, sorted by name.
+func (n *Node) Contacts() ([]Contact, error) {
+	var out []Contact
 	err := n.db.View(func(tx *store.Tx) error {
-		var err error
-		out, err = tx.ListContacts()
+		cs, err := tx.ListContacts()
+		for _, c := range cs {
+			out = append(out, contactOf(c))
+		}
 		return err
 	})
 	return out, err
 }
 
 // Contact finds a contact by name.
-func (n *Node) Contact(name string) (store.Contact, error) {
+func (n *Node) Contact(name string) (Contact, error) {
 	var c store.Contact
 	err := n.db.View(func(tx *store.Tx) error {
 		var err error
 		c, err = contactByName(tx, name)
 		return err
 	})
-	return c, err
+	return contactOf(c), err
 }
 
 // ContactByAccount finds a contact by account key.
-func (n *Node) ContactByAccount(acct [32]byte) (store.Contact, error) {
+func (n *Node) ContactByAccount(acct [32]byte) (Contact, error) {
 	var c store.Contact
 	err := n.db.View(func(tx *store.Tx) error {
 		var err error
 		c, err = tx.GetContact(acct)
 		return err
 	})
-	return c, err
+	return contactOf(c), err
 }
 
 // Verification is what the user compares with a contact.
 type Verification struct {
-	Contact      store.Contact
+	Contact      Contact
 	SafetyNumber string // of the current key, or of the pending new key
 	KeyChanged   bool
 }
 
 // SafetyNumber returns the safety number of this account and acct.
 func (n *Node) SafetyNumber(acct [32]byte) string {
-	return keys.SafetyNumber(n.Account(), keys.AccountPublic(acct))
+	return keys.SafetyNumber(n.account(), keys.AccountPublic(acct))
 }
 
 // VerifyContact shows the safety number to compare with the contact named
@@ -142,9 +145,9 @@ func (n *Node) VerifyContact(name string, confirm bool) (Verification, error) {
 			acct = c.KeyChange.Account
 			v.KeyChanged = true
 		}
-		v.SafetyNumber = keys.SafetyNumber(n.Account(), keys.AccountPublic(acct))
+		v.SafetyNumber = keys.SafetyNumber(n.account(), keys.AccountPublic(acct))
 		if !confirm {
-			v.Contact = c
+			v.Contact = contactOf(c)
 			return nil
 		}
 		if c.KeyChange != nil {
@@ -157,7 +160,7 @@ func (n *Node) VerifyContact(name string, confirm bool) (Verification, error) {
 		if err := tx.PutContact(c); err != nil {
 			return err
 		}
-		v.Contact = c
+		v.Contact = contactOf(c)
 		return nil
 	})
 	if err == nil && confirm {
@@ -260,9 +263,11 @@ func (n *Node) moveOutbox(tx *store.Tx, oldAcct, newAcct [32]byte, requeue bool)
 }
 
 // Messages lists messages in conversation order: of the contact named
-// name (all conversations when name is empty), after the cursor, at most
-// limit (0: the store's default).
-func (n *Node) Messages(name string, after uint64, limit int) ([]store.Message, error) {
+// name (all conversations when name is empty), at most limit (0: the
+// store's default), those after the cursor after. The cursor is a
+// GlobalSeq, the same whether or not the list is filtered by contact, so
+// that one cursor serves a listing and the event stream alike.
+func (n *Node) Messages(name string, after uint64, limit int) ([]Message, error) {
 	var out []store.Message
 	err := n.db.View(func(tx *store.Tx) error {
 		var filter *[32]byte
@@ -272,12 +277,50 @@ func (n *Node) Messages(name string, after uint64, limit int) ([]store.Message, 
 				return err
 			}
 			filter = &c.Account
+			// The store pages a conversation by its own numbers.
+			if after, err = convCursor(tx, c.Account, after); err != nil {
+				return err
+			}
 		}
 		var err error
 		out, err = tx.ListMessages(filter, after, limit)
 		return err
 	})
-	return out, err
+	return messagesOf(out), err
+}
+
+// convCursor returns the conversation sequence number after which the
+// conversation's messages have a global sequence number above global.
+// Both numbers grow together within a conversation (AppendMessage assigns
+// them in one step) and conversation numbers run 1, 2, 3…, so a binary
+// search over the conversation finds it.
+func convCursor(tx *store.Tx, acct [32]byte, global uint64) (uint64, error) {
+	if global == 0 {
+		return 0, nil
+	}
+	last, err := tx.LastSeq(&acct)
+	if err != nil {
+		return 0, err
+	}
+	// Invariant: messages 1..lo have GlobalSeq <= global, messages
+	// hi+1..last have GlobalSeq > global.
+	lo, hi := uint64(0), last
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		page, err := tx.ListMessages(&acct, mid-1, 1)
+		if err != nil {
+			return 0, err
+		}
+		if len(page) == 0 || page[0].Seq != mid {
+			return 0, fmt.Errorf("%w: conversation has no message %d", store.ErrCorrupt, mid)
+		}
+		if page[0].GlobalSeq <= global {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo, nil
 }
 
 // Status is a snapshot of the node.
@@ -288,6 +331,13 @@ type Status struct {
 	OutboxPending  int
 	Running        bool
 	Mailbox        *MailboxHeld // set when the node serves as a mailbox
+	// BundlePublished is when this node's prekey bundle last went into
+	// the DHT (zero: not since the node started); BundleError says why
+	// the last attempt failed, empty when it worked. Without a published
+	// bundle, a stranger with the invite can still write first, over a
+	// direct connection.
+	BundlePublished time.Time
+	BundleError     string
 }
 
 // MailboxHeld is what a mailbox node holds for others.
@@ -299,6 +349,11 @@ type MailboxHeld struct {
 // Status reports the node's state.
 func (n *Node) Status() (Status, error) {
 	st := Status{PeerID: n.ident.PeerID, Mailbox: n.mailboxHeld()}
+	at, perr := n.published.get()
+	st.BundlePublished = at
+	if perr != nil {
+		st.BundleError = perr.Error()
+	}
 	for _, a := range n.Addrs() {
 		st.Addrs = append(st.Addrs, a.String())
 	}

@@ -46,7 +46,7 @@ func sendCrashMessages(ctx context.Context, n *Node, name string) <-chan error {
 
 // checkAllInOrder fails unless in holds exactly the crash test's messages,
 // once each, in send order.
-func checkAllInOrder(t *testing.T, in []store.Message) {
+func checkAllInOrder(t *testing.T, in []Message) {
 	t.Helper()
 	if len(in) != crashMessages {
 		t.Errorf("recipient holds %d incoming messages, want exactly %d", len(in), crashMessages)
@@ -62,17 +62,17 @@ func checkAllInOrder(t *testing.T, in []store.Message) {
 // delivered (the recipient acked it after its commit) is among the
 // recipient's incoming messages, and every message the recipient stored
 // before is still there.
-func checkAcked(t *testing.T, sender []store.Message, before, after []store.Message) {
+func checkAcked(t *testing.T, sender []Message, before, after []Message) {
 	t.Helper()
 	have := map[[16]byte]string{}
 	for _, m := range after {
-		if m.Direction == store.Incoming {
+		if m.Direction == Incoming {
 			have[m.ID] = string(m.Body)
 		}
 	}
 	acked := 0
 	for _, m := range sender {
-		if m.Direction != store.Outgoing || (m.State != store.StateSent && m.State != store.StateDelivered) {
+		if m.Direction != Outgoing || (m.State != StateSent && m.State != StateDelivered) {
 			continue
 		}
 		acked++
@@ -81,7 +81,7 @@ func checkAcked(t *testing.T, sender []store.Message, before, after []store.Mess
 		}
 	}
 	for _, m := range before {
-		if m.Direction != store.Incoming {
+		if m.Direction != Incoming {
 			continue
 		}
 		if body, ok := have[m.ID]; !ok || body != string(m.Body) {
@@ -199,10 +199,10 @@ func testRecipientClosedMidStream(t *testing.T, burst bool) {
 }
 
 // received keeps the incoming messages.
-func received(ms []store.Message) []store.Message {
-	var out []store.Message
+func received(ms []Message) []Message {
+	var out []Message
 	for _, m := range ms {
-		if m.Direction == store.Incoming {
+		if m.Direction == Incoming {
 			out = append(out, m)
 		}
 	}
@@ -245,7 +245,7 @@ func TestCrashChild(t *testing.T) {
 	if err := n.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	inv, err := n.Invite()
+	inv, err := n.invite()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +369,7 @@ func TestRecipientSIGKILL(t *testing.T) {
 	ctx := testkit.Context(t, 150*time.Second)
 
 	// Bob knows Alice before his node first runs.
-	aliceInv, err := alice.Invite()
+	aliceInv, err := alice.invite()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +491,7 @@ func TestKeyChangeBlocksSending(t *testing.T) {
 	// The old identity never reached the DHT: Alice knows it from its
 	// invite (with addresses) only.
 	oldBob := tn.start(oldDir, func(c *Config) { c.Bootstrap = nil })
-	inv, err := oldBob.Invite()
+	inv, err := oldBob.invite()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -523,12 +523,8 @@ func TestKeyChangeBlocksSending(t *testing.T) {
 	}
 	var flagged store.Contact
 	testkit.WaitFor(t, ctx, func() bool {
-		c, err := alice.Contact("bob")
-		if err != nil {
-			t.Fatal(err)
-		}
-		flagged = c
-		return c.KeyChange != nil
+		flagged = storedContact(t, alice, "bob")
+		return flagged.KeyChange != nil
 	})
 	if flagged.Account != oldAcct || flagged.KeyChange.Account != newAcct {
 		t.Fatalf("flagged contact: account %x, pending %x; want %x, %x",
@@ -575,7 +571,7 @@ func TestKeyChangeBlocksSending(t *testing.T) {
 	if cs, err := newBob.Contacts(); err != nil || len(cs) != 0 {
 		t.Fatalf("the new key has contacts %v (%v): a message request got through", cs, err)
 	}
-	if m := allMessages(t, alice, "bob"); len(m) != 1 || m[0].State != store.StateQueued {
+	if m := allMessages(t, alice, "bob"); len(m) != 1 || m[0].State != StateQueued {
 		t.Fatalf("Alice's conversation: %+v, want the one queued message", m)
 	}
 
@@ -584,14 +580,14 @@ func TestKeyChangeBlocksSending(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := keys.SafetyNumber(alice.Account(), keys.AccountPublic(newAcct))
+	want := keys.SafetyNumber(alice.account(), keys.AccountPublic(newAcct))
 	if !v.KeyChanged || v.SafetyNumber != want || v.SafetyNumber == oldNumber.SafetyNumber {
 		t.Fatalf("VerifyContact = changed %v, %q; want changed, %q (old %q)", v.KeyChanged, v.SafetyNumber, want, oldNumber.SafetyNumber)
 	}
 	if bobs := newBob.SafetyNumber(alice.ident.Account); bobs != v.SafetyNumber {
 		t.Fatalf("the new Bob computes %q, Alice %q", bobs, v.SafetyNumber)
 	}
-	if c, _ := alice.Contact("bob"); c.KeyChange == nil {
+	if c, _ := alice.Contact("bob"); !c.KeyChanged {
 		t.Fatal("looking at the safety number accepted the change")
 	}
 
@@ -600,10 +596,10 @@ func TestKeyChangeBlocksSending(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.Contact.Account != newAcct || v.Contact.KeyChange != nil || !v.Contact.Verified {
+	if v.Contact.Account != newAcct || v.Contact.KeyChanged || !v.Contact.Verified {
 		t.Fatalf("after accepting: %+v", v.Contact)
 	}
-	aliceInv, err := alice.Invite()
+	aliceInv, err := alice.invite()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -626,7 +622,7 @@ func TestKeyChangeBlocksSending(t *testing.T) {
 	check()
 }
 
-func bodies(ms []store.Message) []string {
+func bodies(ms []Message) []string {
 	var out []string
 	for _, m := range ms {
 		out = append(out, string(m.Body))

@@ -3,8 +3,6 @@ package node
 import (
 	"context"
 	"sync"
-
-	"github.com/sotto-im/sotto/store"
 )
 
 // EventType says what an Event reports.
@@ -37,8 +35,8 @@ type SyncProgress struct {
 // after the change they report has been committed.
 type Event struct {
 	Type    EventType
-	Message *store.Message
-	Contact *store.Contact
+	Message *Message
+	Contact *Contact
 	Sync    *SyncProgress
 }
 

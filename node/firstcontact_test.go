@@ -100,7 +100,7 @@ func TestFirstContactLateInitial(t *testing.T) {
 		if to == w {
 			id = lFrom
 		}
-		if err := to.Ingest(ctx, id, env, store.ViaMailbox); err != nil {
+		if err := to.Ingest(ctx, id, env, ViaMailbox); err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
@@ -161,7 +161,7 @@ func TestFirstContactInterleavings(t *testing.T) {
 					env := s.pending[k]
 					s.pending = slices.Delete(s.pending, k, k+1)
 					t.Logf("deliver %d's envelope %d of %d", i, k, len(s.pending)+1)
-					if err := s.to.Ingest(ctx, s.n.Host().ID(), env, store.ViaMailbox); err != nil {
+					if err := s.to.Ingest(ctx, s.n.Host().ID(), env, ViaMailbox); err != nil {
 						t.Fatalf("envelope from %s: %v", s.n.cfg.DataDir, err)
 					}
 					return
@@ -231,7 +231,7 @@ func TestFirstMessageConsumesPrekeys(t *testing.T) {
 	before, offered := ids(), bundle()
 	initiate(t, ctx, alice, bob.ident.Account)
 	env := sealFor(t, alice, bob.ident.Account, "hello")[0]
-	if err := bob.Ingest(ctx, alice.Host().ID(), env, store.ViaDirect); err != nil {
+	if err := bob.Ingest(ctx, alice.Host().ID(), env, ViaDirect); err != nil {
 		t.Fatal(err)
 	}
 	after := ids()
@@ -359,14 +359,21 @@ func TestBundlePublishRetried(t *testing.T) {
 	tn := newTestNet(t)
 	alice := tn.start(tn.initNode("alice"), func(c *Config) { c.Bootstrap = nil })
 	acct := alice.ident.Account
-	testkit.WaitFor(t, ctx, func() bool { return alice.publishAttempts.Load() > 0 })
-	if alice.bundlePublished.Load() {
+	status := func() Status {
+		st, err := alice.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	testkit.WaitFor(t, ctx, func() bool { return status().BundleError != "" })
+	if !status().BundlePublished.IsZero() {
 		t.Fatal("the bundle was published with no DHT peer")
 	}
 	if err := alice.Host().LibP2P().Connect(ctx, tn.boot.AddrInfo()); err != nil {
 		t.Fatal(err)
 	}
-	testkit.WaitFor(t, ctx, alice.bundlePublished.Load)
+	testkit.WaitFor(t, ctx, func() bool { st := status(); return !st.BundlePublished.IsZero() && st.BundleError == "" })
 	// The DHT peer holds it: with Alice gone, it still answers.
 	alice.Close()
 	if _, err := tn.boot.GetBundle(ctx, acct[:]); err != nil {

@@ -48,7 +48,7 @@ func nodePair(b *testing.B) (alice, bob *Node) {
 		from, to *Node
 		name     string
 	}{{alice, bob, "bob"}, {bob, alice, "alice"}} {
-		inv, err := p.to.Invite()
+		inv, err := p.to.invite()
 		if err != nil {
 			b.Fatal(err)
 		}

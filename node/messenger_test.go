@@ -84,7 +84,7 @@ func befriend(t *testing.T, a *Node, aName string, b *Node, bName string) {
 		from, to *Node
 		name     string
 	}{{a, b, bName}, {b, a, aName}} {
-		inv, err := p.to.Invite()
+		inv, err := p.to.invite()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -97,9 +97,9 @@ func befriend(t *testing.T, a *Node, aName string, b *Node, bName string) {
 
 // waitMessages waits until n holds want messages from/to contact name that
 // satisfy ok, and returns them.
-func waitMessages(t *testing.T, ctx context.Context, n *Node, name string, want int, ok func(store.Message) bool) []store.Message {
+func waitMessages(t *testing.T, ctx context.Context, n *Node, name string, want int, ok func(Message) bool) []Message {
 	t.Helper()
-	var got []store.Message
+	var got []Message
 	testkit.WaitFor(t, ctx, func() bool {
 		got = messagesWhere(t, n, name, ok)
 		return len(got) >= want
@@ -107,11 +107,39 @@ func waitMessages(t *testing.T, ctx context.Context, n *Node, name string, want 
 	return got
 }
 
+// storedContact is the store's record of the contact called name.
+func storedContact(t testing.TB, n *Node, name string) store.Contact {
+	t.Helper()
+	var c store.Contact
+	if err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		c, err = contactByName(tx, name)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// storedMessage is the store's record of message id.
+func storedMessage(t testing.TB, n *Node, id [16]byte) store.Message {
+	t.Helper()
+	var m store.Message
+	if err := n.db.View(func(tx *store.Tx) error {
+		var err error
+		m, err = tx.GetMessage(id)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // allMessages lists every message of the conversation with name (of all
 // conversations when name is empty), page after page.
-func allMessages(t testing.TB, n *Node, name string) []store.Message {
+func allMessages(t testing.TB, n *Node, name string) []Message {
 	t.Helper()
-	var out []store.Message
+	var out []Message
 	var after uint64
 	for {
 		page, err := n.Messages(name, after, 1000)
@@ -122,14 +150,14 @@ func allMessages(t testing.TB, n *Node, name string) []store.Message {
 		if len(page) < 1000 {
 			return out
 		}
-		after = page[len(page)-1].Seq
+		after = page[len(page)-1].GlobalSeq
 	}
 }
 
 // messagesWhere is allMessages restricted to the messages ok accepts.
-func messagesWhere(t testing.TB, n *Node, name string, ok func(store.Message) bool) []store.Message {
+func messagesWhere(t testing.TB, n *Node, name string, ok func(Message) bool) []Message {
 	t.Helper()
-	var out []store.Message
+	var out []Message
 	for _, m := range allMessages(t, n, name) {
 		if ok(m) {
 			out = append(out, m)
@@ -138,9 +166,9 @@ func messagesWhere(t testing.TB, n *Node, name string, ok func(store.Message) bo
 	return out
 }
 
-func incoming(m store.Message) bool { return m.Direction == store.Incoming }
-func delivered(m store.Message) bool {
-	return m.Direction == store.Outgoing && m.State == store.StateDelivered
+func incoming(m Message) bool { return m.Direction == Incoming }
+func delivered(m Message) bool {
+	return m.Direction == Outgoing && m.State == StateDelivered
 }
 
 func TestMessengerDiscoveryAndExchange(t *testing.T) {
@@ -168,7 +196,7 @@ func TestMessengerDiscoveryAndExchange(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := waitMessages(t, ctx, bob, "alice", 1, incoming)
-	if string(got[0].Body) != "hello bob" || got[0].Via != store.ViaDirect {
+	if string(got[0].Body) != "hello bob" || got[0].Via != ViaDirect {
 		t.Fatalf("bob got %+v", got[0])
 	}
 	if _, err := bob.Send(ctx, "alice", "hi alice"); err != nil {

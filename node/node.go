@@ -69,8 +69,24 @@ var (
 	ErrUnknownContact     = errors.New("node: unknown contact")
 	ErrKeyChangePending   = errors.New("node: this contact's identity key changed; compare safety numbers and accept the new key before sending")
 	ErrNotRunning         = errors.New("node: the node is not running")
+	ErrNotSealed          = errors.New("node: the message is not sealed yet: it waits for a session with the contact")
 	ErrEmptyMessage       = errors.New("node: the message is empty")
 	ErrMessageTooLarge    = fmt.Errorf("node: the message is longer than %d bytes; split it", protocol.MaxBodySize)
+)
+
+// Conditions the store reports that callers of the node branch on; they
+// are the store's errors, so errors.Is matches either name.
+var (
+	// ErrDuplicate: the account is already a contact.
+	ErrDuplicate = store.ErrDuplicate
+	// ErrNameTaken: another contact has that name.
+	ErrNameTaken = store.ErrNameTaken
+	// ErrInvalidName: the name is empty, too long or has control characters.
+	ErrInvalidName = store.ErrInvalidName
+	// ErrTooLarge: a value exceeds what the store keeps.
+	ErrTooLarge = store.ErrTooLarge
+	// ErrInUse: another process holds the data directory.
+	ErrInUse = store.ErrInUse
 )
 
 // Config configures a Node. The zero value (with DataDir set) opens the
@@ -171,13 +187,11 @@ type Node struct {
 	releaseKick chan struct{}
 	// publishKick has the bundle published again (kickPublish).
 	publishKick chan struct{}
-	// bundlePublished: the last publication of the bundle worked, of
-	// publishAttempts so far.
-	bundlePublished atomic.Bool
-	publishAttempts atomic.Int64
-	ob              outboxState
-	mbx             mailboxes
-	sessions        sessionCache
+	// published: how the bundle's publication went.
+	published publication
+	ob        outboxState
+	mbx       mailboxes
+	sessions  sessionCache
 }
 
 // Init creates a new identity in dir: account key, device (host) key,
@@ -335,14 +349,16 @@ func Open(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// Identity is the node's own identity record.
-func (n *Node) Identity() store.Identity { return n.ident }
+// Identity is this device's identity.
+func (n *Node) Identity() Identity {
+	return Identity{
+		Name: n.ident.Name, Account: n.ident.Account, Fingerprint: Fingerprint(n.ident.Account),
+		PeerID: n.ident.PeerID, Created: n.ident.Created,
+	}
+}
 
-// Account is the node's account public key.
-func (n *Node) Account() keys.AccountPublic { return keys.AccountPublic(n.ident.Account) }
-
-// DB is the node's store.
-func (n *Node) DB() *store.DB { return n.db }
+// account is the node's account public key.
+func (n *Node) account() keys.AccountPublic { return keys.AccountPublic(n.ident.Account) }
 
 // Host is the running network host, nil before Start.
 func (n *Node) Host() *p2p.Host {
@@ -514,8 +530,17 @@ func (n *Node) saveAddrs() {
 	n.db.Update(func(tx *store.Tx) error { return tx.PutSetting(settingAddrs, b) })
 }
 
-// Invite is this node's invite: account, device certificate and addresses.
-func (n *Node) Invite() (*Invite, error) {
+// Invite is this node's invite link, what others add as a contact.
+func (n *Node) Invite() (string, error) {
+	inv, err := n.invite()
+	if err != nil {
+		return "", err
+	}
+	return inv.String(), nil
+}
+
+// invite is this node's invite: account, device certificate and addresses.
+func (n *Node) invite() (*Invite, error) {
 	var cert keys.DeviceCertificate
 	err := n.db.View(func(tx *store.Tx) error {
 		b, err := tx.GetSetting(settingDeviceCert)

@@ -10,13 +10,12 @@ import (
 
 	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/mailbox"
-	"github.com/sotto-im/sotto/store"
 )
 
 func asMailbox(c *Config) { c.Mailbox = true }
 
-func stored(m store.Message) bool {
-	return m.Direction == store.Outgoing && (m.State == store.StateStored || m.State == store.StateDelivered)
+func stored(m Message) bool {
+	return m.Direction == Outgoing && (m.State == StateStored || m.State == StateDelivered)
 }
 
 // TestOfflineDeliveryThroughMailboxes: Alice sends 50 messages while Bob is
@@ -64,7 +63,7 @@ func TestOfflineDeliveryThroughMailboxes(t *testing.T) {
 		t.Fatalf("bob got %d messages, want exactly %d", len(in), N)
 	}
 	for i, m := range in {
-		if want := fmt.Sprintf("while you were away %02d", i); string(m.Body) != want || m.Via != store.ViaMailbox {
+		if want := fmt.Sprintf("while you were away %02d", i); string(m.Body) != want || m.Via != ViaMailbox {
 			t.Fatalf("message %d = %q via %v, want %q via mailbox", i, m.Body, m.Via, want)
 		}
 	}
@@ -182,8 +181,8 @@ func TestLongQueueReachesMailboxes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := waitMessages(t, ctx, alice, "bob", N, func(m store.Message) bool {
-		return m.Direction == store.Outgoing && m.State == store.StateStored
+	got := waitMessages(t, ctx, alice, "bob", N, func(m Message) bool {
+		return m.Direction == Outgoing && m.State == StateStored
 	})
 	if len(got) != N {
 		t.Fatalf("%d messages stored, want %d", len(got), N)

@@ -75,7 +75,7 @@ func (n *Node) publishShown(ms []store.Message) {
 	}
 	evs := make([]Event, len(ms))
 	for i := range ms {
-		evs[i] = Event{Type: EventMessage, Message: &ms[i]}
+		evs[i] = messageEvent(EventMessage, ms[i])
 	}
 	n.events.publish(evs...)
 }

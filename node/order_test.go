@@ -67,7 +67,7 @@ func TestReceiverKeepsSenderOrder(t *testing.T) {
 	events := bob.Subscribe(ctx)
 	deliver := func(i int) {
 		t.Helper()
-		if err := bob.Ingest(ctx, from, envs[i-2], store.ViaDirect); err != nil {
+		if err := bob.Ingest(ctx, from, envs[i-2], ViaDirect); err != nil {
 			t.Fatalf("ingest m%d: %v", i, err)
 		}
 	}
@@ -133,8 +133,9 @@ func TestReceiverKeepsSenderOrder(t *testing.T) {
 		t.Fatalf("conversation %v, want %v", got, want)
 	}
 	for i, m := range in {
-		if m.PeerSeq != uint64(slices.Index([]string{"", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8"}, string(m.Body))) {
-			t.Fatalf("message %d %q has PeerSeq %d", i, m.Body, m.PeerSeq)
+		sm := storedMessage(t, bob, m.ID)
+		if sm.PeerSeq != uint64(slices.Index([]string{"", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8"}, string(m.Body))) {
+			t.Fatalf("message %d %q has PeerSeq %d", i, m.Body, sm.PeerSeq)
 		}
 	}
 	// The store's indexes are consistent (checked on the closed data dir:
@@ -199,7 +200,7 @@ func TestRetransmissionIsReceiptedAgain(t *testing.T) {
 	testkit.WaitFor(t, ctx, func() bool { return receiptsFor(t, bob, aliceAcct) == 0 })
 	alice.Close() // Bob's receipts stay in his outbox
 
-	if err := bob.Ingest(ctx, from, env, store.ViaDirect); err != nil {
+	if err := bob.Ingest(ctx, from, env, ViaDirect); err != nil {
 		t.Fatal(err)
 	}
 	if n := receiptsFor(t, bob, aliceAcct); n != 1 {
@@ -219,10 +220,10 @@ func TestRetransmissionIsReceiptedAgain(t *testing.T) {
 	}
 	// Copies from a mailbox or from another peer are duplicates, nothing
 	// more.
-	if err := bob.Ingest(ctx, from, env, store.ViaMailbox); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
+	if err := bob.Ingest(ctx, from, env, ViaMailbox); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("mailbox copy: %v", err)
 	}
-	if err := bob.Ingest(ctx, tn.boot.ID(), env, store.ViaDirect); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
+	if err := bob.Ingest(ctx, tn.boot.ID(), env, ViaDirect); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("copy from another peer: %v", err)
 	}
 	if n := receiptsFor(t, bob, aliceAcct); n != 0 {
@@ -230,7 +231,7 @@ func TestRetransmissionIsReceiptedAgain(t *testing.T) {
 	}
 	// Alice's retransmission is receipted again, and the receipt reaches
 	// her when she is back.
-	if err := bob.Ingest(ctx, from, env, store.ViaDirect); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
+	if err := bob.Ingest(ctx, from, env, ViaDirect); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("retransmission: %v", err)
 	}
 	if n := receiptsFor(t, bob, aliceAcct); n != 1 {
@@ -279,7 +280,7 @@ func TestRefusedRetry(t *testing.T) {
 func TestIngestBatchSessions(t *testing.T) {
 	ctx := testkit.Context(t, 60*time.Second)
 	_, _, _, alice, bob := sessionPair(t, ctx)
-	aliceAcct, bobAcct := [32]byte(alice.Account()), [32]byte(bob.Account())
+	aliceAcct, bobAcct := [32]byte(alice.account()), [32]byte(bob.account())
 	var other *protocol.Session
 	if err := bob.db.View(func(tx *store.Tx) (err error) {
 		other, err = bob.loadSession(tx, aliceAcct)
@@ -321,21 +322,21 @@ func TestCopyAfterChainDropped(t *testing.T) {
 	_, _, _, alice, bob := sessionPair(t, ctx)
 	aFrom, bFrom := alice.Host().ID(), bob.Host().ID()
 	env := sealFor(t, alice, bob.ident.Account, "m2")[0]
-	if err := bob.Ingest(ctx, aFrom, env, store.ViaDirect); err != nil {
+	if err := bob.Ingest(ctx, aFrom, env, ViaDirect); err != nil {
 		t.Fatal(err)
 	}
 	// Each round trip is a DH step on each side.
 	for i := range protocol.MaxOldChains + 2 {
 		b := sealFor(t, bob, alice.ident.Account, fmt.Sprintf("b%d", i))[0]
-		if err := alice.Ingest(ctx, bFrom, b, store.ViaDirect); err != nil {
+		if err := alice.Ingest(ctx, bFrom, b, ViaDirect); err != nil {
 			t.Fatal(err)
 		}
 		a := sealFor(t, alice, bob.ident.Account, fmt.Sprintf("a%d", i))[0]
-		if err := bob.Ingest(ctx, aFrom, a, store.ViaDirect); err != nil {
+		if err := bob.Ingest(ctx, aFrom, a, ViaDirect); err != nil {
 			t.Fatal(err)
 		}
 	}
-	err := bob.Ingest(ctx, aFrom, env, store.ViaMailbox)
+	err := bob.Ingest(ctx, aFrom, env, ViaMailbox)
 	if !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("late copy: %v, want ErrDuplicateEnvelope", err)
 	}
@@ -347,7 +348,7 @@ func TestCopyAfterChainDropped(t *testing.T) {
 	}
 	forged.Ciphertext = slices.Clone(forged.Ciphertext)
 	forged.Ciphertext[len(forged.Ciphertext)-1] ^= 1
-	if err := bob.Ingest(ctx, aFrom, forged.Marshal(), store.ViaMailbox); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
+	if err := bob.Ingest(ctx, aFrom, forged.Marshal(), ViaMailbox); !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 		t.Fatalf("altered copy: %v, want ErrDuplicateEnvelope", err)
 	}
 	if got := len(messagesWhere(t, bob, "alice", incoming)); got != protocol.MaxOldChains+4 {

@@ -42,7 +42,7 @@ type ingestReq struct {
 type directReceiver struct{ n *Node }
 
 func (d directReceiver) Receive(ctx context.Context, from peer.ID, env []byte) error {
-	return d.n.Ingest(ctx, from, env, store.ViaDirect)
+	return d.n.Ingest(ctx, from, env, ViaDirect)
 }
 
 func (d directReceiver) Enqueue(ctx context.Context, from peer.ID, env []byte) <-chan error {
@@ -91,8 +91,8 @@ func (n *Node) enqueueReq(ctx context.Context, from peer.ID, env []byte, via sto
 // at the same time — and returns once that commit is durable. It returns
 // ErrMalformedEnvelope (wrapped) for envelopes that will never decrypt and
 // ErrDuplicateEnvelope for ones already processed.
-func (n *Node) Ingest(ctx context.Context, from peer.ID, env []byte, via store.Via) error {
-	res := n.enqueue(ctx, from, env, via)
+func (n *Node) Ingest(ctx context.Context, from peer.ID, env []byte, via Via) error {
+	res := n.enqueue(ctx, from, env, store.Via(via))
 	select {
 	case err := <-res:
 		return err
@@ -333,7 +333,7 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *ingestBatch, now time.Time) (bool,
 				return false, err
 			}
 			renv, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
-				Sender: n.Account(), ID: rid, Sent: now, Type: protocol.ContentReceipt, Body: body,
+				Sender: n.account(), ID: rid, Sent: now, Type: protocol.ContentReceipt, Body: body,
 			}, receiptTTL)
 			if err != nil {
 				return false, fmt.Errorf("sealing receipt: %w", err)
@@ -666,8 +666,7 @@ func (n *Node) newRequest(tx *store.Tx, cert keys.DeviceCertificate, now time.Ti
 			if err := tx.PutContact(c); err != nil {
 				return store.Contact{}, nil, err
 			}
-			cc := c
-			events = append(events, Event{Type: EventKeyChange, Contact: &cc})
+			events = append(events, contactEvent(EventKeyChange, c))
 		}
 	}
 	base := "request-" + cert.Account.Fingerprint()[len("sotto1"):][:8]
@@ -689,7 +688,7 @@ func (n *Node) newRequest(tx *store.Tx, cert keys.DeviceCertificate, now time.Ti
 	if err := tx.AddContact(c); err != nil {
 		return store.Contact{}, nil, err
 	}
-	events = append(events, Event{Type: EventContactRequest, Contact: &c})
+	events = append(events, contactEvent(EventContactRequest, c))
 	return c, events, nil
 }
 
@@ -710,8 +709,7 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 				return processed{}, se(err)
 			}
 			if changed {
-				mm := m2
-				out.events = append(out.events, Event{Type: EventState, Message: &mm})
+				out.events = append(out.events, messageEvent(EventState, m2))
 			}
 		}
 		return out, nil
@@ -729,7 +727,7 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 	case err == nil:
 		out.held = len(shown) == 0
 		for i := range shown {
-			out.events = append(out.events, Event{Type: EventMessage, Message: &shown[i]})
+			out.events = append(out.events, messageEvent(EventMessage, shown[i]))
 		}
 	case errors.Is(err, store.ErrDuplicate):
 		// Shown once already; the sender still needs its receipt.

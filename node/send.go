@@ -99,19 +99,19 @@ func contactByName(tx *store.Tx, name string) (store.Contact, error) {
 // the message is durably in the outbox (sealed already when the session
 // exists and the keys are unlocked); delivery happens in the background
 // while the node runs, or when it next runs.
-func (n *Node) Send(ctx context.Context, name, text string) (store.Message, error) {
+func (n *Node) Send(ctx context.Context, name, text string) (Message, error) {
 	switch {
 	case text == "":
-		return store.Message{}, ErrEmptyMessage
+		return Message{}, ErrEmptyMessage
 	case len(text) > protocol.MaxBodySize:
-		return store.Message{}, ErrMessageTooLarge
+		return Message{}, ErrMessageTooLarge
 	case !utf8.ValidString(text):
-		return store.Message{}, fmt.Errorf("node: the message is not valid UTF-8 text")
+		return Message{}, fmt.Errorf("node: the message is not valid UTF-8 text")
 	}
 	now := n.now()
 	id, err := newMessageID(n.cfg.Rand, now)
 	if err != nil {
-		return store.Message{}, err
+		return Message{}, err
 	}
 	var stored store.Message
 	// Concurrent sends share one commit (and one fsync) through Batch; a
@@ -158,10 +158,11 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 		return tx.PutOutbox(e)
 	})
 	if err != nil {
-		return store.Message{}, err
+		return Message{}, err
 	}
-	m := stored
-	n.events.publish(Event{Type: EventState, Message: &m})
+	ev := messageEvent(EventState, stored)
+	n.events.publish(ev)
+	m := *ev.Message
 	// A delivery already running for the contact picks this message up
 	// when it finishes (it kicks the outbox then).
 	n.ob.mu.Lock()
@@ -170,7 +171,7 @@ func (n *Node) Send(ctx context.Context, name, text string) (store.Message, erro
 	if !busy {
 		n.kickOutbox()
 	}
-	return stored, nil
+	return m, nil
 }
 
 // sessionCache keeps decoded sessions with the stored bytes they decode
@@ -290,7 +291,7 @@ func (n *Node) seal(sess *protocol.Session, m store.Message, now time.Time) ([]b
 		ttl = protocol.MaxTTL
 	}
 	env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
-		Sender: n.Account(), ID: m.ID, Sent: m.SentAt, Seq: m.PeerSeq, Type: protocol.ContentType(m.Type), Body: m.Body,
+		Sender: n.account(), ID: m.ID, Sent: m.SentAt, Seq: m.PeerSeq, Type: protocol.ContentType(m.Type), Body: m.Body,
 	}, ttl)
 	if err != nil {
 		return nil, err
@@ -796,7 +797,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					return err
 				}
 				if changed {
-					events = append(events, Event{Type: EventState, Message: &m})
+					events = append(events, messageEvent(EventState, m))
 				}
 				if m.State == store.StateDelivered {
 					if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
@@ -928,7 +929,7 @@ func setState(tx *store.Tx, events *[]Event, id [16]byte, state store.MessageSta
 		return err
 	}
 	if changed {
-		*events = append(*events, Event{Type: EventState, Message: &m})
+		*events = append(*events, messageEvent(EventState, m))
 	}
 	return nil
 }
@@ -972,7 +973,7 @@ func (n *Node) flagKeyChange(acct [32]byte, b *keys.Bundle) {
 		if err := tx.PutContact(c); err != nil {
 			return err
 		}
-		ev = append(ev, Event{Type: EventKeyChange, Contact: &c})
+		ev = append(ev, contactEvent(EventKeyChange, c))
 		return nil
 	})
 	n.events.publish(ev...)

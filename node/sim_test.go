@@ -22,7 +22,6 @@ import (
 	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/keys"
 	"github.com/sotto-im/sotto/p2p"
-	"github.com/sotto-im/sotto/store"
 )
 
 // Size of the simulated network.
@@ -269,7 +268,7 @@ func (s *simNet) close() {
 func simBefriend(t testing.TB, a, b *simNode) {
 	t.Helper()
 	for _, p := range [][2]*simNode{{a, b}, {b, a}} {
-		inv, err := p[1].node().Invite()
+		inv, err := p[1].node().invite()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -413,12 +412,12 @@ func TestSimulation100(t *testing.T) {
 
 	// Every message arrives, exactly once, in order; every sender sees
 	// each one delivered.
-	msgs := func(n *Node, name string, ok func(store.Message) bool) []store.Message {
+	msgs := func(n *Node, name string, ok func(Message) bool) []Message {
 		return messagesWhere(t, n, name, ok)
 	}
 	arrived := func(c *conversation) bool { return len(msgs(c.to.node(), c.from.name, incoming)) >= len(c.bodies) }
 	acked := func(c *conversation) bool { return len(msgs(c.from.node(), c.to.name, delivered)) >= len(c.bodies) }
-	describe := func(ms []store.Message) string {
+	describe := func(ms []Message) string {
 		var b strings.Builder
 		for _, m := range ms {
 			fmt.Fprintf(&b, "\n\t%q %v %v stored at %d (%x)", m.Body, m.Via, m.State, m.StoredAt, m.ID)
@@ -445,7 +444,7 @@ func TestSimulation100(t *testing.T) {
 			}
 			for _, c := range missing {
 				t.Errorf("%s: %s -> %s\nsender:%s\nrecipient:%s", what, c.from.name, c.to.name,
-					describe(msgs(c.from.node(), c.to.name, func(m store.Message) bool { return m.Direction == store.Outgoing })),
+					describe(msgs(c.from.node(), c.to.name, func(m Message) bool { return m.Direction == Outgoing })),
 					describe(msgs(c.to.node(), c.from.name, incoming)))
 			}
 			t.FailNow()
@@ -465,7 +464,7 @@ func TestSimulation100(t *testing.T) {
 				t.Errorf("%s got message %x from %s twice", c.to.name, m.ID, c.from.name)
 			}
 			ids[m.ID] = true
-			if m.Via == store.ViaMailbox {
+			if m.Via == ViaMailbox {
 				viaMailbox++
 			}
 		}
@@ -502,7 +501,7 @@ func BenchmarkDeposit100(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		waitState(b, ctx, events, m.ID, store.StateDelivered)
+		waitState(b, ctx, events, m.ID, StateDelivered)
 	}
 	if err := all(recips, s.down); err != nil {
 		b.Fatal(err)
@@ -517,7 +516,7 @@ func BenchmarkDeposit100(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		waitState(b, ctx, events, m.ID, store.StateStored)
+		waitState(b, ctx, events, m.ID, StateStored)
 		lat = append(lat, time.Since(t0))
 	}
 	b.StopTimer()
@@ -530,7 +529,7 @@ func BenchmarkDeposit100(b *testing.B) {
 }
 
 // waitState waits for the event that reports message id in state.
-func waitState(tb testing.TB, ctx context.Context, events <-chan Event, id [16]byte, state store.MessageState) {
+func waitState(tb testing.TB, ctx context.Context, events <-chan Event, id [16]byte, state MessageState) {
 	tb.Helper()
 	for {
 		select {

@@ -106,7 +106,7 @@ func (n *Node) myTags() (map[protocol.Tag]bool, error) {
 	live := protocol.LiveEpochs(now)
 	tags := make(map[protocol.Tag]bool)
 	for _, e := range live {
-		tags[protocol.IntroTag(n.Account(), e)] = true
+		tags[protocol.IntroTag(n.account(), e)] = true
 	}
 	err := n.db.View(func(tx *store.Tx) error {
 		cs, err := tx.ListContacts()
@@ -619,10 +619,11 @@ func (n *Node) mailboxHeld() *MailboxHeld {
 // HeldEnvelope is one envelope a mailbox node holds, as the mailbox sees
 // it: outer fields and ciphertext only.
 type HeldEnvelope struct {
-	Tag        protocol.Tag
+	Tag        [32]byte
 	Expiry     time.Time
 	Size       int
 	Ciphertext []byte
+	Envelope   []byte // the whole envelope, as it travels
 }
 
 // MailboxPeek lists up to limit envelopes this node holds as a mailbox,
@@ -639,9 +640,25 @@ func (n *Node) MailboxPeek(limit int) ([]HeldEnvelope, error) {
 			if err != nil {
 				return err
 			}
-			out = append(out, HeldEnvelope{Tag: env.Tag, Expiry: env.Expiry, Size: len(e.Envelope), Ciphertext: env.Ciphertext})
+			out = append(out, HeldEnvelope{Tag: env.Tag, Expiry: env.Expiry, Size: len(e.Envelope), Ciphertext: env.Ciphertext, Envelope: e.Envelope})
 		}
 		return nil
 	})
 	return out, err
+}
+
+// SealedEnvelope is the sealed envelope of outgoing message id while it
+// waits in the outbox: the bytes that travel, and that mailboxes hold.
+// It fails with ErrNotSealed while the message waits for a session.
+func (n *Node) SealedEnvelope(id [16]byte) ([]byte, error) {
+	var env []byte
+	err := n.db.View(func(tx *store.Tx) error {
+		e, err := tx.GetOutbox(id)
+		env = e.Envelope
+		return err
+	})
+	if err == nil && len(env) == 0 {
+		err = ErrNotSealed
+	}
+	return env, err
 }

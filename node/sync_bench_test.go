@@ -54,7 +54,7 @@ func BenchmarkSync10k(b *testing.B) {
 			from, to *Node
 			name     string
 		}{{alice, bob, "bob"}, {bob, alice, "alice"}} {
-			inv, err := p.to.Invite()
+			inv, err := p.to.invite()
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -17,7 +17,6 @@ import (
 
 	"github.com/sotto-im/sotto/api"
 	"github.com/sotto-im/sotto/node"
-	"github.com/sotto-im/sotto/store"
 )
 
 // demoStepTimeout bounds each step of the demo.
@@ -126,7 +125,7 @@ func runDemo(ctx context.Context, keep bool, out io.Writer) (err error) {
 				return err
 			}
 			d.say("Bob received %q via %s after %s", got[0].Body, got[0].Via, since(t0))
-			if _, err := waitState(ctx, alice, "bob", m.ID, store.StateDelivered); err != nil {
+			if _, err := waitState(ctx, alice, "bob", m.ID, node.StateDelivered); err != nil {
 				return err
 			}
 			d.say("Alice sees it delivered (an encrypted receipt came back) after %s", since(t0))
@@ -161,7 +160,7 @@ func runDemo(ctx context.Context, keep bool, out io.Writer) (err error) {
 			}
 			t0 := time.Now()
 			for i, id := range ids {
-				m, err := waitState(ctx, alice, "bob", id, store.StateStored)
+				m, err := waitState(ctx, alice, "bob", id, node.StateStored)
 				if err != nil {
 					return err
 				}
@@ -226,7 +225,7 @@ func runDemo(ctx context.Context, keep bool, out io.Writer) (err error) {
 			if err != nil {
 				return err
 			}
-			if _, err := carol.AddContact("alice", inv.String()); err != nil {
+			if _, err := carol.AddContact("alice", inv); err != nil {
 				return err
 			}
 			t0 := time.Now()
@@ -319,12 +318,7 @@ func (d *demo) showStep(name string) (stop func()) {
 // sender's message id, waiting up to demoSpreadWait for every mailbox to
 // hold it.
 func (d *demo) holding(ctx context.Context, sender *node.Node, id [16]byte) (int, error) {
-	var env []byte
-	err := sender.DB().View(func(tx *store.Tx) error {
-		e, err := tx.GetOutbox(id)
-		env = e.Envelope
-		return err
-	})
+	env, err := sender.SealedEnvelope(id)
 	if err != nil {
 		return 0, err
 	}
@@ -335,13 +329,10 @@ func (d *demo) holding(ctx context.Context, sender *node.Node, id [16]byte) (int
 		count = 0
 		for _, m := range d.mbx {
 			var held bool
-			err := m.DB().View(func(tx *store.Tx) error {
-				es, err := tx.MailboxPeek(demoPeekLimit)
-				for _, e := range es {
-					held = held || bytes.Equal(e.Envelope, env)
-				}
-				return err
-			})
+			es, err := m.MailboxPeek(demoPeekLimit)
+			for _, e := range es {
+				held = held || bytes.Equal(e.Envelope, env)
+			}
 			if err != nil {
 				return false, err
 			}
@@ -436,11 +427,11 @@ func (d *demo) befriend(a *node.Node, aName string, b *node.Node, bName string) 
 	if err != nil {
 		return err
 	}
-	d.say("Alice's invite: %s…", truncate(ia.String(), 48))
-	if _, err := a.AddContact(bName, ib.String()); err != nil {
+	d.say("Alice's invite: %s…", truncate(ia, 48))
+	if _, err := a.AddContact(bName, ib); err != nil {
 		return err
 	}
-	if _, err := b.AddContact(aName, ia.String()); err != nil {
+	if _, err := b.AddContact(aName, ia); err != nil {
 		return err
 	}
 	return nil
@@ -470,8 +461,8 @@ func poll(ctx context.Context, cond func() (bool, error)) error {
 	}
 }
 
-func waitIncoming(ctx context.Context, n *node.Node, contact string, want int) ([]store.Message, error) {
-	var got []store.Message
+func waitIncoming(ctx context.Context, n *node.Node, contact string, want int) ([]node.Message, error) {
+	var got []node.Message
 	err := poll(ctx, func() (bool, error) {
 		ms, err := n.Messages(contact, 0, 1000)
 		if err != nil {
@@ -479,7 +470,7 @@ func waitIncoming(ctx context.Context, n *node.Node, contact string, want int) (
 		}
 		got = got[:0]
 		for _, m := range ms {
-			if m.Direction == store.Incoming {
+			if m.Direction == node.Incoming {
 				got = append(got, m)
 			}
 		}
@@ -488,8 +479,8 @@ func waitIncoming(ctx context.Context, n *node.Node, contact string, want int) (
 	return got, err
 }
 
-func waitDelivered(ctx context.Context, n *node.Node, contact string, want int) ([]store.Message, error) {
-	var got []store.Message
+func waitDelivered(ctx context.Context, n *node.Node, contact string, want int) ([]node.Message, error) {
+	var got []node.Message
 	err := poll(ctx, func() (bool, error) {
 		ms, err := n.Messages(contact, 0, 1000)
 		if err != nil {
@@ -497,7 +488,7 @@ func waitDelivered(ctx context.Context, n *node.Node, contact string, want int) 
 		}
 		got = got[:0]
 		for _, m := range ms {
-			if m.Direction == store.Outgoing && m.State == store.StateDelivered {
+			if m.Direction == node.Outgoing && m.State == node.StateDelivered {
 				got = append(got, m)
 			}
 		}
@@ -507,8 +498,8 @@ func waitDelivered(ctx context.Context, n *node.Node, contact string, want int) 
 }
 
 // waitState waits until message id reaches state (or a later one).
-func waitState(ctx context.Context, n *node.Node, contact string, id [16]byte, state store.MessageState) (store.Message, error) {
-	var found store.Message
+func waitState(ctx context.Context, n *node.Node, contact string, id [16]byte, state node.MessageState) (node.Message, error) {
+	var found node.Message
 	err := poll(ctx, func() (bool, error) {
 		ms, err := n.Messages(contact, 0, 1000)
 		if err != nil {
@@ -517,10 +508,10 @@ func waitState(ctx context.Context, n *node.Node, contact string, id [16]byte, s
 		for _, m := range ms {
 			if m.ID == id {
 				found = m
-				if m.State == store.StateFailed {
+				if m.State == node.StateFailed {
 					return false, fmt.Errorf("message failed")
 				}
-				return m.State == state || m.State == store.StateDelivered, nil
+				return m.State == state || m.State == node.StateDelivered, nil
 			}
 		}
 		return false, nil
@@ -528,15 +519,15 @@ func waitState(ctx context.Context, n *node.Node, contact string, id [16]byte, s
 	return found, err
 }
 
-func waitRequest(ctx context.Context, n *node.Node) (store.Contact, error) {
-	var found store.Contact
+func waitRequest(ctx context.Context, n *node.Node) (node.Contact, error) {
+	var found node.Contact
 	err := poll(ctx, func() (bool, error) {
 		cs, err := n.Contacts()
 		if err != nil {
 			return false, err
 		}
 		for _, c := range cs {
-			if c.IsRequest {
+			if c.Request {
 				found = c
 				return strings.HasPrefix(c.Name, "request-"), nil
 			}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/sotto-im/sotto/api"
 	"github.com/sotto-im/sotto/node"
-	"github.com/sotto-im/sotto/store"
 )
 
 // nodeApp is the App of the real node.
@@ -50,7 +49,7 @@ func initNode(ctx context.Context, cfg InitConfig) (api.Identity, error) {
 // sealed when the node next runs.
 func openNodeBackend(dir string) (api.Backend, func(), error) {
 	n, err := node.Open(node.Config{DataDir: dir})
-	if errors.Is(err, store.ErrInUse) {
+	if errors.Is(err, node.ErrInUse) {
 		// A node holds the directory but its socket did not answer: it
 		// is starting, or another command has it open for a moment.
 		return waitForNode(dir, err)
@@ -81,7 +80,7 @@ func waitForNode(dir string, inUse error) (api.Backend, func(), error) {
 		if err == nil {
 			return api.NodeBackend(n), func() { n.Close() }, nil
 		}
-		if !errors.Is(err, store.ErrInUse) {
+		if !errors.Is(err, node.ErrInUse) {
 			return nil, nil, userError(err)
 		}
 	}
