@@ -2,7 +2,6 @@ package keys
 
 import (
 	"crypto/mlkem"
-	"crypto/mlkem/mlkemtest"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -79,21 +78,6 @@ func (k KEMPublic) Encapsulate() (sharedKey, ciphertext []byte, err error) {
 		return nil, nil, err
 	}
 	sharedKey, ciphertext = ek.Encapsulate()
-	return sharedKey, ciphertext, nil
-}
-
-// EncapsulateDerand is Encapsulate with the 32 bytes of randomness given
-// explicitly (ML-KEM.Encaps_internal). It exists only for known-answer
-// vectors and deterministic tests; production code uses Encapsulate.
-func (k KEMPublic) EncapsulateDerand(random []byte) (sharedKey, ciphertext []byte, err error) {
-	ek, err := k.key()
-	if err != nil {
-		return nil, nil, err
-	}
-	sharedKey, ciphertext, err = mlkemtest.Encapsulate768(ek, random)
-	if err != nil {
-		return nil, nil, fmt.Errorf("keys: deterministic ML-KEM encapsulation: %w", err)
-	}
 	return sharedKey, ciphertext, nil
 }
 

@@ -13,7 +13,7 @@ import (
 	"github.com/sotto-im/sotto/keys"
 )
 
-// PQXDH (Signal's "Post-Quantum Extended Diffie-Hellman", revision 2)
+// PQXDH (Signal's "Post-Quantum Extended Diffie-Hellman", revision 3)
 // establishes the shared secret SK from which a session's ratchet, header
 // keys and mailbox tag seed derive. Sotto's parameters (PQXDH §2.1):
 //
@@ -225,7 +225,8 @@ func (me *LocalIdentity) check() error {
 
 // Encapsulator produces an ML-KEM shared key and ciphertext for pk.
 // Production uses keys.KEMPublic.Encapsulate; deterministic tests and the
-// known-answer vector generator pass a wrapper around EncapsulateDerand.
+// known-answer vector generator pass a wrapper around kemtest.Encapsulate
+// (package keys/kemtest, which production code never imports).
 type Encapsulator func(pk keys.KEMPublic) (sharedKey, ciphertext []byte, err error)
 
 // InitiateOption configures Initiate.

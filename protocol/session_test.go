@@ -188,7 +188,7 @@ func derandEncapsulator(rng io.Reader) InitiateOption {
 		if _, err := io.ReadFull(rng, m[:]); err != nil {
 			return nil, nil, err
 		}
-		return pk.EncapsulateDerand(m[:])
+		return encapsulateDerand(pk, m[:])
 	})
 }
 

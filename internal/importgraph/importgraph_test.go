@@ -37,6 +37,13 @@ const module = "github.com/sotto-im/sotto"
 //
 // Non-test files outside internal/ never import internal/ (it holds test
 // support, and this test); every package's tests may.
+//
+// Test-support packages, those whose last path element ends in "test"
+// (keys/kemtest, p2p/p2ptest, api/apitest), are held to one more rule on
+// top of the table: a non-test file imports one only if it is itself in
+// such a package or under an internal/ directory (protocol/internal/vectors
+// may import keys/kemtest; p2p/a.go may not import p2p/p2ptest although
+// both are p2p). Test files may import them wherever the table allows.
 var allowed = map[string]imports{
 	"cmd":      {code: "api node", tests: anyPackage},
 	"api":      {code: "node", tests: anyPackage},
@@ -113,6 +120,24 @@ func projectPackage(path string) (string, bool) {
 	return top, top != ""
 }
 
+// testSupport reports whether an import path (or a directory) names a
+// test-support package: its last path element ends in "test".
+func testSupport(imp string) bool { return strings.HasSuffix(path.Base(imp), "test") }
+
+// mayImportTestSupport reports whether the file rel (slash-separated,
+// relative to the root) may import a test-support package: it is a test
+// file, or in a test-support package, or under an internal/ directory.
+func mayImportTestSupport(rel string) bool {
+	dir := path.Dir(rel)
+	return strings.HasSuffix(rel, "_test.go") || testSupport(dir) || slices.Contains(strings.Split(dir, "/"), "internal")
+}
+
+// testSupportWhy is the problem message for an import of a test-support
+// package that the table allows but the test-support rule does not.
+func testSupportWhy(imp string) string {
+	return fmt.Sprintf("%s is test support (its name ends in \"test\"); only _test.go files, test-support packages and files under an internal/ directory import it", strings.TrimPrefix(imp, module+"/"))
+}
+
 func inTable(pkg string) bool {
 	_, ok := allowed[pkg]
 	return ok
@@ -143,8 +168,11 @@ func (p problem) key() string {
 func (p problem) String() string { return p.key() + ": " + p.why }
 
 // check parses the imports of every Go file below root (outside testdata
-// and hidden directories; a file at root itself is a problem) and returns the imports that break allowed or
-// forbidden, sorted by file and import, and the number of files checked.
+// and hidden directories; a file at root itself is a problem) and returns
+// the imports that break allowed, the test-support rule or forbidden,
+// sorted by file and import, and the number of files checked. An import
+// that breaks both the table and the test-support rule is reported once,
+// under the table.
 func check(root string) (problems []problem, checked int, err error) {
 	err = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
@@ -184,11 +212,12 @@ func check(root string) (problems []problem, checked int, err error) {
 			imp := strings.Trim(spec.Path.Value, "`\"")
 			if to, ok := projectPackage(imp); ok {
 				switch {
-				case to == from:
-				case !inTable(to):
+				case to != from && !inTable(to):
 					problems = append(problems, problem{rel, imp, fmt.Sprintf("%s/ is not in the import table; %s", to, row.describe(from))})
-				case !row.allows(to, isTest):
+				case to != from && !row.allows(to, isTest):
 					problems = append(problems, problem{rel, imp, row.describe(from)})
+				case testSupport(imp) && !mayImportTestSupport(rel):
+					problems = append(problems, problem{rel, imp, testSupportWhy(imp)})
 				}
 				continue
 			}
@@ -289,6 +318,24 @@ func TestCheckCatchesViolations(t *testing.T) {
 	write("extra/a.go", s("keys")...)
 	write("node/b.go", s("extra")...)
 
+	// Test-support packages (last element ending in "test"): non-test files
+	// import them only from such a package or under internal/, even within
+	// one top-level package; a table violation is reported once, as such.
+	write("cmd/sotto/ts.go", s("api/apitest", "api")...)
+	write("p2p/ts.go", s("p2p/p2ptest", "keys/kemtest", "keys")...)
+	write("protocol/ts.go", s("keys/kemtest")...)
+	write("store/ts.go", s("keys/kemtest", "p2p/p2ptest")...) // the second breaks the table
+	write("node/ts.go", s("api/apitest", "p2p/testnet")...)   // the first breaks the table; the second is no test package
+	// Allowed: test files, test-support packages, and anything under internal/.
+	write("keys/kemtest/kemtest.go", s("keys")...)
+	write("protocol/internal/vectors/kem.go", s("keys/kemtest")...)
+	write("p2p/p2ptest/ts.go", s("keys/kemtest", "p2p/p2ptest")...)
+	write("protocol/internal/vectorgen/main.go", s("protocol/internal/vectors", "keys/kemtest")...)
+	write("internal/testkit/ts.go", s("keys/kemtest", "p2p/p2ptest", "api/apitest")...)
+	write("keys/ts_test.go", s("keys/kemtest")...)
+	write("protocol/ts_test.go", s("keys/kemtest")...)
+	write("p2p/ts_test.go", s("p2p/p2ptest", "keys/kemtest")...)
+
 	// Forbidden outside imports, in non-test files; allowed in tests.
 	write("keys/out.go", "github.com/libp2p/go-libp2p/core/peer", "go.etcd.io/bbolt", "net", "net/http", "net/netip", "crypto/rand")
 	write("keys/out_test.go", "github.com/libp2p/go-libp2p", "go.etcd.io/bbolt", "net", "net/http")
@@ -366,6 +413,15 @@ func TestCheckCatchesViolations(t *testing.T) {
 		// A directory missing from the table, and the module root.
 		"extra/a.go",
 		"main.go",
+		// Test-support packages imported by non-test files.
+		"mailbox/a.go imports " + m + "p2p/p2ptest",
+		"cmd/sotto/ts.go imports " + m + "api/apitest",
+		"p2p/ts.go imports " + m + "p2p/p2ptest",
+		"p2p/ts.go imports " + m + "keys/kemtest",
+		"protocol/ts.go imports " + m + "keys/kemtest",
+		"store/ts.go imports " + m + "keys/kemtest",
+		"store/ts.go imports " + m + "p2p/p2ptest", // the table's problem
+		"node/ts.go imports " + m + "api/apitest",  // the table's problem
 		// Outside imports.
 		"keys/out.go imports github.com/libp2p/go-libp2p/core/peer",
 		"keys/out.go imports go.etcd.io/bbolt",
@@ -388,6 +444,11 @@ func TestCheckCatchesViolations(t *testing.T) {
 	}
 	sort.Strings(got)
 	sort.Strings(want)
+	for i := 1; i < len(got); i++ {
+		if got[i] == got[i-1] {
+			t.Errorf("problem reported twice: %s", got[i])
+		}
+	}
 	if !slices.Equal(got, want) {
 		for _, g := range got {
 			if !slices.Contains(want, g) {
@@ -402,16 +463,22 @@ func TestCheckCatchesViolations(t *testing.T) {
 	}
 
 	// Each message names the file, the import, and what the package may
-	// import (for an outside import: what it must never import).
+	// import (for an outside import: what it must never import; for a
+	// test-support package the table allows: who may import it).
 	for _, p := range problems {
 		s := p.String()
 		from, _ := topOf(p.file)
 		if !strings.HasPrefix(s, p.key()+": ") || (p.imp == "" && inTable(from)) {
 			t.Errorf("message %q does not start with the file and import", s)
 		}
-		_, project := projectPackage(p.imp)
+		to, project := projectPackage(p.imp)
+		byTable := to == from || (inTable(from) && inTable(to) && allowed[from].allows(to, strings.HasSuffix(p.file, "_test.go")))
 		switch {
 		case !inTable(from):
+		case project && byTable:
+			if !testSupport(p.imp) || !strings.HasSuffix(s, ": "+testSupportWhy(p.imp)) {
+				t.Errorf("message %q does not say who may import a test-support package", s)
+			}
 		case project && !strings.Contains(s, from+" may import "):
 			t.Errorf("message %q does not say what %s may import", s, from)
 		case !project && !strings.Contains(s, "non-test files of "+from+"/ never import "+strings.Join(forbidden[from], ", ")):
@@ -424,6 +491,8 @@ func TestCheckCatchesViolations(t *testing.T) {
 		{"keys/a.go imports " + m + "protocol", "keys may import no project package (its _test.go files also: internal)"},
 		{"mailbox/out.go imports net/http", "non-test files of mailbox/ never import net/http/..."},
 		{"extra/a.go", "extra/ is not in the import table"},
+		{"protocol/ts.go imports " + m + "keys/kemtest", `keys/kemtest is test support (its name ends in "test"); only _test.go files, test-support packages and files under an internal/ directory import it`},
+		{"node/ts.go imports " + m + "api/apitest", "node may import only mailbox, p2p, store, protocol, keys (its _test.go files also: internal)"},
 	} {
 		i := slices.IndexFunc(problems, func(p problem) bool { return p.key() == tc.key })
 		if i < 0 {
@@ -563,6 +632,42 @@ func TestProjectPackage(t *testing.T) {
 		got, ok := projectPackage(tc.path)
 		if got != tc.want || ok != tc.ok {
 			t.Errorf("projectPackage(%q) = %q, %v; want %q, %v", tc.path, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestTestSupport(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		want bool
+	}{
+		{module + "/keys/kemtest", true},
+		{module + "/p2p/p2ptest", true},
+		{module + "/api/apitest", true},
+		{module + "/internal/testkit", false},
+		{module + "/p2p/testnet", false},
+		{module + "/p2p", false},
+	} {
+		if got := testSupport(tc.path); got != tc.want {
+			t.Errorf("testSupport(%q) = %v, want %v", tc.path, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		rel  string
+		want bool
+	}{
+		{"p2p/a.go", false},
+		{"mailbox/client.go", false},
+		{"node/internalx/a.go", false},
+		{"p2p/a_test.go", true},
+		{"p2p/p2ptest/p2ptest.go", true},
+		{"keys/kemtest/kemtest.go", true},
+		{"protocol/internal/vectors/vectors.go", true},
+		{"protocol/internal/vectorgen/main.go", true},
+		{"internal/testkit/testkit.go", true},
+	} {
+		if got := mayImportTestSupport(tc.rel); got != tc.want {
+			t.Errorf("mayImportTestSupport(%q) = %v, want %v", tc.rel, got, tc.want)
 		}
 	}
 }
