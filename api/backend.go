@@ -27,6 +27,10 @@ type Backend interface {
 	// VerifyContact returns the safety number shared with the named
 	// contact; with confirm set it also marks the contact verified.
 	VerifyContact(ctx context.Context, name string, confirm bool) (Verification, error)
+	// RejectKeyChange drops the new identity key the named contact
+	// presented and keeps the old one; it returns the verification of the
+	// key kept.
+	RejectKeyChange(ctx context.Context, name string) (Verification, error)
 	// Send queues a text message to the named contact and returns once
 	// it is durably in the outbox.
 	Send(ctx context.Context, contact, text string) (Message, error)
@@ -39,11 +43,15 @@ type Backend interface {
 
 // Status is a snapshot of the node's state.
 type Status struct {
-	PeerID         string         `json:"peer_id"`
-	Addrs          []string       `json:"addrs"`
-	ConnectedPeers int            `json:"connected_peers"`
-	OutboxPending  int            `json:"outbox_pending"`
-	Mailbox        *MailboxStatus `json:"mailbox,omitempty"` // set when the node serves as a mailbox
+	PeerID         string   `json:"peer_id"`
+	Addrs          []string `json:"addrs"`
+	ConnectedPeers int      `json:"connected_peers"`
+	OutboxPending  int      `json:"outbox_pending"`
+	// Requests is how many message requests wait; RequestsDropped how
+	// many were dropped, oldest first, over the node's limit.
+	Requests        int            `json:"requests"`
+	RequestsDropped uint64         `json:"requests_dropped"`
+	Mailbox         *MailboxStatus `json:"mailbox,omitempty"` // set when the node serves as a mailbox
 }
 
 // MailboxStatus describes what a node serving as a mailbox holds for others.

@@ -202,6 +202,13 @@ func (c *Client) VerifyContact(ctx context.Context, name string, confirm bool) (
 	return v, err
 }
 
+// RejectKeyChange implements Backend.
+func (c *Client) RejectKeyChange(ctx context.Context, name string) (Verification, error) {
+	var v Verification
+	err := c.do(ctx, http.MethodPost, "/v1/contacts/"+url.PathEscape(name)+"/reject-key", nil, nil, &v)
+	return v, err
+}
+
 // Send implements Backend.
 func (c *Client) Send(ctx context.Context, contact, text string) (Message, error) {
 	var m Message

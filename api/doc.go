@@ -16,6 +16,7 @@
 //	GET  /v1/contacts                    [Contact]
 //	POST /v1/contacts                    {"name", "invite"} -> Contact
 //	POST /v1/contacts/{name}/verify      {"confirm"} -> Verification
+//	POST /v1/contacts/{name}/reject-key  -> Verification (of the key kept)
 //	GET  /v1/messages?contact=&after=&limit=   [Message]
 //	POST /v1/messages                    {"contact", "text"} -> Message
 //	GET  /v1/events                      text/event-stream of Event

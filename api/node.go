@@ -26,10 +26,12 @@ func (b *nodeBackend) Status(ctx context.Context) (Status, error) {
 		return Status{}, nodeError(err)
 	}
 	out := Status{
-		PeerID:         st.PeerID,
-		Addrs:          nonNil(st.Addrs),
-		ConnectedPeers: st.ConnectedPeers,
-		OutboxPending:  st.OutboxPending,
+		PeerID:          st.PeerID,
+		Addrs:           nonNil(st.Addrs),
+		ConnectedPeers:  st.ConnectedPeers,
+		OutboxPending:   st.OutboxPending,
+		Requests:        st.Requests,
+		RequestsDropped: st.RequestsDropped,
 	}
 	if st.Mailbox != nil {
 		out.Mailbox = &MailboxStatus{Envelopes: int(st.Mailbox.Envelopes), Bytes: st.Mailbox.Bytes}
@@ -84,12 +86,24 @@ func (b *nodeBackend) VerifyContact(ctx context.Context, name string, confirm bo
 	if err != nil {
 		return Verification{}, nodeError(err)
 	}
+	return verificationOf(v), nil
+}
+
+func verificationOf(v node.Verification) Verification {
 	return Verification{
 		Contact:      v.Contact.Name,
 		SafetyNumber: v.SafetyNumber,
 		Verified:     v.Contact.Verified && !v.Contact.KeyChanged,
 		KeyChanged:   v.KeyChanged,
-	}, nil
+	}
+}
+
+func (b *nodeBackend) RejectKeyChange(ctx context.Context, name string) (Verification, error) {
+	v, err := b.n.RejectKeyChange(name)
+	if err != nil {
+		return Verification{}, nodeError(err)
+	}
+	return verificationOf(v), nil
 }
 
 func (b *nodeBackend) Send(ctx context.Context, contact, text string) (Message, error) {
@@ -288,6 +302,8 @@ func nodeError(err error) error {
 	case errors.Is(err, node.ErrInvalidName), errors.Is(err, node.ErrEmptyMessage),
 		errors.Is(err, node.ErrMessageTooLarge), errors.Is(err, node.ErrTooLarge),
 		strings.HasPrefix(err.Error(), "node: the message"):
+		return BadRequest("%s", userText(err))
+	case errors.Is(err, node.ErrNoKeyChange):
 		return BadRequest("%s", userText(err))
 	case errors.Is(err, node.ErrLocked), errors.Is(err, node.ErrNotRunning):
 		return &Error{Code: CodeUnavailable, Message: userText(err)}

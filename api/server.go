@@ -243,6 +243,7 @@ func (s *Server) routes() {
 	s.route("/v1/invite", map[string]http.HandlerFunc{"GET": s.handleInvite})
 	s.route("/v1/contacts", map[string]http.HandlerFunc{"GET": s.handleContacts, "POST": s.handleAddContact})
 	s.route("/v1/contacts/{name}/verify", map[string]http.HandlerFunc{"POST": s.handleVerify})
+	s.route("/v1/contacts/{name}/reject-key", map[string]http.HandlerFunc{"POST": s.handleRejectKey})
 	s.route("/v1/messages", map[string]http.HandlerFunc{"GET": s.handleMessages, "POST": s.handleSend})
 	s.route("/v1/events", map[string]http.HandlerFunc{"GET": s.handleEvents})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -312,6 +313,15 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v, err := s.b.VerifyContact(r.Context(), r.PathValue("name"), req.Confirm)
+	s.reply(w, r, http.StatusOK, v, err)
+}
+
+func (s *Server) handleRejectKey(w http.ResponseWriter, r *http.Request) {
+	if e := decodeBody(w, r, &struct{}{}, true); e != nil {
+		writeError(w, e)
+		return
+	}
+	v, err := s.b.RejectKeyChange(r.Context(), r.PathValue("name"))
 	s.reply(w, r, http.StatusOK, v, err)
 }
 

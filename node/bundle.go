@@ -122,6 +122,15 @@ func newBundle(tx *store.Tx, cfg *Config, acct *keys.AccountPrivate, cert keys.D
 				}
 			}
 		}
+		if raw, err := tx.GetSetting(settingBundle); err == nil {
+			if old, err := keys.ParseBundle(raw); err == nil {
+				if err := retire(tx, old); err != nil {
+					return nil, err
+				}
+			}
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
 		if err := tx.PutSetting(settingBundle, b.Marshal()); err != nil {
 			return nil, err
 		}
@@ -143,9 +152,13 @@ func (n *Node) currentBundle(now time.Time) ([]byte, error) {
 			if bd, err := keys.ParseBundle(b); err == nil && bd.Expires.Sub(now) > DefaultBundleValidity/4 {
 				// What the bundle still offers (dropUsedPrekeys takes out
 				// what first messages used), not what is held: prekeys of
-				// earlier bundles are held until they expire.
+				// earlier bundles are held until they expire. A bundle made
+				// less than minBundleRenewal ago stays, even with none left
+				// (a flood of first messages does not make bundles without
+				// end).
 				low := min(MinOneTimePrekeys, n.cfg.OneTimePrekeys)
-				fresh = len(bd.OneTimeDH) >= low && len(bd.OneTimeKEM) >= low
+				made := bd.Expires.Add(-DefaultBundleValidity)
+				fresh = len(bd.OneTimeDH) >= low && len(bd.OneTimeKEM) >= low || now.Sub(made) < minBundleRenewal
 			}
 		}
 		if fresh {
@@ -277,6 +290,8 @@ func (p *publication) get() (time.Time, error) {
 const (
 	minPublishRetry = 2 * time.Second
 	maxPublishRetry = 10 * time.Minute
+	// minPublishGap spaces publications of a changed bundle.
+	minPublishGap = 5 * time.Second
 )
 
 // publishLoop publishes the bundle at start, on every kickPublish, and
@@ -284,7 +299,14 @@ const (
 // counted in n.wg.
 func (n *Node) publishLoop() {
 	retry := minPublishRetry
+	var last time.Time
 	n.kickLoop(n.publishKick, func() (time.Duration, bool) {
+		// Kicks come with first messages: publish at most every
+		// minPublishGap, the latest bundle then.
+		if since := time.Since(last); since < minPublishGap {
+			return minPublishGap - since, true
+		}
+		last = time.Now()
 		err := n.publishBundle(n.ctx)
 		n.published.record(n.now(), err)
 		if err == nil {
@@ -339,6 +361,12 @@ func (n *Node) fetchBundle(ctx context.Context, c store.Contact) (*keys.Bundle, 
 		raw, err := n.askBundle(ctx, pid, c.Addrs)
 		if err == nil {
 			b, err := check(raw)
+			if err == nil || errors.As(err, new(*identityChangedError)) {
+				// What a device serves speaks for that device only.
+				if cerr := servedBy(raw, pid); cerr != nil {
+					err = cerr
+				}
+			}
 			if err == nil {
 				return b, nil
 			}
@@ -366,6 +394,20 @@ func (n *Node) fetchBundle(ctx context.Context, c store.Contact) (*keys.Bundle, 
 		errs = append(errs, err)
 	}
 	return nil, fmt.Errorf("%w (%w)", ErrNoBundle, errors.Join(errs...))
+}
+
+// servedBy checks that a bundle a peer served over an authenticated
+// stream is that peer's own: its device certificate names the peer. A
+// peer serving another device's bundle proves nothing about either.
+func servedBy(raw []byte, p peer.ID) error {
+	b, err := keys.ParseBundle(raw)
+	if err != nil {
+		return err
+	}
+	if string(b.Device.PeerID) != string(p) {
+		return fmt.Errorf("node: %s served a bundle for another device", p)
+	}
+	return nil
 }
 
 // identityChangedError reports a contact's device publishing a bundle
@@ -507,6 +549,9 @@ func (n *Node) maintenanceLoop() {
 	t := time.NewTicker(maintenanceInterval)
 	defer t.Stop()
 	for {
+		if err := n.pruneSecrets(n.now()); err != nil {
+			n.cfg.Logger.Error("deleting old prekeys and sessions", "err", err)
+		}
 		select {
 		case <-n.ctx.Done():
 			return

@@ -43,6 +43,9 @@ func (n *Node) AddContact(name, invite string) (Contact, error) {
 			if !old.IsRequest {
 				return fmt.Errorf("%w: this account is already your contact %q", store.ErrDuplicate, old.Name)
 			}
+			if err := unindexRequest(tx, old); err != nil {
+				return err
+			}
 			old.IsRequest = false
 			old.Name = name
 			old.DeviceCert = inv.Device.Marshal()
@@ -155,6 +158,9 @@ func (n *Node) VerifyContact(name string, confirm bool) (Verification, error) {
 				return err
 			}
 		}
+		if err := unindexRequest(tx, c); err != nil {
+			return err
+		}
 		c.Verified = true
 		c.IsRequest = false
 		if err := tx.PutContact(c); err != nil {
@@ -169,6 +175,33 @@ func (n *Node) VerifyContact(name string, confirm bool) (Verification, error) {
 	return v, err
 }
 
+// RejectKeyChange drops the new identity key a contact presented and
+// keeps the old one: the safety number did not match, or the user does not
+// trust the change. The new key's message request, if it wrote, stays a
+// request. It returns the verification of the key kept.
+func (n *Node) RejectKeyChange(name string) (Verification, error) {
+	var v Verification
+	err := n.db.Update(func(tx *store.Tx) error {
+		c, err := contactByName(tx, name)
+		if err != nil {
+			return err
+		}
+		if c.KeyChange == nil {
+			return fmt.Errorf("%w: %s", ErrNoKeyChange, c.Name)
+		}
+		c.KeyChange = nil
+		if err := tx.PutContact(c); err != nil {
+			return err
+		}
+		v = Verification{Contact: contactOf(c), SafetyNumber: n.SafetyNumber(c.Account)}
+		return nil
+	})
+	if err == nil {
+		n.kickOutbox()
+	}
+	return v, err
+}
+
 // acceptKeyChange makes a contact's pending key its key. A message request
 // that the new key already made is folded into the contact.
 func (n *Node) acceptKeyChange(tx *store.Tx, c store.Contact) (store.Contact, error) {
@@ -177,11 +210,17 @@ func (n *Node) acceptKeyChange(tx *store.Tx, c store.Contact) (store.Contact, er
 	if err := tx.DeleteSetting(altSessionSetting(c.Account)); err != nil {
 		return store.Contact{}, err
 	}
+	if err := tx.DeleteSetting(altSessionAtSetting(c.Account)); err != nil {
+		return store.Contact{}, err
+	}
 	if req, err := tx.GetContact(newAcct); err == nil {
 		// The new key wrote first: keep that contact (its session and
 		// messages), under the old name; the old key's history stays.
 		name := c.Name
 		if err := tx.DeleteContact(c.Account); err != nil {
+			return store.Contact{}, err
+		}
+		if err := unindexRequest(tx, req); err != nil {
 			return store.Contact{}, err
 		}
 		req.Name = name
@@ -338,6 +377,11 @@ type Status struct {
 	// direct connection.
 	BundlePublished time.Time
 	BundleError     string
+	// Requests is how many message requests wait for the user;
+	// RequestsDropped how many were dropped, oldest first, over the limit
+	// (Config.MaxRequests).
+	Requests        int
+	RequestsDropped uint64
 }
 
 // MailboxHeld is what a mailbox node holds for others.
@@ -363,7 +407,15 @@ func (n *Node) Status() (Status, error) {
 	}
 	err := n.db.View(func(tx *store.Tx) error {
 		var err error
-		st.OutboxPending, err = tx.PendingCount()
+		if st.OutboxPending, err = tx.PendingCount(); err != nil {
+			return err
+		}
+		reqs, err := tx.SettingNames(requestPrefix)
+		if err != nil {
+			return err
+		}
+		st.Requests = len(reqs)
+		st.RequestsDropped, _, err = tx.GetUint64(settingRequestsDropped)
 		return err
 	})
 	return st, err

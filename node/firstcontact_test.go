@@ -383,7 +383,8 @@ func TestBundlePublishRetried(t *testing.T) {
 
 // TestBundleRenewedWhenOffersRunLow: once the bundle offers fewer than
 // MinOneTimePrekeys one-time prekeys, a new one is made, even while the
-// prekeys of an earlier bundle are still held.
+// prekeys of an earlier bundle are still held, but not sooner than
+// minBundleRenewal after the last one.
 func TestBundleRenewedWhenOffersRunLow(t *testing.T) {
 	tn := newTestNet(t)
 	n := tn.start(tn.initNode("alice"))
@@ -417,7 +418,16 @@ func TestBundleRenewedWhenOffersRunLow(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Within minBundleRenewal of the last bundle, it stays (first
+	// messages use the signed and last-resort prekeys meanwhile).
 	raw, err := n.currentBundle(n.now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := parse(raw); b.Seq <= second.Seq || len(b.OneTimeDH) != 2 || b.SignedPrekey.ID != second.SignedPrekey.ID {
+		t.Fatalf("bundle %d with %d one-time prekeys minutes after bundle %d; want that bundle, re-signed", b.Seq, len(b.OneTimeDH), second.Seq)
+	}
+	raw, err = n.currentBundle(n.now().Add(minBundleRenewal))
 	if err != nil {
 		t.Fatal(err)
 	}

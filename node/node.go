@@ -67,6 +67,7 @@ var (
 	ErrAlreadyInitialised = errors.New("node: this data dir already holds an identity; use another --data to create a second one")
 	ErrLocked             = errors.New("node: the keystore is protected by a passphrase; give it with --passphrase-file (or SOTTO_PASSPHRASE_FILE)")
 	ErrUnknownContact     = errors.New("node: unknown contact")
+	ErrNoKeyChange        = errors.New("node: no new key awaits a decision for this contact; nothing to reject")
 	ErrKeyChangePending   = errors.New("node: this contact's identity key changed; compare safety numbers and accept the new key before sending")
 	ErrNotRunning         = errors.New("node: the node is not running")
 	ErrNotSealed          = errors.New("node: the message is not sealed yet: it waits for a session with the contact")
@@ -117,6 +118,12 @@ type Config struct {
 	// limits, timeouts), when Mailbox is set.
 	MailboxOptions []mailbox.Option
 
+	// MaxRequests bounds the message requests kept (default
+	// DefaultMaxRequests); NewSessionsPerEpoch the first messages accepted
+	// per UTC day (default DefaultNewSessionsPerEpoch).
+	MaxRequests         int
+	NewSessionsPerEpoch int
+
 	MessageTTL     time.Duration // default DefaultMessageTTL
 	OneTimePrekeys int           // default DefaultOneTimePrekeys
 	// ReorderWait is how long a received message waits for an earlier
@@ -135,6 +142,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.OneTimePrekeys <= 0 || c.OneTimePrekeys > keys.MaxOneTimePrekeys {
 		c.OneTimePrekeys = DefaultOneTimePrekeys
+	}
+	if c.MaxRequests <= 0 {
+		c.MaxRequests = DefaultMaxRequests
+	}
+	if c.NewSessionsPerEpoch <= 0 {
+		c.NewSessionsPerEpoch = DefaultNewSessionsPerEpoch
 	}
 	if c.MailboxAfter <= 0 {
 		c.MailboxAfter = DefaultMailboxAfter
@@ -189,9 +202,12 @@ type Node struct {
 	publishKick chan struct{}
 	// published: how the bundle's publication went.
 	published publication
-	ob        outboxState
-	mbx       mailboxes
-	sessions  sessionCache
+	// firstContact and strange rate envelopes from a peer under an intro
+	// tag and under no known tag (screen).
+	firstContact, strange *peerLimiters
+	ob                    outboxState
+	mbx                   mailboxes
+	sessions              sessionCache
 }
 
 // Init creates a new identity in dir: account key, device (host) key,
@@ -344,6 +360,8 @@ func Open(cfg Config) (*Node, error) {
 	n.releaseKick = make(chan struct{}, 1)
 	n.publishKick = make(chan struct{}, 1)
 	n.ob.init()
+	n.firstContact = newPeerLimiters(firstContactRate, firstContactBurst)
+	n.strange = newPeerLimiters(strangeRate, strangeBurst)
 	n.mbx.syncKick = make(chan struct{}, 1)
 	n.mbx.resub = make(chan struct{}, 1)
 	return n, nil

@@ -17,12 +17,13 @@ import (
 	"github.com/sotto-im/sotto/store"
 )
 
-// receiptTTL is the lifetime of a delivery receipt's envelope.
-const receiptTTL = protocol.MaxTTL
-
 // replayMarkLifetime is how long an accepted initial message's ID is kept:
-// past it, the envelope itself has expired and is refused anyway.
-const replayMarkLifetime = protocol.MaxTTL + 2*protocol.MaxClockSkew
+// at least as long as the prekeys it used can be used again. Those are
+// deleted once their bundle has expired and no envelope sealed before that
+// can still arrive (prekeyRetention), and a bundle expires at most
+// DefaultBundleValidity after it was made, which is before the message was
+// accepted.
+const replayMarkLifetime = DefaultBundleValidity + prekeyRetention
 
 // ingestReq is one inbound envelope waiting for the committer.
 type ingestReq struct {
@@ -42,10 +43,18 @@ type ingestReq struct {
 type directReceiver struct{ n *Node }
 
 func (d directReceiver) Receive(ctx context.Context, from peer.ID, env []byte) error {
+	if err := d.n.screen(from, env); err != nil {
+		return err
+	}
 	return d.n.Ingest(ctx, from, env, ViaDirect)
 }
 
 func (d directReceiver) Enqueue(ctx context.Context, from peer.ID, env []byte) <-chan error {
+	if err := d.n.screen(from, env); err != nil {
+		res := make(chan error, 1)
+		res <- err
+		return res
+	}
 	return d.n.enqueue(ctx, from, env, store.ViaDirect)
 }
 
@@ -334,7 +343,7 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *ingestBatch, now time.Time) (bool,
 			}
 			renv, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
 				Sender: n.account(), ID: rid, Sent: now, Type: protocol.ContentReceipt, Body: body,
-			}, receiptTTL)
+			}, sealTTL(now, now, n.cfg.MessageTTL))
 			if err != nil {
 				return false, fmt.Errorf("sealing receipt: %w", err)
 			}
@@ -451,6 +460,10 @@ func altSessionSetting(acct [32]byte) string {
 	return "alt/" + base64.RawURLEncoding.EncodeToString(acct[:])
 }
 
+func altSessionAtSetting(acct [32]byte) string {
+	return "alt-at/" + base64.RawURLEncoding.EncodeToString(acct[:])
+}
+
 // openOn decrypts env on the session with acct (or its alternate, after a
 // simultaneous initiation) and applies the message.
 func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
@@ -478,7 +491,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	if alt != nil {
 		msg, op, err := alt.Open(now, env)
 		if err == nil {
-			if err := putAltSession(tx, acct, alt); err != nil {
+			if err := putAltSession(tx, acct, alt, now); err != nil {
 				return processed{}, se(err)
 			}
 			if err := keepToken(tx, r, env, op.DeleteToken, msg); err != nil {
@@ -531,16 +544,28 @@ func altSession(tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
 // simultaneous initiation) or sent it before it lost its state (and now
 // sends on the session it started afresh). Sending on the newer session
 // is right in both cases, since the peer keeps the other for receiving.
-func putAltSession(tx *store.Tx, acct [32]byte, alt *protocol.Session) error {
+//
+// The time it was last stored goes with it (altSessionAt): an alternate
+// session that still holds this node's signed prekey is dropped once no
+// envelope for it can still be on its way (pruneAltSessions).
+func putAltSession(tx *store.Tx, acct [32]byte, alt *protocol.Session, now time.Time) error {
 	b, err := alt.MarshalBinary()
 	if err != nil {
 		return err
 	}
-	return tx.PutSetting(altSessionSetting(acct), b)
+	if err := tx.PutSetting(altSessionSetting(acct), b); err != nil {
+		return err
+	}
+	return tx.PutUint64(altSessionAtSetting(acct), uint64(now.Unix()))
 }
 
 // accept runs the responder's side of PQXDH for a first message.
 func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope, now time.Time) (processed, error) {
+	if full, err := n.newSessionsFull(tx, now); err != nil {
+		return processed{}, se(err)
+	} else if full {
+		return processed{}, ErrTooManyFirstContacts
+	}
 	src := &prekeySource{tx: tx}
 	sess, msg, acc, err := protocol.Accept(now, *n.me, src, env)
 	if src.err != nil {
@@ -560,8 +585,17 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	contact, err := tx.GetContact(peerAcct)
 	switch {
 	case errors.Is(err, store.ErrUnknownContact) || errors.Is(err, store.ErrNotFound):
-		_, evs, err := n.newRequest(tx, sess.PeerDevice(), now)
+		// The device certificate's peer ID is the new account's own claim.
+		// It proves a device moved to a new account only when that device
+		// sent the message itself: over a direct stream whose Noise-
+		// authenticated remote peer is the certificate's peer ID.
+		cert := sess.PeerDevice()
+		proven := r.via == store.ViaDirect && r.from != "" && string(cert.PeerID) == string(r.from)
+		c, evs, err := n.newRequest(tx, cert, proven, now)
 		if err != nil {
+			return processed{}, se(err)
+		}
+		if _, err := n.indexRequest(tx, c); err != nil {
 			return processed{}, se(err)
 		}
 		out.events = append(out.events, evs...)
@@ -601,6 +635,9 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	if _, err := tx.MarkInitialSeen(acc.InitialID, now.Add(replayMarkLifetime)); err != nil {
 		return processed{}, se(err)
 	}
+	if err := countNewSession(tx, now); err != nil {
+		return processed{}, se(err)
+	}
 	if err := tx.PutSetting(initialSetting(acc.InitialID), peerAcct[:]); err != nil {
 		return processed{}, se(err)
 	}
@@ -622,7 +659,7 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		if keep == sess {
 			other = oldSess
 		}
-		if err := putAltSession(tx, peerAcct, other); err != nil {
+		if err := putAltSession(tx, peerAcct, other, now); err != nil {
 			return processed{}, se(err)
 		}
 		if err := n.putTags(tx, other, now); err != nil {
@@ -651,14 +688,19 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 }
 
 // newRequest creates a contact for an account that wrote first: a message
-// request, never dropped. If the sender's device is a known contact's
-// device with another account key, that contact is flagged as changed.
-func (n *Node) newRequest(tx *store.Tx, cert keys.DeviceCertificate, now time.Time) (store.Contact, []Event, error) {
+// request, never dropped. If the sender proved that its device is a known
+// contact's device (proven: the device itself sent the message), that
+// contact is flagged as changed too; the user decides. An unproven claim
+// to a contact's device is an ordinary request from a new account.
+func (n *Node) newRequest(tx *store.Tx, cert keys.DeviceCertificate, proven bool, now time.Time) (store.Contact, []Event, error) {
 	var events []Event
 	pid, _ := peer.IDFromBytes(cert.PeerID)
-	all, err := tx.ListContacts()
-	if err != nil {
-		return store.Contact{}, nil, err
+	var all []store.Contact
+	if proven { // rare: a device moving to a new account
+		var err error
+		if all, err = tx.ListContacts(); err != nil {
+			return store.Contact{}, nil, err
+		}
 	}
 	for _, c := range all {
 		if c.PeerID == pid.String() && c.Account != cert.Account && !c.IsRequest {

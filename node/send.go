@@ -130,6 +130,10 @@ func (n *Node) Send(ctx context.Context, name, text string) (Message, error) {
 		if c.KeyChange != nil {
 			return ErrKeyChangePending
 		}
+		// Answering a request keeps it: it is no longer one that waits.
+		if err := unindexRequest(tx, c); err != nil {
+			return err
+		}
 		stored, err = tx.AppendMessage(store.Message{
 			ID: id, Contact: c.Account, Direction: store.Outgoing, Type: uint8(protocol.ContentText),
 			Body: []byte(text), SentAt: now, ReceivedAt: now, State: store.StateQueued,
@@ -139,7 +143,7 @@ func (n *Node) Send(ctx context.Context, name, text string) (Message, error) {
 		}
 		e := store.OutboxEntry{
 			MsgID: id, Contact: c.Account, Kind: store.OutboxMessage,
-			Created: now, NextAttempt: now, Expires: now.Add(n.cfg.MessageTTL),
+			Created: now, NextAttempt: now, Expires: envelopeExpiry(now, n.cfg.MessageTTL),
 		}
 		if n.me != nil {
 			sess, _, err := n.takeSession(tx, c.Account)
@@ -282,17 +286,34 @@ func (n *Node) takeSession(tx *store.Tx, acct [32]byte) (sess *protocol.Session,
 // seal encrypts a stored outgoing message on sess and returns the
 // envelope's bytes. The caller saves sess (putSession) in the transaction
 // that stores the envelope.
+// envelopeExpiry is when the envelopes of a message written at sentAt
+// expire: at the start of the epoch (UTC day) in which sentAt + ttl falls.
+// An envelope's expiry so tells only the day its message was written, not
+// the second, and a message, its copies sealed again later and every
+// receipt written that day carry the same expiry. A message's life is
+// therefore between ttl minus a day and ttl.
+//
+// A TTL shorter than two epochs (embedding programs, tests) is not
+// rounded.
+func envelopeExpiry(sentAt time.Time, ttl time.Duration) time.Time {
+	if ttl < 2*protocol.EpochLength {
+		return sentAt.Add(ttl)
+	}
+	return protocol.EpochStart(protocol.Epoch(sentAt.Add(ttl)))
+}
+
+// sealTTL is the TTL that makes an envelope sealed at now expire at
+// envelopeExpiry(sentAt, ttl), within what the protocol allows (a message
+// so old that less than a minute remains is sealed for a minute: the
+// outbox fails it at its expiry).
+func sealTTL(sentAt, now time.Time, ttl time.Duration) time.Duration {
+	return min(max(envelopeExpiry(sentAt, ttl).Sub(now), time.Minute), protocol.MaxTTL)
+}
+
 func (n *Node) seal(sess *protocol.Session, m store.Message, now time.Time) ([]byte, error) {
-	ttl := m.SentAt.Add(n.cfg.MessageTTL).Sub(now)
-	if ttl < time.Minute {
-		ttl = time.Minute
-	}
-	if ttl > protocol.MaxTTL {
-		ttl = protocol.MaxTTL
-	}
 	env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
 		Sender: n.account(), ID: m.ID, Sent: m.SentAt, Seq: m.PeerSeq, Type: protocol.ContentType(m.Type), Body: m.Body,
-	}, ttl)
+	}, sealTTL(m.SentAt, now, n.cfg.MessageTTL))
 	if err != nil {
 		return nil, err
 	}

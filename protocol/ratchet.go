@@ -244,6 +244,10 @@ func (r *Ratchet) sendDraft() *Ratchet {
 	return &c
 }
 
+// neverSent reports whether no message was ever encrypted: the ratchet key
+// is still the one it started with (a responder's signed prekey).
+func (r *Ratchet) neverSent() bool { return !r.hasCKs && r.ns == 0 && r.pn == 0 }
+
 // CanSend reports whether Encrypt can produce a message: false only for a
 // responder that has not received anything yet.
 func (r *Ratchet) CanSend() bool { return r.hasCKs || r.hasDHr }

@@ -656,6 +656,12 @@ func (s *Session) LocalAccount() keys.AccountPublic { return s.local }
 // bundle.
 func (s *Session) Initiator() bool { return s.initiator }
 
+// HoldsSignedPrekey reports whether the session still holds the private
+// key of the responder's signed prekey as its ratchet key: a responder's
+// session on which nothing was ever sent. Whoever steals it can open other
+// initial messages that used that prekey and no one-time prekey.
+func (s *Session) HoldsSignedPrekey() bool { return !s.initiator && s.ratchet.neverSent() }
+
 // InitialID returns the initial ID of the PQXDH exchange that set up the
 // session (see EnvelopeInitialID).
 func (s *Session) InitialID() [32]byte { return s.initialID }

@@ -1370,3 +1370,43 @@ func TestSendTagAcrossEpochs(t *testing.T) {
 		mustOpen(t, sb, now, e, m)
 	}
 }
+
+// TestHoldsSignedPrekey: a responder's session holds its signed prekey
+// until it first sends, however many messages it receives; the
+// initiator's never does.
+func TestHoldsSignedPrekey(t *testing.T) {
+	rng := sessRNG(7)
+	a := newSessParty(t, rng, "alice", 1)
+	b := newSessParty(t, rng, "bob", 1)
+	sa, err := Initiate(rng, sessNow, a.me, b.bundle, derandEncapsulator(rng))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m0, m1 := textMessage(0, "one"), textMessage(1, "two")
+	e0 := mustSeal(t, rng, sa, sessNow, m0)
+	e1 := mustSeal(t, rng, sa, sessNow, m1)
+	sb, _ := mustAccept(t, b, e0, m0, a.account())
+	if sa.HoldsSignedPrekey() {
+		t.Fatal("the initiator's session claims to hold a signed prekey")
+	}
+	mustOpen(t, sb, sessNow, e1, m1)
+	if !sb.HoldsSignedPrekey() {
+		t.Fatal("the responder's session that never sent does not report its signed prekey")
+	}
+	// The encoding keeps it.
+	back, err := UnmarshalSession(mustSessState(t, sb))
+	if err != nil || !back.HoldsSignedPrekey() {
+		t.Fatalf("after a round trip: %v, holds %v", err, back != nil && back.HoldsSignedPrekey())
+	}
+	r := textMessage(2, "reply")
+	er := mustSeal(t, rng, sb, sessNow, r)
+	if sb.HoldsSignedPrekey() {
+		t.Fatal("the responder's session still reports its signed prekey after sending")
+	}
+	mustOpen(t, sa, sessNow, er, r)
+	e3 := mustSeal(t, rng, sa, sessNow, textMessage(3, "three"))
+	mustOpen(t, sb, sessNow, e3, textMessage(3, "three"))
+	if sb.HoldsSignedPrekey() {
+		t.Fatal("a later DH step made the responder's session report its signed prekey again")
+	}
+}

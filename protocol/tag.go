@@ -68,6 +68,11 @@ func Epoch(t time.Time) uint64 {
 	return uint64(s) / uint64(EpochLength/time.Second)
 }
 
+// EpochStart is the first instant of epoch e.
+func EpochStart(e uint64) time.Time {
+	return time.Unix(int64(e)*int64(EpochLength/time.Second), 0).UTC()
+}
+
 // LiveEpochs returns, oldest first, the epochs in which an envelope that
 // may still be alive at now can have been sent: from
 // Epoch(now − MaxTTL − LiveEpochMargin) to Epoch(now + LiveEpochMargin).

@@ -593,6 +593,84 @@ func (tx *Tx) moveConversation(from, to [32]byte) error {
 	return nil
 }
 
+// DeleteConversation removes every trace of a conversation with account:
+// its messages and their indexes, its dedup marks, its order state
+// (counters and held messages) and its outbox entries. The contact itself
+// is DeleteContact's. It returns how many messages it deleted.
+func (tx *Tx) DeleteConversation(account [32]byte) (int, error) {
+	if err := tx.writable(); err != nil {
+		return 0, err
+	}
+	mb, err := tx.messageBuckets()
+	if err != nil {
+		return 0, err
+	}
+	deleted := 0
+	var convKeys [][]byte
+	c := mb.conv.Cursor()
+	for k, id := c.Seek(account[:]); k != nil && bytes.HasPrefix(k, account[:]); k, id = c.Next() {
+		if len(id) != 16 {
+			return deleted, fmt.Errorf("%w: message index entry has %d bytes", ErrCorrupt, len(id))
+		}
+		m, err := tx.GetMessage([16]byte(id))
+		if err != nil {
+			return deleted, fmt.Errorf("message index points at a missing message: %w", err)
+		}
+		if err := mb.global.Delete(be64(m.GlobalSeq)); err != nil {
+			return deleted, err
+		}
+		if err := mb.msgs.Delete(m.ID[:]); err != nil {
+			return deleted, err
+		}
+		convKeys = append(convKeys, bytes.Clone(k))
+		deleted++
+	}
+	for _, k := range convKeys {
+		if err := mb.conv.Delete(k); err != nil {
+			return deleted, err
+		}
+	}
+	for _, name := range [][]byte{bucketSeen, bucketHeld} {
+		b, err := tx.bucket(name)
+		if err != nil {
+			return deleted, err
+		}
+		var ks [][]byte
+		c := b.Cursor()
+		for k, _ := c.Seek(account[:]); k != nil && bytes.HasPrefix(k, account[:]); k, _ = c.Next() {
+			ks = append(ks, bytes.Clone(k))
+		}
+		for _, k := range ks {
+			if err := b.Delete(k); err != nil {
+				return deleted, err
+			}
+		}
+	}
+	for _, name := range [][]byte{bucketConvSeq, bucketOutSeq, bucketInSeq} {
+		b, err := tx.bucket(name)
+		if err != nil {
+			return deleted, err
+		}
+		if err := b.Delete(account[:]); err != nil {
+			return deleted, err
+		}
+	}
+	for {
+		es, err := tx.OutboxFor(account, DefaultDueLimit)
+		if err != nil {
+			return deleted, err
+		}
+		for _, e := range es {
+			if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+				return deleted, err
+			}
+		}
+		if len(es) < DefaultDueLimit {
+			return deleted, nil
+		}
+	}
+}
+
 // LastSeq returns the Seq of a conversation's latest message (0 if it has
 // none), or with a nil contact the latest GlobalSeq. To show the newest n
 // messages, list from LastSeq-n.

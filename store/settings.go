@@ -69,6 +69,21 @@ func (tx *Tx) DeleteSetting(name string) error {
 	return b.Delete([]byte(name))
 }
 
+// SettingNames returns the names of the settings that begin with prefix,
+// in ascending order.
+func (tx *Tx) SettingNames(prefix string) ([]string, error) {
+	b, err := tx.bucket(bucketSettings)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	c := b.Cursor()
+	for k, _ := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, _ = c.Next() {
+		out = append(out, string(k))
+	}
+	return out, nil
+}
+
 // PutUint64 stores an integer setting.
 func (tx *Tx) PutUint64(name string, v uint64) error { return tx.PutSetting(name, be64(v)) }
 

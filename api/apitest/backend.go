@@ -136,6 +136,26 @@ func (b *Backend) VerifyContact(ctx context.Context, name string, confirm bool) 
 	}, nil
 }
 
+// RejectKeyChange implements api.Backend: a pending key change is
+// dropped; without one it is a bad request, as on a node.
+func (b *Backend) RejectKeyChange(ctx context.Context, name string) (api.Verification, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	i := b.find(name)
+	if i < 0 {
+		return api.Verification{}, b.unknown(name)
+	}
+	if !b.contacts[i].KeyChanged {
+		return api.Verification{}, api.BadRequest("no new key awaits a decision for this contact; nothing to reject: %s", name)
+	}
+	b.contacts[i].KeyChanged = false
+	return api.Verification{
+		Contact:      name,
+		SafetyNumber: "12345 67890 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890",
+		Verified:     b.contacts[i].Verified,
+	}, nil
+}
+
 // Send implements api.Backend: the message is queued and announced with a
 // message event.
 func (b *Backend) Send(ctx context.Context, contact, text string) (api.Message, error) {

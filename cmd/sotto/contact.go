@@ -74,13 +74,21 @@ const safetyGroupsPerLine = 4
 
 var contactVerifyCommand = &command{
 	name:     "contact verify",
-	synopsis: "[--data DIR] [--confirm] [--json] NAME",
+	synopsis: "[--data DIR] [--confirm | --reject] [--json] NAME",
 	summary:  "show the safety number shared with NAME, or confirm it matches",
 	detail: "Compare the number with your contact's, in person or over a channel you trust.\n" +
-		"If they match, run the command again with --confirm.",
+		"If they match, run the command again with --confirm. If NAME's key changed and the\n" +
+		"numbers do not match, --reject drops the new key and keeps the old one.",
 	setup: func(fs *flag.FlagSet) runFunc {
 		confirm := fs.Bool("confirm", false, "mark NAME as verified: the numbers match")
+		reject := fs.Bool("reject", false, "drop NAME's new key and keep the old one: the numbers do not match")
 		return backendCall(fs, 1, "need a contact NAME", func(ctx context.Context, b api.Backend, args []string) (api.Verification, error) {
+			switch {
+			case *confirm && *reject:
+				return api.Verification{}, usagef("--confirm and --reject exclude each other")
+			case *reject:
+				return b.RejectKeyChange(ctx, args[0])
+			}
 			return b.VerifyContact(ctx, args[0], *confirm)
 		}, func(w io.Writer, v api.Verification) error {
 			name := clean(v.Contact, true)
@@ -91,11 +99,15 @@ var contactVerifyCommand = &command{
 			}
 			fmt.Fprintln(w)
 			switch {
+			case *reject:
+				fmt.Fprintf(w, "%s's new key is rejected: this is the number of the key you keep, and messages\n"+
+					"go to that key again. If %s's device presents the new key again, you are asked again.\n", name, name)
 			case *confirm && v.KeyChanged:
 				fmt.Fprintf(w, "%s's new key is accepted and verified.\n", name)
 			case v.KeyChanged:
 				fmt.Fprintf(w, "%s's key CHANGED: this is the number of the new key. If %s sees the same\n"+
-					"number, accept the new key with `sotto contact verify %s --confirm`.\n", name, name, name)
+					"number, accept the new key with `sotto contact verify %s --confirm`; if not, keep\n"+
+					"the old key with `sotto contact verify %s --reject`.\n", name, name, name, name)
 			case *confirm:
 				fmt.Fprintf(w, "%s is now verified.\n", name)
 			case v.Verified:

@@ -77,6 +77,11 @@ var statusCommand = &command{
 			fmt.Fprintf(w, "addresses:        %s\n", orNone(st.Addrs, "\n                  "))
 			fmt.Fprintf(w, "connected peers:  %d\n", st.ConnectedPeers)
 			fmt.Fprintf(w, "outbox pending:   %d\n", st.OutboxPending)
+			fmt.Fprintf(w, "requests:         %d waiting", st.Requests)
+			if st.RequestsDropped > 0 {
+				fmt.Fprintf(w, ", %d oldest dropped over the limit", st.RequestsDropped)
+			}
+			fmt.Fprintln(w)
 			if st.Mailbox != nil {
 				fmt.Fprintf(w, "mailbox:          %d envelopes, %d bytes\n", st.Mailbox.Envelopes, st.Mailbox.Bytes)
 			}
