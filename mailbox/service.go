@@ -26,9 +26,6 @@ const (
 	// bucket of a mailbox: requests per second, and burst.
 	DefaultRate  = 50
 	DefaultBurst = 200
-	// maxRateLimiters bounds the per-peer limiter table; past it idle
-	// entries are dropped.
-	maxRateLimiters = 4096
 	// DefaultStreamsPerPeer caps concurrent mailbox streams from
 	// one peer; excess streams are reset.
 	DefaultStreamsPerPeer = 4
@@ -233,7 +230,7 @@ type Service struct {
 	mu      sync.Mutex
 	closed  bool
 	streams map[peer.ID]int
-	limits  map[peer.ID]*rate.Limiter
+	limits  *p2p.PeerLimiter
 
 	provided chan struct{} // closed after the first successful announcement
 	provOnce sync.Once
@@ -278,7 +275,7 @@ func NewService(h *p2p.Host, g *p2p.Gossip, db *store.DB, opts ...Option) (*Serv
 		db:       db,
 		cfg:      cfg,
 		streams:  make(map[peer.ID]int),
-		limits:   make(map[peer.ID]*rate.Limiter),
+		limits:   p2p.NewPeerLimiter(cfg.rate, cfg.burst),
 		provided: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(h.Context())
@@ -448,29 +445,6 @@ func reasonOf(err error) Reason {
 	return ReasonMalformed
 }
 
-// limiter returns p's token bucket.
-func (s *Service) allow(p peer.ID) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l := s.limits[p]
-	if l == nil {
-		if len(s.limits) >= maxRateLimiters {
-			now := time.Now()
-			for q, ql := range s.limits {
-				if ql.TokensAt(now) >= float64(s.cfg.burst) {
-					delete(s.limits, q)
-				}
-			}
-			if len(s.limits) >= maxRateLimiters {
-				clear(s.limits)
-			}
-		}
-		l = rate.NewLimiter(s.cfg.rate, s.cfg.burst)
-		s.limits[p] = l
-	}
-	return l.Allow()
-}
-
 func (s *Service) acquire(p peer.ID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -542,7 +516,7 @@ func (s *Service) serve(st network.Stream, p peer.ID) error {
 		switch {
 		case perr != nil:
 			resp = appendStatus(nil, StatusBadRequest, ReasonNone)
-		case !s.allow(p):
+		case !s.limits.Allow(p):
 			resp = appendStatus(nil, StatusThrottled, ReasonNone)
 		default:
 			resp = s.answer(req)

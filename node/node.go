@@ -204,7 +204,7 @@ type Node struct {
 	published publication
 	// firstContact and strange rate envelopes from a peer under an intro
 	// tag and under no known tag (screen).
-	firstContact, strange *peerLimiters
+	firstContact, strange *p2p.PeerLimiter
 	ob                    outboxState
 	mbx                   mailboxes
 	sessions              sessionCache
@@ -360,8 +360,8 @@ func Open(cfg Config) (*Node, error) {
 	n.releaseKick = make(chan struct{}, 1)
 	n.publishKick = make(chan struct{}, 1)
 	n.ob.init()
-	n.firstContact = newPeerLimiters(firstContactRate, firstContactBurst)
-	n.strange = newPeerLimiters(strangeRate, strangeBurst)
+	n.firstContact = p2p.NewPeerLimiter(firstContactRate, firstContactBurst)
+	n.strange = p2p.NewPeerLimiter(strangeRate, strangeBurst)
 	n.mbx.syncKick = make(chan struct{}, 1)
 	n.mbx.resub = make(chan struct{}, 1)
 	return n, nil

@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"golang.org/x/time/rate"
 
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
@@ -41,8 +39,6 @@ const (
 	firstContactBurst = 20
 	strangeRate       = 2
 	strangeBurst      = 20
-	// maxPeerLimiters bounds the per-peer limiter tables.
-	maxPeerLimiters = 4096
 )
 
 // ErrTooManyFirstContacts is the refusal of a first message over the
@@ -189,43 +185,6 @@ func pruneNewSessionCounts(tx *store.Tx, now time.Time) (bool, error) {
 	return wrote, nil
 }
 
-// peerLimiters are token buckets per remote peer.
-type peerLimiters struct {
-	r     rate.Limit
-	burst int
-
-	mu sync.Mutex
-	m  map[peer.ID]*rate.Limiter
-}
-
-func newPeerLimiters(r rate.Limit, burst int) *peerLimiters {
-	return &peerLimiters{r: r, burst: burst, m: make(map[peer.ID]*rate.Limiter)}
-}
-
-func (l *peerLimiters) allow(p peer.ID) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lim := l.m[p]
-	if lim == nil {
-		if len(l.m) >= maxPeerLimiters {
-			// Forget the peers whose buckets are full again; if none,
-			// start over (a flood of fresh peer IDs).
-			now := time.Now()
-			for q, ql := range l.m {
-				if ql.TokensAt(now) >= float64(l.burst) {
-					delete(l.m, q)
-				}
-			}
-			if len(l.m) >= maxPeerLimiters {
-				clear(l.m)
-			}
-		}
-		lim = rate.NewLimiter(l.r, l.burst)
-		l.m[p] = lim
-	}
-	return lim.Allow()
-}
-
 // screen looks at an envelope that arrived over a direct stream from p
 // before it goes to the committer: one under a tag this node knows goes
 // on; one under an intro tag (a first message) or under no known tag at
@@ -250,11 +209,11 @@ func (n *Node) screen(p peer.ID, raw []byte) error {
 	case known:
 		return nil
 	case n.isIntroTag(env.Tag, n.now()):
-		if !n.firstContact.allow(p) {
+		if !n.firstContact.Allow(p) {
 			return ErrTooManyFirstContacts // acked "try later"
 		}
 	default:
-		if !n.strange.allow(p) {
+		if !n.strange.Allow(p) {
 			return malformed(errors.New("no session for this envelope's tag"))
 		}
 	}
