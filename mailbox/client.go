@@ -2,6 +2,7 @@ package mailbox
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -418,4 +419,34 @@ func (c *Client) roundTrip(ctx context.Context, mbx peer.ID, req []byte) (Status
 	}
 	st.Close()
 	return status, body, nil
+}
+
+// FetchAll pages through mailbox mbx's envelopes under tags, page pages at
+// a time, adding new ones to envs (by content hash) until envs holds max,
+// and returns the hashes in the mailbox's order.
+func (c *Client) FetchAll(ctx context.Context, mbx peer.ID, tags []protocol.Tag, page int, envs map[[32]byte][]byte, max int) ([][32]byte, error) {
+	var list [][32]byte
+	for len(tags) > 0 {
+		chunk := tags[:min(len(tags), MaxQueryTags)]
+		tags = tags[len(chunk):]
+		var cursor []byte
+		for len(envs) < max {
+			res, err := c.Query(ctx, mbx, chunk, cursor, page)
+			if err != nil {
+				return list, err
+			}
+			for _, env := range res.Envelopes {
+				h := sha256.Sum256(env)
+				if _, ok := envs[h]; !ok {
+					envs[h] = env
+				}
+				list = append(list, h)
+			}
+			if !res.More || len(res.Envelopes) == 0 {
+				break
+			}
+			cursor = res.Cursor
+		}
+	}
+	return list, nil
 }

@@ -1,11 +1,9 @@
 package node
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -19,13 +17,8 @@ import (
 	"github.com/sotto-im/sotto/store"
 )
 
-// BundleProtocol serves a device's current prekey bundle to whoever asks:
-// the asker writes nothing, the server writes one frame (the bundle) and
-// closes. Bundles are public; the DHT holds the same record.
-const BundleProtocol = "/sotto/bundle/1.0.0"
-
-// bundleTimeout bounds a whole bundle exchange.
-const bundleTimeout = 10 * time.Second
+// bundleTimeout bounds a bundle lookup.
+const bundleTimeout = p2p.BundleTimeout
 
 // maintenanceInterval is how often the node re-indexes tags, prunes old
 // ones and checks its bundle.
@@ -319,21 +312,6 @@ func (n *Node) publishLoop() {
 	})
 }
 
-// serveBundle writes the current bundle on s.
-func (n *Node) serveBundle(s network.Stream) {
-	defer s.Close()
-	s.SetDeadline(time.Now().Add(bundleTimeout))
-	b, err := n.currentBundle(n.now())
-	if err != nil {
-		s.Reset()
-		return
-	}
-	bw := bufio.NewWriter(s)
-	if err := p2p.WriteFrame(bw, b, keys.MaxBundleSize); err != nil || bw.Flush() != nil {
-		s.Reset()
-	}
-}
-
 // fetchBundle finds the contact's current bundle: straight from its device
 // when reachable, else from the DHT. It checks that the bundle verifies
 // and belongs to the contact's account.
@@ -358,7 +336,8 @@ func (n *Node) fetchBundle(ctx context.Context, c store.Contact) (*keys.Bundle, 
 	}
 	var errs []error
 	if pid, err := peer.Decode(c.PeerID); err == nil {
-		raw, err := n.askBundle(ctx, pid, c.Addrs)
+		n.addAddrs(pid, c.Addrs)
+		raw, err := h.AskBundle(ctx, pid)
 		if err == nil {
 			b, err := check(raw)
 			if err == nil || errors.As(err, new(*identityChangedError)) {
@@ -420,28 +399,6 @@ func (e *identityChangedError) Error() string {
 
 func (e *identityChangedError) Unwrap() error { return protocol.ErrIdentityChanged }
 
-// askBundle asks a device for its bundle over BundleProtocol.
-func (n *Node) askBundle(ctx context.Context, p peer.ID, addrs []string) ([]byte, error) {
-	h := n.Host()
-	ctx, cancel := context.WithTimeout(ctx, bundleTimeout)
-	defer cancel()
-	n.addAddrs(p, addrs)
-	s, err := h.LibP2P().NewStream(ctx, p, BundleProtocol)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	s.SetDeadline(time.Now().Add(bundleTimeout))
-	b, err := p2p.ReadFrame(bufio.NewReader(s), keys.MaxBundleSize)
-	if err != nil {
-		s.Reset()
-		return nil, fmt.Errorf("node: reading bundle from %s: %w", p, err)
-	}
-	if _, err := io.Copy(io.Discard, io.LimitReader(s, 1)); err != nil {
-		s.Reset()
-	}
-	return b, nil
-}
 
 // addAddrs tells the peerstore where a contact was last seen.
 func (n *Node) addAddrs(p peer.ID, addrs []string) {

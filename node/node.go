@@ -441,7 +441,7 @@ func (n *Node) Start(ctx context.Context) error {
 	n.mu.Lock()
 	n.host = h
 	n.mu.Unlock()
-	h.LibP2P().SetStreamHandler(BundleProtocol, n.serveBundle)
+	h.ServeBundles(func() ([]byte, error) { return n.currentBundle(n.now()) })
 	h.LibP2P().Network().Notify(connNotifee{n})
 
 	if err := n.refreshTags(); err != nil {
@@ -489,7 +489,6 @@ func (n *Node) Close() error {
 	}
 	n.closeMailboxes()
 	if h != nil {
-		h.LibP2P().RemoveStreamHandler(BundleProtocol)
 		h.LibP2P().Network().StopNotify(connNotifee{n})
 		errs = append(errs, h.Close())
 	}

@@ -1,9 +1,7 @@
 package node
 
 import (
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/sotto-im/sotto/keys"
@@ -22,125 +20,40 @@ import (
 // prekeyRetention is how long after its bundle expires a prekey is held.
 const prekeyRetention = protocol.MaxTTL + 2*protocol.MaxClockSkew
 
-// retiredPrefix names the settings that record retired bundles' prekeys:
-// retiredPrefix + 16 hex digits of a sequence number.
-const retiredPrefix = "retired/"
-
-// A retired record is the deletion deadline (Unix seconds, uint64) and then
-// the prekeys to delete, 5 bytes each: kind, ID (uint32).
-const retiredEntrySize = 5
-
 // retire records the prekeys of the bundle that is being replaced, to be
-// deleted after its deadline. Prekeys no longer held (used one-time
-// prekeys) are left out.
+// deleted once no envelope sealed with them can arrive.
 func retire(tx *store.Tx, old *keys.Bundle) error {
-	v := binary.BigEndian.AppendUint64(nil, uint64(old.Expires.Add(prekeyRetention).Unix()))
-	for kind, id := range bundlePrekeys(old) {
-		if _, err := tx.GetPrekey(kind, id); errors.Is(err, store.ErrNotFound) {
-			continue
-		} else if err != nil {
-			return err
-		}
-		v = append(v, byte(kind))
-		v = binary.BigEndian.AppendUint32(v, id)
-	}
-	return tx.PutSetting(fmt.Sprintf("%s%016x", retiredPrefix, old.Seq), v)
+	return tx.RetirePrekeys(old.Expires.Add(prekeyRetention), bundlePrekeys(old))
 }
 
-// prunePrekeys deletes the prekeys of retired bundles whose deadline has
-// passed (never one that the current bundle offers), and returns how many
-// and whether it wrote anything. Prekeys held with no record, from before
-// records were kept, get one with the longest deadline they could need.
-func (n *Node) prunePrekeys(tx *store.Tx, now time.Time) (deleted int, wrote bool, err error) {
-	current := map[[2]uint32]bool{}
+// prunePrekeys deletes the retired prekeys whose deadline has passed,
+// never one that the current bundle offers. Prekeys held with no record,
+// from before records were kept, get the longest deadline they could need.
+func (n *Node) prunePrekeys(tx *store.Tx, now time.Time) (int, bool, error) {
+	var keep []store.PrekeyRef
 	if raw, err := tx.GetSetting(settingBundle); err == nil {
 		if b, err := keys.ParseBundle(raw); err == nil {
-			for k, id := range bundlePrekeys(b) {
-				current[[2]uint32{uint32(k), id}] = true
-			}
+			keep = bundlePrekeys(b)
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return 0, false, err
 	}
-	names, err := tx.SettingNames(retiredPrefix)
-	if err != nil {
-		return 0, false, err
-	}
-	recorded := map[[2]uint32]bool{}
-	for _, name := range names {
-		v, err := tx.GetSetting(name)
-		if err != nil {
-			return deleted, true, err
-		}
-		if len(v) < 8 || (len(v)-8)%retiredEntrySize != 0 {
-			return deleted, false, fmt.Errorf("%w: retired prekey record %q of %d bytes", store.ErrCorrupt, name, len(v))
-		}
-		due := !now.Before(time.Unix(int64(binary.BigEndian.Uint64(v)), 0))
-		for e := v[8:]; len(e) > 0; e = e[retiredEntrySize:] {
-			key := [2]uint32{uint32(e[0]), binary.BigEndian.Uint32(e[1:])}
-			recorded[key] = true
-			if !due || current[key] {
-				continue
-			}
-			ok, err := tx.ConsumePrekey(store.PrekeyKind(e[0]), key[1])
-			if err != nil {
-				return deleted, true, err
-			}
-			if ok {
-				deleted++
-				wrote = true
-			}
-		}
-		if due {
-			wrote = true
-			if err := tx.DeleteSetting(name); err != nil {
-				return deleted, true, err
-			}
-		}
-	}
-	// Prekeys of bundles replaced before records were kept.
-	var orphans []byte
-	for _, kind := range []store.PrekeyKind{store.PrekeySignedDH, store.PrekeyLastResort, store.PrekeyOneTimeDH, store.PrekeyOneTimeKEM} {
-		ids, err := tx.PrekeyIDs(kind)
-		if err != nil {
-			return deleted, true, err
-		}
-		for _, id := range ids {
-			key := [2]uint32{uint32(kind), id}
-			if !current[key] && !recorded[key] {
-				orphans = append(orphans, byte(kind))
-				orphans = binary.BigEndian.AppendUint32(orphans, id)
-			}
-		}
-	}
-	if len(orphans) > 0 {
-		deadline := now.Add(DefaultBundleValidity + prekeyRetention)
-		v := append(binary.BigEndian.AppendUint64(nil, uint64(deadline.Unix())), orphans...)
-		wrote = true
-		if err := tx.PutSetting(fmt.Sprintf("%s%016x", retiredPrefix, uint64(now.UnixNano())), v); err != nil {
-			return deleted, true, err
-		}
-	}
-	return deleted, wrote, nil
+	return tx.PruneRetiredPrekeys(now, keep, now.Add(DefaultBundleValidity+prekeyRetention))
 }
 
-// bundlePrekeys lists the prekeys a bundle offers, by kind and ID.
-func bundlePrekeys(b *keys.Bundle) func(yield func(store.PrekeyKind, uint32) bool) {
-	return func(yield func(store.PrekeyKind, uint32) bool) {
-		if !yield(store.PrekeySignedDH, uint32(b.SignedPrekey.ID)) || !yield(store.PrekeyLastResort, uint32(b.LastResortKEM.ID)) {
-			return
-		}
-		for _, p := range b.OneTimeDH {
-			if !yield(store.PrekeyOneTimeDH, uint32(p.ID)) {
-				return
-			}
-		}
-		for _, p := range b.OneTimeKEM {
-			if !yield(store.PrekeyOneTimeKEM, uint32(p.ID)) {
-				return
-			}
-		}
+// bundlePrekeys lists the prekeys a bundle offers.
+func bundlePrekeys(b *keys.Bundle) []store.PrekeyRef {
+	refs := []store.PrekeyRef{
+		{Kind: store.PrekeySignedDH, ID: uint32(b.SignedPrekey.ID)},
+		{Kind: store.PrekeyLastResort, ID: uint32(b.LastResortKEM.ID)},
 	}
+	for _, p := range b.OneTimeDH {
+		refs = append(refs, store.PrekeyRef{Kind: store.PrekeyOneTimeDH, ID: uint32(p.ID)})
+	}
+	for _, p := range b.OneTimeKEM {
+		refs = append(refs, store.PrekeyRef{Kind: store.PrekeyOneTimeKEM, ID: uint32(p.ID)})
+	}
+	return refs
 }
 
 // errNothingToPrune rolls back a prune that found nothing to do, so that

@@ -94,8 +94,8 @@ func TestRetiredPrekeysDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	oldKeys := map[store.PrekeyKind][]keys.PrekeyID{}
-	for k, id := range bundlePrekeys(old) {
-		oldKeys[k] = append(oldKeys[k], keys.PrekeyID(id))
+	for _, r := range bundlePrekeys(old) {
+		oldKeys[r.Kind] = append(oldKeys[r.Kind], keys.PrekeyID(r.ID))
 	}
 	for k, ids := range oldKeys {
 		for _, id := range ids {
@@ -140,9 +140,9 @@ func TestRetiredPrekeysDeleted(t *testing.T) {
 			}
 		}
 	}
-	for k, id := range bundlePrekeys(cur) {
-		if !held(t, alice, k, keys.PrekeyID(id)) {
-			t.Fatalf("current %v prekey %d deleted", k, id)
+	for _, r := range bundlePrekeys(cur) {
+		if !held(t, alice, r.Kind, keys.PrekeyID(r.ID)) {
+			t.Fatalf("current %v prekey %d deleted", r.Kind, r.ID)
 		}
 	}
 	// The orphan's deadline.
@@ -157,7 +157,7 @@ func TestRetiredPrekeysDeleted(t *testing.T) {
 		t.Fatal("an orphan prekey outlived its deadline")
 	}
 	if err := alice.db.View(func(tx *store.Tx) error {
-		names, err := tx.SettingNames(retiredPrefix)
+		names, err := tx.SettingNames("retired/")
 		if err == nil && len(names) != 0 {
 			return errors.New("retired records remain")
 		}

@@ -1,9 +1,7 @@
 package node
 
 import (
-	"container/heap"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"slices"
@@ -313,7 +311,9 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 	lists := make([][][32]byte, 0, len(mbxs))
 	held := make([]peer.ID, 0, len(mbxs))
 	for _, p := range mbxs {
-		list, err := n.fetchAll(ctx, p, tagList, envs)
+		fctx, cancel := context.WithTimeout(ctx, syncTimeout)
+		list, err := n.mbx.client.FetchAll(fctx, p, tagList, syncPage, envs, maxSyncEnvelopes)
+		cancel()
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -322,7 +322,7 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 			held = append(held, p)
 		}
 	}
-	order := mergeOrders(lists)
+	order := mailbox.MergeOrders(lists)
 	n.cfg.Logger.Debug("mailbox sync", "mailboxes", len(mbxs), "holding", len(held), "envelopes", len(order), "err", errors.Join(errs...))
 	n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: len(mbxs), Envelopes: 0}})
 
@@ -377,115 +377,6 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 		n.kickSync() // more remain
 	}
 	return done, errors.Join(errs...)
-}
-
-// fetchAll pages through one mailbox's envelopes under tags, adding new
-// ones to envs (by content hash) and returning the hashes in the
-// mailbox's order.
-func (n *Node) fetchAll(ctx context.Context, p peer.ID, tags []protocol.Tag, envs map[[32]byte][]byte) ([][32]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
-	defer cancel()
-	var list [][32]byte
-	for len(tags) > 0 {
-		chunk := tags[:min(len(tags), mailbox.MaxQueryTags)]
-		tags = tags[len(chunk):]
-		var cursor []byte
-		for len(envs) < maxSyncEnvelopes {
-			res, err := n.mbx.client.Query(ctx, p, chunk, cursor, syncPage)
-			if err != nil {
-				return list, err
-			}
-			for _, env := range res.Envelopes {
-				h := sha256.Sum256(env)
-				if _, ok := envs[h]; !ok {
-					envs[h] = env
-				}
-				list = append(list, h)
-			}
-			if !res.More || len(res.Envelopes) == 0 {
-				break
-			}
-			cursor = res.Cursor
-		}
-	}
-	return list, nil
-}
-
-// mergeOrders merges several sequences into one that keeps the relative
-// order of every sequence where they agree (Kahn's algorithm over the
-// union of their successor edges). Where they conflict, or nothing
-// constrains the choice, the element seen first wins.
-func mergeOrders(lists [][][32]byte) [][32]byte {
-	first := map[[32]byte]int{}
-	var all [][32]byte
-	for _, l := range lists {
-		for _, h := range l {
-			if _, ok := first[h]; !ok {
-				first[h] = len(all)
-				all = append(all, h)
-			}
-		}
-	}
-	succ := make([][]int, len(all))
-	indeg := make([]int, len(all))
-	edge := map[[2]int]bool{}
-	for _, l := range lists {
-		for i := 1; i < len(l); i++ {
-			a, b := first[l[i-1]], first[l[i]]
-			if a == b || edge[[2]int{a, b}] {
-				continue
-			}
-			edge[[2]int{a, b}] = true
-			succ[a] = append(succ[a], b)
-			indeg[b]++
-		}
-	}
-	// ready holds indices with no unplaced predecessor, smallest first.
-	ready := &intHeap{}
-	for i := range all {
-		if indeg[i] == 0 {
-			heap.Push(ready, i)
-		}
-	}
-	placed := make([]bool, len(all))
-	out := make([][32]byte, 0, len(all))
-	next := 0 // for breaking cycles: the earliest unplaced element
-	for len(out) < len(all) {
-		var i int
-		if ready.Len() > 0 {
-			i = heap.Pop(ready).(int)
-			if placed[i] {
-				continue
-			}
-		} else {
-			for placed[next] {
-				next++
-			}
-			i = next // a cycle: the orders conflict
-		}
-		placed[i] = true
-		out = append(out, all[i])
-		for _, j := range succ[i] {
-			indeg[j]--
-			if indeg[j] == 0 && !placed[j] {
-				heap.Push(ready, j)
-			}
-		}
-	}
-	return out
-}
-
-type intHeap []int
-
-func (h intHeap) Len() int           { return len(h) }
-func (h intHeap) Less(i, j int) bool { return h[i] < h[j] }
-func (h intHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *intHeap) Push(x any)        { *h = append(*h, x.(int)) }
-func (h *intHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
 }
 
 // depositDue deposits in mailboxes the sealed entries that have waited

@@ -286,6 +286,7 @@ func (n *Host) Close() error {
 		n.mu.Unlock()
 		n.cancel()
 		n.h.RemoveStreamHandler(DirectProtocol)
+		n.h.RemoveStreamHandler(BundleProtocol)
 		var errs []error
 		if n.mdns != nil {
 			errs = append(errs, n.mdns.Close())

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -182,4 +183,110 @@ func (tx *Tx) PruneInitialSeen(now time.Time) (int, error) {
 		}
 	}
 	return len(doomed), nil
+}
+
+// Prekeys that a replaced bundle offered are retired: recorded with the
+// time after which no envelope can need them, and deleted then. A record
+// is a setting named retiredPrefix + 16 hex digits (a sequence number):
+// the deadline (Unix seconds, uint64be) followed by 5 bytes per prekey,
+// its kind and its ID (uint32be).
+const (
+	retiredPrefix    = "retired/"
+	retiredEntrySize = 5
+)
+
+// PrekeyRef names a stored private prekey.
+type PrekeyRef struct {
+	Kind PrekeyKind
+	ID   uint32
+}
+
+// RetirePrekeys records that the prekeys refs, those still held, are to
+// be deleted at deadline (PruneRetiredPrekeys).
+func (tx *Tx) RetirePrekeys(deadline time.Time, refs []PrekeyRef) error {
+	b, err := tx.wbucket(bucketSettings)
+	if err != nil {
+		return err
+	}
+	v := binary.BigEndian.AppendUint64(nil, uint64(deadline.Unix()))
+	for _, r := range refs {
+		if _, err := tx.GetPrekey(r.Kind, r.ID); errors.Is(err, ErrNotFound) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		v = append(v, byte(r.Kind))
+		v = binary.BigEndian.AppendUint32(v, r.ID)
+	}
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	return tx.PutSetting(fmt.Sprintf("%s%016x", retiredPrefix, seq), v)
+}
+
+// PruneRetiredPrekeys deletes the prekeys of retirement records whose
+// deadline is not after now, except those in keep (the current bundle's),
+// and the records. Prekeys held with no record and not in keep (kept from
+// before records existed) are retired until orphansUntil. It returns how
+// many prekeys it deleted and whether it wrote anything.
+func (tx *Tx) PruneRetiredPrekeys(now time.Time, keep []PrekeyRef, orphansUntil time.Time) (deleted int, wrote bool, err error) {
+	kept := map[PrekeyRef]bool{}
+	for _, r := range keep {
+		kept[r] = true
+	}
+	names, err := tx.SettingNames(retiredPrefix)
+	if err != nil {
+		return 0, false, err
+	}
+	recorded := map[PrekeyRef]bool{}
+	for _, name := range names {
+		v, err := tx.GetSetting(name)
+		if err != nil {
+			return deleted, wrote, err
+		}
+		if len(v) < 8 || (len(v)-8)%retiredEntrySize != 0 {
+			return deleted, wrote, fmt.Errorf("%w: retired prekey record %q of %d bytes", ErrCorrupt, name, len(v))
+		}
+		due := !now.Before(time.Unix(int64(binary.BigEndian.Uint64(v)), 0))
+		for e := v[8:]; len(e) > 0; e = e[retiredEntrySize:] {
+			r := PrekeyRef{PrekeyKind(e[0]), binary.BigEndian.Uint32(e[1:])}
+			recorded[r] = true
+			if !due || kept[r] {
+				continue
+			}
+			ok, err := tx.ConsumePrekey(r.Kind, r.ID)
+			if err != nil {
+				return deleted, true, err
+			}
+			if ok {
+				deleted++
+			}
+		}
+		if due {
+			wrote = true
+			if err := tx.DeleteSetting(name); err != nil {
+				return deleted, wrote, err
+			}
+		}
+	}
+	var orphans []PrekeyRef
+	for _, kind := range []PrekeyKind{PrekeySignedDH, PrekeyOneTimeDH, PrekeyLastResort, PrekeyOneTimeKEM} {
+		ids, err := tx.PrekeyIDs(kind)
+		if err != nil {
+			return deleted, wrote, err
+		}
+		for _, id := range ids {
+			if r := (PrekeyRef{kind, id}); !kept[r] && !recorded[r] {
+				orphans = append(orphans, r)
+			}
+		}
+	}
+	if len(orphans) > 0 {
+		wrote = true
+		if err := tx.RetirePrekeys(orphansUntil, orphans); err != nil {
+			return deleted, wrote, err
+		}
+	}
+	return deleted, wrote, nil
 }

@@ -1,4 +1,4 @@
-package node
+package mailbox
 
 import (
 	"fmt"
@@ -30,8 +30,8 @@ func TestMergeOrders(t *testing.T) {
 		{"empty", nil, hs()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := mergeOrders(tc.lists); !slices.Equal(got, tc.want) {
-				t.Fatalf("mergeOrders = %v, want %v", got, tc.want)
+			if got := MergeOrders(tc.lists); !slices.Equal(got, tc.want) {
+				t.Fatalf("MergeOrders = %v, want %v", got, tc.want)
 			}
 		})
 	}
@@ -57,7 +57,7 @@ func TestMergeOrdersRecoversSendOrder(t *testing.T) {
 		// mailbox (as when deposits go to k mailboxes in send order).
 		lists = append(lists, hs(seq(n)...))
 		rng.Shuffle(len(lists), func(i, j int) { lists[i], lists[j] = lists[j], lists[i] })
-		if got := mergeOrders(lists); !slices.Equal(got, hs(seq(n)...)) {
+		if got := MergeOrders(lists); !slices.Equal(got, hs(seq(n)...)) {
 			t.Fatalf("trial %d: order not recovered: %v", trial, got[:min(10, len(got))])
 		}
 	}
@@ -75,7 +75,7 @@ func BenchmarkMergeOrders(b *testing.B) {
 	lists := [][][32]byte{hs(seq(10000)...), hs(seq(10000)...), hs(seq(10000)...)}
 	b.ReportAllocs()
 	for b.Loop() {
-		if len(mergeOrders(lists)) != 10000 {
+		if len(MergeOrders(lists)) != 10000 {
 			b.Fatal(fmt.Sprint("bad merge"))
 		}
 	}
