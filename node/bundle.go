@@ -399,7 +399,6 @@ func (e *identityChangedError) Error() string {
 
 func (e *identityChangedError) Unwrap() error { return protocol.ErrIdentityChanged }
 
-
 // addAddrs tells the peerstore where a contact was last seen.
 func (n *Node) addAddrs(p peer.ID, addrs []string) {
 	h := n.Host()
