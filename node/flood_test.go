@@ -31,6 +31,10 @@ func TestFirstContactFlood(t *testing.T) {
 	alice := tn.start(aliceDir, func(c *Config) { c.MaxRequests, c.NewSessionsPerEpoch = maxRequests, perEpoch })
 	bob := tn.start(tn.initNode("bob"))
 	befriend(t, alice, "alice", bob, "bob")
+	// Carol is a contact with no session yet: she will write first, after
+	// the day's budget for strangers is spent.
+	carol := tn.start(tn.initNode("carol"))
+	befriend(t, alice, "alice", carol, "carol")
 	if _, err := bob.Send(ctx, "alice", "before"); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +63,9 @@ func TestFirstContactFlood(t *testing.T) {
 					}
 					raw = b
 				}
-				env, _ := firstMessage(t, raw, alice.now(), time.Hour, "", "spam")
+				// One in ten is held (its sender's first message "missing"),
+				// so dropped requests take held messages with them.
+				env, _ := firstMessageSeq(t, raw, alice.now(), time.Hour, "", "spam", uint64(1+min(i%10, 1)))
 				err := alice.Ingest(ctx, "", env, ViaMailbox)
 				sent.Add(1)
 				switch {
@@ -122,8 +128,8 @@ func TestFirstContactFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cs) > maxRequests+1 {
-		t.Errorf("%d contacts after the flood, want at most %d requests and bob", len(cs), maxRequests)
+	if len(cs) > maxRequests+2 {
+		t.Errorf("%d contacts after the flood, want at most %d requests, bob and carol", len(cs), maxRequests)
 	}
 	if c, err := alice.Contact("bob"); err != nil || c.Request || c.KeyChanged {
 		t.Errorf("bob after the flood: %+v, %v", c, err)
@@ -131,6 +137,12 @@ func TestFirstContactFlood(t *testing.T) {
 	if ms := allMessages(t, alice, ""); len(ms) > maxRequests+2+4 {
 		t.Errorf("%d messages kept after the flood", len(ms))
 	}
+	// A contact's first message is not a stranger's: the spent budget
+	// does not stop it.
+	if _, err := carol.Send(ctx, "alice", "hello from carol"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, alice, "carol", 1, incoming)
 	// Bob's conversation still works both ways.
 	if _, err := alice.Send(ctx, "bob", "after"); err != nil {
 		t.Fatal(err)

@@ -30,6 +30,13 @@ func strangerFirstMessage(t *testing.T, n *Node, claimed peer.ID, text string) (
 // with the bundle raw, to expire ttl later.
 func firstMessage(t *testing.T, raw []byte, now time.Time, ttl time.Duration, claimed peer.ID, text string) (env []byte, acct [32]byte) {
 	t.Helper()
+	return firstMessageSeq(t, raw, now, ttl, claimed, text, 1)
+}
+
+// firstMessageSeq is firstMessage with the sender's sequence number seq
+// (above 1: the recipient holds it, waiting for the earlier ones).
+func firstMessageSeq(t *testing.T, raw []byte, now time.Time, ttl time.Duration, claimed peer.ID, text string, seq uint64) (env []byte, acct [32]byte) {
+	t.Helper()
 	a, err := keys.GenerateAccount(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +68,7 @@ func firstMessage(t *testing.T, raw []byte, now time.Time, ttl time.Duration, cl
 		t.Fatal(err)
 	}
 	e, _, err := sess.Seal(rand.Reader, now, protocol.Message{
-		Sender: a.Public(), ID: id, Sent: now, Seq: 1, Type: protocol.ContentText, Body: []byte(text),
+		Sender: a.Public(), ID: id, Sent: now, Seq: seq, Type: protocol.ContentText, Body: []byte(text),
 	}, ttl)
 	if err != nil {
 		t.Fatal(err)

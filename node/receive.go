@@ -180,6 +180,9 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 		if err := rc.flush(n, tx, now); err != nil {
 			return err
 		}
+		if err := n.evictRequests(tx, rc.touched()); err != nil {
+			return err
+		}
 		kick = queued
 		return nil
 	})
@@ -253,6 +256,18 @@ type ingestBatch struct {
 	// raw holds the stored state of each session taken from the store
 	// (see takeSession), to return unchanged ones to the cache.
 	raw map[[32]byte][]byte
+}
+
+// touched lists the accounts whose sessions or receipts this batch holds.
+func (rc *ingestBatch) touched() map[[32]byte]bool {
+	t := make(map[[32]byte]bool, len(rc.sessions)+len(rc.order))
+	for a := range rc.sessions {
+		t[a] = true
+	}
+	for _, a := range rc.order {
+		t[a] = true
+	}
+	return t
 }
 
 // session returns the batch's copy of the session with acct (nil if none).
@@ -561,11 +576,6 @@ func putAltSession(tx *store.Tx, acct [32]byte, alt *protocol.Session, now time.
 
 // accept runs the responder's side of PQXDH for a first message.
 func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope, now time.Time) (processed, error) {
-	if full, err := n.newSessionsFull(tx, now); err != nil {
-		return processed{}, se(err)
-	} else if full {
-		return processed{}, ErrTooManyFirstContacts
-	}
 	src := &prekeySource{tx: tx}
 	sess, msg, acc, err := protocol.Accept(now, *n.me, src, env)
 	if src.err != nil {
@@ -585,6 +595,17 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	contact, err := tx.GetContact(peerAcct)
 	switch {
 	case errors.Is(err, store.ErrUnknownContact) || errors.Is(err, store.ErrNotFound):
+		// An account that is not a contact: within the day's budget only.
+		// (Accept wrote nothing: refused here, the envelope changes
+		// nothing and can come again.)
+		if full, err := n.newSessionsFull(tx, now); err != nil {
+			return processed{}, se(err)
+		} else if full {
+			return processed{}, ErrTooManyFirstContacts
+		}
+		if err := countNewSession(tx, now); err != nil {
+			return processed{}, se(err)
+		}
 		// The device certificate's peer ID is the new account's own claim.
 		// It proves a device moved to a new account only when that device
 		// sent the message itself: over a direct stream whose Noise-
@@ -595,8 +616,13 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		if err != nil {
 			return processed{}, se(err)
 		}
-		if _, err := n.indexRequest(tx, c); err != nil {
-			return processed{}, se(err)
+		// A request that a contact's key change names waits for the
+		// user's decision: never dropped for others.
+		flagged := slices.ContainsFunc(evs, func(e Event) bool { return e.Type == EventKeyChange })
+		if !flagged {
+			if err := tx.PutSetting(requestSetting(c), nil); err != nil {
+				return processed{}, se(err)
+			}
 		}
 		out.events = append(out.events, evs...)
 	case err != nil:
@@ -633,9 +659,6 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		out.republish = changed
 	}
 	if _, err := tx.MarkInitialSeen(acc.InitialID, now.Add(replayMarkLifetime)); err != nil {
-		return processed{}, se(err)
-	}
-	if err := countNewSession(tx, now); err != nil {
 		return processed{}, se(err)
 	}
 	if err := tx.PutSetting(initialSetting(acc.InitialID), peerAcct[:]); err != nil {

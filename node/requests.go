@@ -69,54 +69,61 @@ func unindexRequest(tx *store.Tx, c store.Contact) error {
 	return tx.DeleteSetting(requestSetting(c))
 }
 
-// indexRequest records a new request and drops the oldest requests beyond
-// the limit, with their sessions and conversations. It returns how many it
-// dropped.
-func (n *Node) indexRequest(tx *store.Tx, c store.Contact) (int, error) {
-	if err := tx.PutSetting(requestSetting(c), nil); err != nil {
-		return 0, err
-	}
+// evictRequests drops the oldest message requests beyond the limit, with
+// their sessions and conversations, at the end of an inbound batch; a
+// request the batch touched (a new one among them) stays until a later
+// batch, so nothing the batch is about to write goes away under it.
+func (n *Node) evictRequests(tx *store.Tx, touched map[[32]byte]bool) error {
 	names, err := tx.SettingNames(requestPrefix)
-	if err != nil {
-		return 0, err
+	if err != nil || len(names) <= n.cfg.MaxRequests {
+		return err
 	}
+	over := len(names) - n.cfg.MaxRequests
 	dropped := 0
-	for len(names) > n.cfg.MaxRequests {
-		name := names[0]
-		names = names[1:]
-		if err := tx.DeleteSetting(name); err != nil {
-			return dropped, err
+	for _, name := range names {
+		if over == 0 {
+			break
 		}
 		i := strings.LastIndexByte(name, '/')
-		acct, err := base64.RawURLEncoding.DecodeString(name[i+1:])
-		if err != nil || len(acct) != 32 {
-			continue // not ours to read: gone with its index entry
+		b, err := base64.RawURLEncoding.DecodeString(name[i+1:])
+		if err != nil || len(b) != 32 {
+			over--
+			if err := tx.DeleteSetting(name); err != nil {
+				return err
+			}
+			continue
 		}
-		old, err := tx.GetContact([32]byte(acct))
+		acct := [32]byte(b)
+		if touched[acct] {
+			continue
+		}
+		over--
+		if err := tx.DeleteSetting(name); err != nil {
+			return err
+		}
+		old, err := tx.GetContact(acct)
 		if errors.Is(err, store.ErrUnknownContact) || errors.Is(err, store.ErrNotFound) {
 			continue
 		}
 		if err != nil {
-			return dropped, err
+			return err
 		}
 		if !old.IsRequest {
 			continue // answered since: an index entry left behind
 		}
-		if err := n.dropContact(tx, old.Account); err != nil {
-			return dropped, err
+		if err := n.dropContact(tx, acct); err != nil {
+			return err
 		}
 		dropped++
 	}
-	if dropped > 0 {
-		total, _, err := tx.GetUint64(settingRequestsDropped)
-		if err != nil {
-			return dropped, err
-		}
-		if err := tx.PutUint64(settingRequestsDropped, total+uint64(dropped)); err != nil {
-			return dropped, err
-		}
+	if dropped == 0 {
+		return nil
 	}
-	return dropped, nil
+	total, _, err := tx.GetUint64(settingRequestsDropped)
+	if err != nil {
+		return err
+	}
+	return tx.PutUint64(settingRequestsDropped, total+uint64(dropped))
 }
 
 // dropContact removes a contact with its sessions, conversation and the

@@ -644,6 +644,14 @@ func (tx *Tx) DeleteConversation(account [32]byte) (int, error) {
 			if err := b.Delete(k); err != nil {
 				return deleted, err
 			}
+			// A held message is in no conversation index yet: its record
+			// goes with its held entry.
+			if string(name) == string(bucketHeld) && len(k) == heldKeySize {
+				if err := mb.msgs.Delete(k[heldKeySize-16:]); err != nil {
+					return deleted, err
+				}
+				deleted++
+			}
 		}
 	}
 	for _, name := range [][]byte{bucketConvSeq, bucketOutSeq, bucketInSeq} {
