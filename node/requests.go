@@ -84,23 +84,19 @@ func (n *Node) evictRequests(tx *store.Tx, touched map[[32]byte]bool) error {
 		if over == 0 {
 			break
 		}
-		i := strings.LastIndexByte(name, '/')
-		b, err := base64.RawURLEncoding.DecodeString(name[i+1:])
-		if err != nil || len(b) != 32 {
-			over--
-			if err := tx.DeleteSetting(name); err != nil {
-				return err
-			}
-			continue
-		}
-		acct := [32]byte(b)
-		if touched[acct] {
+		b, err := base64.RawURLEncoding.DecodeString(name[strings.LastIndexByte(name, '/')+1:])
+		ok := err == nil && len(b) == 32 // else not ours to read: its entry goes
+		if ok && touched[[32]byte(b)] {
 			continue
 		}
 		over--
 		if err := tx.DeleteSetting(name); err != nil {
 			return err
 		}
+		if !ok {
+			continue
+		}
+		acct := [32]byte(b)
 		old, err := tx.GetContact(acct)
 		if errors.Is(err, store.ErrUnknownContact) || errors.Is(err, store.ErrNotFound) {
 			continue
@@ -215,7 +211,7 @@ func (n *Node) screen(p peer.ID, raw []byte) error {
 	switch {
 	case known:
 		return nil
-	case n.isIntroTag(env.Tag, n.now()):
+	case protocol.IsIntroTag(n.account(), env.Tag, n.now()):
 		if !n.firstContact.Allow(p) {
 			return ErrTooManyFirstContacts // acked "try later"
 		}
@@ -225,15 +221,4 @@ func (n *Node) screen(p peer.ID, raw []byte) error {
 		}
 	}
 	return nil
-}
-
-// isIntroTag reports whether tag is one of this node's intro tags for the
-// epochs live at now.
-func (n *Node) isIntroTag(tag protocol.Tag, now time.Time) bool {
-	for _, e := range protocol.LiveEpochs(now) {
-		if protocol.IntroTag(n.account(), e) == tag {
-			return true
-		}
-	}
-	return false
 }

@@ -68,6 +68,17 @@ func Epoch(t time.Time) uint64 {
 	return uint64(s) / uint64(EpochLength/time.Second)
 }
 
+// IsIntroTag reports whether tag is one of account's intro tags for the
+// epochs live at now.
+func IsIntroTag(account keys.AccountPublic, tag Tag, now time.Time) bool {
+	for _, e := range LiveEpochs(now) {
+		if IntroTag(account, e) == tag {
+			return true
+		}
+	}
+	return false
+}
+
 // EpochStart is the first instant of epoch e.
 func EpochStart(e uint64) time.Time {
 	return time.Unix(int64(e)*int64(EpochLength/time.Second), 0).UTC()

@@ -182,3 +182,29 @@ func TestTagString(t *testing.T) {
 		t.Errorf("String = %q, want %q", got, want)
 	}
 }
+
+func TestIsIntroTag(t *testing.T) {
+	var acct, other keys.AccountPublic
+	acct[0], other[0] = 1, 2
+	now := EpochStart(20000).Add(time.Hour)
+	live := LiveEpochs(now)
+	for _, e := range []uint64{live[0], Epoch(now), live[len(live)-1]} {
+		if !IsIntroTag(acct, IntroTag(acct, e), now) {
+			t.Errorf("the intro tag of live epoch %d is not recognised", e)
+		}
+	}
+	for _, tag := range []Tag{IntroTag(acct, live[0]-1), IntroTag(acct, live[len(live)-1]+1), IntroTag(other, Epoch(now)), {}} {
+		if IsIntroTag(acct, tag, now) {
+			t.Errorf("%x taken as an intro tag", tag[:4])
+		}
+	}
+}
+
+func TestEpochStart(t *testing.T) {
+	for _, e := range []uint64{1, 20000} {
+		s := EpochStart(e)
+		if Epoch(s) != e || Epoch(s.Add(-time.Second)) != e-1 {
+			t.Errorf("EpochStart(%d) = %v is not the first instant of the epoch", e, s)
+		}
+	}
+}
