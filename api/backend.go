@@ -52,6 +52,31 @@ type Status struct {
 	Requests        int            `json:"requests"`
 	RequestsDropped uint64         `json:"requests_dropped"`
 	Mailbox         *MailboxStatus `json:"mailbox,omitempty"` // set when the node serves as a mailbox
+	// Counters since the node's process opened the data directory (they
+	// start from zero again when it restarts): envelopes its mailbox newly
+	// stored (deposits accepted) and returned to syncing clients
+	// (envelopes served), mailbox syncs it ran as a client, messages
+	// sent (queued by Send) and messages received (stored; a batch whose
+	// commit failed is counted again when its senders retry).
+	DepositsAccepted uint64 `json:"deposits_accepted"`
+	EnvelopesServed  uint64 `json:"envelopes_served"`
+	SyncsRun         uint64 `json:"syncs_run"`
+	MessagesSent     uint64 `json:"messages_sent"`
+	MessagesReceived uint64 `json:"messages_received"`
+	// Reachability is "public", "private" (others reach this node through
+	// Relays) or "unknown"; DHTMode is "server" or "client".
+	Reachability string       `json:"reachability"`
+	Relays       []string     `json:"relays,omitempty"`
+	DHTMode      string       `json:"dht_mode"`
+	Connections  []Connection `json:"connections"`
+}
+
+// Connection is one open connection of the node.
+type Connection struct {
+	Peer      string `json:"peer"`
+	Addr      string `json:"addr"`
+	Relayed   bool   `json:"relayed"`
+	Direction string `json:"direction"` // "in" or "out"
 }
 
 // MailboxStatus describes what a node serving as a mailbox holds for others.
@@ -113,12 +138,15 @@ const (
 	StateFailed    State = "failed"    // given up on
 )
 
-// Via tells how an incoming message arrived.
+// Via tells which path a message took: for an incoming one, how it
+// arrived; for an outgoing one, what took it (a stream to the contact's
+// device, direct or relayed, or the mailboxes), empty while queued.
 type Via string
 
-// Delivery paths of incoming messages.
+// Delivery paths.
 const (
 	ViaDirect  Via = "direct"
+	ViaRelay   Via = "relay" // a stream to the device through a relay
 	ViaMailbox Via = "mailbox"
 )
 
@@ -130,7 +158,7 @@ type Message struct {
 	Text      string    `json:"text"`
 	SentAt    time.Time `json:"sent_at"`
 	State     State     `json:"state,omitempty"`     // outgoing only
-	Via       Via       `json:"via,omitempty"`       // incoming only
+	Via       Via       `json:"via,omitempty"`       // the path it took
 	StoredAt  int       `json:"stored_at,omitempty"` // mailboxes that acknowledged (outgoing)
 	Seq       uint64    `json:"seq"`                 // cursor: strictly increasing per data dir
 }

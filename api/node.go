@@ -32,9 +32,24 @@ func (b *nodeBackend) Status(ctx context.Context) (Status, error) {
 		OutboxPending:   st.OutboxPending,
 		Requests:        st.Requests,
 		RequestsDropped: st.RequestsDropped,
+
+		DepositsAccepted: st.DepositsAccepted,
+		EnvelopesServed:  st.EnvelopesServed,
+		SyncsRun:         st.SyncsRun,
+		MessagesSent:     st.MessagesSent,
+		MessagesReceived: st.MessagesReceived,
 	}
 	if st.Mailbox != nil {
 		out.Mailbox = &MailboxStatus{Envelopes: int(st.Mailbox.Envelopes), Bytes: st.Mailbox.Bytes}
+	}
+	out.Reachability, out.DHTMode, out.Relays = st.Reachability, st.DHTMode, st.Relays
+	out.Connections = []Connection{}
+	for _, c := range st.Connections {
+		dir := "in"
+		if c.Outbound {
+			dir = "out"
+		}
+		out.Connections = append(out.Connections, Connection{Peer: c.Peer, Addr: c.Addr, Relayed: c.Relayed, Direction: dir})
 	}
 	return out, nil
 }
@@ -231,19 +246,24 @@ func (b *nodeBackend) message(m node.Message, names map[[32]byte]string) Message
 		SentAt:  m.SentAt.UTC(),
 		Seq:     m.GlobalSeq,
 	}
+	switch m.Via {
+	case node.ViaDirect:
+		out.Via = ViaDirect
+	case node.ViaRelay:
+		out.Via = ViaRelay
+	case node.ViaMailbox:
+		out.Via = ViaMailbox
+	}
 	switch m.Direction {
 	case node.Outgoing:
 		out.Direction = DirectionOut
 		out.State = stateOf(m.State)
 		out.StoredAt = m.StoredAt
+		if out.Via == "" && m.StoredAt > 0 {
+			out.Via = ViaMailbox // stored at mailboxes, not acked by a stream
+		}
 	default:
 		out.Direction = DirectionIn
-		switch m.Via {
-		case node.ViaDirect:
-			out.Via = ViaDirect
-		case node.ViaMailbox:
-			out.Via = ViaMailbox
-		}
 	}
 	return out
 }
@@ -314,7 +334,7 @@ func nodeError(err error) error {
 // userText is err's message without the leading package prefix.
 func userText(err error) string {
 	s := err.Error()
-	for _, p := range []string{"node: ", "store: ", "duplicate: "} {
+	for _, p := range []string{"node: ", "invite: ", "store: ", "duplicate: "} {
 		s = strings.TrimPrefix(s, p)
 	}
 	return s

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sotto-im/sotto/api"
+	"github.com/sotto-im/sotto/invite"
 	"github.com/sotto-im/sotto/keys"
 	"github.com/sotto-im/sotto/node"
 )
@@ -61,7 +62,7 @@ func TestNodeBackendIdentityAndContacts(t *testing.T) {
 		t.Errorf("Identity = %+v", id)
 	}
 	inv, err := b.Invite(ctx)
-	if err != nil || !strings.HasPrefix(inv, node.InviteScheme) {
+	if err != nil || !strings.HasPrefix(inv, invite.Scheme) {
 		t.Fatalf("Invite = %q, %v", inv, err)
 	}
 

@@ -203,6 +203,9 @@ func TestMailboxDepositQueryDelete(t *testing.T) {
 	if n := mbxStatsOf(t, m.db); n != 2 {
 		t.Fatalf("mailbox holds %d envelopes, want 2", n)
 	}
+	if dep, served := m.svc.Counts(); dep != 2 || served != 0 {
+		t.Fatalf("Counts = %d deposits, %d served; want 2, 0 (a duplicate is not a deposit)", dep, served)
+	}
 
 	res, err := c.Query(ctx, m.h.ID(), []protocol.Tag{randTag(), tag}, nil, 0)
 	if err != nil {
@@ -240,6 +243,10 @@ func TestMailboxDepositQueryDelete(t *testing.T) {
 	res, err = c.Query(ctx, m.h.ID(), []protocol.Tag{tag}, nil, 0)
 	if err != nil || len(res.Envelopes) != 1 || !bytes.Equal(res.Envelopes[0], envs[1]) {
 		t.Fatalf("after delete: %d envelopes, %v", len(res.Envelopes), err)
+	}
+	// Served: 2 + 1 + 1 by the first three queries, 1 by the last.
+	if dep, served := m.svc.Counts(); dep != 2 || served != 5 {
+		t.Fatalf("Counts = %d deposits, %d served; want 2, 5", dep, served)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -81,6 +82,7 @@ type config struct {
 	now               func() time.Time
 	onStored          func(env []byte, via DepositVia)
 	logger            *slog.Logger
+	deposits, served  *atomic.Uint64 // WithCounters
 }
 
 // DepositVia says how an envelope reached a mailbox.
@@ -203,6 +205,21 @@ func WithOnStored(fn func(env []byte, via DepositVia)) Option {
 	}
 }
 
+// WithCounters has the service count into deposits each envelope it newly
+// stores (deposited over Protocol or gossiped on a served shard) and into
+// served each envelope it returns to a query, instead of into counters of
+// its own (Counts). The owner may read them at any time, whether or not
+// the service runs.
+func WithCounters(deposits, served *atomic.Uint64) Option {
+	return func(c *config) error {
+		if deposits == nil || served == nil {
+			return fmt.Errorf("%w: nil counter", ErrBadConfig)
+		}
+		c.deposits, c.served = deposits, served
+		return nil
+	}
+}
+
 // WithLogger sets the logger (default: the host's).
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) error {
@@ -254,6 +271,8 @@ func NewService(h *p2p.Host, g *p2p.Gossip, db *store.DB, opts ...Option) (*Serv
 		provide:           true,
 		now:               h.Clock(),
 		logger:            h.Logger(),
+		deposits:          new(atomic.Uint64),
+		served:            new(atomic.Uint64),
 	}
 	for s := range uint16(Shards) {
 		cfg.shards = append(cfg.shards, s)
@@ -314,6 +333,13 @@ func (s *Service) Close() error {
 		s.wg.Wait()
 	})
 	return nil
+}
+
+// Counts reports how many envelopes the service has newly stored
+// (deposits accepted) and how many it has returned to queries (envelopes
+// served).
+func (s *Service) Counts() (deposits, served uint64) {
+	return s.cfg.deposits.Load(), s.cfg.served.Load()
 }
 
 // Provided is closed once the service has announced its shards in the DHT.
@@ -421,6 +447,7 @@ func (s *Service) store(env []byte, commit func(func(*store.Tx) error) error) (S
 	})
 	switch {
 	case err == nil && stored:
+		s.cfg.deposits.Add(1)
 		return StatusOK, ReasonNone
 	case err == nil:
 		return StatusDuplicate, ReasonNone
@@ -566,6 +593,7 @@ func (s *Service) answer(req *request) []byte {
 			s.cfg.logger.Warn("mailbox query failed", "err", err)
 			return appendStatus(nil, StatusUnavailable, ReasonNone)
 		}
+		s.cfg.served.Add(uint64(len(page.Entries)))
 		return appendQueryResponse(nil, page)
 	case opDelete:
 		deleted := 0

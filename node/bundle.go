@@ -12,6 +12,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/mailbox"
 	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
@@ -515,25 +516,36 @@ func (n *Node) maintenanceLoop() {
 			if err := n.refreshTags(); err != nil {
 				n.cfg.Logger.Error("tag upkeep", "err", err)
 			}
+			n.saveGoodPeers()
 			n.kickPublish()
 		}
 	}
 }
 
-// connNotifee reacts to a contact's device connecting: its queued
-// messages are tried at once, and dial backoff to it is cleared.
+// connNotifee reacts to a contact's device or a mailbox connecting: a
+// contact's queued messages are tried at once, and a sync runs. Other
+// connections (DHT traffic from strangers, relays) start no work.
 type connNotifee struct{ n *Node }
 
 func (c connNotifee) Listen(network.Network, ma.Multiaddr)       {}
 func (c connNotifee) ListenClose(network.Network, ma.Multiaddr)  {}
 func (c connNotifee) Disconnected(network.Network, network.Conn) {}
 func (c connNotifee) Connected(_ network.Network, conn network.Conn) {
-	if h := c.n.Host(); h != nil {
-		// Not here: the swarm calls notifiees while a dial that the sender
-		// may be waiting on (holding the peer's slot) completes.
-		c.n.spawn(func() { h.Sender().ResetStale(conn.RemotePeer(), conn) })
+	h := c.n.Host()
+	if h == nil {
+		return
 	}
-	c.n.ob.peerUp(conn.RemotePeer())
-	c.n.kickOutbox()
+	p := conn.RemotePeer()
+	contact, mbx := h.IsProtected(p, "contact"), h.IsProtected(p, mailbox.ProtectTag)
+	if !contact && !mbx {
+		return
+	}
+	// Not here: the swarm calls notifiees while a dial that the sender
+	// may be waiting on (holding the peer's slot) completes.
+	c.n.spawn(func() { h.Sender().ResetStale(p, conn) })
+	if contact {
+		c.n.ob.peerUp(p)
+		c.n.kickOutbox()
+	}
 	c.n.kickSync()
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/sotto-im/sotto/invite"
 	"github.com/sotto-im/sotto/keys"
 	"github.com/sotto-im/sotto/store"
 )
@@ -19,8 +20,8 @@ var ErrSelfInvite = errors.New("node: that is your own invite; ask your contact 
 // account that is already a contact fails with store.ErrDuplicate; adding
 // one that wrote first (a message request) turns the request into a
 // contact with the given name.
-func (n *Node) AddContact(name, invite string) (Contact, error) {
-	inv, err := ParseInvite(invite)
+func (n *Node) AddContact(name, inviteText string) (Contact, error) {
+	inv, err := invite.Parse(inviteText)
 	if err != nil {
 		return Contact{}, err
 	}
@@ -82,6 +83,7 @@ func (n *Node) AddContact(name, invite string) (Contact, error) {
 		n.addAddrs(pid, addrs)
 		h.ClearBackoff(pid)
 	}
+	n.joinVia(inv.Peers)
 	n.kickOutbox()
 	return contactOf(out), nil
 }
@@ -382,6 +384,14 @@ type Status struct {
 	// (Config.MaxRequests).
 	Requests        int
 	RequestsDropped uint64
+	// Reachability is "public", "private" or "unknown"; Relays the relays
+	// holding a reservation for this node; DHTMode "server" or "client";
+	// Connections the open connections (at most maxStatusConns).
+	Reachability, DHTMode string
+	Relays                []string
+	Connections           []Connection
+	// Counters since Open: deposits this node's mailbox stored, envelopes it served, syncs run, Send calls, messages received.
+	DepositsAccepted, EnvelopesServed, SyncsRun, MessagesSent, MessagesReceived uint64
 }
 
 // MailboxHeld is what a mailbox node holds for others.
@@ -393,6 +403,7 @@ type MailboxHeld struct {
 // Status reports the node's state.
 func (n *Node) Status() (Status, error) {
 	st := Status{PeerID: n.ident.PeerID, Mailbox: n.mailboxHeld()}
+	st.DepositsAccepted, st.EnvelopesServed, st.SyncsRun, st.MessagesSent, st.MessagesReceived = n.deposits.Load(), n.served.Load(), n.syncs.Load(), n.sent.Load(), n.received.Load()
 	at, perr := n.published.get()
 	st.BundlePublished = at
 	if perr != nil {
@@ -404,6 +415,12 @@ func (n *Node) Status() (Status, error) {
 	if h := n.Host(); h != nil {
 		st.Running = true
 		st.ConnectedPeers = len(h.LibP2P().Network().Peers())
+		r := h.Reachability()
+		st.Reachability, st.DHTMode, st.Relays = r.State, r.DHTMode, r.Relays
+		conns := h.Connections()
+		for _, c := range conns[:min(len(conns), maxStatusConns)] {
+			st.Connections = append(st.Connections, Connection{Peer: c.Peer.String(), Addr: c.Addr.String(), Relayed: c.Relayed, Outbound: c.Outbound})
+		}
 	}
 	err := n.db.View(func(tx *store.Tx) error {
 		var err error

@@ -324,7 +324,7 @@ func TestRejectedEarlierFirstMessage(t *testing.T) {
 
 	refused := entry(old)
 	before := alice.now()
-	alice.recordResults(acct, []store.OutboxEntry{refused}, []error{p2p.ErrRejected})
+	alice.recordResults(acct, []store.OutboxEntry{refused}, []error{p2p.ErrRejected}, store.ViaDirect)
 	if id, ok := current(); !ok || id != second {
 		t.Fatalf("a refused message of the replaced session dropped the current one (have %v)", ok)
 	}
@@ -345,7 +345,7 @@ func TestRejectedEarlierFirstMessage(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	alice.recordResults(acct, []store.OutboxEntry{entry(fresh)}, []error{p2p.ErrRejected})
+	alice.recordResults(acct, []store.OutboxEntry{entry(fresh)}, []error{p2p.ErrRejected}, store.ViaDirect)
 	if _, ok := current(); ok {
 		t.Fatal("a refused first message of the current session left it in place")
 	}

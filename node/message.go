@@ -52,6 +52,7 @@ type Via uint8
 const (
 	ViaDirect  = Via(store.ViaDirect)
 	ViaMailbox = Via(store.ViaMailbox)
+	ViaRelay   = Via(store.ViaRelay)
 )
 
 func (v Via) String() string { return store.Via(v).String() }
@@ -102,6 +103,16 @@ func messagesOf(ms []store.Message) []Message {
 	}
 	return out
 }
+
+// Connection is one open connection of the node (Status): the remote peer
+// and address, relayed or direct, and who dialled.
+type Connection struct {
+	Peer, Addr        string
+	Relayed, Outbound bool
+}
+
+// maxStatusConns bounds the connections Status lists.
+const maxStatusConns = 256
 
 // Contact is a contact, or a message request from an account that is not
 // one yet.

@@ -16,7 +16,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 
+	"github.com/sotto-im/sotto/invite"
 	"github.com/sotto-im/sotto/keys"
 	"github.com/sotto-im/sotto/mailbox"
 	"github.com/sotto-im/sotto/p2p"
@@ -52,6 +54,9 @@ const (
 	sendBatchDelay = 500 * time.Microsecond
 	// eventBuffer is each subscriber's event queue length.
 	eventBuffer = 1024
+	// mailboxStreams and mailboxStreamsPerPeer cap the mailbox protocol's
+	// streams, all peers together and per peer.
+	mailboxStreams, mailboxStreamsPerPeer = 2048, 4
 )
 
 // settings keys in the store.
@@ -73,6 +78,8 @@ var (
 	ErrNotSealed          = errors.New("node: the message is not sealed yet: it waits for a session with the contact")
 	ErrEmptyMessage       = errors.New("node: the message is empty")
 	ErrMessageTooLarge    = fmt.Errorf("node: the message is longer than %d bytes; split it", protocol.MaxBodySize)
+	// An invite that is not one, damaged, or from a newer version.
+	ErrInviteFormat, ErrInviteChecksum, ErrInviteVersion = invite.ErrFormat, invite.ErrChecksum, invite.ErrVersion
 )
 
 // Conditions the store reports that callers of the node branch on; they
@@ -101,8 +108,14 @@ type Config struct {
 	ListenAddrs []string        // default DefaultListenAddrs
 	Bootstrap   []peer.AddrInfo // DHT bootstrap peers
 	NoMDNS      bool            // disable LAN discovery (tests, loopback)
-	NoNAT       bool            // disable AutoNAT, relay client and hole punching
+	NoNAT       bool            // a network without NAT (loopback, a LAN): DHT server, private addresses kept, no NAT traversal
 	HostOptions []p2p.Option    // further options for the libp2p host
+	// Public says the node is publicly reachable (DHT server at once);
+	// Relay makes it a circuit relay for NATed nodes; Infra applies the
+	// preset of a public bootstrap, relay and mailbox node (p2p.WithInfra).
+	Public, Relay, Infra bool
+	// Announce adds external addresses the node cannot see itself.
+	Announce []string
 
 	// Mailbox makes the node also serve as a gossip mailbox for others.
 	Mailbox bool
@@ -131,9 +144,10 @@ type Config struct {
 	// anyway (default DefaultReorderWait).
 	ReorderWait time.Duration
 
-	Logger *slog.Logger
-	Now    func() time.Time
-	Rand   io.Reader
+	Logger  *slog.Logger
+	Metrics p2p.Registerer // where libp2p's metrics go (nil: none)
+	Now     func() time.Time
+	Rand    io.Reader
 }
 
 func (c *Config) setDefaults() {
@@ -181,6 +195,7 @@ type Node struct {
 
 	events *feed
 
+	syncs, sent, received, deposits, served atomic.Uint64 // for Status
 	// sending counts Send calls writing right now: a lone one commits
 	// at once, concurrent ones share a batched commit.
 	sending atomic.Int32
@@ -412,20 +427,35 @@ func (n *Node) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: keystore host key: %w", err)
 	}
+	boot := n.bootstrapPeers()
 	opts := []p2p.Option{
 		p2p.WithIdentity(hostKey),
-		p2p.WithBootstrapPeers(n.cfg.Bootstrap...),
+		p2p.WithBootstrapPeers(boot...),
 		p2p.WithMDNS(!n.cfg.NoMDNS),
 		p2p.WithNAT(!n.cfg.NoNAT),
+		p2p.WithProtocolLimit(string(mailbox.Protocol), mailboxStreams, mailboxStreamsPerPeer),
 		p2p.WithBundleVerifier(p2p.BundleVerifierFunc(verifyBundleRecord)),
 		p2p.WithReceiver(directReceiver{n}),
 		// Up to a whole commit's worth of envelopes per stream in flight.
 		p2p.WithInboundPipeline(MaxIngestBatch),
 		p2p.WithLogger(n.cfg.Logger),
 		p2p.WithClock(n.cfg.Now),
+		p2p.WithMetrics(n.cfg.Metrics != nil), p2p.WithPrometheusRegisterer(n.cfg.Metrics),
 	}
 	if len(n.cfg.ListenAddrs) > 0 {
 		opts = append(opts, p2p.WithListenAddrs(n.cfg.ListenAddrs...))
+	}
+	if n.cfg.Infra {
+		opts = append(opts, p2p.WithInfra())
+	}
+	if n.cfg.Public {
+		opts = append(opts, p2p.WithPublic(true))
+	}
+	if n.cfg.Relay || n.cfg.Infra {
+		opts = append(opts, p2p.WithRelayService(p2p.DefaultRelayLimits()))
+	}
+	if len(n.cfg.Announce) > 0 {
+		opts = append(opts, p2p.WithAnnounce(n.cfg.Announce...))
 	}
 	opts = append(opts, n.cfg.HostOptions...)
 
@@ -450,10 +480,18 @@ func (n *Node) Start(ctx context.Context) error {
 	n.saveAddrs()
 	n.protectContacts()
 
-	if len(n.cfg.Bootstrap) > 0 {
+	// The gossip router runs before the first connections: a peer met
+	// before it started is not in its mesh, and live copies of deposits
+	// would miss this node until the next sync.
+	if n.mbx.gossip, err = p2p.NewGossip(h); err != nil {
+		return err
+	}
+	if len(boot) > 0 {
 		bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if err := h.Bootstrap(bctx); err != nil {
 			n.cfg.Logger.Warn("DHT bootstrap failed; will rely on direct addresses", "err", err)
+		} else {
+			n.saveGoodPeers()
 		}
 		cancel()
 	}
@@ -489,6 +527,8 @@ func (n *Node) Close() error {
 	}
 	n.closeMailboxes()
 	if h != nil {
+		n.saveGoodPeers()
+		n.saveAddrs() // with the relayed ones found since Start
 		h.LibP2P().Network().StopNotify(connNotifee{n})
 		errs = append(errs, h.Close())
 	}
@@ -510,41 +550,18 @@ func (n *Node) Addrs() []ma.Multiaddr {
 	var out []ma.Multiaddr
 	n.db.View(func(tx *store.Tx) error {
 		b, err := tx.GetSetting(settingAddrs)
-		if err != nil {
-			return nil
-		}
-		for len(b) > 0 {
-			l := int(b[0])
-			if 1+l > len(b) {
-				break
-			}
-			if a, err := ma.NewMultiaddrBytes(b[1 : 1+l]); err == nil {
-				out = append(out, a)
-			}
-			b = b[1+l:]
-		}
-		return nil
+		out = p2p.DecodeAddrs(b)
+		return err
 	})
 	return out
 }
 
-// saveAddrs remembers the listen addresses for invites made while the node
-// is not running.
+// saveAddrs remembers the addresses for invites made while the node is
+// not running.
 func (n *Node) saveAddrs() {
-	h := n.Host()
-	if h == nil {
-		return
+	if h := n.Host(); h != nil {
+		n.db.Update(func(tx *store.Tx) error { return tx.PutSetting(settingAddrs, p2p.EncodeAddrs(h.Addrs())) })
 	}
-	var b []byte
-	for _, a := range h.Addrs() {
-		ab := a.Bytes()
-		if len(ab) > 255 {
-			continue
-		}
-		b = append(b, byte(len(ab)))
-		b = append(b, ab...)
-	}
-	n.db.Update(func(tx *store.Tx) error { return tx.PutSetting(settingAddrs, b) })
 }
 
 // Invite is this node's invite link, what others add as a contact.
@@ -556,8 +573,9 @@ func (n *Node) Invite() (string, error) {
 	return inv.String(), nil
 }
 
-// invite is this node's invite: account, device certificate and addresses.
-func (n *Node) invite() (*Invite, error) {
+// invite is this node's invite: account, device certificate, the
+// addresses others can reach it at and the good public peers it knows.
+func (n *Node) invite() (*invite.Invite, error) {
 	var cert keys.DeviceCertificate
 	err := n.db.View(func(tx *store.Tx) error {
 		b, err := tx.GetSetting(settingDeviceCert)
@@ -570,26 +588,30 @@ func (n *Node) invite() (*Invite, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Invite{Device: cert, Addrs: shareableAddrs(n.Addrs())}, nil
+	inv := &invite.Invite{Device: cert, Addrs: n.shareableAddrs()}
+	for _, p := range n.knownPeers() {
+		if len(inv.Peers) < invite.MaxPeers && len(p.Addrs) > 0 && p.ID.String() != n.ident.PeerID {
+			inv.Peers = append(inv.Peers, p)
+		}
+	}
+	return inv, nil
 }
 
-// shareableAddrs drops unspecified addresses (0.0.0.0) that say nothing
-// to another machine.
-func shareableAddrs(in []ma.Multiaddr) []ma.Multiaddr {
+// shareableAddrs are the addresses worth giving a contact: on a network
+// without NAT every specific one (0.0.0.0 says nothing to another
+// machine); on the internet the public and relayed ones only.
+func (n *Node) shareableAddrs() []ma.Multiaddr {
 	var out []ma.Multiaddr
-	for _, a := range in {
-		if v, err := a.ValueForProtocol(ma.P_IP4); err == nil && v == "0.0.0.0" {
-			continue
-		}
-		if v, err := a.ValueForProtocol(ma.P_IP6); err == nil && v == "::" {
+	for _, a := range n.Addrs() {
+		if ip, err := manet.ToIP(a); err == nil && ip.IsUnspecified() {
 			continue
 		}
 		out = append(out, a)
 	}
-	if len(out) > MaxInviteAddrs {
-		out = out[:MaxInviteAddrs]
+	if !n.cfg.NoNAT {
+		out = p2p.PublicAddrs(out)
 	}
-	return out
+	return out[:min(len(out), invite.MaxAddrs)]
 }
 
 func (n *Node) now() time.Time { return n.cfg.Now() }

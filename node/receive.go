@@ -46,7 +46,16 @@ func (d directReceiver) Receive(ctx context.Context, from peer.ID, env []byte) e
 	if err := d.n.screen(from, env); err != nil {
 		return err
 	}
-	return d.n.Ingest(ctx, from, env, ViaDirect)
+	return d.n.Ingest(ctx, from, env, Via(streamVia(ctx)))
+}
+
+// streamVia is how an envelope on a direct stream came: straight, or
+// through a relay.
+func streamVia(ctx context.Context) store.Via {
+	if p2p.CameRelayed(ctx) {
+		return store.ViaRelay
+	}
+	return store.ViaDirect
 }
 
 func (d directReceiver) Enqueue(ctx context.Context, from peer.ID, env []byte) <-chan error {
@@ -55,7 +64,7 @@ func (d directReceiver) Enqueue(ctx context.Context, from peer.ID, env []byte) <
 		res <- err
 		return res
 	}
-	return d.n.enqueue(ctx, from, env, store.ViaDirect)
+	return d.n.enqueue(ctx, from, env, streamVia(ctx))
 }
 
 // enqueue hands one envelope to the committer; the channel yields its
@@ -409,7 +418,7 @@ func knownToken(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envel
 		return false, nil
 	}
 	r.token, r.hasToken = tok, true
-	if len(b) == 32 || r.via != store.ViaDirect {
+	if len(b) == 32 || !r.via.Stream() {
 		return true, nil // a receipt, or a mailbox copy of something already receipted
 	}
 	acct, id := [32]byte(b[32:64]), [16]byte(b[64:])
@@ -611,7 +620,7 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		// sent the message itself: over a direct stream whose Noise-
 		// authenticated remote peer is the certificate's peer ID.
 		cert := sess.PeerDevice()
-		proven := r.via == store.ViaDirect && r.from != "" && string(cert.PeerID) == string(r.from)
+		proven := r.via.Stream() && r.from != "" && string(cert.PeerID) == string(r.from)
 		c, evs, err := n.newRequest(tx, cert, proven, now)
 		if err != nil {
 			return processed{}, se(err)
@@ -790,6 +799,7 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 	}
 	switch {
 	case err == nil:
+		n.received.Add(1) // if the commit fails, the sender's retry counts it again
 		out.held = len(shown) == 0
 		for i := range shown {
 			out.events = append(out.events, messageEvent(EventMessage, shown[i]))

@@ -164,6 +164,7 @@ func (n *Node) Send(ctx context.Context, name, text string) (Message, error) {
 	if err != nil {
 		return Message{}, err
 	}
+	n.sent.Add(1)
 	ev := messageEvent(EventState, stored)
 	n.events.publish(ev)
 	m := *ev.Message
@@ -606,7 +607,12 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 				return
 			}
 		}
+		// A new session's tags are followed on gossip once it is
+		// committed: a refresh that reads the store before the commit
+		// misses them, and receipts and replies under them are dropped.
+		newSession := false
 		err := n.db.Update(func(tx *store.Tx) error {
+			newSession = false
 			sess, _, err := n.takeSession(tx, acct)
 			if err != nil {
 				return err
@@ -622,7 +628,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 				if err := n.putTags(tx, sess, now); err != nil {
 					return err
 				}
-				defer n.kickResubscribe()
+				newSession = true
 			}
 			for i := range live {
 				if live[i].Envelope != nil {
@@ -643,6 +649,9 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			}
 			return n.putSession(tx, sess, now)
 		})
+		if err == nil && newSession {
+			n.kickResubscribe()
+		}
 		if err != nil {
 			n.cfg.Logger.Error("sealing queued messages", "contact", c.Name, "err", err)
 			n.reschedule(live, now)
@@ -705,7 +714,11 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	}
 	errs := h.Sender().SendBatch(ctx, pid, envs)
 	close(sent)
-	n.recordResults(acct, live, errs)
+	via := store.ViaDirect
+	if h.Sender().Relayed(pid) {
+		via = store.ViaRelay
+	}
+	n.recordResults(acct, live, errs, via)
 	<-deposited
 }
 
@@ -789,7 +802,7 @@ func sealedOn(env []byte, sess *protocol.Session) bool {
 }
 
 // recordResults commits the outcome of a delivery attempt.
-func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []error) {
+func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []error, via store.Via) {
 	now := n.now()
 	var events []Event
 	resetSession := false
@@ -813,7 +826,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					}
 					continue
 				}
-				m, changed, err := tx.SetMessageState(e.MsgID, store.StateSent, store.WithVia(store.ViaDirect))
+				m, changed, err := tx.SetMessageState(e.MsgID, store.StateSent, store.WithVia(via))
 				if err != nil && !errors.Is(err, store.ErrNotFound) {
 					return err
 				}
@@ -892,6 +905,9 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 				}
 				cur.Attempts = min(cur.Attempts+1, 1000)
 				cur.NextAttempt = now.Add(backoff(cur.Attempts))
+				if at := now.Add(p2p.DialFailMemory); errors.Is(err, p2p.ErrNoDirectPath) && at.After(cur.NextAttempt) {
+					cur.NextAttempt = at // no dial is tried before then
+				}
 				if cur.Mailboxes == 0 && n.mbx.client != nil {
 					// Come back in time for the mailbox deposit.
 					if at := cur.Created.Add(n.cfg.MailboxAfter); at.Before(cur.NextAttempt) {

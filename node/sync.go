@@ -50,17 +50,14 @@ type mailboxes struct {
 	resub    chan struct{}
 }
 
-// startMailboxes sets up gossip, the mailbox client and (when configured)
+// startMailboxes sets up, on the gossip router, the mailbox client and (when configured)
 // the mailbox service, and starts the sync loop.
 func (n *Node) startMailboxes(h *p2p.Host) error {
-	g, err := p2p.NewGossip(h)
-	if err != nil {
-		return err
-	}
 	m := &n.mbx
-	m.gossip = g
+	g := m.gossip
+	var err error
 	if n.cfg.Mailbox {
-		if m.svc, err = mailbox.NewService(h, g, n.db, append([]mailbox.Option{mailbox.WithClock(n.cfg.Now), mailbox.WithLogger(n.cfg.Logger)}, n.cfg.MailboxOptions...)...); err != nil {
+		if m.svc, err = mailbox.NewService(h, g, n.db, append([]mailbox.Option{mailbox.WithClock(n.cfg.Now), mailbox.WithLogger(n.cfg.Logger), mailbox.WithCounters(&n.deposits, &n.served)}, n.cfg.MailboxOptions...)...); err != nil {
 			return err
 		}
 	}
@@ -280,6 +277,7 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 	if m.client == nil {
 		return 0, ErrNotRunning
 	}
+	n.syncs.Add(1)
 	tags, err := n.myTags()
 	if err != nil {
 		return 0, err

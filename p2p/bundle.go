@@ -45,7 +45,7 @@ func (n *Host) ServeBundles(current func() ([]byte, error)) {
 func (n *Host) AskBundle(ctx context.Context, p peer.ID) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, BundleTimeout)
 	defer cancel()
-	s, err := n.h.NewStream(ctx, p, BundleProtocol)
+	s, err := n.h.NewStream(network.WithAllowLimitedConn(ctx, "sotto bundle"), p, BundleProtocol)
 	if err != nil {
 		return nil, err
 	}

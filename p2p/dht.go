@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -39,26 +40,46 @@ var (
 // needs peers before it bootstraps. With no configured peers it only
 // refreshes; with peers, it fails if none of them answered.
 func (n *Host) Bootstrap(ctx context.Context) error {
+	return n.Join(ctx, n.cfg.bootstrap)
+}
+
+// Join connects to peers (bootstrap peers, the peers an invite carries)
+// and refreshes the DHT's routing table through them. It fails if none of
+// them answered or none entered the routing table.
+func (n *Host) Join(ctx context.Context, peers []peer.AddrInfo) error {
 	if n.isClosed() {
 		return ErrClosed
 	}
-	var errs []error
-	ok := 0
-	for _, ai := range n.cfg.bootstrap {
+	// All at once: a remembered peer that is gone costs its dial
+	// timeout, not everyone's.
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		errs []error
+		ok   int
+	)
+	for _, ai := range peers {
 		if ai.ID == n.h.ID() {
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, bootstrapConnectTimeout)
-		n.ClearBackoff(ai.ID)
-		err := n.h.Connect(cctx, ai)
-		cancel()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", ai.ID, err))
-			continue
-		}
-		ok++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, bootstrapConnectTimeout)
+			defer cancel()
+			n.ClearBackoff(ai.ID)
+			err := n.h.Connect(cctx, ai)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", ai.ID, err))
+				return
+			}
+			ok++
+		}()
 	}
-	if len(n.cfg.bootstrap) > 0 && ok == 0 && len(errs) > 0 {
+	wg.Wait()
+	if len(peers) > 0 && ok == 0 && len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrNoBootstrap, errors.Join(errs...))
 	}
 	if ok > 0 {

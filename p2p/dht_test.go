@@ -9,9 +9,60 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/sotto-im/sotto/internal/testkit"
 )
+
+// TestInternetModeKeepsPrivateAddrsOut: with NAT traversal on (the
+// default, a node on the internet), loopback and private addresses never
+// reach the DHT: a bootstrap peer known only by a loopback address does
+// not enter the routing table, the DHT runs in client mode until AutoNAT
+// says the node is public, and the host publishes no such address of its
+// own.
+func TestInternetModeKeepsPrivateAddrsOut(t *testing.T) {
+	ctx := testkit.Context(t, 60*time.Second)
+	boot := newTestHost(t, WithPublic(true))
+	a := newTestHost(t, WithBootstrapPeers(boot.AddrInfo()))
+	err := a.Bootstrap(ctx)
+	if !errors.Is(err, ErrNoBootstrap) {
+		t.Fatalf("Bootstrap over loopback in internet mode: %v, want ErrNoBootstrap (the routing table filter keeps loopback peers out)", err)
+	}
+	if a.LibP2P().Network().Connectedness(boot.ID()) != network.Connected {
+		t.Fatal("the bootstrap peer is not even connected")
+	}
+	if n := a.DHT().RoutingTable().Size(); n != 0 {
+		t.Fatalf("routing table holds %d peers reachable only over loopback", n)
+	}
+	if r := a.Reachability(); r.DHTMode != "client" || r.State != ReachUnknown {
+		t.Fatalf("a NATed-or-unknown node reports %+v, want DHT client, reachability unknown", r)
+	}
+	if r := boot.Reachability(); r.DHTMode != "server" || r.State != ReachPublic {
+		t.Fatalf("a public node reports %+v, want DHT server, reachability public", r)
+	}
+	for _, h := range []*Host{a, boot} {
+		if own := h.LibP2P().Peerstore().Addrs(h.ID()); len(own) != 0 {
+			t.Fatalf("host publishes non-public addresses of its own: %v", own)
+		}
+	}
+	// The DHT's address filter drops what a peer would tell about others.
+	in := []ma.Multiaddr{
+		ma.StringCast("/ip4/127.0.0.1/tcp/1"), ma.StringCast("/ip4/10.1.0.2/tcp/1"),
+		ma.StringCast("/ip4/192.168.1.2/udp/1/quic-v1"), ma.StringCast("/ip6/::1/tcp/1"),
+		ma.StringCast("/ip6/fe80::1/tcp/1"), ma.StringCast("/ip4/0.0.0.0/tcp/1"),
+		ma.StringCast("/ip4/1.2.3.4/tcp/1"),
+		ma.StringCast("/ip4/1.2.3.4/tcp/1/p2p/" + boot.ID().String() + "/p2p-circuit"),
+		ma.StringCast("/ip4/10.0.0.1/tcp/1/p2p/" + boot.ID().String() + "/p2p-circuit"),
+	}
+	var got []string
+	for _, a := range PublicAddrs(in) {
+		got = append(got, a.String())
+	}
+	want := []string{"/ip4/1.2.3.4/tcp/1", "/ip4/1.2.3.4/tcp/1/p2p/" + boot.ID().String() + "/p2p-circuit"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("PublicAddrs = %v, want %v", got, want)
+	}
+}
 
 // threeHosts starts a bootstrap node and two nodes that know only it, and
 // bootstraps the two.
@@ -31,9 +82,8 @@ func threeHosts(t *testing.T, opts ...Option) (boot, a, b *Host, ra, rb *memRece
 }
 
 func TestThreeHostsFindEachOther(t *testing.T) {
-	// NAT traversal stays on (the default) to show it does not get in the
-	// way on loopback.
-	_, a, b, ra, _ := threeHosts(t)
+	// Loopback is a network without NAT: every host dials every other.
+	_, a, b, ra, _ := threeHosts(t, WithNAT(false))
 	ctx := testkit.Context(t, 60*time.Second)
 
 	if len(a.LibP2P().Peerstore().Addrs(b.ID())) > 0 &&

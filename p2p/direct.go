@@ -37,6 +37,13 @@ const (
 	// fails under a live connection (the responder dedups, so a resend is
 	// safe).
 	sendAttempts = 2
+	// DirectDialTimeout bounds a dial to a peer's known addresses, and
+	// RouteTimeout the DHT lookup of fresh ones after that fails.
+	DirectDialTimeout = 5 * time.Second
+	RouteTimeout      = 10 * time.Second
+	// DialFailMemory is how long a peer no dial reached is not dialled
+	// again for a send.
+	DialFailMemory = 30 * time.Second
 )
 
 // AckStatus is the responder's answer to one envelope.
@@ -95,6 +102,28 @@ type Receiver interface {
 type OrderedReceiver interface {
 	Receiver
 	Enqueue(ctx context.Context, from peer.ID, envelope []byte) <-chan error
+}
+
+// relayedKey marks the context of envelopes that came through a relay.
+type relayedKey struct{}
+
+// CameRelayed reports whether the envelope a Receive or Enqueue call is
+// given came over a relayed connection (still Noise-authenticated end to
+// end: from is who sent it).
+func CameRelayed(ctx context.Context) bool { return ctx.Value(relayedKey{}) != nil }
+
+// Relayed reports whether the sender's stream to p runs through a relay
+// (false when there is none).
+func (snd *Sender) Relayed(p peer.ID) bool {
+	snd.mu.Lock()
+	slot := snd.peers[p]
+	snd.mu.Unlock()
+	if slot == nil {
+		return false
+	}
+	slot.mu.Lock()
+	defer slot.mu.Unlock()
+	return slot.os != nil && slot.os.relayed
 }
 
 // ReceiverFunc adapts a function to Receiver.
@@ -241,6 +270,9 @@ type receipt struct {
 func (n *Host) serveDirect(s network.Stream, p peer.ID) (err error) {
 	in := &inbound{n: n, s: s, p: p}
 	ctx, cancel := context.WithCancel(n.ctx)
+	if c := s.Conn(); c.Stat().Limited || IsRelayed(c.RemoteMultiaddr()) {
+		ctx = context.WithValue(ctx, relayedKey{}, true)
+	}
 	receipts := make(chan receipt, n.cfg.inboundPipeline)
 	slots := make(chan struct{}, n.cfg.inboundPipeline) // Receive calls running
 	readErr := make(chan error, 1)
@@ -395,6 +427,9 @@ type Sender struct {
 	mu     sync.Mutex
 	closed bool
 	peers  map[peer.ID]*peerSlot
+	// failed remembers peers no dial reached, until when sends to them
+	// fail at once (the caller has other paths: mailboxes).
+	failed map[peer.ID]time.Time
 }
 
 // peerSlot serialises opening the stream to one peer.
@@ -404,7 +439,7 @@ type peerSlot struct {
 }
 
 func newSender(n *Host) *Sender {
-	return &Sender{n: n, peers: make(map[peer.ID]*peerSlot)}
+	return &Sender{n: n, peers: make(map[peer.ID]*peerSlot), failed: make(map[peer.ID]time.Time)}
 }
 
 // Send writes env to p and waits for p's ack. It returns nil once p has
@@ -431,7 +466,7 @@ func (snd *Sender) Send(ctx context.Context, p peer.ID, env []byte) error {
 		// it as idle just as we wrote): retry on a fresh one. If the
 		// connection is gone too, the peer is: report that at once rather
 		// than redial.
-		if snd.n.h.Network().Connectedness(p) != network.Connected {
+		if c := snd.n.h.Network().Connectedness(p); c != network.Connected && c != network.Limited {
 			return err
 		}
 	}
@@ -502,17 +537,23 @@ func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
 
 	slot.mu.Lock()
 	defer slot.mu.Unlock()
+	n := snd.n
 	if slot.os != nil && !slot.os.failed() {
-		return slot.os, nil
+		// A stream over a relay moves to the direct connection once hole
+		// punching made one; what was in flight is sent again (the
+		// recipient deduplicates).
+		if !slot.os.relayed || !n.HasDirect(p) {
+			return slot.os, nil
+		}
+		slot.os.fail(fmt.Errorf("%w: moving to the direct connection", ErrStreamFailed))
 	}
 	slot.os = nil
-	n := snd.n
-	if n.h.Network().Connectedness(p) != network.Connected && len(n.h.Peerstore().Addrs(p)) == 0 {
-		if _, err := n.FindPeer(ctx, p); err != nil {
-			return nil, err
-		}
+	if err := snd.connect(ctx, p); err != nil {
+		return nil, err
 	}
-	s, err := n.h.NewStream(ctx, p, DirectProtocol)
+	// A relayed connection is limited; messages may use it until a direct
+	// one exists.
+	s, err := n.h.NewStream(network.WithAllowLimitedConn(ctx, "sotto direct"), p, DirectProtocol)
 	if err != nil {
 		return nil, fmt.Errorf("p2p: open direct stream to %s: %w", p, err)
 	}
@@ -534,6 +575,67 @@ func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
 	}
 	slot.os = os
 	return os, nil
+}
+
+// connect makes sure a connection to p is open: the addresses known
+// first, then fresh ones from peer routing (the DHT), each attempt
+// bounded. When neither works the failure is remembered for
+// DialFailMemory, and sends to p fail at once with ErrNoDirectPath in that
+// time unless p connects meanwhile (Forget, or p dials us).
+func (snd *Sender) connect(ctx context.Context, p peer.ID) error {
+	n := snd.n
+	if c := n.h.Network().Connectedness(p); c == network.Connected || c == network.Limited {
+		return nil
+	}
+	snd.mu.Lock()
+	until, failed := snd.failed[p]
+	if failed && !n.cfg.now().Before(until) {
+		delete(snd.failed, p)
+		failed = false
+	}
+	snd.mu.Unlock()
+	if failed {
+		return fmt.Errorf("%w: %s: no dial reached it lately; next try after %s", ErrNoDirectPath, p, until.Format(time.TimeOnly))
+	}
+	var dialErr error
+	if len(n.h.Peerstore().Addrs(p)) > 0 {
+		dctx, cancel := context.WithTimeout(ctx, DirectDialTimeout)
+		dialErr = n.h.Connect(dctx, peer.AddrInfo{ID: p})
+		cancel()
+		if dialErr == nil {
+			return nil
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	// The addresses known are stale (p moved, restarted on another port)
+	// or there are none: ask the DHT.
+	routeErr := errors.New("not looked up")
+	if dialErr == nil || n.IsProtected(p, "") {
+		rctx, cancel := context.WithTimeout(ctx, RouteTimeout)
+		_, routeErr = n.FindPeer(rctx, p)
+		cancel()
+		if routeErr == nil {
+			return nil
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	snd.mu.Lock()
+	snd.failed[p] = n.cfg.now().Add(DialFailMemory)
+	snd.mu.Unlock()
+	return fmt.Errorf("%w: %s: %w", ErrNoDirectPath, p, errors.Join(dialErr, routeErr))
+}
+
+// Forget drops what the sender remembers of failed dials to p (p is known
+// to be back).
+func (snd *Sender) Forget(p peer.ID) {
+	snd.mu.Lock()
+	delete(snd.failed, p)
+	snd.mu.Unlock()
+	snd.n.ClearBackoff(p)
 }
 
 // ResetStale fails the outbound stream to p if it runs over another
@@ -582,10 +684,11 @@ type sendReq struct {
 // in submission order, a reader loop matches acks to them first in, first
 // out.
 type outStream struct {
-	n     *Host
-	s     network.Stream
-	reqs  chan *sendReq // unbuffered: a request belongs to the caller or the writer
-	slots chan struct{} // in-flight cap
+	n       *Host
+	s       network.Stream
+	relayed bool          // over a limited (relayed) connection
+	reqs    chan *sendReq // unbuffered: a request belongs to the caller or the writer
+	slots   chan struct{} // in-flight cap
 
 	mu    sync.Mutex
 	queue []*sendReq // written (or being written), not yet acked
@@ -598,11 +701,12 @@ type outStream struct {
 
 func newOutStream(n *Host, s network.Stream) *outStream {
 	return &outStream{
-		n:     n,
-		s:     s,
-		reqs:  make(chan *sendReq),
-		slots: make(chan struct{}, n.cfg.maxInFlight),
-		done:  make(chan struct{}),
+		n:       n,
+		s:       s,
+		relayed: s.Conn().Stat().Limited || IsRelayed(s.Conn().RemoteMultiaddr()),
+		reqs:    make(chan *sendReq),
+		slots:   make(chan struct{}, n.cfg.maxInFlight),
+		done:    make(chan struct{}),
 	}
 }
 

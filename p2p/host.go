@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
@@ -53,6 +54,8 @@ type Host struct {
 	wg      sync.WaitGroup
 	inbound map[peer.ID]int // open inbound direct streams per peer
 
+	reach reachWatch
+
 	pubMu     sync.Mutex
 	published map[string][]byte // bundle records this node republishes
 	republish chan struct{}
@@ -75,10 +78,11 @@ func New(opts ...Option) (*Host, error) {
 		return nil, err
 	}
 
+	ref := new(hostRef)
 	h := cfg.libp2p
 	if h == nil {
 		var err error
-		if h, err = newLibp2pHost(&cfg); err != nil {
+		if h, err = newLibp2pHost(&cfg, ref); err != nil {
 			return nil, err
 		}
 	}
@@ -92,11 +96,10 @@ func New(opts ...Option) (*Host, error) {
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 
-	dopts := []dht.Option{
-		dht.Mode(dht.ModeServer),
+	dopts := append(dhtOptions(&cfg),
 		dht.ProtocolPrefix(ProtocolPrefix),
 		dht.Validator(newValidator(cfg.verifier, cfg.now)),
-	}
+	)
 	if len(cfg.bootstrap) > 0 {
 		dopts = append(dopts, dht.BootstrapPeers(cfg.bootstrap...))
 	}
@@ -110,6 +113,11 @@ func New(opts ...Option) (*Host, error) {
 	}
 
 	n.sender = newSender(n)
+	ref.p.Store(n)
+	if err := n.watchReachability(); err != nil {
+		n.Close()
+		return nil, err
+	}
 	if cfg.receiver != nil {
 		h.SetStreamHandler(DirectProtocol, n.handleDirect)
 	}
@@ -130,8 +138,8 @@ func New(opts ...Option) (*Host, error) {
 
 // newLibp2pHost builds the libp2p host: TCP and QUIC, Noise, yamux, the
 // resource and connection managers and, if enabled, NAT traversal.
-func newLibp2pHost(cfg *config) (host.Host, error) {
-	rm, err := newResourceManager(cfg.metrics)
+func newLibp2pHost(cfg *config, ref *hostRef) (host.Host, error) {
+	rm, err := newResourceManager(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -140,9 +148,13 @@ func newLibp2pHost(cfg *config) (host.Host, error) {
 		rm.Close()
 		return nil, fmt.Errorf("p2p: connection manager: %w", err)
 	}
+	listen := cfg.listenAddrs
+	if cfg.defaultListen {
+		listen = defaultListenAddrs()
+	}
 	lopts := []libp2p.Option{
 		libp2p.Identity(cfg.identity),
-		libp2p.ListenAddrs(cfg.listenAddrs...),
+		libp2p.ListenAddrs(listen...),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(quic.NewTransport),
 		libp2p.Security(noise.ID, noise.New),
@@ -150,17 +162,19 @@ func newLibp2pHost(cfg *config) (host.Host, error) {
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 	}
+	if len(cfg.announce) > 0 {
+		lopts = append(lopts, libp2p.AddrsFactory(announceFactory(cfg.announce)))
+	}
 	if cfg.nat {
-		lopts = append(lopts,
-			libp2p.EnableNATService(),
-			libp2p.EnableRelay(),
-			libp2p.EnableHolePunching(),
-		)
+		lopts = append(lopts, natOptions(cfg, ref)...)
 	} else {
 		lopts = append(lopts, libp2p.DisableRelay())
 	}
 	if !cfg.metrics {
 		lopts = append(lopts, libp2p.DisableMetrics())
+	} else if cfg.registerer != nil {
+		// The resource manager's metrics follow: libp2p.New registers them.
+		lopts = append(lopts, libp2p.PrometheusRegisterer(cfg.registerer))
 	}
 	h, err := libp2p.New(lopts...)
 	if err != nil {
@@ -171,24 +185,62 @@ func newLibp2pHost(cfg *config) (host.Host, error) {
 }
 
 // newResourceManager builds a resource manager with libp2p's autoscaled
-// default limits plus a budget for the direct protocol. Loopback addresses
-// stay exempt from the per-IP connection limit (the library default).
-// Without metrics, it records no per-reservation statistics (their cost
-// shows at high message rates: every stream frame reserves memory).
-func newResourceManager(metrics bool) (network.ResourceManager, error) {
+// default limits (raised to thousands of connections by the
+// infrastructure preset) and explicit stream limits for every Sotto
+// protocol. Loopback addresses stay exempt from the per-IP connection
+// limit (the library default). Without metrics, it records no
+// per-reservation statistics (their cost shows at high message rates:
+// every stream frame reserves memory).
+func newResourceManager(cfg *config) (network.ResourceManager, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
-	limits.AddProtocolLimit(DirectProtocol,
-		rcmgr.BaseLimit{StreamsInbound: directStreamsTotal, StreamsOutbound: directStreamsTotal, Streams: 2 * directStreamsTotal, Memory: directMemoryBase},
-		rcmgr.BaseLimitIncrease{})
-	limits.AddProtocolPeerLimit(DirectProtocol,
-		rcmgr.BaseLimit{StreamsInbound: directStreamsPerPeer, StreamsOutbound: directStreamsPerPeer, Streams: 2 * directStreamsPerPeer, Memory: directMemoryBase},
-		rcmgr.BaseLimitIncrease{})
+	protoTotal := defaultProtocolStream
+	if cfg.infra {
+		protoTotal = infraProtocolStreams
+	}
+	protos := map[string][2]int{
+		string(DirectProtocol):        {directStreamsTotal, directStreamsPerPeer},
+		BundleProtocol:                {protoTotal, 2},
+		ProtocolPrefix + "/kad/1.0.0": {protoTotal, 16},
+		"/meshsub/1.1.0":              {protoTotal, 4},
+		"/meshsub/1.2.0":              {protoTotal, 4},
+	}
+	for p, l := range cfg.protoLimits {
+		protos[p] = l
+	}
+	for p, l := range protos {
+		mem := int64(directMemoryBase)
+		limits.AddProtocolLimit(protocol.ID(p),
+			rcmgr.BaseLimit{StreamsInbound: l[0], StreamsOutbound: l[0], Streams: 2 * l[0], Memory: mem},
+			rcmgr.BaseLimitIncrease{})
+		limits.AddProtocolPeerLimit(protocol.ID(p),
+			rcmgr.BaseLimit{StreamsInbound: l[1], StreamsOutbound: l[1], Streams: 2 * l[1], Memory: mem},
+			rcmgr.BaseLimitIncrease{})
+	}
+	concrete := limits.AutoScale()
+	if cfg.infra {
+		concrete = rcmgr.PartialLimitConfig{System: rcmgr.ResourceLimits{
+			Conns:           infraConnsInbound + infraConnsOutbound,
+			ConnsInbound:    infraConnsInbound,
+			ConnsOutbound:   infraConnsOutbound,
+			Streams:         infraStreamsInbound + infraStreamsOutbound,
+			StreamsInbound:  infraStreamsInbound,
+			StreamsOutbound: infraStreamsOutbound,
+			Memory:          infraMemory,
+			FD:              infraFD,
+		}, Transient: rcmgr.ResourceLimits{
+			Conns:          infraConnsInbound / 8,
+			ConnsInbound:   infraConnsInbound / 8,
+			ConnsOutbound:  infraConnsOutbound / 8,
+			Streams:        infraStreamsInbound / 8,
+			StreamsInbound: infraStreamsInbound / 8,
+		}}.Build(concrete)
+	}
 	var opts []rcmgr.Option
-	if !metrics {
+	if !cfg.metrics {
 		opts = append(opts, rcmgr.WithMetricsDisabled())
 	}
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), opts...)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(concrete), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}

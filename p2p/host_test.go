@@ -4,13 +4,16 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"net"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/sotto-im/sotto/internal/testkit"
 )
@@ -64,10 +67,11 @@ func TestDefaultsAreSane(t *testing.T) {
 	if len(c.bootstrap) != 0 {
 		t.Error("there must be no default bootstrap peers")
 	}
-	// TCP and QUIC on every IPv4 and IPv6 interface, kernel-chosen ports.
+	// TCP and QUIC on every IPv4 and IPv6 interface, on DefaultPort.
 	var want []string
+	port := strconv.Itoa(DefaultPort)
 	for _, ip := range []string{"/ip4/0.0.0.0", "/ip6/::"} {
-		want = append(want, ip+"/tcp/0", ip+"/udp/0/quic-v1")
+		want = append(want, ip+"/tcp/"+port, ip+"/udp/"+port+"/quic-v1")
 	}
 	var got []string
 	for _, a := range c.listenAddrs {
@@ -122,38 +126,56 @@ func TestProtect(t *testing.T) {
 }
 
 func TestCloseIdempotentNoLeak(t *testing.T) {
+	// Both modes: a network without NAT (DHT server, bootstrap, bundle
+	// records), and internet mode with every NAT traversal service on
+	// (AutoNAT v1 and v2, AutoRelay, hole punching, a relay service).
+	t.Run("lan", func(t *testing.T) { closeNoLeak(t, false) })
+	t.Run("internet", func(t *testing.T) { closeNoLeak(t, true) })
+}
+
+func closeNoLeak(t *testing.T, internet bool) {
 	// Warm up: libp2p starts a few process-wide goroutines on first use.
-	warm := newTestHost(t)
+	warm := newTestHost(t, WithNAT(internet))
 	warm.Close()
 
 	check := testkit.Goroutines(t)
 	ctx := testkit.Context(t, 60*time.Second)
 	rcv := &memReceiver{}
-	boot, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false),
-		WithBundleVerifier(fakeVerifier{}))
+	base := []Option{WithListenAddrs(testListenAddrs...), WithMDNS(false), WithBundleVerifier(fakeVerifier{}), WithNAT(internet)}
+	bootOpts := append(base, WithIdentity(newKey(t)))
+	if internet {
+		bootOpts = append(bootOpts, WithPublic(true), WithRelayService(DefaultRelayLimits()))
+	}
+	boot, err := New(bootOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false),
-		WithBundleVerifier(fakeVerifier{}), WithBootstrapPeers(boot.AddrInfo()), WithReceiver(rcv),
-		WithRepublishInterval(MinRepublishInterval))
+	a, err := New(append(base, WithIdentity(newKey(t)), WithBootstrapPeers(boot.AddrInfo()), WithReceiver(rcv),
+		WithRepublishInterval(MinRepublishInterval))...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(WithIdentity(newKey(t)), WithListenAddrs(testListenAddrs...), WithMDNS(false),
-		WithBundleVerifier(fakeVerifier{}), WithBootstrapPeers(boot.AddrInfo()), WithReceiver(rcv))
+	b, err := New(append(base, WithIdentity(newKey(t)), WithBootstrapPeers(boot.AddrInfo()), WithReceiver(rcv))...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range []*Host{a, b} {
-		if err := h.Bootstrap(ctx); err != nil {
+	if internet {
+		// Loopback peers stay out of an internet node's DHT: connect
+		// directly instead.
+		if err := a.Connect(ctx, b.AddrInfo()); err != nil {
 			t.Fatal(err)
 		}
+	} else {
+		for _, h := range []*Host{a, b} {
+			if err := h.Bootstrap(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := a.PutBundle(ctx, []byte("acct"), fakeBundle(1, "valid")); err != nil {
+			t.Fatal(err)
+		}
+		a.RepublishNow()
 	}
-	if err := a.PutBundle(ctx, []byte("acct"), fakeBundle(1, "valid")); err != nil {
-		t.Fatal(err)
-	}
-	a.RepublishNow()
 	for i := range 20 {
 		if err := b.Sender().Send(ctx, a.ID(), []byte{byte(i)}); err != nil {
 			t.Fatal(err)
@@ -175,6 +197,28 @@ func TestCloseIdempotentNoLeak(t *testing.T) {
 		t.Fatalf("Bootstrap after Close: %v, want ErrClosed", err)
 	}
 	check()
+}
+
+// TestDefaultPortFallback: a node listens on DefaultPort unless it is
+// taken, then on a port the kernel picks.
+func TestDefaultPortFallback(t *testing.T) {
+	l, err := net.Listen("tcp4", "0.0.0.0:"+strconv.Itoa(DefaultPort))
+	if err != nil {
+		t.Skipf("port %d is taken by another program here; the fallback is still exercised: %v", DefaultPort, err)
+	}
+	defer l.Close()
+	addrs := defaultListenAddrs()
+	for _, a := range addrs {
+		if tcp, err := a.ValueForProtocol(ma.P_TCP); err == nil && tcp != "0" {
+			t.Fatalf("TCP port %d is taken, yet the default listen address is %s", DefaultPort, a)
+		}
+	}
+	l.Close()
+	for _, a := range defaultListenAddrs() {
+		if tcp, err := a.ValueForProtocol(ma.P_TCP); err == nil && tcp != strconv.Itoa(DefaultPort) {
+			t.Fatalf("TCP port %d is free, yet the default listen address is %s", DefaultPort, a)
+		}
+	}
 }
 
 func TestCloseDuringReceive(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults and limits of the node's configuration.
@@ -50,14 +51,16 @@ const (
 )
 
 // DefaultListenAddrs are the addresses a node listens on unless told
-// otherwise: any interface, IPv4 and IPv6, a kernel-chosen port, TCP and
-// QUIC. A host without IPv6 listens on the IPv4 ones (libp2p fails only
-// when no address can be listened on).
+// otherwise: any interface, IPv4 and IPv6, TCP and QUIC, on DefaultPort
+// (the same address at every start, so contacts and routers keep it), or
+// a kernel-chosen port where DefaultPort is taken. A host without IPv6
+// listens on the IPv4 ones (libp2p fails only when no address can be
+// listened on).
 var DefaultListenAddrs = []string{
-	"/ip4/0.0.0.0/tcp/0",
-	"/ip4/0.0.0.0/udp/0/quic-v1",
-	"/ip6/::/tcp/0",
-	"/ip6/::/udp/0/quic-v1",
+	"/ip4/0.0.0.0/tcp/4747",
+	"/ip4/0.0.0.0/udp/4747/quic-v1",
+	"/ip6/::/tcp/4747",
+	"/ip6/::/udp/4747/quic-v1",
 }
 
 // Configuration errors.
@@ -85,6 +88,14 @@ type config struct {
 	nat     bool // AutoNAT service and client, relay client, hole punching
 	metrics bool
 
+	public        bool            // declared publicly reachable: DHT server
+	infra         bool            // the public infrastructure preset
+	relay         *RelayLimits    // serve circuit relay v2 with these limits
+	relays        []peer.AddrInfo // AutoRelay's first candidates
+	announce      []ma.Multiaddr  // external addresses to advertise
+	protoLimits   map[string][2]int
+	defaultListen bool // listenAddrs are the defaults (DefaultPort)
+
 	verifier          BundleVerifier
 	republishInterval time.Duration
 	now               func() time.Time
@@ -104,6 +115,8 @@ type config struct {
 	libp2p host.Host
 
 	dhtOpts []dht.Option // appended last; tests only
+
+	registerer prometheus.Registerer // where libp2p's and the relay's metrics go
 }
 
 func defaultConfig() config {
@@ -126,6 +139,7 @@ func defaultConfig() config {
 	for _, s := range DefaultListenAddrs {
 		c.listenAddrs = append(c.listenAddrs, ma.StringCast(s))
 	}
+	c.defaultListen = true
 	return c
 }
 
@@ -192,6 +206,7 @@ func WithLibp2pHost(h host.Host) Option {
 func WithListenAddrs(addrs ...string) Option {
 	return func(c *config) error {
 		c.listenAddrs = c.listenAddrs[:0:0]
+		c.defaultListen = false
 		for _, s := range addrs {
 			a, err := ma.NewMultiaddr(s)
 			if err != nil {

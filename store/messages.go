@@ -80,7 +80,12 @@ const (
 	ViaUnknown Via = 0
 	ViaDirect  Via = 1
 	ViaMailbox Via = 2
+	ViaRelay   Via = 3 // a direct stream through a relay
 )
+
+// Stream reports whether v is a stream from the sending device itself,
+// whose Noise-authenticated remote peer is the sender (direct or relayed).
+func (v Via) Stream() bool { return v == ViaDirect || v == ViaRelay }
 
 func (v Via) String() string {
 	switch v {
@@ -90,6 +95,8 @@ func (v Via) String() string {
 		return "direct"
 	case ViaMailbox:
 		return "mailbox"
+	case ViaRelay:
+		return "relay"
 	}
 	return fmt.Sprintf("via(%d)", uint8(v))
 }

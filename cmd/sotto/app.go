@@ -37,13 +37,20 @@ type InitConfig struct {
 
 // RunConfig is what `sotto run` asks for.
 type RunConfig struct {
-	DataDir    string
-	Listen     []string // multiaddrs; empty means the node's defaults
-	Bootstrap  []string // multiaddrs of peers to join the network through
-	Mailbox    bool     // also serve as a mailbox for others
-	NoMDNS     bool     // no LAN discovery (--no-mdns or SOTTO_NO_MDNS=1)
-	Passphrase []byte   // from --passphrase-file or $SOTTO_PASSPHRASE_FILE; nil if unset
-	Log        *slog.Logger
+	DataDir   string
+	Listen    []string // multiaddrs; empty means the node's defaults
+	Bootstrap []string // multiaddrs of peers to join the network through
+	Mailbox   bool     // also serve as a mailbox for others
+	NoMDNS    bool     // no LAN discovery (--no-mdns or SOTTO_NO_MDNS=1)
+	// LAN: every node can dial every other (one machine, a LAN without
+	// NAT): DHT server, private addresses kept, no NAT traversal.
+	LAN bool
+	// Public, Relay and Infra: see node.Config; Announce are external
+	// addresses to advertise.
+	Public, Relay, Infra bool
+	Announce             []string
+	Passphrase           []byte // from --passphrase-file or $SOTTO_PASSPHRASE_FILE; nil if unset
+	Log                  *slog.Logger
 	// Stdout receives what scripts read: the node's peer ID and addresses.
 	Stdout io.Writer
 	// Progress, when set (standard output is a terminal), shows text as a
@@ -53,6 +60,9 @@ type RunConfig struct {
 	// TCP listener --api-listen asks for) until ctx ends. It fails at once
 	// if another node serves the directory.
 	ServeAPI func(ctx context.Context, b api.Backend) error
+	// MetricsListen, when set (--metrics-listen), is the HOST:PORT where
+	// Prometheus metrics are served at /metrics while the node runs.
+	MetricsListen string
 }
 
 // errNotAvailable reports a command whose hook this build lacks.

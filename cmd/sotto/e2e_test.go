@@ -241,7 +241,8 @@ func (l *syncLog) String() string {
 // test ends.
 func (e *e2e) start(name string, args ...string) *runningNode {
 	e.t.Helper()
-	n := e.spawn(name, append([]string{"run", "--data", e.dir(name), "--listen", "/ip4/127.0.0.1/tcp/0"}, args...)...)
+	// One machine is a network without NAT: --lan.
+	n := e.spawn(name, append([]string{"run", "--data", e.dir(name), "--lan", "--listen", "/ip4/127.0.0.1/tcp/0"}, args...)...)
 	n.startup = n.waitLine("control socket: ")
 	return n
 }

@@ -75,7 +75,24 @@ var statusCommand = &command{
 		}, func(w io.Writer, st api.Status) error {
 			fmt.Fprintf(w, "peer id:          %s\n", st.PeerID)
 			fmt.Fprintf(w, "addresses:        %s\n", orNone(st.Addrs, "\n                  "))
+			reach := st.Reachability
+			switch {
+			case reach == "private" && len(st.Relays) > 0:
+				reach += " (reachable through relays " + strings.Join(st.Relays, ", ") + ")"
+			case reach == "private":
+				reach += " (no relay yet: contacts reach this node through mailboxes)"
+			}
+			if reach != "" {
+				fmt.Fprintf(w, "reachability:     %s, DHT %s\n", reach, st.DHTMode)
+			}
 			fmt.Fprintf(w, "connected peers:  %d\n", st.ConnectedPeers)
+			for _, c := range st.Connections {
+				path := "direct"
+				if c.Relayed {
+					path = "relayed"
+				}
+				fmt.Fprintf(w, "                  %s %s %s (%s)\n", c.Peer, c.Direction, c.Addr, path)
+			}
 			fmt.Fprintf(w, "outbox pending:   %d\n", st.OutboxPending)
 			fmt.Fprintf(w, "requests:         %d waiting", st.Requests)
 			if st.RequestsDropped > 0 {

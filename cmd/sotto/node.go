@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sotto-im/sotto/api"
 	"github.com/sotto-im/sotto/node"
@@ -109,10 +112,32 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 		ListenAddrs: cfg.Listen,
 		Bootstrap:   bootstrap,
 		NoMDNS:      cfg.NoMDNS,
+		NoNAT:       cfg.LAN,
+		Public:      cfg.Public,
+		Relay:       cfg.Relay,
+		Infra:       cfg.Infra,
 		Logger:      cfg.Log,
+	}
+	for _, a := range cfg.Announce {
+		if _, err := ma.NewMultiaddr(a); err != nil {
+			return usagef("--announce %q is not a multiaddr: %v", a, err)
+		}
+		ncfg.Announce = append(ncfg.Announce, a)
 	}
 	if err := setMailbox(&ncfg, cfg.Mailbox); err != nil {
 		return err
+	}
+	// The metrics listener opens first, so that a bad address fails the
+	// run before the node joins the network.
+	var metrics *prometheus.Registry
+	var metricsLn net.Listener
+	if cfg.MetricsListen != "" {
+		if metricsLn, err = listenMetrics(cfg.MetricsListen); err != nil {
+			return err
+		}
+		defer metricsLn.Close()
+		metrics = newMetricsRegistry()
+		ncfg.Metrics = metrics
 	}
 	n, err := node.Open(ncfg)
 	if err != nil {
@@ -138,6 +163,16 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 	fmt.Fprintf(stdout, "peer id: %s\n", n.Identity().PeerID)
 	for _, a := range p2pAddrs(n) {
 		fmt.Fprintf(stdout, "address: %s\n", a)
+	}
+	if metrics != nil {
+		metrics.MustRegister(newStatusCollector(api.NodeBackend(n).Status))
+		log := cfg.Log
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		stop := serveMetrics(metricsLn, metrics, log)
+		defer stop() // before n.Close
+		fmt.Fprintf(stdout, "metrics: http://%s%s\n", metricsLn.Addr(), metricsPath)
 	}
 	return cfg.ServeAPI(ctx, api.NodeBackend(n))
 }
@@ -231,7 +266,7 @@ func statOK(path string) bool {
 // packages, whose messages are written for the user.
 func userError(err error) error {
 	s := err.Error()
-	for _, p := range []string{"node: ", "store: ", "keys: "} {
+	for _, p := range []string{"node: ", "invite: ", "store: ", "keys: "} {
 		if rest, ok := strings.CutPrefix(s, p); ok {
 			return &prefixless{msg: rest, err: err}
 		}

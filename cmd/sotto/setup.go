@@ -85,7 +85,7 @@ func readPassphrase(path string) ([]byte, error) {
 
 var runCommand = &command{
 	name:     "run",
-	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox] [--no-mdns] [--passphrase-file FILE] [--api-listen HOST:PORT]",
+	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox] [--no-mdns] [--passphrase-file FILE] [--api-listen HOST:PORT] [--metrics-listen HOST:PORT] [--public] [--relay] [--infra] [--lan] [--announce MULTIADDR]...",
 	summary:  "run the node and serve the control socket until interrupted",
 	detail: "Once the node is on the network, it prints its peer ID and its addresses, one\n" +
 		"per line (\"peer id: ID\", \"address: MULTIADDR/p2p/ID\": what others pass to\n" +
@@ -97,6 +97,10 @@ var runCommand = &command{
 		"token in the file api.token of the data directory (created on first use, mode\n" +
 		"0600). It prints \"api listener: http://HOST:PORT\" and \"api token file: PATH\"\n" +
 		"before the control socket line.\n" +
+		"With --metrics-listen, Prometheus metrics (libp2p's and Sotto's counts: peers,\n" +
+		"outbox, mailbox, syncs, messages; no content, keys or names) are served without\n" +
+		"authentication at http://HOST:PORT/metrics; it prints \"metrics: URL\" before the\n" +
+		"control socket line.\n" +
 		"If the keys are encrypted, --passphrase-file, else $SOTTO_PASSPHRASE_FILE, names\n" +
 		"the passphrase file. SOTTO_NO_MDNS=1 has the effect of --no-mdns. On a terminal,\n" +
 		"a progress line shows mailbox syncs.\n" + dataDirHelp,
@@ -109,6 +113,13 @@ var runCommand = &command{
 		noMDNS := fs.Bool("no-mdns", false, "do not look for peers on the local network (mDNS)")
 		passFile := fs.String("passphrase-file", "", "read the keystore passphrase from `FILE` (default $SOTTO_PASSPHRASE_FILE)")
 		apiListen := fs.String("api-listen", "", "also serve the API over HTTP at the loopback address `HOST:PORT` (127.0.0.1:PORT, [::1]:PORT or localhost:PORT), with a bearer token")
+		var announce stringList
+		fs.Var(&announce, "announce", "also advertise `MULTIADDR`, an address others reach this node at that it cannot see itself (a forwarded port, a server's external address) (repeatable)")
+		public := fs.Bool("public", false, "this node has a public address: serve the DHT at once instead of waiting for AutoNAT's verdict")
+		relay := fs.Bool("relay", false, "relay connections for nodes behind NAT (circuit relay v2, with limits per peer, per IP and per circuit), while this node is publicly reachable")
+		infra := fs.Bool("infra", false, "run as a public infrastructure node: --public --relay --mailbox, with limits raised to thousands of connections")
+		lan := fs.Bool("lan", false, "every node of this network can dial every other (one machine, or a LAN without NAT): DHT server at once, private and loopback addresses kept and shared, no NAT traversal")
+		metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics, on any address and without authentication: they are counts (peers, outbox, mailbox, libp2p), never message content, keys or contacts")
 		return func(ctx context.Context, c *cli, args []string) error {
 			if len(args) > 0 {
 				return usagef("unexpected argument %q", args[0])
@@ -139,7 +150,7 @@ var runCommand = &command{
 				DataDir:    dir,
 				Listen:     listen,
 				Bootstrap:  bootstrap,
-				Mailbox:    *mailbox,
+				Mailbox:    *mailbox || *infra,
 				NoMDNS:     *noMDNS || c.getenv("SOTTO_NO_MDNS") == "1",
 				Passphrase: pass,
 				Log:        log,
@@ -147,6 +158,12 @@ var runCommand = &command{
 				ServeAPI: func(ctx context.Context, b api.Backend) error {
 					return serveAPI(ctx, b, dir, *apiListen, out, log)
 				},
+				MetricsListen: *metricsListen,
+				Public:        *public || *infra,
+				Relay:         *relay || *infra,
+				Infra:         *infra,
+				LAN:           *lan,
+				Announce:      announce,
 			}
 			if out.live {
 				cfg.Progress = out.Progress

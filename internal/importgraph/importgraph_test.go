@@ -20,7 +20,8 @@ const module = "github.com/sotto-im/sotto"
 //
 //	cmd → api → node → mailbox → p2p → protocol → keys
 //	             │        │               ↑
-//	             └────────┴──→ store ─────┘
+//	             ├────────┴──→ store ─────┘
+//	             └──→ invite → keys
 //
 // read with the table, which also lets a package import packages further
 // down its chain (node → keys); p2p never imports store, and cmd and api
@@ -47,13 +48,14 @@ const module = "github.com/sotto-im/sotto"
 var allowed = map[string]imports{
 	"cmd":      {code: "api node", tests: anyPackage},
 	"api":      {code: "node", tests: anyPackage},
-	"node":     {code: "mailbox p2p store protocol keys", tests: "internal"},
+	"node":     {code: "mailbox p2p store invite protocol keys", tests: "internal"},
 	"mailbox":  {code: "p2p store protocol keys", tests: "internal"},
 	"p2p":      {code: "protocol keys", tests: "internal"}, // never store
 	"store":    {code: "protocol keys", tests: "internal"},
 	"protocol": {code: "keys", tests: "internal"},
 	"keys":     {code: "", tests: "internal"},
-	"internal": {code: "keys protocol store p2p mailbox node api"},
+	"invite":   {code: "keys", tests: "internal"},
+	"internal": {code: "keys invite protocol store p2p mailbox node api"},
 }
 
 // forbidden lists, per package, imports from outside the project that its
@@ -68,6 +70,7 @@ var forbidden = map[string][]string{
 	"store":    {"github.com/libp2p/...", "net/http/..."},
 	"p2p":      {"go.etcd.io/bbolt/...", "net/http/..."},
 	"mailbox":  {"net/http/..."},
+	"invite":   {"go.etcd.io/bbolt/...", "net", "net/http/...", "os/exec"},
 }
 
 // anyPackage, as imports.tests, allows every project package.
@@ -309,6 +312,7 @@ func TestCheckCatchesViolations(t *testing.T) {
 	write("protocol/a_test.go", s("internal/fuzzcorpus", "protocol")...)                           // allowed
 	write("keys/a.go", s("protocol", "internal/fuzzcorpus")...)
 	write("keys/a_test.go", s("internal/fuzzcorpus")...) // allowed
+	write("invite/a.go", s("keys", "node", "p2p", "store")...)
 	write("internal/testkit/a.go", s("keys", "protocol", "store", "p2p", "mailbox", "node", "api", "internal/fuzzcorpus", "cmd/sotto")...)
 	write("internal/testkit/a_test.go", s("cmd/sotto")...)
 	// Allowed: tests of cmd and api may import anything in the project.
@@ -407,6 +411,10 @@ func TestCheckCatchesViolations(t *testing.T) {
 		// keys: nothing.
 		"keys/a.go imports " + m + "internal/fuzzcorpus",
 		"keys/a.go imports " + m + "protocol",
+		// invite: keys only.
+		"invite/a.go imports " + m + "node",
+		"invite/a.go imports " + m + "p2p",
+		"invite/a.go imports " + m + "store",
 		// internal: never cmd.
 		"internal/testkit/a.go imports " + m + "cmd/sotto",
 		"internal/testkit/a_test.go imports " + m + "cmd/sotto",
@@ -492,7 +500,7 @@ func TestCheckCatchesViolations(t *testing.T) {
 		{"mailbox/out.go imports net/http", "non-test files of mailbox/ never import net/http/..."},
 		{"extra/a.go", "extra/ is not in the import table"},
 		{"protocol/ts.go imports " + m + "keys/kemtest", `keys/kemtest is test support (its name ends in "test"); only _test.go files, test-support packages and files under an internal/ directory import it`},
-		{"node/ts.go imports " + m + "api/apitest", "node may import only mailbox, p2p, store, protocol, keys (its _test.go files also: internal)"},
+		{"node/ts.go imports " + m + "api/apitest", "node may import only mailbox, p2p, store, invite, protocol, keys (its _test.go files also: internal)"},
 	} {
 		i := slices.IndexFunc(problems, func(p problem) bool { return p.key() == tc.key })
 		if i < 0 {
