@@ -579,7 +579,9 @@ func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
 
 // connect makes sure a connection to p is open: the addresses known
 // first, then fresh ones from peer routing (the DHT), each attempt
-// bounded. When neither works the failure is remembered for
+// bounded. The DHT is asked only when no address is known or p is
+// protected (a contact, a mailbox): a stranger whose stored addresses fail
+// is not worth a walk per send. When neither works the failure is remembered for
 // DialFailMemory, and sends to p fail at once with ErrNoDirectPath in that
 // time unless p connects meanwhile (Forget, or p dials us).
 func (snd *Sender) connect(ctx context.Context, p peer.ID) error {
