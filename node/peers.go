@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"slices"
 	"time"
@@ -46,7 +47,10 @@ func (n *Node) rememberPeers(ps []peer.AddrInfo) {
 	}
 	self, _ := peer.Decode(n.ident.PeerID)
 	err := n.db.Update(func(tx *store.Tx) error {
-		b, _ := tx.GetSetting(settingPeers)
+		b, err := tx.GetSetting(settingPeers)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err // an unreadable list is kept, not overwritten
+		}
 		return tx.PutSetting(settingPeers, p2p.EncodePeers(p2p.MergePeers(ps, p2p.DecodePeers(b), self, maxKnownPeers)))
 	})
 	if err != nil {
