@@ -113,7 +113,12 @@ func (c *Client) Close() error {
 // shards (an online recipient gets deposits at once), including envelopes
 // this node publishes, until the returned cancel is called or the client
 // closes. fn runs on one goroutine per shard and should not block long.
-func (c *Client) SubscribeShards(shards []uint16, fn func(env []byte)) (cancel func(), err error) {
+//
+// onJoin, when not nil, runs for every mailbox (a peer serving Protocol)
+// that joins one of the shards while subscribed: a deposit it published
+// before the two knew of each other's subscription did not reach this
+// node, and a query to it now finds it.
+func (c *Client) SubscribeShards(shards []uint16, fn func(env []byte), onJoin func(mbx peer.ID)) (cancel func(), err error) {
 	if c.g == nil {
 		return nil, fmt.Errorf("%w: no gossip", ErrBadConfig)
 	}
@@ -127,6 +132,17 @@ func (c *Client) SubscribeShards(shards []uint16, fn func(env []byte)) (cancel f
 		t, err := joinShard(c.g, sh, c.cfg.now)
 		if err == nil {
 			err = c.g.Subscribe(ctx, &wg, t, fn)
+		}
+		if err == nil && onJoin != nil {
+			err = c.g.OnPeerJoin(ctx, &wg, t, func(p peer.ID) {
+				// Before identify has run the protocols are not known
+				// yet: the peer may be a mailbox.
+				ps := c.h.LibP2P().Peerstore()
+				known, _ := ps.GetProtocols(p)
+				if ok, _ := ps.SupportsProtocols(p, Protocol); len(ok) > 0 || len(known) == 0 {
+					onJoin(p)
+				}
+			})
 		}
 		if err != nil {
 			cancel()

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -616,7 +617,7 @@ func TestMailboxLiveDelivery(t *testing.T) {
 	}
 	defer rc.Close()
 	got := make(chan []byte, 4)
-	cancel, err := rc.SubscribeShards([]uint16{shard}, func(env []byte) { got <- env })
+	cancel, err := rc.SubscribeShards([]uint16{shard}, func(env []byte) { got <- env }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -650,6 +651,79 @@ func TestMailboxLiveDelivery(t *testing.T) {
 		case <-tick.C:
 		case <-ctx.Done():
 			t.Fatalf("no live delivery of %d envelopes", len(sent))
+		}
+	}
+}
+
+// TestMailboxJoinKick: a subscriber hears when a mailbox joins one of its
+// shards (what it published before then did not reach the subscriber, so
+// the node syncs), and not when another subscriber does.
+func TestMailboxJoinKick(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	shard := uint16(5)
+	rh := p2ptest.NewHost(t)
+	rc, err := NewClient(rh, newTestGossip(t, rh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	joined := make(chan peer.ID, 8)
+	cancel, err := rc.SubscribeShards([]uint16{shard}, func([]byte) {}, func(p peer.ID) { joined <- p })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+
+	// Another user on the shard, identified before it subscribes: no kick.
+	oh := p2ptest.NewHost(t)
+	og := newTestGossip(t, oh)
+	if err := oh.Connect(ctx, rh.AddrInfo()); err != nil {
+		t.Fatal(err)
+	}
+	waitProtocols(t, ctx, rh, oh.ID())
+	ot, err := joinShard(og, shard, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	sctx, stop := context.WithCancel(ctx)
+	defer func() { stop(); wg.Wait() }()
+	if err := og.Subscribe(sctx, &wg, ot, func([]byte) {}); err != nil {
+		t.Fatal(err)
+	}
+	rg := rc.g
+	waitTopicPeer(t, ctx, rg, shard, oh.ID())
+
+	m := newMailboxNode(t, mbxNodeOpts{gossip: true})
+	if err := m.h.Connect(ctx, rh.AddrInfo()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-joined:
+		if p != m.h.ID() {
+			t.Fatalf("kicked for %s, want only the mailbox %s", p, m.h.ID())
+		}
+	case <-ctx.Done():
+		t.Fatal("no kick when a mailbox joined the shard")
+	}
+	select {
+	case p := <-joined:
+		t.Fatalf("a second kick, for %s", p)
+	default:
+	}
+}
+
+// waitProtocols waits until h knows p's protocols (identify ran).
+func waitProtocols(t *testing.T, ctx context.Context, h *p2p.Host, p peer.ID) {
+	t.Helper()
+	for {
+		if ps, _ := h.LibP2P().Peerstore().GetProtocols(p); len(ps) > 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("identify of %s did not finish", p)
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
@@ -859,7 +933,7 @@ func TestMailboxCloseLeaksNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		stop, err := c.SubscribeShards([]uint16{1, 2}, func([]byte) {})
+		stop, err := c.SubscribeShards([]uint16{1, 2}, func([]byte) {}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

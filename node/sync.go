@@ -162,7 +162,7 @@ func (n *Node) resubscribe() error {
 	if same {
 		return nil
 	}
-	unsub, err := m.client.SubscribeShards(shards, n.liveEnvelope)
+	unsub, err := m.client.SubscribeShards(shards, n.liveEnvelope, func(peer.ID) { n.kickSync() })
 	if err != nil {
 		return err
 	}

@@ -159,3 +159,27 @@ func (g *Gossip) Subscribe(ctx context.Context, wg *sync.WaitGroup, t *pubsub.To
 	}()
 	return nil
 }
+
+// OnPeerJoin runs fn for every peer that this node learns is subscribed
+// to t, from now until ctx ends, in a goroutine that wg tracks.
+func (g *Gossip) OnPeerJoin(ctx context.Context, wg *sync.WaitGroup, t *pubsub.Topic, fn func(p peer.ID)) error {
+	ev, err := t.EventHandler()
+	if err != nil {
+		return fmt.Errorf("p2p: peer events of %s: %w", t.String(), err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer ev.Cancel()
+		for {
+			e, err := ev.NextPeerEvent(ctx)
+			if err != nil {
+				return
+			}
+			if e.Type == pubsub.PeerJoin {
+				fn(e.Peer)
+			}
+		}
+	}()
+	return nil
+}
