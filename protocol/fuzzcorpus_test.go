@@ -171,5 +171,14 @@ func fuzzSeeds(tb testing.TB) map[string][]corpusSeed {
 		add("FuzzPad", fmt.Sprint("len-", n), bytes.Repeat([]byte{'x'}, n))
 	}
 	add("FuzzPad", "marker-and-zero", []byte{PadMarker, 0})
+	// Mailbox deposits (version 2).
+	dep := SealPairDeposit(WriteKey([32]byte{7}, FromInitiator, 20419), message)
+	add("FuzzParseDeposit", "pair", dep)
+	add("FuzzParseDeposit", "pair-credential-only", cut(dep, 1+WriteKeySize+DepositSignatureSize))
+	add("FuzzParseDeposit", "pair-key-only", cut(dep, 1+WriteKeySize))
+	add("FuzzParseDeposit", "intro", append([]byte{DepositIntro, 0, 0, 0, 0, 0, 0, 0, 97}, message...))
+	add("FuzzParseDeposit", "intro-nonce-only", []byte{DepositIntro, 0, 0, 0, 0, 0, 0, 0, 1})
+	add("FuzzParseDeposit", "kind-3", set(dep, 0, 3))
+	add("FuzzParseDeposit", "empty", []byte{})
 	return seeds
 }
