@@ -35,6 +35,9 @@ import (
 // key order is oldest first, which is the eviction order under the total
 // cap. Query cursors are arrival sequences too, so they stay valid across
 // restarts and new deposits always sort after an old cursor.
+//
+// Version 2 registrations, and the deposit path that checks them and never
+// evicts, are in mailbox_reg.go; their envelopes live in these buckets.
 
 var (
 	bucketMbxEnv     = []byte("mbx_env")
@@ -82,9 +85,10 @@ const (
 	// MaxMailboxQueryTags bounds the tags of one query.
 	MaxMailboxQueryTags = 1024
 
-	// MaxMailboxSweep bounds the envelopes one MailboxSweep call removes,
-	// so that a sweep after a long downtime does not build one huge
-	// transaction. Call it again while it returns this many.
+	// MaxMailboxSweep bounds the envelopes and registrations one
+	// MailboxSweep call removes, so that a sweep after a long downtime
+	// does not build one huge transaction. Call it again while it returns
+	// this many.
 	MaxMailboxSweep = 10_000
 
 	// MailboxCursorSize is the length of a query cursor.
@@ -108,7 +112,9 @@ var (
 	ErrMailboxTagFull = errors.New("store: mailbox quota for this tag is exhausted")
 
 	// ErrMailboxFull means the envelope cannot fit even after evicting
-	// every older envelope (it is larger than the total cap).
+	// every older envelope (it is larger than the total cap), or, from
+	// MailboxPutRegistered, which never evicts, that the mailbox holds its
+	// total cap: the sender should try another mailbox.
 	ErrMailboxFull = errors.New("store: mailbox is full")
 
 	// ErrMailboxInvalid means the envelope failed protocol validation
@@ -122,10 +128,17 @@ var (
 
 // MailboxLimits are a mailbox's quotas. Zero fields take the defaults.
 type MailboxLimits struct {
-	TagEnvelopes   int64 // envelopes per tag
-	TagBytes       int64 // bytes per tag
+	TagEnvelopes   int64 // envelopes per tag (version 1, MailboxPut)
+	TagBytes       int64 // bytes per tag (version 1, MailboxPut)
 	TotalEnvelopes int64 // envelopes in the whole mailbox
 	TotalBytes     int64 // bytes in the whole mailbox
+
+	// Version 2 quotas (MailboxPutRegistered), per registered tag by the
+	// kind of its registration.
+	PairEnvelopes  int64 // envelopes per pairwise registration
+	PairBytes      int64 // bytes per pairwise registration
+	IntroEnvelopes int64 // envelopes per intro registration
+	IntroBytes     int64 // bytes per intro registration
 }
 
 // WithDefaults returns l with zero fields set to the defaults.
@@ -139,6 +152,10 @@ func (l MailboxLimits) WithDefaults() MailboxLimits {
 	def(&l.TagBytes, DefaultMailboxTagBytes)
 	def(&l.TotalEnvelopes, DefaultMailboxEnvelopes)
 	def(&l.TotalBytes, DefaultMailboxBytes)
+	def(&l.PairEnvelopes, DefaultMailboxPairEnvelopes)
+	def(&l.PairBytes, DefaultMailboxPairBytes)
+	def(&l.IntroEnvelopes, DefaultMailboxIntroEnvelopes)
+	def(&l.IntroBytes, DefaultMailboxIntroBytes)
 	return l
 }
 
@@ -166,7 +183,9 @@ type MailboxPage struct {
 // changes nothing, if the same envelope bytes are already stored. It fails
 // with ErrMailboxTagFull if the envelope's tag is over its quota, and
 // evicts the oldest envelopes of the mailbox while the total cap would be
-// exceeded (ErrMailboxFull if even an empty mailbox could not hold it).
+// exceeded (ErrMailboxFull if even an empty mailbox could not hold it, or
+// if the oldest envelope was stored under a registered tag by
+// MailboxPutRegistered: those are never evicted).
 func (tx *Tx) MailboxPut(env []byte, now time.Time, lim MailboxLimits) (stored bool, err error) {
 	lim = lim.WithDefaults()
 	e, err := protocol.ParseEnvelope(env)
@@ -204,9 +223,23 @@ func (tx *Tx) MailboxPut(env []byte, now time.Time, lim MailboxLimits) (stored b
 		if n+1 <= lim.TotalEnvelopes && b+size <= lim.TotalBytes {
 			break
 		}
-		k, _ := m.env.Cursor().First()
+		k, v := m.env.Cursor().First()
 		if k == nil {
 			return false, fmt.Errorf("%w: totals say %d envelopes but none are stored", ErrCorrupt, n)
+		}
+		// An envelope a version 2 deposit put under a registered tag was
+		// acknowledged with the promise that it stays: refuse rather
+		// than evict it.
+		old, err := unmarshalMailboxRecord(v)
+		if err != nil {
+			return false, err
+		}
+		if r, err := tx.regBuckets(false); err != nil {
+			return false, err
+		} else if _, held, err := r.get(envelopeFields(old).tag); err != nil {
+			return false, err
+		} else if held {
+			return false, ErrMailboxFull
 		}
 		if err := m.remove(binary.BigEndian.Uint64(k)); err != nil {
 			return false, err
@@ -217,10 +250,22 @@ func (tx *Tx) MailboxPut(env []byte, now time.Time, lim MailboxLimits) (stored b
 	if err != nil {
 		return false, err
 	}
-	seq, err := m.env.NextSequence()
-	if err != nil {
+	if err := m.insert(env, e, hash, tc, tb); err != nil {
 		return false, err
 	}
+	return true, nil
+}
+
+// insert stores env, whose parsed form is e and whose SHA-256 is hash,
+// under the next arrival sequence with its index entries, given that its
+// tag holds tc envelopes of tb bytes, and updates the counts. The caller
+// has checked the quotas.
+func (m *mailbox) insert(env []byte, e *protocol.Envelope, hash [32]byte, tc, tb int64) error {
+	seq, err := m.env.NextSequence()
+	if err != nil {
+		return err
+	}
+	size := int64(len(env))
 	sk := be64(seq)
 	enc := newEncoder(len(env) + 4)
 	enc.bytes(env)
@@ -236,13 +281,10 @@ func (tx *Tx) MailboxPut(env []byte, now time.Time, lim MailboxLimits) (stored b
 		{m.tagstat, e.Tag[:], counts(tc+1, tb+size)},
 	} {
 		if err := put.b.Put(put.k, put.v); err != nil {
-			return false, err
+			return err
 		}
 	}
-	if err := m.addTotals(1, size); err != nil {
-		return false, err
-	}
-	return true, nil
+	return m.addTotals(1, size)
 }
 
 // MailboxQuery returns, in arrival order, the envelopes stored under any of
@@ -368,8 +410,11 @@ func (tx *Tx) MailboxDelete(tag [32]byte, token [32]byte) (int, error) {
 	return n, nil
 }
 
-// MailboxSweep deletes envelopes that expire at or before now, at most
-// MaxMailboxSweep of them, and returns how many it deleted.
+// MailboxSweep deletes envelopes that expire at or before now, then
+// version 2 registrations that expire at or before now (see
+// MailboxRegister), at most MaxMailboxSweep of them together, and returns
+// how many it deleted. The envelopes held under a registration that
+// expires stay until their own expiry or a delete token.
 func (tx *Tx) MailboxSweep(now time.Time) (int, error) {
 	m, err := tx.mailboxBuckets(true)
 	if err != nil {
@@ -392,7 +437,11 @@ func (tx *Tx) MailboxSweep(now time.Time) (int, error) {
 			return 0, err
 		}
 	}
-	return len(seqs), nil
+	regs, err := tx.sweepRegistrations(now, MaxMailboxSweep-len(seqs))
+	if err != nil {
+		return 0, err
+	}
+	return len(seqs) + regs, nil
 }
 
 // MailboxStats returns how many envelopes the mailbox holds and their

@@ -61,6 +61,7 @@ var migrations = []migration{
 	{name: "conversation order", apply: createOrderBuckets},
 	{name: "envelope tokens", apply: createTokenBucket},
 	{name: "envelope token log", apply: splitTokenLog},
+	{name: "mailbox registrations", apply: createMailboxRegBuckets},
 }
 
 // SchemaVersion is the schema version this build writes.
