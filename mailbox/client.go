@@ -10,8 +10,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
@@ -385,19 +387,26 @@ func (c *Client) Delete(ctx context.Context, mbx peer.ID, tag protocol.Tag, toke
 // roundTrip sends one request on a fresh stream to mbx and reads the
 // response.
 func (c *Client) roundTrip(ctx context.Context, mbx peer.ID, req []byte) (Status, []byte, error) {
+	return exchange(ctx, c.ctx, c.h.LibP2P(), mbx, Protocol, req, MaxRequestSize, c.cfg.opTimeout)
+}
+
+// exchange sends one request on a fresh stream of proto from h to mbx and
+// reads the response. A ctx without a deadline gets opTimeout; closing
+// ends the exchange when the owner closes.
+func exchange(ctx, closing context.Context, h host.Host, mbx peer.ID, proto libp2pproto.ID, req []byte, maxReq int, opTimeout time.Duration) (Status, []byte, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.opTimeout)
+		ctx, cancel = context.WithTimeout(ctx, opTimeout)
 		defer cancel()
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := c.ctx.Err(); err != nil {
+	if err := closing.Err(); err != nil {
 		return 0, nil, p2p.ErrClosed
 	}
-	stop := context.AfterFunc(c.ctx, cancel)
+	stop := context.AfterFunc(closing, cancel)
 	defer stop()
-	st, err := c.h.LibP2P().NewStream(ctx, mbx, Protocol)
+	st, err := h.NewStream(ctx, mbx, proto)
 	if err != nil {
 		return 0, nil, fmt.Errorf("mailbox: open mailbox stream to %s: %w", mbx, err)
 	}
@@ -407,7 +416,7 @@ func (c *Client) roundTrip(ctx context.Context, mbx peer.ID, req []byte) (Status
 	st.SetDeadline(dl)
 	unreset := context.AfterFunc(ctx, func() { st.Reset() })
 	defer unreset()
-	frame, err := p2p.AppendFrame(nil, req, MaxRequestSize)
+	frame, err := p2p.AppendFrame(nil, req, maxReq)
 	if err != nil {
 		st.Reset()
 		return 0, nil, err

@@ -113,6 +113,13 @@ const (
 	ReasonTTLTooLong Reason = 3 // the expiry is too far ahead
 	ReasonTagQuota   Reason = 4 // the tag holds its quota
 	ReasonCapacity   Reason = 5 // the envelope exceeds the mailbox's capacity
+
+	// Version 2 reasons.
+	ReasonCredential   Reason = 6  // the write key or its signature does not match
+	ReasonStamp        Reason = 7  // the intro stamp is below the difficulty
+	ReasonOldProtocol  Reason = 8  // a version 1 deposit at a version 2 mailbox
+	ReasonUnregistered Reason = 9  // nobody registered the tag (for this kind)
+	ReasonEpoch        Reason = 10 // a registration's epoch is out of range
 )
 
 func (r Reason) String() string {
@@ -129,6 +136,16 @@ func (r Reason) String() string {
 		return "tag-quota"
 	case ReasonCapacity:
 		return "capacity"
+	case ReasonCredential:
+		return "credential"
+	case ReasonStamp:
+		return "stamp"
+	case ReasonOldProtocol:
+		return "peer runs an older mailbox protocol"
+	case ReasonUnregistered:
+		return "unregistered"
+	case ReasonEpoch:
+		return "epoch"
 	}
 	return fmt.Sprintf("Reason(%d)", uint8(r))
 }
@@ -190,7 +207,12 @@ func appendDepositRequest(b, env []byte) []byte {
 }
 
 func appendQueryRequest(b []byte, tags [][32]byte, cursor []byte, limit int) []byte {
-	b = append(b, opQuery)
+	return appendQuery(b, opQuery, tags, cursor, limit)
+}
+
+// appendQuery encodes a query under op (version 1 or 2: same body).
+func appendQuery(b []byte, op byte, tags [][32]byte, cursor []byte, limit int) []byte {
+	b = append(b, op)
 	b = binary.BigEndian.AppendUint16(b, uint16(limit))
 	b = append(b, byte(len(cursor)))
 	b = append(b, cursor...)
@@ -202,7 +224,12 @@ func appendQueryRequest(b []byte, tags [][32]byte, cursor []byte, limit int) []b
 }
 
 func appendDeleteRequest(b []byte, tag [32]byte, tokens [][32]byte) []byte {
-	b = append(b, opDelete)
+	return appendDelete(b, opDelete, tag, tokens)
+}
+
+// appendDelete encodes a delete under op (version 1 or 2: same body).
+func appendDelete(b []byte, op byte, tag [32]byte, tokens [][32]byte) []byte {
+	b = append(b, op)
 	b = append(b, tag[:]...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(tokens)))
 	for _, t := range tokens {
@@ -226,36 +253,47 @@ func parseRequest(b []byte) (*request, error) {
 		r.envelope = p
 		return r, nil
 	case opQuery:
-		if len(p) < 3 {
-			return nil, fmt.Errorf("%w: short query", ErrBadMessage)
-		}
-		r.limit = int(binary.BigEndian.Uint16(p))
-		cl := int(p[2])
-		p = p[3:]
-		if cl != 0 && cl != store.MailboxCursorSize || len(p) < cl+2 {
-			return nil, fmt.Errorf("%w: query cursor", ErrBadMessage)
-		}
-		if cl > 0 {
-			r.cursor = append([]byte(nil), p[:cl]...)
-		}
-		p = p[cl:]
-		var err error
-		if r.tags, err = parseKeys(p, MaxQueryTags, "tags"); err != nil {
+		if err := r.parseQuery(p); err != nil {
 			return nil, err
 		}
 		return r, nil
 	case opDelete:
-		if len(p) < 32 {
-			return nil, fmt.Errorf("%w: short delete", ErrBadMessage)
-		}
-		copy(r.tag[:], p)
-		var err error
-		if r.tokens, err = parseKeys(p[32:], MaxDeleteTokens, "tokens"); err != nil {
+		if err := r.parseDelete(p); err != nil {
 			return nil, err
 		}
 		return r, nil
 	}
 	return nil, fmt.Errorf("%w: unknown operation %d", ErrBadMessage, r.op)
+}
+
+// parseQuery decodes a query's body into r.
+func (r *request) parseQuery(p []byte) error {
+	if len(p) < 3 {
+		return fmt.Errorf("%w: short query", ErrBadMessage)
+	}
+	r.limit = int(binary.BigEndian.Uint16(p))
+	cl := int(p[2])
+	p = p[3:]
+	if cl != 0 && cl != store.MailboxCursorSize || len(p) < cl+2 {
+		return fmt.Errorf("%w: query cursor", ErrBadMessage)
+	}
+	if cl > 0 {
+		r.cursor = append([]byte(nil), p[:cl]...)
+	}
+	var err error
+	r.tags, err = parseKeys(p[cl:], MaxQueryTags, "tags")
+	return err
+}
+
+// parseDelete decodes a delete's body into r.
+func (r *request) parseDelete(p []byte) error {
+	if len(p) < 32 {
+		return fmt.Errorf("%w: short delete", ErrBadMessage)
+	}
+	copy(r.tag[:], p)
+	var err error
+	r.tokens, err = parseKeys(p[32:], MaxDeleteTokens, "tokens")
+	return err
 }
 
 // parseKeys decodes count u16 | count × 32 bytes, with 1 <= count <= max

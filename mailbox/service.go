@@ -79,6 +79,9 @@ type config struct {
 	provideRetry      time.Duration
 	sweepInterval     time.Duration
 	provide           bool
+	stampBits         int
+	netKey            func(network.Conn) string
+	regsPerNet        int
 	now               func() time.Time
 	onStored          func(env []byte, via DepositVia)
 	logger            *slog.Logger
@@ -249,6 +252,8 @@ type Service struct {
 	streams map[peer.ID]int
 	limits  *p2p.PeerLimiter
 
+	v2 v2state
+
 	provided chan struct{} // closed after the first successful announcement
 	provOnce sync.Once
 
@@ -269,6 +274,9 @@ func NewService(h *p2p.Host, g *p2p.Gossip, db *store.DB, opts ...Option) (*Serv
 		provideRetry:      DefaultProvideRetry,
 		sweepInterval:     DefaultSweepInterval,
 		provide:           true,
+		stampBits:         protocol.DefaultStampBits,
+		netKey:            defaultNetKey,
+		regsPerNet:        MaxRegistrationsPerNet,
 		now:               h.Clock(),
 		logger:            h.Logger(),
 		deposits:          new(atomic.Uint64),
@@ -311,6 +319,10 @@ func NewService(h *p2p.Host, g *p2p.Gossip, db *store.DB, opts ...Option) (*Serv
 		}
 	}
 	h.LibP2P().SetStreamHandler(Protocol, s.handleStream)
+	if err := s.startV2(); err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.wg.Add(1)
 	go s.sweepLoop()
 	if cfg.provide {
@@ -329,6 +341,7 @@ func (s *Service) Close() error {
 		s.closed = true
 		s.mu.Unlock()
 		s.h.LibP2P().RemoveStreamHandler(Protocol)
+		s.h.LibP2P().RemoveStreamHandler(Protocol2)
 		s.cancel()
 		s.wg.Wait()
 	})
@@ -503,20 +516,37 @@ func (s *Service) handleStream(st network.Stream) {
 	// Reset the stream when the service closes, so a blocked read ends.
 	stop := context.AfterFunc(s.ctx, func() { st.Reset() })
 	defer stop()
-	err := s.serve(st, p)
+	err := s.serveFrames(st, MaxRequestSize, func(frame []byte) ([]byte, error, takeover) {
+		req, perr := parseRequest(frame)
+		switch {
+		case perr != nil:
+			return appendStatus(nil, StatusBadRequest, ReasonNone), perr, nil
+		case !s.limits.Allow(p):
+			return appendStatus(nil, StatusThrottled, ReasonNone), nil, nil
+		}
+		return s.answer(req), nil, nil
+	})
+	s.endStream(st, p, err)
+}
+
+// endStream ends a served stream: a reset after an error, a close after
+// the client's end or a bad request (so that the BadRequest response
+// reaches the client).
+func (s *Service) endStream(st network.Stream, p peer.ID, err error) {
 	if err != nil && !errors.Is(err, ErrBadMessage) {
 		s.cfg.logger.Debug("mailbox stream reset", "peer", p, "err", err)
 		st.Reset()
 		return
 	}
-	// After a bad request the stream ends without a reset, so that the
-	// BadRequest response reaches the client.
 	st.Close()
 }
 
-// serve answers requests on st until the client closes its side (nil) or
-// anything goes wrong.
-func (s *Service) serve(st network.Stream, p peer.ID) error {
+// serveFrames answers request frames of at most max bytes on st with
+// handle until the client closes its side (nil) or anything goes wrong.
+// handle returns the response, the decoding error of a bad request (the
+// stream ends after its response) and, optionally, what runs the rest of
+// the stream after the response.
+func (s *Service) serveFrames(st network.Stream, max int, handle func(frame []byte) ([]byte, error, takeover)) error {
 	br := bufio.NewReader(st)
 	for {
 		if err := st.SetReadDeadline(time.Now().Add(s.cfg.idleTimeout)); err != nil {
@@ -531,23 +561,14 @@ func (s *Service) serve(st network.Stream, p peer.ID) error {
 		if err := st.SetReadDeadline(time.Now().Add(s.cfg.frameTimeout)); err != nil {
 			return err
 		}
-		frame, err := p2p.ReadFrame(br, MaxRequestSize)
+		frame, err := p2p.ReadFrame(br, max)
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
 			return err
 		}
-		req, perr := parseRequest(frame)
-		var resp []byte
-		switch {
-		case perr != nil:
-			resp = appendStatus(nil, StatusBadRequest, ReasonNone)
-		case !s.limits.Allow(p):
-			resp = appendStatus(nil, StatusThrottled, ReasonNone)
-		default:
-			resp = s.answer(req)
-		}
+		resp, bad, rest := handle(frame)
 		if err := st.SetWriteDeadline(time.Now().Add(s.cfg.frameTimeout)); err != nil {
 			return err
 		}
@@ -558,8 +579,11 @@ func (s *Service) serve(st network.Stream, p peer.ID) error {
 		if _, err := st.Write(out); err != nil {
 			return err
 		}
-		if perr != nil {
-			return perr
+		if bad != nil {
+			return bad
+		}
+		if rest != nil {
+			return rest(st, br)
 		}
 	}
 }
