@@ -268,7 +268,7 @@ func storedWithin(ctx context.Context, m *mailboxNode, env []byte) bool {
 }
 
 // waitTopic2Peer waits until g's version 2 topic of shard lists p.
-func waitTopic2Peer(t *testing.T, ctx context.Context, g *p2p.Gossip, shard uint16, p peer.ID) {
+func waitTopic2Peer(t testing.TB, ctx context.Context, g *p2p.Gossip, shard uint16, p peer.ID) {
 	t.Helper()
 	top, err := g.Join(Topic2(shard), func(peer.ID, []byte) bool { return true })
 	if err != nil {
