@@ -212,4 +212,3 @@ func BenchmarkFilterPushLatency(b *testing.B) {
 		})
 	}
 }
-

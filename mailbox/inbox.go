@@ -1,0 +1,456 @@
+package mailbox
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/p2p"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
+)
+
+// The user side of version 2 mailboxes (protocol/SPEC.md, "Choosing and
+// announcing mailboxes", "What a user sends from where", "Bounds on a
+// hostile mailbox").
+const (
+	// MailboxFailLimit is how many sync rounds in a row a mailbox may fail
+	// before the user replaces it.
+	MailboxFailLimit = 3
+	// MaxJunkPerDay is how many envelopes that do not open a mailbox may
+	// return in one UTC day before the user replaces it.
+	MaxJunkPerDay = 32
+	// DefaultInboxMailboxes is how many mailboxes a user receives at (k).
+	DefaultInboxMailboxes = 3
+	// filterRetry is how soon a filter that ended is opened again.
+	filterRetry = 5 * time.Second
+	// maxRecent bounds the content hashes an Inbox remembers to deliver an
+	// envelope that several mailboxes hold only once.
+	maxRecent = 1 << 14
+)
+
+// InboxConfig configures NewInbox.
+type InboxConfig struct {
+	// Mailboxes are the mailbox nodes the user receives at.
+	Mailboxes []peer.AddrInfo
+	// Registrations returns, at now, every tag the user reads: the
+	// pairwise tags of its sessions and its intro tags, for the live
+	// epochs. Those of epochs from Epoch(now) on are registered; all are
+	// queried and filtered.
+	Registrations func(now time.Time) []Registration
+	// Deliver hands over one envelope read from mbx, once per content,
+	// and returns false if it is junk: it does not open for this device.
+	Deliver func(mbx peer.ID, env []byte) bool
+	// Replace, if set, is called (from the Inbox's goroutine) when a
+	// mailbox failed MailboxFailLimit rounds in a row or returned
+	// MaxJunkPerDay junk envelopes in a day: the owner should choose
+	// another, call SetMailboxes and tell its contacts.
+	Replace func(bad peer.ID)
+	// NewHost opens the host of one round (default p2p.NewEphemeral: a
+	// fresh identity each time).
+	NewHost func() (host.Host, error)
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Inbox reads a user's envelopes from its version 2 mailboxes: it
+// registers the user's tags at each, keeps live filters open there and
+// runs bounded sync rounds, every round from a fresh identity and the
+// intro tags apart from the pairwise ones. Safe for concurrent use.
+type Inbox struct {
+	cfg InboxConfig
+
+	mu      sync.Mutex
+	mbxs    []peer.AddrInfo
+	health  map[peer.ID]*mbxHealth
+	recent  map[[32]byte]struct{}
+	recentQ [][32]byte
+}
+
+// mbxHealth is what an Inbox knows of one mailbox.
+type mbxHealth struct {
+	registered map[[32]byte]uint64 // tag -> epoch registered
+	cursor     map[byte][]byte     // per kind
+	fails      int
+	junk       int
+	junkDay    uint64
+	replaced   bool
+}
+
+// NewInbox returns an Inbox; it does nothing until SyncRound or
+// RunFilters.
+func NewInbox(cfg InboxConfig) (*Inbox, error) {
+	if cfg.Registrations == nil || cfg.Deliver == nil {
+		return nil, fmt.Errorf("%w: an inbox needs Registrations and Deliver", ErrBadConfig)
+	}
+	if cfg.NewHost == nil {
+		cfg.NewHost = p2p.NewEphemeral
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	in := &Inbox{cfg: cfg, health: map[peer.ID]*mbxHealth{}, recent: map[[32]byte]struct{}{}}
+	in.SetMailboxes(cfg.Mailboxes)
+	return in, nil
+}
+
+// SetMailboxes replaces the mailboxes the user receives at.
+func (in *Inbox) SetMailboxes(mbxs []peer.AddrInfo) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.mbxs = append([]peer.AddrInfo(nil), mbxs...)
+	for _, m := range mbxs {
+		if in.health[m.ID] == nil {
+			in.health[m.ID] = &mbxHealth{registered: map[[32]byte]uint64{}, cursor: map[byte][]byte{}}
+		}
+	}
+}
+
+// Mailboxes returns the mailboxes the user receives at.
+func (in *Inbox) Mailboxes() []peer.AddrInfo {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return append([]peer.AddrInfo(nil), in.mbxs...)
+}
+
+// split returns the registrations of kind, those to register (from
+// epoch e on and not yet registered at mbx) and all tags to read.
+func (in *Inbox) split(regs []Registration, kind byte, mbx peer.ID, e uint64) (toRegister []Registration, tags [][32]byte) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	h := in.health[mbx]
+	for _, r := range regs {
+		if r.Kind != kind {
+			continue
+		}
+		tags = append(tags, r.Tag)
+		if r.Epoch >= e && (h == nil || h.registered[r.Tag] < r.Epoch+1) {
+			toRegister = append(toRegister, r)
+		}
+	}
+	return toRegister, tags
+}
+
+// SyncRound registers what is new and reads what is waiting at every
+// mailbox: first the pairwise tags, then, from another fresh identity, the
+// intro tags. It reads at most MaxSyncBytes per mailbox and kind, and
+// returns how many envelopes it delivered.
+func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
+	now := in.cfg.Now()
+	regs := in.cfg.Registrations(now)
+	total := 0
+	var errs []error
+	failed := map[peer.ID]bool{}
+	for _, kind := range []byte{store.RegPair, store.RegIntro} {
+		h, err := in.cfg.NewHost()
+		if err != nil {
+			return total, err
+		}
+		c := NewClient2(ctx, h)
+		for _, m := range in.Mailboxes() {
+			n, err := in.syncOne(ctx, c, m, regs, kind, now)
+			total += n
+			if err != nil {
+				failed[m.ID] = true
+				errs = append(errs, fmt.Errorf("mailbox %s: %w", m.ID, err))
+			}
+		}
+		h.Close()
+	}
+	for _, m := range in.Mailboxes() {
+		in.judge(m.ID, failed[m.ID], 0, now)
+	}
+	return total, errors.Join(errs...)
+}
+
+// syncOne registers and reads one kind of tag at one mailbox.
+func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs []Registration, kind byte, now time.Time) (int, error) {
+	e := protocol.Epoch(now)
+	toRegister, tags := in.split(regs, kind, m.ID, e)
+	for len(toRegister) > 0 {
+		chunk := toRegister[:min(len(toRegister), MaxRegistrations)]
+		toRegister = toRegister[len(chunk):]
+		if _, _, err := c.Register(ctx, m, chunk); err != nil {
+			return 0, fmt.Errorf("register: %w", err)
+		}
+		in.mu.Lock()
+		if h := in.health[m.ID]; h != nil {
+			for _, r := range chunk {
+				h.registered[r.Tag] = max(h.registered[r.Tag], r.Epoch+1)
+			}
+		}
+		in.mu.Unlock()
+	}
+	delivered, junk := 0, 0
+	budget := MaxSyncBytes
+	for len(tags) > 0 && budget > 0 {
+		chunk := tags[:min(len(tags), MaxQueryTags)]
+		tags = tags[len(chunk):]
+		envs, _, err := c.Sync(ctx, m, chunk, nil, budget)
+		for _, env := range envs {
+			budget -= len(env)
+			if d, j := in.deliver(m.ID, env); d {
+				delivered++
+			} else if j {
+				junk++
+			}
+		}
+		in.judge(m.ID, false, junk, now)
+		junk = 0
+		if err != nil && !errors.Is(err, ErrSyncBudget) {
+			return delivered, err
+		}
+	}
+	return delivered, nil
+}
+
+// deliver hands env to the owner unless an envelope of the same content
+// was delivered recently. It reports whether it handed it over, and
+// whether the owner found it junk.
+func (in *Inbox) deliver(mbx peer.ID, env []byte) (delivered, junk bool) {
+	h := sha256.Sum256(env)
+	in.mu.Lock()
+	if _, ok := in.recent[h]; ok {
+		in.mu.Unlock()
+		return false, false
+	}
+	in.recent[h] = struct{}{}
+	in.recentQ = append(in.recentQ, h)
+	if len(in.recentQ) > maxRecent {
+		delete(in.recent, in.recentQ[0])
+		in.recentQ = in.recentQ[1:]
+	}
+	in.mu.Unlock()
+	if in.cfg.Deliver(mbx, env) {
+		return true, false
+	}
+	// A junk envelope is not remembered: the same bytes from another
+	// mailbox count against that one too.
+	in.mu.Lock()
+	delete(in.recent, h)
+	in.mu.Unlock()
+	return false, true
+}
+
+// judge records a round's outcome (failed) or junk envelopes of mbx, and
+// asks for its replacement past the limits.
+func (in *Inbox) judge(mbx peer.ID, failed bool, junk int, now time.Time) {
+	in.mu.Lock()
+	h := in.health[mbx]
+	if h == nil || h.replaced {
+		in.mu.Unlock()
+		return
+	}
+	if failed {
+		h.fails++
+	} else if junk == 0 {
+		h.fails = 0
+	}
+	if day := protocol.Epoch(now); day != h.junkDay {
+		h.junkDay, h.junk = day, 0
+	}
+	h.junk += junk
+	replace := h.fails >= MailboxFailLimit || h.junk >= MaxJunkPerDay
+	if replace {
+		h.replaced = true
+	}
+	in.mu.Unlock()
+	if replace {
+		in.cfg.Logger.Info("replacing a mailbox", "mailbox", mbx, "failed rounds", h.fails, "junk today", h.junk)
+		if in.cfg.Replace != nil {
+			in.cfg.Replace(mbx)
+		}
+	}
+}
+
+// Delete reveals delete tokens at every mailbox for envelopes the owner
+// has durably stored, from one fresh identity.
+func (in *Inbox) Delete(ctx context.Context, tag [32]byte, tokens [][32]byte) error {
+	h, err := in.cfg.NewHost()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	c := NewClient2(ctx, h)
+	var errs []error
+	for _, m := range in.Mailboxes() {
+		for rest := tokens; len(rest) > 0; {
+			chunk := rest[:min(len(rest), MaxDeleteTokens)]
+			if _, err := c.Delete(ctx, m, tag, chunk); err != nil {
+				errs = append(errs, fmt.Errorf("mailbox %s: %w", m.ID, err))
+				break
+			}
+			rest = rest[len(chunk):]
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RunFilters keeps a filter open at every mailbox, for each kind of tag
+// from its own fresh identity, until ctx ends; envelopes pushed go to
+// Deliver. A filter that ends is opened again after filterRetry; what
+// arrived meanwhile was not pushed, so the owner runs a SyncRound on
+// reconnect and periodically.
+func (in *Inbox) RunFilters(ctx context.Context) {
+	var wg sync.WaitGroup
+	running := map[peer.ID]context.CancelFunc{}
+	tick := time.NewTicker(filterRetry)
+	defer tick.Stop()
+	for {
+		for _, m := range in.Mailboxes() {
+			if running[m.ID] != nil {
+				continue
+			}
+			fctx, cancel := context.WithCancel(ctx)
+			running[m.ID] = cancel
+			for _, kind := range []byte{store.RegPair, store.RegIntro} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					in.filterLoop(fctx, m, kind)
+				}()
+			}
+		}
+		// Stop the filters of mailboxes no longer used.
+		current := map[peer.ID]bool{}
+		for _, m := range in.Mailboxes() {
+			current[m.ID] = true
+		}
+		for id, cancel := range running {
+			if !current[id] {
+				cancel()
+				delete(running, id)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			for _, cancel := range running {
+				cancel()
+			}
+			wg.Wait()
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// filterLoop holds one filter of kind at m open until ctx ends.
+func (in *Inbox) filterLoop(ctx context.Context, m peer.AddrInfo, kind byte) {
+	for ctx.Err() == nil {
+		in.filterOnce(ctx, m, kind)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(filterRetry):
+		}
+	}
+}
+
+// filterTags returns the tags of kind a filter names at now: those of
+// epochs from Epoch(now) − 1 on (live traffic; a sender's clock may be a
+// day behind), at most MaxFilterTags. Older epochs are left to sync rounds.
+func (in *Inbox) filterTags(kind byte, now time.Time) [][32]byte {
+	e := protocol.Epoch(now)
+	var tags [][32]byte
+	for _, r := range in.cfg.Registrations(now) {
+		if r.Kind == kind && r.Epoch+1 >= e && len(tags) < MaxFilterTags {
+			tags = append(tags, r.Tag)
+		}
+	}
+	return tags
+}
+
+func sameTags(a, b [][32]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// filterRefresh is how often an open filter's tags are recomputed (new
+// sessions, a new epoch).
+const filterRefresh = time.Minute
+
+func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte) {
+	tags := in.filterTags(kind, in.cfg.Now())
+	if len(tags) == 0 {
+		return
+	}
+	h, err := in.cfg.NewHost()
+	if err != nil {
+		in.cfg.Logger.Warn("mailbox filter: no host", "err", err)
+		return
+	}
+	defer h.Close()
+	c := NewClient2(ctx, h)
+	f, err := c.Filter(ctx, m, tags, func(env []byte) {
+		if _, junk := in.deliver(m.ID, env); junk {
+			in.judge(m.ID, false, 1, in.cfg.Now())
+		}
+	})
+	if err != nil {
+		in.cfg.Logger.Debug("mailbox filter not open", "mailbox", m.ID, "err", err)
+		return
+	}
+	defer f.Close()
+	tick := time.NewTicker(filterRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.Done():
+			in.cfg.Logger.Debug("mailbox filter ended", "mailbox", m.ID, "err", f.Err())
+			return
+		case <-tick.C:
+			if next := in.filterTags(kind, in.cfg.Now()); len(next) > 0 && !sameTags(next, tags) {
+				if err := f.SetTags(next); err != nil {
+					return
+				}
+				tags = next
+			}
+		}
+	}
+}
+
+// PushAll pushes deposit to each of mbxs from one fresh identity and
+// returns how many acknowledged it (stored, or held already) and the
+// refusals and failures of the others.
+func PushAll(ctx context.Context, newHost func() (host.Host, error), mbxs []peer.AddrInfo, deposit []byte) (int, error) {
+	if newHost == nil {
+		newHost = p2p.NewEphemeral
+	}
+	h, err := newHost()
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	c := NewClient2(ctx, h)
+	stored := 0
+	var errs []error
+	for _, m := range mbxs {
+		if err := c.Push(ctx, m, deposit); err != nil {
+			errs = append(errs, fmt.Errorf("mailbox %s: %w", m.ID, err))
+			continue
+		}
+		stored++
+	}
+	return stored, errors.Join(errs...)
+}

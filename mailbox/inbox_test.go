@@ -1,0 +1,248 @@
+package mailbox
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/p2p"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
+)
+
+// inboxUser is a recipient: one session a contact writes on, and an
+// intro secret.
+type inboxUser struct {
+	session pairSession
+	intro   [protocol.IntroSecretSize]byte
+
+	mu        sync.Mutex
+	delivered [][]byte
+	junk      bool // Deliver reports every envelope as junk
+}
+
+func newInboxUser() *inboxUser {
+	u := &inboxUser{session: newPairSession()}
+	rand.Read(u.intro[:])
+	return u
+}
+
+func (u *inboxUser) registrations(now time.Time) []Registration {
+	var out []Registration
+	for _, e := range protocol.LiveEpochs(now) {
+		out = append(out, u.session.reg(e), Registration{Kind: store.RegIntro, Tag: protocol.IntroTag2(u.intro, e), Epoch: e})
+	}
+	return out
+}
+
+func (u *inboxUser) deliver(_ peer.ID, env []byte) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.junk {
+		return false
+	}
+	u.delivered = append(u.delivered, bytes.Clone(env))
+	return true
+}
+
+func (u *inboxUser) count() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.delivered)
+}
+
+func mailboxSet(ms ...*mailboxNode) []peer.AddrInfo {
+	var out []peer.AddrInfo
+	for _, m := range ms {
+		out = append(out, m.h.AddrInfo())
+	}
+	return out
+}
+
+// remotePeers records every peer that opens a connection to m.
+func remotePeers(m *mailboxNode) func() []peer.ID {
+	var mu sync.Mutex
+	var seen []peer.ID
+	m.h.LibP2P().Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		mu.Lock()
+		seen = append(seen, c.RemotePeer())
+		mu.Unlock()
+	}})
+	return func() []peer.ID {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]peer.ID(nil), seen...)
+	}
+}
+
+// The sender pushes to each of the recipient's three mailboxes from one
+// fresh identity; the recipient's sync round delivers the envelope once,
+// from identities of its own that change every round and differ between
+// pairwise and intro tags, and its delete clears all three.
+func TestInboxSyncOncePerEnvelopeFreshIdentities(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	var ms []*mailboxNode
+	for range 3 {
+		ms = append(ms, newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()}))
+	}
+	seen := remotePeers(ms[0])
+	u := newInboxUser()
+	in, err := NewInbox(InboxConfig{Mailboxes: mailboxSet(ms...), Registrations: u.registrations, Deliver: u.deliver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := in.SyncRound(ctx); err != nil || n != 0 {
+		t.Fatalf("first round (registers) = %d, %v", n, err)
+	}
+	now := time.Now()
+	dep, env, tok := u.session.deposit(t, now, 400)
+	if n, err := PushAll(ctx, nil, mailboxSet(ms...), dep); err != nil || n != 3 {
+		t.Fatalf("PushAll = %d stored, %v; want 3", n, err)
+	}
+	introEnv := testEnvelope(t, protocol.IntroTag2(u.intro, protocol.Epoch(now)), randToken(), now, time.Hour, 300).Marshal()
+	introDep, err := protocol.MintIntroDeposit(ctx, introEnv, testStampBits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := PushAll(ctx, nil, mailboxSet(ms...), introDep); err != nil || n != 3 {
+		t.Fatalf("PushAll of a first-contact deposit = %d stored, %v; want 3", n, err)
+	}
+	if n, err := in.SyncRound(ctx); err != nil || n != 2 {
+		t.Fatalf("second round delivered %d, %v; want 2 (each envelope once of its three copies)", n, err)
+	}
+	if u.count() != 2 || !bytes.Equal(u.delivered[0], env) || !bytes.Equal(u.delivered[1], introEnv) {
+		t.Fatalf("delivered %d envelopes, want the pairwise then the intro one", u.count())
+	}
+	if err := in.Delete(ctx, u.session.tag(protocol.Epoch(now)), [][32]byte{tok}); err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range ms {
+		if got := queryAll(t, ctx, newClient2(t), m, u.session.tag(protocol.Epoch(now))); len(got) != 0 {
+			t.Fatalf("mailbox %d still holds %d envelopes after the delete", i, len(got))
+		}
+	}
+	// Two rounds (two identities each), a delete and two pushes: all
+	// different peer IDs, and none of them a mailbox's.
+	ids := seen()
+	uniq := map[peer.ID]bool{}
+	for _, id := range ids {
+		uniq[id] = true
+	}
+	if len(ids) < 7 || len(uniq) != len(ids) {
+		t.Fatalf("mailbox saw %d connections from %d peer IDs; want at least 7, all distinct", len(ids), len(uniq))
+	}
+}
+
+// While the recipient is online its filters get new envelopes pushed.
+func TestInboxFilterLive(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	u := newInboxUser()
+	in, err := NewInbox(InboxConfig{Mailboxes: mailboxSet(m), Registrations: u.registrations, Deliver: u.deliver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.SyncRound(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fctx, stop := contextWithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); in.RunFilters(fctx) }()
+	defer func() { stop(); <-done }()
+	now := time.Now()
+	for i := 0; u.count() == 0; i++ {
+		if i == 100 {
+			t.Fatal("no envelope pushed to the filter")
+		}
+		// Until the filter is open, pushes only wait at the mailbox.
+		dep, _, _ := u.session.deposit(t, now, 200)
+		if _, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A mailbox that keeps failing, and one that returns envelopes that do
+// not open, are given up after MailboxFailLimit rounds and MaxJunkPerDay
+// envelopes.
+func TestInboxReplacesFailingAndJunkMailboxes(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	good := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts(WithRateLimit(1e6, 1e6))})
+	deadHost, err := p2p.NewEphemeral()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := peer.AddrInfo{ID: deadHost.ID(), Addrs: []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/1")}}
+	deadHost.Close()
+	u := newInboxUser()
+	var mu sync.Mutex
+	var replaced []peer.ID
+	in, err := NewInbox(InboxConfig{
+		Mailboxes:     []peer.AddrInfo{good.h.AddrInfo(), dead},
+		Registrations: u.registrations,
+		Deliver:       u.deliver,
+		Replace: func(p peer.ID) {
+			mu.Lock()
+			replaced = append(replaced, p)
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; round <= MailboxFailLimit; round++ {
+		in.SyncRound(ctx)
+		mu.Lock()
+		n := len(replaced)
+		mu.Unlock()
+		if round < MailboxFailLimit && n != 0 {
+			t.Fatalf("a mailbox replaced after %d failed rounds", round)
+		}
+	}
+	mu.Lock()
+	if len(replaced) != 1 || replaced[0] != dead.ID {
+		t.Fatalf("replaced %v after %d failed rounds, want the dead mailbox", replaced, MailboxFailLimit)
+	}
+	mu.Unlock()
+
+	// Now every envelope is junk to the owner.
+	u.mu.Lock()
+	u.junk = true
+	u.mu.Unlock()
+	now := time.Now()
+	for range MaxJunkPerDay - 1 {
+		dep, _, _ := u.session.deposit(t, now, 100)
+		if _, err := PushAll(ctx, nil, mailboxSet(good), dep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in.SyncRound(ctx)
+	mu.Lock()
+	if len(replaced) != 1 {
+		t.Fatalf("replaced %v after %d junk envelopes, below the limit", replaced, MaxJunkPerDay-1)
+	}
+	mu.Unlock()
+	dep, _, _ := u.session.deposit(t, now, 100)
+	if _, err := PushAll(ctx, nil, mailboxSet(good), dep); err != nil {
+		t.Fatal(err)
+	}
+	in.SyncRound(ctx)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(replaced) != 2 || replaced[1] != good.h.ID() {
+		t.Fatalf("replaced %v after %d junk envelopes, want the junk mailbox too", replaced, MaxJunkPerDay)
+	}
+}
+
+func contextWithCancel(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithCancel(ctx)
+}
