@@ -93,7 +93,7 @@ func NewInbox(cfg InboxConfig) (*Inbox, error) {
 		return nil, fmt.Errorf("%w: an inbox needs Registrations and Deliver", ErrBadConfig)
 	}
 	if cfg.NewHost == nil {
-		cfg.NewHost = p2p.NewEphemeral
+		cfg.NewHost = newEphemeral
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -430,12 +430,14 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte) {
 	}
 }
 
+func newEphemeral() (host.Host, error) { return p2p.NewEphemeral() }
+
 // PushAll pushes deposit to each of mbxs from one fresh identity and
 // returns how many acknowledged it (stored, or held already) and the
 // refusals and failures of the others.
 func PushAll(ctx context.Context, newHost func() (host.Host, error), mbxs []peer.AddrInfo, deposit []byte) (int, error) {
 	if newHost == nil {
-		newHost = p2p.NewEphemeral
+		newHost = newEphemeral
 	}
 	h, err := newHost()
 	if err != nil {

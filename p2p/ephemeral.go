@@ -18,9 +18,10 @@ import (
 // yamux, and runs no relay, NAT service or metrics. A user opens one per
 // mailbox sync round or deposit batch, so that a mailbox sees a new peer ID
 // each time, unrelated to the device's published one; the caller closes it
-// after the round. Mailbox nodes are publicly reachable, so an outbound
+// after the round. extra adds libp2p options (a bandwidth reporter, in
+// measurements). Mailbox nodes are publicly reachable, so an outbound
 // dial from behind a NAT is all it needs.
-func NewEphemeral() (host.Host, error) {
+func NewEphemeral(extra ...libp2p.Option) (host.Host, error) {
 	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("p2p: ephemeral identity: %w", err)
@@ -34,6 +35,7 @@ func NewEphemeral() (host.Host, error) {
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
+		libp2p.ChainOptions(extra...),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("p2p: ephemeral host: %w", err)
