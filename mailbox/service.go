@@ -358,9 +358,13 @@ func (s *Service) Counts() (deposits, served uint64) {
 // Provided is closed once the service has announced its shards in the DHT.
 func (s *Service) Provided() <-chan struct{} { return s.provided }
 
-// Provide announces the served shards in the DHT now.
+// Provide announces the served shards, and the node as a version 2
+// mailbox (DirectoryKey), in the DHT now.
 func (s *Service) Provide(ctx context.Context) error {
 	var errs []error
+	if err := s.provideDirectory(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	for _, sh := range s.cfg.shards {
 		if err := s.h.DHT().Provide(ctx, ShardCID(sh), true); err != nil {
 			errs = append(errs, fmt.Errorf("shard %d: %w", sh, err))

@@ -1,0 +1,97 @@
+package mailbox
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	manet "github.com/multiformats/go-multiaddr/net"
+	mh "github.com/multiformats/go-multihash"
+
+	"github.com/sotto-im/sotto/p2p"
+)
+
+// DirectoryKey is the one DHT key under which every version 2 mailbox
+// node announces itself (protocol/SPEC.md, "Choosing and announcing
+// mailboxes"). A user looks it up only when it chooses mailboxes, never
+// per message.
+const DirectoryKey = "sotto/mailbox/v2"
+
+// DirectoryCID is DirectoryKey as a DHT provider key: a CIDv1 (raw codec)
+// of its SHA-256 multihash.
+func DirectoryCID() cid.Cid {
+	sum, err := mh.Sum([]byte(DirectoryKey), mh.SHA2_256, -1)
+	if err != nil {
+		panic("mailbox: sha256 multihash: " + err.Error())
+	}
+	return cid.NewCidV1(cid.Raw, sum)
+}
+
+// FindMailboxNodes asks the DHT for up to max version 2 mailbox nodes,
+// within findProvidersTimeout.
+func FindMailboxNodes(ctx context.Context, h *p2p.Host, max int) []peer.AddrInfo {
+	ctx, cancel := context.WithTimeout(ctx, findProvidersTimeout)
+	defer cancel()
+	var out []peer.AddrInfo
+	for ai := range h.DHT().FindProvidersAsync(ctx, DirectoryCID(), max) {
+		if ai.ID != h.ID() && len(ai.Addrs) > 0 {
+			out = append(out, ai)
+		}
+	}
+	return out
+}
+
+// ChooseMailboxes picks k of candidates (in their order, which the caller
+// shuffles), skipping those in avoid, so that no two chosen share an IPv4
+// /16 network (or an IPv6 /32) while candidates in other networks remain;
+// only then does it take a second from a network already chosen. A
+// candidate with no IP address forms a network of its own.
+func ChooseMailboxes(candidates []peer.AddrInfo, k int, avoid map[peer.ID]bool) []peer.AddrInfo {
+	var out []peer.AddrInfo
+	taken := map[peer.ID]bool{}
+	nets := map[string]bool{}
+	for pass := 0; pass < 2 && len(out) < k; pass++ {
+		for _, c := range candidates {
+			if len(out) == k {
+				break
+			}
+			if avoid[c.ID] || taken[c.ID] {
+				continue
+			}
+			n := wideNet(c)
+			if pass == 0 && nets[n] {
+				continue
+			}
+			nets[n] = true
+			taken[c.ID] = true
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// wideNet names the network a mailbox's first IP address is in: its IPv4
+// /16 or IPv6 /32.
+func wideNet(ai peer.AddrInfo) string {
+	for _, a := range ai.Addrs {
+		ip, err := manet.ToIP(a)
+		if err != nil {
+			continue
+		}
+		if v4 := ip.To4(); v4 != nil {
+			return "ip4/" + v4.Mask(net.CIDRMask(16, 32)).String() + "/16"
+		}
+		return "ip6/" + ip.Mask(net.CIDRMask(32, 128)).String() + "/32"
+	}
+	return "peer/" + ai.ID.String()
+}
+
+// provideDirectory announces this node under DirectoryKey.
+func (s *Service) provideDirectory(ctx context.Context) error {
+	if err := s.h.DHT().Provide(ctx, DirectoryCID(), true); err != nil {
+		return fmt.Errorf("version 2 directory: %w", err)
+	}
+	return nil
+}
