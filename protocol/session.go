@@ -132,6 +132,10 @@ type ContentType uint8
 const (
 	ContentText    ContentType = 1
 	ContentReceipt ContentType = 2 // body: concatenated 16-byte message IDs
+	// ContentMailboxes names the version 2 mailboxes the sender receives
+	// at (SPEC.md, "Choosing and announcing mailboxes"); package mailbox
+	// encodes and checks the body.
+	ContentMailboxes ContentType = 3
 )
 
 // Message is the inner, sealed message: all of it travels only inside the
