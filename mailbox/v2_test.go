@@ -577,3 +577,73 @@ func TestV2RegistrationsPerNet(t *testing.T) {
 		t.Fatalf("another network's registration = %d, %v", acc, err)
 	}
 }
+
+// First-contact spam at 100× an intro tag's quota, from a flooder who
+// holds the victim's invite (its intro secret) and pays every stamp: the
+// flooded tag fills and refuses (the sender is told, nothing acknowledged
+// is evicted), the victim's contacts' pairwise deposits are untouched, and
+// once the flood stops a stranger with the invite gets through under the
+// next epoch's intro tag.
+func TestV2IntroFloodBounded(t *testing.T) {
+	ctx := testkit.Context(t, 2*mbxTestTimeout)
+	const quota = 8
+	clock := newFakeClock(time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC))
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts(WithClock(clock.Now), WithRateLimit(1e6, 1e6),
+		WithLimits(store.MailboxLimits{IntroEnvelopes: quota}))})
+	ai := m.h.AddrInfo()
+	var q [protocol.IntroSecretSize]byte
+	rand.Read(q[:])
+	contact := newPairSession()
+	e := protocol.Epoch(clock.Now())
+	regs := []Registration{contact.reg(e), contact.reg(e + 1)}
+	for _, ep := range []uint64{e, e + 1} {
+		regs = append(regs, Registration{Kind: store.RegIntro, Tag: protocol.IntroTag2(q, ep), Epoch: ep})
+	}
+	victim := newClient2(t)
+	if _, _, err := victim.Register(ctx, ai, regs); err != nil {
+		t.Fatal(err)
+	}
+	introDeposit := func(ep uint64) []byte {
+		now := clock.Now()
+		env := testEnvelope(t, protocol.IntroTag2(q, ep), randToken(), now, 14*24*time.Hour, 300).Marshal()
+		d, err := protocol.MintIntroDeposit(ctx, env, testStampBits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	flooder, friend := newClient2(t), newClient2(t)
+	var friendly [][]byte
+	stored, refused := 0, 0
+	for i := range 100 * quota {
+		err := flooder.Push(ctx, ai, introDeposit(e))
+		switch {
+		case err == nil:
+			stored++
+		default:
+			wantRefusal(t, "flood past the intro quota", err, StatusFull, ReasonTagQuota)
+			refused++
+		}
+		if i%50 == 0 {
+			dep, env, _ := contact.deposit(t, clock.Now(), 200)
+			if err := friend.Push(ctx, ai, dep); err != nil {
+				t.Fatalf("a contact's pairwise deposit during the flood: %v", err)
+			}
+			friendly = append(friendly, env)
+		}
+	}
+	if stored != quota || refused != 99*quota {
+		t.Fatalf("flood: %d stored, %d refused; want %d and %d", stored, refused, quota, 99*quota)
+	}
+	stranger := newClient2(t)
+	wantRefusal(t, "a stranger's first contact on the flooded tag", stranger.Push(ctx, ai, introDeposit(e)), StatusFull, ReasonTagQuota)
+	if got := queryAll(t, ctx, victim, m, contact.tag(e)); len(got) != len(friendly) {
+		t.Fatalf("the victim's contact's deposits: %d held, %d sent", len(got), len(friendly))
+	}
+	// The flood stops; the next day the stranger writes under that day's
+	// intro tag.
+	clock.Advance(24 * time.Hour)
+	if err := stranger.Push(ctx, ai, introDeposit(e+1)); err != nil {
+		t.Fatalf("a stranger's stamped first contact after the flood: %v", err)
+	}
+}
