@@ -141,7 +141,7 @@ func (r Reason) String() string {
 	case ReasonStamp:
 		return "stamp"
 	case ReasonOldProtocol:
-		return "peer runs an older mailbox protocol"
+		return "old-protocol: this node runs an older mailbox protocol than the mailbox; upgrade it"
 	case ReasonUnregistered:
 		return "unregistered"
 	case ReasonEpoch:

@@ -82,6 +82,7 @@ type config struct {
 	stampBits         int
 	netKey            func(network.Conn) string
 	regsPerNet        int
+	legacyDeposits    bool
 	now               func() time.Time
 	onStored          func(env []byte, via DepositVia)
 	logger            *slog.Logger
@@ -277,6 +278,7 @@ func NewService(h *p2p.Host, g *p2p.Gossip, db *store.DB, opts ...Option) (*Serv
 		stampBits:         protocol.DefaultStampBits,
 		netKey:            defaultNetKey,
 		regsPerNet:        MaxRegistrationsPerNet,
+		legacyDeposits:    true,
 		now:               h.Clock(),
 		logger:            h.Logger(),
 		deposits:          new(atomic.Uint64),
@@ -440,6 +442,9 @@ func (s *Service) sweepLoop() {
 // gossiped stores an envelope that arrived on a served topic (the topic
 // validator has checked it).
 func (s *Service) gossiped(env []byte) {
+	if !s.cfg.legacyDeposits {
+		return
+	}
 	st, r := s.store(env, s.db.Batch)
 	if st != StatusOK && st != StatusDuplicate {
 		s.cfg.logger.Debug("gossiped envelope not stored", "status", st, "reason", r)
@@ -596,6 +601,9 @@ func (s *Service) serveFrames(st network.Stream, max int, handle func(frame []by
 func (s *Service) answer(req *request) []byte {
 	switch req.op {
 	case opDeposit:
+		if !s.cfg.legacyDeposits {
+			return appendStatus(nil, StatusRejected, ReasonOldProtocol)
+		}
 		st, r := s.store(req.envelope, s.db.Update)
 		if st == StatusOK && s.cfg.onStored != nil {
 			s.cfg.onStored(req.envelope, ViaStream)

@@ -65,6 +65,18 @@ func WithStampBits(bits int) Option {
 	}
 }
 
+// WithLegacyDeposits turns version 1 deposits (Protocol DEPOSIT, and
+// envelopes gossiped on version 1 shards) on or off. On by default while
+// nodes still deposit by version 1; off, a DEPOSIT is answered Rejected
+// with ReasonOldProtocol, while version 1 QUERY and DELETE keep serving
+// what waits here (protocol/SPEC.md, "Migration from version 1").
+func WithLegacyDeposits(on bool) Option {
+	return func(c *config) error {
+		c.legacyDeposits = on
+		return nil
+	}
+}
+
 // WithRegistrationsPerNet sets the per-network registration limit
 // (default MaxRegistrationsPerNet).
 func WithRegistrationsPerNet(n int) Option {

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -645,5 +646,36 @@ func TestV2IntroFloodBounded(t *testing.T) {
 	clock.Advance(24 * time.Hour)
 	if err := stranger.Push(ctx, ai, introDeposit(e+1)); err != nil {
 		t.Fatalf("a stranger's stamped first contact after the flood: %v", err)
+	}
+}
+
+// With version 1 deposits off, a version 1 client is told it runs an older
+// protocol, and what waits at the mailbox is still fetched and deleted by
+// version 1.
+func TestV2MigrationRefusesOldDeposits(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	dir := filepath.Join(t.TempDir(), "mbx")
+	m := newMailboxNode(t, mbxNodeOpts{dir: dir})
+	_, c := newClient(t, false, m)
+	tag, tok := randTag(), randToken()
+	waiting := testEnvelope(t, tag, tok, time.Now(), time.Hour, 100).Marshal()
+	if err := c.DepositTo(ctx, m.h.ID(), waiting); err != nil {
+		t.Fatal(err)
+	}
+	m.close()
+
+	m2 := newMailboxNode(t, mbxNodeOpts{dir: dir, svcOpts: v2Opts(WithLegacyDeposits(false))})
+	_, c2 := newClient(t, false, m2)
+	err := c2.DepositTo(ctx, m2.h.ID(), testEnvelope(t, tag, randToken(), time.Now(), time.Hour, 100).Marshal())
+	wantRefusal(t, "a version 1 deposit at a mailbox that moved on", err, StatusRejected, ReasonOldProtocol)
+	if !strings.Contains(err.Error(), "older mailbox protocol") {
+		t.Fatalf("the refusal does not say what to do: %v", err)
+	}
+	res, err := c2.Query(ctx, m2.h.ID(), []protocol.Tag{tag}, nil, 0)
+	if err != nil || len(res.Envelopes) != 1 || !bytes.Equal(res.Envelopes[0], waiting) {
+		t.Fatalf("version 1 query of what waits: %d envelopes, %v", len(res.Envelopes), err)
+	}
+	if n, err := c2.Delete(ctx, m2.h.ID(), tag, [][32]byte{tok}); err != nil || n != 1 {
+		t.Fatalf("version 1 delete = %d, %v", n, err)
 	}
 }
