@@ -482,8 +482,9 @@ func (n *Node) Start(ctx context.Context) error {
 
 	// The gossip router runs before the first connections: a peer met
 	// before it started is not in its mesh, and live copies of deposits
-	// would miss this node until the next sync.
-	if n.mbx.gossip, err = p2p.NewGossip(h); err != nil {
+	// would miss this node until the next sync. Peers that forward invalid
+	// version 2 deposits are scored down (mailbox.GossipScoring).
+	if n.mbx.gossip, err = p2p.NewGossip(h, p2p.WithPubSubOptions(mailbox.GossipScoring()...)); err != nil {
 		return err
 	}
 	if len(boot) > 0 {
