@@ -240,6 +240,12 @@ func (s *Service) push(dep []byte, commit func(func(*store.Tx) error) error, via
 	if st != StatusOK {
 		return st, r
 	}
+	return s.storeDeposit(d, e, now, commit, via)
+}
+
+// storeDeposit stores a checked deposit under its registration and pushes
+// the envelope to the tag's filters.
+func (s *Service) storeDeposit(d protocol.Deposit, e *protocol.Envelope, now time.Time, commit func(func(*store.Tx) error) error, via DepositVia) (Status, Reason) {
 	var stored bool
 	var refused error
 	err := commit(func(tx *store.Tx) error {
@@ -297,8 +303,32 @@ func isRefusal(err error) bool {
 
 // gossiped2 stores a deposit replicated by another mailbox node when this
 // node holds its tag's registration; otherwise gossipsub only relays it.
+// The topic validator has checked the deposit's credential already, and
+// most deposits on the mesh are for tags registered elsewhere: a read
+// transaction sorts those out before any write batch is joined.
 func (s *Service) gossiped2(dep []byte) {
-	if st, r := s.push(dep, s.db.Batch, ViaGossip); st != StatusOK && st != StatusDuplicate && r != ReasonUnregistered {
+	now := s.cfg.now()
+	d, err := protocol.ParseDeposit(dep)
+	if err != nil {
+		return
+	}
+	e, err := protocol.ParseEnvelope(d.Envelope)
+	if err != nil || e.Validate(now) != nil {
+		return
+	}
+	var held bool
+	if err := s.db.View(func(tx *store.Tx) error {
+		reg, ok, err := tx.MailboxRegistrationOf(e.Tag, now)
+		held = ok && reg.Kind == d.Kind
+		return err
+	}); err != nil {
+		s.cfg.logger.Warn("mailbox registration lookup failed", "err", err)
+		return
+	}
+	if !held {
+		return
+	}
+	if st, r := s.storeDeposit(d, e, now, s.db.Batch, ViaGossip); st != StatusOK && st != StatusDuplicate {
 		s.cfg.logger.Debug("gossiped deposit not stored", "status", st, "reason", r)
 	}
 }
