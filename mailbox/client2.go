@@ -22,6 +22,10 @@ import (
 const (
 	// MaxSyncBytes bounds what one sync round reads from one mailbox.
 	MaxSyncBytes = 4 << 20
+	// minPageCharge is what a page costs the budget at least, so that a
+	// mailbox answering with tiny pages and "more" gets at most
+	// MaxSyncBytes / minPageCharge round trips a round.
+	minPageCharge = 16 << 10
 )
 
 // ErrSyncBudget says a sync round stopped at MaxSyncBytes with more left at
@@ -114,8 +118,9 @@ func (c *Client2) Query(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte,
 // could take the bytes read past maxBytes (MaxSyncBytes if <= 0 or
 // larger; one page is always read); then it returns what it read, the
 // cursor to resume from, and ErrSyncBudget if the mailbox still said
-// "more". A hostile mailbox therefore costs a round at most
-// max(maxBytes, MaxResponseSize) of envelopes.
+// "more". Each page counts at least minPageCharge. A hostile mailbox
+// therefore costs a round at most max(maxBytes, MaxResponseSize) of
+// envelopes and maxBytes / minPageCharge round trips.
 func (c *Client2) Sync(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte, cursor []byte, maxBytes int) ([][]byte, []byte, error) {
 	if maxBytes <= 0 || maxBytes > MaxSyncBytes {
 		maxBytes = MaxSyncBytes
@@ -127,9 +132,11 @@ func (c *Client2) Sync(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte, 
 		if err != nil {
 			return out, cursor, err
 		}
+		page := 0
 		for _, env := range res.Envelopes {
-			read += len(env)
+			page += len(env)
 		}
+		read += max(page, minPageCharge)
 		out = append(out, res.Envelopes...)
 		cursor = res.Cursor
 		switch {
@@ -213,8 +220,10 @@ func (c *Client2) Filter(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte
 				return
 			}
 			if len(frame) > 0 && frame[0] != opPushed {
-				// The answer to a SetTags.
-				if _, _, err := parseResponse(frame); err != nil {
+				// The answer to a SetTags. Throttled keeps the tags
+				// the filter had; anything else wrong ends it.
+				var me *Error
+				if _, _, err := parseResponse(frame); err != nil && !(errors.As(err, &me) && me.Status == StatusThrottled) {
 					f.err = err
 					st.Reset()
 					return

@@ -32,8 +32,11 @@ const (
 	// filterRetry is how soon a filter that ended is opened again.
 	filterRetry = 5 * time.Second
 	// maxRecent bounds the content hashes an Inbox remembers to deliver an
-	// envelope that several mailboxes hold only once.
+	// envelope that several mailboxes hold only once, and the junk hashes
+	// it remembers per mailbox so that junk it reads again counts once.
 	maxRecent = 1 << 14
+	// syncMailboxTimeout bounds one kind's sync at one mailbox.
+	syncMailboxTimeout = time.Minute
 )
 
 // InboxConfig configures NewInbox.
@@ -78,12 +81,17 @@ type Inbox struct {
 
 // mbxHealth is what an Inbox knows of one mailbox.
 type mbxHealth struct {
-	registered map[[32]byte]uint64 // tag -> epoch registered
-	cursor     map[byte][]byte     // per kind
+	registered map[[32]byte]uint64   // tag -> epoch registered + 1
+	cursor     map[[32]byte][]byte   // query cursor per set of tags
+	junkSeen   map[[32]byte]struct{} // junk already counted
 	fails      int
 	junk       int
 	junkDay    uint64
 	replaced   bool
+}
+
+func newHealth() *mbxHealth {
+	return &mbxHealth{registered: map[[32]byte]uint64{}, cursor: map[[32]byte][]byte{}, junkSeen: map[[32]byte]struct{}{}}
 }
 
 // NewInbox returns an Inbox; it does nothing until SyncRound or
@@ -111,9 +119,16 @@ func (in *Inbox) SetMailboxes(mbxs []peer.AddrInfo) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	in.mbxs = append([]peer.AddrInfo(nil), mbxs...)
+	keep := map[peer.ID]bool{}
 	for _, m := range mbxs {
+		keep[m.ID] = true
 		if in.health[m.ID] == nil {
-			in.health[m.ID] = &mbxHealth{registered: map[[32]byte]uint64{}, cursor: map[byte][]byte{}}
+			in.health[m.ID] = newHealth()
+		}
+	}
+	for id := range in.health {
+		if !keep[id] {
+			delete(in.health, id)
 		}
 	}
 }
@@ -160,7 +175,9 @@ func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
 		}
 		c := NewClient2(ctx, h)
 		for _, m := range in.Mailboxes() {
-			n, err := in.syncOne(ctx, c, m, regs, kind, now)
+			mctx, cancel := context.WithTimeout(ctx, syncMailboxTimeout)
+			n, err := in.syncOne(mctx, c, m, regs, kind, now)
+			cancel()
 			total += n
 			if err != nil {
 				failed[m.ID] = true
@@ -170,7 +187,7 @@ func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
 		h.Close()
 	}
 	for _, m := range in.Mailboxes() {
-		in.judge(m.ID, failed[m.ID], 0, now)
+		in.recordRound(m.ID, failed[m.ID])
 	}
 	return total, errors.Join(errs...)
 }
@@ -182,8 +199,14 @@ func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs 
 	for len(toRegister) > 0 {
 		chunk := toRegister[:min(len(toRegister), MaxRegistrations)]
 		toRegister = toRegister[len(chunk):]
-		if _, _, err := c.Register(ctx, m, chunk); err != nil {
+		accepted, _, err := c.Register(ctx, m, chunk)
+		if err != nil {
 			return 0, fmt.Errorf("register: %w", err)
+		}
+		if accepted < len(chunk) {
+			// Not all taken (the mailbox lost them, or refused): try
+			// them again next round rather than believe them held.
+			continue
 		}
 		in.mu.Lock()
 		if h := in.health[m.ID]; h != nil {
@@ -193,22 +216,38 @@ func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs 
 		}
 		in.mu.Unlock()
 	}
-	delivered, junk := 0, 0
+	delivered := 0
 	budget := MaxSyncBytes
 	for len(tags) > 0 && budget > 0 {
 		chunk := tags[:min(len(tags), MaxQueryTags)]
 		tags = tags[len(chunk):]
-		envs, _, err := c.Sync(ctx, m, chunk, nil, budget)
+		// Each set of tags resumes where the last round left it, so junk
+		// nobody can delete does not hide what came after it.
+		key := tagSetKey(chunk)
+		in.mu.Lock()
+		var cursor []byte
+		if h := in.health[m.ID]; h != nil {
+			cursor = h.cursor[key]
+		}
+		in.mu.Unlock()
+		envs, next, err := c.Sync(ctx, m, chunk, cursor, budget)
+		junk := 0
 		for _, env := range envs {
 			budget -= len(env)
 			if d, j := in.deliver(m.ID, env); d {
 				delivered++
-			} else if j {
+			} else if j && kind == store.RegPair && in.newJunk(m.ID, env) {
 				junk++
 			}
 		}
-		in.judge(m.ID, false, junk, now)
-		junk = 0
+		in.recordJunk(m.ID, junk, now)
+		if len(next) > 0 {
+			in.mu.Lock()
+			if h := in.health[m.ID]; h != nil {
+				h.cursor[key] = next
+			}
+			in.mu.Unlock()
+		}
 		if err != nil && !errors.Is(err, ErrSyncBudget) {
 			return delivered, err
 		}
@@ -244,9 +283,38 @@ func (in *Inbox) deliver(mbx peer.ID, env []byte) (delivered, junk bool) {
 	return false, true
 }
 
-// judge records a round's outcome (failed) or junk envelopes of mbx, and
-// asks for its replacement past the limits.
-func (in *Inbox) judge(mbx peer.ID, failed bool, junk int, now time.Time) {
+// tagSetKey names a set of tags (in order) for its query cursor.
+func tagSetKey(tags [][32]byte) [32]byte {
+	h := sha256.New()
+	for _, t := range tags {
+		h.Write(t[:])
+	}
+	return [32]byte(h.Sum(nil))
+}
+
+// newJunk reports whether env is junk mbx has not sent before (each junk
+// envelope counts once, however often it is read again).
+func (in *Inbox) newJunk(mbx peer.ID, env []byte) bool {
+	hash := sha256.Sum256(env)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	h := in.health[mbx]
+	if h == nil {
+		return false
+	}
+	if _, ok := h.junkSeen[hash]; ok {
+		return false
+	}
+	if len(h.junkSeen) >= maxRecent {
+		clear(h.junkSeen)
+	}
+	h.junkSeen[hash] = struct{}{}
+	return true
+}
+
+// recordRound records whether mbx failed a sync round: MailboxFailLimit
+// failed rounds in a row and it is replaced.
+func (in *Inbox) recordRound(mbx peer.ID, failed bool) {
 	in.mu.Lock()
 	h := in.health[mbx]
 	if h == nil || h.replaced {
@@ -255,23 +323,50 @@ func (in *Inbox) judge(mbx peer.ID, failed bool, junk int, now time.Time) {
 	}
 	if failed {
 		h.fails++
-	} else if junk == 0 {
+	} else {
 		h.fails = 0
+	}
+	replace := h.fails >= MailboxFailLimit
+	fails := h.fails
+	h.replaced = replace
+	in.mu.Unlock()
+	if replace {
+		in.replace(mbx, "failed rounds", fails)
+	}
+}
+
+// recordJunk counts n new junk envelopes from mbx at now: MaxJunkPerDay
+// in a UTC day and it is replaced. Only envelopes under pairwise tags
+// count: deposits under them need the session's write key, so junk there
+// is the mailbox's own; junk under an intro tag can come from anyone who
+// holds an invite.
+func (in *Inbox) recordJunk(mbx peer.ID, n int, now time.Time) {
+	if n == 0 {
+		return
+	}
+	in.mu.Lock()
+	h := in.health[mbx]
+	if h == nil || h.replaced {
+		in.mu.Unlock()
+		return
 	}
 	if day := protocol.Epoch(now); day != h.junkDay {
 		h.junkDay, h.junk = day, 0
 	}
-	h.junk += junk
-	replace := h.fails >= MailboxFailLimit || h.junk >= MaxJunkPerDay
-	if replace {
-		h.replaced = true
-	}
+	h.junk += n
+	replace := h.junk >= MaxJunkPerDay
+	junk := h.junk
+	h.replaced = replace
 	in.mu.Unlock()
 	if replace {
-		in.cfg.Logger.Info("replacing a mailbox", "mailbox", mbx, "failed rounds", h.fails, "junk today", h.junk)
-		if in.cfg.Replace != nil {
-			in.cfg.Replace(mbx)
-		}
+		in.replace(mbx, "junk today", junk)
+	}
+}
+
+func (in *Inbox) replace(mbx peer.ID, why string, n int) {
+	in.cfg.Logger.Info("replacing a mailbox", "mailbox", mbx, why, n)
+	if in.cfg.Replace != nil {
+		in.cfg.Replace(mbx)
 	}
 }
 
@@ -401,8 +496,8 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte) {
 	defer h.Close()
 	c := NewClient2(ctx, h)
 	f, err := c.Filter(ctx, m, tags, func(env []byte) {
-		if _, junk := in.deliver(m.ID, env); junk {
-			in.judge(m.ID, false, 1, in.cfg.Now())
+		if _, junk := in.deliver(m.ID, env); junk && kind == store.RegPair && in.newJunk(m.ID, env) {
+			in.recordJunk(m.ID, 1, in.cfg.Now())
 		}
 	})
 	if err != nil {

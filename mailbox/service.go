@@ -479,6 +479,8 @@ func (s *Service) store(env []byte, commit func(func(*store.Tx) error) error) (S
 		return StatusFull, ReasonCapacity
 	case errors.Is(err, store.ErrMailboxInvalid):
 		return StatusRejected, reasonOf(err)
+	case errors.Is(err, store.ErrMailboxNeedsCredential):
+		return StatusRejected, ReasonCredential
 	}
 	s.cfg.logger.Warn("mailbox store failed", "err", err)
 	return StatusUnavailable, ReasonNone

@@ -30,6 +30,8 @@ const (
 	MaxRegistrationsPerNet = 65536
 	// MaxFiltersPerNet bounds the open filter streams of one network.
 	MaxFiltersPerNet = 64
+	// MaxFilters bounds the open filter streams of a mailbox in all.
+	MaxFilters = 16384
 	// FilterBacklog is how many pushes a filter may fall behind before the
 	// mailbox closes it (the recipient queries on reconnect).
 	FilterBacklog = 256
@@ -149,12 +151,13 @@ func GossipScoring() []pubsub.Option {
 type v2state struct {
 	limits *p2p.Limiter[string]
 
-	mu         sync.Mutex
-	streams    map[string]int
-	regs       map[string]*netRegs
-	filters    map[[32]byte]map[*filter]struct{}
-	filterNets map[string]int
-	topics     map[uint16]*pubsub.Topic
+	mu          sync.Mutex
+	streams     map[string]int
+	regs        map[string]*netRegs
+	filters     map[[32]byte]map[*filter]struct{}
+	filterNets  map[string]int
+	openFilters int
+	topics      map[uint16]*pubsub.Topic
 }
 
 // netRegs counts the registrations a network made in its current window.
@@ -319,7 +322,7 @@ func (s *Service) gossiped2(dep []byte) {
 	var held bool
 	if err := s.db.View(func(tx *store.Tx) error {
 		reg, ok, err := tx.MailboxRegistrationOf(e.Tag, now)
-		held = ok && reg.Kind == d.Kind
+		held = ok && reg.Kind&d.Kind != 0
 		return err
 	}); err != nil {
 		s.cfg.logger.Warn("mailbox registration lookup failed", "err", err)
@@ -406,6 +409,9 @@ func (s *Service) register(key string, regs []Registration) []byte {
 // key, and reports false (counting nothing) when they would pass
 // MaxRegistrationsPerNet within registrationWindow.
 func (s *Service) reserveRegistrations(key string, n int, now time.Time) bool {
+	if n <= 0 {
+		return true // renewals are free and leave no trace in the table
+	}
 	v := &s.v2
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -417,8 +423,15 @@ func (s *Service) reserveRegistrations(key string, n int, now time.Time) bool {
 					delete(v.regs, k)
 				}
 			}
-			if len(v.regs) >= maxTrackedNets {
-				return false
+			// Still full (many networks registering at once): forget
+			// some rather than lock every new network out. Their
+			// counts start again, which is what a flood of networks
+			// buys; the table stays bounded.
+			for k := range v.regs {
+				if len(v.regs) < maxTrackedNets {
+					break
+				}
+				delete(v.regs, k)
 			}
 		}
 		nr = &netRegs{since: now}
@@ -534,9 +547,10 @@ func (s *Service) openFilter(key string, tags [][32]byte) (*filter, bool) {
 	v := &s.v2
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.filterNets[key] >= MaxFiltersPerNet {
+	if v.filterNets[key] >= MaxFiltersPerNet || v.openFilters >= MaxFilters {
 		return nil, false
 	}
+	v.openFilters++
 	v.filterNets[key]++
 	f := &filter{net: key, ch: make(chan []byte, FilterBacklog), dead: make(chan struct{})}
 	s.setFilterTagsLocked(f, tags)
@@ -573,6 +587,7 @@ func (s *Service) closeFilter(f *filter) {
 	if v.filterNets[f.net]--; v.filterNets[f.net] <= 0 {
 		delete(v.filterNets, f.net)
 	}
+	v.openFilters--
 }
 
 // errFilterBehind ends a filter whose reader fell FilterBacklog behind.
@@ -637,6 +652,12 @@ func (s *Service) runFilter(st network.Stream, br *bufio.Reader, f *filter) erro
 				}
 				write(appendStatus(nil, StatusBadRequest, ReasonNone))
 				return err
+			}
+			if !s.v2.limits.Allow(f.net) {
+				if err := write(appendStatus(nil, StatusThrottled, ReasonNone)); err != nil {
+					return err
+				}
+				continue
 			}
 			s.v2.mu.Lock()
 			s.setFilterTagsLocked(f, req.tags)

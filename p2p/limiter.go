@@ -65,11 +65,15 @@ func (l *Limiter[K]) Allow(k K) bool {
 
 // NetKey names the remote network of a connection's remote address, the
 // unit that per-network limits count: the IPv4 address, or the IPv6 /64
-// (one home or one mobile device usually holds a whole /64). An address
-// without an IP (a relayed circuit) keys on p, the remote peer, since the
-// IP seen would be the relay's.
+// (one home or one mobile device usually holds a whole /64). A relayed
+// circuit keys on the relay (its peer ID in the address), since a fresh
+// peer ID through a relay costs nothing; an address with neither keys on
+// p, the remote peer.
 func NetKey(remote ma.Multiaddr, p peer.ID) string {
 	if _, err := remote.ValueForProtocol(ma.P_CIRCUIT); err == nil {
+		if relay, err := remote.ValueForProtocol(ma.P_P2P); err == nil {
+			return "relay/" + relay
+		}
 		return "peer/" + p.String()
 	}
 	ip, err := manet.ToIP(remote)

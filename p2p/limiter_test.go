@@ -18,7 +18,8 @@ func TestNetKey(t *testing.T) {
 		{"/ip6/2001:db8:1:2:aaaa::1/tcp/4001", "ip6/2001:db8:1:2::/64"},
 		{"/ip6/2001:db8:1:2:bbbb::9/udp/9/quic-v1", "ip6/2001:db8:1:2::/64"},
 		{"/ip6/2001:db8:1:3::1/tcp/4001", "ip6/2001:db8:1:3::/64"},
-		{"/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit", "peer/" + p.String()},
+		{"/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit", "relay/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"},
+		{"/p2p-circuit", "peer/" + p.String()},
 		{"/dns4/example.com/tcp/4001", "peer/" + p.String()},
 	} {
 		if got := NetKey(ma.StringCast(tc.addr), p); got != tc.want {

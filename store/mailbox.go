@@ -122,6 +122,10 @@ var (
 	// protocol's error is wrapped too.
 	ErrMailboxInvalid = errors.New("store: invalid envelope for the mailbox")
 
+	// ErrMailboxNeedsCredential means a version 1 deposit names a tag
+	// registered for version 2 deposits, which need a credential.
+	ErrMailboxNeedsCredential = errors.New("store: the tag is registered for version 2 deposits; deposit with a credential")
+
 	// ErrBadCursor means a query cursor is not one MailboxQuery returned.
 	ErrBadCursor = errors.New("store: malformed mailbox cursor")
 )
@@ -181,7 +185,8 @@ type MailboxPage struct {
 // MailboxPut stores an envelope in the mailbox. It parses and validates env
 // at now (failing with ErrMailboxInvalid); it reports stored == false, and
 // changes nothing, if the same envelope bytes are already stored. It fails
-// with ErrMailboxTagFull if the envelope's tag is over its quota, and
+// with ErrMailboxTagFull if the envelope's tag is over its quota, with
+// ErrMailboxNeedsCredential if the tag holds a version 2 registration, and
 // evicts the oldest envelopes of the mailbox while the total cap would be
 // exceeded (ErrMailboxFull if even an empty mailbox could not hold it, or
 // if the oldest envelope was stored under a registered tag by
@@ -198,6 +203,15 @@ func (tx *Tx) MailboxPut(env []byte, now time.Time, lim MailboxLimits) (stored b
 	m, err := tx.mailboxBuckets(true)
 	if err != nil {
 		return false, err
+	}
+	// A registered tag takes only version 2 deposits, with a credential.
+	// (A store still at the schema before registrations has none.)
+	if b := tx.tx.Bucket(bucketMbxReg); b != nil {
+		if _, held, err := (&registrations{reg: b}).get(e.Tag); err != nil {
+			return false, err
+		} else if held {
+			return false, ErrMailboxNeedsCredential
+		}
 	}
 	hash := sha256.Sum256(env)
 	if m.hash.Get(hash[:]) != nil {

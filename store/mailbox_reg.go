@@ -98,9 +98,10 @@ const (
 var ErrMailboxUnregistered = errors.New("store: mailbox tag is not registered here for this kind of deposit; try the recipient's other mailboxes")
 
 // MailboxRegistration is one registration: a recipient's tag for one epoch
-// and the kind of deposit it accepts.
+// and the kind of deposit it accepts. MailboxRegistrationOf may report
+// both kinds, RegPair|RegIntro.
 type MailboxRegistration struct {
-	Kind  byte     // RegPair or RegIntro
+	Kind  byte     // RegPair or RegIntro (a bit each)
 	Tag   [32]byte // the mailbox tag
 	Epoch uint64   // the tag's epoch (protocol.Epoch)
 }
@@ -117,10 +118,11 @@ func RegistrationExpiry(e uint64) time.Time {
 // (more fail with ErrTooLarge and record nothing), and returns how many it
 // accepted. Registering a tag again is accepted and keeps the later of the
 // two expiries. A registration is refused, and not counted, if its kind is
-// neither RegPair nor RegIntro, if it has expired at now (or its epoch is
-// beyond the last an envelope can reach), or if its tag holds a live
-// registration of the other kind; a registration of the other kind that
-// has expired is replaced.
+// neither RegPair nor RegIntro, or if it has expired at now (or its epoch
+// is beyond the last an envelope can reach). A live registration of the
+// other kind is kept with it: a tag may hold both kinds (what a stranger
+// who knows a tag registers must not lock the recipient out), under the
+// later expiry.
 func (tx *Tx) MailboxRegister(regs []MailboxRegistration, now time.Time) (accepted int, err error) {
 	r, err := tx.regBuckets(true)
 	if err != nil {
@@ -143,20 +145,25 @@ func (tx *Tx) MailboxRegister(regs []MailboxRegistration, now time.Time) (accept
 		if err != nil {
 			return accepted, err
 		}
+		kind := reg.Kind
 		if held {
 			live := nowSec < old.expiry
-			if live && old.kind != reg.Kind {
-				continue
-			}
-			if live && old.expiry >= expiry {
+			if live && old.kind&reg.Kind != 0 && old.expiry >= expiry {
 				accepted++
 				continue
+			}
+			if live {
+				// A tag may hold both kinds: a registration of the
+				// other kind (which a stranger who knows the tag can
+				// make) must not lock the recipient's own out.
+				kind |= old.kind
+				expiry = max(expiry, old.expiry)
 			}
 			if err := r.exp.Delete(concat(be64(uint64(old.expiry)), reg.Tag[:])); err != nil {
 				return accepted, err
 			}
 		}
-		if err := r.put(reg.Tag, regValue{kind: reg.Kind, expiry: expiry}); err != nil {
+		if err := r.put(reg.Tag, regValue{kind: kind, expiry: expiry}); err != nil {
 			return accepted, err
 		}
 		if !held {
@@ -251,8 +258,14 @@ func (tx *Tx) MailboxPutRegistered(env []byte, kind byte, now time.Time, lim Mai
 	if err != nil {
 		return false, err
 	}
-	if !held || now.Unix() >= reg.expiry || reg.kind != kind {
+	if !held || now.Unix() >= reg.expiry || reg.kind&kind == 0 {
 		return false, ErrMailboxUnregistered
+	}
+	if e.Expiry.Unix() > reg.expiry {
+		// It would outlive its registration, and with it the promise
+		// that it stays.
+		return false, fmt.Errorf("%w: %w: it expires after its tag's registration (%v)",
+			ErrMailboxInvalid, protocol.ErrTTLTooLong, time.Unix(reg.expiry, 0).UTC())
 	}
 	hash := sha256.Sum256(env)
 	if m.hash.Get(hash[:]) != nil {
@@ -383,7 +396,7 @@ func (r *registrations) get(tag [32]byte) (regValue, bool, error) {
 	v := regValue{kind: b[0]}
 	exp := binary.BigEndian.Uint64(b[1:])
 	day := uint64(protocol.EpochLength / time.Second)
-	if (v.kind != RegPair && v.kind != RegIntro) || exp%day != 0 || exp/day < RegistrationEpochs ||
+	if v.kind&^(RegPair|RegIntro) != 0 || v.kind == 0 || exp%day != 0 || exp/day < RegistrationEpochs ||
 		exp/day > maxRegistrationEpoch+RegistrationEpochs {
 		return regValue{}, false, fmt.Errorf("%w: mailbox registration of kind 0x%02x expiring at %d", ErrCorrupt, v.kind, exp)
 	}

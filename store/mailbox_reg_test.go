@@ -144,13 +144,13 @@ func TestMailboxRegisterAccepts(t *testing.T) {
 		{Kind: 0x03, Tag: tags[4], Epoch: mbxEpoch},               // unknown kind
 		pairReg(tags[5], mbxEpoch-16),                             // expired at the start of mbxEpoch
 		pairReg(tags[6], mbxEpoch-15),                             // live until the end of mbxEpoch: accepted
-		introReg(tags[1], mbxEpoch+1),                             // tag 1 is pairwise
+		introReg(tags[1], mbxEpoch+1),                             // tag 1 holds both kinds now
 		pairReg(tags[7], maxRegistrationEpoch+1),                  // beyond any envelope
 		pairReg(tags[8], ^uint64(0)),                              // likewise
 		{Kind: RegIntro, Tag: tags[9], Epoch: mbxEpoch + 2},       // accepted
 		{Kind: RegPair | RegIntro, Tag: tags[9], Epoch: mbxEpoch}, // unknown kind, tag 9 unchanged
 	}
-	mustMbxRegister(t, db, 5, regs...)
+	mustMbxRegister(t, db, 6, regs...)
 	if n := mbxRegCount(t, db); n != 4 {
 		t.Fatalf("%d registrations held, want 4", n)
 	}
@@ -159,7 +159,7 @@ func TestMailboxRegisterAccepts(t *testing.T) {
 		want MailboxRegistration
 		ok   bool
 	}{
-		{1, pairReg(tags[1], mbxEpoch), true},
+		{1, MailboxRegistration{Kind: RegPair | RegIntro, Tag: tags[1], Epoch: mbxEpoch + 1}, true},
 		{2, introReg(tags[2], mbxEpoch), true},
 		{3, MailboxRegistration{}, false},
 		{4, MailboxRegistration{}, false},
@@ -175,10 +175,17 @@ func TestMailboxRegisterAccepts(t *testing.T) {
 	}
 	checkRegistrations(t, db)
 
-	// A live registration of the other kind refuses the tag.
-	mustMbxRegister(t, db, 0, introReg(tags[1], mbxEpoch), pairReg(tags[2], mbxEpoch+1))
-	if reg, _ := mbxRegOf(t, db, tags[2], mbxNow); reg.Kind != RegIntro || reg.Epoch != mbxEpoch {
-		t.Fatalf("refused registration changed tag 2: %+v", reg)
+	// A registration of the other kind joins a live one: the tag takes
+	// both kinds, under the later expiry. (A stranger who registers a
+	// recipient's intro tag as pairwise first must not lock it out.)
+	mustMbxRegister(t, db, 1, pairReg(tags[2], mbxEpoch+1))
+	if reg, _ := mbxRegOf(t, db, tags[2], mbxNow); reg.Kind != RegPair|RegIntro || reg.Epoch != mbxEpoch+1 {
+		t.Fatalf("tag 2 after a pairwise registration: %+v; want both kinds, epoch +1", reg)
+	}
+	for _, kind := range []byte{RegPair, RegIntro} {
+		if _, err := mbxPutReg(t, db, mbxEnvelope(tags[2], 300+int(kind), 10, time.Hour), kind, mbxNow, MailboxLimits{}); err != nil {
+			t.Fatalf("deposit of kind %d under a tag of both kinds: %v", kind, err)
+		}
 	}
 
 	// Registering again keeps the later expiry.
@@ -464,15 +471,16 @@ func TestMailboxRegisteredNeverEvicts(t *testing.T) {
 func TestMailboxRegistrationExpires(t *testing.T) {
 	db, _ := openTest(t)
 	tag := mbxTag(1)
-	// Registered for an old epoch, the registration ends in a day or two,
-	// before the envelope deposited under it.
+	// Registered for an old epoch, the registration ends in a day or two.
+	// An envelope may not outlive it (it would lose its protection from
+	// eviction); one that expires with it is taken.
 	e := mbxEpoch - 14
 	end := RegistrationExpiry(e)
-	env := mbxEnvelope(tag, 1, 100, 13*24*time.Hour)
-	if !mbxNow.Add(13 * 24 * time.Hour).After(end.Add(24 * time.Hour)) {
-		t.Fatal("test setup: the envelope must outlive the registration")
-	}
 	mustMbxRegister(t, db, 1, pairReg(tag, e))
+	if _, err := mbxPutReg(t, db, mbxEnvelope(tag, 9, 100, 13*24*time.Hour), RegPair, mbxNow, MailboxLimits{}); !errors.Is(err, protocol.ErrTTLTooLong) || !errors.Is(err, ErrMailboxInvalid) {
+		t.Fatalf("an envelope outliving its registration: %v, want ErrTTLTooLong", err)
+	}
+	env := mbxEnvelope(tag, 1, 100, end.Sub(mbxNow))
 	mustMbxPutReg(t, db, env, RegPair, MailboxLimits{})
 
 	if reg, ok := mbxRegOf(t, db, tag, end.Add(-time.Second)); !ok || reg != pairReg(tag, e) {
@@ -509,23 +517,18 @@ func TestMailboxRegistrationExpires(t *testing.T) {
 	if n := mbxRegCount(t, db); n != 1 {
 		t.Fatalf("%d registrations before the sweep, want 1", n)
 	}
-	if n := sweep(end); n != 1 {
-		t.Fatalf("sweep at the registration's expiry removed %d, want 1", n)
+	// Before the end both are held; at the end the envelope and the
+	// registration go together.
+	if p := mbxQuery(t, db, [][32]byte{tag}, nil, 0, end.Add(-time.Second)); len(p.Entries) != 1 || !bytes.Equal(p.Entries[0].Envelope, env) {
+		t.Fatalf("a second before the end: %d envelopes", len(p.Entries))
+	}
+	if n := sweep(end); n != 2 {
+		t.Fatalf("sweep at the registration's expiry removed %d, want the envelope and the registration", n)
 	}
 	if n := mbxRegCount(t, db); n != 0 {
 		t.Fatalf("%d registrations after the sweep", n)
 	}
 	checkRegistrations(t, db)
-	// The envelope stays until its own expiry.
-	if p := mbxQuery(t, db, [][32]byte{tag}, nil, 0, end); len(p.Entries) != 1 || !bytes.Equal(p.Entries[0].Envelope, env) {
-		t.Fatalf("after the registration was swept: %d envelopes", len(p.Entries))
-	}
-	if n, _ := mbxStats(t, db); n != 1 {
-		t.Fatalf("%d envelopes after the registration was swept", n)
-	}
-	if n := sweep(mbxNow.Add(13 * 24 * time.Hour)); n != 1 {
-		t.Fatalf("sweep at the envelope's expiry removed %d, want 1", n)
-	}
 	if n, _ := mbxStats(t, db); n != 0 {
 		t.Fatalf("%d envelopes after their expiry", n)
 	}
@@ -600,9 +603,13 @@ func TestMailboxRegisteredDedup(t *testing.T) {
 	}
 	// Bytes a version 1 deposit stored are held too.
 	other := mbxTag(2)
-	mustMbxRegister(t, db, 1, introReg(other, mbxEpoch))
 	c := mbxEnvelope(other, 3, 100, time.Hour)
 	mustMbxPut(t, db, c)
+	mustMbxRegister(t, db, 1, introReg(other, mbxEpoch))
+	// Once the tag is registered, version 1 deposits under it are refused.
+	if _, err := mbxPut(t, db, mbxEnvelope(other, 4, 100, time.Hour), MailboxLimits{}); !errors.Is(err, ErrMailboxNeedsCredential) {
+		t.Fatalf("a version 1 deposit under a registered tag: %v, want ErrMailboxNeedsCredential", err)
+	}
 	if stored, err := mbxPutReg(t, db, c, RegIntro, mbxNow, MailboxLimits{}); err != nil || stored {
 		t.Fatalf("bytes of a version 1 deposit: %v, %v; want false, nil", stored, err)
 	}

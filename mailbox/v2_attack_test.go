@@ -1,0 +1,112 @@
+package mailbox
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/protocol"
+)
+
+// A version 1 DEPOSIT carries no credential: under a tag registered for
+// version 2 it is refused, so a stranger who knows the tag (any mesh peer
+// sees tags) can neither put junk before the recipient nor fill the tag's
+// quota against the real sender.
+func TestV2TagRefusesVersion1Deposits(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts(WithRateLimit(1e6, 1e6))})
+	ai := m.h.AddrInfo()
+	now := time.Now()
+	e := protocol.Epoch(now)
+	ps := newPairSession()
+	recipient := newClient2(t)
+	if _, _, err := recipient.Register(ctx, ai, []Registration{ps.reg(e)}); err != nil {
+		t.Fatal(err)
+	}
+	_, attacker := newClient(t, false, m)
+
+	junk := testEnvelope(t, ps.tag(e), randToken(), now, time.Hour, 300).Marshal()
+	if err := attacker.DepositTo(ctx, m.h.ID(), junk); err == nil {
+		t.Errorf("a version 1 deposit without credential was stored under a registered version 2 pairwise tag")
+	}
+	for _, got := range queryAll(t, ctx, recipient, m, ps.tag(e)) {
+		if bytes.Equal(got, junk) {
+			t.Errorf("the version 2 QUERY serves the uncredentialed junk to the recipient")
+		}
+	}
+	// Fill the tag's byte quota (8 MiB, the same for v1 TagBytes and v2
+	// PairBytes) with version 1 junk.
+	for _, size := range []int{64_000, 4_000, 300} {
+		for range 200 {
+			env := testEnvelope(t, ps.tag(e), randToken(), now, time.Hour, size).Marshal()
+			if err := attacker.DepositTo(ctx, m.h.ID(), env); err != nil {
+				break
+			}
+		}
+	}
+	dep, _, _ := ps.deposit(t, now, 300)
+	if err := newClient2(t).Push(ctx, ai, dep); err != nil {
+		t.Errorf("the real sender's signed deposit after a version 1 flood: %v", err)
+	}
+}
+
+// A round reads at most MaxSyncBytes per mailbox and kind. Junk that is
+// never deleted (nobody has its token; here a hostile contact with the
+// write key pushes it) and sorts first must not hide what comes after it:
+// the inbox resumes each set of tags from where the last round stopped.
+func TestInboxNotStarvedBehindUndeletableJunk(t *testing.T) {
+	ctx := testkit.Context(t, 2*mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts(WithRateLimit(1e6, 1e6))})
+	u := newInboxUser()
+	var mu sync.Mutex
+	legit := map[[32]byte]bool{}
+	delivered := 0
+	in, err := NewInbox(InboxConfig{
+		Mailboxes:     mailboxSet(m),
+		Registrations: u.registrations,
+		Deliver: func(_ peer.ID, env []byte) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			if legit[sha256.Sum256(env)] {
+				delivered++
+				return true
+			}
+			return false
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.SyncRound(ctx); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tag := u.session.tag(protocol.Epoch(now))
+	_ = tag
+	for range 80 { // 80 × 60 kB > MaxSyncBytes
+		junk, _, _ := u.session.deposit(t, now, 60_000)
+		if _, err := PushAll(ctx, nil, mailboxSet(m), junk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dep, env, _ := u.session.deposit(t, now, 300)
+	mu.Lock()
+	legit[sha256.Sum256(env)] = true
+	mu.Unlock()
+	if n, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil || n != 1 {
+		t.Fatalf("PushAll = %d, %v", n, err)
+	}
+	for range 3 {
+		in.SyncRound(ctx)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if delivered != 1 {
+		t.Errorf("after 3 sync rounds the acknowledged envelope was delivered %d times, want 1: every round re-reads the same first %d bytes from cursor nil", delivered, MaxSyncBytes)
+	}
+}

@@ -1,0 +1,78 @@
+package mailbox
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/p2p"
+	"github.com/sotto-im/sotto/p2p/p2ptest"
+	"github.com/sotto-im/sotto/protocol"
+)
+
+// Many networks registering (65,536 are one IPv6 /48) must not lock new
+// networks out of the per-network registration table for 18 days; and a
+// renewal leaves no entry at all.
+func TestRegistrationTableNoLockout(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	now := time.Now()
+	tracked := func() int {
+		m.svc.v2.mu.Lock()
+		defer m.svc.v2.mu.Unlock()
+		return len(m.svc.v2.regs)
+	}
+	if !m.svc.reserveRegistrations("ip6/2001:db8:ffff:ffff::/64", 0, now) || tracked() != 0 {
+		t.Fatalf("a renewal left %d entries in the table", tracked())
+	}
+	for i := range maxTrackedNets {
+		if !m.svc.reserveRegistrations(fmt.Sprintf("ip6/2001:db8:%x:%x::/64", i>>8, i&0xff), 1, now) {
+			t.Fatalf("network %d refused while filling the table", i)
+		}
+	}
+	e := protocol.Epoch(now)
+	acc, _, err := newClient2(t).Register(ctx, m.h.AddrInfo(), []Registration{newPairSession().reg(e)})
+	if err != nil || acc != 1 {
+		t.Errorf("an honest user's first registration after 65536 other networks each registered a tag: %d accepted, %v (locked out for 18 days)", acc, err)
+	}
+	if n := tracked(); n > maxTrackedNets {
+		t.Errorf("the table holds %d networks, more than %d", n, maxTrackedNets)
+	}
+}
+
+// FILTER frames on an open filter stream take tokens of the network's
+// rate like any request; beyond the bucket they are answered Throttled.
+func TestFilterFramesRateLimited(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()}) // DefaultRate, DefaultBurst
+	h := p2ptest.NewHost(t)
+	h.LibP2P().Peerstore().AddAddrs(m.h.ID(), m.h.AddrInfo().Addrs, time.Hour)
+	st, err := h.LibP2P().NewStream(ctx, m.h.ID(), Protocol2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Reset()
+	tags := make([][32]byte, MaxFilterTags)
+	for i := range tags {
+		tags[i] = randTag()
+	}
+	req := appendFilterRequest(nil, tags)
+	ok := 0
+	const frames = 3 * DefaultBurst
+	for range frames {
+		if err := p2p.WriteFrame(st, req, MaxRequestSize2); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := p2p.ReadFrame(st, MaxResponseSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, _, err := parseResponse(resp); err == nil && s == StatusOK {
+			ok++
+		}
+	}
+	if ok > DefaultBurst+DefaultRate*2 {
+		t.Errorf("%d of %d FILTER frames on one stream answered OK in a burst; the per-network bucket allows %d", ok, frames, DefaultBurst)
+	}
+}
