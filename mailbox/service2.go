@@ -30,6 +30,12 @@ const (
 	MaxRegistrationsPerNet = 65536
 	// MaxFiltersPerNet bounds the open filter streams of one network.
 	MaxFiltersPerNet = 64
+	// MeshDepositRate and MeshDepositBurst bound the deposits a mailbox
+	// validates from one mesh peer (a second, and in a burst); more are
+	// ignored. A million users send about 700 a second in all
+	// (docs/MAILBOX-MODEL.md), so an honest neighbour stays below.
+	MeshDepositRate  = 2000
+	MeshDepositBurst = 10000
 	// MaxFilters bounds the open filter streams of a mailbox in all.
 	MaxFilters = 16384
 	// FilterBacklog is how many pushes a filter may fall behind before the
@@ -150,6 +156,7 @@ func GossipScoring() []pubsub.Option {
 // v2state is the version 2 part of a Service.
 type v2state struct {
 	limits *p2p.Limiter[string]
+	mesh   *p2p.PeerLimiter // deposits each mesh peer forwards
 
 	mu          sync.Mutex
 	streams     map[string]int
@@ -180,6 +187,7 @@ func (f *filter) kill() { f.once.Do(func() { close(f.dead) }) }
 func (s *Service) startV2() error {
 	v := &s.v2
 	v.limits = p2p.NewLimiter[string](s.cfg.rate, s.cfg.burst)
+	v.mesh = p2p.NewPeerLimiter(MeshDepositRate, MeshDepositBurst)
 	v.streams = make(map[string]int)
 	v.regs = make(map[string]*netRegs)
 	v.filters = make(map[[32]byte]map[*filter]struct{})
@@ -187,7 +195,7 @@ func (s *Service) startV2() error {
 	v.topics = make(map[uint16]*pubsub.Topic)
 	if s.g != nil {
 		for _, sh := range s.cfg.shards {
-			t, err := s.g.Join(Topic2(sh), s.validDeposit(sh))
+			t, err := s.g.JoinVerdict(Topic2(sh), s.validDeposit(sh))
 			if err == nil {
 				err = s.g.Subscribe(s.ctx, &s.wg, t, s.gossiped2)
 			}
@@ -203,12 +211,22 @@ func (s *Service) startV2() error {
 
 // validDeposit is the validator of shard's version 2 topic: a deposit
 // whose framing, envelope (structure and expiry at now), shard and
-// credential are valid. It needs no registration: a pairwise credential is
-// checked against the tag itself.
-func (s *Service) validDeposit(shard uint16) p2p.Validator {
-	return func(_ peer.ID, dep []byte) bool {
+// credential are valid is accepted, any other rejected (which costs the
+// forwarding peer its score). It needs no registration: a pairwise
+// credential is checked against the tag itself. Since anyone can make a
+// write key and its tag, valid deposits under tags nobody registered cost
+// only a signature each: past MeshDepositRate a second from one
+// forwarding peer they are ignored (not forwarded, no penalty).
+func (s *Service) validDeposit(shard uint16) func(peer.ID, []byte) p2p.Verdict {
+	return func(from peer.ID, dep []byte) p2p.Verdict {
+		if !s.v2.mesh.Allow(from) {
+			return p2p.Ignore
+		}
 		_, e, st, _ := s.checkDeposit(dep, s.cfg.now())
-		return st == StatusOK && e.Tag.Shard(Shards) == shard
+		if st == StatusOK && e.Tag.Shard(Shards) == shard {
+			return p2p.Accept
+		}
+		return p2p.Reject
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/p2p/p2ptest"
@@ -74,5 +76,38 @@ func TestFilterFramesRateLimited(t *testing.T) {
 	}
 	if ok > DefaultBurst+DefaultRate*2 {
 		t.Errorf("%d of %d FILTER frames on one stream answered OK in a burst; the per-network bucket allows %d", ok, frames, DefaultBurst)
+	}
+}
+
+// Validly signed deposits under tags nobody registered cost a forger one
+// signature each; from one mesh peer, past MeshDepositBurst and
+// MeshDepositRate, they are ignored: neither stored nor forwarded, and
+// without a penalty that could hit an honest but busy neighbour.
+func TestMeshDepositsIgnoredPastRate(t *testing.T) {
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	now := time.Now()
+	ps := newPairSession()
+	dep, _, _ := ps.deposit(t, now, 100)
+	shard := ps.tag(protocol.Epoch(now)).Shard(Shards)
+	validate := m.svc.validDeposit(shard)
+	flooder, other := peer.ID("flooder"), peer.ID("neighbour")
+	start := time.Now()
+	accepted, ignored := 0, 0
+	for range MeshDepositBurst + 2000 {
+		switch validate(flooder, dep) {
+		case p2p.Accept:
+			accepted++
+		case p2p.Ignore:
+			ignored++
+		default:
+			t.Fatal("a valid deposit was rejected")
+		}
+	}
+	limit := MeshDepositBurst + int(MeshDepositRate*time.Since(start).Seconds()) + 1
+	if ignored == 0 || accepted > limit {
+		t.Fatalf("%d accepted, %d ignored from one peer; at most %d may pass", accepted, ignored, limit)
+	}
+	if v := validate(other, dep); v != p2p.Accept {
+		t.Fatalf("another mesh peer's deposit: %v, want accepted", v)
 	}
 }

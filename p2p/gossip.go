@@ -22,6 +22,19 @@ var ErrGossipClosed = errors.New("p2p: gossip is closed")
 // false rejects it (and counts against the peer that sent it).
 type Validator func(from peer.ID, data []byte) bool
 
+// Verdict is a three-way judgement of a gossiped message: accept, reject
+// (counts against the forwarding peer) or ignore (neither delivered nor
+// forwarded, and no penalty: for a message that is valid but unwanted now,
+// such as one over a rate).
+type Verdict = pubsub.ValidationResult
+
+// Verdicts.
+const (
+	Accept = pubsub.ValidationAccept
+	Reject = pubsub.ValidationReject
+	Ignore = pubsub.ValidationIgnore
+)
+
 // Gossip is the host's gossipsub router. libp2p allows one router per
 // host, so every service on the host shares one Gossip. Messages are
 // unsigned and authorless (what they carry is sealed already), and a
@@ -111,6 +124,16 @@ func (g *Gossip) Close() error {
 // Join returns the joined topic name, joining it and registering validate
 // as its validator on first use (later calls get the topic as it is).
 func (g *Gossip) Join(name string, validate Validator) (*pubsub.Topic, error) {
+	return g.JoinVerdict(name, func(from peer.ID, data []byte) Verdict {
+		if validate(from, data) {
+			return Accept
+		}
+		return Reject
+	})
+}
+
+// JoinVerdict is Join with a validator that may also ignore a message.
+func (g *Gossip) JoinVerdict(name string, validate func(from peer.ID, data []byte) Verdict) (*pubsub.Topic, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
@@ -120,10 +143,7 @@ func (g *Gossip) Join(name string, validate Validator) (*pubsub.Topic, error) {
 		return t, nil
 	}
 	v := func(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-		if validate(from, m.GetData()) {
-			return pubsub.ValidationAccept
-		}
-		return pubsub.ValidationReject
+		return validate(from, m.GetData())
 	}
 	if err := g.ps.RegisterTopicValidator(name, v); err != nil {
 		return nil, fmt.Errorf("p2p: gossip validator for %s: %w", name, err)
