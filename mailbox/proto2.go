@@ -125,12 +125,19 @@ func parseRequest2(b []byte) (*request2, error) {
 		if len(p) == 0 || len(p) > sprotocol.MaxDepositSize {
 			return nil, fmt.Errorf("%w: push of %d bytes", ErrBadMessage, len(p))
 		}
-		if k := p[0]; k != sprotocol.DepositPair && k != sprotocol.DepositIntro {
-			return nil, fmt.Errorf("%w: deposit kind 0x%02x", ErrBadMessage, k)
+		// The deposit's own framing (kind, credential length, an
+		// envelope after it) is the request's; the envelope and the
+		// credential's validity are judged by the mailbox.
+		if _, err := sprotocol.ParseDeposit(p); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadMessage, err)
 		}
 		r.deposit = p
 	case opQuery2:
-		err = r.parseQuery(p)
+		if err = r.parseQuery(p); err == nil {
+			if _, cerr := store.ParseMailboxCursor(r.cursor); cerr != nil {
+				err = fmt.Errorf("%w: %w", ErrBadMessage, cerr)
+			}
+		}
 	case opDelete2:
 		err = r.parseDelete(p)
 	case opFilter:

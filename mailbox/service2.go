@@ -395,7 +395,7 @@ func (s *Service) register(key string, regs []Registration) []byte {
 	for i, r := range regs {
 		tags[i] = r.Tag
 	}
-	var accepted int
+	var accepted, fresh, reserved int
 	throttled := false
 	err := s.db.Update(func(tx *store.Tx) error {
 		// Only tags new to the mailbox count against the network:
@@ -404,13 +404,17 @@ func (s *Service) register(key string, regs []Registration) []byte {
 		if err != nil {
 			return err
 		}
-		fresh := len(uniqueTags(tags)) - len(have)
+		fresh = len(uniqueTags(tags)) - len(have)
 		if throttled = !s.reserveRegistrations(key, fresh, now); throttled {
 			return nil
 		}
+		reserved = fresh
 		accepted, err = tx.MailboxRegister(regs, now)
 		return err
 	})
+	if err != nil && reserved > 0 {
+		s.releaseRegistrations(key, reserved)
+	}
 	switch {
 	case err != nil:
 		s.cfg.logger.Warn("mailbox register failed", "err", err)
@@ -460,6 +464,16 @@ func (s *Service) reserveRegistrations(key string, n int, now time.Time) bool {
 	}
 	nr.n += n
 	return true
+}
+
+// releaseRegistrations gives back n registrations reserved for a
+// transaction that failed.
+func (s *Service) releaseRegistrations(key string, n int) {
+	s.v2.mu.Lock()
+	defer s.v2.mu.Unlock()
+	if nr := s.v2.regs[key]; nr != nil {
+		nr.n = max(nr.n-n, 0)
+	}
 }
 
 func uniqueTags(tags [][32]byte) map[[32]byte]struct{} {
