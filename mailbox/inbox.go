@@ -35,6 +35,9 @@ const (
 	// envelope that several mailboxes hold only once, and the junk hashes
 	// it remembers per mailbox so that junk it reads again counts once.
 	maxRecent = 1 << 14
+	// maxCursors bounds the query cursors kept per mailbox (one per set of
+	// tags; the sets change daily).
+	maxCursors = 64
 	// syncMailboxTimeout bounds one kind's sync at one mailbox.
 	syncMailboxTimeout = time.Minute
 )
@@ -146,6 +149,13 @@ func (in *Inbox) split(regs []Registration, kind byte, mbx peer.ID, e uint64) (t
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	h := in.health[mbx]
+	if h != nil {
+		for tag, next := range h.registered {
+			if next-1+store.RegistrationEpochs <= e {
+				delete(h.registered, tag) // its registration has ended
+			}
+		}
+	}
 	for _, r := range regs {
 		if r.Kind != kind {
 			continue
@@ -244,6 +254,9 @@ func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs 
 		if len(next) > 0 {
 			in.mu.Lock()
 			if h := in.health[m.ID]; h != nil {
+				if len(h.cursor) >= maxCursors {
+					clear(h.cursor) // old tag sets (past days); a set read again costs a re-read
+				}
 				h.cursor[key] = next
 			}
 			in.mu.Unlock()
