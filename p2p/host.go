@@ -181,6 +181,9 @@ func newLibp2pHost(cfg *config, ref *hostRef) (host.Host, error) {
 		// libp2p closes rm and cm when construction fails.
 		return nil, fmt.Errorf("p2p: libp2p host: %w", err)
 	}
+	if cfg.nat && !cfg.public {
+		startRelayFinder(h, cfg.logger)
+	}
 	return h, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"strconv"
@@ -14,9 +15,11 @@ import (
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
@@ -249,6 +252,26 @@ func natOptions(cfg *config, ref *hostRef) []libp2p.Option {
 		opts = append(opts, libp2p.EnableRelayService(ropts...))
 	}
 	return opts
+}
+
+// startRelayFinder tells the host, at start, that its reachability is
+// unknown. AutoRelay looks for relays on a reachability event of private
+// or unknown, and AutoNAT emits one only once it reaches a verdict: when
+// its first round of probes ends without one (too few peers had
+// identified, or dial-backs over TCP alone did not finish), the next round
+// is 90 s later, and a node behind NAT sat without a relay all that time.
+// A node behind NAT looks for relays from the start; AutoRelay stops when
+// AutoNAT finds the node public.
+func startRelayFinder(h host.Host, logger *slog.Logger) {
+	em, err := h.EventBus().Emitter(new(event.EvtLocalReachabilityChanged), eventbus.Stateful)
+	if err != nil {
+		logger.Warn("relay search waits for AutoNAT", "err", err)
+		return
+	}
+	defer em.Close()
+	if err := em.Emit(event.EvtLocalReachabilityChanged{Reachability: network.ReachabilityUnknown}); err != nil {
+		logger.Warn("relay search waits for AutoNAT", "err", err)
+	}
 }
 
 // announceFactory adds the announced addresses to what the host
