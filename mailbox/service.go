@@ -83,6 +83,8 @@ type config struct {
 	netKey            func(network.Conn) string
 	regsPerNet        int
 	legacyDeposits    bool
+	meshRate          rate.Limit
+	meshBurst         int
 	now               func() time.Time
 	onStored          func(env []byte, via DepositVia)
 	logger            *slog.Logger
@@ -279,6 +281,8 @@ func NewService(h *p2p.Host, g *p2p.Gossip, db *store.DB, opts ...Option) (*Serv
 		netKey:            defaultNetKey,
 		regsPerNet:        MaxRegistrationsPerNet,
 		legacyDeposits:    true,
+		meshRate:          MeshDepositRate,
+		meshBurst:         MeshDepositBurst,
 		now:               h.Clock(),
 		logger:            h.Logger(),
 		deposits:          new(atomic.Uint64),

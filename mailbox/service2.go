@@ -14,6 +14,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/time/rate"
 
 	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
@@ -81,6 +82,19 @@ func WithStampBits(bits int) Option {
 func WithLegacyDeposits(on bool) Option {
 	return func(c *config) error {
 		c.legacyDeposits = on
+		return nil
+	}
+}
+
+// WithMeshDepositRate sets how many deposits a second, and in a burst,
+// the mailbox validates from one mesh peer (default MeshDepositRate,
+// MeshDepositBurst).
+func WithMeshDepositRate(r float64, burst int) Option {
+	return func(c *config) error {
+		if r <= 0 || burst <= 0 {
+			return fmt.Errorf("%w: mesh deposit rate %v burst %d", ErrBadConfig, r, burst)
+		}
+		c.meshRate, c.meshBurst = rate.Limit(r), burst
 		return nil
 	}
 }
@@ -187,7 +201,7 @@ func (f *filter) kill() { f.once.Do(func() { close(f.dead) }) }
 func (s *Service) startV2() error {
 	v := &s.v2
 	v.limits = p2p.NewLimiter[string](s.cfg.rate, s.cfg.burst)
-	v.mesh = p2p.NewPeerLimiter(MeshDepositRate, MeshDepositBurst)
+	v.mesh = p2p.NewPeerLimiter(s.cfg.meshRate, s.cfg.meshBurst)
 	v.streams = make(map[string]int)
 	v.regs = make(map[string]*netRegs)
 	v.filters = make(map[[32]byte]map[*filter]struct{})

@@ -47,7 +47,10 @@ func TestRegistrationTableNoLockout(t *testing.T) {
 // rate like any request; beyond the bucket they are answered Throttled.
 func TestFilterFramesRateLimited(t *testing.T) {
 	ctx := testkit.Context(t, mbxTestTimeout)
-	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()}) // DefaultRate, DefaultBurst
+	// A rate of 1 a second keeps the count independent of the machine's
+	// speed.
+	const burst = 100
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts(WithRateLimit(1, burst))})
 	h := p2ptest.NewHost(t)
 	h.LibP2P().Peerstore().AddAddrs(m.h.ID(), m.h.AddrInfo().Addrs, time.Hour)
 	st, err := h.LibP2P().NewStream(ctx, m.h.ID(), Protocol2)
@@ -61,7 +64,8 @@ func TestFilterFramesRateLimited(t *testing.T) {
 	}
 	req := appendFilterRequest(nil, tags)
 	ok := 0
-	const frames = 3 * DefaultBurst
+	const frames = 3 * burst
+	start := time.Now()
 	for range frames {
 		if err := p2p.WriteFrame(st, req, MaxRequestSize2); err != nil {
 			t.Fatal(err)
@@ -74,17 +78,20 @@ func TestFilterFramesRateLimited(t *testing.T) {
 			ok++
 		}
 	}
-	if ok > DefaultBurst+DefaultRate*2 {
-		t.Errorf("%d of %d FILTER frames on one stream answered OK in a burst; the per-network bucket allows %d", ok, frames, DefaultBurst)
+	// The first frame opened the filter (one token); the rest change it.
+	if limit := burst + int(time.Since(start).Seconds()) + 1; ok > limit || ok < burst-1 {
+		t.Errorf("%d of %d FILTER frames on one stream answered OK; the per-network bucket allows %d to %d", ok, frames, burst-1, limit)
 	}
 }
 
 // Validly signed deposits under tags nobody registered cost a forger one
-// signature each; from one mesh peer, past MeshDepositBurst and
-// MeshDepositRate, they are ignored: neither stored nor forwarded, and
-// without a penalty that could hit an honest but busy neighbour.
+// signature each; from one mesh peer, past the mailbox's burst and rate,
+// they are ignored: neither stored nor forwarded, and without a penalty
+// that could hit an honest but busy neighbour. (The test sets a rate of
+// 1 a second so that its count does not depend on the machine's speed.)
 func TestMeshDepositsIgnoredPastRate(t *testing.T) {
-	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	const burst = 100
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts(WithMeshDepositRate(1, burst))})
 	now := time.Now()
 	ps := newPairSession()
 	dep, _, _ := ps.deposit(t, now, 100)
@@ -93,7 +100,7 @@ func TestMeshDepositsIgnoredPastRate(t *testing.T) {
 	flooder, other := peer.ID("flooder"), peer.ID("neighbour")
 	start := time.Now()
 	accepted, ignored := 0, 0
-	for range MeshDepositBurst + 2000 {
+	for range 3 * burst {
 		switch validate(flooder, dep) {
 		case p2p.Accept:
 			accepted++
@@ -103,11 +110,14 @@ func TestMeshDepositsIgnoredPastRate(t *testing.T) {
 			t.Fatal("a valid deposit was rejected")
 		}
 	}
-	limit := MeshDepositBurst + int(MeshDepositRate*time.Since(start).Seconds()) + 1
-	if ignored == 0 || accepted > limit {
-		t.Fatalf("%d accepted, %d ignored from one peer; at most %d may pass", accepted, ignored, limit)
+	limit := burst + int(time.Since(start).Seconds()) + 1
+	if accepted < burst || accepted > limit || ignored == 0 {
+		t.Fatalf("%d accepted, %d ignored from one peer; want %d to %d accepted, the rest ignored", accepted, ignored, burst, limit)
 	}
 	if v := validate(other, dep); v != p2p.Accept {
 		t.Fatalf("another mesh peer's deposit: %v, want accepted", v)
+	}
+	if _, err := NewService(m.h, nil, m.db, WithMeshDepositRate(0, 1)); err == nil {
+		t.Fatal("a mesh deposit rate of 0 was accepted")
 	}
 }
