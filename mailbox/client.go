@@ -343,6 +343,19 @@ type QueryResult struct {
 // Query asks mailbox mbx for the envelopes under tags after cursor (nil:
 // from the start), at most limit (the mailbox's maximum if limit <= 0).
 func (c *Client) Query(ctx context.Context, mbx peer.ID, tags []protocol.Tag, cursor []byte, limit int) (QueryResult, error) {
+	ts := make([][32]byte, len(tags))
+	for i, t := range tags {
+		ts[i] = t
+	}
+	return query(ts, cursor, limit, opQuery, func(req []byte) ([]byte, error) {
+		_, body, err := c.roundTrip(ctx, mbx, req)
+		return body, err
+	})
+}
+
+// query runs a QUERY of either version (op) through send, which returns
+// the body of an OK response.
+func query(tags [][32]byte, cursor []byte, limit int, op byte, send func(req []byte) ([]byte, error)) (QueryResult, error) {
 	if len(tags) == 0 || len(tags) > MaxQueryTags {
 		return QueryResult{}, fmt.Errorf("mailbox: query of %d tags (1..%d)", len(tags), MaxQueryTags)
 	}
@@ -352,11 +365,7 @@ func (c *Client) Query(ctx context.Context, mbx peer.ID, tags []protocol.Tag, cu
 	if limit <= 0 || limit > MaxPage {
 		limit = MaxPage
 	}
-	ts := make([][32]byte, len(tags))
-	for i, t := range tags {
-		ts[i] = t
-	}
-	_, body, err := c.roundTrip(ctx, mbx, appendQueryRequest(nil, ts, cursor, limit))
+	body, err := send(appendQuery(nil, op, tags, cursor, limit))
 	if err != nil {
 		return QueryResult{}, err
 	}
@@ -371,15 +380,24 @@ func (c *Client) Query(ctx context.Context, mbx peer.ID, tags []protocol.Tag, cu
 // returns how many envelopes it deleted. Tokens that match nothing (wrong,
 // or already used) delete nothing.
 func (c *Client) Delete(ctx context.Context, mbx peer.ID, tag protocol.Tag, tokens [][32]byte) (int, error) {
+	return deleteTokens(tag, tokens, opDelete, func(req []byte) ([]byte, error) {
+		_, body, err := c.roundTrip(ctx, mbx, req)
+		return body, err
+	})
+}
+
+// deleteTokens runs a DELETE of either version (op) through send, which
+// returns the body of an OK response.
+func deleteTokens(tag [32]byte, tokens [][32]byte, op byte, send func(req []byte) ([]byte, error)) (int, error) {
 	if len(tokens) == 0 || len(tokens) > MaxDeleteTokens {
 		return 0, fmt.Errorf("mailbox: delete of %d tokens (1..%d)", len(tokens), MaxDeleteTokens)
 	}
-	_, body, err := c.roundTrip(ctx, mbx, appendDeleteRequest(nil, tag, tokens))
+	body, err := send(appendDelete(nil, op, tag, tokens))
 	if err != nil {
 		return 0, err
 	}
 	if len(body) != 2 {
-		return 0, fmt.Errorf("%w: delete response of %d bytes", ErrBadMessage, len(body))
+		return 0, fmt.Errorf("%w: delete response of %d bytes", ErrBadMessage, len(body)+respHeader)
 	}
 	return int(binary.BigEndian.Uint16(body)), nil
 }

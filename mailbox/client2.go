@@ -14,7 +14,6 @@ import (
 
 	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
-	"github.com/sotto-im/sotto/store"
 )
 
 // Version 2 client limits (protocol/SPEC.md, "Bounds on a hostile
@@ -93,24 +92,7 @@ func (c *Client2) Push(ctx context.Context, mbx peer.AddrInfo, deposit []byte) e
 // Query asks mbx for the envelopes under tags (those registered there)
 // after cursor, at most limit.
 func (c *Client2) Query(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte, cursor []byte, limit int) (QueryResult, error) {
-	if len(tags) == 0 || len(tags) > MaxQueryTags {
-		return QueryResult{}, fmt.Errorf("mailbox: query of %d tags (1..%d)", len(tags), MaxQueryTags)
-	}
-	if len(cursor) != 0 && len(cursor) != store.MailboxCursorSize {
-		return QueryResult{}, fmt.Errorf("%w: bad cursor", ErrBadConfig)
-	}
-	if limit <= 0 || limit > MaxPage {
-		limit = MaxPage
-	}
-	_, body, err := c.roundTrip(ctx, mbx, appendQuery(nil, opQuery2, tags, cursor, limit))
-	if err != nil {
-		return QueryResult{}, err
-	}
-	q, err := parseQueryBody(body, limit)
-	if err != nil {
-		return QueryResult{}, err
-	}
-	return QueryResult{Envelopes: q.envelopes, Cursor: q.cursor, More: q.more}, nil
+	return query(tags, cursor, limit, opQuery2, c.sender(ctx, mbx))
 }
 
 // Sync reads the envelopes under tags at mbx from cursor, page after page,
@@ -152,17 +134,15 @@ func (c *Client2) Sync(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte, 
 // Delete reveals delete tokens for envelopes under tag at mbx and returns
 // how many envelopes it deleted.
 func (c *Client2) Delete(ctx context.Context, mbx peer.AddrInfo, tag [32]byte, tokens [][32]byte) (int, error) {
-	if len(tokens) == 0 || len(tokens) > MaxDeleteTokens {
-		return 0, fmt.Errorf("mailbox: delete of %d tokens (1..%d)", len(tokens), MaxDeleteTokens)
+	return deleteTokens(tag, tokens, opDelete2, c.sender(ctx, mbx))
+}
+
+// sender sends one request to mbx and returns the body of an OK response.
+func (c *Client2) sender(ctx context.Context, mbx peer.AddrInfo) func(req []byte) ([]byte, error) {
+	return func(req []byte) ([]byte, error) {
+		_, body, err := c.roundTrip(ctx, mbx, req)
+		return body, err
 	}
-	_, body, err := c.roundTrip(ctx, mbx, appendDelete(nil, opDelete2, tag, tokens))
-	if err != nil {
-		return 0, err
-	}
-	if len(body) != 2 {
-		return 0, fmt.Errorf("%w: delete response of %d bytes", ErrBadMessage, len(body)+respHeader)
-	}
-	return int(binary.BigEndian.Uint16(body)), nil
 }
 
 // FilterStream is an open FILTER: the mailbox pushes every envelope it

@@ -421,8 +421,8 @@ func TestMailboxHostileStreams(t *testing.T) {
 		{"garbage envelope", frame(append([]byte{opDeposit}, "not an envelope"...)), StatusRejected, ReasonMalformed},
 		{"truncated envelope", frame(append([]byte{opDeposit}, valid[:len(valid)-3]...)), StatusRejected, ReasonMalformed},
 		{"too long ttl", frame(append([]byte{opDeposit}, testEnvelope(t, randTag(), randToken(), time.Now(), protocol.MaxTTL+2*time.Hour, 64).Marshal()...)), StatusRejected, ReasonTTLTooLong},
-		{"query without tags", frame(appendQueryRequest(nil, nil, nil, 10)), StatusBadRequest, 0},
-		{"query bad cursor", frame(appendQueryRequest(nil, [][32]byte{{1}}, []byte{9, 9, 9, 9, 9, 9, 9, 9, 9}, 10)), StatusBadRequest, 0},
+		{"query without tags", frame(appendQuery(nil, opQuery, nil, nil, 10)), StatusBadRequest, 0},
+		{"query bad cursor", frame(appendQuery(nil, opQuery, [][32]byte{{1}}, []byte{9, 9, 9, 9, 9, 9, 9, 9, 9}, 10)), StatusBadRequest, 0},
 		{"delete truncated", frame([]byte{opDelete, 1, 2}), StatusBadRequest, 0},
 		{"stalled frame", hdr(100), 0xff, 0},
 	}
@@ -451,7 +451,7 @@ func TestMailboxHostileStreams(t *testing.T) {
 	// Several requests on one stream are answered in turn.
 	s, reset, closeWrite := rawStream(t, ctx, h, m)
 	defer reset()
-	q := appendQueryRequest(nil, [][32]byte{randTag()}, nil, 5)
+	q := appendQuery(nil, opQuery, [][32]byte{randTag()}, nil, 5)
 	if _, err := s.Write(append(frame(appendDepositRequest(nil, valid)), frame(q)...)); err != nil {
 		t.Fatal(err)
 	}

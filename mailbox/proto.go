@@ -206,10 +206,6 @@ func appendDepositRequest(b, env []byte) []byte {
 	return append(append(b, opDeposit), env...)
 }
 
-func appendQueryRequest(b []byte, tags [][32]byte, cursor []byte, limit int) []byte {
-	return appendQuery(b, opQuery, tags, cursor, limit)
-}
-
 // appendQuery encodes a query under op (version 1 or 2: same body).
 func appendQuery(b []byte, op byte, tags [][32]byte, cursor []byte, limit int) []byte {
 	b = append(b, op)
@@ -221,10 +217,6 @@ func appendQuery(b []byte, op byte, tags [][32]byte, cursor []byte, limit int) [
 		b = append(b, t[:]...)
 	}
 	return b
-}
-
-func appendDeleteRequest(b []byte, tag [32]byte, tokens [][32]byte) []byte {
-	return appendDelete(b, opDelete, tag, tokens)
 }
 
 // appendDelete encodes a delete under op (version 1 or 2: same body).

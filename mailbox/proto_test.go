@@ -21,13 +21,13 @@ func TestMailboxRequestRoundTrip(t *testing.T) {
 		{"deposit", appendDepositRequest(nil, []byte{1, 2, 3}), func(r *request) bool {
 			return r.op == opDeposit && bytes.Equal(r.envelope, []byte{1, 2, 3})
 		}},
-		{"query", appendQueryRequest(nil, tags, cursor, 42), func(r *request) bool {
+		{"query", appendQuery(nil, opQuery, tags, cursor, 42), func(r *request) bool {
 			return r.op == opQuery && r.limit == 42 && bytes.Equal(r.cursor, cursor) && slices.Equal(r.tags, tags)
 		}},
-		{"query from start", appendQueryRequest(nil, tags[:1], nil, 0), func(r *request) bool {
+		{"query from start", appendQuery(nil, opQuery, tags[:1], nil, 0), func(r *request) bool {
 			return r.cursor == nil && r.limit == 0 && len(r.tags) == 1
 		}},
-		{"delete", appendDeleteRequest(nil, [32]byte{5}, tokens), func(r *request) bool {
+		{"delete", appendDelete(nil, opDelete, [32]byte{5}, tokens), func(r *request) bool {
 			return r.op == opDelete && r.tag == [32]byte{5} && slices.Equal(r.tokens, tokens)
 		}},
 	}
@@ -52,14 +52,14 @@ func TestMailboxRequestRejects(t *testing.T) {
 		{"empty deposit", []byte{opDeposit}},
 		{"oversized deposit", append([]byte{opDeposit}, make([]byte, MaxRequestSize)...)},
 		{"short query", []byte{opQuery, 0}},
-		{"query no tags", appendQueryRequest(nil, nil, nil, 1)},
-		{"query too many tags", appendQueryRequest(nil, many, nil, 1)},
-		{"query odd cursor", appendQueryRequest(nil, many[:1], []byte{1, 2, 3}, 1)},
-		{"query trailing", append(appendQueryRequest(nil, many[:1], nil, 1), 0)},
-		{"query truncated tag", appendQueryRequest(nil, many[:2], nil, 1)[:40]},
+		{"query no tags", appendQuery(nil, opQuery, nil, nil, 1)},
+		{"query too many tags", appendQuery(nil, opQuery, many, nil, 1)},
+		{"query odd cursor", appendQuery(nil, opQuery, many[:1], []byte{1, 2, 3}, 1)},
+		{"query trailing", append(appendQuery(nil, opQuery, many[:1], nil, 1), 0)},
+		{"query truncated tag", appendQuery(nil, opQuery, many[:2], nil, 1)[:40]},
 		{"short delete", []byte{opDelete, 1}},
-		{"delete no tokens", appendDeleteRequest(nil, [32]byte{}, nil)},
-		{"delete too many", appendDeleteRequest(nil, [32]byte{}, make([][32]byte, MaxDeleteTokens+1))},
+		{"delete no tokens", appendDelete(nil, opDelete, [32]byte{}, nil)},
+		{"delete too many", appendDelete(nil, opDelete, [32]byte{}, make([][32]byte, MaxDeleteTokens+1))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,8 +119,8 @@ func TestMailboxResponses(t *testing.T) {
 
 func FuzzParseMailboxRequest(f *testing.F) {
 	f.Add(appendDepositRequest(nil, []byte{1, 2, 3}))
-	f.Add(appendQueryRequest(nil, [][32]byte{{1}, {2}}, store.MailboxCursor(3), 10))
-	f.Add(appendDeleteRequest(nil, [32]byte{4}, [][32]byte{{5}}))
+	f.Add(appendQuery(nil, opQuery, [][32]byte{{1}, {2}}, store.MailboxCursor(3), 10))
+	f.Add(appendDelete(nil, opDelete, [32]byte{4}, [][32]byte{{5}}))
 	f.Add([]byte{opQuery, 0xff, 0xff, 9})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := parseRequest(b)
@@ -133,9 +133,9 @@ func FuzzParseMailboxRequest(f *testing.F) {
 		case opDeposit:
 			enc = appendDepositRequest(nil, r.envelope)
 		case opQuery:
-			enc = appendQueryRequest(nil, r.tags, r.cursor, r.limit)
+			enc = appendQuery(nil, opQuery, r.tags, r.cursor, r.limit)
 		case opDelete:
-			enc = appendDeleteRequest(nil, r.tag, r.tokens)
+			enc = appendDelete(nil, opDelete, r.tag, r.tokens)
 		}
 		if !bytes.Equal(enc, b) {
 			t.Fatalf("%x re-encodes as %x", b, enc)
