@@ -1,7 +1,6 @@
 package mailbox
 
 import (
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -9,7 +8,6 @@ import (
 
 	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/p2p"
-	"github.com/sotto-im/sotto/p2p/p2ptest"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -136,26 +134,9 @@ func BenchmarkFilterPushLatency(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			ctx := testkit.Context(b, 10*time.Minute)
 			mk := func() *mailboxNode {
-				h := p2ptest.NewHost(b, p2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0"))
-				g, err := p2p.NewGossip(h, p2p.WithPubSubOptions(GossipScoring()...))
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { g.Close() })
-				m := &mailboxNode{h: h, g: g, stored: make(chan []byte, 1<<16)}
-				m.db = openMailboxDB(b, filepath.Join(b.TempDir(), "mbx"))
-				m.svc, err = NewService(h, g, m.db, v2Opts(WithProvide(false, 0, 0), WithRateLimit(1e9, 1<<30), WithLimits(benchLimits),
-					WithOnStored(func(env []byte, _ DepositVia) {
-						select {
-						case m.stored <- env:
-						default:
-						}
-					}))...)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(m.close)
-				return m
+				return newMailboxNode(b, mbxNodeOpts{gossip: true,
+					hostOpts: []p2p.Option{p2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0")},
+					svcOpts:  v2Opts(WithRateLimit(1e9, 1<<30), WithLimits(benchLimits))})
 			}
 			a, r := mk(), mk()
 			if err := r.h.Connect(ctx, a.h.AddrInfo()); err != nil {

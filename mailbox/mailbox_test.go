@@ -131,9 +131,11 @@ func newMailboxNode(t testing.TB, o mbxNodeOpts) *mailboxNode {
 	return m
 }
 
+// newTestGossip starts gossip on h with the peer scoring mailbox nodes
+// run with.
 func newTestGossip(t testing.TB, h *p2p.Host) *p2p.Gossip {
 	t.Helper()
-	g, err := p2p.NewGossip(h)
+	g, err := p2p.NewGossip(h, p2p.WithPubSubOptions(GossipScoring()...))
 	if err != nil {
 		t.Fatalf("NewGossip: %v", err)
 	}

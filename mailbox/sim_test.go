@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/p2p"
-	"github.com/sotto-im/sotto/p2p/p2ptest"
 	"github.com/sotto-im/sotto/protocol"
 )
 
@@ -68,21 +66,11 @@ func runMailboxSim(tb testing.TB, n int, seed uint64) simResult {
 	// Mailbox nodes, fully meshed.
 	var ms []*mailboxNode
 	for range simMailboxes {
-		h := p2ptest.NewHost(tb, p2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0"))
-		g, err := p2p.NewGossip(h, p2p.WithPubSubOptions(GossipScoring()...))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(func() { g.Close() })
-		m := &mailboxNode{h: h, g: g}
-		m.db = openMailboxDB(tb, filepath.Join(tb.TempDir(), "mbx"))
-		m.svc, err = NewService(h, g, m.db, v2Opts(WithProvide(false, 0, 0), WithRateLimit(1e6, 1e6))...)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(m.close)
+		m := newMailboxNode(tb, mbxNodeOpts{gossip: true,
+			hostOpts: []p2p.Option{p2p.WithListenAddrs("/ip4/127.0.0.1/tcp/0")},
+			svcOpts:  v2Opts(WithRateLimit(1e6, 1e6))})
 		for _, o := range ms {
-			if err := h.Connect(ctx, o.h.AddrInfo()); err != nil {
+			if err := m.h.Connect(ctx, o.h.AddrInfo()); err != nil {
 				tb.Fatal(err)
 			}
 		}

@@ -298,27 +298,7 @@ func containsPeer(ps []peer.ID, p peer.ID) bool {
 // mailbox node without the registration relays but stores nothing.
 func TestV2ReplicationAndFilter(t *testing.T) {
 	ctx := testkit.Context(t, mbxTestTimeout)
-	mk := func() *mailboxNode {
-		h := p2ptest.NewHost(t)
-		g, err := p2p.NewGossip(h, p2p.WithPubSubOptions(GossipScoring()...))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { g.Close() })
-		m := &mailboxNode{h: h, g: g, stored: make(chan []byte, 64)}
-		m.db = openMailboxDB(t, filepath.Join(t.TempDir(), "mbx"))
-		m.svc, err = NewService(h, g, m.db, v2Opts(WithProvide(false, 0, 0), WithOnStored(func(env []byte, _ DepositVia) {
-			select {
-			case m.stored <- env:
-			default:
-			}
-		}))...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(m.close)
-		return m
-	}
+	mk := func() *mailboxNode { return newMailboxNode(t, mbxNodeOpts{gossip: true, svcOpts: v2Opts()}) }
 	a, b, other := mk(), mk(), mk()
 	for _, x := range []*mailboxNode{b, other} {
 		if err := x.h.Connect(ctx, a.h.AddrInfo()); err != nil {
