@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -179,6 +180,9 @@ func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
 	var errs []error
 	failed := map[peer.ID]bool{}
 	for _, kind := range []byte{store.RegPair, store.RegIntro} {
+		if !slices.ContainsFunc(regs, func(r Registration) bool { return r.Kind == kind }) {
+			continue // nothing of this kind to register or read
+		}
 		h, err := in.cfg.NewHost()
 		if err != nil {
 			return total, err
