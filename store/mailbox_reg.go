@@ -23,12 +23,13 @@ import (
 //
 // Buckets and key layouts (integers big endian):
 //
-//	mbx_reg      tag(32) -> kind(1) || expiry seconds(8)
+//	mbx_reg      tag(32) -> kinds(1) || expiry seconds(8)   kinds: RegPair and/or RegIntro bits
 //	mbx_regexp   expiry seconds(8) || tag(32) -> 0x01   registration sweep
 //	mbx_meta     "registrations" -> count(8)            registrations held
 //
 // A registration for epoch e expires at RegistrationExpiry(e); a tag holds
-// one registration, with the latest expiry registered for it. mbx_regexp
+// one registration, of one kind or both, with the latest expiry registered
+// for it. mbx_regexp
 // has exactly one entry per mbx_reg entry, at its expiry. The count in
 // mbx_meta is the number of mbx_reg entries, kept so that it can be read
 // without walking the bucket.
