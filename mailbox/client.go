@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -492,4 +493,89 @@ func (c *Client) FetchAll(ctx context.Context, mbx peer.ID, tags []protocol.Tag,
 		}
 	}
 	return list, nil
+}
+
+// SyncAll runs one version 1 sync round over tags: it finds the mailboxes
+// of the tags' shards, fetches from each the envelopes under tags (at most
+// max in all, page at a time, each mailbox bounded by timeout), merges
+// their orders into one consistent with every mailbox's (MergeOrders),
+// hands them to process in that order, and reveals at each mailbox the
+// delete tokens process returned for the envelopes it held. process
+// returns one token per envelope, nil for an envelope it did not take. It
+// returns how many mailboxes it asked, how many envelopes process took,
+// and whether it stopped at max (more may wait).
+func (c *Client) SyncAll(ctx context.Context, tags []protocol.Tag, page, max int, timeout time.Duration, process func(mailboxes int, envs [][]byte) ([]*[32]byte, error)) (asked, took int, more bool, err error) {
+	tags = slices.Clone(tags)
+	slices.SortFunc(tags, func(a, b protocol.Tag) int { return slices.Compare(a[:], b[:]) })
+	shards := map[uint16]bool{}
+	seen := map[peer.ID]bool{}
+	var mbxs []peer.ID
+	for _, t := range tags {
+		s := t.Shard(Shards)
+		if shards[s] {
+			continue
+		}
+		shards[s] = true
+		for _, p := range c.Mailboxes(ctx, s) {
+			if !seen[p] {
+				seen[p] = true
+				mbxs = append(mbxs, p)
+			}
+		}
+	}
+	if len(mbxs) == 0 {
+		return 0, 0, false, nil
+	}
+	var errs []error
+	envs := map[[32]byte][]byte{}
+	lists := make([][][32]byte, 0, len(mbxs))
+	held := make([]peer.ID, 0, len(mbxs))
+	for _, p := range mbxs {
+		fctx, cancel := context.WithTimeout(ctx, timeout)
+		list, err := c.FetchAll(fctx, p, tags, page, envs, max)
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if len(list) > 0 {
+			lists = append(lists, list)
+			held = append(held, p)
+		}
+	}
+	order := MergeOrders(lists)
+	batch := make([][]byte, len(order))
+	for i, h := range order {
+		batch[i] = envs[h]
+	}
+	toks, err := process(len(mbxs), batch)
+	if err != nil {
+		return len(mbxs), 0, false, errors.Join(append(errs, err)...)
+	}
+	tokOf := make(map[[32]byte]*[32]byte, len(order))
+	for i, h := range order {
+		if i < len(toks) && toks[i] != nil {
+			took++
+			tokOf[h] = toks[i]
+		}
+	}
+	// Delete at each mailbox what it held and the owner took.
+	for i, p := range held {
+		dels := map[protocol.Tag][][32]byte{}
+		for _, h := range lists[i] {
+			if tok := tokOf[h]; tok != nil {
+				tag := envelopeTag(envs[h])
+				dels[tag] = append(dels[tag], *tok)
+			}
+		}
+		for tag, toks := range dels {
+			for len(toks) > 0 {
+				k := min(len(toks), MaxDeleteTokens)
+				if _, err := c.Delete(ctx, p, tag, toks[:k]); err != nil {
+					c.cfg.logger.Debug("mailbox delete", "mailbox", p, "err", err)
+				}
+				toks = toks[k:]
+			}
+		}
+	}
+	return len(mbxs), took, len(envs) >= max, errors.Join(errs...)
 }

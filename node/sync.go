@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -282,99 +283,38 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	var tagList []protocol.Tag
-	shardSet := map[uint16]bool{}
-	for t := range tags {
-		tagList = append(tagList, t)
-		shardSet[t.Shard(mailbox.Shards)] = true
-	}
-	slices.SortFunc(tagList, func(a, b protocol.Tag) int { return slices.Compare(a[:], b[:]) })
-	seen := map[peer.ID]bool{}
-	var mbxs []peer.ID
-	for s := range shardSet {
-		for _, p := range m.client.Mailboxes(ctx, s) {
-			if !seen[p] {
-				seen[p] = true
-				mbxs = append(mbxs, p)
+	asked, done, more, err := m.client.SyncAll(ctx, slices.Collect(maps.Keys(tags)), syncPage, maxSyncEnvelopes, syncTimeout, func(mbxs int, envs [][]byte) ([]*[32]byte, error) {
+		n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: mbxs}})
+		// Processed in that order (the committer groups them into batches).
+		pending := make([]*ingestReq, len(envs))
+		for i, env := range envs {
+			pending[i] = n.enqueueReq(ctx, "", env, store.ViaMailbox)
+		}
+		toks := make([]*[32]byte, len(envs))
+		for i, r := range pending {
+			select {
+			case <-r.res:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			// r.res was drained: the token is set if it was processed.
+			if r.hasToken {
+				toks[i] = &r.token
+			}
+			if (i+1)%1000 == 0 {
+				n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: mbxs, Envelopes: i + 1}})
 			}
 		}
+		return toks, nil
+	})
+	if asked > 0 {
+		n.cfg.Logger.Debug("mailbox sync", "mailboxes", asked, "envelopes", done, "err", err)
+		n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: asked, Envelopes: done, Done: true}})
 	}
-	if len(mbxs) == 0 {
-		return 0, nil
-	}
-
-	// Fetch every mailbox's envelopes, in each mailbox's order.
-	var errs []error
-	envs := map[[32]byte][]byte{}
-	lists := make([][][32]byte, 0, len(mbxs))
-	held := make([]peer.ID, 0, len(mbxs))
-	for _, p := range mbxs {
-		fctx, cancel := context.WithTimeout(ctx, syncTimeout)
-		list, err := n.mbx.client.FetchAll(fctx, p, tagList, syncPage, envs, maxSyncEnvelopes)
-		cancel()
-		if err != nil {
-			errs = append(errs, err)
-		}
-		if len(list) > 0 {
-			lists = append(lists, list)
-			held = append(held, p)
-		}
-	}
-	order := mailbox.MergeOrders(lists)
-	n.cfg.Logger.Debug("mailbox sync", "mailboxes", len(mbxs), "holding", len(held), "envelopes", len(order), "err", errors.Join(errs...))
-	n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: len(mbxs), Envelopes: 0}})
-
-	// Process them in that order (the committer groups them into batches).
-	reqs := make(map[[32]byte]*ingestReq, len(order))
-	pending := make([]*ingestReq, 0, len(order))
-	for _, h := range order {
-		r := n.enqueueReq(ctx, "", envs[h], store.ViaMailbox)
-		reqs[h] = r
-		pending = append(pending, r)
-	}
-	done := 0
-	for _, r := range pending {
-		select {
-		case <-r.res:
-		case <-ctx.Done():
-			return done, ctx.Err()
-		}
-		// r.res was drained: keep the result for the token check below.
-		done++
-		if done%1000 == 0 {
-			n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: len(mbxs), Envelopes: done}})
-		}
-	}
-
-	// Delete at each mailbox what it held and this node has processed.
-	for i, p := range held {
-		dels := map[protocol.Tag][][32]byte{}
-		for _, h := range lists[i] {
-			r := reqs[h]
-			if r == nil || !r.hasToken {
-				continue
-			}
-			e, err := protocol.ParseEnvelope(r.raw)
-			if err != nil {
-				continue
-			}
-			dels[e.Tag] = append(dels[e.Tag], r.token)
-		}
-		for tag, toks := range dels {
-			for len(toks) > 0 {
-				k := min(len(toks), mailbox.MaxDeleteTokens)
-				if _, err := m.client.Delete(ctx, p, tag, toks[:k]); err != nil {
-					n.cfg.Logger.Debug("mailbox delete", "mailbox", p, "err", err)
-				}
-				toks = toks[k:]
-			}
-		}
-	}
-	n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: len(mbxs), Envelopes: done, Done: true}})
-	if len(envs) >= maxSyncEnvelopes {
+	if more {
 		n.kickSync() // more remain
 	}
-	return done, errors.Join(errs...)
+	return done, err
 }
 
 // depositDue deposits in mailboxes the sealed entries that have waited
