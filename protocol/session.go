@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -521,7 +522,11 @@ func messageAD(sessionAD []byte, env *Envelope) []byte {
 // (at most MaxTTL). m.Sender may be left zero; it is set to the local
 // account, and any other value is an error. On success the session has
 // advanced: persist it before the envelope leaves.
-func (s *Session) Seal(rand io.Reader, now time.Time, m Message, ttl time.Duration) (*Envelope, Sealed, error) {
+func (s *Session) Seal(rand io.Reader, now time.Time, m Message, ttl time.Duration, opts ...SealOption) (*Envelope, Sealed, error) {
+	var cfg sealConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	if ttl <= 0 || ttl > MaxTTL {
 		return nil, Sealed{}, ErrBadTTL
 	}
@@ -542,9 +547,12 @@ func (s *Session) Seal(rand io.Reader, now time.Time, m Message, ttl time.Durati
 	clear(inner)
 	env := &Envelope{Version: EnvelopeVersion, Expiry: expiry}
 	epoch := Epoch(now)
-	if s.prefix != nil {
+	switch {
+	case s.prefix != nil:
 		env.Tag = IntroTag(s.peer, epoch)
-	} else {
+	case cfg.version2:
+		env.Tag = s.SendTag2(epoch)
+	default:
 		env.Tag = s.SendTag(epoch)
 	}
 	r := s.ratchet.sendDraft()
@@ -691,6 +699,37 @@ func (s *Session) SendTag(epoch uint64) Tag {
 
 // RecvTag returns the pairwise tag of the peer's messages in epoch.
 func (s *Session) RecvTag(epoch uint64) Tag { return PairTag(s.tagSeed, s.role(false), epoch) }
+
+// SealOption configures Seal.
+type SealOption func(*sealConfig)
+
+type sealConfig struct{ version2 bool }
+
+// WithVersion2Tags makes Seal put a ratchet message (not an initial one)
+// under the version 2 pairwise tag (SendTag2), for a peer that announced
+// version 2 mailboxes.
+func WithVersion2Tags() SealOption { return func(c *sealConfig) { c.version2 = true } }
+
+// SendTag2 returns the version 2 pairwise tag of this side's messages in
+// epoch.
+func (s *Session) SendTag2(epoch uint64) Tag { return PairTag2(s.tagSeed, s.role(true), epoch) }
+
+// RecvTag2 returns the version 2 pairwise tag of the peer's messages in
+// epoch.
+func (s *Session) RecvTag2(epoch uint64) Tag { return PairTag2(s.tagSeed, s.role(false), epoch) }
+
+// SendWriteKey returns the write key that signs the deposit of an
+// envelope this side sealed under the version 2 tag tag, looking for the
+// tag's epoch among the live epochs at now; false if tag is none of them.
+func (s *Session) SendWriteKey(tag Tag, now time.Time) (ed25519.PrivateKey, bool) {
+	for _, e := range LiveEpochs(now) {
+		k := WriteKey(s.tagSeed, s.role(true), e)
+		if WriteKeyTag(k.Public().(ed25519.PublicKey)) == tag {
+			return k, true
+		}
+	}
+	return nil, false
+}
 
 // initiatorAccount is the account of the side that ran PQXDH as initiator.
 func (s *Session) initiatorAccount() keys.AccountPublic {
