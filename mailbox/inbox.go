@@ -43,6 +43,14 @@ const (
 	syncMailboxTimeout = time.Minute
 )
 
+// ErrJunk is what an Inbox's Deliver returns (wrapped) for an envelope
+// that does not open for the device: it counts against the mailbox.
+var ErrJunk = errors.New("mailbox: the envelope does not open for this device")
+
+// errNotTaken marks a sync that stopped because the owner could not take
+// an envelope (its store failed): no fault of the mailbox.
+var errNotTaken = errors.New("mailbox: envelopes read were not taken")
+
 // InboxConfig configures NewInbox.
 type InboxConfig struct {
 	// Mailboxes are the mailbox nodes the user receives at.
@@ -52,9 +60,12 @@ type InboxConfig struct {
 	// epochs. Those of epochs from Epoch(now) on are registered; all are
 	// queried and filtered.
 	Registrations func(now time.Time) []Registration
-	// Deliver hands over one envelope read from mbx, once per content,
-	// and returns false if it is junk: it does not open for this device.
-	Deliver func(mbx peer.ID, env []byte) bool
+	// Deliver hands over one envelope read from mbx, once per content.
+	// It returns nil once the envelope is durably taken, an error that
+	// wraps ErrJunk if it is junk (it does not open for this device), and
+	// any other error if it could not be taken now (the same bytes are
+	// then handed over again when read again).
+	Deliver func(mbx peer.ID, env []byte) error
 	// Replace, if set, is called (from the Inbox's goroutine) when a
 	// mailbox failed MailboxFailLimit rounds in a row or returned
 	// MaxJunkPerDay junk envelopes in a day: the owner should choose
@@ -194,7 +205,8 @@ func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
 			cancel()
 			total += n
 			if err != nil {
-				failed[m.ID] = true
+				// A round the owner could not take counts not against the mailbox.
+				failed[m.ID] = failed[m.ID] || !errors.Is(err, errNotTaken)
 				errs = append(errs, fmt.Errorf("mailbox %s: %w", m.ID, err))
 			}
 		}
@@ -246,15 +258,25 @@ func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs 
 		in.mu.Unlock()
 		envs, next, err := c.Sync(ctx, m, chunk, cursor, budget)
 		junk := 0
+		var notTaken error
 		for _, env := range envs {
 			budget -= len(env)
-			if d, j := in.deliver(m.ID, env); d {
+			d, j, derr := in.deliver(m.ID, env)
+			switch {
+			case d:
 				delivered++
-			} else if j && kind == store.RegPair && in.newJunk(m.ID, env) {
+			case j && kind == store.RegPair && in.newJunk(m.ID, env):
 				junk++
+			case derr != nil && notTaken == nil:
+				notTaken = derr
 			}
 		}
 		in.recordJunk(m.ID, junk, now)
+		if notTaken != nil {
+			// Not taken for a local reason: the cursor stays, so the
+			// next round reads it again.
+			return delivered, fmt.Errorf("%w: %w", errNotTaken, notTaken)
+		}
 		if len(next) > 0 {
 			in.mu.Lock()
 			if h := in.health[m.ID]; h != nil {
@@ -275,12 +297,12 @@ func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs 
 // deliver hands env to the owner unless an envelope of the same content
 // was delivered recently. It reports whether it handed it over, and
 // whether the owner found it junk.
-func (in *Inbox) deliver(mbx peer.ID, env []byte) (delivered, junk bool) {
+func (in *Inbox) deliver(mbx peer.ID, env []byte) (delivered, junk bool, err error) {
 	h := sha256.Sum256(env)
 	in.mu.Lock()
 	if _, ok := in.recent[h]; ok {
 		in.mu.Unlock()
-		return false, false
+		return false, false, nil
 	}
 	in.recent[h] = struct{}{}
 	in.recentQ = append(in.recentQ, h)
@@ -289,15 +311,20 @@ func (in *Inbox) deliver(mbx peer.ID, env []byte) (delivered, junk bool) {
 		in.recentQ = in.recentQ[1:]
 	}
 	in.mu.Unlock()
-	if in.cfg.Deliver(mbx, env) {
-		return true, false
+	err = in.cfg.Deliver(mbx, env)
+	if err == nil {
+		return true, false, nil
 	}
-	// A junk envelope is not remembered: the same bytes from another
-	// mailbox count against that one too.
+	// An envelope not taken is not remembered: junk from another mailbox
+	// counts against that one too, and what failed for a local reason is
+	// taken when read again.
 	in.mu.Lock()
 	delete(in.recent, h)
 	in.mu.Unlock()
-	return false, true
+	if errors.Is(err, ErrJunk) {
+		return false, true, nil
+	}
+	return false, false, err
 }
 
 // tagSetKey names a set of tags (in order) for its query cursor.
@@ -513,7 +540,7 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte) {
 	defer h.Close()
 	c := NewClient2(ctx, h)
 	f, err := c.Filter(ctx, m, tags, func(env []byte) {
-		if _, junk := in.deliver(m.ID, env); junk && kind == store.RegPair && in.newJunk(m.ID, env) {
+		if _, junk, _ := in.deliver(m.ID, env); junk && kind == store.RegPair && in.newJunk(m.ID, env) {
 			in.recordJunk(m.ID, 1, in.cfg.Now())
 		}
 	})

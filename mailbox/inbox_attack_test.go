@@ -31,10 +31,13 @@ func TestInboxJunkReadAgainCountsOnce(t *testing.T) {
 	in, err := NewInbox(InboxConfig{
 		Mailboxes:     mailboxSet(m),
 		Registrations: u.registrations,
-		Deliver: func(_ peer.ID, env []byte) bool {
+		Deliver: func(_ peer.ID, env []byte) error {
 			mu.Lock()
 			defer mu.Unlock()
-			return sha256.Sum256(env) != junkHash
+			if sha256.Sum256(env) == junkHash {
+				return ErrJunk
+			}
+			return nil
 		},
 		Replace: func(p peer.ID) {
 			mu.Lock()

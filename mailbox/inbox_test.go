@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -43,14 +44,14 @@ func (u *inboxUser) registrations(now time.Time) []Registration {
 	return out
 }
 
-func (u *inboxUser) deliver(_ peer.ID, env []byte) bool {
+func (u *inboxUser) deliver(_ peer.ID, env []byte) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.junk {
-		return false
+		return ErrJunk
 	}
 	u.delivered = append(u.delivered, bytes.Clone(env))
-	return true
+	return nil
 }
 
 func (u *inboxUser) count() int {
@@ -245,4 +246,66 @@ func TestInboxReplacesFailingAndJunkMailboxes(t *testing.T) {
 
 func contextWithCancel(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithCancel(ctx)
+}
+
+// An envelope the owner cannot take for a reason of its own (its store
+// failed) is read again in the next round, and the mailbox is not held to
+// blame: nothing read is lost because the owner failed once.
+func TestInboxRereadsWhatWasNotTaken(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	u := newInboxUser()
+	var mu sync.Mutex
+	failing, replaced := true, 0
+	var got [][]byte
+	in, err := NewInbox(InboxConfig{
+		Mailboxes:     mailboxSet(m),
+		Registrations: u.registrations,
+		Deliver: func(_ peer.ID, env []byte) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if failing {
+				return errors.New("disk full")
+			}
+			got = append(got, bytes.Clone(env))
+			return nil
+		},
+		Replace: func(peer.ID) { mu.Lock(); replaced++; mu.Unlock() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.SyncRound(ctx); err != nil {
+		t.Fatal(err) // registers
+	}
+	now := time.Now()
+	var want [][]byte
+	for range 3 {
+		dep, env, _ := u.session.deposit(t, now, 200)
+		if n, err := PushAll(ctx, nil, mailboxSet(m), dep); n != 1 {
+			t.Fatal(err)
+		}
+		want = append(want, env)
+	}
+	for range MailboxFailLimit + 1 {
+		if n, err := in.SyncRound(ctx); n != 0 || err == nil {
+			t.Fatalf("a round whose deliveries all failed: %d delivered, err %v", n, err)
+		}
+	}
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	if n, err := in.SyncRound(ctx); n != len(want) || err != nil {
+		t.Fatalf("after the store recovered: %d of %d delivered, err %v", n, len(want), err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if replaced != 0 {
+		t.Fatal("the mailbox was replaced for the owner's own failures")
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("envelope %d differs or is out of order", i)
+		}
+	}
 }

@@ -119,11 +119,11 @@ func runMailboxSim(tb testing.TB, n int, seed uint64) simResult {
 		in, err := NewInbox(InboxConfig{
 			Mailboxes:     u.mbxs,
 			Registrations: func(time.Time) []Registration { return u.recv },
-			Deliver: func(_ peer.ID, env []byte) bool {
+			Deliver: func(_ peer.ID, env []byte) error {
 				u.mu.Lock()
 				u.delivered[sha256.Sum256(env)]++
 				u.mu.Unlock()
-				return true
+				return nil
 			},
 			NewHost: u.newHost,
 		})

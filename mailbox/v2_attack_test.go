@@ -69,14 +69,14 @@ func TestInboxNotStarvedBehindUndeletableJunk(t *testing.T) {
 	in, err := NewInbox(InboxConfig{
 		Mailboxes:     mailboxSet(m),
 		Registrations: u.registrations,
-		Deliver: func(_ peer.ID, env []byte) bool {
+		Deliver: func(_ peer.ID, env []byte) error {
 			mu.Lock()
 			defer mu.Unlock()
 			if legit[sha256.Sum256(env)] {
 				delivered++
-				return true
+				return nil
 			}
-			return false
+			return ErrJunk
 		},
 	})
 	if err != nil {
