@@ -583,7 +583,13 @@ func PushAll(ctx context.Context, newHost func() (host.Host, error), mbxs []peer
 		return 0, err
 	}
 	defer h.Close()
-	c := NewClient2(ctx, h)
+	return NewClient2(ctx, h).PushAll(ctx, mbxs, deposit)
+}
+
+// PushAll pushes deposit to each of mbxs from the client's host and
+// returns how many acknowledged it (stored, or held already) and the
+// refusals and failures of the others.
+func (c *Client2) PushAll(ctx context.Context, mbxs []peer.AddrInfo, deposit []byte) (int, error) {
 	stored := 0
 	var errs []error
 	for _, m := range mbxs {

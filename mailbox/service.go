@@ -658,3 +658,51 @@ func (s *Service) answer(req *request) []byte {
 	}
 	return appendStatus(nil, StatusBadRequest, ReasonNone)
 }
+
+// Holding is what a mailbox node holds for others.
+type Holding struct {
+	Envelopes int64
+	Bytes     int64
+}
+
+// Held reports what the mailbox store in db holds.
+func Held(db *store.DB) Holding {
+	var h Holding
+	db.View(func(tx *store.Tx) error {
+		var err error
+		h.Envelopes, h.Bytes, err = tx.MailboxStats()
+		return err
+	})
+	return h
+}
+
+// HeldEnvelope is one envelope a mailbox node holds, as the mailbox sees
+// it: outer fields and ciphertext only.
+type HeldEnvelope struct {
+	Tag        [32]byte
+	Expiry     time.Time
+	Size       int
+	Ciphertext []byte
+	Envelope   []byte // the whole envelope, as it travels
+}
+
+// Peek lists up to limit envelopes the mailbox store in db holds, oldest
+// first.
+func Peek(db *store.DB, limit int) ([]HeldEnvelope, error) {
+	var out []HeldEnvelope
+	err := db.View(func(tx *store.Tx) error {
+		es, err := tx.MailboxPeek(limit)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			env, err := protocol.ParseEnvelope(e.Envelope)
+			if err != nil {
+				return err
+			}
+			out = append(out, HeldEnvelope{Tag: env.Tag, Expiry: env.Expiry, Size: len(e.Envelope), Ciphertext: env.Ciphertext, Envelope: e.Envelope})
+		}
+		return nil
+	})
+	return out, err
+}

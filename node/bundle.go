@@ -423,32 +423,8 @@ func (n *Node) addAddrs(p peer.ID, addrs []string) {
 func (n *Node) refreshTags() error {
 	now := n.now()
 	err := n.db.Update(func(tx *store.Tx) error {
-		cs, err := tx.ListContacts()
-		if err != nil {
+		if err := n.eachSession(tx, func(_ store.Contact, s *protocol.Session) error { return n.putTags(tx, s, now) }); err != nil {
 			return err
-		}
-		for _, c := range cs {
-			s, err := n.loadSession(tx, c.Account)
-			if err != nil {
-				n.cfg.Logger.Error("stored session does not load", "contact", c.Name, "err", err)
-				continue
-			}
-			if s != nil {
-				if err := n.putTags(tx, s, now); err != nil {
-					return err
-				}
-			}
-			// The session kept for receiving after a simultaneous
-			// initiation, while it lasts.
-			alt, err := altSession(tx, c.Account)
-			if err != nil {
-				return err
-			}
-			if alt != nil {
-				if err := n.putTags(tx, alt, now); err != nil {
-					return err
-				}
-			}
 		}
 		if live := protocol.LiveEpochs(now); len(live) > 0 && live[0] > 0 {
 			if _, err := tx.PruneTags(live[0]); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sotto-im/sotto/invite"
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/mailbox"
 	"github.com/sotto-im/sotto/store"
 )
 
@@ -395,10 +396,7 @@ type Status struct {
 }
 
 // MailboxHeld is what a mailbox node holds for others.
-type MailboxHeld struct {
-	Envelopes int64
-	Bytes     int64
-}
+type MailboxHeld = mailbox.Holding
 
 // Status reports the node's state.
 func (n *Node) Status() (Status, error) {

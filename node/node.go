@@ -119,8 +119,13 @@ type Config struct {
 
 	// Mailbox makes the node also serve as a gossip mailbox for others.
 	Mailbox bool
-	// Mailboxes are mailbox nodes to use besides those found in the DHT.
+	// Mailboxes are version 1 mailbox nodes to use besides those found
+	// in the DHT.
 	Mailboxes []peer.AddrInfo
+	// MailboxNodes are version 2 mailbox nodes to receive at (the first
+	// MailboxCopies that answer); without them the node chooses from the
+	// DHT's providers of the mailbox directory.
+	MailboxNodes []peer.AddrInfo
 	// MailboxAfter is how long a message waits for direct delivery before
 	// it is also deposited in mailboxes (default DefaultMailboxAfter).
 	MailboxAfter time.Duration

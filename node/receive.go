@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/mailbox"
 	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
@@ -198,7 +199,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	if err != nil {
 		n.cfg.Logger.Error("inbound commit failed; envelopes will be retried by their senders", "err", err, "count", len(batch))
 		for i := range results {
-			results[i] = fmt.Errorf("node: store: %w", err)
+			results[i] = fmt.Errorf("%w: %w", errStoreFailed, err)
 		}
 		events = nil
 		kick, held, republish = false, false, false
@@ -367,7 +368,7 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *ingestBatch, now time.Time) (bool,
 			}
 			renv, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
 				Sender: n.account(), ID: rid, Sent: now, Type: protocol.ContentReceipt, Body: body,
-			}, sealTTL(now, now, n.cfg.MessageTTL))
+			}, sealTTL(now, now, n.cfg.MessageTTL), n.sealOpts(tx, acct)...)
 			if err != nil {
 				return false, fmt.Errorf("sealing receipt: %w", err)
 			}
@@ -392,7 +393,7 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *ingestBatch, now time.Time) (bool,
 func keepToken(tx *store.Tx, r *ingestReq, env *protocol.Envelope, tok [32]byte, msg protocol.Message) error {
 	r.token, r.hasToken = tok, true
 	v := tok[:]
-	if msg.Type != protocol.ContentReceipt {
+	if msg.Type != protocol.ContentReceipt && msg.Type != protocol.ContentMailboxes {
 		v = slices.Concat(tok[:], msg.Sender[:], msg.ID[:])
 	}
 	return tx.PutEnvelopeToken(env.Expiry, env.DeleteHash, v)
@@ -788,6 +789,10 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 		}
 		return out, nil
 	}
+	if msg.Type == protocol.ContentMailboxes {
+		// Not shown and not receipted: the contact's mailboxes.
+		return out, se(mailbox.PutContactMailboxes(tx, peerAcct, msg.Sent, msg.Body))
+	}
 
 	shown, err := tx.ReceiveMessage(store.Message{
 		ID: msg.ID, Contact: peerAcct, Direction: store.Incoming, Type: uint8(msg.Type),
@@ -829,17 +834,18 @@ func (n *Node) putSession(tx *store.Tx, sess *protocol.Session, now time.Time) e
 	return nil
 }
 
-// putTags indexes the session's receiving tags for the live epochs. Tags
+// putTags indexes the session's receiving tags (versions 1 and 2) for the live epochs. Tags
 // already present are rewritten in place; the cost is a few small puts.
 func (n *Node) putTags(tx *store.Tx, sess *protocol.Session, now time.Time) error {
 	peerAcct := [32]byte(sess.Peer())
 	for _, e := range protocol.LiveEpochs(now) {
-		t := sess.RecvTag(e)
-		if a, _, err := tx.LookupTag(t); err == nil && a == peerAcct {
-			continue
-		}
-		if err := tx.PutTag(t, peerAcct, e); err != nil {
-			return err
+		for _, t := range []protocol.Tag{sess.RecvTag(e), sess.RecvTag2(e)} {
+			if a, _, err := tx.LookupTag(t); err == nil && a == peerAcct {
+				continue
+			}
+			if err := tx.PutTag(t, peerAcct, e); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -151,7 +151,7 @@ func (n *Node) Send(ctx context.Context, name, text string) (Message, error) {
 				return err
 			}
 			if sess != nil {
-				if e.Envelope, err = n.seal(sess, stored, now); err != nil {
+				if e.Envelope, err = n.seal(tx, sess, stored, now); err != nil {
 					return err
 				}
 				if err := n.putSession(tx, sess, now); err != nil {
@@ -311,10 +311,10 @@ func sealTTL(sentAt, now time.Time, ttl time.Duration) time.Duration {
 	return min(max(envelopeExpiry(sentAt, ttl).Sub(now), time.Minute), protocol.MaxTTL)
 }
 
-func (n *Node) seal(sess *protocol.Session, m store.Message, now time.Time) ([]byte, error) {
+func (n *Node) seal(tx *store.Tx, sess *protocol.Session, m store.Message, now time.Time) ([]byte, error) {
 	env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
 		Sender: n.account(), ID: m.ID, Sent: m.SentAt, Seq: m.PeerSeq, Type: protocol.ContentType(m.Type), Body: m.Body,
-	}, sealTTL(m.SentAt, now, n.cfg.MessageTTL))
+	}, sealTTL(m.SentAt, now, n.cfg.MessageTTL), n.sealOpts(tx, m.Contact)...)
 	if err != nil {
 		return nil, err
 	}
@@ -638,7 +638,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 				if err != nil {
 					return err
 				}
-				env, err := n.seal(sess, m, now)
+				env, err := n.seal(tx, sess, m, now)
 				if err != nil {
 					return err
 				}

@@ -41,6 +41,7 @@ type mailboxes struct {
 	gossip *p2p.Gossip
 	client *mailbox.Client
 	svc    *mailbox.Service
+	user   *mailbox.User // version 2
 
 	mu     sync.Mutex
 	tags   map[protocol.Tag]bool // tags this node receives under
@@ -67,6 +68,9 @@ func (n *Node) startMailboxes(h *p2p.Host) error {
 	}
 	if err := n.resubscribe(); err != nil {
 		n.cfg.Logger.Warn("live mailbox subscription", "err", err)
+	}
+	if err := n.startUser(h); err != nil {
+		return err
 	}
 	n.wg.Add(1)
 	go n.syncLoop()
@@ -105,33 +109,12 @@ func (n *Node) myTags() (map[protocol.Tag]bool, error) {
 		tags[protocol.IntroTag(n.account(), e)] = true
 	}
 	err := n.db.View(func(tx *store.Tx) error {
-		cs, err := tx.ListContacts()
-		if err != nil {
-			return err
-		}
-		for _, c := range cs {
-			// The session through the cache (decoding costs an X25519
-			// multiplication per session, and this runs at every sync);
-			// the rare spare session after a simultaneous initiation
-			// directly.
-			var sessions []*protocol.Session
-			if s, err := n.loadSession(tx, c.Account); err == nil && s != nil {
-				sessions = append(sessions, s)
+		return n.eachSession(tx, func(_ store.Contact, s *protocol.Session) error {
+			for _, e := range live {
+				tags[s.RecvTag(e)] = true
 			}
-			alt, err := altSession(tx, c.Account)
-			if err != nil {
-				return err
-			}
-			if alt != nil {
-				sessions = append(sessions, alt)
-			}
-			for _, s := range sessions {
-				for _, e := range live {
-					tags[s.RecvTag(e)] = true
-				}
-			}
-		}
-		return nil
+			return nil
+		})
 	})
 	return tags, err
 }
@@ -235,6 +218,8 @@ func (n *Node) syncLoop() {
 				if err := n.resubscribe(); err != nil {
 					n.cfg.Logger.Warn("live mailbox subscription", "err", err)
 				}
+				// A new session: its tags to register, the mailboxes to announce.
+				n.kickSync()
 				continue
 			case <-n.mbx.syncKick:
 				if d := time.Since(last); d < minSyncGap {
@@ -255,6 +240,10 @@ func (n *Node) syncLoop() {
 		if _, err := n.SyncMailboxes(n.ctx); err != nil && n.ctx.Err() == nil {
 			n.cfg.Logger.Info("mailbox sync", "err", err)
 		}
+		if _, err := n.mbx.user.Round(n.ctx); err != nil && n.ctx.Err() == nil {
+			n.cfg.Logger.Info("mailbox sync (version 2)", "err", err)
+		}
+		n.announceMailboxes()
 	}
 }
 
@@ -368,6 +357,17 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 	now := n.now()
 	var done []store.OutboxEntry
 	var counts []int
+	// A contact that announced version 2 mailboxes gets pushes there.
+	var sess *protocol.Session
+	var mbxs []peer.AddrInfo
+	n.db.View(func(tx *store.Tx) error {
+		if mbxs = mailbox.ContactMailboxes(tx, todo[0].Contact); mbxs != nil {
+			sess, _ = n.loadSession(tx, todo[0].Contact)
+		}
+		return nil
+	})
+	var p mailbox.Pusher
+	defer p.Close()
 	for _, e := range todo {
 		if !e.Expires.IsZero() && now.After(e.Expires) {
 			break // the delivery loop fails it, visibly
@@ -380,9 +380,15 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 			continue
 		}
 		t0 := time.Now()
-		k, err := n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
+		var k int
+		key, v2 := writeKey(sess, env, now)
+		if v2 {
+			k, err = p.Push(ctx, mbxs, protocol.SealPairDeposit(key, e.Envelope))
+		} else {
+			k, err = n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
+		}
 		if n.debugOn() {
-			n.cfg.Logger.Debug("mailbox deposit", "kind", e.Kind, "id", hex.EncodeToString(e.MsgID[:]), "copies", k, "took", time.Since(t0), "err", err)
+			n.cfg.Logger.Debug("mailbox deposit", "kind", e.Kind, "v2", v2, "id", hex.EncodeToString(e.MsgID[:]), "copies", k, "took", time.Since(t0), "err", err)
 		}
 		if err != nil {
 			n.cfg.Logger.Info("mailbox deposit", "err", err)
@@ -436,45 +442,17 @@ func (n *Node) mailboxHeld() *MailboxHeld {
 	if !n.cfg.Mailbox {
 		return nil
 	}
-	var h MailboxHeld
-	n.db.View(func(tx *store.Tx) error {
-		var err error
-		h.Envelopes, h.Bytes, err = tx.MailboxStats()
-		return err
-	})
+	h := mailbox.Held(n.db)
 	return &h
 }
 
 // HeldEnvelope is one envelope a mailbox node holds, as the mailbox sees
-// it: outer fields and ciphertext only.
-type HeldEnvelope struct {
-	Tag        [32]byte
-	Expiry     time.Time
-	Size       int
-	Ciphertext []byte
-	Envelope   []byte // the whole envelope, as it travels
-}
+// it.
+type HeldEnvelope = mailbox.HeldEnvelope
 
 // MailboxPeek lists up to limit envelopes this node holds as a mailbox,
 // oldest first.
-func (n *Node) MailboxPeek(limit int) ([]HeldEnvelope, error) {
-	var out []HeldEnvelope
-	err := n.db.View(func(tx *store.Tx) error {
-		es, err := tx.MailboxPeek(limit)
-		if err != nil {
-			return err
-		}
-		for _, e := range es {
-			env, err := protocol.ParseEnvelope(e.Envelope)
-			if err != nil {
-				return err
-			}
-			out = append(out, HeldEnvelope{Tag: env.Tag, Expiry: env.Expiry, Size: len(e.Envelope), Ciphertext: env.Ciphertext, Envelope: e.Envelope})
-		}
-		return nil
-	})
-	return out, err
-}
+func (n *Node) MailboxPeek(limit int) ([]HeldEnvelope, error) { return mailbox.Peek(n.db, limit) }
 
 // SealedEnvelope is the sealed envelope of outgoing message id while it
 // waits in the outbox: the bytes that travel, and that mailboxes hold.

@@ -1,0 +1,207 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/mailbox"
+	"github.com/sotto-im/sotto/p2p"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
+)
+
+// The messenger's side of version 2 mailboxes (protocol/SPEC.md,
+// "Mailboxes, version 2"): a mailbox.User receives at the mailboxes of
+// Config.MailboxNodes or the DHT; the node gives it the sessions' tags to
+// register and takes what it reads, tells every contact of its mailboxes
+// inside the ratchet, and pushes to the mailboxes a contact told it of.
+
+// toldMailboxesPrefix + base64url(account) holds the SHA-256 of the
+// announcement last queued for the contact.
+const toldMailboxesPrefix = "mbx2-told/"
+
+// errStoreFailed marks an envelope the node could not take because its
+// store failed: no fault of the envelope.
+var errStoreFailed = errors.New("node: store")
+
+// startUser sets up the mailbox.User and keeps its filters open.
+func (n *Node) startUser(h *p2p.Host) error {
+	u, err := mailbox.NewUser(mailbox.UserConfig{
+		DB: n.db, Static: n.cfg.MailboxNodes, K: n.cfg.MailboxCopies, Self: h.ID(), Kick: n.kickSync,
+		Find:          func(ctx context.Context) []peer.AddrInfo { return mailbox.FindMailboxNodes(ctx, h, 20) },
+		Registrations: n.registrations, Deliver: n.deliver2, Now: n.cfg.Now, Logger: n.cfg.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	n.mbx.user = u
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		u.RunFilters(n.ctx)
+	}()
+	return nil
+}
+
+// registrations lists the version 2 pairwise tags of every session's
+// incoming messages in the live epochs.
+func (n *Node) registrations(now time.Time) []mailbox.Registration {
+	live := protocol.LiveEpochs(now)
+	var out []mailbox.Registration
+	err := n.db.View(func(tx *store.Tx) error {
+		return n.eachSession(tx, func(_ store.Contact, s *protocol.Session) error {
+			for _, e := range live {
+				out = append(out, mailbox.Registration{Kind: store.RegPair, Tag: s.RecvTag2(e), Epoch: e})
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		n.cfg.Logger.Warn("listing mailbox registrations", "err", err)
+	}
+	return out
+}
+
+// deliver2 takes an envelope the User read or was pushed and hands it
+// the delete token; it tells junk from a failure of its own.
+func (n *Node) deliver2(_ peer.ID, env []byte) error {
+	r := n.enqueueReq(n.ctx, "", env, store.ViaMailbox)
+	var err error
+	select {
+	case err = <-r.res:
+	case <-n.ctx.Done():
+		return p2p.ErrClosed
+	}
+	if e, perr := protocol.ParseEnvelope(r.raw); r.hasToken && perr == nil {
+		n.mbx.user.Taken(e.Tag, r.token)
+	}
+	switch {
+	case err == nil || errors.Is(err, p2p.ErrDuplicateEnvelope):
+		return nil
+	case errors.Is(err, errStoreFailed), errors.Is(err, p2p.ErrClosed), errors.Is(err, ErrLocked), n.ctx.Err() != nil:
+		return err
+	}
+	return fmt.Errorf("%w: %w", mailbox.ErrJunk, err)
+}
+
+// eachSession calls fn with every contact's session, and the spare
+// session kept after a simultaneous initiation while it lasts.
+func (n *Node) eachSession(tx *store.Tx, fn func(store.Contact, *protocol.Session) error) error {
+	cs, err := tx.ListContacts()
+	if err != nil {
+		return err
+	}
+	for _, c := range cs {
+		// Through the cache: decoding costs an X25519 multiplication.
+		s, err := n.loadSession(tx, c.Account)
+		if err != nil {
+			n.cfg.Logger.Error("stored session does not load", "contact", c.Name, "err", err)
+		} else if s != nil {
+			if err := fn(c, s); err != nil {
+				return err
+			}
+		}
+		alt, err := altSession(tx, c.Account)
+		if err != nil {
+			return err
+		}
+		if alt != nil {
+			if err := fn(c, alt); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// announceMailboxes queues, for every contact with a session that has not
+// been told the current set, a mailbox announcement (content type 0x03)
+// sealed on the session. It travels like a receipt: nobody is shown it,
+// and it leaves the outbox once delivered or deposited.
+func (n *Node) announceMailboxes() {
+	own := n.mbx.user.Mailboxes()
+	if len(own) == 0 || n.me == nil {
+		return
+	}
+	body, err := mailbox.EncodeAnnouncement(own)
+	if err != nil {
+		n.cfg.Logger.Error("encoding the mailbox announcement", "err", err)
+		return
+	}
+	sum := sha256.Sum256(body)
+	now := n.now()
+	queued := false
+	err = n.db.Update(func(tx *store.Tx) error {
+		queued = false
+		cs, err := tx.ListContacts()
+		if err != nil {
+			return err
+		}
+		for _, c := range cs {
+			key := toldMailboxesPrefix + base64.RawURLEncoding.EncodeToString(c.Account[:])
+			if b, err := tx.GetSetting(key); c.KeyChange != nil || (err == nil && bytes.Equal(b, sum[:])) {
+				continue
+			}
+			sess, _, err := n.takeSession(tx, c.Account)
+			if err != nil || sess == nil {
+				continue
+			}
+			id, err := newMessageID(n.cfg.Rand, now)
+			if err != nil {
+				return err
+			}
+			env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
+				Sender: n.account(), ID: id, Sent: now, Type: protocol.ContentMailboxes, Body: body,
+			}, sealTTL(now, now, n.cfg.MessageTTL), n.sealOpts(tx, c.Account)...)
+			if err != nil {
+				return fmt.Errorf("sealing the mailbox announcement: %w", err)
+			}
+			if err := tx.PutOutbox(store.OutboxEntry{
+				MsgID: id, Contact: c.Account, Envelope: env.Marshal(), Kind: store.OutboxReceipt,
+				Created: now, NextAttempt: now, Expires: env.Expiry,
+			}); err != nil {
+				return err
+			}
+			if err := n.putSession(tx, sess, now); err != nil {
+				return err
+			}
+			if err := tx.PutSetting(key, sum[:]); err != nil {
+				return err
+			}
+			queued = true
+		}
+		return nil
+	})
+	if err != nil {
+		n.cfg.Logger.Error("queueing mailbox announcements", "err", err)
+	}
+	if queued {
+		n.kickOutbox()
+	}
+}
+
+// sealOpts are the Seal options for messages to acct: version 2 tags once
+// it announced version 2 mailboxes.
+func (n *Node) sealOpts(tx *store.Tx, acct [32]byte) []protocol.SealOption {
+	if mailbox.ContactMailboxes(tx, acct) != nil {
+		return []protocol.SealOption{protocol.WithVersion2Tags()}
+	}
+	return nil
+}
+
+// writeKey is the key that signs env's deposit when it is under a
+// version 2 tag of sess (nil: it goes by version 1).
+func writeKey(sess *protocol.Session, env *protocol.Envelope, now time.Time) (ed25519.PrivateKey, bool) {
+	if sess == nil {
+		return nil, false
+	}
+	return sess.SendWriteKey(env.Tag, now)
+}
