@@ -2,8 +2,8 @@ package mailbox
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"

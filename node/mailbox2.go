@@ -3,7 +3,6 @@ package node
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -124,8 +123,7 @@ func (n *Node) eachSession(tx *store.Tx, fn func(store.Contact, *protocol.Sessio
 
 // announceMailboxes queues, for every contact with a session that has not
 // been told the current set, a mailbox announcement (content type 0x03)
-// sealed on the session. It travels like a receipt: nobody is shown it,
-// and it leaves the outbox once delivered or deposited.
+// sealed on the session, as a control entry (queueControl).
 func (n *Node) announceMailboxes() {
 	own := n.mbx.user.Mailboxes()
 	if len(own) == 0 || n.me == nil {
@@ -154,20 +152,7 @@ func (n *Node) announceMailboxes() {
 			if err != nil || sess == nil {
 				continue
 			}
-			id, err := newMessageID(n.cfg.Rand, now)
-			if err != nil {
-				return err
-			}
-			env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
-				Sender: n.account(), ID: id, Sent: now, Type: protocol.ContentMailboxes, Body: body,
-			}, sealTTL(now, now, n.cfg.MessageTTL), n.sealOpts(tx, c.Account)...)
-			if err != nil {
-				return fmt.Errorf("sealing the mailbox announcement: %w", err)
-			}
-			if err := tx.PutOutbox(store.OutboxEntry{
-				MsgID: id, Contact: c.Account, Envelope: env.Marshal(), Kind: store.OutboxReceipt,
-				Created: now, NextAttempt: now, Expires: env.Expiry,
-			}); err != nil {
+			if err := n.queueControl(tx, sess, c.Account, protocol.ContentMailboxes, body, now); err != nil {
 				return err
 			}
 			if err := n.putSession(tx, sess, now); err != nil {
@@ -195,13 +180,4 @@ func (n *Node) sealOpts(tx *store.Tx, acct [32]byte) []protocol.SealOption {
 		return []protocol.SealOption{protocol.WithVersion2Tags()}
 	}
 	return nil
-}
-
-// writeKey is the key that signs env's deposit when it is under a
-// version 2 tag of sess (nil: it goes by version 1).
-func writeKey(sess *protocol.Session, env *protocol.Envelope, now time.Time) (ed25519.PrivateKey, bool) {
-	if sess == nil {
-		return nil, false
-	}
-	return sess.SendWriteKey(env.Tag, now)
 }

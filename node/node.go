@@ -383,7 +383,6 @@ func Open(cfg Config) (*Node, error) {
 	n.firstContact = p2p.NewPeerLimiter(firstContactRate, firstContactBurst)
 	n.strange = p2p.NewPeerLimiter(strangeRate, strangeBurst)
 	n.mbx.syncKick = make(chan struct{}, 1)
-	n.mbx.resub = make(chan struct{}, 1)
 	return n, nil
 }
 

@@ -219,7 +219,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 		n.kickOutbox()
 	}
 	if newSession {
-		n.kickResubscribe()
+		n.kickSync() // its tags to register, the mailboxes to announce
 	}
 	if held {
 		n.kickRelease()
@@ -362,20 +362,7 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *ingestBatch, now time.Time) (bool,
 			k := min(len(ids), maxReceiptIDs*protocol.MessageIDSize)
 			body := ids[:k]
 			ids = ids[k:]
-			rid, err := newMessageID(n.cfg.Rand, now)
-			if err != nil {
-				return false, err
-			}
-			renv, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
-				Sender: n.account(), ID: rid, Sent: now, Type: protocol.ContentReceipt, Body: body,
-			}, sealTTL(now, now, n.cfg.MessageTTL), n.sealOpts(tx, acct)...)
-			if err != nil {
-				return false, fmt.Errorf("sealing receipt: %w", err)
-			}
-			if err := tx.PutOutbox(store.OutboxEntry{
-				MsgID: rid, Contact: acct, Envelope: renv.Marshal(), Kind: store.OutboxReceipt,
-				Created: now, NextAttempt: now, Expires: renv.Expiry,
-			}); err != nil {
+			if err := n.queueControl(tx, sess, acct, protocol.ContentReceipt, body, now); err != nil {
 				return false, err
 			}
 			queued = true
@@ -383,6 +370,26 @@ func (n *Node) sealReceipts(tx *store.Tx, rc *ingestBatch, now time.Time) (bool,
 		rc.changed(sess)
 	}
 	return queued, nil
+}
+
+// queueControl seals a message of type typ (a receipt, a mailbox
+// announcement) on sess and queues it to acct as a control entry: nobody
+// is shown it, and it leaves the outbox once delivered or deposited. The
+// caller saves sess.
+func (n *Node) queueControl(tx *store.Tx, sess *protocol.Session, acct [32]byte, typ protocol.ContentType, body []byte, now time.Time) error {
+	id, err := newMessageID(n.cfg.Rand, now)
+	if err != nil {
+		return err
+	}
+	env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{Sender: n.account(), ID: id, Sent: now, Type: typ, Body: body},
+		sealTTL(now, now, n.cfg.MessageTTL), n.sealOpts(tx, acct)...)
+	if err != nil {
+		return fmt.Errorf("sealing a message of type %d: %w", typ, err)
+	}
+	return tx.PutOutbox(store.OutboxEntry{
+		MsgID: id, Contact: acct, Envelope: env.Marshal(), Kind: store.OutboxReceipt,
+		Created: now, NextAttempt: now, Expires: env.Expiry,
+	})
 }
 
 // keepToken records the delete token of an envelope just processed, and,

@@ -650,7 +650,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			return n.putSession(tx, sess, now)
 		})
 		if err == nil && newSession {
-			n.kickResubscribe()
+			n.kickSync() // its tags to register, the mailboxes to announce
 		}
 		if err != nil {
 			n.cfg.Logger.Error("sealing queued messages", "contact", c.Name, "err", err)

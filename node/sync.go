@@ -2,11 +2,9 @@ package node
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
-	"maps"
-	"slices"
-	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -35,21 +33,16 @@ const (
 	syncTimeout = 2 * time.Minute
 )
 
-// mailboxes is the node's mailbox machinery: the gossip router, the
-// client, the service (when serving), and the live subscription.
+// mailboxes is the node's mailbox machinery: the gossip router (which
+// only a mailbox node's service joins topics on), the version 1 client,
+// the service (when serving), and the version 2 user side, which receives
+// live through filters at the node's own mailboxes.
 type mailboxes struct {
-	gossip *p2p.Gossip
-	client *mailbox.Client
-	svc    *mailbox.Service
-	user   *mailbox.User // version 2
-
-	mu     sync.Mutex
-	tags   map[protocol.Tag]bool // tags this node receives under
-	shards []uint16              // shards subscribed for live delivery
-	unsub  func()
-
+	gossip   *p2p.Gossip
+	client   *mailbox.Client
+	svc      *mailbox.Service
+	user     *mailbox.User
 	syncKick chan struct{}
-	resub    chan struct{}
 }
 
 // startMailboxes sets up, on the gossip router, the mailbox client and (when configured)
@@ -66,9 +59,6 @@ func (n *Node) startMailboxes(h *p2p.Host) error {
 	if m.client, err = mailbox.NewClient(h, g, mailbox.WithStaticMailboxes(n.cfg.Mailboxes...), mailbox.WithClientClock(n.cfg.Now)); err != nil {
 		return err
 	}
-	if err := n.resubscribe(); err != nil {
-		n.cfg.Logger.Warn("live mailbox subscription", "err", err)
-	}
 	if err := n.startUser(h); err != nil {
 		return err
 	}
@@ -80,13 +70,6 @@ func (n *Node) startMailboxes(h *p2p.Host) error {
 // closeMailboxes stops the client, the service and gossip (before the host).
 func (n *Node) closeMailboxes() {
 	m := &n.mbx
-	m.mu.Lock()
-	unsub := m.unsub
-	m.unsub = nil
-	m.mu.Unlock()
-	if unsub != nil {
-		unsub()
-	}
 	if m.client != nil {
 		m.client.Close()
 	}
@@ -101,93 +84,21 @@ func (n *Node) closeMailboxes() {
 // myTags lists every tag an envelope for this node can carry in the live
 // epochs: its intro tags and each session's (and spare session's)
 // receiving tags.
-func (n *Node) myTags() (map[protocol.Tag]bool, error) {
-	now := n.now()
-	live := protocol.LiveEpochs(now)
-	tags := make(map[protocol.Tag]bool)
+func (n *Node) myTags() ([]protocol.Tag, error) {
+	live := protocol.LiveEpochs(n.now())
+	var tags []protocol.Tag
 	for _, e := range live {
-		tags[protocol.IntroTag(n.account(), e)] = true
+		tags = append(tags, protocol.IntroTag(n.account(), e))
 	}
 	err := n.db.View(func(tx *store.Tx) error {
 		return n.eachSession(tx, func(_ store.Contact, s *protocol.Session) error {
 			for _, e := range live {
-				tags[s.RecvTag(e)] = true
+				tags = append(tags, s.RecvTag(e))
 			}
 			return nil
 		})
 	})
 	return tags, err
-}
-
-// resubscribe follows the shards of this node's current tags on gossip so
-// that deposits for it arrive at once.
-func (n *Node) resubscribe() error {
-	m := &n.mbx
-	if m.client == nil {
-		return nil
-	}
-	tags, err := n.myTags()
-	if err != nil {
-		return err
-	}
-	set := map[uint16]bool{}
-	for t := range tags {
-		set[t.Shard(mailbox.Shards)] = true
-	}
-	var shards []uint16
-	for s := range set {
-		shards = append(shards, s)
-	}
-	slices.Sort(shards)
-	m.mu.Lock()
-	m.tags = tags
-	same := slices.Equal(shards, m.shards)
-	m.mu.Unlock()
-	if same {
-		return nil
-	}
-	unsub, err := m.client.SubscribeShards(shards, n.liveEnvelope, func(peer.ID) { n.kickSync() })
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	old := m.unsub
-	m.unsub, m.shards = unsub, shards
-	m.mu.Unlock()
-	if old != nil {
-		old()
-	}
-	return nil
-}
-
-// kickResubscribe asks the sync loop to recompute the subscription (after
-// a new session).
-func (n *Node) kickResubscribe() {
-	select {
-	case n.mbx.resub <- struct{}{}:
-	default:
-	}
-}
-
-// liveEnvelope takes a deposit seen on gossip: one under this node's tags
-// is processed at once, like a direct delivery.
-func (n *Node) liveEnvelope(env []byte) {
-	env = slices.Clone(env)
-	e, err := protocol.ParseEnvelope(env)
-	if err != nil {
-		return
-	}
-	n.mbx.mu.Lock()
-	mine := n.mbx.tags[e.Tag]
-	n.mbx.mu.Unlock()
-	if !mine {
-		return
-	}
-	r := n.enqueueReq(n.ctx, "", env, store.ViaMailbox)
-	select {
-	case <-r.res:
-	case <-n.ctx.Done():
-	}
 }
 
 // kickSync asks for a mailbox sync soon.
@@ -214,13 +125,6 @@ func (n *Node) syncLoop() {
 			select {
 			case <-n.ctx.Done():
 				return
-			case <-n.mbx.resub:
-				if err := n.resubscribe(); err != nil {
-					n.cfg.Logger.Warn("live mailbox subscription", "err", err)
-				}
-				// A new session: its tags to register, the mailboxes to announce.
-				n.kickSync()
-				continue
 			case <-n.mbx.syncKick:
 				if d := time.Since(last); d < minSyncGap {
 					select {
@@ -234,9 +138,6 @@ func (n *Node) syncLoop() {
 		}
 		first = false
 		last = time.Now()
-		if err := n.resubscribe(); err != nil {
-			n.cfg.Logger.Warn("live mailbox subscription", "err", err)
-		}
 		if _, err := n.SyncMailboxes(n.ctx); err != nil && n.ctx.Err() == nil {
 			n.cfg.Logger.Info("mailbox sync", "err", err)
 		}
@@ -272,7 +173,7 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	asked, done, more, err := m.client.SyncAll(ctx, slices.Collect(maps.Keys(tags)), syncPage, maxSyncEnvelopes, syncTimeout, func(mbxs int, envs [][]byte) ([]*[32]byte, error) {
+	asked, done, more, err := m.client.SyncAll(ctx, tags, syncPage, maxSyncEnvelopes, syncTimeout, func(mbxs int, envs [][]byte) ([]*[32]byte, error) {
 		n.events.publish(Event{Type: EventSyncProgress, Sync: &SyncProgress{Mailboxes: mbxs}})
 		// Processed in that order (the committer groups them into batches).
 		pending := make([]*ingestReq, len(envs))
@@ -381,7 +282,11 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		}
 		t0 := time.Now()
 		var k int
-		key, v2 := writeKey(sess, env, now)
+		var key ed25519.PrivateKey
+		v2 := false
+		if sess != nil {
+			key, v2 = sess.SendWriteKey(env.Tag, now)
+		}
 		if v2 {
 			k, err = p.Push(ctx, mbxs, protocol.SealPairDeposit(key, e.Envelope))
 		} else {
@@ -438,12 +343,11 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 
 // MailboxHeld reports what this node holds as a mailbox (nil if it serves
 // none).
-func (n *Node) mailboxHeld() *MailboxHeld {
-	if !n.cfg.Mailbox {
-		return nil
+func (n *Node) mailboxHeld() (h *MailboxHeld) {
+	if n.cfg.Mailbox {
+		h = new(mailbox.Held(n.db))
 	}
-	h := mailbox.Held(n.db)
-	return &h
+	return h
 }
 
 // HeldEnvelope is one envelope a mailbox node holds, as the mailbox sees

@@ -23,7 +23,7 @@ type OutboxKind uint8
 // Outbox kinds.
 const (
 	OutboxMessage OutboxKind = 1 // a user message
-	OutboxReceipt OutboxKind = 2 // a delivery receipt
+	OutboxReceipt OutboxKind = 2 // a control message: a delivery receipt or a mailbox announcement
 )
 
 func (k OutboxKind) String() string {
