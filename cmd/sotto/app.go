@@ -41,7 +41,10 @@ type RunConfig struct {
 	Listen    []string // multiaddrs; empty means the node's defaults
 	Bootstrap []string // multiaddrs of peers to join the network through
 	Mailbox   bool     // also serve as a mailbox for others
-	NoMDNS    bool     // no LAN discovery (--no-mdns or SOTTO_NO_MDNS=1)
+	// MailboxNodes are multiaddrs of mailbox nodes to receive at
+	// (--mailbox-node); without them the node chooses from the DHT.
+	MailboxNodes []string
+	NoMDNS       bool // no LAN discovery (--no-mdns or SOTTO_NO_MDNS=1)
 	// LAN: every node can dial every other (one machine, a LAN without
 	// NAT): DHT server, private addresses kept, no NAT traversal.
 	LAN bool

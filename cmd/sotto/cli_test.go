@@ -641,10 +641,11 @@ func TestRunServesAPI(t *testing.T) {
 		c := &cli{app: runner.app, stdin: strings.NewReader(""), stdout: io.Discard, stderr: logs,
 			getenv: func(k string) string { return runner.env[k] }}
 		done <- c.main(ctx, []string{"run", "--listen", "/ip4/127.0.0.1/tcp/0", "--mailbox",
-			"--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--bootstrap", "/ip4/127.0.0.1/tcp/4001/p2p/x"})
+			"--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--bootstrap", "/ip4/127.0.0.1/tcp/4001/p2p/x",
+			"--mailbox-node", "/ip4/127.0.0.1/tcp/4002/p2p/y", "--mailbox-node", "/ip4/127.0.0.1/tcp/4003/p2p/z"})
 	}()
 	<-ready
-	if len(cfg.Listen) != 2 || len(cfg.Bootstrap) != 1 || !cfg.Mailbox || cfg.DataDir != dir || cfg.Passphrase != nil {
+	if len(cfg.Listen) != 2 || len(cfg.Bootstrap) != 1 || len(cfg.MailboxNodes) != 2 || !cfg.Mailbox || cfg.DataDir != dir || cfg.Passphrase != nil {
 		t.Errorf("RunConfig = %+v", cfg)
 	}
 	logs.waitFor(t, "control socket ready")
@@ -673,5 +674,23 @@ func TestRunServesAPI(t *testing.T) {
 	cancel()
 	if code := <-done; code != 0 {
 		t.Errorf("run after interrupt: exit %d, log %s", code, logs.String())
+	}
+}
+
+// Peer addresses on the command line must be multiaddrs with a peer ID;
+// the error names the flag and says what to do.
+func TestParsePeersNamesTheFlag(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"not-an-addr", `--mailbox-node "not-an-addr" is not a multiaddr`},
+		{"/ip4/198.51.100.7/tcp/4001", `--mailbox-node "/ip4/198.51.100.7/tcp/4001" has no peer ID: end it with /p2p/PEERID`},
+	} {
+		_, err := parsePeers("--mailbox-node", []string{tc.addr})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parsePeers(%q) = %v, want %q", tc.addr, err, tc.want)
+		}
+	}
+	const id = "/p2p/12D3KooWGZcF7ZGYH1aGTt7Fj9svhG6a3ufW5qbYtg879HboyVxV"
+	if ps, err := parsePeers("--mailbox-node", []string{"/ip4/198.51.100.7/tcp/4001" + id, "/ip4/198.51.100.7/udp/4001/quic-v1" + id}); err != nil || len(ps) != 1 || len(ps[0].Addrs) != 2 {
+		t.Errorf("parsePeers of two addresses of one node = %v, %v; want one peer with both", ps, err)
 	}
 }

@@ -101,22 +101,27 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 	if err != nil {
 		return err
 	}
+	mailboxNodes, err := parsePeers("--mailbox-node", cfg.MailboxNodes)
+	if err != nil {
+		return err
+	}
 	for _, a := range cfg.Listen {
 		if _, err := ma.NewMultiaddr(a); err != nil {
 			return usagef("--listen %q is not a multiaddr: %v", a, err)
 		}
 	}
 	ncfg := node.Config{
-		DataDir:     cfg.DataDir,
-		Passphrase:  cfg.Passphrase,
-		ListenAddrs: cfg.Listen,
-		Bootstrap:   bootstrap,
-		NoMDNS:      cfg.NoMDNS,
-		NoNAT:       cfg.LAN,
-		Public:      cfg.Public,
-		Relay:       cfg.Relay,
-		Infra:       cfg.Infra,
-		Logger:      cfg.Log,
+		DataDir:      cfg.DataDir,
+		Passphrase:   cfg.Passphrase,
+		ListenAddrs:  cfg.Listen,
+		Bootstrap:    bootstrap,
+		NoMDNS:       cfg.NoMDNS,
+		MailboxNodes: mailboxNodes,
+		NoNAT:        cfg.LAN,
+		Public:       cfg.Public,
+		Relay:        cfg.Relay,
+		Infra:        cfg.Infra,
+		Logger:       cfg.Log,
 	}
 	for _, a := range cfg.Announce {
 		if _, err := ma.NewMultiaddr(a); err != nil {
@@ -219,15 +224,19 @@ func p2pAddrs(n *node.Node) []string {
 
 // parseBootstrap parses --bootstrap values, each a multiaddr that ends in
 // /p2p/PEERID; addresses of one peer are merged.
-func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
+func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) { return parsePeers("--bootstrap", addrs) }
+
+// parsePeers parses the values of flag, each a multiaddr that ends in
+// /p2p/PEERID; addresses of one peer are merged.
+func parsePeers(flag string, addrs []string) ([]peer.AddrInfo, error) {
 	var mas []ma.Multiaddr
 	for _, s := range addrs {
 		a, err := ma.NewMultiaddr(s)
 		if err != nil {
-			return nil, usagef("--bootstrap %q is not a multiaddr: %v", s, err)
+			return nil, usagef("%s %q is not a multiaddr: %v", flag, s, err)
 		}
 		if _, err := a.ValueForProtocol(ma.P_P2P); err != nil {
-			return nil, usagef("--bootstrap %q has no peer ID: end it with /p2p/PEERID (`sotto run` prints its full addresses)", s)
+			return nil, usagef("%s %q has no peer ID: end it with /p2p/PEERID (`sotto run` prints its full addresses)", flag, s)
 		}
 		mas = append(mas, a)
 	}
@@ -236,7 +245,7 @@ func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
 	}
 	infos, err := peer.AddrInfosFromP2pAddrs(mas...)
 	if err != nil {
-		return nil, usagef("--bootstrap: %v", err)
+		return nil, usagef("%s: %v", flag, err)
 	}
 	return infos, nil
 }

@@ -85,7 +85,7 @@ func readPassphrase(path string) ([]byte, error) {
 
 var runCommand = &command{
 	name:     "run",
-	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox] [--no-mdns] [--passphrase-file FILE] [--api-listen HOST:PORT] [--metrics-listen HOST:PORT] [--public] [--relay] [--infra] [--lan] [--announce MULTIADDR]...",
+	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox] [--mailbox-node MULTIADDR]... [--no-mdns] [--passphrase-file FILE] [--api-listen HOST:PORT] [--metrics-listen HOST:PORT] [--public] [--relay] [--infra] [--lan] [--announce MULTIADDR]...",
 	summary:  "run the node and serve the control socket until interrupted",
 	detail: "Once the node is on the network, it prints its peer ID and its addresses, one\n" +
 		"per line (\"peer id: ID\", \"address: MULTIADDR/p2p/ID\": what others pass to\n" +
@@ -110,6 +110,8 @@ var runCommand = &command{
 		fs.Var(&listen, "listen", "listen on `MULTIADDR` (repeatable)")
 		fs.Var(&bootstrap, "bootstrap", "join the network through the peer at `MULTIADDR`, which ends in /p2p/PEERID (repeatable)")
 		mailbox := fs.Bool("mailbox", false, "also hold messages for offline users (serve as a mailbox)")
+		var mailboxNodes stringList
+		fs.Var(&mailboxNodes, "mailbox-node", "receive offline messages at the mailbox node at `MULTIADDR`, which ends in /p2p/PEERID (repeatable; up to 3 are used; default: chosen from the network, in distinct networks)")
 		noMDNS := fs.Bool("no-mdns", false, "do not look for peers on the local network (mDNS)")
 		passFile := fs.String("passphrase-file", "", "read the keystore passphrase from `FILE` (default $SOTTO_PASSPHRASE_FILE)")
 		apiListen := fs.String("api-listen", "", "also serve the API over HTTP at the loopback address `HOST:PORT` (127.0.0.1:PORT, [::1]:PORT or localhost:PORT), with a bearer token")
@@ -147,14 +149,15 @@ var runCommand = &command{
 			out := newLiveWriter(c.stdout, isTerminal(c.stdout))
 			log := slog.New(slog.NewTextHandler(out.Beside(c.stderr), nil))
 			cfg := RunConfig{
-				DataDir:    dir,
-				Listen:     listen,
-				Bootstrap:  bootstrap,
-				Mailbox:    *mailbox || *infra,
-				NoMDNS:     *noMDNS || c.getenv("SOTTO_NO_MDNS") == "1",
-				Passphrase: pass,
-				Log:        log,
-				Stdout:     out,
+				DataDir:      dir,
+				Listen:       listen,
+				Bootstrap:    bootstrap,
+				Mailbox:      *mailbox || *infra,
+				MailboxNodes: mailboxNodes,
+				NoMDNS:       *noMDNS || c.getenv("SOTTO_NO_MDNS") == "1",
+				Passphrase:   pass,
+				Log:          log,
+				Stdout:       out,
 				ServeAPI: func(ctx context.Context, b api.Backend) error {
 					return serveAPI(ctx, b, dir, *apiListen, out, log)
 				},
