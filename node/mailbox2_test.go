@@ -72,7 +72,7 @@ func contactAnnounced(t *testing.T, n *Node, name string) bool {
 // version 2 tags with the session's write key (a version 1 deposit of
 // them would be refused: the tags hold registrations); Bob comes back and
 // gets each once, in order, and deletes them there; Alice sees them
-// delivered.
+// delivered. Neither user joins a gossip topic.
 func TestVersion2OfflineDelivery(t *testing.T) {
 	tn := newTestNet(t)
 	var mbx []*Node
@@ -149,6 +149,13 @@ func TestVersion2OfflineDelivery(t *testing.T) {
 	}
 	alice = tn.start(aliceDir, receiveAt)
 	waitMessages(t, ctx, alice, "bob", N+1, delivered)
+	// Users stay off the mailbox gossip; mailbox nodes carry it.
+	for name, n := range map[string]*Node{"alice": alice, "bob": bob, "mailbox": mbx[1]} {
+		topics := n.mbx.gossip.PubSub().GetTopics()
+		if (name == "mailbox") != (len(topics) > 0) {
+			t.Errorf("%s is on the gossip topics %v", name, topics)
+		}
+	}
 	// What Bob took is deleted at his mailboxes after his next round.
 	testkit.WaitFor(t, ctx, func() bool {
 		if _, err := bob.mbx.user.Round(ctx); err != nil {
