@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/sotto-im/sotto/internal/testkit"
@@ -168,4 +169,133 @@ func TestVersion2OfflineDelivery(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestVersion2WipeAttack: while Bob is away, a hostile peer pushes three
+// times a mailbox's capacity of junk under random tags and under Bob's
+// tag without its write key to both of Bob's mailboxes, and fills one of
+// them to the last byte under tags it registered itself. Every message
+// Alice sent before, during and after is acknowledged by at least one
+// mailbox, and Bob, back, gets every one exactly once, in order.
+func TestVersion2WipeAttack(t *testing.T) {
+	tn := newTestNet(t)
+	const capacity = 256 << 10
+	perPeer := mailbox.WithNetKey(func(c network.Conn) string { return c.RemotePeer().String() })
+	var mbx []*Node
+	var addrs []peer.AddrInfo
+	for i, total := range []int64{capacity, 0} {
+		m := tn.start(tn.initNode(fmt.Sprintf("mailbox%d", i)), asMailbox, func(c *Config) {
+			c.MailboxOptions = []mailbox.Option{perPeer, mailbox.WithRateLimit(1e6, 1e6), mailbox.WithLimits(store.MailboxLimits{TotalBytes: total})}
+		})
+		mbx = append(mbx, m)
+		addrs = append(addrs, m.Host().AddrInfo())
+	}
+	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
+	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+	alice, bob := tn.start(aliceDir, receiveAt), tn.start(bobDir, receiveAt)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testkit.Context(t, 150*time.Second)
+	if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, bob, "alice", 1, incoming)
+	testkit.WaitFor(t, ctx, func() bool { return contactAnnounced(t, alice, "bob") })
+	if _, err := bob.mbx.user.Round(ctx); err != nil {
+		t.Fatalf("bob's round: %v", err)
+	}
+	var victimTag protocol.Tag
+	alice.db.View(func(tx *store.Tx) error {
+		s, err := alice.loadSession(tx, storedContact(t, alice, "bob").Account)
+		victimTag = s.SendTag2(protocol.Epoch(time.Now()))
+		return err
+	})
+	bob.Close()
+
+	sent := 1
+	send := func(n int) {
+		for range n {
+			if _, err := alice.Send(ctx, "bob", fmt.Sprintf("msg %03d", sent)); err != nil {
+				t.Error(err)
+			}
+			sent++
+		}
+	}
+	send(10) // before
+
+	h, err := p2p.NewEphemeral()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	attacker := mailbox.NewClient2(ctx, h)
+	now := time.Now()
+	e := protocol.Epoch(now)
+	junkEnv := func(tag protocol.Tag, size int) []byte {
+		ct := make([]byte, size)
+		rand.Read(ct)
+		return (&protocol.Envelope{Version: protocol.EnvelopeVersion, Tag: tag, Expiry: now.Add(time.Hour), Ciphertext: ct}).Marshal()
+	}
+	flooded := make(chan struct{})
+	go func() {
+		defer close(flooded)
+		for junk := 0; junk < 3*capacity && ctx.Err() == nil; {
+			var random protocol.Tag
+			rand.Read(random[:])
+			for _, tag := range []protocol.Tag{random, victimTag} {
+				env := junkEnv(tag, 4000)
+				dep := protocol.SealPairDeposit(protocol.WriteKey([32]byte{byte(junk)}, protocol.FromInitiator, e), env)
+				for _, m := range addrs {
+					if err := attacker.Push(ctx, m, dep); err == nil {
+						t.Error("a mailbox stored junk pushed without the tag's write key")
+					}
+				}
+				junk += len(env)
+			}
+		}
+		// Then mailbox 0 filled to the last byte under its own tags.
+		var seed [32]byte
+		rand.Read(seed[:])
+		tag := protocol.PairTag2(seed, protocol.FromInitiator, e)
+		if n, _, err := attacker.Register(ctx, addrs[0], []mailbox.Registration{{Kind: store.RegPair, Tag: tag, Epoch: e}}); n != 1 {
+			t.Errorf("the attacker's registration: %v", err)
+			return
+		}
+		for _, size := range []int{4000, 50} {
+			for i := 0; i < 2000; i++ {
+				if attacker.Push(ctx, addrs[0], protocol.SealPairDeposit(protocol.WriteKey(seed, protocol.FromInitiator, e), junkEnv(tag, size))) != nil {
+					break
+				}
+			}
+		}
+	}()
+	send(10) // during
+	<-flooded
+	send(10) // after
+	got := waitMessages(t, ctx, alice, "bob", sent, stored)
+	for _, m := range got {
+		if m.StoredAt < 1 && m.State != StateDelivered {
+			t.Fatalf("message %q stored at %d mailboxes", m.Body, m.StoredAt)
+		}
+	}
+	// After the flood the full mailbox refuses (it evicts nothing), and
+	// the other holds them.
+	for _, m := range got[len(got)-10:] {
+		if m.StoredAt != 1 {
+			t.Fatalf("message %q sent after the flood stored at %d mailboxes, want 1", m.Body, m.StoredAt)
+		}
+	}
+	if held := mbx[0].mailboxHeld(); held.Bytes < capacity*9/10 {
+		t.Fatalf("mailbox 0 holds %d bytes: the attacker did not fill it", held.Bytes)
+	}
+
+	bob = tn.start(bobDir, receiveAt)
+	in := waitMessages(t, ctx, bob, "alice", sent, incoming)
+	if len(in) != sent {
+		t.Fatalf("bob got %d messages, want exactly %d", len(in), sent)
+	}
+	for i, m := range in[1:] {
+		if want := fmt.Sprintf("msg %03d", i+1); string(m.Body) != want {
+			t.Fatalf("message %d = %q, want %q", i+1, m.Body, want)
+		}
+	}
 }
