@@ -242,6 +242,19 @@ type initiateConfig struct {
 
 type acceptConfig struct {
 	expectedPeer *keys.AccountPublic
+	introSecret  *[IntroSecretSize]byte
+}
+
+// IntroSecretOption, from WithIntroSecret, makes Accept also take an
+// initial message under the version 2 intro tags of the device's intro
+// secret (IntroTag2), besides the version 1 ones of its account.
+type IntroSecretOption struct{ secret [IntroSecretSize]byte }
+
+func (o IntroSecretOption) applyAccept(c *acceptConfig) { c.introSecret = &o.secret }
+
+// WithIntroSecret is the device's own intro secret, for Accept.
+func WithIntroSecret(secret [IntroSecretSize]byte) IntroSecretOption {
+	return IntroSecretOption{secret: secret}
 }
 
 type encapsulatorOption Encapsulator

@@ -435,7 +435,7 @@ func Accept(now time.Time, me LocalIdentity, pk PrekeySource, env *Envelope, opt
 	if err := env.Validate(now); err != nil {
 		return fail(err)
 	}
-	if !isIntroTag(env.Tag, me.Account.Public(), now) {
+	if !isIntroTag(env.Tag, me.Account.Public(), now) && (cfg.introSecret == nil || !IsIntroTag2(*cfg.introSecret, env.Tag, now)) {
 		return fail(ErrNotForMe)
 	}
 	ct := env.Ciphertext
@@ -548,6 +548,8 @@ func (s *Session) Seal(rand io.Reader, now time.Time, m Message, ttl time.Durati
 	env := &Envelope{Version: EnvelopeVersion, Expiry: expiry}
 	epoch := Epoch(now)
 	switch {
+	case s.prefix != nil && cfg.introSecret != nil:
+		env.Tag = IntroTag2(*cfg.introSecret, epoch)
 	case s.prefix != nil:
 		env.Tag = IntroTag(s.peer, epoch)
 	case cfg.version2:
@@ -703,7 +705,17 @@ func (s *Session) RecvTag(epoch uint64) Tag { return PairTag(s.tagSeed, s.role(f
 // SealOption configures Seal.
 type SealOption func(*sealConfig)
 
-type sealConfig struct{ version2 bool }
+type sealConfig struct {
+	version2    bool
+	introSecret *[IntroSecretSize]byte
+}
+
+// WithPeerIntroSecret makes Seal put an initial message under the peer's
+// version 2 intro tag (IntroTag2 of the intro secret its invite carried)
+// instead of the version 1 one of its account.
+func WithPeerIntroSecret(secret [IntroSecretSize]byte) SealOption {
+	return func(c *sealConfig) { c.introSecret = &secret }
+}
 
 // WithVersion2Tags makes Seal put a ratchet message (not an initial one)
 // under the version 2 pairwise tag (SendTag2), for a peer that announced

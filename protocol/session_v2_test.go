@@ -79,3 +79,56 @@ func TestSealVersion2Tags(t *testing.T) {
 		t.Fatal("the write key does not hash to the tag")
 	}
 }
+
+// TestIntroSecretFirstContact: an initial message sealed with the peer's
+// intro secret goes under its version 2 intro tag, and Accept takes it only
+// with that secret; a session sealed without it stays under the version 1
+// intro tag, which Accept takes either way.
+func TestIntroSecretFirstContact(t *testing.T) {
+	rng := sessRNG(9)
+	a := newSessParty(t, rng, "alice", 2)
+	b := newSessParty(t, rng, "bob", 2)
+	var secret, other [IntroSecretSize]byte
+	secret[0], other[0] = 1, 2
+	sa, err := Initiate(rng, sessNow, a.me, b.bundle, derandEncapsulator(rng))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m0 := textMessage(0, "hello")
+	e0, _, err := sa.Seal(rng, sessNow, m0, sessTTL, WithPeerIntroSecret(secret), WithVersion2Tags())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e0.Tag != IntroTag2(secret, Epoch(sessNow)) || !IsIntroTag2(secret, e0.Tag, sessNow) {
+		t.Fatal("the initial message is not under the peer's version 2 intro tag")
+	}
+	if IsIntroTag2(secret, e0.Tag, sessNow.Add(MaxTTL+72*time.Hour)) {
+		t.Fatal("an intro tag still live past the live epochs")
+	}
+	for _, opts := range [][]AcceptOption{nil, {WithIntroSecret(other)}} {
+		if _, _, _, err := Accept(sessNow, b.me, b.store, e0, opts...); !errors.Is(err, ErrNotForMe) {
+			t.Fatalf("Accept without the intro secret: %v, want ErrNotForMe", err)
+		}
+	}
+	if _, got, _, err := Accept(sessNow, b.me, b.store, e0, WithIntroSecret(secret)); err != nil {
+		t.Fatalf("Accept with the intro secret: %v", err)
+	} else {
+		checkSessMessage(t, got, m0, a.account())
+	}
+
+	// Version 1: the account's intro tag, taken with or without a secret.
+	sa1, err := Initiate(rng, sessNow, a.me, b.bundle, derandEncapsulator(rng))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e1, _, err := sa1.Seal(rng, sessNow, m0, sessTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e1.Tag != IntroTag(b.account(), Epoch(sessNow)) {
+		t.Fatal("an initial message sealed without the secret left the version 1 intro tag")
+	}
+	if _, _, _, err := Accept(sessNow, b.me, b.store, e1, WithIntroSecret(secret)); err != nil {
+		t.Fatalf("Accept of a version 1 first message with a secret set: %v", err)
+	}
+}

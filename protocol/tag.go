@@ -79,6 +79,17 @@ func IsIntroTag(account keys.AccountPublic, tag Tag, now time.Time) bool {
 	return false
 }
 
+// IsIntroTag2 reports whether tag is the version 2 intro tag of secret in
+// one of the live epochs at now.
+func IsIntroTag2(secret [IntroSecretSize]byte, tag Tag, now time.Time) bool {
+	for _, e := range LiveEpochs(now) {
+		if IntroTag2(secret, e) == tag {
+			return true
+		}
+	}
+	return false
+}
+
 // EpochStart is the first instant of epoch e.
 func EpochStart(e uint64) time.Time {
 	return time.Unix(int64(e)*int64(EpochLength/time.Second), 0).UTC()
