@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -34,6 +35,11 @@ import (
 //	version 2 only:
 //	peerCount uint8 (1..MaxPeers), then per peer:
 //	addrLen   uint16 (1..MaxAddrSize), addr  binary multiaddr ending in /p2p/PEERID
+//	version 3 (an intro secret; peers and mailboxes may be none):
+//	peerCount uint8 (0..MaxPeers), peers as in version 2
+//	introSecret [32]byte
+//	mbxCount  uint8 (0..MaxMailboxAddrs), then per mailbox address:
+//	addrLen   uint16 (1..MaxAddrSize), addr  binary multiaddr ending in /p2p/PEERID
 //
 // checksum = first 4 bytes of SHA-256("sotto/v1/invite-checksum" || body).
 // protocol/SPEC.md ("Invites") has the rejection rules.
@@ -41,6 +47,9 @@ const (
 	Scheme            = "sotto://"
 	Version           = 1
 	VersionPeers      = 2
+	VersionIntro      = 3
+	MaxMailboxAddrs   = 8
+	IntroSecretSize   = 32
 	MaxAddrs          = 16
 	MaxPeers          = 4
 	MaxAddrSize       = 256
@@ -65,6 +74,11 @@ type Invite struct {
 	Device keys.DeviceCertificate
 	Addrs  []ma.Multiaddr
 	Peers  []peer.AddrInfo // each with one address
+	// IntroSecret (version 3) derives the device's version 2 intro tags;
+	// Mailboxes are the version 2 mailboxes it receives at, the addresses
+	// of one mailbox merged.
+	IntroSecret *[IntroSecretSize]byte
+	Mailboxes   []peer.AddrInfo
 }
 
 // Account is the inviting account's key.
@@ -105,7 +119,10 @@ func (inv *Invite) String() string {
 		}
 	}
 	version := byte(Version)
-	if len(peers) > 0 {
+	switch {
+	case inv.IntroSecret != nil:
+		version = VersionIntro
+	case len(peers) > 0:
 		version = VersionPeers
 	}
 	body := []byte{version}
@@ -119,8 +136,21 @@ func (inv *Invite) String() string {
 		}
 	}
 	body = appendList(body, addrs)
-	if version == VersionPeers {
+	if version >= VersionPeers {
 		body = appendList(body, peers)
+	}
+	if version == VersionIntro {
+		body = append(body, inv.IntroSecret[:]...)
+		var mbxs [][]byte
+		for _, m := range inv.Mailboxes {
+			full, _ := peer.AddrInfoToP2pAddrs(&m)
+			for _, a := range full {
+				if b := a.Bytes(); len(b) <= MaxAddrSize && len(mbxs) < MaxMailboxAddrs {
+					mbxs = append(mbxs, b)
+				}
+			}
+		}
+		body = appendList(body, mbxs)
 	}
 	body = append(body, checksum(body)...)
 	return Scheme + strings.ToLower(encoding.EncodeToString(body))
@@ -160,7 +190,7 @@ func Parse(s string) (*Invite, error) {
 		return nil, ErrChecksum
 	}
 	version := body[0]
-	if version != Version && version != VersionPeers {
+	if version != Version && version != VersionPeers && version != VersionIntro {
 		return nil, ErrVersion
 	}
 	r := reader(body[1:])
@@ -189,8 +219,8 @@ func Parse(s string) (*Invite, error) {
 	if inv.Addrs, err = r.addrs(0, MaxAddrs); err != nil {
 		return nil, malformed(err.Error())
 	}
-	if version == VersionPeers {
-		list, err := r.addrs(1, MaxPeers)
+	if version >= VersionPeers {
+		list, err := r.addrs(min(1, VersionIntro-int(version)), MaxPeers)
 		if err != nil {
 			return nil, malformed("peers: " + err.Error())
 		}
@@ -208,6 +238,28 @@ func Parse(s string) (*Invite, error) {
 				}
 			}
 			inv.Peers = append(inv.Peers, *ai)
+		}
+	}
+	if version == VersionIntro {
+		secret, ok := r.take(IntroSecretSize)
+		if !ok {
+			return nil, malformed("truncated intro secret")
+		}
+		inv.IntroSecret = (*[IntroSecretSize]byte)(bytes.Clone(secret))
+		list, err := r.addrs(0, MaxMailboxAddrs)
+		if err != nil {
+			return nil, malformed("mailboxes: " + err.Error())
+		}
+		for _, a := range list {
+			ai, err := peer.AddrInfoFromP2pAddr(a)
+			if err != nil || len(ai.Addrs) != 1 {
+				return nil, malformed("mailbox address without /p2p/PEERID")
+			}
+			if i := slices.IndexFunc(inv.Mailboxes, func(m peer.AddrInfo) bool { return m.ID == ai.ID }); i >= 0 {
+				inv.Mailboxes[i].Addrs = append(inv.Mailboxes[i].Addrs, ai.Addrs...)
+				continue
+			}
+			inv.Mailboxes = append(inv.Mailboxes, *ai)
 		}
 	}
 	if len(r) != 0 {
