@@ -218,16 +218,43 @@ func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
 	return total, errors.Join(errs...)
 }
 
-// syncOne registers and reads one kind of tag at one mailbox.
-func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs []Registration, kind byte, now time.Time) (int, error) {
-	e := protocol.Epoch(now)
-	toRegister, tags := in.split(regs, kind, m.ID, e)
+// Register registers at every mailbox what is new, without reading: a
+// new session's tags, which its peer may write under at any moment. Each
+// kind goes from its own fresh identity.
+func (in *Inbox) Register(ctx context.Context) error {
+	now := in.cfg.Now()
+	regs := in.cfg.Registrations(now)
+	var errs []error
+	for _, kind := range []byte{store.RegPair, store.RegIntro} {
+		var h host.Host
+		for _, m := range in.Mailboxes() {
+			toRegister, _ := in.split(regs, kind, m.ID, protocol.Epoch(now))
+			if len(toRegister) == 0 {
+				continue
+			}
+			if h == nil {
+				var err error
+				if h, err = in.cfg.NewHost(); err != nil {
+					return err
+				}
+				defer h.Close()
+			}
+			if err := in.register(ctx, NewClient2(ctx, h), m, toRegister); err != nil {
+				errs = append(errs, fmt.Errorf("mailbox %s: %w", m.ID, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// register registers regs at m and remembers what m took.
+func (in *Inbox) register(ctx context.Context, c *Client2, m peer.AddrInfo, toRegister []Registration) error {
 	for len(toRegister) > 0 {
 		chunk := toRegister[:min(len(toRegister), MaxRegistrations)]
 		toRegister = toRegister[len(chunk):]
 		accepted, _, err := c.Register(ctx, m, chunk)
 		if err != nil {
-			return 0, fmt.Errorf("register: %w", err)
+			return fmt.Errorf("register: %w", err)
 		}
 		if accepted < len(chunk) {
 			// Not all taken (the mailbox lost them, or refused): try
@@ -241,6 +268,15 @@ func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs 
 			}
 		}
 		in.mu.Unlock()
+	}
+	return nil
+}
+
+// syncOne registers and reads one kind of tag at one mailbox.
+func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs []Registration, kind byte, now time.Time) (int, error) {
+	toRegister, tags := in.split(regs, kind, m.ID, protocol.Epoch(now))
+	if err := in.register(ctx, c, m, toRegister); err != nil {
+		return 0, err
 	}
 	delivered := 0
 	budget := MaxSyncBytes

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -307,5 +308,41 @@ func TestInboxRereadsWhatWasNotTaken(t *testing.T) {
 		if !bytes.Equal(got[i], want[i]) {
 			t.Fatalf("envelope %d differs or is out of order", i)
 		}
+	}
+}
+
+// Register registers new tags at every mailbox without reading any, so a
+// push under a new session's tag is taken at once; a second Register has
+// nothing to send.
+func TestInboxRegisterOnly(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	u := newInboxUser()
+	hosts := 0
+	in, err := NewInbox(InboxConfig{
+		Mailboxes: mailboxSet(m), Registrations: u.registrations, Deliver: u.deliver,
+		NewHost: func() (host.Host, error) { hosts++; return p2p.NewEphemeral() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dep, _, _ := u.session.deposit(t, time.Now(), 200)
+	if _, err := PushAll(ctx, nil, mailboxSet(m), dep); err == nil {
+		t.Fatal("a push under a tag nobody registered was taken")
+	}
+	if err := in.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if hosts != 2 {
+		t.Fatalf("Register opened %d hosts, want one per kind", hosts)
+	}
+	if n, err := PushAll(ctx, nil, mailboxSet(m), dep); n != 1 {
+		t.Fatalf("a push after Register: %v", err)
+	}
+	if u.count() != 0 {
+		t.Fatal("Register read envelopes")
+	}
+	if err := in.Register(ctx); err != nil || hosts != 2 {
+		t.Fatalf("a second Register: %v, %d hosts in all", err, hosts)
 	}
 }

@@ -1,7 +1,9 @@
 package mailbox
 
 import (
+	"bytes"
 	"context"
+	crand "crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -26,9 +28,113 @@ const (
 	// contactPrefix + base64url(account) holds what a contact last announced:
 	// uint64be(its sent time, ms) || announcement.
 	contactPrefix = "mbx2-of/"
+	// contactIntroPrefix + base64url(account) holds the intro secret a
+	// contact's invite carried.
+	contactIntroPrefix = "mbx2-intro/"
+	// settingIntroSecret holds the device's own intro secret.
+	settingIntroSecret = "intro-secret"
 	// chooseGap spaces lookups of mailbox nodes in the DHT.
 	chooseGap = time.Minute
 )
+
+// IntroSecret returns the device's intro secret (protocol/SPEC.md, "Tags
+// and write keys"), drawing and storing it the first time.
+func IntroSecret(db *store.DB) ([protocol.IntroSecretSize]byte, error) {
+	var q [protocol.IntroSecretSize]byte
+	found := false
+	if err := db.View(func(tx *store.Tx) error {
+		b, err := tx.GetSetting(settingIntroSecret)
+		if found = err == nil && len(b) == len(q); found {
+			copy(q[:], b)
+		}
+		return nil
+	}); err != nil || found {
+		return q, err
+	}
+	err := db.Update(func(tx *store.Tx) error {
+		b, err := tx.GetSetting(settingIntroSecret)
+		if err == nil && len(b) == len(q) {
+			copy(q[:], b)
+			return nil
+		}
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if _, err := crand.Read(q[:]); err != nil {
+			return err
+		}
+		return tx.PutSetting(settingIntroSecret, q[:])
+	})
+	return q, err
+}
+
+// OwnMailboxes returns the mailboxes the device last chose to receive at.
+func OwnMailboxes(tx *store.Tx) []peer.AddrInfo {
+	b, err := tx.GetSetting(settingOwn)
+	if err != nil {
+		return nil
+	}
+	mbxs, _ := ParseAnnouncement(b)
+	return mbxs
+}
+
+// PutContactInvite records what a contact's version 3 invite carried: its
+// intro secret (nil: none) and its mailboxes, which any announcement it
+// sends later replaces.
+func PutContactInvite(tx *store.Tx, acct [32]byte, secret *[protocol.IntroSecretSize]byte, mbxs []peer.AddrInfo) error {
+	if secret != nil {
+		if err := tx.PutSetting(contactIntroPrefix+base64.RawURLEncoding.EncodeToString(acct[:]), secret[:]); err != nil {
+			return err
+		}
+	}
+	if len(mbxs) == 0 {
+		return nil
+	}
+	body, err := EncodeAnnouncement(fitAnnouncement(mbxs))
+	if err != nil {
+		return nil // nothing usable in it
+	}
+	return PutContactMailboxes(tx, acct, time.UnixMilli(0), body)
+}
+
+// ContactIntroSecret returns the intro secret acct's invite carried, or
+// nil.
+func ContactIntroSecret(tx *store.Tx, acct [32]byte) *[protocol.IntroSecretSize]byte {
+	b, err := tx.GetSetting(contactIntroPrefix + base64.RawURLEncoding.EncodeToString(acct[:]))
+	if err != nil || len(b) != protocol.IntroSecretSize {
+		return nil
+	}
+	return (*[protocol.IntroSecretSize]byte)(b)
+}
+
+// IntroDeposit stamps env, a first message under a version 2 intro tag,
+// at protocol.DefaultStampBits.
+func IntroDeposit(ctx context.Context, env []byte) ([]byte, error) {
+	return protocol.MintIntroDeposit(ctx, env, protocol.DefaultStampBits)
+}
+
+// fitAnnouncement keeps as many addresses of each mailbox as an
+// announcement holds for all of them (MaxAnnouncedAddrs in all).
+func fitAnnouncement(mbxs []peer.AddrInfo) []peer.AddrInfo {
+	if len(mbxs) > MaxAnnouncedAddrs {
+		mbxs = mbxs[:MaxAnnouncedAddrs]
+	}
+	per := MaxAnnouncedAddrs / max(len(mbxs), 1)
+	out := make([]peer.AddrInfo, len(mbxs))
+	for i, m := range mbxs {
+		out[i] = peer.AddrInfo{ID: m.ID, Addrs: m.Addrs[:min(len(m.Addrs), per)]}
+	}
+	return out
+}
+
+// Announcement returns the announcement of the device's mailboxes (none:
+// nil).
+func (u *User) Announcement() ([]byte, error) {
+	if len(u.in.Mailboxes()) == 0 {
+		return nil, nil
+	}
+	return EncodeAnnouncement(fitAnnouncement(u.in.Mailboxes()))
+}
 
 // UserConfig configures NewUser.
 type UserConfig struct {
@@ -44,8 +150,9 @@ type UserConfig struct {
 	Self peer.ID
 	// Kick asks the owner for a Round soon (a mailbox was given up).
 	Kick func()
-	// Registrations and Deliver as in InboxConfig; Deliver reports the
-	// delete token of what it took with Taken.
+	// Registrations and Deliver as in InboxConfig; the User adds the
+	// intro tags of the device's intro secret to the registrations, and
+	// Deliver reports the delete token of what it took with Taken.
 	Registrations func(now time.Time) []Registration
 	Deliver       func(mbx peer.ID, env []byte) error
 	Now           func() time.Time
@@ -57,8 +164,9 @@ type UserConfig struct {
 // restarts), chooses new ones when some are given up, reads them through
 // an Inbox and reveals at them the delete tokens of what the device took.
 type User struct {
-	cfg UserConfig
-	in  *Inbox
+	cfg      UserConfig
+	in       *Inbox
+	register chan struct{}
 
 	mu     sync.Mutex
 	dels   map[protocol.Tag][][32]byte
@@ -90,10 +198,33 @@ func NewUser(cfg UserConfig) (*User, error) {
 	}
 	if len(cfg.Static) > 0 {
 		own = cfg.Static[:min(len(cfg.Static), cfg.K)]
+		body, err := EncodeAnnouncement(fitAnnouncement(own))
+		if err == nil {
+			err = cfg.DB.Update(func(tx *store.Tx) error {
+				if b, err := tx.GetSetting(settingOwn); err == nil && bytes.Equal(b, body) {
+					return nil
+				}
+				return tx.PutSetting(settingOwn, body)
+			})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("mailbox: storing the mailboxes given: %w", err)
+		}
 	}
-	u := &User{cfg: cfg, dels: map[protocol.Tag][][32]byte{}, bad: map[peer.ID]bool{}}
+	u := &User{cfg: cfg, dels: map[protocol.Tag][][32]byte{}, bad: map[peer.ID]bool{}, register: make(chan struct{}, 1)}
+	q, err := IntroSecret(cfg.DB)
+	if err != nil {
+		return nil, err
+	}
+	regs := func(now time.Time) []Registration {
+		out := cfg.Registrations(now)
+		for _, e := range protocol.LiveEpochs(now) {
+			out = append(out, Registration{Kind: store.RegIntro, Tag: protocol.IntroTag2(q, e), Epoch: e})
+		}
+		return out
+	}
 	in, err := NewInbox(InboxConfig{
-		Mailboxes: own, Registrations: cfg.Registrations, Deliver: cfg.Deliver,
+		Mailboxes: own, Registrations: regs, Deliver: cfg.Deliver,
 		Replace: func(bad peer.ID) {
 			u.mu.Lock()
 			u.bad[bad] = true
@@ -114,9 +245,32 @@ func NewUser(cfg UserConfig) (*User, error) {
 // Mailboxes returns the mailboxes the device receives at.
 func (u *User) Mailboxes() []peer.AddrInfo { return u.in.Mailboxes() }
 
-// RunFilters keeps filters open at the mailboxes until ctx ends
-// (Inbox.RunFilters).
-func (u *User) RunFilters(ctx context.Context) { u.in.RunFilters(ctx) }
+// Run keeps filters open at the mailboxes (Inbox.RunFilters) and
+// registers what RegisterSoon asks for, until ctx ends.
+func (u *User) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { u.in.RunFilters(ctx) })
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-u.register:
+			if err := u.in.Register(ctx); err != nil && ctx.Err() == nil {
+				u.cfg.Logger.Info("registering at mailboxes", "err", err)
+			}
+		}
+	}
+}
+
+// RegisterSoon has Run register new tags now, without reading (a new
+// session's, which its peer may write under at any moment).
+func (u *User) RegisterSoon() {
+	select {
+	case u.register <- struct{}{}:
+	default:
+	}
+}
 
 // Taken records the delete token of an envelope the device took, to be
 // revealed at its mailboxes after the next round.
@@ -188,7 +342,7 @@ func (u *User) choose(ctx context.Context) error {
 	if len(set) == 0 || (len(more) == 0 && len(set) == len(cur)) {
 		return nil // nothing better found: keep what is there
 	}
-	body, err := EncodeAnnouncement(set)
+	body, err := EncodeAnnouncement(fitAnnouncement(set))
 	if err != nil {
 		return err
 	}

@@ -478,7 +478,6 @@ func (n *Node) protectContacts() {
 
 // maintenanceLoop runs the hourly upkeep: tags, replay marks, bundle.
 func (n *Node) maintenanceLoop() {
-	defer n.wg.Done()
 	t := time.NewTicker(maintenanceInterval)
 	defer t.Stop()
 	for {

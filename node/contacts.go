@@ -40,6 +40,9 @@ func (n *Node) AddContact(name, inviteText string) (Contact, error) {
 	now := n.now()
 	var out store.Contact
 	err = n.db.Update(func(tx *store.Tx) error {
+		if err := mailbox.PutContactInvite(tx, inv.Account(), inv.IntroSecret, inv.Mailboxes); err != nil {
+			return err
+		}
 		old, err := tx.GetContact(inv.Account())
 		if err == nil {
 			if !old.IsRequest {

@@ -87,29 +87,25 @@ func (f *feed) close() {
 func (n *Node) Subscribe(ctx context.Context) <-chan Event {
 	ch := make(chan Event, eventBuffer)
 	f := n.events
-	n.mu.Lock()
-	if n.closed {
-		n.mu.Unlock()
-		close(ch)
-		return ch
-	}
-	n.wg.Add(1)
-	n.mu.Unlock()
 	f.mu.Lock()
 	f.subs[ch] = struct{}{}
 	f.mu.Unlock()
-	go func() {
-		defer n.wg.Done()
-		select {
-		case <-ctx.Done():
-		case <-n.ctx.Done():
-		}
+	drop := func() {
 		f.mu.Lock()
 		if _, ok := f.subs[ch]; ok {
 			delete(f.subs, ch)
 			close(ch)
 		}
 		f.mu.Unlock()
-	}()
+	}
+	if !n.spawn(func() {
+		select {
+		case <-ctx.Done():
+		case <-n.ctx.Done():
+		}
+		drop()
+	}) {
+		drop() // closed
+	}
 	return ch
 }

@@ -31,23 +31,23 @@ const toldMailboxesPrefix = "mbx2-told/"
 // store failed: no fault of the envelope.
 var errStoreFailed = errors.New("node: store")
 
-// startUser sets up the mailbox.User and keeps its filters open.
-func (n *Node) startUser(h *p2p.Host) error {
-	u, err := mailbox.NewUser(mailbox.UserConfig{
-		DB: n.db, Static: n.cfg.MailboxNodes, K: n.cfg.MailboxCopies, Self: h.ID(), Kick: n.kickSync,
-		Find:          func(ctx context.Context) []peer.AddrInfo { return mailbox.FindMailboxNodes(ctx, h, 20) },
+// newUser sets up the mailbox.User (Open); Start runs it.
+func (n *Node) newUser() (err error) {
+	self, _ := peer.Decode(n.ident.PeerID)
+	n.mbx.user, err = mailbox.NewUser(mailbox.UserConfig{
+		DB: n.db, Static: n.cfg.MailboxNodes, K: n.cfg.MailboxCopies, Self: self, Kick: n.kickSync,
+		Find:          func(ctx context.Context) []peer.AddrInfo { return mailbox.FindMailboxNodes(ctx, n.Host(), 20) },
 		Registrations: n.registrations, Deliver: n.deliver2, Now: n.cfg.Now, Logger: n.cfg.Logger,
 	})
-	if err != nil {
-		return err
-	}
-	n.mbx.user = u
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		u.RunFilters(n.ctx)
-	}()
-	return nil
+	return err
+}
+
+// sessionStarted registers a new session's tags at once (its peer may
+// write under them any moment) and has the sync loop announce the
+// mailboxes to it.
+func (n *Node) sessionStarted() {
+	n.mbx.user.RegisterSoon()
+	n.kickSync()
 }
 
 // registrations lists the version 2 pairwise tags of every session's
@@ -125,13 +125,11 @@ func (n *Node) eachSession(tx *store.Tx, fn func(store.Contact, *protocol.Sessio
 // been told the current set, a mailbox announcement (content type 0x03)
 // sealed on the session, as a control entry (queueControl).
 func (n *Node) announceMailboxes() {
-	own := n.mbx.user.Mailboxes()
-	if len(own) == 0 || n.me == nil {
-		return
-	}
-	body, err := mailbox.EncodeAnnouncement(own)
-	if err != nil {
-		n.cfg.Logger.Error("encoding the mailbox announcement", "err", err)
+	body, err := n.mbx.user.Announcement()
+	if len(body) == 0 || n.me == nil {
+		if err != nil {
+			n.cfg.Logger.Error("encoding the mailbox announcement", "err", err)
+		}
 		return
 	}
 	sum := sha256.Sum256(body)
@@ -173,11 +171,17 @@ func (n *Node) announceMailboxes() {
 	}
 }
 
-// sealOpts are the Seal options for messages to acct: version 2 tags once
-// it announced version 2 mailboxes.
+// sealOpts are the Seal options for messages to acct: version 2 tags
+// once it named version 2 mailboxes (in its invite or an announcement),
+// and for a first message its invite's intro secret. (Without mailboxes a
+// first message keeps the version 1 intro tag, which the version 1 sync
+// reads: it never names the version 2 one.)
 func (n *Node) sealOpts(tx *store.Tx, acct [32]byte) []protocol.SealOption {
-	if mailbox.ContactMailboxes(tx, acct) != nil {
-		return []protocol.SealOption{protocol.WithVersion2Tags()}
+	if mailbox.ContactMailboxes(tx, acct) == nil {
+		return nil
 	}
-	return nil
+	if q := mailbox.ContactIntroSecret(tx, acct); q != nil {
+		return []protocol.SealOption{protocol.WithVersion2Tags(), protocol.WithPeerIntroSecret(*q)}
+	}
+	return []protocol.SealOption{protocol.WithVersion2Tags()}
 }

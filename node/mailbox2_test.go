@@ -299,3 +299,59 @@ func TestVersion2WipeAttack(t *testing.T) {
 		}
 	}
 }
+
+// TestVersion2FirstContact: Bob's invite carries his intro secret and his
+// mailboxes. Alice's first message, while Bob is offline, goes under his
+// version 2 intro tag (not the one anyone can compute from his account
+// key), stamped, to those mailboxes; Bob, back, reads it there.
+func TestVersion2FirstContact(t *testing.T) {
+	tn := newTestNet(t)
+	var addrs []peer.AddrInfo
+	var mbx []*Node
+	for i := range 2 {
+		m := tn.start(tn.initNode(fmt.Sprintf("mailbox%d", i)), asMailbox)
+		mbx = append(mbx, m)
+		addrs = append(addrs, m.Host().AddrInfo())
+	}
+	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
+	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+	alice, bob := tn.start(aliceDir, receiveAt), tn.start(bobDir, receiveAt)
+	ctx := testkit.Context(t, 90*time.Second)
+	if _, err := bob.mbx.user.Round(ctx); err != nil {
+		t.Fatalf("bob's round: %v", err)
+	}
+	inv, err := bob.invite()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.IntroSecret == nil || *inv.IntroSecret != bob.introSecret || len(inv.Mailboxes) != 2 {
+		t.Fatalf("bob's invite has intro secret %v and %d mailboxes", inv.IntroSecret != nil, len(inv.Mailboxes))
+	}
+	inv.Addrs = nil
+	if _, err := alice.AddContact("bob", inv.String()); err != nil {
+		t.Fatal(err)
+	}
+	bob.Close()
+	if _, err := alice.Send(ctx, "bob", "hello from a stranger"); err != nil {
+		t.Fatal(err)
+	}
+	got := waitMessages(t, ctx, alice, "bob", 1, stored)
+	if got[0].StoredAt != 2 {
+		t.Fatalf("first message stored at %d mailboxes, want 2", got[0].StoredAt)
+	}
+	e := protocol.Epoch(time.Now())
+	for i, m := range mbx {
+		held, err := m.MailboxPeek(10)
+		if err != nil || len(held) != 1 {
+			t.Fatalf("mailbox %d holds %d envelopes (%v), want 1", i, len(held), err)
+		}
+		if held[0].Tag != protocol.IntroTag2(bob.introSecret, e) {
+			t.Fatalf("mailbox %d holds the first message under another tag than bob's version 2 intro tag", i)
+		}
+	}
+	bob = tn.start(bobDir, receiveAt)
+	in := waitMessages(t, ctx, bob, "", 1, incoming)
+	if string(in[0].Body) != "hello from a stranger" || in[0].Via != ViaMailbox {
+		t.Fatalf("bob got %q via %v", in[0].Body, in[0].Via)
+	}
+}

@@ -227,6 +227,7 @@ type Node struct {
 	firstContact, strange *p2p.PeerLimiter
 	ob                    outboxState
 	mbx                   mailboxes
+	introSecret           [protocol.IntroSecretSize]byte // in invites: version 2 first contacts
 	sessions              sessionCache
 }
 
@@ -303,6 +304,9 @@ func Init(dir, name string, passphrase []byte, opts ...InitOption) (store.Identi
 		_, err := newBundle(tx, &cfg, acct, cert, now)
 		return err
 	})
+	if err == nil {
+		_, err = mailbox.IntroSecret(db)
+	}
 	if err != nil {
 		os.Remove(ksPath)
 		return store.Identity{}, err
@@ -373,6 +377,13 @@ func Open(cfg Config) (*Node, error) {
 		}
 		n.ks = ks
 		n.me = &protocol.LocalIdentity{Account: ks.Account, IdentityDH: ks.IdentityDH, Device: cert}
+		if n.introSecret, err = mailbox.IntroSecret(db); err == nil {
+			err = n.newUser()
+		}
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.ingest = make(chan *ingestReq, MaxIngestBatch)
@@ -464,9 +475,8 @@ func (n *Node) Start(ctx context.Context) error {
 	opts = append(opts, n.cfg.HostOptions...)
 
 	// The committer must run before the host accepts envelopes.
-	n.wg.Add(2)
-	go n.ingestLoop()
-	go n.releaseLoop()
+	n.wg.Go(n.ingestLoop)
+	n.wg.Go(n.releaseLoop)
 
 	h, err := p2p.New(opts...)
 	if err != nil {
@@ -504,13 +514,11 @@ func (n *Node) Start(ctx context.Context) error {
 	if err := n.startMailboxes(h); err != nil {
 		return err
 	}
-	n.wg.Add(2)
-	go n.outboxLoop()
-	go n.maintenanceLoop()
+	n.wg.Go(n.outboxLoop)
+	n.wg.Go(n.maintenanceLoop)
 	// The bundle goes into the DHT now (retried until it works), and again
 	// whenever a first message used some of its one-time prekeys.
-	n.wg.Add(1)
-	go n.publishLoop()
+	n.wg.Go(n.publishLoop)
 	n.kickOutbox()
 	return nil
 }
@@ -593,7 +601,8 @@ func (n *Node) invite() (*invite.Invite, error) {
 	if err != nil {
 		return nil, err
 	}
-	inv := &invite.Invite{Device: cert, Addrs: n.shareableAddrs()}
+	inv := &invite.Invite{Device: cert, Addrs: n.shareableAddrs(), IntroSecret: &n.introSecret}
+	n.db.View(func(tx *store.Tx) error { inv.Mailboxes = mailbox.OwnMailboxes(tx); return nil })
 	for _, p := range n.knownPeers() {
 		if len(inv.Peers) < invite.MaxPeers && len(p.Addrs) > 0 && p.ID.String() != n.ident.PeerID {
 			inv.Peers = append(inv.Peers, p)
@@ -636,7 +645,6 @@ func (n *Node) kickOutbox() {
 // step last asked for has passed (false: only on a kick), until the node
 // closes. It is the body of a goroutine counted in n.wg.
 func (n *Node) kickLoop(kick <-chan struct{}, step func() (time.Duration, bool)) {
-	defer n.wg.Done()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {

@@ -131,7 +131,6 @@ func (n *Node) Ingest(ctx context.Context, from peer.ID, env []byte, via Via) er
 // MaxIngestBatch), processes them in arrival order in one transaction, and
 // answers each only after the commit.
 func (n *Node) ingestLoop() {
-	defer n.wg.Done()
 	batch := make([]*ingestReq, 0, MaxIngestBatch)
 	for {
 		batch = batch[:0]
@@ -219,7 +218,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 		n.kickOutbox()
 	}
 	if newSession {
-		n.kickSync() // its tags to register, the mailboxes to announce
+		n.sessionStarted()
 	}
 	if held {
 		n.kickRelease()
@@ -594,7 +593,7 @@ func putAltSession(tx *store.Tx, acct [32]byte, alt *protocol.Session, now time.
 // accept runs the responder's side of PQXDH for a first message.
 func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope, now time.Time) (processed, error) {
 	src := &prekeySource{tx: tx}
-	sess, msg, acc, err := protocol.Accept(now, *n.me, src, env)
+	sess, msg, acc, err := protocol.Accept(now, *n.me, src, env, protocol.WithIntroSecret(n.introSecret))
 	if src.err != nil {
 		return processed{}, se(src.err)
 	}

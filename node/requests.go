@@ -211,7 +211,7 @@ func (n *Node) screen(p peer.ID, raw []byte) error {
 	switch {
 	case known:
 		return nil
-	case protocol.IsIntroTag(n.account(), env.Tag, n.now()):
+	case protocol.IsIntroTag(n.account(), env.Tag, n.now()) || protocol.IsIntroTag2(n.introSecret, env.Tag, n.now()):
 		if !n.firstContact.Allow(p) {
 			return ErrTooManyFirstContacts // acked "try later"
 		}

@@ -491,12 +491,8 @@ func (n *Node) spawn(f func()) bool {
 		n.mu.Unlock()
 		return false
 	}
-	n.wg.Add(1)
+	n.wg.Go(f)
 	n.mu.Unlock()
-	go func() {
-		defer n.wg.Done()
-		f()
-	}()
 	return true
 }
 
@@ -650,7 +646,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			return n.putSession(tx, sess, now)
 		})
 		if err == nil && newSession {
-			n.kickSync() // its tags to register, the mailboxes to announce
+			n.sessionStarted()
 		}
 		if err != nil {
 			n.cfg.Logger.Error("sealing queued messages", "contact", c.Name, "err", err)

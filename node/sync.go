@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
 	"time"
@@ -59,11 +58,8 @@ func (n *Node) startMailboxes(h *p2p.Host) error {
 	if m.client, err = mailbox.NewClient(h, g, mailbox.WithStaticMailboxes(n.cfg.Mailboxes...), mailbox.WithClientClock(n.cfg.Now)); err != nil {
 		return err
 	}
-	if err := n.startUser(h); err != nil {
-		return err
-	}
-	n.wg.Add(1)
-	go n.syncLoop()
+	n.wg.Go(func() { n.mbx.user.Run(n.ctx) })
+	n.wg.Go(n.syncLoop)
 	return nil
 }
 
@@ -115,7 +111,6 @@ func (n *Node) kickSync() {
 // syncLoop syncs mailboxes at start, when prompted (a new connection, a
 // kick) and every syncInterval.
 func (n *Node) syncLoop() {
-	defer n.wg.Done()
 	t := time.NewTicker(syncInterval)
 	defer t.Stop()
 	var last time.Time
@@ -261,9 +256,11 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 	// A contact that announced version 2 mailboxes gets pushes there.
 	var sess *protocol.Session
 	var mbxs []peer.AddrInfo
+	var intro *[protocol.IntroSecretSize]byte
 	n.db.View(func(tx *store.Tx) error {
 		if mbxs = mailbox.ContactMailboxes(tx, todo[0].Contact); mbxs != nil {
 			sess, _ = n.loadSession(tx, todo[0].Contact)
+			intro = mailbox.ContactIntroSecret(tx, todo[0].Contact)
 		}
 		return nil
 	})
@@ -282,14 +279,16 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		}
 		t0 := time.Now()
 		var k int
-		var key ed25519.PrivateKey
-		v2 := false
-		if sess != nil {
-			key, v2 = sess.SendWriteKey(env.Tag, now)
+		var dep []byte
+		if key, ok := sess.SendWriteKey(env.Tag, now); ok {
+			dep = protocol.SealPairDeposit(key, e.Envelope)
+		} else if intro != nil && protocol.IsIntroTag2(*intro, env.Tag, now) {
+			dep, err = mailbox.IntroDeposit(ctx, e.Envelope) // a first message: stamped
 		}
+		v2 := dep != nil
 		if v2 {
-			k, err = p.Push(ctx, mbxs, protocol.SealPairDeposit(key, e.Envelope))
-		} else {
+			k, err = p.Push(ctx, mbxs, dep)
+		} else if err == nil {
 			k, err = n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
 		}
 		if n.debugOn() {

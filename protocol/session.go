@@ -732,8 +732,12 @@ func (s *Session) RecvTag2(epoch uint64) Tag { return PairTag2(s.tagSeed, s.role
 
 // SendWriteKey returns the write key that signs the deposit of an
 // envelope this side sealed under the version 2 tag tag, looking for the
-// tag's epoch among the live epochs at now; false if tag is none of them.
+// tag's epoch among the live epochs at now; false if tag is none of them
+// (or s is nil).
 func (s *Session) SendWriteKey(tag Tag, now time.Time) (ed25519.PrivateKey, bool) {
+	if s == nil {
+		return nil, false
+	}
 	for _, e := range LiveEpochs(now) {
 		k := WriteKey(s.tagSeed, s.role(true), e)
 		if WriteKeyTag(k.Public().(ed25519.PublicKey)) == tag {
