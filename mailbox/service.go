@@ -87,6 +87,7 @@ type config struct {
 	meshBurst         int
 	now               func() time.Time
 	onStored          func(env []byte, via DepositVia)
+	observe           func(Seen)
 	logger            *slog.Logger
 	deposits, served  *atomic.Uint64 // WithCounters
 }
@@ -539,6 +540,7 @@ func (s *Service) handleStream(st network.Stream) {
 		case !s.limits.Allow(p):
 			return appendStatus(nil, StatusThrottled, ReasonNone), nil, nil
 		}
+		s.observe(st.Conn(), req.op, req.tags, req.tag, req.envelope)
 		return s.answer(req), nil, nil
 	})
 	s.endStream(st, p, err)

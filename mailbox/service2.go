@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -538,6 +539,15 @@ func (s *Service) handleStream2(st network.Stream) {
 		case !s.v2.limits.Allow(key):
 			return appendStatus(nil, StatusThrottled, ReasonNone), nil, nil
 		}
+		tags := req.tags
+		for _, r := range req.regs {
+			tags = append(tags, r.Tag)
+		}
+		var env []byte
+		if d, err := protocol.ParseDeposit(req.deposit); err == nil {
+			env = d.Envelope
+		}
+		s.observe(c, req.op, tags, req.tag, env)
 		return s.answer2(req, key)
 	})
 	s.endStream(st, c.RemotePeer(), err)
@@ -722,4 +732,47 @@ func (s *Service) runFilter(st network.Stream, br *bufio.Reader, f *filter) erro
 			return s.ctx.Err()
 		}
 	}
+}
+
+// Seen is what a mailbox sees of one request: who sent it, from where,
+// which operation and which tags it names (a deposit's or push's by its
+// envelope). WithObserver hands each to a function; tests play the
+// curious mailbox with it.
+type Seen struct {
+	Peer    peer.ID
+	Addr    string
+	Version int    // 1 or 2
+	Op      string // deposit, query, delete (1); register, push, query, delete, filter (2)
+	Tags    [][32]byte
+}
+
+// WithObserver has fn see every request the mailbox accepts for an
+// answer, before it is answered.
+func WithObserver(fn func(Seen)) Option {
+	return func(c *config) error {
+		c.observe = fn
+		return nil
+	}
+}
+
+var opNames = map[byte]string{
+	opDeposit: "deposit", opQuery: "query", opDelete: "delete",
+	opRegister: "register", opPush: "push", opQuery2: "query", opDelete2: "delete", opFilter: "filter",
+}
+
+func (s *Service) observe(c network.Conn, op byte, tags [][32]byte, tag [32]byte, env []byte) {
+	if s.cfg.observe == nil {
+		return
+	}
+	seen := Seen{Peer: c.RemotePeer(), Addr: c.RemoteMultiaddr().String(), Version: 1, Op: opNames[op], Tags: slices.Clone(tags)}
+	if op >= opRegister {
+		seen.Version = 2
+	}
+	if op == opDelete || op == opDelete2 {
+		seen.Tags = append(seen.Tags, tag)
+	}
+	if len(env) > 1+protocol.TagSize {
+		seen.Tags = append(seen.Tags, envelopeTag(env))
+	}
+	s.cfg.observe(seen)
 }

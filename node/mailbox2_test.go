@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -353,5 +355,151 @@ func TestVersion2FirstContact(t *testing.T) {
 	in := waitMessages(t, ctx, bob, "", 1, incoming)
 	if string(in[0].Body) != "hello from a stranger" || in[0].Via != ViaMailbox {
 		t.Fatalf("bob got %q via %v", in[0].Body, in[0].Via)
+	}
+}
+
+// TestCuriousMailbox: one mailbox records every request it gets while
+// five users, who all receive there, write to each other around a ring
+// while each recipient is away, a stranger writes first from an invite,
+// and everyone comes back. What it sees over version 2 comes from no
+// user's published peer ID; names no tag computable from an account key;
+// its pushes come from other identities than its registrations, queries
+// and filters; intro tags and pairwise tags never share an identity; and
+// the version 1 requests (the upgrade window's sync, from the published
+// peer ID) name no version 2 tag.
+func TestCuriousMailbox(t *testing.T) {
+	tn := newTestNet(t)
+	var mu sync.Mutex
+	var seen []mailbox.Seen
+	m := tn.start(tn.initNode("mailbox"), asMailbox, func(c *Config) {
+		c.MailboxOptions = []mailbox.Option{mailbox.WithObserver(func(s mailbox.Seen) {
+			mu.Lock()
+			seen = append(seen, s)
+			mu.Unlock()
+		})}
+	})
+	receiveAt := func(c *Config) { c.MailboxNodes = []peer.AddrInfo{m.Host().AddrInfo()} }
+	ctx := testkit.Context(t, 150*time.Second)
+	const N = 5
+	dirs := make([]string, N)
+	users := make([]*Node, N)
+	for i := range N {
+		dirs[i] = tn.initNode(fmt.Sprintf("user%d", i))
+		users[i] = tn.start(dirs[i], receiveAt)
+	}
+	name := func(i int) string { return fmt.Sprintf("user%d", i%N) }
+	for i := range N - 1 { // a ring, but for the stranger's link
+		befriend(t, users[i], name(i), users[i+1], name(i+1))
+	}
+	for i := range N - 1 {
+		if _, err := users[i].Send(ctx, name(i+1), "hello"); err != nil {
+			t.Fatal(err)
+		}
+		waitMessages(t, ctx, users[i+1], name(i), 1, incoming)
+		testkit.WaitFor(t, ctx, func() bool { return contactAnnounced(t, users[i], name(i+1)) })
+		if _, err := users[i+1].mbx.user.Round(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The stranger: user4 writes first to user0 from user0's invite.
+	inv, err := users[0].invite()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv.Addrs = nil
+	if _, err := users[N-1].AddContact(name(0), inv.String()); err != nil {
+		t.Fatal(err)
+	}
+	// Each recipient away in turn while its sender writes.
+	for i := range N {
+		to := (i + 1) % N
+		users[to].Close()
+		if _, err := users[i].Send(ctx, name(to), fmt.Sprintf("while you were away, from %d", i)); err != nil {
+			t.Fatal(err)
+		}
+		waitMessages(t, ctx, users[i], name(to), 1, func(m Message) bool { return stored(m) && strings.HasPrefix(string(m.Body), "while") })
+		users[to] = tn.start(dirs[to], receiveAt)
+		testkit.WaitFor(t, ctx, func() bool {
+			return len(messagesWhere(t, users[to], "", func(m Message) bool { return strings.HasPrefix(string(m.Body), "while") })) >= 1
+		})
+	}
+
+	published := map[peer.ID]bool{}
+	v1Tags := map[[32]byte]bool{}
+	var secrets [][protocol.IntroSecretSize]byte
+	for _, u := range users {
+		published[u.Host().ID()] = true
+		secrets = append(secrets, u.introSecret)
+		for _, e := range protocol.LiveEpochs(time.Now()) {
+			v1Tags[protocol.IntroTag(u.account(), e)] = true
+		}
+	}
+	isIntro2 := func(tag [32]byte) bool {
+		for _, q := range secrets {
+			if protocol.IsIntroTag2(q, tag, time.Now()) {
+				return true
+			}
+		}
+		return false
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	pushers, readers := map[peer.ID]bool{}, map[peer.ID]bool{}
+	introPeers, pairPeers := map[peer.ID]bool{}, map[peer.ID]bool{}
+	v2Tags := map[[32]byte]bool{}
+	ops := map[string]int{}
+	for _, s := range seen {
+		if s.Version == 1 {
+			continue
+		}
+		ops[s.Op]++
+		if published[s.Peer] {
+			t.Fatalf("a version 2 %s came from a user's published peer ID", s.Op)
+		}
+		if s.Op == "push" {
+			pushers[s.Peer] = true
+		} else {
+			readers[s.Peer] = true
+		}
+		for _, tag := range s.Tags {
+			v2Tags[tag] = true
+			if v1Tags[tag] {
+				t.Fatalf("a version 2 %s named a tag computable from an account key", s.Op)
+			}
+			if s.Op == "push" {
+				continue
+			}
+			if isIntro2(tag) {
+				introPeers[s.Peer] = true
+			} else {
+				pairPeers[s.Peer] = true
+			}
+		}
+	}
+	for _, op := range []string{"register", "push", "query", "filter"} {
+		if ops[op] == 0 {
+			t.Fatalf("the mailbox saw no version 2 %s (saw %v): the test watched nothing", op, ops)
+		}
+	}
+	t.Logf("version 2 requests seen: %v, from %d pushing and %d reading identities", ops, len(pushers), len(readers))
+	for p := range pushers {
+		if readers[p] {
+			t.Fatal("one identity both pushed and registered, queried or filtered")
+		}
+	}
+	for p := range introPeers {
+		if pairPeers[p] {
+			t.Fatal("one identity named both intro tags and pairwise tags")
+		}
+	}
+	for _, s := range seen {
+		if s.Version != 1 {
+			continue
+		}
+		for _, tag := range s.Tags {
+			if v2Tags[tag] {
+				t.Fatalf("a version 1 %s named a version 2 tag", s.Op)
+			}
+		}
 	}
 }
