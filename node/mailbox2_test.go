@@ -503,3 +503,68 @@ func TestCuriousMailbox(t *testing.T) {
 		}
 	}
 }
+
+// TestMailboxReplacedAndAnnounced: Bob receives at two of three mailboxes.
+// One stops answering; after MailboxFailLimit failed rounds Bob gives it
+// up, takes the third, registers there and tells Alice inside the ratchet;
+// Alice's next messages, while Bob is away, are stored at the new set.
+func TestMailboxReplacedAndAnnounced(t *testing.T) {
+	tn := newTestNet(t)
+	var mbx []*Node
+	var addrs []peer.AddrInfo
+	for i := range 3 {
+		m := tn.start(tn.initNode(fmt.Sprintf("mailbox%d", i)), asMailbox)
+		mbx = append(mbx, m)
+		addrs = append(addrs, m.Host().AddrInfo())
+	}
+	receiveAt := func(c *Config) { c.MailboxNodes, c.MailboxCopies = addrs, 2 }
+	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+	alice, bob := tn.start(aliceDir, receiveAt), tn.start(bobDir, receiveAt)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testkit.Context(t, 120*time.Second)
+	if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, bob, "alice", 1, incoming)
+	bobAt := func() (ids []peer.ID) {
+		c := storedContact(t, alice, "bob")
+		alice.db.View(func(tx *store.Tx) error {
+			for _, m := range mailbox.ContactMailboxes(tx, c.Account) {
+				ids = append(ids, m.ID)
+			}
+			return nil
+		})
+		return ids
+	}
+	testkit.WaitFor(t, ctx, func() bool { return len(bobAt()) == 2 })
+	if got := bobAt(); got[0] != addrs[0].ID || got[1] != addrs[1].ID {
+		t.Fatalf("alice knows bob at %v, want the first two mailboxes", got)
+	}
+
+	mbx[0].Close()
+	for range mailbox.MailboxFailLimit {
+		bob.mbx.user.Round(ctx)
+	}
+	if _, err := bob.mbx.user.Round(ctx); err != nil { // chooses, registers
+		t.Fatalf("the round after replacing: %v", err)
+	}
+	if got := bob.mbx.user.Mailboxes(); len(got) != 2 || got[0].ID != addrs[1].ID || got[1].ID != addrs[2].ID {
+		t.Fatalf("bob receives at %v, want the second and third mailboxes", got)
+	}
+	bob.announceMailboxes()
+	testkit.WaitFor(t, ctx, func() bool {
+		got := bobAt()
+		return len(got) == 2 && got[0] == addrs[1].ID && got[1] == addrs[2].ID
+	})
+	bob.Close()
+	if _, err := alice.Send(ctx, "bob", "to the new set"); err != nil {
+		t.Fatal(err)
+	}
+	got := waitMessages(t, ctx, alice, "bob", 2, stored)
+	if got[1].StoredAt != 2 {
+		t.Fatalf("stored at %d mailboxes, want both of the new set", got[1].StoredAt)
+	}
+	if held := mbx[2].mailboxHeld(); held.Envelopes < 1 {
+		t.Fatal("the new mailbox holds nothing")
+	}
+}
