@@ -43,6 +43,11 @@ const (
 	// FilterBacklog is how many pushes a filter may fall behind before the
 	// mailbox closes it (the recipient queries on reconnect).
 	FilterBacklog = 256
+	// ConnsPerNet is how many connections a mailbox node's host lets in
+	// from one address (p2p.WithConnsPerAddr): every user behind it holds
+	// two filter connections per mailbox and opens more per sync round
+	// and push batch.
+	ConnsPerNet = 4 * MaxFiltersPerNet
 	// DefaultStreamsPerNet caps concurrent version 2 streams from one
 	// network: its filters and a few requests each.
 	DefaultStreamsPerNet = 2 * MaxFiltersPerNet

@@ -29,22 +29,6 @@ const maintenanceInterval = time.Hour
 // (the contact's device is unreachable and the DHT holds no record).
 var ErrNoBundle = errors.New("node: the contact's prekey bundle is not reachable yet; the message stays queued and is retried")
 
-// verifyBundleRecord is the DHT validator's check of a bundle record: it
-// must parse, verify at now, and be stored under its own account's key.
-func verifyBundleRecord(key string, value []byte, now time.Time) (uint64, error) {
-	b, err := keys.ParseBundle(value)
-	if err != nil {
-		return 0, err
-	}
-	if err := b.Verify(now); err != nil {
-		return 0, err
-	}
-	if key != p2p.BundleKey(b.Account[:]) {
-		return 0, fmt.Errorf("node: bundle stored under another account's key")
-	}
-	return b.Seq, nil
-}
-
 // newBundle generates a new bundle with fresh prekeys, stores their
 // private halves (earlier ones stay until they expire) and the bundle.
 func newBundle(tx *store.Tx, cfg *Config, acct *keys.AccountPrivate, cert keys.DeviceCertificate, now time.Time) (*keys.Bundle, error) {
@@ -340,13 +324,9 @@ func (n *Node) fetchBundle(ctx context.Context, c store.Contact) (*keys.Bundle, 
 		n.addAddrs(pid, c.Addrs)
 		raw, err := h.AskBundle(ctx, pid)
 		if err == nil {
+			// (AskBundle took it only if it names pid's device: what a
+			// device serves speaks for that device only.)
 			b, err := check(raw)
-			if err == nil || errors.As(err, new(*identityChangedError)) {
-				// What a device serves speaks for that device only.
-				if cerr := servedBy(raw, pid); cerr != nil {
-					err = cerr
-				}
-			}
 			if err == nil {
 				return b, nil
 			}
@@ -374,20 +354,6 @@ func (n *Node) fetchBundle(ctx context.Context, c store.Contact) (*keys.Bundle, 
 		errs = append(errs, err)
 	}
 	return nil, fmt.Errorf("%w (%w)", ErrNoBundle, errors.Join(errs...))
-}
-
-// servedBy checks that a bundle a peer served over an authenticated
-// stream is that peer's own: its device certificate names the peer. A
-// peer serving another device's bundle proves nothing about either.
-func servedBy(raw []byte, p peer.ID) error {
-	b, err := keys.ParseBundle(raw)
-	if err != nil {
-		return err
-	}
-	if string(b.Device.PeerID) != string(p) {
-		return fmt.Errorf("node: %s served a bundle for another device", p)
-	}
-	return nil
 }
 
 // identityChangedError reports a contact's device publishing a bundle

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"testing"
@@ -198,10 +199,13 @@ func TestServedBundleMustBeTheServers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := servedBy(raw, n.Host().ID()); err != nil {
+	ctx := testkit.Context(t, 30*time.Second)
+	n.Host().LibP2P().Peerstore().AddAddrs(tn.boot.ID(), tn.boot.LibP2P().Addrs(), time.Hour)
+	if got, err := tn.boot.AskBundle(ctx, n.Host().ID()); err != nil || !bytes.Equal(got, raw) {
 		t.Fatalf("a device's own bundle: %v", err)
 	}
-	if err := servedBy(raw, tn.boot.ID()); err == nil {
+	tn.boot.ServeBundles(func() ([]byte, error) { return raw, nil })
+	if _, err := n.Host().AskBundle(ctx, tn.boot.ID()); err == nil {
 		t.Fatal("another peer serving alice's bundle was taken as alice's device")
 	}
 }

@@ -31,7 +31,7 @@ type testNet struct {
 }
 
 func newTestNet(t *testing.T) *testNet {
-	boot := p2ptest.NewHost(t, p2p.WithBundleVerifier(p2p.BundleVerifierFunc(verifyBundleRecord)))
+	boot := p2ptest.NewHost(t, p2p.WithBundleVerifier(p2p.VerifyBundle))
 	return &testNet{t: t, boot: boot}
 }
 

@@ -449,7 +449,7 @@ func (n *Node) Start(ctx context.Context) error {
 		p2p.WithMDNS(!n.cfg.NoMDNS),
 		p2p.WithNAT(!n.cfg.NoNAT),
 		p2p.WithProtocolLimit(string(mailbox.Protocol), mailboxStreams, mailboxStreamsPerPeer),
-		p2p.WithBundleVerifier(p2p.BundleVerifierFunc(verifyBundleRecord)),
+		p2p.WithBundleVerifier(p2p.VerifyBundle),
 		p2p.WithReceiver(directReceiver{n}),
 		// Up to a whole commit's worth of envelopes per stream in flight.
 		p2p.WithInboundPipeline(MaxIngestBatch),
@@ -465,6 +465,9 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	if n.cfg.Public {
 		opts = append(opts, p2p.WithPublic(true))
+	}
+	if n.cfg.Mailbox {
+		opts = append(opts, p2p.WithConnsPerAddr(mailbox.ConnsPerNet))
 	}
 	if n.cfg.Relay || n.cfg.Infra {
 		opts = append(opts, p2p.WithRelayService(p2p.DefaultRelayLimits()))

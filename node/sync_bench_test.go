@@ -27,7 +27,7 @@ func BenchmarkSync10k(b *testing.B) {
 	}
 	for b.Loop() {
 		b.StopTimer()
-		boot := p2ptest.NewHost(b, p2p.WithBundleVerifier(p2p.BundleVerifierFunc(verifyBundleRecord)))
+		boot := p2ptest.NewHost(b, p2p.WithBundleVerifier(p2p.VerifyBundle))
 		start := func(dir string, serve bool) *Node {
 			cfg := benchConfig(dir)
 			cfg.Bootstrap = []peer.AddrInfo{boot.AddrInfo()}

@@ -41,7 +41,8 @@ func (n *Host) ServeBundles(current func() ([]byte, error)) {
 	})
 }
 
-// AskBundle asks p for its bundle over BundleProtocol.
+// AskBundle asks p for its bundle over BundleProtocol; a bundle whose
+// device certificate names another peer is refused.
 func (n *Host) AskBundle(ctx context.Context, p peer.ID) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, BundleTimeout)
 	defer cancel()
@@ -59,5 +60,28 @@ func (n *Host) AskBundle(ctx context.Context, p peer.ID) ([]byte, error) {
 	if _, err := io.Copy(io.Discard, io.LimitReader(s, 1)); err != nil {
 		s.Reset()
 	}
+	// A peer serving another device's bundle proves nothing about either.
+	if bundle, err := keys.ParseBundle(b); err != nil {
+		return nil, fmt.Errorf("p2p: bundle from %s: %w", p, err)
+	} else if string(bundle.Device.PeerID) != string(p) {
+		return nil, fmt.Errorf("p2p: %s served a bundle for another device", p)
+	}
 	return b, nil
 }
+
+// VerifyBundle is the DHT validator's check of a bundle record
+// (WithBundleVerifier): it must parse, verify at now, and be stored under
+// its own account's key.
+var VerifyBundle = BundleVerifierFunc(func(key string, value []byte, now time.Time) (uint64, error) {
+	b, err := keys.ParseBundle(value)
+	if err != nil {
+		return 0, err
+	}
+	if err := b.Verify(now); err != nil {
+		return 0, err
+	}
+	if key != BundleKey(b.Account[:]) {
+		return 0, fmt.Errorf("p2p: bundle stored under another account's key")
+	}
+	return b.Seq, nil
+})

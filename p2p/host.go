@@ -243,6 +243,11 @@ func newResourceManager(cfg *config) (network.ResourceManager, error) {
 	if !cfg.metrics {
 		opts = append(opts, rcmgr.WithMetricsDisabled())
 	}
+	if n := cfg.connsPerAddr; n > 0 {
+		opts = append(opts, rcmgr.WithLimitPerSubnet(
+			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: n}},
+			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: n}, {PrefixLength: 48, ConnCount: 8 * n}}))
+	}
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(concrete), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)

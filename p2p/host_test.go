@@ -34,6 +34,7 @@ func TestOptionsValidation(t *testing.T) {
 		{"bad listen addr", []Option{WithIdentity(ed), WithListenAddrs("not-a-multiaddr")}, ErrBadListenAddr},
 		{"no listen addrs", []Option{WithIdentity(ed), WithListenAddrs()}, ErrBadListenAddr},
 		{"low above high", []Option{WithIdentity(ed), WithConnLimits(10, 5)}, ErrBadConfig},
+		{"no connections per address", []Option{WithIdentity(ed), WithConnsPerAddr(0)}, ErrBadConfig},
 		{"republish too often", []Option{WithIdentity(ed), WithRepublishInterval(time.Millisecond)}, ErrBadConfig},
 		{"zero idle timeout", []Option{WithIdentity(ed), WithDirectTimeouts(0, time.Second)}, ErrBadConfig},
 		{"zero inbound cap", []Option{WithIdentity(ed), WithMaxInboundStreamsPerPeer(0)}, ErrBadConfig},

@@ -94,6 +94,7 @@ type config struct {
 	relays        []peer.AddrInfo // AutoRelay's first candidates
 	announce      []ma.Multiaddr  // external addresses to advertise
 	protoLimits   map[string][2]int
+	connsPerAddr  int  // inbound connections per IPv4 address or IPv6 /56 (0: libp2p's 8)
 	defaultListen bool // listenAddrs are the defaults (DefaultPort)
 
 	verifier          BundleVerifier

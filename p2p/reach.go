@@ -197,6 +197,21 @@ func WithInfra() Option {
 	}
 }
 
+// WithConnsPerAddr lets n connections come from one IPv4 address (or
+// IPv6 /56; 8n from a /48) instead of libp2p's 8. A mailbox node needs
+// more: each user connects from a fresh identity per sync round, push
+// batch and filter, and many users share one address behind a carrier
+// NAT; its protocol keeps its own limits per address.
+func WithConnsPerAddr(n int) Option {
+	return func(c *config) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: %d connections per address", ErrBadConfig, n)
+		}
+		c.connsPerAddr = n
+		return nil
+	}
+}
+
 // WithProtocolLimit caps the streams of one protocol: total over all
 // peers and per peer, each way. Every Sotto protocol has one; services
 // built on the host add theirs (the mailbox protocol).
