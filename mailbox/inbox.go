@@ -185,6 +185,9 @@ func (in *Inbox) split(regs []Registration, kind byte, mbx peer.ID, e uint64) (t
 // intro tags. It reads at most MaxSyncBytes per mailbox and kind, and
 // returns how many envelopes it delivered.
 func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
+	if len(in.Mailboxes()) == 0 {
+		return 0, nil
+	}
 	now := in.cfg.Now()
 	regs := in.cfg.Registrations(now)
 	total := 0
@@ -222,6 +225,9 @@ func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
 // new session's tags, which its peer may write under at any moment. Each
 // kind goes from its own fresh identity.
 func (in *Inbox) Register(ctx context.Context) error {
+	if len(in.Mailboxes()) == 0 {
+		return nil // nowhere to register: the registrations are not even listed
+	}
 	now := in.cfg.Now()
 	regs := in.cfg.Registrations(now)
 	var errs []error

@@ -150,6 +150,9 @@ type UserConfig struct {
 	Self peer.ID
 	// Kick asks the owner for a Round soon (a mailbox was given up).
 	Kick func()
+	// Registered, if set, runs after each registration RegisterSoon asked
+	// for (the owner tells new contacts of its mailboxes).
+	Registered func()
 	// Registrations and Deliver as in InboxConfig; the User adds the
 	// intro tags of the device's intro secret to the registrations, and
 	// Deliver reports the delete token of what it took with Taken.
@@ -258,6 +261,9 @@ func (u *User) Run(ctx context.Context) {
 		case <-u.register:
 			if err := u.in.Register(ctx); err != nil && ctx.Err() == nil {
 				u.cfg.Logger.Info("registering at mailboxes", "err", err)
+			}
+			if u.cfg.Registered != nil && ctx.Err() == nil {
+				u.cfg.Registered()
 			}
 		}
 	}

@@ -35,7 +35,7 @@ var errStoreFailed = errors.New("node: store")
 func (n *Node) newUser() (err error) {
 	self, _ := peer.Decode(n.ident.PeerID)
 	n.mbx.user, err = mailbox.NewUser(mailbox.UserConfig{
-		DB: n.db, Static: n.cfg.MailboxNodes, K: n.cfg.MailboxCopies, Self: self, Kick: n.kickSync,
+		DB: n.db, Static: n.cfg.MailboxNodes, K: n.cfg.MailboxCopies, Self: self, Kick: n.kickSync, Registered: n.announceMailboxes,
 		Find:          func(ctx context.Context) []peer.AddrInfo { return mailbox.FindMailboxNodes(ctx, n.Host(), 20) },
 		Registrations: n.registrations, Deliver: n.deliver2, Now: n.cfg.Now, Logger: n.cfg.Logger,
 	})
@@ -43,12 +43,8 @@ func (n *Node) newUser() (err error) {
 }
 
 // sessionStarted registers a new session's tags at once (its peer may
-// write under them any moment) and has the sync loop announce the
-// mailboxes to it.
-func (n *Node) sessionStarted() {
-	n.mbx.user.RegisterSoon()
-	n.kickSync()
-}
+// write under them any moment), then announces the mailboxes to it.
+func (n *Node) sessionStarted() { n.mbx.user.RegisterSoon() }
 
 // registrations lists the version 2 pairwise tags of every session's
 // incoming messages in the live epochs.
@@ -143,7 +139,8 @@ func (n *Node) announceMailboxes() {
 		}
 		for _, c := range cs {
 			key := toldMailboxesPrefix + base64.RawURLEncoding.EncodeToString(c.Account[:])
-			if b, err := tx.GetSetting(key); c.KeyChange != nil || (err == nil && bytes.Equal(b, sum[:])) {
+			// Not to a stranger's request: only contacts learn where this device receives.
+			if b, err := tx.GetSetting(key); c.IsRequest || c.KeyChange != nil || (err == nil && bytes.Equal(b, sum[:])) {
 				continue
 			}
 			sess, _, err := n.takeSession(tx, c.Account)

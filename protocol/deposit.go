@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"sync"
 )
 
 // Version 2 mailboxes (SPEC.md, "Mailboxes, version 2") accept a deposit
@@ -92,10 +93,38 @@ func WriteKeyTag(pub ed25519.PublicKey) Tag {
 }
 
 // PairTag2 returns the version 2 pairwise tag for messages sent by sender
-// in epoch on the session whose tag seed is seed.
+// in epoch on the session whose tag seed is seed. Deriving it costs an
+// Ed25519 key generation (tens of microseconds), and a node derives every
+// session's tags for every live epoch at each registration, so results
+// are remembered under a hash of their inputs (never the seed itself).
 func PairTag2(seed [32]byte, sender byte, epoch uint64) Tag {
-	return WriteKeyTag(WriteKey(seed, sender, epoch).Public().(ed25519.PublicKey))
+	h := sha256.New()
+	h.Write([]byte("sotto/v2/tag/pair-cache-key")) // in memory only
+	h.Write(seed[:])
+	h.Write([]byte{sender})
+	h.Write(binary.BigEndian.AppendUint64(nil, epoch))
+	key := [32]byte(h.Sum(nil))
+	pairTags.Lock()
+	defer pairTags.Unlock()
+	if t, ok := pairTags.m[key]; ok {
+		return t
+	}
+	t := WriteKeyTag(WriteKey(seed, sender, epoch).Public().(ed25519.PublicKey))
+	if len(pairTags.m) >= maxPairTagCache {
+		clear(pairTags.m)
+	}
+	pairTags.m[key] = t
+	return t
 }
+
+// maxPairTagCache bounds the remembered version 2 pairwise tags (17 live
+// epochs × 2 roles × about 2,000 sessions).
+const maxPairTagCache = 1 << 16
+
+var pairTags = struct {
+	sync.Mutex
+	m map[[32]byte]Tag
+}{m: map[[32]byte]Tag{}}
 
 // IntroTag2 returns the version 2 intro tag of the device whose intro
 // secret is secret, in epoch: HKDF-SHA256(secret, no salt,
