@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"strings"
 	"sync"
@@ -420,10 +421,25 @@ func TestCuriousMailbox(t *testing.T) {
 		waitMessages(t, ctx, users[i], name(to), 1, func(m Message) bool { return stored(m) && strings.HasPrefix(string(m.Body), "while") })
 		users[to] = tn.start(dirs[to], receiveAt)
 		testkit.WaitFor(t, ctx, func() bool {
-			return len(messagesWhere(t, users[to], "", func(m Message) bool { return strings.HasPrefix(string(m.Body), "while") })) >= 1
+			return len(messagesWhere(t, users[to], "", func(m Message) bool {
+				return m.Direction == Incoming && strings.HasPrefix(string(m.Body), "while")
+			})) >= 1
 		})
 	}
 
+	// user0 holds user4's first message as a request and never told it
+	// where it receives.
+	users[0].db.View(func(tx *store.Tx) error {
+		acct := users[N-1].account()
+		c, err := tx.GetContact(acct)
+		if err != nil || !c.IsRequest {
+			t.Fatalf("the stranger at user0: %+v, %v; want a request", c, err)
+		}
+		if _, err := tx.GetSetting(toldMailboxesPrefix + base64.RawURLEncoding.EncodeToString(acct[:])); err == nil {
+			t.Fatal("a stranger's request was told the mailboxes")
+		}
+		return nil
+	})
 	published := map[peer.ID]bool{}
 	v1Tags := map[[32]byte]bool{}
 	var secrets [][protocol.IntroSecretSize]byte

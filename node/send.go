@@ -328,32 +328,12 @@ type outboxState struct {
 	deposits   map[[32]byte]*sync.Mutex // serialises deposits per contact
 	busy       map[[32]byte]bool        // a delivery runs for the contact
 	depositing map[[32]byte]bool        // a mailbox deposit runs for the contact
-	failed     map[[32]byte]int         // deposits failed in a row, per contact
-	nextTry    map[[32]byte]time.Time   // no deposit for the contact before
 	up         map[peer.ID]bool
 }
 
 func (o *outboxState) init() {
 	o.busy, o.depositing = make(map[[32]byte]bool), make(map[[32]byte]bool)
-	o.failed, o.nextTry = make(map[[32]byte]int), make(map[[32]byte]time.Time)
 	o.up = make(map[peer.ID]bool)
-}
-
-// depositWait reports whether deposits for acct wait at now after
-// failures; with failed set it records one more failure (the wait backs
-// off from minRetry to maxRetry), with ok the end of the wait.
-func (o *outboxState) depositWait(acct [32]byte, now time.Time, failed, ok bool) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	switch {
-	case failed:
-		o.failed[acct]++
-		o.nextTry[acct] = now.Add(backoff(o.failed[acct] - 1))
-	case ok:
-		delete(o.failed, acct)
-		delete(o.nextTry, acct)
-	}
-	return now.Before(o.nextTry[acct])
 }
 
 // depositLock is the contact's deposit mutex.

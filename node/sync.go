@@ -217,9 +217,6 @@ func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 	mu := n.ob.depositLock(acct)
 	mu.Lock()
 	defer mu.Unlock()
-	if n.ob.depositWait(acct, now, false, false) {
-		return // deposits failed just now: no mailbox is hammered
-	}
 	for ctx.Err() == nil {
 		var todo []store.OutboxEntry
 		if err := n.db.View(func(tx *store.Tx) error {
@@ -297,9 +294,9 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		if n.debugOn() {
 			n.cfg.Logger.Debug("mailbox deposit", "kind", e.Kind, "v2", v2, "id", hex.EncodeToString(e.MsgID[:]), "copies", k, "took", time.Since(t0), "err", err)
 		}
-		if n.ob.depositWait(e.Contact, now, err != nil, err == nil); err != nil {
+		if err != nil {
 			n.cfg.Logger.Info("mailbox deposit", "err", err)
-			break // no mailbox now: a later attempt, after a backoff, tries again
+			break // no mailbox now: the next attempt tries again
 		}
 		done = append(done, e)
 		counts = append(counts, k)
