@@ -104,6 +104,13 @@ func (c *Client2) Query(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte,
 // therefore costs a round at most max(maxBytes, MaxResponseSize) of
 // envelopes and maxBytes / minPageCharge round trips.
 func (c *Client2) Sync(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte, cursor []byte, maxBytes int) ([][]byte, []byte, error) {
+	out, cursor, _, err := c.sync(ctx, mbx, tags, cursor, maxBytes)
+	return out, cursor, err
+}
+
+// sync is Sync that also reports what it charged against maxBytes: the
+// bytes of each page, and at least minPageCharge per page.
+func (c *Client2) sync(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte, cursor []byte, maxBytes int) ([][]byte, []byte, int, error) {
 	if maxBytes <= 0 || maxBytes > MaxSyncBytes {
 		maxBytes = MaxSyncBytes
 	}
@@ -112,7 +119,7 @@ func (c *Client2) Sync(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte, 
 	for {
 		res, err := c.Query(ctx, mbx, tags, cursor, 0)
 		if err != nil {
-			return out, cursor, err
+			return out, cursor, read, err
 		}
 		page := 0
 		for _, env := range res.Envelopes {
@@ -123,10 +130,10 @@ func (c *Client2) Sync(ctx context.Context, mbx peer.AddrInfo, tags [][32]byte, 
 		cursor = res.Cursor
 		switch {
 		case !res.More || len(res.Envelopes) == 0:
-			return out, cursor, nil
+			return out, cursor, read, nil
 		case read+MaxResponseSize > maxBytes:
 			// The next page could pass the budget.
-			return out, cursor, ErrSyncBudget
+			return out, cursor, read, ErrSyncBudget
 		}
 	}
 }

@@ -41,6 +41,14 @@ const (
 	maxCursors = 64
 	// syncMailboxTimeout bounds one kind's sync at one mailbox.
 	syncMailboxTimeout = time.Minute
+	// OldEpochsEvery is how often a sync round also reads the epochs
+	// older than the filters cover (Epoch(now) − 1 on): a deposit under
+	// them comes from a sender whose message waited for days. The first
+	// round reads them too.
+	OldEpochsEvery = 3 * time.Hour
+	// FilterClockMargin is how far from its own clock a user expects a
+	// live sender's: it filters the epochs now ± FilterClockMargin touch.
+	FilterClockMargin = time.Hour
 )
 
 // ErrJunk is what an Inbox's Deliver returns (wrapped) for an envelope
@@ -92,6 +100,8 @@ type Inbox struct {
 	health  map[peer.ID]*mbxHealth
 	recent  map[[32]byte]struct{}
 	recentQ [][32]byte
+	// lastSweep is when a round last read the old epochs.
+	lastSweep time.Time
 }
 
 // mbxHealth is what an Inbox knows of one mailbox.
@@ -180,32 +190,111 @@ func (in *Inbox) split(regs []Registration, kind byte, mbx peer.ID, e uint64) (t
 	return toRegister, tags
 }
 
+// epochGroup is what one identity of the user may name: the
+// registrations of one kind in one epoch (SPEC "One identity, one
+// epoch"), so that a mailbox cannot tie a pair's tags of two epochs to
+// each other through the peer that named them.
+type epochGroup struct {
+	kind  byte
+	epoch uint64
+	regs  []Registration
+}
+
+// groupByEpoch splits regs into epoch groups, the pairwise ones first and
+// the newest epoch first in each kind; with recentOnly, only the epochs a
+// filter covers (from Epoch(now) − 1 on).
+func groupByEpoch(regs []Registration, now time.Time, recentOnly bool) []epochGroup {
+	e := protocol.Epoch(now)
+	idx := map[[2]uint64]int{}
+	var out []epochGroup
+	for _, r := range regs {
+		if recentOnly && r.Epoch+1 < e {
+			continue
+		}
+		k := [2]uint64{uint64(r.Kind), r.Epoch}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, epochGroup{kind: r.Kind, epoch: r.Epoch})
+		}
+		out[i].regs = append(out[i].regs, r)
+	}
+	slices.SortStableFunc(out, func(a, b epochGroup) int {
+		if a.kind != b.kind {
+			return cmpKind(a.kind, b.kind)
+		}
+		return -cmpUint(a.epoch, b.epoch)
+	})
+	return out
+}
+
+// cmpKind orders pairwise registrations before intro ones.
+func cmpKind(a, b byte) int {
+	rank := func(k byte) int {
+		if k == store.RegPair {
+			return 0
+		}
+		return 1
+	}
+	return rank(a) - rank(b)
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
 // SyncRound registers what is new and reads what is waiting at every
-// mailbox: first the pairwise tags, then, from another fresh identity, the
-// intro tags. It reads at most MaxSyncBytes per mailbox and kind, and
-// returns how many envelopes it delivered.
+// mailbox, each kind and epoch of tags from its own fresh identity:
+// pairwise tags first, then intro tags. The epochs older than the
+// filters cover are read on the first round and then at most every
+// OldEpochsEvery (SPEC "One identity, one epoch"). It reads at most
+// MaxSyncBytes per mailbox and kind, and returns how many envelopes it
+// delivered.
 func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
 	if len(in.Mailboxes()) == 0 {
 		return 0, nil
 	}
 	now := in.cfg.Now()
-	regs := in.cfg.Registrations(now)
+	in.mu.Lock()
+	recentOnly := !in.lastSweep.IsZero() && now.Sub(in.lastSweep) < OldEpochsEvery && !now.Before(in.lastSweep)
+	if !recentOnly {
+		in.lastSweep = now
+	}
+	in.mu.Unlock()
 	total := 0
 	var errs []error
 	failed := map[peer.ID]bool{}
-	for _, kind := range []byte{store.RegPair, store.RegIntro} {
-		if !slices.ContainsFunc(regs, func(r Registration) bool { return r.Kind == kind }) {
-			continue // nothing of this kind to register or read
-		}
+	type budgetKey struct {
+		mbx  peer.ID
+		kind byte
+	}
+	budget := map[budgetKey]int{}
+	for _, g := range groupByEpoch(in.cfg.Registrations(now), now, recentOnly) {
 		h, err := in.cfg.NewHost()
 		if err != nil {
 			return total, err
 		}
 		c := NewClient2(ctx, h)
 		for _, m := range in.Mailboxes() {
+			bk := budgetKey{m.ID, g.kind}
+			b, ok := budget[bk]
+			if !ok {
+				b = MaxSyncBytes
+			}
+			if b <= 0 || failed[m.ID] {
+				continue // spent, or not answering this round
+			}
 			mctx, cancel := context.WithTimeout(ctx, syncMailboxTimeout)
-			n, err := in.syncOne(mctx, c, m, regs, kind, now)
+			n, err := in.syncOne(mctx, c, m, g.regs, g.kind, now, &b)
 			cancel()
+			budget[bk] = b
 			total += n
 			if err != nil {
 				// A round the owner could not take counts not against the mailbox.
@@ -223,18 +312,17 @@ func (in *Inbox) SyncRound(ctx context.Context) (int, error) {
 
 // Register registers at every mailbox what is new, without reading: a
 // new session's tags, which its peer may write under at any moment. Each
-// kind goes from its own fresh identity.
+// kind and epoch goes from its own fresh identity.
 func (in *Inbox) Register(ctx context.Context) error {
 	if len(in.Mailboxes()) == 0 {
 		return nil // nowhere to register: the registrations are not even listed
 	}
 	now := in.cfg.Now()
-	regs := in.cfg.Registrations(now)
 	var errs []error
-	for _, kind := range []byte{store.RegPair, store.RegIntro} {
+	for _, g := range groupByEpoch(in.cfg.Registrations(now), now, true) {
 		var h host.Host
 		for _, m := range in.Mailboxes() {
-			toRegister, _ := in.split(regs, kind, m.ID, protocol.Epoch(now))
+			toRegister, _ := in.split(g.regs, g.kind, m.ID, protocol.Epoch(now))
 			if len(toRegister) == 0 {
 				continue
 			}
@@ -278,15 +366,15 @@ func (in *Inbox) register(ctx context.Context, c *Client2, m peer.AddrInfo, toRe
 	return nil
 }
 
-// syncOne registers and reads one kind of tag at one mailbox.
-func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs []Registration, kind byte, now time.Time) (int, error) {
+// syncOne registers and reads one kind of tag at one mailbox, spending
+// at most *budget bytes.
+func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs []Registration, kind byte, now time.Time, budget *int) (int, error) {
 	toRegister, tags := in.split(regs, kind, m.ID, protocol.Epoch(now))
 	if err := in.register(ctx, c, m, toRegister); err != nil {
 		return 0, err
 	}
 	delivered := 0
-	budget := MaxSyncBytes
-	for len(tags) > 0 && budget > 0 {
+	for len(tags) > 0 && *budget > 0 {
 		chunk := tags[:min(len(tags), MaxQueryTags)]
 		tags = tags[len(chunk):]
 		// Each set of tags resumes where the last round left it, so junk
@@ -298,11 +386,11 @@ func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs 
 			cursor = h.cursor[key]
 		}
 		in.mu.Unlock()
-		envs, next, err := c.Sync(ctx, m, chunk, cursor, budget)
+		envs, next, charged, err := c.sync(ctx, m, chunk, cursor, *budget)
+		*budget -= charged
 		junk := 0
 		var notTaken error
 		for _, env := range envs {
-			budget -= len(env)
 			d, j, derr := in.deliver(m.ID, env)
 			switch {
 			case d:
@@ -479,40 +567,47 @@ func (in *Inbox) Delete(ctx context.Context, tag [32]byte, tokens [][32]byte) er
 	return errors.Join(errs...)
 }
 
-// RunFilters keeps a filter open at every mailbox, for each kind of tag
-// from its own fresh identity, until ctx ends; envelopes pushed go to
-// Deliver. A filter that ends is opened again after filterRetry; what
-// arrived meanwhile was not pushed, so the owner runs a SyncRound on
-// reconnect and periodically.
+// filterKey names one filter: a mailbox, a kind of tag and an epoch.
+type filterKey struct {
+	mbx   peer.ID
+	kind  byte
+	epoch uint64
+}
+
+// RunFilters keeps filters open at every mailbox until ctx ends, one for
+// each kind of tag and each epoch that now ± FilterClockMargin touches
+// (one epoch most of the day, two around midnight UTC), each from its own
+// fresh identity; envelopes pushed go to Deliver. A filter that ends is
+// opened again after filterRetry; what arrived meanwhile was not pushed,
+// so the owner runs a SyncRound on reconnect and periodically, which also
+// reads what senders with clocks further off sealed.
 func (in *Inbox) RunFilters(ctx context.Context) {
 	var wg sync.WaitGroup
-	running := map[peer.ID]context.CancelFunc{}
+	running := map[filterKey]context.CancelFunc{}
 	tick := time.NewTicker(filterRetry)
 	defer tick.Stop()
 	for {
+		now := in.cfg.Now()
+		want := map[filterKey]bool{}
 		for _, m := range in.Mailboxes() {
-			if running[m.ID] != nil {
-				continue
-			}
-			fctx, cancel := context.WithCancel(ctx)
-			running[m.ID] = cancel
 			for _, kind := range []byte{store.RegPair, store.RegIntro} {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					in.filterLoop(fctx, m, kind)
-				}()
+				for ep := protocol.Epoch(now.Add(-FilterClockMargin)); ep <= protocol.Epoch(now.Add(FilterClockMargin)); ep++ {
+					k := filterKey{m.ID, kind, ep}
+					want[k] = true
+					if running[k] != nil {
+						continue
+					}
+					fctx, cancel := context.WithCancel(ctx)
+					running[k] = cancel
+					wg.Go(func() { in.filterLoop(fctx, m, kind, ep) })
+				}
 			}
 		}
-		// Stop the filters of mailboxes no longer used.
-		current := map[peer.ID]bool{}
-		for _, m := range in.Mailboxes() {
-			current[m.ID] = true
-		}
-		for id, cancel := range running {
-			if !current[id] {
+		// Stop the filters of mailboxes no longer used and of past epochs.
+		for k, cancel := range running {
+			if !want[k] {
 				cancel()
-				delete(running, id)
+				delete(running, k)
 			}
 		}
 		select {
@@ -527,10 +622,10 @@ func (in *Inbox) RunFilters(ctx context.Context) {
 	}
 }
 
-// filterLoop holds one filter of kind at m open until ctx ends.
-func (in *Inbox) filterLoop(ctx context.Context, m peer.AddrInfo, kind byte) {
+// filterLoop holds one filter of kind and epoch at m open until ctx ends.
+func (in *Inbox) filterLoop(ctx context.Context, m peer.AddrInfo, kind byte, epoch uint64) {
 	for ctx.Err() == nil {
-		in.filterOnce(ctx, m, kind)
+		in.filterOnce(ctx, m, kind, epoch)
 		select {
 		case <-ctx.Done():
 			return
@@ -539,14 +634,12 @@ func (in *Inbox) filterLoop(ctx context.Context, m peer.AddrInfo, kind byte) {
 	}
 }
 
-// filterTags returns the tags of kind a filter names at now: those of
-// epochs from Epoch(now) − 1 on (live traffic; a sender's clock may be a
-// day behind), at most MaxFilterTags. Older epochs are left to sync rounds.
-func (in *Inbox) filterTags(kind byte, now time.Time) [][32]byte {
-	e := protocol.Epoch(now)
+// filterTags returns the tags of kind and epoch a filter names at now,
+// at most MaxFilterTags.
+func (in *Inbox) filterTags(kind byte, epoch uint64, now time.Time) [][32]byte {
 	var tags [][32]byte
 	for _, r := range in.cfg.Registrations(now) {
-		if r.Kind == kind && r.Epoch+1 >= e && len(tags) < MaxFilterTags {
+		if r.Kind == kind && r.Epoch == epoch && len(tags) < MaxFilterTags {
 			tags = append(tags, r.Tag)
 		}
 	}
@@ -569,8 +662,8 @@ func sameTags(a, b [][32]byte) bool {
 // sessions, a new epoch).
 const filterRefresh = time.Minute
 
-func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte) {
-	tags := in.filterTags(kind, in.cfg.Now())
+func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte, epoch uint64) {
+	tags := in.filterTags(kind, epoch, in.cfg.Now())
 	if len(tags) == 0 {
 		return
 	}
@@ -601,7 +694,7 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte) {
 			in.cfg.Logger.Debug("mailbox filter ended", "mailbox", m.ID, "err", f.Err())
 			return
 		case <-tick.C:
-			if next := in.filterTags(kind, in.cfg.Now()); len(next) > 0 && !sameTags(next, tags) {
+			if next := in.filterTags(kind, epoch, in.cfg.Now()); len(next) > 0 && !sameTags(next, tags) {
 				if err := f.SetTags(next); err != nil {
 					return
 				}

@@ -447,7 +447,7 @@ func (s *Service) sweepLoop() {
 // gossiped stores an envelope that arrived on a served topic (the topic
 // validator has checked it).
 func (s *Service) gossiped(env []byte) {
-	if !s.cfg.legacyDeposits {
+	if !s.legacyOpen() {
 		return
 	}
 	st, r := s.store(env, s.db.Batch)
@@ -541,9 +541,19 @@ func (s *Service) handleStream(st network.Stream) {
 			return appendStatus(nil, StatusThrottled, ReasonNone), nil, nil
 		}
 		s.observe(st.Conn(), req.op, req.tags, req.tag, req.envelope)
+		if !protocol.Version1Reads(s.cfg.now()) {
+			// The upgrade window is over, and what it left is expired.
+			return appendStatus(nil, StatusRejected, ReasonOldProtocol), nil, nil
+		}
 		return s.answer(req), nil, nil
 	})
 	s.endStream(st, p, err)
+}
+
+// legacyOpen reports whether the mailbox takes version 1 deposits now:
+// unless turned off, until protocol.Version1Ends.
+func (s *Service) legacyOpen() bool {
+	return s.cfg.legacyDeposits && protocol.Version1Deposits(s.cfg.now())
 }
 
 // endStream ends a served stream: a reset after an error, a close after
@@ -609,7 +619,7 @@ func (s *Service) serveFrames(st network.Stream, max int, handle func(frame []by
 func (s *Service) answer(req *request) []byte {
 	switch req.op {
 	case opDeposit:
-		if !s.cfg.legacyDeposits {
+		if !s.legacyOpen() {
 			return appendStatus(nil, StatusRejected, ReasonOldProtocol)
 		}
 		st, r := s.store(req.envelope, s.db.Update)

@@ -31,7 +31,7 @@ const (
 	// serves more; they then meet Throttled and use other mailboxes).
 	MaxRegistrationsPerNet = 65536
 	// MaxFiltersPerNet bounds the open filter streams of one network.
-	MaxFiltersPerNet = 64
+	MaxFiltersPerNet = 128
 	// MeshDepositRate and MeshDepositBurst bound the deposits a mailbox
 	// validates from one mesh peer (a second, and in a burst); more are
 	// ignored. A million users send about 700 a second in all
@@ -81,10 +81,11 @@ func WithStampBits(bits int) Option {
 }
 
 // WithLegacyDeposits turns version 1 deposits (Protocol DEPOSIT, and
-// envelopes gossiped on version 1 shards) on or off. On by default while
-// nodes still deposit by version 1; off, a DEPOSIT is answered Rejected
-// with ReasonOldProtocol, while version 1 QUERY and DELETE keep serving
-// what waits here (protocol/SPEC.md, "Migration from version 1").
+// envelopes gossiped on version 1 shards) on or off. On by default until
+// protocol.Version1Ends; off, or from then on, a DEPOSIT is answered
+// Rejected with ReasonOldProtocol, while version 1 QUERY and DELETE keep
+// serving what waits here until protocol.Version1ReadEnds
+// (protocol/SPEC.md, "Migration from version 1").
 func WithLegacyDeposits(on bool) Option {
 	return func(c *config) error {
 		c.legacyDeposits = on
@@ -720,6 +721,7 @@ func (s *Service) runFilter(st network.Stream, br *bufio.Reader, f *filter) erro
 				}
 				continue
 			}
+			s.observe(st.Conn(), opFilter, req.tags, [32]byte{}, nil)
 			s.v2.mu.Lock()
 			s.setFilterTagsLocked(f, req.tags)
 			s.v2.mu.Unlock()

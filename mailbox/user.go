@@ -393,24 +393,31 @@ func ContactMailboxes(tx *store.Tx, acct [32]byte) []peer.AddrInfo {
 	return mbxs
 }
 
-// Pusher pushes one batch of deposits from one fresh identity, opened at
-// the first push. Close it after the batch.
+// Pusher pushes one batch of deposits, those under each tag from their
+// own fresh identity, opened at the tag's first push: a pairwise tag
+// belongs to one epoch, so no identity names a pair's tags of two epochs
+// (SPEC "One identity, one epoch"). Close it after the batch.
 type Pusher struct {
-	h host.Host
-	c *Client2
+	hosts map[protocol.Tag]host.Host
+	cs    map[protocol.Tag]*Client2
 }
 
-// Push pushes deposit to each of mbxs (Client2.PushAll); it fails only
-// when none took it.
-func (p *Pusher) Push(ctx context.Context, mbxs []peer.AddrInfo, deposit []byte) (int, error) {
-	if p.c == nil {
+// Push pushes deposit, sealed under tag, to each of mbxs
+// (Client2.PushAll); it fails only when none took it.
+func (p *Pusher) Push(ctx context.Context, tag protocol.Tag, mbxs []peer.AddrInfo, deposit []byte) (int, error) {
+	c := p.cs[tag]
+	if c == nil {
 		h, err := newEphemeral()
 		if err != nil {
 			return 0, err
 		}
-		p.h, p.c = h, NewClient2(ctx, h)
+		if p.cs == nil {
+			p.hosts, p.cs = map[protocol.Tag]host.Host{}, map[protocol.Tag]*Client2{}
+		}
+		c = NewClient2(ctx, h)
+		p.hosts[tag], p.cs[tag] = h, c
 	}
-	stored, err := p.c.PushAll(ctx, mbxs, deposit)
+	stored, err := c.PushAll(ctx, mbxs, deposit)
 	switch {
 	case stored > 0:
 		return stored, nil // the others are the mesh's to fill
@@ -420,9 +427,9 @@ func (p *Pusher) Push(ctx context.Context, mbxs []peer.AddrInfo, deposit []byte)
 	return 0, err
 }
 
-// Close closes the batch's host.
+// Close closes the batch's hosts.
 func (p *Pusher) Close() {
-	if p.h != nil {
-		p.h.Close()
+	for _, h := range p.hosts {
+		h.Close()
 	}
 }

@@ -659,3 +659,41 @@ func TestV2MigrationRefusesOldDeposits(t *testing.T) {
 		t.Fatalf("version 1 delete = %d, %v", n, err)
 	}
 }
+
+// The upgrade window ends by the mailbox's clock: version 1 deposits are
+// taken until protocol.Version1Ends and refused with "older mailbox
+// protocol" from then; what waits is still read and deleted by version 1
+// until protocol.Version1ReadEnds, and from then version 1 reads are
+// refused the same way.
+func TestV2MigrationWindowEndsByDate(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	clock := newFakeClock(protocol.Version1Ends.Add(-time.Hour))
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts(WithClock(clock.Now))})
+	_, c := newClient(t, false, m)
+	tag, tok := randTag(), randToken()
+	waiting := testEnvelope(t, tag, tok, clock.Now(), protocol.MaxTTL, 100).Marshal()
+	if err := c.DepositTo(ctx, m.h.ID(), waiting); err != nil {
+		t.Fatalf("a version 1 deposit an hour before the window ends: %v", err)
+	}
+	clock.Advance(time.Hour)
+	err := c.DepositTo(ctx, m.h.ID(), testEnvelope(t, tag, randToken(), clock.Now(), time.Hour, 100).Marshal())
+	wantRefusal(t, "a version 1 deposit when the window has ended", err, StatusRejected, ReasonOldProtocol)
+	if !strings.Contains(err.Error(), "older mailbox protocol") {
+		t.Fatalf("the refusal does not say what to do: %v", err)
+	}
+	// Just before the last deposit of the window expires, it is read.
+	clock.Advance(protocol.MaxTTL - 2*time.Hour)
+	res, err := c.Query(ctx, m.h.ID(), []protocol.Tag{tag}, nil, 0)
+	if err != nil || len(res.Envelopes) != 1 || !bytes.Equal(res.Envelopes[0], waiting) {
+		t.Fatalf("a version 1 query of what waits, %v after the window ended: %d envelopes, %v", clock.Now().Sub(protocol.Version1Ends), len(res.Envelopes), err)
+	}
+	clock.Advance(protocol.Version1ReadEnds.Sub(clock.Now()) - time.Minute)
+	if _, err := c.Query(ctx, m.h.ID(), []protocol.Tag{tag}, nil, 0); err != nil {
+		t.Fatalf("a version 1 query a minute before reading ends: %v", err)
+	}
+	clock.Advance(time.Minute)
+	_, err = c.Query(ctx, m.h.ID(), []protocol.Tag{tag}, nil, 0)
+	wantRefusal(t, "a version 1 query when reading has ended", err, StatusRejected, ReasonOldProtocol)
+	_, err = c.Delete(ctx, m.h.ID(), tag, [][32]byte{tok})
+	wantRefusal(t, "a version 1 delete when reading has ended", err, StatusRejected, ReasonOldProtocol)
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/mailbox"
 	"github.com/sotto-im/sotto/p2p"
+	"github.com/sotto-im/sotto/p2p/p2ptest"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 )
@@ -372,25 +374,30 @@ func TestVersion2FirstContact(t *testing.T) {
 // TestCuriousMailbox: one mailbox records every request it gets while
 // five users, who all receive there, write to each other around a ring
 // while each recipient is away, a stranger writes first from an invite,
-// and everyone comes back. What it sees over version 2 comes from no
+// and everyone comes back; then the clock (everyone's, injected) moves on
+// a day and they do it again. What it sees over version 2 comes from no
 // user's published peer ID; names no tag computable from an account key;
 // its pushes come from other identities than its registrations, queries
-// and filters; intro tags and pairwise tags never share an identity; and
-// the version 1 requests (the upgrade window's sync, from the published
-// peer ID) name no version 2 tag.
+// and filters; intro tags and pairwise tags never share an identity; no
+// identity names a pair's tags (or a user's intro tags) of two epochs;
+// and the version 1 requests (the upgrade window's sync, from the
+// published peer ID) name no version 2 tag.
 func TestCuriousMailbox(t *testing.T) {
 	tn := newTestNet(t)
 	var mu sync.Mutex
 	var seen []mailbox.Seen
+	var offset atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 	m := tn.start(tn.initNode("mailbox"), asMailbox, func(c *Config) {
+		c.Now = now
 		c.MailboxOptions = []mailbox.Option{mailbox.WithObserver(func(s mailbox.Seen) {
 			mu.Lock()
 			seen = append(seen, s)
 			mu.Unlock()
 		})}
 	})
-	receiveAt := func(c *Config) { c.MailboxNodes = []peer.AddrInfo{m.Host().AddrInfo()} }
-	ctx := testkit.Context(t, 150*time.Second)
+	receiveAt := func(c *Config) { c.MailboxNodes, c.Now = []peer.AddrInfo{m.Host().AddrInfo()}, now }
+	ctx := testkit.Context(t, 200*time.Second)
 	const N = 5
 	dirs := make([]string, N)
 	users := make([]*Node, N)
@@ -421,20 +428,27 @@ func TestCuriousMailbox(t *testing.T) {
 	if _, err := users[N-1].AddContact(name(0), inv.String()); err != nil {
 		t.Fatal(err)
 	}
-	// Each recipient away in turn while its sender writes.
-	for i := range N {
-		to := (i + 1) % N
-		users[to].Close()
-		if _, err := users[i].Send(ctx, name(to), fmt.Sprintf("while you were away, from %d", i)); err != nil {
-			t.Fatal(err)
+	// Each recipient away in turn while its sender writes; a day later,
+	// again.
+	for day := range 2 {
+		if day == 1 {
+			offset.Store(int64(protocol.EpochLength))
 		}
-		waitMessages(t, ctx, users[i], name(to), 1, func(m Message) bool { return stored(m) && strings.HasPrefix(string(m.Body), "while") })
-		users[to] = tn.start(dirs[to], receiveAt)
-		testkit.WaitFor(t, ctx, func() bool {
-			return len(messagesWhere(t, users[to], "", func(m Message) bool {
-				return m.Direction == Incoming && strings.HasPrefix(string(m.Body), "while")
-			})) >= 1
-		})
+		for i := range N {
+			to := (i + 1) % N
+			users[to].Close()
+			body := fmt.Sprintf("while you were away on day %d, from %d", day, i)
+			if _, err := users[i].Send(ctx, name(to), body); err != nil {
+				t.Fatal(err)
+			}
+			waitMessages(t, ctx, users[i], name(to), 1, func(m Message) bool { return stored(m) && string(m.Body) == body })
+			users[to] = tn.start(dirs[to], receiveAt)
+			testkit.WaitFor(t, ctx, func() bool {
+				return len(messagesWhere(t, users[to], "", func(m Message) bool {
+					return m.Direction == Incoming && string(m.Body) == body
+				})) == 1
+			})
+		}
 	}
 
 	// user0 holds user4's first message as a request and never told it
@@ -450,24 +464,38 @@ func TestCuriousMailbox(t *testing.T) {
 		}
 		return nil
 	})
+	// Which pair (or whose intro tags) and epoch each version 2 tag is,
+	// over both days' live epochs.
+	type owner struct {
+		pair  string
+		epoch uint64
+	}
+	owners := map[[32]byte]owner{}
+	epochs := append(protocol.LiveEpochs(time.Now()), protocol.Epoch(now())+1)
 	published := map[peer.ID]bool{}
 	v1Tags := map[[32]byte]bool{}
-	var secrets [][protocol.IntroSecretSize]byte
-	for _, u := range users {
+	for i, u := range users {
 		published[u.Host().ID()] = true
-		secrets = append(secrets, u.introSecret)
-		for _, e := range protocol.LiveEpochs(time.Now()) {
+		for _, e := range epochs {
 			v1Tags[protocol.IntroTag(u.account(), e)] = true
+			owners[protocol.IntroTag2(u.introSecret, e)] = owner{fmt.Sprintf("intro of %d", i), e}
 		}
+		u.db.View(func(tx *store.Tx) error {
+			return u.eachSession(tx, func(c store.Contact, s *protocol.Session) error {
+				a, b := u.account(), c.Account
+				if bytes.Compare(a[:], b[:]) > 0 {
+					a, b = b, a
+				}
+				pair := fmt.Sprintf("%x-%x", a[:4], b[:4])
+				for _, e := range epochs {
+					owners[s.SendTag2(e)] = owner{pair, e}
+					owners[s.RecvTag2(e)] = owner{pair, e}
+				}
+				return nil
+			})
+		})
 	}
-	isIntro2 := func(tag [32]byte) bool {
-		for _, q := range secrets {
-			if protocol.IsIntroTag2(q, tag, time.Now()) {
-				return true
-			}
-		}
-		return false
-	}
+	isIntro2 := func(tag [32]byte) bool { return strings.HasPrefix(owners[tag].pair, "intro") }
 	mu.Lock()
 	defer mu.Unlock()
 	pushers, readers := map[peer.ID]bool{}, map[peer.ID]bool{}
@@ -517,6 +545,38 @@ func TestCuriousMailbox(t *testing.T) {
 		if pairPeers[p] {
 			t.Fatal("one identity named both intro tags and pairwise tags")
 		}
+	}
+	// No identity names one pair's tags of two epochs, though the mailbox
+	// saw pairs' tags of two epochs.
+	byPeer := map[peer.ID]map[string]uint64{}
+	pairEpochs := map[string]map[uint64]bool{}
+	for _, s := range seen {
+		for _, tag := range s.Tags {
+			o, ok := owners[tag]
+			if s.Version == 1 || !ok {
+				continue
+			}
+			if pairEpochs[o.pair] == nil {
+				pairEpochs[o.pair] = map[uint64]bool{}
+			}
+			pairEpochs[o.pair][o.epoch] = true
+			if byPeer[s.Peer] == nil {
+				byPeer[s.Peer] = map[string]uint64{}
+			}
+			if e, ok := byPeer[s.Peer][o.pair]; ok && e != o.epoch {
+				t.Fatalf("one identity named tags of %s in two epochs (a %s)", o.pair, s.Op)
+			}
+			byPeer[s.Peer][o.pair] = o.epoch
+		}
+	}
+	spanning := 0
+	for _, es := range pairEpochs {
+		if len(es) > 1 {
+			spanning++
+		}
+	}
+	if spanning < N-1 {
+		t.Fatalf("the mailbox saw tags of two epochs for %d pairs or intro secrets, want at least %d: the test watched too little", spanning, N-1)
 	}
 	for _, s := range seen {
 		if s.Version != 1 {
@@ -592,5 +652,93 @@ func TestMailboxReplacedAndAnnounced(t *testing.T) {
 	}
 	if held := mbx[2].mailboxHeld(); held.Envelopes < 1 {
 		t.Fatal("the new mailbox holds nothing")
+	}
+}
+
+// TestVersion1DepositsEndByDate: with every clock past the end of the
+// upgrade window, a first message to an invite that names no mailboxes
+// (so it would go by version 1) is not deposited anywhere: it waits in
+// the outbox, and reaches Bob directly when he is back. Once reading
+// version 1 has ended too, a node sends no version 1 request at all.
+func TestVersion1DepositsEndByDate(t *testing.T) {
+	var offset atomic.Int64
+	offset.Store(int64(time.Until(protocol.Version1Ends.Add(time.Hour))))
+	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	tn := &testNet{t: t, boot: p2ptest.NewHost(t, p2p.WithBundleVerifier(p2p.VerifyBundle), p2p.WithClock(now))}
+	initAt := func(name string) string {
+		dir := t.TempDir() + "/" + name
+		if _, err := Init(dir, name, nil, InitWithClock(now)); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	var mu sync.Mutex
+	var seen []mailbox.Seen
+	m := tn.start(initAt("mailbox"), asMailbox, func(c *Config) {
+		c.Now = now
+		c.MailboxOptions = []mailbox.Option{mailbox.WithObserver(func(s mailbox.Seen) {
+			mu.Lock()
+			seen = append(seen, s)
+			mu.Unlock()
+		})}
+	})
+	receiveAt := func(c *Config) { c.MailboxNodes, c.Now = []peer.AddrInfo{m.Host().AddrInfo()}, now }
+	aliceDir, bobDir := initAt("alice"), initAt("bob")
+	alice, bob := tn.start(aliceDir, receiveAt), tn.start(bobDir, receiveAt)
+	ctx := testkit.Context(t, 90*time.Second)
+	inv, err := bob.invite()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv.Addrs, inv.Mailboxes = nil, nil
+	if _, err := alice.AddContact("bob", inv.String()); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool {
+		_, err := tn.boot.GetBundle(ctx, bob.ident.Account[:])
+		return err == nil
+	})
+	bob.Close()
+	if _, err := alice.Send(ctx, "bob", "after the window"); err != nil {
+		t.Fatal(err)
+	}
+	bobAcct := storedContact(t, alice, "bob").Account
+	testkit.WaitFor(t, ctx, func() bool { _, ok := alice.mbx.v1Over.Load(bobAcct); return ok })
+	if got := messagesWhere(t, alice, "bob", func(Message) bool { return true }); len(got) != 1 || got[0].State != StateQueued || got[0].StoredAt != 0 {
+		t.Fatalf("alice's message: %+v; want one, queued, stored nowhere", got)
+	}
+	if h := m.mailboxHeld(); h.Envelopes != 0 {
+		t.Fatalf("the mailbox holds %d envelopes", h.Envelopes)
+	}
+	bob = tn.start(bobDir, receiveAt)
+	in := waitMessages(t, ctx, bob, "", 1, incoming)
+	if string(in[0].Body) != "after the window" || in[0].Via != ViaDirect {
+		t.Fatalf("bob got %q via %v, want it directly", in[0].Body, in[0].Via)
+	}
+
+	// Reading version 1 ends too: no node sends a version 1 request.
+	offset.Store(int64(time.Until(protocol.Version1ReadEnds.Add(time.Hour))))
+	mu.Lock()
+	mark := len(seen)
+	mu.Unlock()
+	for _, n := range []*Node{alice, bob} {
+		if k, err := n.SyncMailboxes(ctx); k != 0 || err != nil {
+			t.Fatalf("the version 1 sync after reading ended = %d, %v", k, err)
+		}
+		if _, err := n.mbx.user.Round(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	v2 := 0
+	for _, s := range seen[mark:] {
+		if s.Version == 1 {
+			t.Fatalf("a version 1 %s after reading version 1 ended", s.Op)
+		}
+		v2++
+	}
+	if v2 == 0 {
+		t.Fatal("the mailbox saw no request at all after reading ended: the test watched nothing")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -32,6 +33,10 @@ const (
 	syncTimeout = 2 * time.Minute
 )
 
+// errNoVersion2Mailboxes stops a deposit to a contact that announced no
+// version 2 mailboxes once version 1 deposits have ended.
+var errNoVersion2Mailboxes = errors.New("node: the contact announced no version 2 mailboxes, and version 1 deposits have ended")
+
 // mailboxes is the node's mailbox machinery: the gossip router (which
 // only a mailbox node's service joins topics on), the version 1 client,
 // the service (when serving), and the version 2 user side, which receives
@@ -42,6 +47,7 @@ type mailboxes struct {
 	svc      *mailbox.Service
 	user     *mailbox.User
 	syncKick chan struct{}
+	v1Over   sync.Map // contacts whose messages wait since version 1 deposits ended, logged once
 }
 
 // startMailboxes sets up, on the gossip router, the mailbox client and (when configured)
@@ -158,10 +164,16 @@ const maxSyncEnvelopes = 50_000
 // therefore merged into one order consistent with every mailbox's order
 // (a topological merge) before they are processed, so messages are shown
 // in the order they were sent.
+//
+// This is the version 1 sync; from protocol.Version1ReadEnds on it does
+// nothing (SPEC "Migration from version 1").
 func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 	m := &n.mbx
 	if m.client == nil {
 		return 0, ErrNotRunning
+	}
+	if !protocol.Version1Reads(n.now()) {
+		return 0, nil
 	}
 	n.syncs.Add(1)
 	tags, err := n.myTags()
@@ -257,7 +269,11 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 	var sess *protocol.Session
 	var mbxs []peer.AddrInfo
 	var intro *[protocol.IntroSecretSize]byte
+	var name string
 	n.db.View(func(tx *store.Tx) error {
+		if c, err := tx.GetContact(todo[0].Contact); err == nil {
+			name = c.Name
+		}
 		if mbxs = mailbox.ContactMailboxes(tx, todo[0].Contact); mbxs != nil {
 			sess, _ = n.loadSession(tx, todo[0].Contact)
 			intro = mailbox.ContactIntroSecret(tx, todo[0].Contact)
@@ -286,16 +302,24 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 			dep, err = mailbox.IntroDeposit(ctx, e.Envelope) // a first message: stamped
 		}
 		v2 := dep != nil
-		if v2 {
-			k, err = p.Push(ctx, mbxs, dep)
-		} else if err == nil {
+		switch {
+		case v2:
+			k, err = p.Push(ctx, env.Tag, mbxs, dep)
+		case err == nil && !protocol.Version1Deposits(now):
+			err = errNoVersion2Mailboxes
+			if _, told := n.mbx.v1Over.LoadOrStore(e.Contact, true); !told {
+				n.cfg.Logger.Warn("a message waits for direct delivery: the contact announced no version 2 mailboxes and version 1 deposits have ended", "contact", name)
+			}
+		case err == nil:
 			k, err = n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
 		}
 		if n.debugOn() {
 			n.cfg.Logger.Debug("mailbox deposit", "kind", e.Kind, "v2", v2, "id", hex.EncodeToString(e.MsgID[:]), "copies", k, "took", time.Since(t0), "err", err)
 		}
 		if err != nil {
-			n.cfg.Logger.Info("mailbox deposit", "err", err)
+			if !errors.Is(err, errNoVersion2Mailboxes) {
+				n.cfg.Logger.Info("mailbox deposit", "err", err)
+			}
 			break // no mailbox now: the next attempt tries again
 		}
 		done = append(done, e)
