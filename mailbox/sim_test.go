@@ -227,7 +227,7 @@ func parallel(tb testing.TB, n int, fn func(i int) error) {
 // delivered exactly once, and what a user receives per byte of its own
 // traffic does not grow when the network doubles.
 func TestMailboxSim(t *testing.T) {
-	sizes := []int{30, 60}
+	sizes := []int{50, 100}
 	if raceEnabled {
 		sizes = []int{10, 20}
 	}

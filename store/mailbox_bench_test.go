@@ -2,12 +2,15 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/sotto-im/sotto/protocol"
 )
 
 // The 1M-envelope benchmark database: benchMbxEnvelopes envelopes of
@@ -115,4 +118,83 @@ func BenchmarkMailboxPut(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkMailboxStoragePerUser measures what one user costs a mailbox
+// on disk in the model's worst case (docs/MAILBOX-MODEL.md, A5, A6, A11):
+// 378 registrations (21 tags a day for 18 days) and 14 days of
+// undeleted envelopes (60 a day of 383 bytes, under the user's pairwise
+// tags), for benchStorageUsers users in one file. It reports the bytes of
+// bbolt pages in use (the file's high-water mark, without its
+// preallocation) per registration, per envelope and per user.
+func BenchmarkMailboxStoragePerUser(b *testing.B) {
+	const (
+		users         = 200
+		tagsPerEpoch  = 21
+		epochs        = 18
+		envsPerDay    = 60
+		days          = 14
+		envCiphertext = 383 - 77 // the model's mean envelope, less the header
+	)
+	var perReg, perEnv, perUser float64
+	for b.Loop() {
+		db, _ := openTest(b)
+		used := func() int64 {
+			var n int64
+			db.View(func(tx *Tx) error { n = tx.tx.Size(); return nil })
+			return n
+		}
+		e := protocol.Epoch(mbxNow)
+		tag := func(u, t int, ep uint64) [32]byte {
+			x := mbxTag(u*1_000_003 + t*1_009 + int(ep))
+			x[30] = byte(t)
+			return x
+		}
+		start := used()
+		for u := range users {
+			var regs []MailboxRegistration
+			for ep := e - 15; ep <= e+2; ep++ {
+				for t := range tagsPerEpoch {
+					regs = append(regs, MailboxRegistration{Kind: RegPair, Tag: tag(u, t, ep), Epoch: ep})
+				}
+			}
+			if err := db.Update(func(tx *Tx) error {
+				for len(regs) > 0 {
+					chunk := regs[:min(len(regs), MaxMailboxRegistrations)]
+					regs = regs[len(chunk):]
+					if n, err := tx.MailboxRegister(chunk, mbxNow); err != nil || n != len(chunk) {
+						return fmt.Errorf("registered %d of %d: %v", n, len(chunk), err)
+					}
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		afterRegs := used()
+		id := 0
+		for u := range users {
+			if err := db.Update(func(tx *Tx) error {
+				for d := range days {
+					for i := range envsPerDay {
+						id++
+						env := mbxEnvelope(tag(u, i%(tagsPerEpoch-1), e-uint64(d)), id, envCiphertext, 24*time.Hour)
+						if ok, err := tx.MailboxPutRegistered(env, RegPair, mbxNow, MailboxLimits{}); err != nil || !ok {
+							return fmt.Errorf("envelope %d not stored: %v", id, err)
+						}
+					}
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		end := used()
+		perReg = float64(afterRegs-start) / (users * tagsPerEpoch * epochs)
+		perEnv = float64(end-afterRegs) / (users * envsPerDay * days)
+		perUser = float64(end-start) / users
+	}
+	b.ReportMetric(perReg, "disk-B/registration")
+	b.ReportMetric(perEnv, "disk-B/envelope")
+	b.ReportMetric(perUser, "disk-B/user")
 }
