@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -47,7 +48,9 @@ func FindMailboxNodes(ctx context.Context, h *p2p.Host, max int) []peer.AddrInfo
 // shuffles), skipping those in avoid, so that no two chosen share an IPv4
 // /16 network (or an IPv6 /32) while candidates in other networks remain;
 // only then does it take a second from a network already chosen. A
-// candidate with no IP address forms a network of its own.
+// candidate is in every network one of its addresses is in, so an address
+// it lists first proves nothing; candidates with no IP address (DNS names
+// only) are all in one network.
 func ChooseMailboxes(candidates []peer.AddrInfo, k int, avoid map[peer.ID]bool) []peer.AddrInfo {
 	var out []peer.AddrInfo
 	taken := map[peer.ID]bool{}
@@ -60,11 +63,13 @@ func ChooseMailboxes(candidates []peer.AddrInfo, k int, avoid map[peer.ID]bool) 
 			if avoid[c.ID] || taken[c.ID] {
 				continue
 			}
-			n := wideNet(c)
-			if pass == 0 && nets[n] {
+			ns := wideNets(c)
+			if pass == 0 && slices.ContainsFunc(ns, func(n string) bool { return nets[n] }) {
 				continue
 			}
-			nets[n] = true
+			for _, n := range ns {
+				nets[n] = true
+			}
 			taken[c.ID] = true
 			out = append(out, c)
 		}
@@ -72,20 +77,29 @@ func ChooseMailboxes(candidates []peer.AddrInfo, k int, avoid map[peer.ID]bool) 
 	return out
 }
 
-// wideNet names the network a mailbox's first IP address is in: its IPv4
-// /16 or IPv6 /32.
-func wideNet(ai peer.AddrInfo) string {
+// wideNets names the networks a mailbox's IP addresses are in: their IPv4
+// /16 or IPv6 /32; "no-ip" if it has none.
+func wideNets(ai peer.AddrInfo) []string {
+	var out []string
 	for _, a := range ai.Addrs {
 		ip, err := manet.ToIP(a)
 		if err != nil {
 			continue
 		}
+		var n string
 		if v4 := ip.To4(); v4 != nil {
-			return "ip4/" + v4.Mask(net.CIDRMask(16, 32)).String() + "/16"
+			n = "ip4/" + v4.Mask(net.CIDRMask(16, 32)).String() + "/16"
+		} else {
+			n = "ip6/" + ip.Mask(net.CIDRMask(32, 128)).String() + "/32"
 		}
-		return "ip6/" + ip.Mask(net.CIDRMask(32, 128)).String() + "/32"
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
 	}
-	return "peer/" + ai.ID.String()
+	if len(out) == 0 {
+		out = append(out, "no-ip")
+	}
+	return out
 }
 
 // provideDirectory announces this node under DirectoryKey.

@@ -26,6 +26,10 @@ func TestChooseMailboxesSpreadsNetworks(t *testing.T) {
 	c := mk("c", "/ip6/2001:db8:1::1/tcp/4001")
 	c2 := mk("c2", "/ip6/2001:db8:ffff::1/tcp/4001") // same /32 as c
 	d := mk("d", "")
+	d2 := mk("d2", "/dns4/mbx.example/tcp/4001")
+	// x lists an address in a network of its own first, then one in a1's.
+	x := mk("x", "/ip4/192.0.2.7/tcp/4001")
+	x.Addrs = append(x.Addrs, ma.StringCast("/ip4/198.51.3.3/tcp/4001"))
 	ids := func(as []peer.AddrInfo) []string {
 		var out []string
 		for _, a := range as {
@@ -43,7 +47,8 @@ func TestChooseMailboxesSpreadsNetworks(t *testing.T) {
 		{"distinct networks first", []peer.AddrInfo{a1, a2, b, c}, 3, nil, []string{"a1", "b", "c"}},
 		{"a second in a network only when none is left", []peer.AddrInfo{a1, a2, c, c2}, 3, nil, []string{"a1", "c", "a2"}},
 		{"avoided ones never", []peer.AddrInfo{a1, a2, b, c}, 3, []peer.ID{"b"}, []string{"a1", "c", "a2"}},
-		{"no address is its own network", []peer.AddrInfo{a1, d, a2}, 2, nil, []string{"a1", "d"}},
+		{"no IP address is one network", []peer.AddrInfo{a1, d, d2, b}, 3, nil, []string{"a1", "d", "b"}},
+		{"every address of a candidate counts, not only its first", []peer.AddrInfo{a1, x, b}, 2, nil, []string{"a1", "b"}},
 		{"fewer candidates than k", []peer.AddrInfo{a1}, 3, nil, []string{"a1"}},
 	} {
 		avoid := map[peer.ID]bool{}

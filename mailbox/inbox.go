@@ -674,7 +674,28 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte, epo
 	}
 	defer h.Close()
 	c := NewClient2(ctx, h)
+	// What the filter ever named; a push under any other tag is the
+	// mailbox's own junk, whatever the kind, and is not handed over.
+	var amu sync.Mutex
+	asked := map[[32]byte]bool{}
+	ask := func(ts [][32]byte) {
+		amu.Lock()
+		for _, t := range ts {
+			asked[t] = true
+		}
+		amu.Unlock()
+	}
+	ask(tags)
 	f, err := c.Filter(ctx, m, tags, func(env []byte) {
+		amu.Lock()
+		ok := len(env) > protocol.TagSize && asked[envelopeTag(env)]
+		amu.Unlock()
+		if !ok {
+			if in.newJunk(m.ID, env) {
+				in.recordJunk(m.ID, 1, in.cfg.Now())
+			}
+			return
+		}
 		if _, junk, _ := in.deliver(m.ID, env); junk && kind == store.RegPair && in.newJunk(m.ID, env) {
 			in.recordJunk(m.ID, 1, in.cfg.Now())
 		}
@@ -695,6 +716,7 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte, epo
 			return
 		case <-tick.C:
 			if next := in.filterTags(kind, epoch, in.cfg.Now()); len(next) > 0 && !sameTags(next, tags) {
+				ask(next) // before the mailbox knows them
 				if err := f.SetTags(next); err != nil {
 					return
 				}
@@ -721,18 +743,25 @@ func PushAll(ctx context.Context, newHost func() (host.Host, error), mbxs []peer
 	return NewClient2(ctx, h).PushAll(ctx, mbxs, deposit)
 }
 
-// PushAll pushes deposit to each of mbxs from the client's host and
-// returns how many acknowledged it (stored, or held already) and the
+// PushAll pushes deposit to each of mbxs at once from the client's host
+// and returns how many acknowledged it (stored, or held already) and the
 // refusals and failures of the others.
 func (c *Client2) PushAll(ctx context.Context, mbxs []peer.AddrInfo, deposit []byte) (int, error) {
+	errs := make([]error, len(mbxs))
+	var wg sync.WaitGroup
+	for i, m := range mbxs {
+		wg.Go(func() {
+			if err := c.Push(ctx, m, deposit); err != nil {
+				errs[i] = fmt.Errorf("mailbox %s: %w", m.ID, err)
+			}
+		})
+	}
+	wg.Wait()
 	stored := 0
-	var errs []error
-	for _, m := range mbxs {
-		if err := c.Push(ctx, m, deposit); err != nil {
-			errs = append(errs, fmt.Errorf("mailbox %s: %w", m.ID, err))
-			continue
+	for _, err := range errs {
+		if err == nil {
+			stored++
 		}
-		stored++
 	}
 	return stored, errors.Join(errs...)
 }

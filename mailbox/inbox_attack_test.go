@@ -1,8 +1,11 @@
 package mailbox
 
 import (
+	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -191,5 +194,49 @@ func TestIntroTagNotSquattedByOtherKind(t *testing.T) {
 	}
 	if err := newClient2(t).Push(ctx, m.h.AddrInfo(), dep); err != nil {
 		t.Errorf("a stranger's stamped first contact after an invite holder squatted the intro tags: %v", err)
+	}
+}
+
+// A mailbox that pushes, on a filter, an envelope under a tag the filter
+// never named gets it counted as its junk and not handed over; what it
+// pushes under a named tag is.
+func TestInboxFilterDropsUnaskedTags(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	h := p2ptest.NewHost(t)
+	u := newInboxUser()
+	now := time.Now()
+	e := protocol.Epoch(now)
+	_, asked, _ := u.session.deposit(t, now, 200)
+	unasked := testEnvelope(t, randTag(), randToken(), now, time.Hour, 200).Marshal()
+	h.LibP2P().SetStreamHandler(Protocol2, func(st network.Stream) {
+		defer st.Close()
+		if _, err := p2p.ReadFrame(st, MaxRequestSize2); err != nil {
+			st.Reset()
+			return
+		}
+		p2p.WriteFrame(st, appendStatus(nil, StatusOK, ReasonNone), MaxResponseSize)
+		for _, env := range [][]byte{unasked, asked} {
+			p2p.WriteFrame(st, append([]byte{opPushed}, env...), MaxResponseSize)
+		}
+		io.Copy(io.Discard, st) // hold the filter open
+	})
+	in, err := NewInbox(InboxConfig{Mailboxes: []peer.AddrInfo{h.AddrInfo()}, Registrations: u.registrations, Deliver: u.deliver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); in.filterOnce(fctx, h.AddrInfo(), store.RegPair, e) }()
+	testkit.WaitFor(t, ctx, func() bool { return u.count() > 0 })
+	stop()
+	<-done
+	if u.count() != 1 || !bytes.Equal(u.delivered[0], asked) {
+		t.Fatalf("delivered %d envelopes, want only the one under the filter's tag", u.count())
+	}
+	in.mu.Lock()
+	junk := in.health[h.ID()].junk
+	in.mu.Unlock()
+	if junk != 1 {
+		t.Fatalf("the mailbox's junk count is %d, want 1 (the envelope under a tag nobody asked for)", junk)
 	}
 }
