@@ -89,6 +89,7 @@ func (n *Node) AddContact(name, inviteText string) (Contact, error) {
 	}
 	n.joinVia(inv.Peers)
 	n.kickOutbox()
+	n.spawn(n.announceMailboxes) // a request that became a contact learns them now
 	return contactOf(out), nil
 }
 
@@ -177,6 +178,7 @@ func (n *Node) VerifyContact(name string, confirm bool) (Verification, error) {
 	})
 	if err == nil && confirm {
 		n.kickOutbox()
+		n.spawn(n.announceMailboxes)
 	}
 	return v, err
 }

@@ -121,6 +121,9 @@ func (n *Node) eachSession(tx *store.Tx, fn func(store.Contact, *protocol.Sessio
 // been told the current set, a mailbox announcement (content type 0x03)
 // sealed on the session, as a control entry (queueControl).
 func (n *Node) announceMailboxes() {
+	if n.mbx.user == nil {
+		return // not started
+	}
 	body, err := n.mbx.user.Announcement()
 	if len(body) == 0 || n.me == nil {
 		if err != nil {

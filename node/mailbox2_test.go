@@ -381,7 +381,8 @@ func TestVersion2FirstContact(t *testing.T) {
 // and filters; intro tags and pairwise tags never share an identity; no
 // identity names a pair's tags (or a user's intro tags) of two epochs;
 // and the version 1 requests (the upgrade window's sync, from the
-// published peer ID) name no version 2 tag.
+// published peer ID) name no version 2 tag. The stranger is told where
+// user0 receives only once user0 takes it as a contact.
 func TestCuriousMailbox(t *testing.T) {
 	tn := newTestNet(t)
 	var mu sync.Mutex
@@ -463,6 +464,24 @@ func TestCuriousMailbox(t *testing.T) {
 			t.Fatal("a stranger's request was told the mailboxes")
 		}
 		return nil
+	})
+	// Once user0 takes the stranger as a contact, it tells it.
+	inv4, err := users[N-1].invite()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := users[0].AddContact("stranger", inv4.String()); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool {
+		var told bool
+		users[0].db.View(func(tx *store.Tx) error {
+			acct := users[N-1].account()
+			_, err := tx.GetSetting(toldMailboxesPrefix + base64.RawURLEncoding.EncodeToString(acct[:]))
+			told = err == nil
+			return nil
+		})
+		return told
 	})
 	// Which pair (or whose intro tags) and epoch each version 2 tag is,
 	// over both days' live epochs.
