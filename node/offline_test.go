@@ -2,9 +2,12 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -186,5 +189,58 @@ func TestLongQueueReachesMailboxes(t *testing.T) {
 	})
 	if len(got) != N {
 		t.Fatalf("%d messages stored, want %d", len(got), N)
+	}
+}
+
+// countingHandler counts log records by message.
+type countingHandler struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.n[r.Message]++
+	h.mu.Unlock()
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+func (h *countingHandler) count(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n[msg]
+}
+
+// A receipt to a stranger who wrote first and cannot be reached (no
+// address anywhere), in a network with no mailbox to take it, is retried
+// with backoff, directly and by deposit: not every few milliseconds. (The
+// retry once came back 10 ms after each failed deposit, and a flood of
+// strangers' first messages kept the node busy with their receipts.)
+func TestFailedDepositBacksOff(t *testing.T) {
+	tn := newTestNet(t)
+	logs := &countingHandler{n: map[string]int{}}
+	alice := tn.start(tn.initNode("alice"), func(c *Config) { c.Logger = slog.New(logs) })
+	ctx := testkit.Context(t, 60*time.Second)
+	raw, err := alice.currentBundle(alice.now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, _ := firstMessageSeq(t, raw, alice.now(), time.Hour, "", "hello from nowhere", 1)
+	if err := alice.Ingest(ctx, "", env, ViaMailbox); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return logs.count("delivery failed") > 0 && logs.count("mailbox deposit") > 0 })
+	time.Sleep(4 * time.Second)
+	// With backoff from 1 s (0.5–1 s, then 1–2 s, then 2–4 s), a handful
+	// of tries in those seconds; a retry every 10–100 ms made dozens.
+	deposits, direct := logs.count("mailbox deposit"), logs.count("delivery failed")
+	t.Logf("%d deposit records, %d failed direct attempts", deposits, direct)
+	if deposits > 2*8 { // a debug and an info record per failed try
+		t.Fatalf("%d deposit records in about 4 s: the failed deposit is retried without backoff", deposits)
+	}
+	if direct > 8 {
+		t.Fatalf("%d failed direct attempts in about 4 s: retried without backoff", direct)
 	}
 }

@@ -904,11 +904,11 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					cur.NextAttempt = at // no dial is tried before then
 				}
 				if cur.Mailboxes == 0 && n.mbx.client != nil {
-					// Come back in time for the mailbox deposit.
-					if at := cur.Created.Add(n.cfg.MailboxAfter); at.Before(cur.NextAttempt) {
-						if floor := now.Add(10 * time.Millisecond); at.Before(floor) {
-							at = floor
-						}
+					// Come back in time for the mailbox deposit, if it is
+					// still to come. One already due was tried with this
+					// attempt (deliver runs it alongside); when it failed,
+					// the next try keeps the backoff rather than spin.
+					if at := cur.Created.Add(n.cfg.MailboxAfter); at.After(now) && at.Before(cur.NextAttempt) {
 						cur.NextAttempt = at
 					}
 				}
