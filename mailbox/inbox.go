@@ -158,6 +158,20 @@ func (in *Inbox) SetMailboxes(mbxs []peer.AddrInfo) {
 	}
 }
 
+// Registered reports whether one of the user's mailboxes took a
+// registration of tag (this run; the Inbox does not remember across
+// restarts).
+func (in *Inbox) Registered(tag [32]byte) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, m := range in.mbxs {
+		if h := in.health[m.ID]; h != nil && h.registered[tag] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Mailboxes returns the mailboxes the user receives at.
 func (in *Inbox) Mailboxes() []peer.AddrInfo {
 	in.mu.Lock()

@@ -158,8 +158,11 @@ type UserConfig struct {
 	// Deliver reports the delete token of what it took with Taken.
 	Registrations func(now time.Time) []Registration
 	Deliver       func(mbx peer.ID, env []byte) error
-	Now           func() time.Time
-	Logger        *slog.Logger
+	// NewHost opens the host of each round, filter and delete (default
+	// p2p.NewEphemeral: a fresh identity each time).
+	NewHost func() (host.Host, error)
+	Now     func() time.Time
+	Logger  *slog.Logger
 }
 
 // User is the user side of version 2 mailboxes for one device: it keeps
@@ -236,7 +239,7 @@ func NewUser(cfg UserConfig) (*User, error) {
 				cfg.Kick()
 			}
 		},
-		Now: cfg.Now, Logger: cfg.Logger,
+		NewHost: cfg.NewHost, Now: cfg.Now, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
@@ -247,6 +250,10 @@ func NewUser(cfg UserConfig) (*User, error) {
 
 // Mailboxes returns the mailboxes the device receives at.
 func (u *User) Mailboxes() []peer.AddrInfo { return u.in.Mailboxes() }
+
+// Registered reports whether one of the device's mailboxes took a
+// registration of tag since the User started.
+func (u *User) Registered(tag protocol.Tag) bool { return u.in.Registered(tag) }
 
 // Run keeps filters open at the mailboxes (Inbox.RunFilters) and
 // registers what RegisterSoon asks for, until ctx ends.
@@ -393,11 +400,29 @@ func ContactMailboxes(tx *store.Tx, acct [32]byte) []peer.AddrInfo {
 	return mbxs
 }
 
+// DepositFor returns the version 2 deposit of env, sealed under tag, to a
+// contact: signed with the session's write key for tag, or, for a first
+// message under the intro tag of the contact's intro secret, stamped. It
+// returns nil (and no error) when neither applies: the envelope goes by
+// version 1.
+func DepositFor(ctx context.Context, sess *protocol.Session, intro *[protocol.IntroSecretSize]byte, env []byte, tag protocol.Tag, now time.Time) ([]byte, error) {
+	if key, ok := sess.SendWriteKey(tag, now); ok {
+		return protocol.SealPairDeposit(key, env), nil
+	}
+	if intro != nil && protocol.IsIntroTag2(*intro, tag, now) {
+		return IntroDeposit(ctx, env)
+	}
+	return nil, nil
+}
+
 // Pusher pushes one batch of deposits, those under each tag from their
 // own fresh identity, opened at the tag's first push: a pairwise tag
 // belongs to one epoch, so no identity names a pair's tags of two epochs
 // (SPEC "One identity, one epoch"). Close it after the batch.
 type Pusher struct {
+	// NewHost opens each identity's host (default p2p.NewEphemeral).
+	NewHost func() (host.Host, error)
+
 	hosts map[protocol.Tag]host.Host
 	cs    map[protocol.Tag]*Client2
 }
@@ -407,7 +432,11 @@ type Pusher struct {
 func (p *Pusher) Push(ctx context.Context, tag protocol.Tag, mbxs []peer.AddrInfo, deposit []byte) (int, error) {
 	c := p.cs[tag]
 	if c == nil {
-		h, err := newEphemeral()
+		newHost := p.NewHost
+		if newHost == nil {
+			newHost = newEphemeral
+		}
+		h, err := newHost()
 		if err != nil {
 			return 0, err
 		}

@@ -37,7 +37,7 @@ func (n *Node) newUser() (err error) {
 	n.mbx.user, err = mailbox.NewUser(mailbox.UserConfig{
 		DB: n.db, Static: n.cfg.MailboxNodes, K: n.cfg.MailboxCopies, Self: self, Kick: n.kickSync, Registered: n.announceMailboxes,
 		Find:          func(ctx context.Context) []peer.AddrInfo { return mailbox.FindMailboxNodes(ctx, n.Host(), 20) },
-		Registrations: n.registrations, Deliver: n.deliver2, Now: n.cfg.Now, Logger: n.cfg.Logger,
+		Registrations: n.registrations, Deliver: n.deliver2, NewHost: n.cfg.EphemeralHost, Now: n.cfg.Now, Logger: n.cfg.Logger,
 	})
 	return err
 }
@@ -144,6 +144,11 @@ func (n *Node) announceMailboxes() {
 			key := toldMailboxesPrefix + base64.RawURLEncoding.EncodeToString(c.Account[:])
 			// Not to a stranger's request: only contacts learn where this device receives.
 			if b, err := tx.GetSetting(key); c.IsRequest || c.KeyChange != nil || (err == nil && bytes.Equal(b, sum[:])) {
+				continue
+			}
+			// Not before a mailbox takes the session's deposits: told
+			// after the round that registers its tags.
+			if s, err := n.loadSession(tx, c.Account); err != nil || s == nil || !n.mbx.user.Registered(s.RecvTag2(protocol.Epoch(now))) {
 				continue
 			}
 			sess, _, err := n.takeSession(tx, c.Account)

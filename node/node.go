@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
@@ -126,6 +127,10 @@ type Config struct {
 	// MailboxCopies that answer); without them the node chooses from the
 	// DHT's providers of the mailbox directory.
 	MailboxNodes []peer.AddrInfo
+	// EphemeralHost opens the fresh-identity hosts that version 2 mailbox
+	// rounds, filters and pushes go from (default p2p.NewEphemeral). A
+	// simulation on a mocknet sets one that opens mocknet peers.
+	EphemeralHost func() (host.Host, error)
 	// MailboxAfter is how long a message waits for direct delivery before
 	// it is also deposited in mailboxes (default DefaultMailboxAfter).
 	MailboxAfter time.Duration

@@ -328,6 +328,7 @@ type outboxState struct {
 	deposits   map[[32]byte]*sync.Mutex // serialises deposits per contact
 	busy       map[[32]byte]bool        // a delivery runs for the contact
 	depositing map[[32]byte]bool        // a mailbox deposit runs for the contact
+	failed     sync.Map                 // contact -> when its last deposit failed (time.Time), until one succeeds
 	up         map[peer.ID]bool
 }
 
@@ -904,11 +905,13 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					cur.NextAttempt = at // no dial is tried before then
 				}
 				if cur.Mailboxes == 0 && n.mbx.client != nil {
-					// Come back in time for the mailbox deposit, if it is
-					// still to come. One already due was tried with this
-					// attempt (deliver runs it alongside); when it failed,
-					// the next try keeps the backoff rather than spin.
-					if at := cur.Created.Add(n.cfg.MailboxAfter); at.After(now) && at.Before(cur.NextAttempt) {
+					// Come back for the deposit when it falls due, or at once if due and
+					// untried; one that failed since the entry was queued keeps the backoff.
+					at := cur.Created.Add(n.cfg.MailboxAfter)
+					if f, ok := n.ob.failed.Load(acct); !at.After(now) && (!ok || f.(time.Time).Before(cur.Created)) {
+						at = now.Add(10 * time.Millisecond)
+					}
+					if at.After(now) && at.Before(cur.NextAttempt) {
 						cur.NextAttempt = at
 					}
 				}

@@ -15,13 +15,17 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/mailbox"
 	"github.com/sotto-im/sotto/p2p"
+	"github.com/sotto-im/sotto/store"
 )
 
 // Size of the simulated network.
@@ -135,6 +139,26 @@ func (s *simNet) join(sn *simNode) error {
 	return nil
 }
 
+// ephemeral opens a fresh mocknet peer linked to every online mailbox: a
+// user's identity for one version 2 mailbox round, filter or push.
+func (s *simNet) ephemeral() (host.Host, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, err := s.mn.GenPeer()
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range s.nodes {
+		if o.mailbox && o.linked {
+			if _, err := s.mn.LinkPeers(h.ID(), o.id); err != nil {
+				h.Close()
+				return nil, err
+			}
+		}
+	}
+	return h, nil
+}
+
 // up starts sn on a fresh mocknet peer.
 func (s *simNet) up(ctx context.Context, sn *simNode) error {
 	if err := s.join(sn); err != nil {
@@ -155,6 +179,14 @@ func (s *simNet) up(ctx context.Context, sn *simNode) error {
 		MailboxAfter: 100 * time.Millisecond,
 		Logger:       testLogger(),
 		HostOptions:  []p2p.Option{p2p.WithLibp2pHost(s.mn.Host(sn.id))},
+		// Fresh identities for version 2 mailboxes are mocknet peers too.
+		EphemeralHost: s.ephemeral,
+	}
+	if sn.mailbox {
+		// Every mocknet peer has an address in one IPv6 /64, which the
+		// mailbox's per-network limits would count as one network: key
+		// them by peer, as separate users' addresses would be.
+		cfg.MailboxOptions = []mailbox.Option{mailbox.WithNetKey(func(c network.Conn) string { return c.RemotePeer().String() })}
 	}
 	if cfg.Logger != nil {
 		cfg.Logger = cfg.Logger.With("node", sn.name)
@@ -319,20 +351,32 @@ func TestSimulation100(t *testing.T) {
 	if testing.Short() || os.Getenv("SOTTO_SIM") == "" {
 		t.Skip("100-node simulation, minutes long: set SOTTO_SIM=1")
 	}
+	runSimulation(t, simNodes, simMailboxes, 50)
+}
+
+// TestSimulation30 is the same with 30 nodes (5 mailboxes, 12 pairs), in
+// every test run.
+func TestSimulation30(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 30-node simulation; not in -short mode")
+	}
+	runSimulation(t, 30, simMailboxes, 12)
+}
+
+func runSimulation(t *testing.T, nodes, mailboxes, pairs int) {
 	check := testkit.MocknetGoroutines(t)
 	const (
-		pairs    = 50
 		rounds   = 5
 		perRound = 3 // messages each way per pair per round, when the sender is online
-		offline  = simNodes * 30 / 100
 	)
+	offline := nodes * 30 / 100
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := mrand.New(mrand.NewPCG(seed, 0x5177))
 	ctx := testkit.Context(t, 5*time.Minute)
 
 	began := time.Now()
-	s := newSimNet(t, simNodes, simMailboxes, nil)
+	s := newSimNet(t, nodes, mailboxes, nil)
 	closed := false
 	defer func() {
 		if !closed {
@@ -340,8 +384,8 @@ func TestSimulation100(t *testing.T) {
 		}
 	}()
 	s.start(ctx)
-	t.Logf("%d nodes up in %v", simNodes, time.Since(began).Round(time.Millisecond))
-	users := s.nodes[simMailboxes:]
+	t.Logf("%d nodes up in %v", nodes, time.Since(began).Round(time.Millisecond))
+	users := s.nodes[mailboxes:]
 
 	var convs []*conversation
 	for _, p := range randomPairs(rng, users, pairs) {
@@ -381,6 +425,25 @@ func TestSimulation100(t *testing.T) {
 			t.Fatal(err)
 		}
 		sent += len(active) * perRound
+		// What went to a recipient who is away reaches its mailboxes
+		// before anyone comes back, so that the mailbox path is taken.
+		for _, c := range active {
+			if !away[c.to] {
+				continue
+			}
+			n := c.from.node()
+			for _, id := range c.ids[len(c.ids)-perRound:] {
+				for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+					m := storedMessage(t, n, id)
+					if m.StoredAt > 0 || m.State == store.StateDelivered {
+						break
+					}
+					if time.Now().After(deadline) || ctx.Err() != nil {
+						t.Fatalf("round %d: %s -> %s (away): message %x still %v, stored at %d mailboxes", r, c.from.name, c.to.name, id, m.State, m.StoredAt)
+					}
+				}
+			}
+		}
 
 		// A new random 30% goes offline (right after sending, with much
 		// still in flight); the rest come back.

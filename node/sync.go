@@ -269,18 +269,14 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 	var sess *protocol.Session
 	var mbxs []peer.AddrInfo
 	var intro *[protocol.IntroSecretSize]byte
-	var name string
 	n.db.View(func(tx *store.Tx) error {
-		if c, err := tx.GetContact(todo[0].Contact); err == nil {
-			name = c.Name
-		}
 		if mbxs = mailbox.ContactMailboxes(tx, todo[0].Contact); mbxs != nil {
 			sess, _ = n.loadSession(tx, todo[0].Contact)
 			intro = mailbox.ContactIntroSecret(tx, todo[0].Contact)
 		}
 		return nil
 	})
-	var p mailbox.Pusher
+	p := mailbox.Pusher{NewHost: n.cfg.EphemeralHost}
 	defer p.Close()
 	for _, e := range todo {
 		if !e.Expires.IsZero() && now.After(e.Expires) {
@@ -295,12 +291,7 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		}
 		t0 := time.Now()
 		var k int
-		var dep []byte
-		if key, ok := sess.SendWriteKey(env.Tag, now); ok {
-			dep = protocol.SealPairDeposit(key, e.Envelope)
-		} else if intro != nil && protocol.IsIntroTag2(*intro, env.Tag, now) {
-			dep, err = mailbox.IntroDeposit(ctx, e.Envelope) // a first message: stamped
-		}
+		dep, err := mailbox.DepositFor(ctx, sess, intro, e.Envelope, env.Tag, now)
 		v2 := dep != nil
 		switch {
 		case v2:
@@ -308,7 +299,7 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		case err == nil && !protocol.Version1Deposits(now):
 			err = errNoVersion2Mailboxes
 			if _, told := n.mbx.v1Over.LoadOrStore(e.Contact, true); !told {
-				n.cfg.Logger.Warn("a message waits for direct delivery: the contact announced no version 2 mailboxes and version 1 deposits have ended", "contact", name)
+				n.cfg.Logger.Warn("a message waits for direct delivery: the contact announced no version 2 mailboxes and version 1 deposits have ended", "contact", hex.EncodeToString(e.Contact[:8]))
 			}
 		case err == nil:
 			k, err = n.mbx.client.Deposit(ctx, env, n.cfg.MailboxCopies)
@@ -320,8 +311,10 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 			if !errors.Is(err, errNoVersion2Mailboxes) {
 				n.cfg.Logger.Info("mailbox deposit", "err", err)
 			}
-			break // no mailbox now: the next attempt tries again
+			n.ob.failed.Store(todo[0].Contact, n.now())
+			break // no mailbox now: the next attempt tries again, after its backoff
 		}
+		n.ob.failed.Delete(todo[0].Contact)
 		done = append(done, e)
 		counts = append(counts, k)
 	}
