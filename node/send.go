@@ -40,8 +40,9 @@ const (
 	// maxOutboxWait is the longest the outbox sleeps without looking;
 	// minOutboxWait the shortest, so that entries that are due but cannot
 	// progress (their contact's delivery is running) do not spin it.
-	maxOutboxWait = time.Minute
-	minOutboxWait = 50 * time.Millisecond
+	maxOutboxWait   = time.Minute
+	minOutboxWait   = 50 * time.Millisecond
+	depositRetryGap = 2 * time.Second // between deposits that fail while a direct attempt runs
 )
 
 // newMessageID makes a 16-byte message ID: the time in Unix nanoseconds
@@ -450,7 +451,8 @@ func (n *Node) outboxPass() {
 			// A direct attempt is under way (a dial to a device that is
 			// gone can take seconds): mailbox deposits need not wait for it.
 			at, ok := n.depositTime(entries)
-			start := ok && !at.After(now) && !n.ob.depositing[acct]
+			f, failed := n.ob.failed.Load(acct) // a failed deposit is tried again after depositRetryGap, not every pass
+			start := ok && !at.After(now) && !n.ob.depositing[acct] && (!failed || now.Sub(f.(time.Time)) >= depositRetryGap)
 			if start {
 				n.ob.depositing[acct] = true
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	"github.com/libp2p/go-libp2p/x/rate"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -246,7 +248,8 @@ func newResourceManager(cfg *config) (network.ResourceManager, error) {
 	if n := cfg.connsPerAddr; n > 0 {
 		opts = append(opts, rcmgr.WithLimitPerSubnet(
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: n}},
-			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: n}, {PrefixLength: 48, ConnCount: 8 * n}}))
+			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: n}, {PrefixLength: 48, ConnCount: 8 * n}}),
+			rcmgr.WithConnRateLimiters(connRateLimiter(n)))
 	}
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(concrete), opts...)
 	if err != nil {
@@ -379,4 +382,24 @@ func (m mdnsNotifee) HandlePeerFound(pi peer.AddrInfo) {
 		}
 		n.cfg.logger.Debug("mdns peer connected", "peer", pi.ID)
 	})
+}
+
+// connRateLimiter lets each IPv4 address (or IPv6 /56) open n new
+// connections at once and n/16 a second after that, 8 times as many for an
+// IPv6 /48; loopback is not limited. libp2p's default, a burst of 16 and
+// one every 5 s, refuses the users of a mailbox node, who open a fresh
+// connection per kind and epoch of tags in each sync round.
+func connRateLimiter(n int) *rate.Limiter {
+	per := rate.Limit{RPS: float64(n) / 16, Burst: n}
+	return &rate.Limiter{
+		NetworkPrefixLimits: []rate.PrefixLimit{
+			{Prefix: netip.MustParsePrefix("127.0.0.0/8")},
+			{Prefix: netip.MustParsePrefix("::1/128")},
+		},
+		SubnetRateLimiter: rate.SubnetLimiter{
+			IPv4SubnetLimits: []rate.SubnetLimit{{PrefixLength: 32, Limit: per}},
+			IPv6SubnetLimits: []rate.SubnetLimit{{PrefixLength: 56, Limit: per}, {PrefixLength: 48, Limit: rate.Limit{RPS: 8 * per.RPS, Burst: 8 * n}}},
+			GracePeriod:      time.Minute,
+		},
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,6 +41,8 @@ type demo struct {
 	boot  *node.Node
 	mbx   []*node.Node
 	dirs  map[string]string
+	// away is the sealed envelopes of what Alice sent while Bob was away.
+	away [][]byte
 }
 
 // stepError names the demo step that failed.
@@ -172,6 +175,9 @@ func runDemo(ctx context.Context, keep bool, out io.Writer) (err error) {
 				if held == 0 { // not found in the mailboxes: count the acknowledgements
 					held = m.StoredAt
 				}
+				if env, err := alice.SealedEnvelope(id); err == nil {
+					d.away = append(d.away, env)
+				}
 				d.say("%q: stored at %s after %s", texts[i], plural(held, "mailbox", "mailboxes"), took)
 			}
 			return nil
@@ -182,14 +188,26 @@ func runDemo(ctx context.Context, keep bool, out io.Writer) (err error) {
 				if err != nil {
 					return err
 				}
-				d.say("mailbox-%d holds %d envelopes:", i+1, len(held))
+				mine := 0
+				for _, h := range held {
+					if slices.ContainsFunc(d.away, func(env []byte) bool { return bytes.Equal(env, h.Envelope) }) {
+						mine++
+					}
+				}
+				// Receipts and control messages (which mailboxes Alice
+				// receives at, say) that Bob was not there to take wait too.
+				d.say("mailbox-%d holds %d envelopes, %d of them Alice's messages above:", i+1, len(held), mine)
 				for _, h := range held {
 					for _, t := range []string{"Dinner", "notebook", "Are you"} {
 						if bytes.Contains(h.Ciphertext, []byte(t)) {
 							return fmt.Errorf("a mailbox can read a message")
 						}
 					}
-					d.say("    tag %s…  %5d bytes  ciphertext %s…", hex.EncodeToString(h.Tag[:6]), h.Size, hex.EncodeToString(h.Ciphertext[:12]))
+					what := "receipt or control message"
+					if slices.ContainsFunc(d.away, func(env []byte) bool { return bytes.Equal(env, h.Envelope) }) {
+						what = "Alice's message"
+					}
+					d.say("    tag %s…  %5d bytes  ciphertext %s…  (%s)", hex.EncodeToString(h.Tag[:6]), h.Size, hex.EncodeToString(h.Ciphertext[:12]), what)
 				}
 			}
 			d.say("tags rotate daily and differ per pair and direction; no sender, no recipient account, no text")

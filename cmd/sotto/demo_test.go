@@ -41,7 +41,7 @@ func TestDemoCommand(t *testing.T) {
 		"] Alice and Bob message directly\n",
 		"via direct",
 		"] Alice sends while Bob is away\n",
-		"holds 3 envelopes",
+		"3 of them Alice's messages above",
 		"] Bob comes back and syncs\n",
 		`"Bring the blue notebook." (via mailbox)`,
 		"all 4 of Alice's messages to Bob delivered",
