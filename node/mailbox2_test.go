@@ -60,6 +60,19 @@ func TestMailboxRoleServesVersion2(t *testing.T) {
 	}
 }
 
+// startMailboxes starts n mailbox nodes and returns them with their
+// addresses.
+func (tn *testNet) startMailboxes(n int) ([]*Node, []peer.AddrInfo) {
+	var mbx []*Node
+	var addrs []peer.AddrInfo
+	for i := range n {
+		m := tn.start(tn.initNode(fmt.Sprintf("mailbox%d", i)), asMailbox)
+		mbx = append(mbx, m)
+		addrs = append(addrs, m.Host().AddrInfo())
+	}
+	return mbx, addrs
+}
+
 // contactAnnounced reports whether n holds mailboxes that contact name
 // announced.
 func contactAnnounced(t *testing.T, n *Node, name string) bool {
@@ -81,13 +94,7 @@ func contactAnnounced(t *testing.T, n *Node, name string) bool {
 // delivered. Neither user joins a gossip topic.
 func TestVersion2OfflineDelivery(t *testing.T) {
 	tn := newTestNet(t)
-	var mbx []*Node
-	var addrs []peer.AddrInfo
-	for i := range 2 {
-		m := tn.start(tn.initNode(fmt.Sprintf("mailbox%d", i)), asMailbox)
-		mbx = append(mbx, m)
-		addrs = append(addrs, m.Host().AddrInfo())
-	}
+	mbx, addrs := tn.startMailboxes(2)
 	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
 	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
 	alice, bob := tn.start(aliceDir, receiveAt), tn.start(bobDir, receiveAt)
@@ -321,13 +328,7 @@ func TestVersion2WipeAttack(t *testing.T) {
 // key), stamped, to those mailboxes; Bob, back, reads it there.
 func TestVersion2FirstContact(t *testing.T) {
 	tn := newTestNet(t)
-	var addrs []peer.AddrInfo
-	var mbx []*Node
-	for i := range 2 {
-		m := tn.start(tn.initNode(fmt.Sprintf("mailbox%d", i)), asMailbox)
-		mbx = append(mbx, m)
-		addrs = append(addrs, m.Host().AddrInfo())
-	}
+	mbx, addrs := tn.startMailboxes(2)
 	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
 	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
 	alice, bob := tn.start(aliceDir, receiveAt), tn.start(bobDir, receiveAt)
@@ -615,13 +616,7 @@ func TestCuriousMailbox(t *testing.T) {
 // Alice's next messages, while Bob is away, are stored at the new set.
 func TestMailboxReplacedAndAnnounced(t *testing.T) {
 	tn := newTestNet(t)
-	var mbx []*Node
-	var addrs []peer.AddrInfo
-	for i := range 3 {
-		m := tn.start(tn.initNode(fmt.Sprintf("mailbox%d", i)), asMailbox)
-		mbx = append(mbx, m)
-		addrs = append(addrs, m.Host().AddrInfo())
-	}
+	mbx, addrs := tn.startMailboxes(3)
 	receiveAt := func(c *Config) { c.MailboxNodes, c.MailboxCopies = addrs, 2 }
 	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
 	alice, bob := tn.start(aliceDir, receiveAt), tn.start(bobDir, receiveAt)
