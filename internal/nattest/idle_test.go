@@ -30,15 +30,8 @@ func TestNATIdle(t *testing.T) {
 		t.Fatalf("SOTTO_NAT_IDLE=%q: want a duration such as 10m", v)
 	}
 	checkRequirements(t)
-	deadline := time.Now().Add(testBudget + idle)
-	if d, ok := t.Deadline(); ok && d.Add(-cleanupReserve).Before(deadline) {
-		deadline = d.Add(-cleanupReserve)
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	t.Cleanup(cancel)
-	tb := newTestbed(t)
-	bin := buildSotto(t, ctx)
-	s := &scene{nw: newNetwork(t, ctx, bin, tb), tb: tb, trials: 1}
+	s := newScene(t, testBudget+idle, 1)
+	tb, ctx := s.tb, s.nw.ctx
 	s.setUp(t)
 	tb.nat(t, "r1", "preserve")
 	tb.nat(t, "r2", "preserve")

@@ -68,16 +68,7 @@ func TestNAT(t *testing.T) {
 		}
 		trials = n
 	}
-	deadline := time.Now().Add(testBudget + time.Duration(trials-1)*trialBudget)
-	if d, ok := t.Deadline(); ok && d.Add(-cleanupReserve).Before(deadline) {
-		deadline = d.Add(-cleanupReserve)
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	t.Cleanup(cancel)
-
-	tb := newTestbed(t)
-	bin := buildSotto(t, ctx)
-	s := &scene{nw: newNetwork(t, ctx, bin, tb), tb: tb, trials: trials}
+	s := newScene(t, testBudget+time.Duration(trials-1)*trialBudget, trials)
 	s.setUp(t)
 
 	var took []string
@@ -114,6 +105,20 @@ func TestNAT(t *testing.T) {
 	if len(s.stats) > 0 {
 		t.Logf("trials (SOTTO_NAT_TRIALS=%d):\n%s", trials, table(s.stats))
 	}
+}
+
+// newScene builds the testbed and the binary within budget (less what
+// go test's -timeout leaves for the cleanup).
+func newScene(t *testing.T, budget time.Duration, trials int) *scene {
+	deadline := time.Now().Add(budget)
+	if d, ok := t.Deadline(); ok && d.Add(-cleanupReserve).Before(deadline) {
+		deadline = d.Add(-cleanupReserve)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	t.Cleanup(cancel)
+	tb := newTestbed(t)
+	bin := buildSotto(t, ctx)
+	return &scene{nw: newNetwork(t, ctx, bin, tb), tb: tb, trials: trials}
 }
 
 // setUp starts the public nodes, then alice and bob, and makes them each
