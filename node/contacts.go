@@ -325,7 +325,7 @@ func (n *Node) Messages(name string, after uint64, limit int) ([]Message, error)
 			}
 			filter = &c.Account
 			// The store pages a conversation by its own numbers.
-			if after, err = convCursor(tx, c.Account, after); err != nil {
+			if after, err = tx.ConvCursor(c.Account, after); err != nil {
 				return err
 			}
 		}
@@ -334,40 +334,6 @@ func (n *Node) Messages(name string, after uint64, limit int) ([]Message, error)
 		return err
 	})
 	return messagesOf(out), err
-}
-
-// convCursor returns the conversation sequence number after which the
-// conversation's messages have a global sequence number above global.
-// Both numbers grow together within a conversation (AppendMessage assigns
-// them in one step) and conversation numbers run 1, 2, 3…, so a binary
-// search over the conversation finds it.
-func convCursor(tx *store.Tx, acct [32]byte, global uint64) (uint64, error) {
-	if global == 0 {
-		return 0, nil
-	}
-	last, err := tx.LastSeq(&acct)
-	if err != nil {
-		return 0, err
-	}
-	// Invariant: messages 1..lo have GlobalSeq <= global, messages
-	// hi+1..last have GlobalSeq > global.
-	lo, hi := uint64(0), last
-	for lo < hi {
-		mid := lo + (hi-lo+1)/2
-		page, err := tx.ListMessages(&acct, mid-1, 1)
-		if err != nil {
-			return 0, err
-		}
-		if len(page) == 0 || page[0].Seq != mid {
-			return 0, fmt.Errorf("%w: conversation has no message %d", store.ErrCorrupt, mid)
-		}
-		if page[0].GlobalSeq <= global {
-			lo = mid
-		} else {
-			hi = mid - 1
-		}
-	}
-	return lo, nil
 }
 
 // Status is a snapshot of the node.

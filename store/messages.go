@@ -686,6 +686,40 @@ func (tx *Tx) DeleteConversation(account [32]byte) (int, error) {
 	}
 }
 
+// ConvCursor returns the conversation sequence number after which the
+// conversation's messages have a global sequence number above global.
+// Both numbers grow together within a conversation (AppendMessage assigns
+// them in one step) and conversation numbers run 1, 2, 3…, so a binary
+// search over the conversation finds it.
+func (tx *Tx) ConvCursor(acct [32]byte, global uint64) (uint64, error) {
+	if global == 0 {
+		return 0, nil
+	}
+	last, err := tx.LastSeq(&acct)
+	if err != nil {
+		return 0, err
+	}
+	// Invariant: messages 1..lo have GlobalSeq <= global, messages
+	// hi+1..last have GlobalSeq > global.
+	lo, hi := uint64(0), last
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		page, err := tx.ListMessages(&acct, mid-1, 1)
+		if err != nil {
+			return 0, err
+		}
+		if len(page) == 0 || page[0].Seq != mid {
+			return 0, fmt.Errorf("%w: conversation has no message %d", ErrCorrupt, mid)
+		}
+		if page[0].GlobalSeq <= global {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo, nil
+}
+
 // LastSeq returns the Seq of a conversation's latest message (0 if it has
 // none), or with a nil contact the latest GlobalSeq. To show the newest n
 // messages, list from LastSeq-n.
