@@ -276,6 +276,36 @@ func (u *User) Run(ctx context.Context) {
 	}
 }
 
+// RegisterWait bounds how long a session's envelopes wait for one of the
+// device's mailboxes to take the session's tags (SPEC "Registration").
+const RegisterWait = 3 * time.Second
+
+// AwaitRegistered has Run register new tags now unless one of the
+// device's mailboxes took tag already, and waits until one does, ctx ends
+// or RegisterWait passed; it reports whether one did. A device without
+// mailboxes does not wait.
+func (u *User) AwaitRegistered(ctx context.Context, tag protocol.Tag) bool {
+	if u.Registered(tag) {
+		return true
+	}
+	if len(u.Mailboxes()) == 0 {
+		return false
+	}
+	u.RegisterSoon()
+	ctx, cancel := context.WithTimeout(ctx, RegisterWait)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !u.Registered(tag) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
 // RegisterSoon has Run register new tags now, without reading (a new
 // session's, which its peer may write under at any moment).
 func (u *User) RegisterSoon() {

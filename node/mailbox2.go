@@ -46,6 +46,18 @@ func (n *Node) newUser() (err error) {
 // write under them any moment), then announces the mailboxes to it.
 func (n *Node) sessionStarted() { n.mbx.user.RegisterSoon() }
 
+// awaitRegistration holds the envelopes of acct's session until one of
+// this device's mailboxes took the session's tags of this epoch (at most
+// mailbox.RegisterWait): the peer answers under them, maybe once this
+// device is offline (SPEC "Registration").
+func (n *Node) awaitRegistration(ctx context.Context, acct [32]byte) {
+	var s *protocol.Session
+	n.db.View(func(tx *store.Tx) (err error) { s, err = n.loadSession(tx, acct); return err })
+	if s != nil && n.mbx.user != nil {
+		n.mbx.user.AwaitRegistered(ctx, s.RecvTag2(protocol.Epoch(n.now())))
+	}
+}
+
 // registrations lists the version 2 pairwise tags of every session's
 // incoming messages in the live epochs.
 func (n *Node) registrations(now time.Time) []mailbox.Registration {

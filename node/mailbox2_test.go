@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -754,5 +755,85 @@ func TestVersion1DepositsEndByDate(t *testing.T) {
 	}
 	if v2 == 0 {
 		t.Fatal("the mailbox saw no request at all after reading ended: the test watched nothing")
+	}
+}
+
+// TestAnswerToNewSessionFindsTagsRegistered: a device whose mailbox
+// registrations are slow (each fresh identity takes a second to open)
+// starts a session, and goes offline the moment its peer has read its
+// first envelope of it; what the peer writes next under the session's
+// tags is stored at the device's mailboxes, not refused as Unregistered
+// until the device comes back: the session's envelopes waited for the
+// registration (SPEC "Registration"). Once as initiator (its first
+// message), once as responder (its receipt). The device comes back while
+// its peer is offline, and reads it from a mailbox.
+func TestAnswerToNewSessionFindsTagsRegistered(t *testing.T) {
+	for _, role := range []string{"initiator", "responder"} {
+		t.Run(role, func(t *testing.T) {
+			tn := newTestNet(t)
+			_, addrs := tn.startMailboxes(2)
+			receiveAt := func(c *Config) { c.MailboxNodes = addrs }
+			// Slow until the device goes offline (so that its close does
+			// not wait out the delay of every host its loops open).
+			offline := make(chan struct{})
+			slow := func(c *Config) {
+				c.EphemeralHost = func() (host.Host, error) {
+					select {
+					case <-time.After(time.Second):
+					case <-offline:
+					}
+					return p2p.NewEphemeral()
+				}
+			}
+			aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+			// Alice writes first; the slow one goes offline.
+			slowDir, slowName, otherName := aliceDir, "alice", "bob"
+			aliceMods, bobMods := []func(*Config){receiveAt, slow}, []func(*Config){receiveAt}
+			if role == "responder" {
+				slowDir, slowName, otherName = bobDir, "bob", "alice"
+				aliceMods, bobMods = bobMods, aliceMods
+			}
+			alice, bob := tn.start(aliceDir, aliceMods...), tn.start(bobDir, bobMods...)
+			ctx := testkit.Context(t, 90*time.Second)
+			// Each invite names its maker's mailboxes.
+			testkit.WaitFor(t, ctx, func() bool {
+				return len(alice.mbx.user.Mailboxes()) > 0 && len(bob.mbx.user.Mailboxes()) > 0
+			})
+			befriend(t, alice, "alice", bob, "bob")
+			if !contactAnnounced(t, alice, "bob") || !contactAnnounced(t, bob, "alice") {
+				t.Fatal("an invite named no mailboxes")
+			}
+
+			if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
+				t.Fatal(err)
+			}
+			slowNode, other := alice, bob
+			if role == "initiator" {
+				waitMessages(t, ctx, bob, "alice", 1, incoming)
+			} else {
+				slowNode, other = bob, alice
+				waitMessages(t, ctx, alice, "bob", 1, delivered)
+			}
+			close(offline)
+			slowNode.Close()
+
+			m, err := other.Send(ctx, slowName, "while you were away")
+			if err != nil {
+				t.Fatal(err)
+			}
+			testkit.WaitFor(t, ctx, func() bool {
+				got := storedMessage(t, other, m.ID)
+				return got.StoredAt > 0
+			})
+			// Only the mailboxes can hand it over now.
+			other.Close()
+			back := tn.start(slowDir, receiveAt)
+			in := waitMessages(t, ctx, back, otherName, 1, func(m Message) bool {
+				return m.Direction == Incoming && string(m.Body) == "while you were away"
+			})
+			if in[0].Via != ViaMailbox {
+				t.Fatalf("the answer came %v, want from a mailbox", in[0].Via)
+			}
+		})
 	}
 }

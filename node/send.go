@@ -667,6 +667,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 		return
 	}
 	n.addAddrs(pid, c.Addrs)
+	n.awaitRegistration(ctx, acct)
 	// What has waited long enough goes to mailboxes too; direct delivery
 	// keeps being tried, and the recipient drops whichever copy is second.
 	// Meanwhile, what waits longer than MailboxAfter goes to mailboxes too

@@ -229,6 +229,7 @@ func (n *Node) depositDue(ctx context.Context, acct [32]byte, now time.Time) {
 	mu := n.ob.depositLock(acct)
 	mu.Lock()
 	defer mu.Unlock()
+	n.awaitRegistration(ctx, acct)
 	for ctx.Err() == nil {
 		var todo []store.OutboxEntry
 		if err := n.db.View(func(tx *store.Tx) error {
