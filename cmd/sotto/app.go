@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/sotto-im/sotto/api"
 )
@@ -66,6 +67,9 @@ type RunConfig struct {
 	// MetricsListen, when set (--metrics-listen), is the HOST:PORT where
 	// Prometheus metrics are served at /metrics while the node runs.
 	MetricsListen string
+	// ClockSkew runs the node on a clock this far off the system's
+	// ($SOTTO_TEST_CLOCK_SKEW, a test knob).
+	ClockSkew time.Duration
 }
 
 // errNotAvailable reports a command whose hook this build lacks.

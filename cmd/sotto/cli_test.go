@@ -694,3 +694,20 @@ func TestParsePeersNamesTheFlag(t *testing.T) {
 		t.Errorf("parsePeers of two addresses of one node = %v, %v; want one peer with both", ps, err)
 	}
 }
+
+// TestRunClockSkew: $SOTTO_TEST_CLOCK_SKEW reaches the node's
+// configuration as a duration, and a value that is not one is refused
+// with what to write instead.
+func TestRunClockSkew(t *testing.T) {
+	var got time.Duration
+	app := App{Run: func(ctx context.Context, c RunConfig) error { got = c.ClockSkew; return nil }}
+	env := map[string]string{"SOTTO_HOME": t.TempDir(), "SOTTO_TEST_CLOCK_SKEW": "-10m"}
+	if r := (harness{app: app, env: env}).run(testContext(t), "run"); r.code != 0 || got != -10*time.Minute {
+		t.Fatalf("run with SOTTO_TEST_CLOCK_SKEW=-10m: %+v, skew %v", r, got)
+	}
+	env["SOTTO_TEST_CLOCK_SKEW"] = "ten minutes"
+	r := (harness{app: app, env: env}).run(testContext(t), "run")
+	if r.code != 2 || !strings.Contains(r.stderr, "not a duration such as 10m or -10m") {
+		t.Fatalf("run with SOTTO_TEST_CLOCK_SKEW=%q: %+v", env["SOTTO_TEST_CLOCK_SKEW"], r)
+	}
+}

@@ -123,6 +123,10 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 		Infra:        cfg.Infra,
 		Logger:       cfg.Log,
 	}
+	if skew := cfg.ClockSkew; skew != 0 {
+		ncfg.Now = func() time.Time { return time.Now().Add(skew) }
+		fmt.Fprintf(stdout, "clock: %v off the system's ($SOTTO_TEST_CLOCK_SKEW)\n", skew)
+	}
 	for _, a := range cfg.Announce {
 		if _, err := ma.NewMultiaddr(a); err != nil {
 			return usagef("--announce %q is not a multiaddr: %v", a, err)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/sotto-im/sotto/api"
 )
@@ -146,9 +147,18 @@ var runCommand = &command{
 					return err
 				}
 			}
+			// A test knob: the chaos harness runs users whose clocks are
+			// minutes off.
+			var skew time.Duration
+			if v := c.getenv("SOTTO_TEST_CLOCK_SKEW"); v != "" {
+				if skew, err = time.ParseDuration(v); err != nil {
+					return usagef("SOTTO_TEST_CLOCK_SKEW=%q is not a duration such as 10m or -10m", v)
+				}
+			}
 			out := newLiveWriter(c.stdout, isTerminal(c.stdout))
 			log := slog.New(slog.NewTextHandler(out.Beside(c.stderr), nil))
 			cfg := RunConfig{
+				ClockSkew:    skew,
 				DataDir:      dir,
 				Listen:       listen,
 				Bootstrap:    bootstrap,

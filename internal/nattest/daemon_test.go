@@ -75,9 +75,9 @@ type network struct {
 	daemons []*daemon
 }
 
-func newNetwork(t *testing.T, ctx context.Context, bin string, tb *testbed) *network {
+// newNetwork keeps the data directories and logs under root.
+func newNetwork(t *testing.T, ctx context.Context, bin string, tb *testbed, root string) *network {
 	t.Helper()
-	root := t.TempDir()
 	nw := &network{
 		ctx:  ctx,
 		bin:  bin,
@@ -103,6 +103,7 @@ type daemon struct {
 	ns   string   // the testbed role whose namespace it runs in
 	dir  string   // data directory
 	args []string // `sotto run` flags besides --data and --listen
+	env  []string // more environment of `sotto run`
 	port int      // TCP and UDP listen port of the current run
 
 	peerID string
@@ -166,7 +167,7 @@ func (nw *network) start(t *testing.T, d *daemon) {
 		"--listen", fmt.Sprintf("/ip4/0.0.0.0/udp/%d/quic-v1", d.port)}
 	args = append(args, d.args...)
 	cmd := exec.Command("ip", args...)
-	cmd.Env = nw.env
+	cmd.Env = append(slices.Clip(nw.env), d.env...)
 	// Its own process group, so that cleanup can kill all of it; killed
 	// with the test process if that dies first (a timeout's panic).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -118,7 +118,7 @@ func newScene(t *testing.T, budget time.Duration, trials int) *scene {
 	t.Cleanup(cancel)
 	tb := newTestbed(t)
 	bin := buildSotto(t, ctx)
-	return &scene{nw: newNetwork(t, ctx, bin, tb), tb: tb, trials: trials}
+	return &scene{nw: newNetwork(t, ctx, bin, tb, t.TempDir()), tb: tb, trials: trials}
 }
 
 // setUp starts the public nodes, then alice and bob, and makes them each

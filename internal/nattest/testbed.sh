@@ -7,6 +7,9 @@
 #   testbed.sh down PREFIX                      remove it (safe to repeat)
 #   testbed.sh nat  PREFIX ROUTER preserve|random
 #   testbed.sh udp  PREFIX ROUTER drop|allow
+#   testbed.sh block PREFIX NS all|ADDR...      drop NS's traffic (with ADDRs)
+#   testbed.sh loss PREFIX NS PERCENT           drop PERCENT of NS's packets
+#   testbed.sh heal PREFIX NS                   undo block and loss in NS
 #
 # Every namespace is named PREFIX+role, so leftovers are recognisable and
 # `down` removes exactly one testbed:
@@ -50,7 +53,7 @@ readonly PUB_NET=192.0.0.128/25
 readonly PUB_LEN=25
 
 usage() {
-	echo "usage: testbed.sh up|down PREFIX | nat PREFIX ROUTER preserve|random | udp PREFIX ROUTER drop|allow" >&2
+	echo "usage: testbed.sh up|down PREFIX | nat PREFIX ROUTER preserve|random | udp PREFIX ROUTER drop|allow | block PREFIX NS all|ADDR... | loss PREFIX NS PERCENT | heal PREFIX NS" >&2
 	exit 2
 }
 
@@ -192,6 +195,52 @@ udp() {
 	esac
 }
 
+# The chaos table of a namespace holds the faults block and loss inject,
+# on its own input and output (so forwarded traffic of a router is not
+# touched); heal deletes it.
+chaos_table() {
+	nsx "$1" nft add table ip chaos
+	nsx "$1" nft add chain ip chaos in '{ type filter hook input priority filter - 20; policy accept; }'
+	nsx "$1" nft add chain ip chaos out '{ type filter hook output priority filter - 20; policy accept; }'
+}
+
+member() {
+	ip netns list | grep -q "^$P$1\b" || {
+		echo "testbed.sh: no namespace $P$1" >&2
+		exit 1
+	}
+}
+
+block() {
+	local ns=$1
+	shift
+	member "$ns"
+	chaos_table "$ns"
+	if [ "$1" = all ]; then
+		nsx "$ns" nft add rule ip chaos in iifname != "lo" drop
+		nsx "$ns" nft add rule ip chaos out oifname != "lo" drop
+		return
+	fi
+	local set
+	set=$(printf '%s, ' "$@")
+	set="{ ${set%, } }"
+	nsx "$ns" nft add rule ip chaos in ip saddr "$set" drop
+	nsx "$ns" nft add rule ip chaos out ip daddr "$set" drop
+}
+
+loss() {
+	member "$1"
+	[[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -le 100 ] || usage
+	chaos_table "$1"
+	nsx "$1" nft add rule ip chaos in iifname != "lo" numgen random mod 100 "<" "$2" drop
+	nsx "$1" nft add rule ip chaos out oifname != "lo" numgen random mod 100 "<" "$2" drop
+}
+
+heal() {
+	member "$1"
+	nsx "$1" nft delete table ip chaos 2>/dev/null || true
+}
+
 [ $# -ge 2 ] || usage
 cmd=$1 P=$2
 check_prefix "$P"
@@ -206,9 +255,18 @@ down)
 	[ $# -eq 2 ] || usage
 	down
 	;;
-nat | udp)
+nat | udp | loss)
 	[ $# -eq 4 ] || usage
 	"$cmd" "$3" "$4"
+	;;
+block)
+	[ $# -ge 4 ] || usage
+	shift 2
+	block "$@"
+	;;
+heal)
+	[ $# -eq 3 ] || usage
+	heal "$3"
 	;;
 *) usage ;;
 esac

@@ -1,0 +1,643 @@
+package nattest
+
+import (
+	"context"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sotto-im/sotto/api"
+)
+
+// TestChaos is the chaos harness: real daemons in the testbed (pub1:
+// bootstrap, relay and mailbox; pub2, pub3: relays and mailboxes; alice,
+// bob and carol behind NAT, each the others' contact) under a seeded
+// nemesis while every user writes numbered messages to every contact. A
+// ledger keeps every send the sender's daemon acknowledged. After each
+// round the faults are healed, the network settles, and the invariants
+// are checked: every acknowledged message is shown exactly once to its
+// recipient, in its sender's order, and ends delivered at the sender; no
+// message is shown that nobody sent; no daemon died unasked.
+//
+// Faults (chaosFaults): kill -9 and restart of a user, a mailbox and the
+// relay; SIGSTOP/SIGCONT of a mailbox and of a user; a user offline; a
+// user cut from everyone; the mailboxes split in two; packet loss at a
+// user; a user's clock 10 minutes fast or slow.
+//
+// By default (CI) it runs seeds 1 and 2 for 25 s of traffic each (a
+// message every 0.3-1.2 s per conversation, faults of 1-6 s), in about a
+// minute. SOTTO_CHAOS=DURATION is the long run: rounds of a minute of
+// traffic (a message every 0.1-0.5 s per conversation), a new seed each,
+// faults of up to two minutes (a user away for one to two minutes in a
+// quarter of the offline faults), until DURATION has passed; it prints
+// the table docs/RELIABILITY.md records.
+// SOTTO_CHAOS_SEED=N runs the round of seed N alone, to replay a failure.
+// A failing run names its seed and keeps the data directories and logs.
+//
+//	go test ./internal/nattest/ -run TestChaos -v -count=1
+//	SOTTO_CHAOS=30m go test ./internal/nattest/ -run TestChaos -v -count=1 -timeout 60m
+func TestChaos(t *testing.T) {
+	checkRequirements(t)
+	cfg := chaosConfig{seeds: []uint64{1, 2}, traffic: 25 * time.Second, gap: [2]int{300, 1200}, maxFault: 6 * time.Second, settle: 90 * time.Second}
+	budget := 90*time.Second + time.Duration(len(cfg.seeds))*(cfg.traffic+cfg.maxFault+30*time.Second)
+	if v := os.Getenv("SOTTO_CHAOS"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			t.Fatalf("SOTTO_CHAOS=%q: want a duration such as 30m", v)
+		}
+		cfg = chaosConfig{long: d, traffic: time.Minute, gap: [2]int{100, 500}, maxFault: 2 * time.Minute, settle: 3 * time.Minute}
+		cfg.seeds = []uint64{uint64(time.Now().UnixNano()) % 1_000_000}
+		budget = d + 10*time.Minute
+	}
+	if v := os.Getenv("SOTTO_CHAOS_SEED"); v != "" {
+		seed, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("SOTTO_CHAOS_SEED=%q: want a number", v)
+		}
+		cfg.seeds, cfg.long = []uint64{seed}, 0
+	}
+
+	root, err := os.MkdirTemp("", "sotto-chaos-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered first, so it runs last: after the daemons stopped.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("data directories and logs kept in %s", root)
+			return
+		}
+		os.RemoveAll(root)
+	})
+	deadline := time.Now().Add(budget)
+	if d, ok := t.Deadline(); ok && d.Add(-cleanupReserve).Before(deadline) {
+		deadline = d.Add(-cleanupReserve)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	t.Cleanup(cancel)
+	tb := newTestbed(t)
+	bin := buildSotto(t, ctx)
+	c := &chaos{nw: newNetwork(t, ctx, bin, tb, root), tb: tb, held: map[*daemon]string{}, byText: map[string]*sent{}, next: map[[2]*daemon]int{}}
+	c.setUp(t)
+
+	began := time.Now()
+	var total roundStats
+	for r := 0; ; r++ {
+		seed := cfg.seeds[min(r, len(cfg.seeds)-1)]
+		if r >= len(cfg.seeds) {
+			if cfg.long == 0 || time.Since(began) >= cfg.long {
+				break
+			}
+			seed = cfg.seeds[0] + uint64(r)
+		}
+		st := c.round(t, r, seed, cfg)
+		t.Logf("round %d, seed %d: %s", r, seed, st)
+		total.add(st)
+		if t.Failed() {
+			t.Fatalf("round %d failed: replay it with SOTTO_CHAOS_SEED=%d (the nemesis and the traffic follow the seed; timings differ)", r, seed)
+		}
+	}
+	t.Logf("all rounds (%v):\n%s", time.Since(began).Round(time.Second), total.table())
+	if total.acked == 0 {
+		t.Fatal("no message was acknowledged: the harness measured nothing")
+	}
+}
+
+// chaosConfig sizes a run.
+type chaosConfig struct {
+	seeds    []uint64      // one per round; in a long run, the first of a series
+	long     time.Duration // a long run: rounds go on until this has passed
+	traffic  time.Duration // traffic (and faults starting) per round
+	gap      [2]int        // least and most milliseconds between a conversation's sends
+	maxFault time.Duration // longest fault
+	settle   time.Duration // bound on settling after the faults healed
+}
+
+// chaos is the harness's network, cast and ledger.
+type chaos struct {
+	nw    *network
+	tb    *testbed
+	pubs  []*daemon // pub1 (bootstrap, relay, mailbox), pub2, pub3 (relays, mailboxes)
+	users []*daemon // alice, bob, carol
+
+	mu     sync.Mutex
+	held   map[*daemon]string // daemons a fault holds down or stopped, and the fault
+	ledger []*sent
+	byText map[string]*sent
+	next   map[[2]*daemon]int // the next number of a conversation
+}
+
+// sent is one send the workload tried.
+type sent struct {
+	from, to *daemon
+	round, n int
+	text     string
+	acked    bool // the sender's daemon took it (and gave it an ID)
+	id       string
+	at       time.Time // when the send was acknowledged
+	seen     time.Time // when the recipient first showed it (zero: not yet)
+}
+
+var chaosText = regexp.MustCompile(`^chaos r(\d+) (\w+)>(\w+) #(\d+)$`)
+
+// setUp starts the public nodes and the users, each user a contact of the
+// others and receiving at all three mailboxes.
+func (c *chaos) setUp(t *testing.T) {
+	nw := c.nw
+	start := time.Now()
+	pub1 := nw.addDaemon(t, "pub1", "pub1", "--mailbox", "--relay", "--public")
+	nw.start(t, pub1)
+	boot := fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", pub1IP, pub1.port, pub1.peerID)
+	c.pubs = []*daemon{pub1}
+	for _, name := range []string{"pub2", "pub3"} {
+		d := nw.addDaemon(t, name, name, "--mailbox", "--relay", "--public", "--bootstrap", boot)
+		nw.start(t, d)
+		c.pubs = append(c.pubs, d)
+	}
+	args := []string{"--bootstrap", boot}
+	for i, d := range c.pubs {
+		args = append(args, "--mailbox-node", fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", []string{pub1IP, pub2IP, pub3IP}[i], d.port, d.peerID))
+	}
+	for _, name := range []string{"alice", "bob", "carol"} {
+		d := nw.addDaemon(t, name, name, args...)
+		nw.start(t, d)
+		c.users = append(c.users, d)
+	}
+	invites := map[*daemon]string{}
+	for _, u := range c.users {
+		invites[u] = strings.TrimSpace(nw.sotto(t, "invite", "--data", u.dir))
+	}
+	for _, u := range c.users {
+		for _, v := range c.users {
+			if u != v {
+				nw.sotto(t, "contact", "add", "--data", u.dir, v.name, invites[v])
+			}
+		}
+	}
+	t.Logf("set up in %v", time.Since(start).Round(100*time.Millisecond))
+}
+
+// call runs f with a client of d's control socket (a new connection each
+// time: the daemon may have restarted since the last call).
+func call[T any](ctx context.Context, d *daemon, f func(context.Context, *api.Client) (T, error)) (T, error) {
+	var zero T
+	path, err := api.SocketPath(d.dir)
+	if err != nil {
+		return zero, err
+	}
+	cl := api.NewClient(path)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return f(ctx, cl)
+}
+
+// isHeld reports whether a fault holds d down or stopped.
+func (c *chaos) isHeld(d *daemon) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.held[d] != ""
+}
+
+// round runs one round: traffic and the nemesis for cfg.traffic, then
+// heal, settle and check.
+func (c *chaos) round(t *testing.T, r int, seed uint64, cfg chaosConfig) roundStats {
+	ctx := c.nw.ctx
+	start := time.Now()
+	end := start.Add(cfg.traffic)
+
+	// The workload: each conversation sends a numbered message every
+	// cfg.gap while its sender runs.
+	var wg sync.WaitGroup
+	conv := 0
+	for _, u := range c.users {
+		for _, v := range c.users {
+			if u == v {
+				continue
+			}
+			rng := mrand.New(mrand.NewPCG(seed, uint64(conv)))
+			conv++
+			wg.Go(func() {
+				for time.Now().Before(end) && ctx.Err() == nil {
+					time.Sleep(time.Duration(cfg.gap[0]+rng.IntN(cfg.gap[1]-cfg.gap[0])) * time.Millisecond)
+					if c.isHeld(u) {
+						continue
+					}
+					c.send(ctx, r, u, v)
+				}
+			})
+		}
+	}
+	// What the recipients show, as it comes: when each message was
+	// first seen.
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var watch sync.WaitGroup
+	watch.Go(func() { c.watch(watchCtx) })
+
+	// The nemesis, on the test's goroutine (starting daemons may fail
+	// the test).
+	rng := mrand.New(mrand.NewPCG(seed, 0xfa17))
+	var faults []string
+	for time.Now().Before(end) && ctx.Err() == nil {
+		time.Sleep(time.Duration(1000+rng.IntN(2000)) * time.Millisecond)
+		f := chaosFaults[rng.IntN(len(chaosFaults))]
+		cands := f.victims(c)
+		victim := cands[rng.IntN(len(cands))]
+		dur := time.Second + time.Duration(rng.Int64N(int64(cfg.maxFault-time.Second)))
+		if f.offline && cfg.long > 0 && rng.IntN(4) == 0 {
+			dur = time.Minute + time.Duration(rng.Int64N(int64(time.Minute))) // a user away for minutes
+		}
+		desc := fmt.Sprintf("%s %s %v", f.name, victim.name, dur.Round(100*time.Millisecond))
+		faults = append(faults, desc)
+		if f.down {
+			c.mu.Lock()
+			c.held[victim] = f.name
+			c.mu.Unlock()
+		}
+		heal := f.apply(t, c, victim, rng)
+		c.checkAlive(t)
+		timer := time.NewTimer(dur)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+		heal()
+		c.mu.Lock()
+		delete(c.held, victim)
+		c.mu.Unlock()
+		c.checkAlive(t)
+	}
+	wg.Wait()
+	healed := time.Now()
+	t.Logf("round %d (seed %d) faults: %s", r, seed, strings.Join(faults, "; "))
+
+	// Settle: every acknowledged message of the round shown and
+	// delivered, or cfg.settle passed.
+	settleCtx, cancel := context.WithTimeout(ctx, cfg.settle)
+	defer cancel()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var last string
+	for {
+		c.checkAlive(t)
+		done, state := c.settled(t, settleCtx, r)
+		if done {
+			break
+		}
+		last = state
+		select {
+		case <-tick.C:
+			continue
+		case <-settleCtx.Done():
+		}
+		t.Errorf("round %d (seed %d): not settled within %v of healing: %s", r, seed, cfg.settle, last)
+		break
+	}
+	settle := time.Since(healed)
+	stopWatch()
+	watch.Wait()
+	st := c.check(t, r)
+	st.settle = []time.Duration{settle}
+	st.faults = len(faults)
+	return st
+}
+
+// send sends the next numbered message of the conversation from u to v and
+// records it in the ledger.
+func (c *chaos) send(ctx context.Context, r int, u, v *daemon) {
+	c.mu.Lock()
+	key := [2]*daemon{u, v}
+	c.next[key]++
+	s := &sent{from: u, to: v, round: r, n: c.next[key]}
+	s.text = fmt.Sprintf("chaos r%d %s>%s #%05d", r, u.name, v.name, s.n)
+	c.ledger = append(c.ledger, s)
+	c.byText[s.text] = s
+	c.mu.Unlock()
+	m, err := call(ctx, u, func(ctx context.Context, cl *api.Client) (api.Message, error) { return cl.Send(ctx, v.name, s.text) })
+	if err != nil || m.ID == "" {
+		return // not acknowledged: it may or may not go out
+	}
+	c.mu.Lock()
+	s.acked, s.id, s.at = true, m.ID, time.Now()
+	c.mu.Unlock()
+}
+
+// messages lists all of d's messages, oldest first.
+func messagesOf(ctx context.Context, d *daemon, after uint64) ([]api.Message, error) {
+	var all []api.Message
+	for {
+		page, err := call(ctx, d, func(ctx context.Context, cl *api.Client) ([]api.Message, error) {
+			return cl.Messages(ctx, api.MessageQuery{After: after, Limit: api.MaxMessageLimit})
+		})
+		if err != nil {
+			return all, err
+		}
+		all = append(all, page...)
+		if len(page) < api.MaxMessageLimit {
+			return all, nil
+		}
+		after = page[len(page)-1].Seq
+	}
+}
+
+// watch records when each recipient first shows each message, polling
+// every half second from where it left off.
+func (c *chaos) watch(ctx context.Context) {
+	cursor := map[*daemon]uint64{}
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, u := range c.users {
+			if c.isHeld(u) {
+				continue
+			}
+			ms, _ := messagesOf(ctx, u, cursor[u])
+			now := time.Now()
+			c.mu.Lock()
+			for _, m := range ms {
+				cursor[u] = max(cursor[u], m.Seq)
+				if s := c.byText[m.Text]; s != nil && m.Direction == api.DirectionIn && s.seen.IsZero() {
+					s.seen = now
+				}
+			}
+			c.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// settled reports whether every acknowledged message of round r is shown
+// at its recipient and delivered at its sender, and what is missing if not.
+func (c *chaos) settled(t *testing.T, ctx context.Context, r int) (bool, string) {
+	shown := map[string]bool{}
+	delivered := map[string]bool{}
+	for _, u := range c.users {
+		ms, err := messagesOf(ctx, u, 0)
+		if err != nil {
+			return false, fmt.Sprintf("%s: %v", u.name, err)
+		}
+		for _, m := range ms {
+			if m.Direction == api.DirectionIn {
+				shown[m.Text] = true
+			} else if m.State == api.StateDelivered {
+				delivered[m.ID] = true
+			}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var notShown, notDelivered []string
+	for _, s := range c.ledger {
+		if !s.acked || s.round != r {
+			continue
+		}
+		if !shown[s.text] {
+			notShown = append(notShown, s.text)
+		}
+		if !delivered[s.id] {
+			notDelivered = append(notDelivered, s.text)
+		}
+	}
+	if len(notShown)+len(notDelivered) == 0 {
+		return true, ""
+	}
+	return false, fmt.Sprintf("%d not shown (%s), %d not delivered (%s)", len(notShown), firstFew(notShown), len(notDelivered), firstFew(notDelivered))
+}
+
+func firstFew(ss []string) string {
+	if len(ss) > 3 {
+		return strings.Join(ss[:3], ", ") + ", ..."
+	}
+	return strings.Join(ss, ", ")
+}
+
+// check reads every user's messages and checks the invariants for round r
+// (and that nothing of earlier rounds changed), returning the round's
+// figures.
+func (c *chaos) check(t *testing.T, r int) roundStats {
+	ctx := c.nw.ctx
+	var st roundStats
+	count := map[string]int{}
+	state := map[string]api.State{}
+	for _, u := range c.users {
+		ms, err := messagesOf(ctx, u, 0)
+		if err != nil {
+			t.Errorf("%s: listing messages: %v", u.name, err)
+			continue
+		}
+		lastN := map[string]int{}
+		for _, m := range ms {
+			if m.Direction != api.DirectionIn {
+				state[m.ID] = m.State
+				continue
+			}
+			count[m.Text]++
+			c.mu.Lock()
+			s := c.byText[m.Text]
+			c.mu.Unlock()
+			sm := chaosText.FindStringSubmatch(m.Text)
+			if s == nil || sm == nil || s.to != u || sm[2] != m.Contact {
+				t.Errorf("%s shows %q from %s, which nobody sent to it", u.name, m.Text, m.Contact)
+				continue
+			}
+			// Each sender's messages in the order it wrote them.
+			if s.n <= lastN[m.Contact] && count[m.Text] == 1 {
+				if s.round == r {
+					st.reordered++
+				}
+				t.Errorf("%s shows %q after #%05d from %s: out of order", u.name, m.Text, lastN[m.Contact], m.Contact)
+			}
+			lastN[m.Contact] = max(lastN[m.Contact], s.n)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.ledger {
+		n := count[s.text]
+		if n > 1 {
+			t.Errorf("%q shown %d times by %s", s.text, n, s.to.name)
+		}
+		if s.round != r {
+			continue
+		}
+		if !s.acked {
+			st.unacked++
+			if n > 0 {
+				st.unackedShown++
+			}
+			continue
+		}
+		st.acked++
+		switch {
+		case n == 0:
+			st.lost++
+			t.Errorf("%q (%s), acknowledged by %s, never shown by %s", s.text, s.id, s.from.name, s.to.name)
+		case n > 1:
+			st.duplicated++
+		default:
+			st.shown++
+		}
+		if state[s.id] == api.StateDelivered {
+			st.delivered++
+		} else {
+			t.Errorf("%q (%s) is %q at %s, not delivered", s.text, s.id, state[s.id], s.from.name)
+		}
+		if !s.seen.IsZero() {
+			st.latency = append(st.latency, s.seen.Sub(s.at))
+		}
+	}
+	return st
+}
+
+// checkAlive fails the test for every daemon that exited while no fault
+// held it, and for a panic in any daemon's log.
+func (c *chaos) checkAlive(t *testing.T) {
+	for _, d := range append(slices.Clone(c.pubs), c.users...) {
+		if !c.isHeld(d) && !d.running() {
+			t.Errorf("%s exited unasked (%v); log:\n%s", d.name, d.err, tail(d.log, logTailLines))
+		}
+	}
+}
+
+// A chaosFault is one kind of fault: apply injects it into victim and
+// returns what heals it.
+type chaosFault struct {
+	name    string
+	down    bool // the victim's daemon does not answer while it lasts (the workload leaves it alone)
+	offline bool // the victim is a user who is away: in a long run, sometimes for minutes
+	victims func(c *chaos) []*daemon
+	apply   func(t *testing.T, c *chaos, victim *daemon, rng *mrand.Rand) (heal func())
+}
+
+func users(c *chaos) []*daemon     { return c.users }
+func mailboxes(c *chaos) []*daemon { return c.pubs }
+func relay(c *chaos) []*daemon     { return c.pubs[:1] }
+func others(c *chaos) []*daemon    { return c.pubs[1:] }
+
+// kill9 kills d's process group and returns what starts it again.
+func (c *chaos) kill9(t *testing.T, d *daemon) func() {
+	syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+	<-d.done
+	return func() { c.nw.start(t, d) }
+}
+
+// signal sends sig to d's process group and returns what sends heal.
+func signal(d *daemon, sig, heal syscall.Signal) func() {
+	syscall.Kill(-d.cmd.Process.Pid, sig)
+	return func() { syscall.Kill(-d.cmd.Process.Pid, heal) }
+}
+
+// block applies testbed.sh block (or loss) to victim's namespace and
+// returns what heals it.
+func (c *chaos) block(t *testing.T, cmd, ns string, args ...string) func() {
+	if err := c.tb.run(append([]string{cmd, c.tb.prefix, ns}, args...)...); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := c.tb.run("heal", c.tb.prefix, ns); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+var chaosFaults = []chaosFault{
+	{name: "kill -9 user", victims: users, down: true, offline: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() { return c.kill9(t, d) }},
+	{name: "kill -9 mailbox", victims: others, down: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() { return c.kill9(t, d) }},
+	{name: "kill -9 relay", victims: relay, down: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() { return c.kill9(t, d) }},
+	{name: "SIGSTOP mailbox", victims: mailboxes, down: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+		return signal(d, syscall.SIGSTOP, syscall.SIGCONT)
+	}},
+	{name: "SIGSTOP user", victims: users, down: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+		return signal(d, syscall.SIGSTOP, syscall.SIGCONT)
+	}},
+	{name: "user offline", victims: users, down: true, offline: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+		c.nw.stop(t, d)
+		return func() { c.nw.start(t, d) }
+	}},
+	{name: "user cut off", victims: users, offline: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+		return c.block(t, "block", d.ns, "all")
+	}},
+	{name: "mailboxes split", victims: relay, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+		// pub1 and pub2 on one side, pub3 on the other, users reaching
+		// both.
+		return c.block(t, "block", "pub3", pub1IP, pub2IP)
+	}},
+	{name: "20% packet loss at", victims: users, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+		return c.block(t, "loss", d.ns, "20")
+	}},
+	{name: "clock skewed ±10m at", victims: users, apply: func(t *testing.T, c *chaos, d *daemon, rng *mrand.Rand) func() {
+		skew := []string{"10m", "-10m"}[rng.IntN(2)]
+		c.nw.stop(t, d)
+		d.env = []string{"SOTTO_TEST_CLOCK_SKEW=" + skew}
+		c.nw.start(t, d)
+		return func() {
+			c.nw.stop(t, d)
+			d.env = nil
+			c.nw.start(t, d)
+		}
+	}},
+}
+
+// roundStats are the figures of a round (or, added up, of a run).
+type roundStats struct {
+	faults                      int
+	unacked, unackedShown       int
+	acked, shown, delivered     int
+	lost, duplicated, reordered int
+	latency, settle             []time.Duration
+}
+
+func (s *roundStats) add(o roundStats) {
+	s.faults += o.faults
+	s.unacked += o.unacked
+	s.unackedShown += o.unackedShown
+	s.acked += o.acked
+	s.shown += o.shown
+	s.delivered += o.delivered
+	s.lost += o.lost
+	s.duplicated += o.duplicated
+	s.reordered += o.reordered
+	s.latency = append(s.latency, o.latency...)
+	s.settle = append(s.settle, o.settle...)
+}
+
+func (s roundStats) String() string {
+	return fmt.Sprintf("%d faults; %d acked, %d shown once, %d delivered, %d lost, %d duplicated, %d reordered; %d sends not acked (%d of them shown); latency p50 %s p99 %s max %s; settled in %s",
+		s.faults, s.acked, s.shown, s.delivered, s.lost, s.duplicated, s.reordered, s.unacked, s.unackedShown,
+		quantile(s.latency, 0.5), quantile(s.latency, 0.99), quantile(s.latency, 1), quantile(s.settle, 1))
+}
+
+// table is the run's figures as the Markdown table of docs/RELIABILITY.md.
+func (s roundStats) table() string {
+	rows := [][2]string{
+		{"rounds (seeds)", strconv.Itoa(len(s.settle))},
+		{"faults injected", strconv.Itoa(s.faults)},
+		{"messages acknowledged", strconv.Itoa(s.acked)},
+		{"shown exactly once", strconv.Itoa(s.shown)},
+		{"delivered at the sender", strconv.Itoa(s.delivered)},
+		{"lost", strconv.Itoa(s.lost)},
+		{"duplicated", strconv.Itoa(s.duplicated)},
+		{"reordered", strconv.Itoa(s.reordered)},
+		{"sends not acknowledged (shown anyway)", fmt.Sprintf("%d (%d)", s.unacked, s.unackedShown)},
+		{"delivery latency p50 / p99 / max", fmt.Sprintf("%s / %s / %s", quantile(s.latency, 0.5), quantile(s.latency, 0.99), quantile(s.latency, 1))},
+		{"settle time p50 / max", fmt.Sprintf("%s / %s", quantile(s.settle, 0.5), quantile(s.settle, 1))},
+	}
+	var b strings.Builder
+	b.WriteString("| | |\n|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s |\n", r[0], r[1])
+	}
+	return b.String()
+}
