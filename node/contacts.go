@@ -215,10 +215,7 @@ func (n *Node) RejectKeyChange(name string) (Verification, error) {
 func (n *Node) acceptKeyChange(tx *store.Tx, c store.Contact) (store.Contact, error) {
 	newAcct := c.KeyChange.Account
 	// The old key's sessions go with it (the store drops its session).
-	if err := tx.DeleteSetting(altSessionSetting(c.Account)); err != nil {
-		return store.Contact{}, err
-	}
-	if err := tx.DeleteSetting(altSessionAtSetting(c.Account)); err != nil {
+	if err := tx.DeleteAltSession(c.Account); err != nil {
 		return store.Contact{}, err
 	}
 	if req, err := tx.GetContact(newAcct); err == nil {

@@ -23,7 +23,7 @@ const prekeyRetention = protocol.MaxTTL + 2*protocol.MaxClockSkew
 // retire records the prekeys of the bundle that is being replaced, to be
 // deleted once no envelope sealed with them can arrive.
 func retire(tx *store.Tx, old *keys.Bundle) error {
-	return tx.RetirePrekeys(old.Expires.Add(prekeyRetention), bundlePrekeys(old))
+	return tx.RetirePrekeys(old.Expires.Add(prekeyRetention), store.BundlePrekeys(old))
 }
 
 // prunePrekeys deletes the retired prekeys whose deadline has passed,
@@ -33,7 +33,7 @@ func (n *Node) prunePrekeys(tx *store.Tx, now time.Time) (int, bool, error) {
 	var keep []store.PrekeyRef
 	if raw, err := tx.GetSetting(settingBundle); err == nil {
 		if b, err := keys.ParseBundle(raw); err == nil {
-			keep = bundlePrekeys(b)
+			keep = store.BundlePrekeys(b)
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return 0, false, err
@@ -41,68 +41,9 @@ func (n *Node) prunePrekeys(tx *store.Tx, now time.Time) (int, bool, error) {
 	return tx.PruneRetiredPrekeys(now, keep, now.Add(DefaultBundleValidity+prekeyRetention))
 }
 
-// bundlePrekeys lists the prekeys a bundle offers.
-func bundlePrekeys(b *keys.Bundle) []store.PrekeyRef {
-	refs := []store.PrekeyRef{
-		{Kind: store.PrekeySignedDH, ID: uint32(b.SignedPrekey.ID)},
-		{Kind: store.PrekeyLastResort, ID: uint32(b.LastResortKEM.ID)},
-	}
-	for _, p := range b.OneTimeDH {
-		refs = append(refs, store.PrekeyRef{Kind: store.PrekeyOneTimeDH, ID: uint32(p.ID)})
-	}
-	for _, p := range b.OneTimeKEM {
-		refs = append(refs, store.PrekeyRef{Kind: store.PrekeyOneTimeKEM, ID: uint32(p.ID)})
-	}
-	return refs
-}
-
 // errNothingToPrune rolls back a prune that found nothing to do, so that
 // an idle node does not write to its store.
 var errNothingToPrune = errors.New("node: nothing to prune")
-
-// pruneAltSessions drops the alternate sessions (kept for receiving after
-// a simultaneous initiation) that still hold this node's signed prekey
-// and have not been used for longer than an envelope for them can take to
-// arrive. An alternate session kept from before their use was recorded is
-// given the time of this run.
-func (n *Node) pruneAltSessions(tx *store.Tx, now time.Time) (dropped int, wrote bool, err error) {
-	cs, err := tx.ListContacts()
-	if err != nil {
-		return 0, false, err
-	}
-	for _, c := range cs {
-		alt, err := altSession(tx, c.Account)
-		if err != nil || alt == nil {
-			if err != nil {
-				return dropped, true, err
-			}
-			continue
-		}
-		at, ok, err := tx.GetUint64(altSessionAtSetting(c.Account))
-		if err != nil {
-			return dropped, true, err
-		}
-		if !ok {
-			wrote = true
-			if err := tx.PutUint64(altSessionAtSetting(c.Account), uint64(now.Unix())); err != nil {
-				return dropped, true, err
-			}
-			continue
-		}
-		if !alt.HoldsSignedPrekey() || now.Before(time.Unix(int64(at), 0).Add(prekeyRetention)) {
-			continue
-		}
-		if err := tx.DeleteSetting(altSessionSetting(c.Account)); err != nil {
-			return dropped, true, err
-		}
-		if err := tx.DeleteSetting(altSessionAtSetting(c.Account)); err != nil {
-			return dropped, true, err
-		}
-		dropped++
-		wrote = true
-	}
-	return dropped, wrote, nil
-}
 
 // pruneSecrets deletes, in one commit, the prekeys and alternate sessions
 // that can no longer be needed, and past epochs' first-contact counters.
@@ -114,7 +55,12 @@ func (n *Node) pruneSecrets(now time.Time) error {
 		if keysDeleted, w1, err = n.prunePrekeys(tx, now); err != nil {
 			return err
 		}
-		if sessionsDropped, w2, err = n.pruneAltSessions(tx, now); err != nil {
+		// Alternate sessions that still hold this node's signed prekey,
+		// unused for longer than an envelope for them can take to arrive.
+		if sessionsDropped, w2, err = tx.PruneAltSessions(now, prekeyRetention, func(b []byte) bool {
+			s, err := protocol.UnmarshalSession(b)
+			return err == nil && s.HoldsSignedPrekey()
+		}); err != nil {
 			return err
 		}
 		w3, err := pruneNewSessionCounts(tx, now)

@@ -94,7 +94,7 @@ func TestRetiredPrekeysDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	oldKeys := map[store.PrekeyKind][]keys.PrekeyID{}
-	for _, r := range bundlePrekeys(old) {
+	for _, r := range store.BundlePrekeys(old) {
 		oldKeys[r.Kind] = append(oldKeys[r.Kind], keys.PrekeyID(r.ID))
 	}
 	for k, ids := range oldKeys {
@@ -140,7 +140,7 @@ func TestRetiredPrekeysDeleted(t *testing.T) {
 			}
 		}
 	}
-	for _, r := range bundlePrekeys(cur) {
+	for _, r := range store.BundlePrekeys(cur) {
 		if !held(t, alice, r.Kind, keys.PrekeyID(r.ID)) {
 			t.Fatalf("current %v prekey %d deleted", r.Kind, r.ID)
 		}

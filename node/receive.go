@@ -485,16 +485,6 @@ func initialSetting(id [32]byte) string {
 	return "initial/" + base64.RawURLEncoding.EncodeToString(id[:])
 }
 
-// altSessionSetting names the setting holding the session kept only for
-// receiving after a simultaneous initiation.
-func altSessionSetting(acct [32]byte) string {
-	return "alt/" + base64.RawURLEncoding.EncodeToString(acct[:])
-}
-
-func altSessionAtSetting(acct [32]byte) string {
-	return "alt-at/" + base64.RawURLEncoding.EncodeToString(acct[:])
-}
-
 // openOn decrypts env on the session with acct (or its alternate, after a
 // simultaneous initiation) and applies the message.
 func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol.Envelope, acct [32]byte, now time.Time) (processed, error) {
@@ -555,11 +545,8 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 // altSession reads the session kept for receiving with acct: nil if there
 // is none or it no longer decodes.
 func altSession(tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
-	b, err := tx.GetSetting(altSessionSetting(acct))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
+	b, err := tx.GetAltSession(acct)
+	if err != nil || b == nil {
 		return nil, err
 	}
 	s, err := protocol.UnmarshalSession(b)
@@ -576,18 +563,15 @@ func altSession(tx *store.Tx, acct [32]byte) (*protocol.Session, error) {
 // sends on the session it started afresh). Sending on the newer session
 // is right in both cases, since the peer keeps the other for receiving.
 //
-// The time it was last stored goes with it (altSessionAt): an alternate
-// session that still holds this node's signed prekey is dropped once no
-// envelope for it can still be on its way (pruneAltSessions).
+// The time it was last stored goes with it: an alternate session that
+// still holds this node's signed prekey is dropped once no envelope for it
+// can still be on its way (pruneSecrets).
 func putAltSession(tx *store.Tx, acct [32]byte, alt *protocol.Session, now time.Time) error {
 	b, err := alt.MarshalBinary()
 	if err != nil {
 		return err
 	}
-	if err := tx.PutSetting(altSessionSetting(acct), b); err != nil {
-		return err
-	}
-	return tx.PutUint64(altSessionAtSetting(acct), uint64(now.Unix()))
+	return tx.PutAltSession(acct, b, now)
 }
 
 // accept runs the responder's side of PQXDH for a first message.

@@ -138,10 +138,8 @@ func (n *Node) dropContact(tx *store.Tx, acct [32]byte) error {
 		}
 	}
 	n.sessions.take(acct) // evict: its bytes are gone
-	for _, name := range []string{altSessionSetting(acct), altSessionAtSetting(acct)} {
-		if err := tx.DeleteSetting(name); err != nil {
-			return err
-		}
+	if err := tx.DeleteAltSession(acct); err != nil {
+		return err
 	}
 	if _, err := tx.DeleteConversation(acct); err != nil {
 		return err

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/sotto-im/sotto/keys"
 )
 
 // MaxPrekeySize bounds one stored private prekey (opaque bytes).
@@ -199,6 +201,21 @@ const (
 type PrekeyRef struct {
 	Kind PrekeyKind
 	ID   uint32
+}
+
+// BundlePrekeys lists the prekeys a bundle offers.
+func BundlePrekeys(b *keys.Bundle) []PrekeyRef {
+	refs := []PrekeyRef{
+		{Kind: PrekeySignedDH, ID: uint32(b.SignedPrekey.ID)},
+		{Kind: PrekeyLastResort, ID: uint32(b.LastResortKEM.ID)},
+	}
+	for _, p := range b.OneTimeDH {
+		refs = append(refs, PrekeyRef{Kind: PrekeyOneTimeDH, ID: uint32(p.ID)})
+	}
+	for _, p := range b.OneTimeKEM {
+		refs = append(refs, PrekeyRef{Kind: PrekeyOneTimeKEM, ID: uint32(p.ID)})
+	}
+	return refs
 }
 
 // RetirePrekeys records that the prekeys refs, those still held, are to
