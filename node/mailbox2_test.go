@@ -837,3 +837,133 @@ func TestAnswerToNewSessionFindsTagsRegistered(t *testing.T) {
 		})
 	}
 }
+
+// TestStartOverWhenPrekeyTakenTwice: Carol's first message to Bob goes to
+// his mailbox while he is away; before he reads it, another initiator
+// takes the one-time prekeys it names (here: they are deleted from Bob's
+// store), so Bob rejects it and publishes a bundle without them. Carol
+// and Bob are never online together until the end, so no direct attempt
+// tells her. Once her session has gone unanswered PendingRecheck after
+// the deposit, she finds the prekeys gone from Bob's bundle in the DHT and
+// starts the session over (SPEC "A one-time prekey taken twice"); Bob
+// then shows her message exactly once and she sees it delivered.
+func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
+	tn := newTestNet(t)
+	_, addrs := tn.startMailboxes(1)
+	// Carol's clock runs, and is moved PendingRecheck ahead while she is
+	// away.
+	var ahead atomic.Int64
+	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
+	carolClock := func(c *Config) { c.Now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) } }
+	carolDir, bobDir := tn.initNode("carol"), tn.initNode("bob")
+	carol, bob := tn.start(carolDir, receiveAt, carolClock), tn.start(bobDir, receiveAt)
+	ctx := testkit.Context(t, 120*time.Second)
+	testkit.WaitFor(t, ctx, func() bool {
+		return len(carol.mbx.user.Mailboxes()) > 0 && len(bob.mbx.user.Mailboxes()) > 0
+	})
+	befriend(t, carol, "carol", bob, "bob")
+	published := func(n *Node) func() bool {
+		return func() bool { st, err := n.Status(); return err == nil && !st.BundlePublished.IsZero() }
+	}
+	testkit.WaitFor(t, ctx, published(bob))            // Carol fetches it from the DHT
+	if _, err := bob.mbx.user.Round(ctx); err != nil { // his intro tags registered
+		t.Fatal(err)
+	}
+	bob.Close()
+
+	m, err := carol.Send(ctx, "bob", "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return storedMessage(t, carol, m.ID).StoredAt > 0 })
+	// The session Carol started first.
+	var first [32]byte
+	carol.db.View(func(tx *store.Tx) error {
+		e, err := tx.GetOutbox(m.ID)
+		if err == nil {
+			env, _ := protocol.ParseEnvelope(e.Envelope)
+			first, _ = protocol.EnvelopeInitialID(env)
+		}
+		return err
+	})
+	if first == ([32]byte{}) {
+		t.Fatal("carol's outbox entry is not sealed on a pending session")
+	}
+	carol.Close()
+
+	// Another initiator took Bob's one-time prekeys.
+	offline, err := Open(Config{DataDir: bobDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = offline.db.Update(func(tx *store.Tx) error {
+		for _, kind := range []store.PrekeyKind{store.PrekeyOneTimeDH, store.PrekeyOneTimeKEM} {
+			ids, err := tx.PrekeyIDs(kind)
+			if err != nil {
+				return err
+			}
+			for _, id := range ids {
+				if err := tx.DeletePrekey(kind, id); err != nil {
+					return err
+				}
+			}
+		}
+		// As after accepting that initiator: the bundle without them.
+		_, err := offline.dropUsedPrekeys(tx)
+		return err
+	})
+	offline.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Bob reads Carol's first message and cannot open it; he publishes a
+	// bundle with fresh one-time prekeys, and goes away again.
+	bob = tn.start(bobDir, receiveAt)
+	testkit.WaitFor(t, ctx, published(bob))
+	if _, err := bob.mbx.user.Round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := messagesWhere(t, bob, "carol", incoming); len(got) != 0 {
+		t.Fatalf("bob shows %d messages from a first message whose prekeys were gone", len(got))
+	}
+	bob.Close()
+
+	ahead.Store(int64(PendingRecheck + time.Second))
+	carol = tn.start(carolDir, receiveAt, carolClock)
+	acct := storedContact(t, carol, "bob").Account
+	session := func() (id [32]byte, deposited bool) {
+		carol.db.View(func(tx *store.Tx) error {
+			if s, err := carol.loadSession(tx, acct); err == nil && s != nil {
+				id = s.InitialID()
+			}
+			e, err := tx.GetOutbox(m.ID)
+			deposited = err == nil && e.Envelope != nil && e.Mailboxes > 0
+			return nil
+		})
+		return id, deposited
+	}
+	testkit.WaitFor(t, ctx, func() bool {
+		id, deposited := session()
+		if id != first && id != ([32]byte{}) && deposited {
+			// sealed on the new session, and in Bob's mailbox
+			var e store.OutboxEntry
+			carol.db.View(func(tx *store.Tx) (err error) { e, err = tx.GetOutbox(m.ID); return err })
+			env, err := protocol.ParseEnvelope(e.Envelope)
+			got, _ := protocol.EnvelopeInitialID(env)
+			return err == nil && got == id
+		}
+		return false
+	})
+	carol.Close()
+
+	bob = tn.start(bobDir, receiveAt)
+	in := waitMessages(t, ctx, bob, "carol", 1, incoming)
+	if len(in) != 1 || string(in[0].Body) != "hello" || in[0].Via != ViaMailbox {
+		t.Fatalf("bob shows %v, want hello once, from his mailbox", in)
+	}
+	carol = tn.start(carolDir, receiveAt, carolClock)
+	waitMessages(t, ctx, carol, "bob", 1, delivered)
+	if got := messagesWhere(t, bob, "carol", incoming); len(got) != 1 {
+		t.Fatalf("bob shows %d messages, want exactly 1", len(got))
+	}
+}

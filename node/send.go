@@ -43,6 +43,9 @@ const (
 	maxOutboxWait   = time.Minute
 	minOutboxWait   = 50 * time.Millisecond
 	depositRetryGap = 2 * time.Second // between deposits that fail while a direct attempt runs
+	// PendingRecheck: a session unanswered this long after a mailbox took
+	// its envelopes has the peer's bundle checked again (startOver).
+	PendingRecheck = 2 * time.Minute
 )
 
 // newMessageID makes a 16-byte message ID: the time in Unix nanoseconds
@@ -330,6 +333,7 @@ type outboxState struct {
 	busy       map[[32]byte]bool        // a delivery runs for the contact
 	depositing map[[32]byte]bool        // a mailbox deposit runs for the contact
 	failed     sync.Map                 // contact -> when its last deposit failed (time.Time), until one succeeds
+	rechecked  sync.Map                 // contact -> when its bundle was last checked for startOver (time.Time)
 	up         map[peer.ID]bool
 }
 
@@ -579,7 +583,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	if len(expired) > 0 {
 		n.failEntries(expired)
 	}
-	if len(live) == 0 || c.KeyChange != nil {
+	if len(live) == 0 || c.KeyChange != nil || n.startOver(ctx, c, live, now) {
 		return
 	}
 
@@ -798,6 +802,59 @@ func sealedOn(env []byte, sess *protocol.Session) bool {
 	}
 	id, ok := protocol.EnvelopeInitialID(e)
 	return ok && id == sess.InitialID()
+}
+
+// startOver starts c's session over, as after a rejected first message,
+// when it is still pending PendingRecheck after a mailbox took one of its
+// envelopes and the peer's bundle no longer lists a one-time prekey it
+// named: another initiator took it, and the peer cannot read this session
+// (SPEC "A one-time prekey taken twice"). It reports whether it did.
+func (n *Node) startOver(ctx context.Context, c store.Contact, live []store.OutboxEntry, now time.Time) bool {
+	var sess *protocol.Session
+	n.db.View(func(tx *store.Tx) (err error) { sess, err = n.loadSession(tx, c.Account); return err })
+	if sess == nil || !sess.PendingInitial() || !slices.ContainsFunc(live, func(e store.OutboxEntry) bool {
+		return e.Mailboxes > 0 && now.Sub(e.Created) >= PendingRecheck && sealedOn(e.Envelope, sess)
+	}) {
+		return false
+	}
+	if at, ok := n.ob.rechecked.Load(c.Account); ok && now.Sub(at.(time.Time)) < PendingRecheck {
+		return false
+	}
+	b, err := n.fetchBundle(ctx, c)
+	if err != nil {
+		return false // tried again on the next pass
+	}
+	if n.ob.rechecked.Store(c.Account, now); !sess.PendingPrekeysGone(b) {
+		return false
+	}
+	n.cfg.Logger.Info("a first message went unanswered and its one-time prekeys are gone: starting the session over", "contact", c.Name)
+	err = n.db.Update(func(tx *store.Tx) error {
+		if cur, err := n.loadSession(tx, c.Account); err != nil || cur == nil || cur.InitialID() != sess.InitialID() {
+			return err // changed meanwhile: nothing to do
+		}
+		for _, e := range live {
+			e, err := tx.GetOutbox(e.MsgID)
+			switch {
+			case err != nil || !sealedOn(e.Envelope, sess):
+			case e.Kind != store.OutboxMessage: // as when rejected: not sealed again
+				if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+					return err
+				}
+			default:
+				e.Envelope, e.Mailboxes = nil, 0
+				if err := tx.PutOutbox(e); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.DeleteSession(c.Account)
+	})
+	if err != nil {
+		n.cfg.Logger.Error("starting a session over", "err", err)
+		return false
+	}
+	n.kickOutbox()
+	return true
 }
 
 // recordResults commits the outcome of a delivery attempt.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -683,6 +684,26 @@ func (s *Session) InitialID() [32]byte { return s.initialID }
 // PendingInitial reports whether Seal still adds the initial prefix and
 // uses the peer's intro tag (initiator, no message from the peer yet).
 func (s *Session) PendingInitial() bool { return s.prefix != nil }
+
+// PendingPrekeysGone reports whether s is pending (this side initiated it
+// and has read nothing of the peer on it) and its initial header names a
+// one-time prekey, of either kind, that b, a newer bundle of the peer, no
+// longer lists: the prekey was consumed, by this session's first message
+// or by another initiator's (SPEC "A one-time prekey taken twice").
+func (s *Session) PendingPrekeysGone(b *keys.Bundle) bool {
+	if s == nil || s.prefix == nil || b == nil {
+		return false
+	}
+	h, err := parseInitialHeader(s.prefix)
+	if err != nil {
+		return false
+	}
+	dhGone := h.flags&flagOneTimeDH != 0 &&
+		!slices.ContainsFunc(b.OneTimeDH, func(p keys.OneTimePrekey) bool { return p.ID == h.otpID })
+	kemGone := h.flags&flagOneTimeKEM != 0 &&
+		!slices.ContainsFunc(b.OneTimeKEM, func(p keys.SignedKEMPrekey) bool { return p.ID == h.kemID })
+	return dhGone || kemGone
+}
 
 func (s *Session) role(local bool) byte {
 	if s.initiator == local {

@@ -1410,3 +1410,64 @@ func TestHoldsSignedPrekey(t *testing.T) {
 		t.Fatal("a later DH step made the responder's session report its signed prekey again")
 	}
 }
+
+// TestPendingPrekeysGone: Alice and Carol start sessions with Bob from the
+// same bundle, which has one one-time prekey of each kind, so both name
+// them. Bob accepts Alice's first and rejects Carol's (ErrPrekeyConsumed);
+// Carol's pending session then finds its prekeys gone from Bob's newer
+// bundle (either kind alone is enough), not from the bundle it started
+// from. A session that read the peer's answer, or that named no one-time
+// prekey, is never reported.
+func TestPendingPrekeysGone(t *testing.T) {
+	rng := sessRNG(11)
+	a := newSessParty(t, rng, "alice", 0)
+	c := newSessParty(t, rng, "carol", 0)
+	b := newSessParty(t, rng, "bob", 1)
+	sa, err := Initiate(rng, sessNow, a.me, b.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := Initiate(rng, sessNow, c.me, b.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ma, mc := textMessage(1, "from alice"), textMessage(2, "from carol")
+	ea, ec := mustSeal(t, rng, sa, sessNow, ma), mustSeal(t, rng, sc, sessNow, mc)
+	sb, acc := mustAccept(t, b, ea, ma, a.account())
+	b.store.commit(acc)
+	if _, _, _, err := Accept(sessNow, b.me, b.store, ec); !errors.Is(err, ErrPrekeyConsumed) {
+		t.Fatalf("Carol's first message after Alice's took the prekeys: %v, want ErrPrekeyConsumed", err)
+	}
+
+	if sc.PendingPrekeysGone(b.bundle) || sc.PendingPrekeysGone(nil) {
+		t.Fatal("prekeys reported gone from the bundle that lists them, or from no bundle")
+	}
+	newer := *b.bundle
+	newer.OneTimeDH, newer.OneTimeKEM = nil, nil
+	if !sc.PendingPrekeysGone(&newer) {
+		t.Fatal("Carol's pending session does not find its prekeys gone from Bob's newer bundle")
+	}
+	dhOnly, kemOnly := *b.bundle, *b.bundle
+	dhOnly.OneTimeDH, kemOnly.OneTimeKEM = nil, nil
+	if !sc.PendingPrekeysGone(&dhOnly) || !sc.PendingPrekeysGone(&kemOnly) {
+		t.Fatal("a one-time prekey of one kind gone is not reported")
+	}
+	// Alice reads Bob's answer: her session is no longer pending.
+	if !sa.PendingPrekeysGone(&newer) {
+		t.Fatal("Alice's pending session does not find its prekeys gone")
+	}
+	reply := textMessage(3, "from bob")
+	mustOpen(t, sa, sessNow, mustSeal(t, rng, sb, sessNow, reply), reply)
+	if sa.PendingPrekeysGone(&newer) {
+		t.Fatal("a session that read the peer's answer is reported")
+	}
+	// A session that named no one-time prekey.
+	d := newSessParty(t, rng, "dave", 0)
+	sd, err := Initiate(rng, sessNow, a.me, d.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sd.PendingPrekeysGone(&newer) {
+		t.Fatal("a session without one-time prekeys is reported")
+	}
+}
