@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -709,5 +710,26 @@ func TestRunClockSkew(t *testing.T) {
 	r := (harness{app: app, env: env}).run(testContext(t), "run")
 	if r.code != 2 || !strings.Contains(r.stderr, "not a duration such as 10m or -10m") {
 		t.Fatalf("run with SOTTO_TEST_CLOCK_SKEW=%q: %+v", env["SOTTO_TEST_CLOCK_SKEW"], r)
+	}
+}
+
+// TestRunLogLevel: $SOTTO_LOG_LEVEL sets how much `sotto run` logs; a
+// value that is no level is refused with the ones there are.
+func TestRunLogLevel(t *testing.T) {
+	var debug bool
+	app := App{Run: func(ctx context.Context, c RunConfig) error {
+		debug = c.Log.Enabled(ctx, slog.LevelDebug)
+		return nil
+	}}
+	env := map[string]string{"SOTTO_HOME": t.TempDir()}
+	for _, level := range []string{"", "debug", "info"} {
+		env["SOTTO_LOG_LEVEL"] = level
+		if r := (harness{app: app, env: env}).run(testContext(t), "run"); r.code != 0 || debug != (level == "debug") {
+			t.Fatalf("run with SOTTO_LOG_LEVEL=%q: %+v, debug logged: %v", level, r, debug)
+		}
+	}
+	env["SOTTO_LOG_LEVEL"] = "loud"
+	if r := (harness{app: app, env: env}).run(testContext(t), "run"); r.code != 2 || !strings.Contains(r.stderr, "use debug, info, warn or error") {
+		t.Fatalf("run with SOTTO_LOG_LEVEL=loud: %+v", r)
 	}
 }

@@ -155,8 +155,14 @@ var runCommand = &command{
 					return usagef("SOTTO_TEST_CLOCK_SKEW=%q is not a duration such as 10m or -10m", v)
 				}
 			}
+			level := slog.LevelInfo
+			if v := c.getenv("SOTTO_LOG_LEVEL"); v != "" {
+				if err := level.UnmarshalText([]byte(v)); err != nil {
+					return usagef("SOTTO_LOG_LEVEL=%q is not a log level: use debug, info, warn or error", v)
+				}
+			}
 			out := newLiveWriter(c.stdout, isTerminal(c.stdout))
-			log := slog.New(slog.NewTextHandler(out.Beside(c.stderr), nil))
+			log := slog.New(slog.NewTextHandler(out.Beside(c.stderr), &slog.HandlerOptions{Level: level}))
 			cfg := RunConfig{
 				ClockSkew:    skew,
 				DataDir:      dir,

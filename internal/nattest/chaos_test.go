@@ -34,10 +34,10 @@ import (
 //
 // By default (CI) it runs seeds 1 and 2 for 25 s of traffic each (a
 // message every 0.3-1.2 s per conversation, faults of 1-6 s), in about a
-// minute. SOTTO_CHAOS=DURATION is the long run: rounds of a minute of
+// minute. SOTTO_CHAOS=DURATION is the long run: rounds of two minutes of
 // traffic (a message every 0.1-0.5 s per conversation), a new seed each,
-// faults of up to two minutes (a user away for one to two minutes in a
-// quarter of the offline faults), until DURATION has passed; it prints
+// faults of 1-30 s (a user away for one to two minutes in a quarter of
+// the faults that take one away), until DURATION has passed; it prints
 // the table docs/RELIABILITY.md records.
 // SOTTO_CHAOS_SEED=N runs the round of seed N alone, to replay a failure.
 // A failing run names its seed and keeps the data directories and logs.
@@ -47,15 +47,17 @@ import (
 func TestChaos(t *testing.T) {
 	checkRequirements(t)
 	cfg := chaosConfig{seeds: []uint64{1, 2}, traffic: 25 * time.Second, gap: [2]int{300, 1200}, maxFault: 6 * time.Second, settle: 90 * time.Second}
-	budget := 90*time.Second + time.Duration(len(cfg.seeds))*(cfg.traffic+cfg.maxFault+30*time.Second)
 	if v := os.Getenv("SOTTO_CHAOS"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
 			t.Fatalf("SOTTO_CHAOS=%q: want a duration such as 30m", v)
 		}
-		cfg = chaosConfig{long: d, traffic: time.Minute, gap: [2]int{100, 500}, maxFault: 2 * time.Minute, settle: 3 * time.Minute}
+		cfg = chaosConfig{long: d, away: true, traffic: 2 * time.Minute, gap: [2]int{100, 500}, maxFault: 30 * time.Second, settle: 3 * time.Minute}
 		cfg.seeds = []uint64{uint64(time.Now().UnixNano()) % 1_000_000}
-		budget = d + 10*time.Minute
+	}
+	replay := "SOTTO_CHAOS_SEED=%d"
+	if cfg.long > 0 {
+		replay += " SOTTO_CHAOS=" + cfg.long.String()
 	}
 	if v := os.Getenv("SOTTO_CHAOS_SEED"); v != "" {
 		seed, err := strconv.ParseUint(v, 10, 64)
@@ -64,6 +66,14 @@ func TestChaos(t *testing.T) {
 		}
 		cfg.seeds, cfg.long = []uint64{seed}, 0
 	}
+	// The testbed lock, the build and the set-up, then each round with
+	// its longest faults and settling (a long run: rounds go on until
+	// cfg.long passed, and the last may start just before).
+	rounds := time.Duration(len(cfg.seeds))
+	if cfg.long > 0 {
+		rounds = cfg.long/cfg.traffic + 1
+	}
+	budget := 4*time.Minute + rounds*(cfg.traffic+2*time.Minute+cfg.settle)
 
 	root, err := os.MkdirTemp("", "sotto-chaos-")
 	if err != nil {
@@ -85,7 +95,7 @@ func TestChaos(t *testing.T) {
 	t.Cleanup(cancel)
 	tb := newTestbed(t)
 	bin := buildSotto(t, ctx)
-	c := &chaos{nw: newNetwork(t, ctx, bin, tb, root), tb: tb, held: map[*daemon]string{}, byText: map[string]*sent{}, next: map[[2]*daemon]int{}}
+	c := &chaos{nw: newNetwork(t, ctx, bin, tb, root), tb: tb, held: map[*daemon]string{}, dead: map[*daemon]bool{}, byText: map[string]*sent{}, next: map[[2]*daemon]int{}}
 	c.setUp(t)
 
 	began := time.Now()
@@ -102,7 +112,7 @@ func TestChaos(t *testing.T) {
 		t.Logf("round %d, seed %d: %s", r, seed, st)
 		total.add(st)
 		if t.Failed() {
-			t.Fatalf("round %d failed: replay it with SOTTO_CHAOS_SEED=%d (the nemesis and the traffic follow the seed; timings differ)", r, seed)
+			t.Fatalf("round %d failed: replay it with "+replay+" (the nemesis and the traffic follow the seed; timings differ)", r, seed)
 		}
 	}
 	t.Logf("all rounds (%v):\n%s", time.Since(began).Round(time.Second), total.table())
@@ -115,6 +125,7 @@ func TestChaos(t *testing.T) {
 type chaosConfig struct {
 	seeds    []uint64      // one per round; in a long run, the first of a series
 	long     time.Duration // a long run: rounds go on until this has passed
+	away     bool          // a quarter of the faults that take a user away last one to two minutes
 	traffic  time.Duration // traffic (and faults starting) per round
 	gap      [2]int        // least and most milliseconds between a conversation's sends
 	maxFault time.Duration // longest fault
@@ -127,6 +138,8 @@ type chaos struct {
 	tb    *testbed
 	pubs  []*daemon // pub1 (bootstrap, relay, mailbox), pub2, pub3 (relays, mailboxes)
 	users []*daemon // alice, bob, carol
+
+	dead map[*daemon]bool // daemons reported dead (used on the test's goroutine only)
 
 	mu     sync.Mutex
 	held   map[*daemon]string // daemons a fault holds down or stopped, and the fault
@@ -142,17 +155,20 @@ type sent struct {
 	text     string
 	acked    bool // the sender's daemon took it (and gave it an ID)
 	id       string
-	at       time.Time // when the send was acknowledged
+	at       time.Time // when the send was made
 	seen     time.Time // when the recipient first showed it (zero: not yet)
 }
 
-var chaosText = regexp.MustCompile(`^chaos r(\d+) (\w+)>(\w+) #(\d+)$`)
+var chaosText = regexp.MustCompile(`^chaos r(-?\d+) (\w+)>(\w+) #(\d+)$`)
 
 // setUp starts the public nodes and the users, each user a contact of the
 // others and receiving at all three mailboxes.
 func (c *chaos) setUp(t *testing.T) {
 	nw := c.nw
 	start := time.Now()
+	// Logs that tell what happened to each envelope, for a failure's
+	// post-mortem.
+	nw.env = append(nw.env, "SOTTO_LOG_LEVEL=debug")
 	pub1 := nw.addDaemon(t, "pub1", "pub1", "--mailbox", "--relay", "--public")
 	nw.start(t, pub1)
 	boot := fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", pub1IP, pub1.port, pub1.peerID)
@@ -182,7 +198,40 @@ func (c *chaos) setUp(t *testing.T) {
 			}
 		}
 	}
+	c.warmUp(t)
 	t.Logf("set up in %v", time.Since(start).Round(100*time.Millisecond))
+}
+
+// warmUp has each pair of users start their session, one side first and
+// then the other, before any fault: the rounds test conversations that
+// exist. (A first contact whose one-time prekeys another initiator took,
+// with only mailboxes between the two, recovers after PendingRecheck, two
+// minutes: longer than a round here settles; node's
+// TestStartOverWhenPrekeyTakenTwice tests it.) The warm-up messages are
+// in the ledger as round -1.
+func (c *chaos) warmUp(t *testing.T) {
+	for i, u := range c.users {
+		for _, v := range c.users[i+1:] {
+			for _, p := range [][2]*daemon{{u, v}, {v, u}} {
+				s := c.send(c.nw.ctx, -1, p[0], p[1])
+				if !s.acked {
+					t.Fatalf("warm-up: %s could not send to %s", p[0].name, p[1].name)
+				}
+				c.nw.poll(t, "warm-up "+s.text+" delivered", time.Minute, nil, func() (bool, string) {
+					ms, err := messagesOf(c.nw.ctx, p[0], 0)
+					if err != nil {
+						return false, err.Error()
+					}
+					for _, m := range ms {
+						if m.ID == s.id {
+							return m.State == api.StateDelivered, string(m.State)
+						}
+					}
+					return false, "not listed"
+				})
+			}
+		}
+	}
 }
 
 // call runs f with a client of d's control socket (a new connection each
@@ -210,13 +259,15 @@ func (c *chaos) isHeld(d *daemon) bool {
 // round runs one round: traffic and the nemesis for cfg.traffic, then
 // heal, settle and check.
 func (c *chaos) round(t *testing.T, r int, seed uint64, cfg chaosConfig) roundStats {
-	ctx := c.nw.ctx
+	// The round's goroutines stop with it, also when it fails midway.
+	ctx, cancel := context.WithCancel(c.nw.ctx)
+	var wg, watch sync.WaitGroup
+	defer func() { cancel(); wg.Wait(); watch.Wait() }()
 	start := time.Now()
 	end := start.Add(cfg.traffic)
 
 	// The workload: each conversation sends a numbered message every
 	// cfg.gap while its sender runs.
-	var wg sync.WaitGroup
 	conv := 0
 	for _, u := range c.users {
 		for _, v := range c.users {
@@ -239,22 +290,31 @@ func (c *chaos) round(t *testing.T, r int, seed uint64, cfg chaosConfig) roundSt
 	// What the recipients show, as it comes: when each message was
 	// first seen.
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	var watch sync.WaitGroup
 	watch.Go(func() { c.watch(watchCtx) })
 
 	// The nemesis, on the test's goroutine (starting daemons may fail
 	// the test).
 	rng := mrand.New(mrand.NewPCG(seed, 0xfa17))
 	var faults []string
-	for time.Now().Before(end) && ctx.Err() == nil {
-		time.Sleep(time.Duration(1000+rng.IntN(2000)) * time.Millisecond)
+	for {
+		// Every draw is made whatever the configuration, so that a seed
+		// gives the same faults in a replay.
+		pause := time.Duration(1000+rng.IntN(2000)) * time.Millisecond
 		f := chaosFaults[rng.IntN(len(chaosFaults))]
 		cands := f.victims(c)
 		victim := cands[rng.IntN(len(cands))]
 		dur := time.Second + time.Duration(rng.Int64N(int64(cfg.maxFault-time.Second)))
-		if f.offline && cfg.long > 0 && rng.IntN(4) == 0 {
-			dur = time.Minute + time.Duration(rng.Int64N(int64(time.Minute))) // a user away for minutes
+		away := time.Minute + time.Duration(rng.Int64N(int64(time.Minute)))
+		if f.offline && cfg.away && rng.IntN(4) == 0 {
+			dur = away // a user away for minutes
 		}
+		time.Sleep(pause)
+		if !time.Now().Before(end) || ctx.Err() != nil {
+			break
+		}
+		// A daemon that died meanwhile is reported before a fault could
+		// restart it.
+		c.checkAlive(t)
 		desc := fmt.Sprintf("%s %s %v", f.name, victim.name, dur.Round(100*time.Millisecond))
 		faults = append(faults, desc)
 		if f.down {
@@ -304,6 +364,8 @@ func (c *chaos) round(t *testing.T, r int, seed uint64, cfg chaosConfig) roundSt
 	settle := time.Since(healed)
 	stopWatch()
 	watch.Wait()
+	c.checkAlive(t)
+	c.checkLogs(t)
 	st := c.check(t, r)
 	st.settle = []time.Duration{settle}
 	st.faults = len(faults)
@@ -312,22 +374,23 @@ func (c *chaos) round(t *testing.T, r int, seed uint64, cfg chaosConfig) roundSt
 
 // send sends the next numbered message of the conversation from u to v and
 // records it in the ledger.
-func (c *chaos) send(ctx context.Context, r int, u, v *daemon) {
+func (c *chaos) send(ctx context.Context, r int, u, v *daemon) *sent {
 	c.mu.Lock()
 	key := [2]*daemon{u, v}
 	c.next[key]++
-	s := &sent{from: u, to: v, round: r, n: c.next[key]}
+	s := &sent{from: u, to: v, round: r, n: c.next[key], at: time.Now()}
 	s.text = fmt.Sprintf("chaos r%d %s>%s #%05d", r, u.name, v.name, s.n)
 	c.ledger = append(c.ledger, s)
 	c.byText[s.text] = s
 	c.mu.Unlock()
 	m, err := call(ctx, u, func(ctx context.Context, cl *api.Client) (api.Message, error) { return cl.Send(ctx, v.name, s.text) })
 	if err != nil || m.ID == "" {
-		return // not acknowledged: it may or may not go out
+		return s // not acknowledged: it may or may not go out
 	}
 	c.mu.Lock()
-	s.acked, s.id, s.at = true, m.ID, time.Now()
+	s.acked, s.id = true, m.ID
 	c.mu.Unlock()
+	return s
 }
 
 // messages lists all of d's messages, oldest first.
@@ -364,7 +427,7 @@ func (c *chaos) watch(ctx context.Context) {
 			c.mu.Lock()
 			for _, m := range ms {
 				cursor[u] = max(cursor[u], m.Seq)
-				if s := c.byText[m.Text]; s != nil && m.Direction == api.DirectionIn && s.seen.IsZero() {
+				if s := c.byText[m.Text]; s != nil && s.to == u && m.Direction == api.DirectionIn && s.seen.IsZero() {
 					s.seen = now
 				}
 			}
@@ -423,19 +486,26 @@ func firstFew(ss []string) string {
 	return strings.Join(ss, ", ")
 }
 
-// check reads every user's messages and checks the invariants for round r
-// (and that nothing of earlier rounds changed), returning the round's
-// figures.
+// check reads every user's messages and checks the invariants for every
+// message acknowledged so far (a later fault must not undo an earlier
+// round), returning the figures of round r.
 func (c *chaos) check(t *testing.T, r int) roundStats {
-	ctx := c.nw.ctx
+	if c.nw.ctx.Err() != nil {
+		t.Fatalf("round %d: the test's time ran out before it was checked", r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	var st roundStats
-	count := map[string]int{}
+	type key struct {
+		to   *daemon
+		text string
+	}
+	count := map[key]int{}
 	state := map[string]api.State{}
 	for _, u := range c.users {
 		ms, err := messagesOf(ctx, u, 0)
 		if err != nil {
-			t.Errorf("%s: listing messages: %v", u.name, err)
-			continue
+			t.Fatalf("%s: listing messages: %v", u.name, err)
 		}
 		lastN := map[string]int{}
 		for _, m := range ms {
@@ -443,17 +513,20 @@ func (c *chaos) check(t *testing.T, r int) roundStats {
 				state[m.ID] = m.State
 				continue
 			}
-			count[m.Text]++
 			c.mu.Lock()
 			s := c.byText[m.Text]
 			c.mu.Unlock()
 			sm := chaosText.FindStringSubmatch(m.Text)
-			if s == nil || sm == nil || s.to != u || sm[2] != m.Contact {
+			if s == nil || sm == nil || s.to != u || sm[2] != m.Contact || s.from.name != m.Contact {
 				t.Errorf("%s shows %q from %s, which nobody sent to it", u.name, m.Text, m.Contact)
 				continue
 			}
+			k := key{u, m.Text}
+			if count[k]++; count[k] > 1 {
+				continue // counted below
+			}
 			// Each sender's messages in the order it wrote them.
-			if s.n <= lastN[m.Contact] && count[m.Text] == 1 {
+			if s.n <= lastN[m.Contact] {
 				if s.round == r {
 					st.reordered++
 				}
@@ -465,25 +538,33 @@ func (c *chaos) check(t *testing.T, r int) roundStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range c.ledger {
-		n := count[s.text]
+		n := count[key{s.to, s.text}]
+		this := s.round == r
 		if n > 1 {
-			t.Errorf("%q shown %d times by %s", s.text, n, s.to.name)
-		}
-		if s.round != r {
-			continue
+			t.Errorf("%q (round %d) shown %d times by %s", s.text, s.round, n, s.to.name)
 		}
 		if !s.acked {
-			st.unacked++
-			if n > 0 {
-				st.unackedShown++
+			if this {
+				st.unacked++
+				if n > 0 {
+					st.unackedShown++
+				}
 			}
+			continue
+		}
+		switch {
+		case n == 0:
+			t.Errorf("%q (round %d, %s), acknowledged by %s, not shown by %s", s.text, s.round, s.id, s.from.name, s.to.name)
+		case state[s.id] != api.StateDelivered:
+			t.Errorf("%q (round %d, %s) is %q at %s, not delivered", s.text, s.round, s.id, state[s.id], s.from.name)
+		}
+		if !this {
 			continue
 		}
 		st.acked++
 		switch {
 		case n == 0:
 			st.lost++
-			t.Errorf("%q (%s), acknowledged by %s, never shown by %s", s.text, s.id, s.from.name, s.to.name)
 		case n > 1:
 			st.duplicated++
 		default:
@@ -491,8 +572,6 @@ func (c *chaos) check(t *testing.T, r int) roundStats {
 		}
 		if state[s.id] == api.StateDelivered {
 			st.delivered++
-		} else {
-			t.Errorf("%q (%s) is %q at %s, not delivered", s.text, s.id, state[s.id], s.from.name)
 		}
 		if !s.seen.IsZero() {
 			st.latency = append(st.latency, s.seen.Sub(s.at))
@@ -501,12 +580,33 @@ func (c *chaos) check(t *testing.T, r int) roundStats {
 	return st
 }
 
-// checkAlive fails the test for every daemon that exited while no fault
-// held it, and for a panic in any daemon's log.
+// checkAlive fails the test, once for each, for a daemon that exited
+// while no fault held it.
 func (c *chaos) checkAlive(t *testing.T) {
 	for _, d := range append(slices.Clone(c.pubs), c.users...) {
-		if !c.isHeld(d) && !d.running() {
+		if !c.isHeld(d) && d.cmd != nil && !d.running() && !c.dead[d] {
+			c.dead[d] = true
 			t.Errorf("%s exited unasked (%v); log:\n%s", d.name, d.err, tail(d.log, logTailLines))
+		}
+	}
+}
+
+// checkLogs fails the test for a daemon run whose log shows a panic or a
+// fatal runtime error.
+func (c *chaos) checkLogs(t *testing.T) {
+	for _, d := range append(slices.Clone(c.pubs), c.users...) {
+		for run := 1; run <= d.runs; run++ {
+			b, err := os.ReadFile(d.logFile(c.nw.root, run))
+			if err != nil {
+				t.Errorf("%s: %v", d.name, err)
+				continue
+			}
+			for _, bad := range []string{"panic:", "fatal error:", "DATA RACE"} {
+				if strings.Contains(string(b), bad) && !c.dead[d] {
+					c.dead[d] = true
+					t.Errorf("%s, run %d: its log shows %q", d.name, run, bad)
+				}
+			}
 		}
 	}
 }
@@ -525,18 +625,33 @@ func users(c *chaos) []*daemon     { return c.users }
 func mailboxes(c *chaos) []*daemon { return c.pubs }
 func relay(c *chaos) []*daemon     { return c.pubs[:1] }
 func others(c *chaos) []*daemon    { return c.pubs[1:] }
+func third(c *chaos) []*daemon     { return c.pubs[2:] }
 
 // kill9 kills d's process group and returns what starts it again.
 func (c *chaos) kill9(t *testing.T, d *daemon) func() {
+	mustRun(t, d)
 	syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-	<-d.done
+	select {
+	case <-d.done:
+	case <-time.After(stopTimeout):
+		t.Fatalf("%s: still running %v after SIGKILL", d.name, stopTimeout)
+	}
 	return func() { c.nw.start(t, d) }
 }
 
 // signal sends sig to d's process group and returns what sends heal.
-func signal(d *daemon, sig, heal syscall.Signal) func() {
+func signal(t *testing.T, d *daemon, sig, heal syscall.Signal) func() {
+	mustRun(t, d)
 	syscall.Kill(-d.cmd.Process.Pid, sig)
 	return func() { syscall.Kill(-d.cmd.Process.Pid, heal) }
+}
+
+// mustRun fails the test unless d runs (a fault on a daemon that died
+// would hide its death, or signal a process group that is gone).
+func mustRun(t *testing.T, d *daemon) {
+	if !d.running() {
+		t.Fatalf("%s: not running (%v) when a fault was to hit it; log:\n%s", d.name, d.err, tail(d.log, logTailLines))
+	}
 }
 
 // block applies testbed.sh block (or loss) to victim's namespace and
@@ -557,28 +672,32 @@ var chaosFaults = []chaosFault{
 	{name: "kill -9 mailbox", victims: others, down: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() { return c.kill9(t, d) }},
 	{name: "kill -9 relay", victims: relay, down: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() { return c.kill9(t, d) }},
 	{name: "SIGSTOP mailbox", victims: mailboxes, down: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
-		return signal(d, syscall.SIGSTOP, syscall.SIGCONT)
+		return signal(t, d, syscall.SIGSTOP, syscall.SIGCONT)
 	}},
 	{name: "SIGSTOP user", victims: users, down: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
-		return signal(d, syscall.SIGSTOP, syscall.SIGCONT)
+		return signal(t, d, syscall.SIGSTOP, syscall.SIGCONT)
 	}},
 	{name: "user offline", victims: users, down: true, offline: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+		mustRun(t, d)
 		c.nw.stop(t, d)
 		return func() { c.nw.start(t, d) }
 	}},
 	{name: "user cut off", victims: users, offline: true, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
 		return c.block(t, "block", d.ns, "all")
 	}},
-	{name: "mailboxes split", victims: relay, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+	{name: "mailboxes split, cut off:", victims: third, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
 		// pub1 and pub2 on one side, pub3 on the other, users reaching
 		// both.
-		return c.block(t, "block", "pub3", pub1IP, pub2IP)
+		return c.block(t, "block", d.ns, pub1IP, pub2IP)
 	}},
-	{name: "20% packet loss at", victims: users, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+	{name: "20% packet loss each way at", victims: users, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
 		return c.block(t, "loss", d.ns, "20")
 	}},
+	// Restarted onto the skewed clock and back: the sends made while it
+	// restarts fail (and count as not acknowledged).
 	{name: "clock skewed ±10m at", victims: users, apply: func(t *testing.T, c *chaos, d *daemon, rng *mrand.Rand) func() {
 		skew := []string{"10m", "-10m"}[rng.IntN(2)]
+		mustRun(t, d)
 		c.nw.stop(t, d)
 		d.env = []string{"SOTTO_TEST_CLOCK_SKEW=" + skew}
 		c.nw.start(t, d)
