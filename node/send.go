@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -820,22 +821,33 @@ func (n *Node) startOver(ctx context.Context, c store.Contact, live []store.Outb
 	if at, ok := n.ob.rechecked.Load(c.Account); ok && now.Sub(at.(time.Time)) < PendingRecheck {
 		return false
 	}
-	b, err := n.fetchBundle(ctx, c)
-	if err != nil {
-		return false // tried again on the next pass
-	}
-	if n.ob.rechecked.Store(c.Account, now); !sess.PendingPrekeysGone(b) {
+	n.ob.rechecked.Store(c.Account, now)
+	if b, err := n.fetchBundle(ctx, c); err != nil || !sess.PendingPrekeysGone(b) {
 		return false
 	}
 	n.cfg.Logger.Info("a first message went unanswered and its one-time prekeys are gone: starting the session over", "contact", c.Name)
-	err = n.db.Update(func(tx *store.Tx) error {
-		if cur, err := n.loadSession(tx, c.Account); err != nil || cur == nil || cur.InitialID() != sess.InitialID() {
-			return err // changed meanwhile: nothing to do
+	mu := n.ob.depositLock(c.Account) // no deposit records an envelope cleared here
+	mu.Lock()
+	defer mu.Unlock()
+	err := n.db.Update(func(tx *store.Tx) error {
+		cur, err := n.loadSession(tx, c.Account)
+		if err != nil || cur == nil || cur.InitialID() != sess.InitialID() || !cur.PendingInitial() {
+			return err // answered or replaced meanwhile: nothing to do
 		}
-		for _, e := range live {
-			e, err := tx.GetOutbox(e.MsgID)
+		// Kept for reading a late answer on it, unless another session
+		// (the peer's, after a simultaneous initiation) is kept already.
+		if alt, err := altSession(tx, c.Account); err != nil || alt == nil {
+			if err := putAltSession(tx, c.Account, cur, now); err != nil {
+				return err
+			}
+		}
+		es, err := tx.OutboxFor(c.Account, 1<<20)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
 			switch {
-			case err != nil || !sealedOn(e.Envelope, sess):
+			case !sealedOn(e.Envelope, sess):
 			case e.Kind != store.OutboxMessage: // as when rejected: not sealed again
 				if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
 					return err
@@ -846,6 +858,10 @@ func (n *Node) startOver(ctx context.Context, c store.Contact, live []store.Outb
 					return err
 				}
 			}
+		}
+		// The mailbox announcement went on the dropped session: told again.
+		if err := tx.DeleteSetting(toldMailboxesPrefix + base64.RawURLEncoding.EncodeToString(c.Account[:])); err != nil {
+			return err
 		}
 		return tx.DeleteSession(c.Account)
 	})
