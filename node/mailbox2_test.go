@@ -759,8 +759,9 @@ func TestVersion1DepositsEndByDate(t *testing.T) {
 }
 
 // TestAnswerToNewSessionFindsTagsRegistered: a device whose mailbox
-// registrations are slow (each fresh identity takes a second to open)
-// starts a session, and goes offline the moment its peer has read its
+// registrations are slow (each fresh identity takes 300 ms to open, far
+// longer than a direct delivery on loopback) starts a session, and goes
+// offline the moment its peer has read its
 // first envelope of it; what the peer writes next under the session's
 // tags is stored at the device's mailboxes, not refused as Unregistered
 // until the device comes back: the session's envelopes waited for the
@@ -779,7 +780,7 @@ func TestAnswerToNewSessionFindsTagsRegistered(t *testing.T) {
 			slow := func(c *Config) {
 				c.EphemeralHost = func() (host.Host, error) {
 					select {
-					case <-time.After(time.Second):
+					case <-time.After(300 * time.Millisecond):
 					case <-offline:
 					}
 					return p2p.NewEphemeral()
