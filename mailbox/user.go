@@ -163,6 +163,8 @@ type UserConfig struct {
 	NewHost func() (host.Host, error)
 	Now     func() time.Time
 	Logger  *slog.Logger
+	// RegisterWait bounds AwaitRegistered (default RegisterWait).
+	RegisterWait time.Duration
 }
 
 // User is the user side of version 2 mailboxes for one device: it keeps
@@ -282,7 +284,7 @@ const RegisterWait = 3 * time.Second
 
 // AwaitRegistered has Run register new tags now unless one of the
 // device's mailboxes took tag already, and waits until one does, ctx ends
-// or RegisterWait passed; it reports whether one did. A device without
+// or UserConfig.RegisterWait passed; it reports whether one did. A device without
 // mailboxes does not wait.
 func (u *User) AwaitRegistered(ctx context.Context, tag protocol.Tag) bool {
 	if u.Registered(tag) {
@@ -292,7 +294,11 @@ func (u *User) AwaitRegistered(ctx context.Context, tag protocol.Tag) bool {
 		return false
 	}
 	u.RegisterSoon()
-	ctx, cancel := context.WithTimeout(ctx, RegisterWait)
+	wait := u.cfg.RegisterWait
+	if wait <= 0 {
+		wait = RegisterWait
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()

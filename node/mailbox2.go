@@ -38,6 +38,7 @@ func (n *Node) newUser() (err error) {
 		DB: n.db, Static: n.cfg.MailboxNodes, K: n.cfg.MailboxCopies, Self: self, Kick: n.kickSync, Registered: n.announceMailboxes,
 		Find:          func(ctx context.Context) []peer.AddrInfo { return mailbox.FindMailboxNodes(ctx, n.Host(), 20) },
 		Registrations: n.registrations, Deliver: n.deliver2, NewHost: n.cfg.EphemeralHost, Now: n.cfg.Now, Logger: n.cfg.Logger,
+		RegisterWait: n.cfg.RegisterWait,
 	})
 	return err
 }

@@ -778,6 +778,9 @@ func TestAnswerToNewSessionFindsTagsRegistered(t *testing.T) {
 			// not wait out the delay of every host its loops open).
 			offline := make(chan struct{})
 			slow := func(c *Config) {
+				// Waiting for registrations as long as it takes under
+				// load: the mechanism is tested, not its 3 s bound.
+				c.RegisterWait = time.Minute
 				c.EphemeralHost = func() (host.Host, error) {
 					select {
 					case <-time.After(300 * time.Millisecond):

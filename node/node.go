@@ -131,6 +131,9 @@ type Config struct {
 	// rounds, filters and pushes go from (default p2p.NewEphemeral). A
 	// simulation on a mocknet sets one that opens mocknet peers.
 	EphemeralHost func() (host.Host, error)
+	// RegisterWait bounds how long a session's envelopes wait for one of
+	// the node's mailboxes to take its tags (default mailbox.RegisterWait).
+	RegisterWait time.Duration
 	// MailboxAfter is how long a message waits for direct delivery before
 	// it is also deposited in mailboxes (default DefaultMailboxAfter).
 	MailboxAfter time.Duration
