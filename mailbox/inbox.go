@@ -333,17 +333,7 @@ func (in *Inbox) Register(ctx context.Context) error {
 	}
 	now := in.cfg.Now()
 	var errs []error
-	groups := groupByEpoch(in.cfg.Registrations(now), now, true)
-	// This epoch's pairwise tags first: a new session's envelopes wait for
-	// them (User.AwaitRegistered).
-	first := func(g epochGroup) int {
-		if g.kind == store.RegPair && g.epoch == protocol.Epoch(now) {
-			return 0
-		}
-		return 1
-	}
-	slices.SortStableFunc(groups, func(a, b epochGroup) int { return first(a) - first(b) })
-	for _, g := range groups {
+	for _, g := range groupByEpoch(in.cfg.Registrations(now), now, true) {
 		var h host.Host
 		for _, m := range in.Mailboxes() {
 			toRegister, _ := in.split(g.regs, g.kind, m.ID, protocol.Epoch(now))
