@@ -87,15 +87,8 @@ func TestChaos(t *testing.T) {
 		}
 		os.RemoveAll(root)
 	})
-	deadline := time.Now().Add(budget)
-	if d, ok := t.Deadline(); ok && d.Add(-cleanupReserve).Before(deadline) {
-		deadline = d.Add(-cleanupReserve)
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	t.Cleanup(cancel)
-	tb := newTestbed(t)
-	bin := buildSotto(t, ctx)
-	c := &chaos{nw: newNetwork(t, ctx, bin, tb, root), tb: tb, held: map[*daemon]string{}, dead: map[*daemon]bool{}, byText: map[string]*sent{}, next: map[[2]*daemon]int{}}
+	s := newScene(t, budget, 1, root)
+	c := &chaos{nw: s.nw, tb: s.tb, held: map[*daemon]string{}, dead: map[*daemon]bool{}, byText: map[string]*sent{}, next: map[[2]*daemon]int{}}
 	c.setUp(t)
 
 	began := time.Now()

@@ -30,7 +30,7 @@ func TestNATIdle(t *testing.T) {
 		t.Fatalf("SOTTO_NAT_IDLE=%q: want a duration such as 10m", v)
 	}
 	checkRequirements(t)
-	s := newScene(t, testBudget+idle, 1)
+	s := newScene(t, testBudget+idle, 1, t.TempDir())
 	tb, ctx := s.tb, s.nw.ctx
 	s.setUp(t)
 	tb.nat(t, "r1", "preserve")

@@ -68,7 +68,7 @@ func TestNAT(t *testing.T) {
 		}
 		trials = n
 	}
-	s := newScene(t, testBudget+time.Duration(trials-1)*trialBudget, trials)
+	s := newScene(t, testBudget+time.Duration(trials-1)*trialBudget, trials, t.TempDir())
 	s.setUp(t)
 
 	var took []string
@@ -108,8 +108,9 @@ func TestNAT(t *testing.T) {
 }
 
 // newScene builds the testbed and the binary within budget (less what
-// go test's -timeout leaves for the cleanup).
-func newScene(t *testing.T, budget time.Duration, trials int) *scene {
+// go test's -timeout leaves for the cleanup), the daemons' data
+// directories and logs under root.
+func newScene(t *testing.T, budget time.Duration, trials int, root string) *scene {
 	deadline := time.Now().Add(budget)
 	if d, ok := t.Deadline(); ok && d.Add(-cleanupReserve).Before(deadline) {
 		deadline = d.Add(-cleanupReserve)
@@ -118,7 +119,7 @@ func newScene(t *testing.T, budget time.Duration, trials int) *scene {
 	t.Cleanup(cancel)
 	tb := newTestbed(t)
 	bin := buildSotto(t, ctx)
-	return &scene{nw: newNetwork(t, ctx, bin, tb, t.TempDir()), tb: tb, trials: trials}
+	return &scene{nw: newNetwork(t, ctx, bin, tb, root), tb: tb, trials: trials}
 }
 
 // setUp starts the public nodes, then alice and bob, and makes them each
