@@ -79,6 +79,11 @@ type InboxConfig struct {
 	// MaxJunkPerDay junk envelopes in a day: the owner should choose
 	// another, call SetMailboxes and tell its contacts.
 	Replace func(bad peer.ID)
+	// Reopened, if set, is called when a filter opens at a mailbox after
+	// an earlier one of the same tags there ended or failed to open:
+	// what was deposited in between was not pushed, so the owner should
+	// run a SyncRound soon.
+	Reopened func()
 	// NewHost opens the host of one round (default p2p.NewEphemeral: a
 	// fresh identity each time).
 	NewHost func() (host.Host, error)
@@ -593,8 +598,9 @@ type filterKey struct {
 // (one epoch most of the day, two around midnight UTC), each from its own
 // fresh identity; envelopes pushed go to Deliver. A filter that ends is
 // opened again after filterRetry; what arrived meanwhile was not pushed,
-// so the owner runs a SyncRound on reconnect and periodically, which also
-// reads what senders with clocks further off sealed.
+// so the reopened filter calls Reopened (the owner runs a SyncRound), and
+// the owner also runs one periodically, which reads what senders with
+// clocks further off sealed.
 func (in *Inbox) RunFilters(ctx context.Context) {
 	var wg sync.WaitGroup
 	running := map[filterKey]context.CancelFunc{}
@@ -637,9 +643,20 @@ func (in *Inbox) RunFilters(ctx context.Context) {
 }
 
 // filterLoop holds one filter of kind and epoch at m open until ctx ends.
+// Each filter after one that ended or failed to open asks for a round
+// (Reopened): pushes stop while no filter is open, deposits do not.
 func (in *Inbox) filterLoop(ctx context.Context, m peer.AddrInfo, kind byte, epoch uint64) {
+	missed := false
 	for ctx.Err() == nil {
-		in.filterOnce(ctx, m, kind, epoch)
+		opened := func() {
+			if missed && in.cfg.Reopened != nil {
+				in.cfg.Logger.Debug("mailbox filter open again", "mailbox", m.ID)
+				in.cfg.Reopened()
+			}
+		}
+		if in.filterOnce(ctx, m, kind, epoch, opened) {
+			missed = true
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -676,15 +693,18 @@ func sameTags(a, b [][32]byte) bool {
 // sessions, a new epoch).
 const filterRefresh = time.Minute
 
-func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte, epoch uint64) {
+// filterOnce opens a filter at m and holds it until it ends or ctx does,
+// calling opened once it is open. It reports whether it tried: false
+// when there were no tags to name.
+func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte, epoch uint64, opened func()) bool {
 	tags := in.filterTags(kind, epoch, in.cfg.Now())
 	if len(tags) == 0 {
-		return
+		return false
 	}
 	h, err := in.cfg.NewHost()
 	if err != nil {
 		in.cfg.Logger.Warn("mailbox filter: no host", "err", err)
-		return
+		return true
 	}
 	defer h.Close()
 	c := NewClient2(ctx, h)
@@ -716,23 +736,24 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte, epo
 	})
 	if err != nil {
 		in.cfg.Logger.Debug("mailbox filter not open", "mailbox", m.ID, "err", err)
-		return
+		return true
 	}
 	defer f.Close()
+	opened()
 	tick := time.NewTicker(filterRefresh)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return true
 		case <-f.Done():
 			in.cfg.Logger.Debug("mailbox filter ended", "mailbox", m.ID, "err", f.Err())
-			return
+			return true
 		case <-tick.C:
 			if next := in.filterTags(kind, epoch, in.cfg.Now()); len(next) > 0 && !sameTags(next, tags) {
 				ask(next) // before the mailbox knows them
 				if err := f.SetTags(next); err != nil {
-					return
+					return true
 				}
 				tags = next
 			}

@@ -226,7 +226,7 @@ func TestInboxFilterDropsUnaskedTags(t *testing.T) {
 	}
 	fctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { defer close(done); in.filterOnce(fctx, h.AddrInfo(), store.RegPair, e) }()
+	go func() { defer close(done); in.filterOnce(fctx, h.AddrInfo(), store.RegPair, e, func() {}) }()
 	testkit.WaitFor(t, ctx, func() bool { return u.count() > 0 })
 	stop()
 	<-done

@@ -173,6 +173,68 @@ func TestInboxFilterLive(t *testing.T) {
 	}
 }
 
+// A filter that ended (here: the mailbox dropped every connection) opens
+// again and asks for a round: what was deposited while no filter was
+// open is not pushed, and would otherwise wait for the periodic sync.
+func TestInboxFilterReopenAsksForRound(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	u := newInboxUser()
+	kicks := make(chan struct{}, 16)
+	in, err := NewInbox(InboxConfig{Mailboxes: mailboxSet(m), Registrations: u.registrations, Deliver: u.deliver,
+		Reopened: func() { kicks <- struct{}{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.SyncRound(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fctx, stop := contextWithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); in.RunFilters(fctx) }()
+	defer func() { stop(); <-done }()
+	now := time.Now()
+	for i := 0; u.count() == 0; i++ {
+		if i == 100 {
+			t.Fatal("no envelope pushed to the filter")
+		}
+		dep, _, _ := u.session.deposit(t, now, 200)
+		if _, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(kicks) != 0 {
+		t.Fatalf("the first filter asked for %d rounds; only a reopened one should", len(kicks))
+	}
+	pushed := u.count()
+	net := m.h.LibP2P().Network()
+	for _, p := range net.Peers() {
+		net.ClosePeer(p)
+	}
+	dep, env, _ := u.session.deposit(t, now, 300)
+	if n, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil || n != 1 {
+		t.Fatalf("deposit while the filter is down: %d stored, %v", n, err)
+	}
+	select {
+	case <-kicks:
+	case <-ctx.Done():
+		t.Fatal("the filter opened again (or not) without asking for a round")
+	}
+	if _, err := in.SyncRound(ctx); err != nil {
+		t.Fatal(err)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	found := false
+	for _, d := range u.delivered[pushed:] {
+		found = found || bytes.Equal(d, env)
+	}
+	if !found {
+		t.Fatal("the envelope deposited while no filter was open was not delivered by the round the reopened filter asked for")
+	}
+}
+
 // A mailbox that keeps failing, and one that returns envelopes that do
 // not open, are given up after MailboxFailLimit rounds and MaxJunkPerDay
 // envelopes.

@@ -150,6 +150,10 @@ type UserConfig struct {
 	Self peer.ID
 	// Kick asks the owner for a Round soon (a mailbox was given up).
 	Kick func()
+	// Back, if set, is called instead of Kick when a filter opened again
+	// after a gap (InboxConfig.Reopened): the network or a mailbox is
+	// back, and what waited for it can go now.
+	Back func()
 	// Registered, if set, runs after each registration RegisterSoon asked
 	// for (the owner tells new contacts of its mailboxes).
 	Registered func()
@@ -231,6 +235,10 @@ func NewUser(cfg UserConfig) (*User, error) {
 		}
 		return out
 	}
+	back := cfg.Back
+	if back == nil {
+		back = cfg.Kick
+	}
 	in, err := NewInbox(InboxConfig{
 		Mailboxes: own, Registrations: regs, Deliver: cfg.Deliver,
 		Replace: func(bad peer.ID) {
@@ -241,7 +249,8 @@ func NewUser(cfg UserConfig) (*User, error) {
 				cfg.Kick()
 			}
 		},
-		NewHost: cfg.NewHost, Now: cfg.Now, Logger: cfg.Logger,
+		Reopened: back,
+		NewHost:  cfg.NewHost, Now: cfg.Now, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
