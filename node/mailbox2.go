@@ -39,6 +39,7 @@ func (n *Node) newUser() (err error) {
 		Find:          func(ctx context.Context) []peer.AddrInfo { return mailbox.FindMailboxNodes(ctx, n.Host(), 20) },
 		Registrations: n.registrations, Deliver: n.deliver2, NewHost: n.cfg.EphemeralHost, Now: n.cfg.Now, Logger: n.cfg.Logger,
 		RegisterWait: n.cfg.RegisterWait,
+		Back:         func() { n.ob.peerUp(allPeers); n.kickOutbox(); n.kickSync() },
 	})
 	return err
 }

@@ -971,3 +971,67 @@ func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
 		t.Fatalf("bob shows %d messages, want exactly 1", len(got))
 	}
 }
+
+// TestOutboxWakesWhenMailboxReturns: Bob is away and the one mailbox he
+// and Alice receive at goes down, so Alice's message to him is stored
+// nowhere and waits in her outbox with its next try far off. When the
+// mailbox is back, Alice's filter there opens again, and that alone sends
+// the message on to it: nothing waits for the outbox's backoff.
+func TestOutboxWakesWhenMailboxReturns(t *testing.T) {
+	tn := newTestNet(t)
+	mbx, addrs := tn.startMailboxes(1)
+	mDir := mbx[0].cfg.DataDir
+	var mListen []string
+	for _, a := range addrs[0].Addrs {
+		mListen = append(mListen, a.String())
+	}
+	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
+	alice, bob := tn.start(tn.initNode("alice"), receiveAt), tn.start(tn.initNode("bob"), receiveAt)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testkit.Context(t, 120*time.Second)
+	if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, bob, "alice", 1, incoming)
+	testkit.WaitFor(t, ctx, func() bool { return contactAnnounced(t, alice, "bob") })
+	if _, err := bob.mbx.user.Round(ctx); err != nil { // registers the session's tags
+		t.Fatalf("bob's round: %v", err)
+	}
+	bob.Close()
+	mbx[0].Close()
+
+	m, err := alice.Send(ctx, "bob", "while the mailbox is down")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Once tried, the entry's next try is put as far off as a backoff
+	// goes (past the test's deadline), until no attempt in flight writes
+	// it back.
+	stable := 0
+	testkit.WaitFor(t, ctx, func() bool {
+		var e store.OutboxEntry
+		alice.db.Update(func(tx *store.Tx) error {
+			var err error
+			if e, err = tx.GetOutbox(m.ID); err != nil || e.Attempts == 0 || e.Mailboxes > 0 {
+				return err
+			}
+			if time.Until(e.NextAttempt) < maxRetry-time.Minute {
+				stable = 0
+				e.NextAttempt = time.Now().Add(maxRetry)
+				return tx.PutOutbox(e)
+			}
+			stable++
+			return nil
+		})
+		if e.Mailboxes > 0 {
+			t.Fatal("the message was stored at a mailbox that is down")
+		}
+		return stable >= 300 // 3 s
+	})
+	if got := storedMessage(t, alice, m.ID); got.StoredAt != 0 {
+		t.Fatalf("stored at %d mailboxes before the mailbox is back", got.StoredAt)
+	}
+
+	tn.start(mDir, asMailbox, func(c *Config) { c.ListenAddrs = mListen })
+	testkit.WaitFor(t, ctx, func() bool { return storedMessage(t, alice, m.ID).StoredAt > 0 })
+}

@@ -358,6 +358,9 @@ func (o *outboxState) depositLock(acct [32]byte) *sync.Mutex {
 	return m
 }
 
+// allPeers marked up stands for every contact: the network came back.
+const allPeers = peer.ID("")
+
 func (o *outboxState) peerUp(p peer.ID) {
 	o.mu.Lock()
 	o.up[p] = true
@@ -416,12 +419,15 @@ func (n *Node) outboxPass() {
 		for _, c := range cs {
 			if pid, err := peer.Decode(c.PeerID); err == nil && up[pid] {
 				byPeer[c.Account] = true
+			} else if up[allPeers] {
+				byPeer[c.Account] = false // only what no mailbox holds yet
 			}
 		}
 		if len(byPeer) == 0 {
 			return nil
 		}
-		// Everything queued for a contact that just came back, due or not.
+		// Everything queued for a contact that just came back, due or not;
+		// after the network came back, what no mailbox holds.
 		later, err := tx.DueOutbox(now.Add(100*365*24*time.Hour), MaxOutboxBatch)
 		if err != nil {
 			return err
@@ -431,7 +437,7 @@ func (n *Node) outboxPass() {
 			seen[e.MsgID] = true
 		}
 		for _, e := range later {
-			if byPeer[e.Contact] && !seen[e.MsgID] {
+			if all, ok := byPeer[e.Contact]; ok && (all || e.Mailboxes == 0) && !seen[e.MsgID] {
 				due = append(due, e)
 			}
 		}
