@@ -37,6 +37,13 @@ type Backend interface {
 	// Messages returns messages in ascending Seq order, filtered and paged
 	// by q.
 	Messages(ctx context.Context, q MessageQuery) ([]Message, error)
+	// Conversations lists one entry per contact and contact request:
+	// message requests first, then by most recent message.
+	Conversations(ctx context.Context) ([]Conversation, error)
+	// MarkRead records that the user has read the named contact's
+	// conversation up to and including the message with Seq seq; a mark
+	// never moves back.
+	MarkRead(ctx context.Context, contact string, seq uint64) error
 	// Subscribe streams events until ctx ends, then closes the channel.
 	Subscribe(ctx context.Context) (<-chan Event, error)
 }
@@ -171,11 +178,27 @@ const (
 
 // MessageQuery selects messages: those of one contact (all when Contact is
 // empty) with Seq greater than After, at most Limit of them (0 means
-// DefaultMessageLimit).
+// DefaultMessageLimit). With Before set, it selects the Limit newest
+// messages with Seq less than Before and greater than After (still
+// returned in ascending order): the page a reader scrolling back in a
+// conversation loads next.
 type MessageQuery struct {
 	Contact string
 	After   uint64
+	Before  uint64 // 0: no upper bound, oldest first
 	Limit   int
+}
+
+// MaxUnread is the most unread messages a Conversation counts.
+const MaxUnread = MaxMessageLimit
+
+// Conversation is a summary of the conversation with one contact.
+type Conversation struct {
+	Contact Contact  `json:"contact"`
+	Last    *Message `json:"last,omitempty"` // the newest message, if any
+	// Unread counts incoming messages after ReadSeq, at most MaxUnread.
+	Unread  int    `json:"unread"`
+	ReadSeq uint64 `json:"read_seq"`
 }
 
 // EventType names the kind of an Event.

@@ -225,12 +225,28 @@ func (c *Client) Messages(ctx context.Context, q MessageQuery) ([]Message, error
 	if q.After != 0 {
 		v.Set("after", strconv.FormatUint(q.After, 10))
 	}
+	if q.Before != 0 {
+		v.Set("before", strconv.FormatUint(q.Before, 10))
+	}
 	if q.Limit != 0 {
 		v.Set("limit", strconv.Itoa(q.Limit))
 	}
 	var ms []Message
 	err := c.do(ctx, http.MethodGet, "/v1/messages", v, nil, &ms)
 	return ms, err
+}
+
+// Conversations implements Backend.
+func (c *Client) Conversations(ctx context.Context) ([]Conversation, error) {
+	var cs []Conversation
+	err := c.do(ctx, http.MethodGet, "/v1/conversations", nil, nil, &cs)
+	return cs, err
+}
+
+// MarkRead implements Backend.
+func (c *Client) MarkRead(ctx context.Context, contact string, seq uint64) error {
+	var out struct{}
+	return c.do(ctx, http.MethodPost, "/v1/conversations/"+url.PathEscape(contact)+"/read", nil, markReadRequest{Seq: seq}, &out)
 }
 
 // Subscribe implements Backend. The channel closes when ctx ends or the

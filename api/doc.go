@@ -17,8 +17,10 @@
 //	POST /v1/contacts                    {"name", "invite"} -> Contact
 //	POST /v1/contacts/{name}/verify      {"confirm"} -> Verification
 //	POST /v1/contacts/{name}/reject-key  -> Verification (of the key kept)
-//	GET  /v1/messages?contact=&after=&limit=   [Message]
+//	GET  /v1/messages?contact=&after=&before=&limit=   [Message]
 //	POST /v1/messages                    {"contact", "text"} -> Message
+//	GET  /v1/conversations               [Conversation]
+//	POST /v1/conversations/{name}/read   {"seq"} -> {}
 //	GET  /v1/events                      text/event-stream of Event
 //
 // Errors are JSON objects {"error": "...", "code": "..."} with a 4xx status

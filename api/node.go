@@ -14,9 +14,18 @@ import (
 // sequence numbers, strictly increasing per data directory, whether or not
 // the query is filtered by contact, so that one cursor serves listing and
 // the event stream alike.
-func NodeBackend(n *node.Node) Backend { return &nodeBackend{n: n} }
+func NodeBackend(n *node.Node, opts ...NodeOption) Backend {
+	b := &nodeBackend{n: n}
+	for _, o := range opts {
+		o(b)
+	}
+	return b
+}
 
-type nodeBackend struct{ n *node.Node }
+type nodeBackend struct {
+	n     *node.Node
+	marks readMarks
+}
 
 var _ Backend = (*nodeBackend)(nil)
 
@@ -141,15 +150,58 @@ func (b *nodeBackend) Messages(ctx context.Context, q MessageQuery) ([]Message, 
 	if err != nil {
 		return nil, nodeError(err)
 	}
-	ms, err := b.n.Messages(q.Contact, q.After, limit)
+	page := b.pager(q.Contact, names)
+	var out []Message
+	if q.Before != 0 {
+		out, err = newestBefore(page, q.After, q.Before, limit)
+	} else {
+		out, err = page(q.After, limit)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if out == nil {
+		out = []Message{}
+	}
+	return out, nil
+}
+
+// pager pages the messages of the named contact (all when empty) forwards.
+func (b *nodeBackend) pager(contact string, names map[[32]byte]string) pageFunc {
+	return func(after uint64, limit int) ([]Message, error) {
+		ms, err := b.n.Messages(contact, after, limit)
+		if err != nil {
+			return nil, nodeError(err)
+		}
+		out := make([]Message, 0, len(ms))
+		for _, m := range ms {
+			out = append(out, b.message(m, names))
+		}
+		return out, nil
+	}
+}
+
+// Conversations summarises each contact's conversation; unread counts
+// come from the read marks.
+func (b *nodeBackend) Conversations(ctx context.Context) ([]Conversation, error) {
+	cs, err := b.Contacts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names, err := b.names()
 	if err != nil {
 		return nil, nodeError(err)
 	}
-	out := make([]Message, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, b.message(m, names))
+	return conversations(ctx, cs, func(name string) pageFunc { return b.pager(name, names) }, &b.marks)
+}
+
+// MarkRead moves the contact's read mark forwards.
+func (b *nodeBackend) MarkRead(ctx context.Context, contact string, seq uint64) error {
+	c, err := b.n.Contact(contact)
+	if err != nil {
+		return nodeError(err)
 	}
-	return out, nil
+	return b.marks.advance(c.Fingerprint, seq)
 }
 
 // Subscribe converts the node's events. A node event for a message that

@@ -246,6 +246,8 @@ func (s *Server) routes() {
 	s.route("/v1/contacts/{name}/reject-key", map[string]http.HandlerFunc{"POST": s.handleRejectKey})
 	s.route("/v1/messages", map[string]http.HandlerFunc{"GET": s.handleMessages, "POST": s.handleSend})
 	s.route("/v1/events", map[string]http.HandlerFunc{"GET": s.handleEvents})
+	s.route("/v1/conversations", map[string]http.HandlerFunc{"GET": s.handleConversations})
+	s.route("/v1/conversations/{name}/read", map[string]http.HandlerFunc{"POST": s.handleMarkRead})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Code: CodeNotFound, Message: "no such endpoint: " + r.URL.Path})
 	})
@@ -266,6 +268,9 @@ type (
 	sendRequest struct {
 		Contact string `json:"contact"`
 		Text    string `json:"text"`
+	}
+	markReadRequest struct {
+		Seq uint64 `json:"seq"`
 	}
 )
 
@@ -348,6 +353,13 @@ func parseMessageQuery(r *http.Request) (MessageQuery, *Error) {
 		}
 		q.After = n
 	}
+	if b := v.Get("before"); b != "" {
+		n, err := strconv.ParseUint(b, 10, 64)
+		if err != nil || n == 0 {
+			return q, BadRequest("before must be a message seq (a positive integer), got %q", b)
+		}
+		q.Before = n
+	}
 	if l := v.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 || n > MaxMessageLimit {
@@ -370,6 +382,24 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 	}
 	m, err := s.b.Send(r.Context(), req.Contact, req.Text)
 	s.reply(w, r, http.StatusCreated, m, err)
+}
+
+func (s *Server) handleConversations(w http.ResponseWriter, r *http.Request) {
+	cs, err := s.b.Conversations(r.Context())
+	if cs == nil {
+		cs = []Conversation{}
+	}
+	s.reply(w, r, http.StatusOK, cs, err)
+}
+
+func (s *Server) handleMarkRead(w http.ResponseWriter, r *http.Request) {
+	var req markReadRequest
+	if e := decodeBody(w, r, &req, false); e != nil {
+		writeError(w, e)
+		return
+	}
+	err := s.b.MarkRead(r.Context(), r.PathValue("name"), req.Seq)
+	s.reply(w, r, http.StatusOK, struct{}{}, err)
 }
 
 // handleEvents streams events as server-sent events: each event is one

@@ -202,6 +202,26 @@ func TestEndpoints(t *testing.T) {
 			t.Errorf("page item %d = %+v", i, m)
 		}
 	}
+	// Paging back with Before: the newest before the bound, ascending.
+	back, err := c.Messages(ctx, api.MessageQuery{Contact: "bob", Before: paged[4].Seq, Limit: 2})
+	if err != nil || len(back) != 2 || back[0].Seq != paged[2].Seq || back[1].Seq != paged[3].Seq {
+		t.Errorf("Messages before %d = %+v, %v; want messages 2 and 3", paged[4].Seq, back, err)
+	}
+
+	convs, err := c.Conversations(ctx)
+	if err != nil || len(convs) != 2 || convs[0].Contact.Name != "carol / c?" || convs[0].Unread != 1 ||
+		convs[0].Last == nil || convs[0].Last.Text != "hi alice" || convs[1].Unread != 0 {
+		t.Fatalf("Conversations = %+v, %v; want carol first with one unread", convs, err)
+	}
+	if err := c.MarkRead(ctx, "carol / c?", convs[0].Last.Seq); err != nil {
+		t.Fatal(err)
+	}
+	if convs, err = c.Conversations(ctx); err != nil || convs[0].Unread != 0 || convs[0].ReadSeq != all[5].Seq {
+		t.Errorf("after MarkRead: %+v, %v", convs, err)
+	}
+	if err := c.MarkRead(ctx, "dave", 1); !errors.Is(err, api.ErrUnknownContact) {
+		t.Errorf("MarkRead of an unknown contact: %v", err)
+	}
 }
 
 func TestBackendErrors(t *testing.T) {

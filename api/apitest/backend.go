@@ -29,6 +29,7 @@ type Backend struct {
 	contacts []api.Contact
 	messages []api.Message
 	seq      uint64
+	read     map[string]uint64 // read marks by contact name
 	subs     map[*subscriber]struct{}
 	changed  chan struct{} // closed and replaced when subs changes
 	now      func() time.Time
@@ -182,15 +183,73 @@ func (b *Backend) Messages(ctx context.Context, q api.MessageQuery) ([]api.Messa
 	}
 	var out []api.Message
 	for _, m := range b.messages {
-		if m.Seq <= q.After || (q.Contact != "" && m.Contact != q.Contact) {
+		if m.Seq <= q.After || (q.Contact != "" && m.Contact != q.Contact) || (q.Before != 0 && m.Seq >= q.Before) {
 			continue
-		}
-		if len(out) == limit {
-			break
 		}
 		out = append(out, m)
 	}
+	if len(out) > limit {
+		if q.Before != 0 {
+			out = out[len(out)-limit:] // the newest before the bound
+		} else {
+			out = out[:limit]
+		}
+	}
 	return out, nil
+}
+
+// Conversations implements api.Backend.
+func (b *Backend) Conversations(ctx context.Context) ([]api.Conversation, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]api.Conversation, 0, len(b.contacts))
+	for _, c := range b.contacts {
+		conv := api.Conversation{Contact: c, ReadSeq: b.read[c.Name]}
+		for _, m := range b.messages {
+			if m.Contact != c.Name {
+				continue
+			}
+			conv.Last = &m
+			if m.Direction == api.DirectionIn && m.Seq > conv.ReadSeq && conv.Unread < api.MaxUnread {
+				conv.Unread++
+			}
+		}
+		out = append(out, conv)
+	}
+	last := func(c api.Conversation) uint64 {
+		if c.Last == nil {
+			return 0
+		}
+		return c.Last.Seq
+	}
+	slices.SortStableFunc(out, func(a, b api.Conversation) int {
+		switch {
+		case a.Contact.Request != b.Contact.Request && a.Contact.Request:
+			return -1
+		case a.Contact.Request != b.Contact.Request:
+			return 1
+		case last(a) != last(b) && last(a) > last(b):
+			return -1
+		case last(a) != last(b):
+			return 1
+		}
+		return strings.Compare(a.Contact.Name, b.Contact.Name)
+	})
+	return out, nil
+}
+
+// MarkRead implements api.Backend.
+func (b *Backend) MarkRead(ctx context.Context, contact string, seq uint64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.find(contact) < 0 {
+		return b.unknown(contact)
+	}
+	if b.read == nil {
+		b.read = map[string]uint64{}
+	}
+	b.read[contact] = max(b.read[contact], seq)
+	return nil
 }
 
 // Subscribe implements api.Backend.
