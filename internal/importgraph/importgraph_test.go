@@ -18,14 +18,15 @@ const module = "github.com/sotto-im/sotto"
 // allowed is the import graph between Sotto's top-level packages; it is
 // the documentation of that graph, and the checker enforces exactly it.
 //
-//	cmd → api → node → mailbox → p2p → protocol → keys
-//	             │        │               ↑
-//	             ├────────┴──→ store ─────┘
-//	             └──→ invite → keys
+//	cmd → ui → api → node → mailbox → p2p → protocol → keys
+//	 └────────→ api   │        │               ↑
+//	                  ├────────┴──→ store ─────┘
+//	                  └──→ invite → keys
 //
 // read with the table, which also lets a package import packages further
-// down its chain (node → keys); p2p never imports store, and cmd and api
-// reach below node only from tests.
+// down its chain (node → keys); p2p never imports store; cmd and api
+// reach below node only from tests; ui (the web interface) imports only
+// api, so that the browser does nothing a bot cannot do over the API.
 //
 // A top-level package is a directory at the module root together with
 // everything below it (p2p/p2ptest and protocol/internal/vectors belong
@@ -46,7 +47,8 @@ const module = "github.com/sotto-im/sotto"
 // may import keys/kemtest; p2p/a.go may not import p2p/p2ptest although
 // both are p2p). Test files may import them wherever the table allows.
 var allowed = map[string]imports{
-	"cmd":      {code: "api node", tests: anyPackage},
+	"cmd":      {code: "ui api node", tests: anyPackage},
+	"ui":       {code: "api", tests: anyPackage},
 	"api":      {code: "node", tests: anyPackage},
 	"node":     {code: "mailbox p2p store invite protocol keys", tests: "internal"},
 	"mailbox":  {code: "p2p store protocol keys", tests: "internal"},
@@ -297,7 +299,9 @@ func TestCheckCatchesViolations(t *testing.T) {
 
 	// Project imports, for every row of the table: each a.go imports what
 	// its package may (no problem) and what it may not (a problem each).
-	write("cmd/sotto/a.go", s("api", "node", "store", "keys", "protocol", "p2p", "mailbox", "internal/testkit")...)
+	write("cmd/sotto/a.go", s("ui", "api", "node", "store", "keys", "protocol", "p2p", "mailbox", "internal/testkit")...)
+	write("ui/a.go", s("api", "node", "store", "cmd/sotto", "api/apitest")...)
+	write("ui/a_test.go", s("node", "store", "api/apitest", "internal/testkit")...) // allowed
 	write("api/a.go", s("node", "cmd/sotto", "store", "keys", "protocol", "p2p", "mailbox", "internal/testkit")...)
 	write("api/apitest/a.go", s("api", "store")...) // a subdirectory is held to its package's rule
 	write("node/a.go", s("mailbox", "p2p", "store", "protocol", "keys", "api", "cmd/sotto", "internal/testkit")...)
@@ -368,7 +372,12 @@ func TestCheckCatchesViolations(t *testing.T) {
 
 	m := module + "/"
 	want := []string{
-		// cmd: non-test files import api and node only.
+		// ui: api only, and no test support outside tests.
+		"ui/a.go imports " + m + "node",
+		"ui/a.go imports " + m + "store",
+		"ui/a.go imports " + m + "cmd/sotto",
+		"ui/a.go imports " + m + "api/apitest",
+		// cmd: non-test files import ui, api and node only.
 		"cmd/sotto/a.go imports " + m + "internal/testkit",
 		"cmd/sotto/a.go imports " + m + "keys",
 		"cmd/sotto/a.go imports " + m + "mailbox",
@@ -495,7 +504,7 @@ func TestCheckCatchesViolations(t *testing.T) {
 	}
 	for _, tc := range []struct{ key, want string }{
 		{"p2p/a.go imports " + m + "store", "p2p may import only protocol, keys (its _test.go files also: internal)"},
-		{"cmd/sotto/a.go imports " + m + "store", "cmd may import only api, node (its _test.go files: anything in the project)"},
+		{"cmd/sotto/a.go imports " + m + "store", "cmd may import only ui, api, node (its _test.go files: anything in the project)"},
 		{"keys/a.go imports " + m + "protocol", "keys may import no project package (its _test.go files also: internal)"},
 		{"mailbox/out.go imports net/http", "non-test files of mailbox/ never import net/http/..."},
 		{"extra/a.go", "extra/ is not in the import table"},
@@ -560,6 +569,12 @@ func TestTable(t *testing.T) {
 		want     bool
 	}{
 		{"cmd", "api", false, true},
+		{"cmd", "ui", false, true},
+		{"ui", "api", false, true},
+		{"ui", "node", false, false},
+		{"ui", "store", false, false},
+		{"ui", "node", true, true},
+		{"api", "ui", false, false},
 		{"cmd", "node", false, true},
 		{"cmd", "store", false, false},
 		{"cmd", "store", true, true},

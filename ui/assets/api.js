@@ -1,0 +1,72 @@
+// The control API, as the page calls it: same origin, the session cookie
+// sent by the browser, JSON in and out. Errors become APIError values
+// whose message is the API's own text, meant for the user.
+
+export class APIError extends Error {
+  constructor(message, code, status) {
+    super(message);
+    this.name = 'APIError';
+    this.code = code;
+    this.status = status;
+  }
+}
+
+// The largest Seq a page asks for "the newest messages" with.
+export const NEWEST = Number.MAX_SAFE_INTEGER;
+
+export async function call(method, path, body) {
+  const init = { method, headers: { Accept: 'application/json' }, credentials: 'same-origin' };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let resp;
+  try {
+    resp = await fetch(path, init);
+  } catch (err) {
+    throw new APIError('Cannot reach the node: is `sotto run` still running?', 'unreachable', 0);
+  }
+  let data = null;
+  const text = await resp.text();
+  if (text !== '') {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (!resp.ok) {
+    const msg = data && typeof data.error === 'string' ? data.error : `The node answered HTTP ${resp.status}.`;
+    const code = data && data.code ? data.code : 'http_' + resp.status;
+    if (resp.status === 401) {
+      throw new APIError('Signed out: open a new login link from `sotto run --ui`. (' + msg + ')', code, 401);
+    }
+    throw new APIError(msg, code, resp.status);
+  }
+  return data;
+}
+
+const enc = encodeURIComponent;
+
+export const api = {
+  identity: () => call('GET', '/v1/identity'),
+  status: () => call('GET', '/v1/status'),
+  invite: () => call('GET', '/v1/invite'),
+  contacts: () => call('GET', '/v1/contacts'),
+  addContact: (name, invite) => call('POST', '/v1/contacts', { name, invite }),
+  verify: (name, confirm) => call('POST', `/v1/contacts/${enc(name)}/verify`, { confirm }),
+  rejectKey: (name) => call('POST', `/v1/contacts/${enc(name)}/reject-key`),
+  conversations: () => call('GET', '/v1/conversations'),
+  markRead: (name, seq) => call('POST', `/v1/conversations/${enc(name)}/read`, { seq }),
+  send: (contact, text) => call('POST', '/v1/messages', { contact, text }),
+  // messages returns messages in ascending order: with before, the
+  // newest before it; else the oldest after `after`.
+  messages: ({ contact = '', after = 0, before = 0, limit = 100 } = {}) => {
+    const q = new URLSearchParams();
+    if (contact !== '') q.set('contact', contact);
+    if (after > 0) q.set('after', String(after));
+    if (before > 0) q.set('before', String(before));
+    q.set('limit', String(limit));
+    return call('GET', '/v1/messages?' + q.toString());
+  },
+};
