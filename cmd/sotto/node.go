@@ -60,7 +60,7 @@ func openNodeBackend(dir string) (api.Backend, func(), error) {
 	if err != nil {
 		return nil, nil, openError(dir, err)
 	}
-	return api.NodeBackend(n), func() { n.Close() }, nil
+	return api.NodeBackend(n, api.WithReadMarks(filepath.Join(dir, api.ReadMarksFile))), func() { n.Close() }, nil
 }
 
 // waitForNode waits up to startupWait for a node to serve dir, or for the
@@ -183,7 +183,7 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 		defer stop() // before n.Close
 		fmt.Fprintf(stdout, "metrics: http://%s%s\n", metricsLn.Addr(), metricsPath)
 	}
-	return cfg.ServeAPI(ctx, api.NodeBackend(n))
+	return cfg.ServeAPI(ctx, api.NodeBackend(n, api.WithReadMarks(filepath.Join(cfg.DataDir, api.ReadMarksFile))))
 }
 
 // showSync shows mailbox syncs from the node's events as a progress line

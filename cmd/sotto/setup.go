@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sotto-im/sotto/api"
+	"github.com/sotto-im/sotto/ui"
 )
 
 // maxPassphraseFile bounds what a passphrase file may hold.
@@ -86,7 +87,7 @@ func readPassphrase(path string) ([]byte, error) {
 
 var runCommand = &command{
 	name:     "run",
-	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox] [--mailbox-node MULTIADDR]... [--no-mdns] [--passphrase-file FILE] [--api-listen HOST:PORT] [--metrics-listen HOST:PORT] [--public] [--relay] [--infra] [--lan] [--announce MULTIADDR]...",
+	synopsis: "[--data DIR] [--listen MULTIADDR]... [--bootstrap MULTIADDR]... [--mailbox] [--mailbox-node MULTIADDR]... [--no-mdns] [--passphrase-file FILE] [--api-listen HOST:PORT] [--ui] [--ui-listen HOST:PORT] [--metrics-listen HOST:PORT] [--public] [--relay] [--infra] [--lan] [--announce MULTIADDR]...",
 	summary:  "run the node and serve the control socket until interrupted",
 	detail: "Once the node is on the network, it prints its peer ID and its addresses, one\n" +
 		"per line (\"peer id: ID\", \"address: MULTIADDR/p2p/ID\": what others pass to\n" +
@@ -98,6 +99,10 @@ var runCommand = &command{
 		"token in the file api.token of the data directory (created on first use, mode\n" +
 		"0600). It prints \"api listener: http://HOST:PORT\" and \"api token file: PATH\"\n" +
 		"before the control socket line.\n" +
+		"With --ui (or --ui-listen HOST:PORT, a loopback address; --ui listens on\n" +
+		"127.0.0.1:" + defaultUIPort + "), the node serves its web interface and prints\n" +
+		"\"ui: http://HOST:PORT/\" and \"ui login: URL\", a link that signs one browser in\n" +
+		"once (the page also accepts the token of api.token).\n" +
 		"With --metrics-listen, Prometheus metrics (libp2p's and Sotto's counts: peers,\n" +
 		"outbox, mailbox, syncs, messages; no content, keys or names) are served without\n" +
 		"authentication at http://HOST:PORT/metrics; it prints \"metrics: URL\" before the\n" +
@@ -116,6 +121,8 @@ var runCommand = &command{
 		noMDNS := fs.Bool("no-mdns", false, "do not look for peers on the local network (mDNS)")
 		passFile := fs.String("passphrase-file", "", "read the keystore passphrase from `FILE` (default $SOTTO_PASSPHRASE_FILE)")
 		apiListen := fs.String("api-listen", "", "also serve the API over HTTP at the loopback address `HOST:PORT` (127.0.0.1:PORT, [::1]:PORT or localhost:PORT), with a bearer token")
+		withUI := fs.Bool("ui", false, "serve the web interface at http://127.0.0.1:"+defaultUIPort+"/ (see --ui-listen)")
+		uiListen := fs.String("ui-listen", "", "serve the web interface at the loopback address `HOST:PORT` (127.0.0.1:PORT, [::1]:PORT or localhost:PORT)")
 		var announce stringList
 		fs.Var(&announce, "announce", "also advertise `MULTIADDR`, an address others reach this node at that it cannot see itself (a forwarded port, a server's external address) (repeatable)")
 		public := fs.Bool("public", false, "this node has a public address: serve the DHT at once instead of waiting for AutoNAT's verdict")
@@ -129,6 +136,13 @@ var runCommand = &command{
 			}
 			if *apiListen != "" && !api.IsLoopbackAddr(*apiListen) {
 				return usagef("--api-listen %q is not a loopback address: the API listens only on 127.0.0.1:PORT, [::1]:PORT or localhost:PORT", *apiListen)
+			}
+			uiAddr := *uiListen
+			if uiAddr == "" && *withUI {
+				uiAddr = "127.0.0.1:" + defaultUIPort
+			}
+			if uiAddr != "" && !api.IsLoopbackAddr(uiAddr) {
+				return usagef("--ui-listen %q is not a loopback address: the web interface listens only on 127.0.0.1:PORT, [::1]:PORT or localhost:PORT", uiAddr)
 			}
 			dir, err := c.dataDir(*data)
 			if err != nil {
@@ -175,7 +189,7 @@ var runCommand = &command{
 				Log:          log,
 				Stdout:       out,
 				ServeAPI: func(ctx context.Context, b api.Backend) error {
-					return serveAPI(ctx, b, dir, *apiListen, out, log)
+					return serveAPI(ctx, b, dir, listeners{tcp: *apiListen, ui: uiAddr}, out, log)
 				},
 				MetricsListen: *metricsListen,
 				Public:        *public || *infra,
@@ -196,10 +210,18 @@ var runCommand = &command{
 	},
 }
 
-// serveAPI serves b on the control socket of dir and, if tcpAddr is set, on
-// that loopback address with the data directory's bearer token, until ctx
-// ends or either fails. It prints where once both listen.
-func serveAPI(ctx context.Context, b api.Backend, dir, tcpAddr string, out io.Writer, log *slog.Logger) error {
+// defaultUIPort is the port --ui listens on.
+const defaultUIPort = "7374"
+
+// listeners are the loopback addresses to serve on besides the control
+// socket: the API with a bearer token, the web interface.
+type listeners struct{ tcp, ui string }
+
+// serveAPI serves b on the control socket of dir and on the loopback
+// listeners asked for (the API with the data directory's bearer token,
+// the web interface), until ctx ends or one fails. It prints where once
+// all listen.
+func serveAPI(ctx context.Context, b api.Backend, dir string, on listeners, out io.Writer, log *slog.Logger) error {
 	path, err := api.SocketPath(dir)
 	if err != nil {
 		return err
@@ -209,41 +231,77 @@ func serveAPI(ctx context.Context, b api.Backend, dir, tcpAddr string, out io.Wr
 		return err
 	}
 	srv := api.NewServer(b, api.WithLogger(log))
-	if tcpAddr == "" {
-		log.Info("control socket ready", "path", path)
-		fmt.Fprintf(out, "control socket: %s\n", path)
-		return srv.Serve(ctx, ln)
-	}
-	tcp, err := api.ListenTCP(tcpAddr)
-	if err != nil {
+	serves := []func(context.Context) error{func(ctx context.Context) error { return srv.Serve(ctx, ln) }}
+	var lines []string
+	closeAll := func(closers ...io.Closer) {
 		ln.Close()
-		return &prefixless{msg: "--api-listen " + tcpAddr + ": " + strings.TrimPrefix(err.Error(), "api: "), err: err}
+		for _, c := range closers {
+			c.Close()
+		}
 	}
-	token, err := api.LoadOrCreateToken(dir)
-	if err != nil {
-		ln.Close()
-		tcp.Close()
-		return err
+	var token string
+	if on.tcp != "" || on.ui != "" {
+		if token, err = api.LoadOrCreateToken(dir); err != nil {
+			ln.Close()
+			return err
+		}
 	}
-	tokenFile := filepath.Join(dir, api.TokenFile)
-	if abs, err := filepath.Abs(tokenFile); err == nil {
-		tokenFile = abs
+	var opened []io.Closer
+	if on.tcp != "" {
+		tcp, err := api.ListenTCP(on.tcp)
+		if err != nil {
+			closeAll(opened...)
+			return &prefixless{msg: "--api-listen " + on.tcp + ": " + strings.TrimPrefix(err.Error(), "api: "), err: err}
+		}
+		opened = append(opened, tcp)
+		tokenFile := filepath.Join(dir, api.TokenFile)
+		if abs, err := filepath.Abs(tokenFile); err == nil {
+			tokenFile = abs
+		}
+		log.Info("API listener ready", "addr", tcp.Addr().String(), "token_file", tokenFile)
+		lines = append(lines, fmt.Sprintf("api listener: http://%s", tcp.Addr()), "api token file: "+tokenFile)
+		serves = append(serves, func(ctx context.Context) error { return srv.ServeAuth(ctx, tcp, token) })
 	}
-	log.Info("API listener ready", "addr", tcp.Addr().String(), "token_file", tokenFile)
+	if on.ui != "" {
+		uln, err := ui.Listen(on.ui)
+		if err != nil {
+			closeAll(opened...)
+			return &prefixless{msg: "--ui-listen " + on.ui + ": " + strings.TrimPrefix(err.Error(), "ui: "), err: err}
+		}
+		opened = append(opened, uln)
+		us, err := ui.New(b, token, ui.WithLogger(log))
+		if err != nil {
+			closeAll(opened...)
+			return err
+		}
+		base := "http://" + uln.Addr().String()
+		login, err := us.LoginURL(base)
+		if err != nil {
+			closeAll(opened...)
+			return err
+		}
+		log.Info("web interface ready", "addr", uln.Addr().String()) // never the login link
+		lines = append(lines, "ui: "+base+"/", "ui login: "+login)
+		serves = append(serves, func(ctx context.Context) error { return us.Serve(ctx, uln) })
+	}
 	log.Info("control socket ready", "path", path)
-	fmt.Fprintf(out, "api listener: http://%s\n", tcp.Addr())
-	fmt.Fprintf(out, "api token file: %s\n", tokenFile)
+	for _, l := range lines {
+		fmt.Fprintln(out, l)
+	}
 	fmt.Fprintf(out, "control socket: %s\n", path)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(ctx, ln) }()
-	go func() { errc <- srv.ServeAuth(ctx, tcp, token) }()
+	errc := make(chan error, len(serves))
+	for _, serve := range serves {
+		go func() { errc <- serve(ctx) }()
+	}
 	err = <-errc
-	cancel() // the first to end stops the other
-	if err2 := <-errc; err == nil {
-		err = err2
+	cancel() // the first to end stops the others
+	for range len(serves) - 1 {
+		if err2 := <-errc; err == nil {
+			err = err2
+		}
 	}
 	return err
 }
