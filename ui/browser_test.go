@@ -442,4 +442,3 @@ func (u *user) nodeMessage(contact, text string) (node.Message, error) {
 	}
 	return node.Message{}, errNoMessage
 }
-
