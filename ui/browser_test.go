@@ -249,7 +249,7 @@ func (b *browser) onEvent(ev any) {
 func (b *browser) screenshot(path string) {
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
 	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // quality 100 gives a PNG
 	if err != nil {
 		b.t.Logf("%s: no screenshot: %v", b.name, err)
 		return

@@ -1,6 +1,7 @@
 package ui_test
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -169,6 +170,9 @@ func TestBrowserConversation(t *testing.T) {
 		t.Fatal(err)
 	}
 	ab.wait("a live message after reconnecting", messageExpr("after the gap")+`.length === 1`)
+	if path := os.Getenv("SOTTO_UI_SCREENSHOT"); path != "" {
+		ab.screenshot(path) // the README's picture: go test ./ui -run TestBrowserConversation with this set
+	}
 
 	// Bob goes offline: alice's page says so, and sending still works.
 	bob.n.Close()
