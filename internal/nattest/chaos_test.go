@@ -30,7 +30,7 @@ import (
 // Faults (chaosFaults): kill -9 and restart of a user, a mailbox and the
 // relay; SIGSTOP/SIGCONT of a mailbox and of a user; a user offline; a
 // user cut from everyone; the mailboxes split in two; packet loss at a
-// user; a user's clock 10 minutes fast or slow.
+// user; a slow link at a user; a user's clock 10 minutes fast or slow.
 //
 // By default (CI) it runs seeds 1 and 2 for 25 s of traffic each (a
 // message every 0.3-1.2 s per conversation, faults of 1-6 s), in about a
@@ -685,6 +685,11 @@ var chaosFaults = []chaosFault{
 	}},
 	{name: "20% packet loss each way at", victims: users, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
 		return c.block(t, "loss", d.ns, "20")
+	}},
+	// 64 kbit/s each way queueing up to a second: a first contact's
+	// bundle (tens of KB) takes seconds, a message's envelope a tenth.
+	{name: "slow link (64 kbit/s) at", victims: users, apply: func(t *testing.T, c *chaos, d *daemon, _ *mrand.Rand) func() {
+		return c.block(t, "slow", d.ns, "64")
 	}},
 	// Restarted onto the skewed clock and back: the sends made while it
 	// restarts fail (and count as not acknowledged).

@@ -9,7 +9,8 @@
 #   testbed.sh udp  PREFIX ROUTER drop|allow
 #   testbed.sh block PREFIX NS all|ADDR...      drop NS's traffic (with ADDRs)
 #   testbed.sh loss PREFIX NS PERCENT           drop PERCENT of NS's packets
-#   testbed.sh heal PREFIX NS                   undo block and loss in NS
+#   testbed.sh slow PREFIX HOST KBIT            a slow link between a home host and its router
+#   testbed.sh heal PREFIX NS                   undo block, loss and slow in NS
 #
 # Every namespace is named PREFIX+role, so leftovers are recognisable and
 # `down` removes exactly one testbed:
@@ -53,7 +54,7 @@ readonly PUB_NET=192.0.0.128/25
 readonly PUB_LEN=25
 
 usage() {
-	echo "usage: testbed.sh up|down PREFIX | nat PREFIX ROUTER preserve|random | udp PREFIX ROUTER drop|allow | block PREFIX NS all|ADDR... | loss PREFIX NS PERCENT | heal PREFIX NS" >&2
+	echo "usage: testbed.sh up|down PREFIX | nat PREFIX ROUTER preserve|random | udp PREFIX ROUTER drop|allow | block PREFIX NS all|ADDR... | loss PREFIX NS PERCENT | slow PREFIX HOST KBIT | heal PREFIX NS" >&2
 	exit 2
 }
 
@@ -236,9 +237,38 @@ loss() {
 	nsx "$1" nft add rule ip chaos out oifname != "lo" numgen random mod 100 "<" "$2" drop
 }
 
+# home_router HOST: the router namespace (rN) in front of a home host,
+# from the host's default route 10.N.0.1.
+home_router() {
+	local gw
+	gw=$(nsx "$1" ip route show default | awk '{print $3}')
+	[[ "$gw" =~ ^10\.([0-9])\.0\.1$ ]] || {
+		echo "testbed.sh: $P$1 is no home host" >&2
+		exit 1
+	}
+	echo "r${BASH_REMATCH[1]}"
+}
+
+# slow HOST KBIT: a token bucket of KBIT kbit/s each way between a home
+# host and its router (the router's lan shapes what goes to the host),
+# queueing up to a second before it drops: a congested mobile or rural
+# link, as tc netem is not always there to add plain delay.
+slow() {
+	member "$1"
+	[[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge 8 ] || usage
+	local r
+	r=$(home_router "$1")
+	nsx "$1" tc qdisc replace dev eth0 root tbf rate "$2kbit" burst 4kb latency 1s
+	nsx "$r" tc qdisc replace dev lan root tbf rate "$2kbit" burst 4kb latency 1s
+}
+
 heal() {
 	member "$1"
 	nsx "$1" nft delete table ip chaos 2>/dev/null || true
+	if nsx "$1" tc qdisc show dev eth0 2>/dev/null | grep -q tbf; then
+		nsx "$1" tc qdisc del dev eth0 root
+		nsx "$(home_router "$1")" tc qdisc del dev lan root 2>/dev/null || true
+	fi
 }
 
 [ $# -ge 2 ] || usage
@@ -255,7 +285,7 @@ down)
 	[ $# -eq 2 ] || usage
 	down
 	;;
-nat | udp | loss)
+nat | udp | loss | slow)
 	[ $# -eq 4 ] || usage
 	"$cmd" "$3" "$4"
 	;;

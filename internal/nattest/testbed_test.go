@@ -115,7 +115,7 @@ func checkRequirements(t *testing.T) {
 	if os.Geteuid() != 0 {
 		need(t, "the NAT testbed needs root to create network namespaces")
 	}
-	for _, tool := range []string{"ip", "nft", "bash"} {
+	for _, tool := range []string{"ip", "nft", "tc", "bash"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			need(t, "the NAT testbed needs %s on PATH (apt-get install nftables iproute2)", tool)
 		}
@@ -284,4 +284,46 @@ func command(ctx context.Context, timeout time.Duration, name string, args ...st
 		err = fmt.Errorf("%w (%v)", err, ctx.Err())
 	}
 	return string(out), err
+}
+
+// qdisc is the root queueing discipline of dev in the testbed's
+// namespace ns, as tc shows it.
+func (tb *testbed) qdisc(t *testing.T, ns, dev string) string {
+	t.Helper()
+	out, err := command(context.Background(), scriptTimeout, "ip", "netns", "exec", tb.prefix+ns, "tc", "qdisc", "show", "dev", dev)
+	if err != nil {
+		t.Fatalf("tc qdisc show in %s: %v: %s", ns, err, out)
+	}
+	return out
+}
+
+// TestTestbedSlowLink: testbed.sh slow shapes both directions of a home
+// host's link (the host's eth0 and its router's lan) to the rate asked,
+// and heal takes both away; a host that is not behind a home router is
+// refused.
+func TestTestbedSlowLink(t *testing.T) {
+	checkRequirements(t)
+	tb := newTestbed(t)
+	if err := tb.run("slow", tb.prefix, "bob", "64"); err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range [][2]string{{"bob", "eth0"}, {"r2", "lan"}} {
+		if q := tb.qdisc(t, at[0], at[1]); !strings.Contains(q, "tbf") || !strings.Contains(q, "rate 64Kbit") {
+			t.Fatalf("%s %s after slow: %q, want a 64 kbit/s token bucket", at[0], at[1], q)
+		}
+	}
+	if q := tb.qdisc(t, "alice", "eth0"); strings.Contains(q, "tbf") {
+		t.Fatalf("slow on bob shaped alice's link too: %q", q)
+	}
+	if err := tb.run("heal", tb.prefix, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range [][2]string{{"bob", "eth0"}, {"r2", "lan"}} {
+		if q := tb.qdisc(t, at[0], at[1]); strings.Contains(q, "tbf") {
+			t.Fatalf("%s %s after heal: %q, still shaped", at[0], at[1], q)
+		}
+	}
+	if err := tb.run("slow", tb.prefix, "pub2", "64"); err == nil {
+		t.Fatal("slow on a public node, which has no home router, was accepted")
+	}
 }
