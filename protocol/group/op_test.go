@@ -223,3 +223,22 @@ func FuzzParseOp(f *testing.F) {
 		}
 	})
 }
+
+// A group's tags, topics and header keys differ from day to day and after
+// a rekey: nothing in them links one to the next.
+func TestGroupDerivationsUnlinked(t *testing.T) {
+	var g1, g2 Secret
+	g1[0], g2[0] = 1, 2
+	seen := map[string]bool{}
+	for _, g := range []Secret{g1, g2} {
+		for e := uint64(20000); e < 20003; e++ {
+			tag, hk := g.Tag(e), g.HeaderKey(e)
+			for _, v := range []string{string(tag[:]), g.Topic(e), string(hk[:])} {
+				if seen[v] {
+					t.Fatalf("a derivation repeats across epochs or secrets")
+				}
+				seen[v] = true
+			}
+		}
+	}
+}

@@ -109,7 +109,13 @@ func TestGroupMessageEveryMemberOnce(t *testing.T) {
 	f := newFixture(t, 4)
 	var envs []*protocol.Envelope
 	for i := range 20 {
-		envs = append(envs, f.seal(t, 0, fmt.Sprint("m", i)))
+		env := f.seal(t, 0, fmt.Sprint("m", i))
+		// What a mailbox or relay sees names neither the sender key nor
+		// the group.
+		if bytes.Contains(env.Marshal(), f.send[0].ID[:]) || bytes.Contains(env.Marshal(), f.id[:]) {
+			t.Fatal("the envelope shows the sender key's ID or the group ID")
+		}
+		envs = append(envs, env)
 	}
 	for r := 1; r < 4; r++ {
 		order := mrand.Perm(len(envs))
