@@ -1035,3 +1035,67 @@ func TestOutboxWakesWhenMailboxReturns(t *testing.T) {
 	tn.start(mDir, asMailbox, func(c *Config) { c.ListenAddrs = mListen })
 	testkit.WaitFor(t, ctx, func() bool { return storedMessage(t, alice, m.ID).StoredAt > 0 })
 }
+
+// TestAckedMessageDoesNotSpin: a message Bob acknowledged directly but
+// whose receipt has not come back is sent again when its receipt is
+// late; with Bob gone, that attempt fails, and the next one waits its
+// backoff. (It once came back every 10 ms, as if a deposit were due,
+// which a message acked directly never needs: thousands of attempts a
+// second until Bob returned.)
+func TestAckedMessageDoesNotSpin(t *testing.T) {
+	tn := newTestNet(t)
+	_, addrs := tn.startMailboxes(1)
+	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
+	alice, bob := tn.start(tn.initNode("alice"), receiveAt), tn.start(tn.initNode("bob"), receiveAt)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testkit.Context(t, 60*time.Second)
+	if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, alice, "bob", 1, delivered)
+	bob.Close()
+	m, err := alice.Send(ctx, "bob", "acked, receipt late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As if Bob had acked it directly and gone before his receipt: sent,
+	// in no mailbox, due now.
+	stable := 0
+	testkit.WaitFor(t, ctx, func() bool {
+		alice.db.Update(func(tx *store.Tx) error {
+			e, err := tx.GetOutbox(m.ID)
+			if err != nil {
+				return err
+			}
+			if st, _ := tx.MessageState(m.ID); st != store.StateSent || e.Mailboxes != 0 || e.Attempts > 0 {
+				stable = 0
+				if _, _, err := tx.SetMessageState(m.ID, store.StateSent); err != nil {
+					return err
+				}
+				e.Mailboxes, e.Attempts, e.NextAttempt = 0, 0, time.Now()
+				return tx.PutOutbox(e)
+			}
+			stable++
+			return nil
+		})
+		return stable >= 5
+	})
+	alice.kickOutbox()
+	attempts := func() int {
+		var a int
+		alice.db.View(func(tx *store.Tx) error {
+			e, err := tx.GetOutbox(m.ID)
+			a = e.Attempts
+			return err
+		})
+		return a
+	}
+	testkit.WaitFor(t, ctx, func() bool { return attempts() > 0 })
+	first := attempts()
+	time.Sleep(4 * time.Second)
+	// Backoff from 1 s doubles: at most 3 more attempts in 4 s (the spin
+	// made thousands).
+	if more := attempts() - first; more > 4 {
+		t.Fatalf("%d delivery attempts in 4 s for a message that waits for its receipt; want at most 4", more)
+	}
+}

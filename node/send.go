@@ -986,9 +986,16 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 				if at := now.Add(p2p.DialFailMemory); errors.Is(err, p2p.ErrNoDirectPath) && at.After(cur.NextAttempt) {
 					cur.NextAttempt = at // no dial is tried before then
 				}
-				if cur.Mailboxes == 0 && n.mbx.client != nil {
+				acked := false
+				if cur.Kind == store.OutboxMessage {
+					st, err := tx.MessageState(cur.MsgID)
+					acked = err == nil && (st == store.StateSent || st == store.StateDelivered)
+				}
+				if cur.Mailboxes == 0 && n.mbx.client != nil && !acked {
 					// Come back for the deposit when it falls due, or at once if due and
 					// untried; one that failed since the entry was queued keeps the backoff.
+					// (Not for a message acked directly that waits for its receipt:
+					// depositDue leaves it out, so coming back at once would spin.)
 					at := cur.Created.Add(n.cfg.MailboxAfter)
 					if f, ok := n.ob.failed.Load(acct); !at.After(now) && (!ok || f.(time.Time).Before(cur.Created)) {
 						at = now.Add(10 * time.Millisecond)
