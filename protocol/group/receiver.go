@@ -27,13 +27,40 @@ func (k *memberKey) wasSeen(i uint32) bool { return k.seen[i/8]&(1<<(i%8)) != 0 
 // Receiver holds the sender keys of a group's members and opens their
 // messages: each (key, iteration) once. It is not safe for concurrent use.
 type Receiver struct {
-	group ID
-	keys  map[[KeyIDSize]byte]*memberKey
+	group   ID
+	keys    map[[KeyIDSize]byte]*memberKey
+	derived map[epochKey]epochKeys // tag and header key, derived once per secret and epoch
+}
+
+type (
+	epochKey struct {
+		g     Secret
+		epoch uint64
+	}
+	epochKeys struct {
+		tag    protocol.Tag
+		header [32]byte
+	}
+)
+
+// epochKeys derives (once) the group's tag and header key in epoch: an
+// Ed25519 key generation and an HKDF that every message would repeat.
+func (r *Receiver) epochKeys(g Secret, epoch uint64) epochKeys {
+	k := epochKey{g, epoch}
+	if d, ok := r.derived[k]; ok {
+		return d
+	}
+	if len(r.derived) >= 16 { // a few epochs of a few secrets; start over beyond
+		clear(r.derived)
+	}
+	d := epochKeys{tag: g.Tag(epoch), header: g.HeaderKey(epoch)}
+	r.derived[k] = d
+	return d
 }
 
 // NewReceiver makes a receiver for group g with no keys yet.
 func NewReceiver(g ID) *Receiver {
-	return &Receiver{group: g, keys: map[[KeyIDSize]byte]*memberKey{}}
+	return &Receiver{group: g, keys: map[[KeyIDSize]byte]*memberKey{}, derived: map[epochKey]epochKeys{}}
 }
 
 // AddKey takes a sender key that owner sent over its pairwise session. A
@@ -92,15 +119,15 @@ type Checked struct {
 // member's, the iteration is within the limit and not seen, and the
 // signature verifies. It changes nothing.
 func (r *Receiver) Check(g Secret, epoch uint64, env *protocol.Envelope) (*Checked, error) {
-	if env.Tag != g.Tag(epoch) {
+	ek := r.epochKeys(g, epoch)
+	if env.Tag != ek.tag {
 		return nil, fmt.Errorf("%w: another tag", ErrNotForGroup)
 	}
 	c := env.Ciphertext
 	if len(c) < messagePrefix+chacha20poly1305.Overhead+ed25519.SignatureSize || c[0] != messageVersion {
 		return nil, fmt.Errorf("%w: %d bytes or version", ErrMalformedGroupMessage, len(c))
 	}
-	hk := g.HeaderKey(epoch)
-	ha, err := chacha20poly1305.NewX(hk[:])
+	ha, err := chacha20poly1305.NewX(ek.header[:])
 	if err != nil {
 		return nil, err
 	}
