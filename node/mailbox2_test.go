@@ -1099,3 +1099,48 @@ func TestAckedMessageDoesNotSpin(t *testing.T) {
 		t.Fatalf("%d delivery attempts in 4 s for a message that waits for its receipt; want at most 4", more)
 	}
 }
+
+// TestRestartOntoEarlierClock: Alice writes to Bob, who is away, while
+// her clock runs 10 minutes ahead; her outbox schedules its tries (and
+// dates the message) by that clock. She restarts onto the right clock
+// and Bob comes back: the message reaches him at once, not when her old
+// clock's schedule comes round. (Found by the long chaos run, where a
+// user's clock goes back after a skew.)
+func TestRestartOntoEarlierClock(t *testing.T) {
+	tn := newTestNet(t)
+	var offset atomic.Int64
+	offset.Store(int64(10 * time.Minute))
+	clock := func(c *Config) { c.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) } }
+	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+	alice, bob := tn.start(aliceDir, clock), tn.start(bobDir)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testkit.Context(t, 90*time.Second)
+	if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, bob, "alice", 1, incoming)
+	bob.Close()
+	m, err := alice.Send(ctx, "bob", "written ahead")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A failed try: the next is scheduled by the clock that runs ahead.
+	testkit.WaitFor(t, ctx, func() bool {
+		var e store.OutboxEntry
+		alice.db.View(func(tx *store.Tx) error { e, _ = tx.GetOutbox(m.ID); return nil })
+		return e.Attempts >= 1
+	})
+	alice.Close()
+	offset.Store(0)
+	alice = tn.start(aliceDir, clock)
+	var e store.OutboxEntry
+	alice.db.View(func(tx *store.Tx) error { e, _ = tx.GetOutbox(m.ID); return nil })
+	if e.Created.After(time.Now().Add(time.Minute)) || e.NextAttempt.After(time.Now().Add(maxRetry+time.Minute)) {
+		t.Fatalf("after the restart the entry is still dated %v and due %v, by the clock that ran ahead", e.Created, e.NextAttempt)
+	}
+	bob = tn.start(bobDir)
+	in := waitMessages(t, ctx, bob, "alice", 2, incoming)
+	if string(in[1].Body) != "written ahead" {
+		t.Fatalf("bob got %q", in[1].Body)
+	}
+}

@@ -525,6 +525,9 @@ func (n *Node) Start(ctx context.Context) error {
 	if err := n.startMailboxes(h); err != nil {
 		return err
 	}
+	// What a clock further ahead scheduled is due now: before the loop's
+	// first pass reads the schedule.
+	n.rescheduleFuture(n.now())
 	n.wg.Go(n.outboxLoop)
 	n.wg.Go(n.maintenanceLoop)
 	// The bundle goes into the DHT now (retried until it works), and again

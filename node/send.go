@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	mrand "math/rand/v2"
 	"slices"
 	"sync"
@@ -379,9 +380,16 @@ func (o *outboxState) takeUp() map[peer.ID]bool {
 }
 
 // outboxLoop delivers what the outbox holds: on a kick, when the next
-// entry falls due, and at least every maxOutboxWait.
+// entry falls due, and at least every maxOutboxWait. When the clock
+// steps back, it first brings back what the clock further ahead
+// scheduled (Start does so before the loop begins).
 func (n *Node) outboxLoop() {
+	last := n.now()
 	n.kickLoop(n.kick, func() (time.Duration, bool) {
+		if now := n.now(); now.Before(last.Add(-time.Minute)) {
+			n.rescheduleFuture(now)
+		}
+		last = n.now()
 		n.outboxPass()
 		var next time.Time
 		var ok bool
@@ -395,6 +403,44 @@ func (n *Node) outboxLoop() {
 		}
 		return min(max(time.Until(next), minOutboxWait), maxOutboxWait), true
 	})
+}
+
+// rescheduleFuture brings back what a clock further ahead than this
+// one wrote into the outbox (a restart onto a corrected clock, a clock
+// stepped back): an entry scheduled further ahead than any wait reaches
+// (maxRetry; maxReceiptWait for a message acked directly) is due now, and
+// a Created in the future is now, since deposits wait for Created +
+// MailboxAfter. It reads the whole outbox, so it runs only at start and
+// after a step back.
+func (n *Node) rescheduleFuture(now time.Time) {
+	const margin = time.Minute
+	err := n.db.Update(func(tx *store.Tx) error {
+		es, err := tx.DueOutbox(now.Add(100*365*24*time.Hour), math.MaxInt)
+		for _, e := range es {
+			if err != nil {
+				return err
+			}
+			st, serr := tx.MessageState(e.MsgID)
+			wait := maxRetry
+			if serr == nil && (st == store.StateSent || st == store.StateDelivered) {
+				wait = maxReceiptWait
+			}
+			changed := false
+			if e.NextAttempt.After(now.Add(wait + margin)) {
+				e.NextAttempt, changed = now, true
+			}
+			if e.Created.After(now) {
+				e.Created, changed = now, true
+			}
+			if changed {
+				err = tx.PutOutbox(e)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		n.cfg.Logger.Error("rescheduling the outbox after a clock step", "err", err)
+	}
 }
 
 // outboxPass starts a delivery for every contact with due entries (or
