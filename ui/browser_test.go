@@ -42,14 +42,33 @@ var chromiumNames = []string{"chromium", "chromium-browser", "google-chrome"}
 // skips, or fails when SOTTO_CI=1 (continuous integration installs it).
 func findChromium(t *testing.T) string {
 	t.Helper()
+	return locateChromium(t, exec.LookPath, os.Getenv)
+}
+
+// skipper is the part of *testing.T that locateChromium uses.
+type skipper interface {
+	Helper()
+	Skip(args ...any)
+	Fatal(args ...any)
+}
+
+// locateChromium is findChromium with the program lookup and the
+// environment given, so that its decision can be tested on a machine
+// that has a Chromium: the first of chromiumNames that lookPath finds;
+// else t.Fatal when getenv("SOTTO_CI") is "1", t.Skip otherwise, with a
+// message that says how to install one. It returns "" when it did not
+// find one (a real t has stopped the test by then).
+func locateChromium(t skipper, lookPath func(string) (string, error), getenv func(string) string) string {
+	t.Helper()
 	for _, name := range chromiumNames {
-		if p, err := exec.LookPath(name); err == nil {
+		if p, err := lookPath(name); err == nil {
 			return p
 		}
 	}
 	msg := fmt.Sprintf("no Chromium found (looked for %s); install it to run the browser tests: apt-get install chromium", strings.Join(chromiumNames, ", "))
-	if os.Getenv("SOTTO_CI") == "1" {
+	if getenv("SOTTO_CI") == "1" {
 		t.Fatal(msg)
+		return ""
 	}
 	t.Skip(msg)
 	return ""
