@@ -104,16 +104,24 @@ type user struct {
 	addr  string // the interface's listen address, kept across restarts
 	srv   *ui.Server
 	stop  func()
+	opts  []func(*node.Config)
 }
 
 // newUser creates an identity and starts its node and interface.
-func (nw *network) newUser(name string) *user {
+func (nw *network) newUser(name string, opts ...func(*node.Config)) *user {
 	nw.t.Helper()
 	dir := filepath.Join(nw.t.TempDir(), name)
 	if _, err := node.Init(dir, name, nil); err != nil {
 		nw.t.Fatalf("Init %s: %v", name, err)
 	}
-	u := &user{t: nw.t, name: name, dir: dir, net: nw, addr: "127.0.0.1:0"}
+	return nw.startUser(name, dir, opts...)
+}
+
+// startUser starts the node of the identity in dir and its interface;
+// opts adjust the node's configuration.
+func (nw *network) startUser(name, dir string, opts ...func(*node.Config)) *user {
+	nw.t.Helper()
+	u := &user{t: nw.t, name: name, dir: dir, net: nw, addr: "127.0.0.1:0", opts: opts}
 	u.startNode()
 	tok, err := api.LoadOrCreateToken(dir)
 	if err != nil {
@@ -126,14 +134,18 @@ func (nw *network) newUser(name string) *user {
 
 func (u *user) startNode() {
 	u.t.Helper()
-	n, err := node.Open(node.Config{
+	cfg := node.Config{
 		DataDir:      u.dir,
 		ListenAddrs:  p2ptest.LoopbackAddrs,
 		Bootstrap:    []peer.AddrInfo{u.net.boot.AddrInfo()},
 		NoMDNS:       true,
 		NoNAT:        true,
 		MailboxAfter: 200 * time.Millisecond,
-	})
+	}
+	for _, o := range u.opts {
+		o(&cfg)
+	}
+	n, err := node.Open(cfg)
 	if err != nil {
 		u.t.Fatalf("Open %s: %v", u.name, err)
 	}
