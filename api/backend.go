@@ -145,6 +145,21 @@ const (
 	StateFailed    State = "failed"    // given up on
 )
 
+// FailReason says why an outgoing message failed.
+type FailReason string
+
+// Reasons for a failed message.
+const (
+	// FailExpired: neither the contact's device nor a mailbox took the
+	// message before it expired; it is no longer sent.
+	FailExpired FailReason = "expired"
+	// FailKeyChanged: the contact's new key was accepted while the
+	// message waited; it was queued again, as a new message to the new
+	// key, and this copy stays with the old key (its Contact is the old
+	// key's fingerprint).
+	FailKeyChanged FailReason = "key_changed"
+)
+
 // Via tells which path a message took: for an incoming one, how it
 // arrived; for an outgoing one, what took it (a stream to the contact's
 // device, direct or relayed, or the mailboxes), empty while queued.
@@ -167,7 +182,9 @@ type Message struct {
 	State     State     `json:"state,omitempty"`     // outgoing only
 	Via       Via       `json:"via,omitempty"`       // the path it took
 	StoredAt  int       `json:"stored_at,omitempty"` // mailboxes that acknowledged (outgoing)
-	Seq       uint64    `json:"seq"`                 // cursor: strictly increasing per data dir
+	// FailReason says why, for a message in StateFailed.
+	FailReason FailReason `json:"fail_reason,omitempty"`
+	Seq        uint64     `json:"seq"` // cursor: strictly increasing per data dir
 }
 
 // Paging limits for Messages.

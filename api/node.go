@@ -311,6 +311,12 @@ func (b *nodeBackend) message(m node.Message, names map[[32]byte]string) Message
 		out.Direction = DirectionOut
 		out.State = stateOf(m.State)
 		out.StoredAt = m.StoredAt
+		switch m.Failure {
+		case node.FailExpired:
+			out.FailReason = FailExpired
+		case node.FailKeyChanged:
+			out.FailReason = FailKeyChanged
+		}
 		if out.Via == "" && m.StoredAt > 0 {
 			out.Via = ViaMailbox // stored at mailboxes, not acked by a stream
 		}

@@ -312,7 +312,7 @@ func (n *Node) moveOutbox(tx *store.Tx, oldAcct, newAcct [32]byte, requeue bool)
 // GlobalSeq, the same whether or not the list is filtered by contact, so
 // that one cursor serves a listing and the event stream alike.
 func (n *Node) Messages(name string, after uint64, limit int) ([]Message, error) {
-	var out []store.Message
+	var out []Message
 	err := n.db.View(func(tx *store.Tx) error {
 		var filter *[32]byte
 		if strings.TrimSpace(name) != "" {
@@ -326,11 +326,14 @@ func (n *Node) Messages(name string, after uint64, limit int) ([]Message, error)
 				return err
 			}
 		}
-		var err error
-		out, err = tx.ListMessages(filter, after, limit)
-		return err
+		ms, err := tx.ListMessages(filter, after, limit)
+		if err != nil {
+			return err
+		}
+		out = messagesOf(ms)
+		return failureIn(tx, out)
 	})
-	return messagesOf(out), err
+	return out, err
 }
 
 // Status is a snapshot of the node.

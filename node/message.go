@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -45,6 +46,36 @@ const (
 
 func (s MessageState) String() string { return store.MessageState(s).String() }
 
+// FailReason says why an outgoing message failed. The store keeps the
+// state only; the reason follows from the rest of what it holds.
+type FailReason uint8
+
+// Reasons for a failed message.
+const (
+	FailNone FailReason = iota
+	// FailExpired: neither the contact's device nor a mailbox took it
+	// before its envelope expired (Config.MessageTTL after it was
+	// written); it is no longer sent.
+	FailExpired
+	// FailKeyChanged: the contact's new key was accepted while it waited
+	// (the new key had written first); it was queued again, as a new
+	// message in the conversation of the new key, and this copy stays in
+	// the old key's history.
+	FailKeyChanged
+)
+
+func (r FailReason) String() string {
+	switch r {
+	case FailNone:
+		return "none"
+	case FailExpired:
+		return "expired"
+	case FailKeyChanged:
+		return "key changed"
+	}
+	return fmt.Sprintf("fail-reason(%d)", uint8(r))
+}
+
 // Via says which path carried an incoming message.
 type Via uint8
 
@@ -69,7 +100,9 @@ type Message struct {
 	State      MessageState
 	Via        Via // incoming messages
 	StoredAt   int // mailboxes that acknowledged it, when stored
-	Seq        uint64
+	// Failure says why, when State is StateFailed.
+	Failure FailReason
+	Seq     uint64
 	// GlobalSeq orders messages across all conversations of a data
 	// directory, strictly increasing: the cursor of Messages.
 	GlobalSeq uint64
@@ -87,13 +120,49 @@ func (m Message) Text() string {
 	return string(m.Body)
 }
 
+// messageOf converts a message. A failed message's reason is taken as
+// FailExpired, the reason of every failure the outbox reports as it
+// happens; failureIn corrects it for messages listed from the store.
 func messageOf(m store.Message) Message {
-	return Message{
+	out := Message{
 		ID: m.ID, Contact: m.Contact, Direction: Direction(m.Direction),
 		Type: m.Type, Body: m.Body, SentAt: m.SentAt, ReceivedAt: m.ReceivedAt,
 		State: MessageState(m.State), Via: Via(m.Via), StoredAt: m.StoredAt,
 		Seq: m.Seq, GlobalSeq: m.GlobalSeq,
 	}
+	if m.State == store.StateFailed {
+		out.Failure = FailExpired
+	}
+	return out
+}
+
+// failureIn sets the reason of each failed message of ms: a message
+// fails either in the outbox, when it expires, or when the contact's new
+// key is accepted and the message goes again to it, which leaves the
+// failed copy under an account that is no longer a contact.
+func failureIn(tx *store.Tx, ms []Message) error {
+	gone := map[[32]byte]bool{}
+	for i := range ms {
+		m := &ms[i]
+		if m.State != StateFailed {
+			continue
+		}
+		g, ok := gone[m.Contact]
+		if !ok {
+			_, err := tx.GetContact(m.Contact)
+			switch {
+			case errors.Is(err, store.ErrUnknownContact), errors.Is(err, store.ErrNotFound):
+				g = true
+			case err != nil:
+				return err
+			}
+			gone[m.Contact] = g
+		}
+		if g {
+			m.Failure = FailKeyChanged
+		}
+	}
+	return nil
 }
 
 func messagesOf(ms []store.Message) []Message {

@@ -14,6 +14,12 @@ const STEP = 60; // elements added per scroll step
 const EDGE = 400; // pixels from an edge that start a step
 const STICK = 80; // pixels from the bottom that count as "at the bottom"
 
+// failText says why a message failed, by the API's fail_reason.
+const failText = {
+  expired: (name) => `not delivered before it expired: neither ${name}'s device nor a mailbox took it in time`,
+  key_changed: (name) => `${name}'s key changed; it was sent again to the new key`,
+};
+
 // stateText says where an outgoing message is, for its contact `name`.
 export function stateText(m, name) {
   switch (m.state) {
@@ -26,7 +32,7 @@ export function stateText(m, name) {
     case 'delivered':
       return 'Delivered';
     case 'failed':
-      return 'Failed: not delivered before it expired';
+      return 'Failed: ' + (failText[m.fail_reason] || ((n) => 'not delivered'))(name);
     default:
       return m.state || '';
   }
