@@ -195,6 +195,15 @@ func (c *Client) AddContact(ctx context.Context, name, invite string) (Contact, 
 	return ct, err
 }
 
+// Setup creates the identity of the node's data directory, when it has
+// none (`sotto run --ui` on a fresh data directory), as `sotto init`
+// does; a node that has one answers with CodeIdentityExists.
+func (c *Client) Setup(ctx context.Context, name string) (Identity, error) {
+	var id Identity
+	err := c.do(ctx, http.MethodPost, "/v1/setup", nil, setupRequest{Name: name}, &id)
+	return id, err
+}
+
 // VerifyContact implements Backend.
 func (c *Client) VerifyContact(ctx context.Context, name string, confirm bool) (Verification, error) {
 	var v Verification

@@ -12,6 +12,8 @@
 //
 //	GET  /v1/status                      Status
 //	GET  /v1/identity                    Identity
+//	POST /v1/setup                       {"name"} -> Identity (created; only while
+//	                                     the data directory has no identity)
 //	GET  /v1/invite                      {"invite": "sotto://..."}
 //	GET  /v1/contacts                    [Contact]
 //	POST /v1/contacts                    {"name", "invite"} -> Contact

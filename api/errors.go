@@ -20,6 +20,8 @@ const (
 	CodeMethodNotAllowed = "method_not_allowed" // endpoint exists, method does not
 	CodeTooLarge         = "too_large"          // request body over MaxBodyBytes
 	CodeUnavailable      = "unavailable"        // the backend cannot serve this now
+	CodeNoIdentity       = "no_identity"        // the data directory has no identity yet: POST /v1/setup
+	CodeIdentityExists   = "identity_exists"    // POST /v1/setup on a node that has an identity
 	CodeInternal         = "internal"           // anything else
 )
 
@@ -53,7 +55,7 @@ func (e *Error) HTTPStatus() int {
 		return http.StatusBadRequest
 	case CodeUnknownContact, CodeNotFound:
 		return http.StatusNotFound
-	case CodeContactExists, CodeKeyChanged:
+	case CodeContactExists, CodeKeyChanged, CodeNoIdentity, CodeIdentityExists:
 		return http.StatusConflict
 	case CodeUnauthorized:
 		return http.StatusUnauthorized
@@ -76,6 +78,8 @@ var (
 	ErrContactExists  = &Error{Code: CodeContactExists, Message: "api: contact exists"}
 	ErrKeyChanged     = &Error{Code: CodeKeyChanged, Message: "api: contact key changed"}
 	ErrUnauthorized   = &Error{Code: CodeUnauthorized, Message: "api: unauthorized"}
+	ErrNoIdentity     = &Error{Code: CodeNoIdentity, Message: "api: no identity yet"}
+	ErrIdentityExists = &Error{Code: CodeIdentityExists, Message: "api: identity exists"}
 )
 
 // BadRequest returns a bad_request error with a formatted message.

@@ -240,6 +240,7 @@ func (s *Server) route(path string, handlers map[string]http.HandlerFunc) {
 func (s *Server) routes() {
 	s.route("/v1/status", map[string]http.HandlerFunc{"GET": s.handleStatus})
 	s.route("/v1/identity", map[string]http.HandlerFunc{"GET": s.handleIdentity})
+	s.route("/v1/setup", map[string]http.HandlerFunc{"POST": s.handleSetup})
 	s.route("/v1/invite", map[string]http.HandlerFunc{"GET": s.handleInvite})
 	s.route("/v1/contacts", map[string]http.HandlerFunc{"GET": s.handleContacts, "POST": s.handleAddContact})
 	s.route("/v1/contacts/{name}/verify", map[string]http.HandlerFunc{"POST": s.handleVerify})
@@ -269,6 +270,9 @@ type (
 		Contact string `json:"contact"`
 		Text    string `json:"text"`
 	}
+	setupRequest struct {
+		Name string `json:"name"`
+	}
 	markReadRequest struct {
 		Seq uint64 `json:"seq"`
 	}
@@ -282,6 +286,23 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleIdentity(w http.ResponseWriter, r *http.Request) {
 	id, err := s.b.Identity(r.Context())
 	s.reply(w, r, http.StatusOK, id, err)
+}
+
+// handleSetup creates the identity of a data directory that has none,
+// through a backend that can (Setup); any other backend has one.
+func (s *Server) handleSetup(w http.ResponseWriter, r *http.Request) {
+	var req setupRequest
+	if e := decodeBody(w, r, &req, false); e != nil {
+		writeError(w, e)
+		return
+	}
+	setup, ok := s.b.(Setup)
+	if !ok {
+		writeError(w, errIdentityExists)
+		return
+	}
+	id, err := setup.Setup(r.Context(), req.Name)
+	s.reply(w, r, http.StatusCreated, id, err)
 }
 
 func (s *Server) handleInvite(w http.ResponseWriter, r *http.Request) {
