@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 
 	"github.com/sotto-im/sotto/node"
@@ -73,6 +74,11 @@ func (f *FirstRun) Setup(ctx context.Context, name string) (Identity, error) {
 		f.setup = true
 		close(f.created)
 		return Identity{}, errIdentityExists
+	}
+	if errors.Is(err, node.ErrInvalidName) {
+		// The store's message speaks of contacts' names; this is the
+		// user's own.
+		return Identity{}, BadRequest("%s", strings.Replace(userText(err), "invalid contact name", "invalid name", 1))
 	}
 	if err != nil {
 		return Identity{}, nodeError(err)

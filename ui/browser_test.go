@@ -163,7 +163,17 @@ func (u *user) startNode() {
 // stop).
 func (u *user) serve() {
 	u.t.Helper()
-	b := api.NodeBackend(u.n, api.WithReadMarks(filepath.Join(u.dir, api.ReadMarksFile)))
+	u.serveBackend(u.backend())
+}
+
+// backend is the API backend of u's node.
+func (u *user) backend() api.Backend {
+	return api.NodeBackend(u.n, api.WithReadMarks(filepath.Join(u.dir, api.ReadMarksFile)))
+}
+
+// serveBackend starts the web interface of b on u.addr.
+func (u *user) serveBackend(b api.Backend) {
+	u.t.Helper()
 	srv, err := ui.New(b, u.token)
 	if err != nil {
 		u.t.Fatal(err)
@@ -336,6 +346,31 @@ func (b *browser) waitFor(what, expr string, d time.Duration) {
 		defer dcancel()
 		diag, _ = chromedp.Run(dctx, chromedp.Evaluate[string](`location.hash + " | stream " + document.getElementById('stream')?.dataset.state + " | " + (document.querySelector('main') ? document.querySelector('main').innerText.slice(0, 600) : '') + " | error: " + document.getElementById('error-text')?.textContent`))
 		b.t.Fatalf("%s: waiting for %s (%s): %v; page: %s", b.name, what, expr, err, diag)
+	}
+}
+
+// waitAfterReload waits until the page has reloaded itself (the page
+// marked with a variable is gone) and the JavaScript expression is true.
+// Polling stops at a navigation, so this evaluates in a loop.
+func (b *browser) waitAfterReload(what, expr string) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
+	defer cancel()
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	full := fmt.Sprintf(`window.sottoBeforeReload === undefined && (%s)`, expr)
+	var last error
+	for {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](full))
+		if err == nil && ok {
+			return
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			b.t.Fatalf("%s: waiting for %s after a reload (%s): %v (last error %v)", b.name, what, expr, ctx.Err(), last)
+		case <-tick.C:
+		}
 	}
 }
 

@@ -64,6 +64,11 @@ type RunConfig struct {
 	// TCP listener --api-listen asks for) until ctx ends. It fails at once
 	// if another node serves the directory.
 	ServeAPI func(ctx context.Context, b api.Backend) error
+	// FirstRun: on a data directory with no identity, serve the control
+	// API and the web interface (ServeAPI) with a backend that creates
+	// one (api.FirstRun: POST /v1/setup), then start the node on it,
+	// instead of failing (--ui).
+	FirstRun bool
 	// MetricsListen, when set (--metrics-listen), is the HOST:PORT where
 	// Prometheus metrics are served at /metrics while the node runs.
 	MetricsListen string

@@ -149,10 +149,22 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 		ncfg.Metrics = metrics
 	}
 	n, err := node.Open(ncfg)
+	var first *firstRun
+	if errors.Is(err, node.ErrNotInitialised) && cfg.FirstRun {
+		first = startFirstRun(ctx, cfg, stdout)
+		defer first.stop()
+		if err := first.wait(ctx); err != nil {
+			return err
+		}
+		n, err = node.Open(ncfg)
+	}
 	if err != nil {
 		return openError(cfg.DataDir, err)
 	}
 	defer n.Close()
+	if first != nil {
+		defer first.stop() // before the node closes
+	}
 	if cfg.Progress != nil {
 		// Subscribe before Start, which begins the first sync.
 		sctx, cancel := context.WithCancel(ctx)
@@ -183,7 +195,70 @@ func runNode(ctx context.Context, cfg RunConfig) error {
 		defer stop() // before n.Close
 		fmt.Fprintf(stdout, "metrics: http://%s%s\n", metricsLn.Addr(), metricsPath)
 	}
-	return cfg.ServeAPI(ctx, api.NodeBackend(n, api.WithReadMarks(filepath.Join(cfg.DataDir, api.ReadMarksFile))))
+	b := api.NodeBackend(n, api.WithReadMarks(filepath.Join(cfg.DataDir, api.ReadMarksFile)))
+	if first != nil {
+		return first.serve(b)
+	}
+	return cfg.ServeAPI(ctx, b)
+}
+
+// firstRun serves the control API and the web interface of a data
+// directory that has no identity yet, until the user creates one, and
+// then the node started on it.
+type firstRun struct {
+	backend *api.FirstRun
+	cancel  context.CancelFunc
+	done    chan error // ServeAPI's result
+	result  error
+	ended   bool
+}
+
+// startFirstRun starts serving cfg.DataDir with an api.FirstRun backend
+// and says so on stdout.
+func startFirstRun(ctx context.Context, cfg RunConfig, stdout io.Writer) *firstRun {
+	sctx, cancel := context.WithCancel(ctx)
+	f := &firstRun{backend: api.NewFirstRun(cfg.DataDir, cfg.Passphrase), cancel: cancel, done: make(chan error, 1)}
+	fmt.Fprintf(stdout, "first run: %s holds no identity yet; create one on the web interface's first screen (or stop this and run `sotto init`)\n", cfg.DataDir)
+	go func() { f.done <- cfg.ServeAPI(sctx, f.backend) }()
+	return f
+}
+
+// wait waits until the identity exists; it fails if serving fails or
+// ctx ends first.
+func (f *firstRun) wait(ctx context.Context) error {
+	select {
+	case <-f.backend.Created():
+		return nil
+	case err := <-f.done:
+		f.result, f.ended = err, true
+		if err == nil {
+			err = ctx.Err()
+		}
+		if err == nil {
+			err = errors.New("the control socket closed before an identity was created")
+		}
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// serve hands the requests to the running node's backend b and serves
+// until ctx ends or serving fails.
+func (f *firstRun) serve(b api.Backend) error {
+	f.backend.SetBackend(b)
+	if !f.ended {
+		f.result, f.ended = <-f.done, true
+	}
+	return f.result
+}
+
+// stop ends serving and waits for it.
+func (f *firstRun) stop() {
+	f.cancel()
+	if !f.ended {
+		f.result, f.ended = <-f.done, true
+	}
 }
 
 // showSync shows mailbox syncs from the node's events as a progress line

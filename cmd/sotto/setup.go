@@ -102,7 +102,10 @@ var runCommand = &command{
 		"With --ui (or --ui-listen HOST:PORT, a loopback address; --ui listens on\n" +
 		"127.0.0.1:" + defaultUIPort + "), the node serves its web interface and prints\n" +
 		"\"ui: http://HOST:PORT/\" and \"ui login: URL\", a link that signs one browser in\n" +
-		"once (the page also accepts the token of api.token).\n" +
+		"once (the page also accepts the token of api.token). On a data directory with\n" +
+		"no identity yet, it serves the interface first: its first screen creates the\n" +
+		"identity (as `sotto init` does, under the passphrase of --passphrase-file if\n" +
+		"given), then the node starts and prints its peer ID and addresses.\n" +
 		"With --metrics-listen, Prometheus metrics (libp2p's and Sotto's counts: peers,\n" +
 		"outbox, mailbox, syncs, messages; no content, keys or names) are served without\n" +
 		"authentication at http://HOST:PORT/metrics; it prints \"metrics: URL\" before the\n" +
@@ -191,6 +194,7 @@ var runCommand = &command{
 				ServeAPI: func(ctx context.Context, b api.Backend) error {
 					return serveAPI(ctx, b, dir, listeners{tcp: *apiListen, ui: uiAddr}, out, log)
 				},
+				FirstRun:      uiAddr != "",
 				MetricsListen: *metricsListen,
 				Public:        *public || *infra,
 				Relay:         *relay || *infra,

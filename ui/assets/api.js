@@ -50,6 +50,8 @@ const enc = encodeURIComponent;
 
 export const api = {
   identity: () => call('GET', '/v1/identity'),
+  // setup creates the identity of a node that has none yet (first run).
+  setup: (name) => call('POST', '/v1/setup', { name }),
   status: () => call('GET', '/v1/status'),
   invite: () => call('GET', '/v1/invite'),
   contacts: () => call('GET', '/v1/contacts'),

@@ -469,6 +469,84 @@ async function showStatus() {
     h('p', null, h('button', { type: 'button', id: 'status-refresh', onclick: () => route() }, 'Refresh')));
 }
 
+// ---- first run
+
+// STARTING_POLL and STARTING_LIMIT: how often, and how long, the page
+// asks whether the node runs after creating its identity.
+const STARTING_POLL = 250;
+const STARTING_LIMIT = 120000;
+
+// waitForNode resolves once the node answers with its identity: after
+// the first-run screen created it, the node starts.
+async function waitForNode() {
+  const until = Date.now() + STARTING_LIMIT;
+  for (;;) {
+    try {
+      return await api.identity();
+    } catch (err) {
+      if (err.code !== 'unavailable' || Date.now() > until) throw err;
+    }
+    await new Promise((resolve) => setTimeout(resolve, STARTING_POLL));
+  }
+}
+
+// starting says that the node is starting, and reloads the page once it
+// runs.
+async function starting(status) {
+  status.textContent = 'Starting your node…';
+  await waitForNode();
+  status.textContent = 'Your node is running.';
+  location.reload();
+}
+
+// firstRun is the screen of a node with no identity yet: choose a name,
+// create the identity (POST /v1/setup, as `sotto init` does), wait for
+// the node to start, then the app starts.
+function firstRun() {
+  document.body.dataset.firstRun = 'true';
+  const err = h('p', { id: 'setup-error', class: 'error', role: 'alert' });
+  const status = h('p', { id: 'setup-status', role: 'status' });
+  const name = h('input', { id: 'setup-name', name: 'name', required: true, autocomplete: 'nickname', 'aria-describedby': 'setup-help' });
+  const button = h('button', { type: 'submit', id: 'setup-submit' }, 'Create my identity');
+  const form = h('form', {
+    id: 'setup-form', class: 'stack',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      err.textContent = '';
+      if (name.value.trim() === '') {
+        err.textContent = 'Choose a name first.';
+        return;
+      }
+      button.disabled = true;
+      try {
+        await api.setup(name.value.trim());
+        name.disabled = true;
+      } catch (e2) {
+        err.textContent = e2.message;
+        button.disabled = false;
+        return;
+      }
+      try {
+        await starting(status);
+      } catch (e2) {
+        status.textContent = '';
+        err.textContent = `Your identity was created, but the node did not start: ${e2.message} See the output of \`sotto run\`.`;
+      }
+    },
+  },
+  h('label', { for: 'setup-name' }, 'Your name: what your contacts see when you write to them first'), name,
+  h('p', { id: 'setup-help', class: 'hint small' },
+    'This creates your keys in this node’s data directory, as `sotto init` does; they are encrypted only if ',
+    '`sotto run` was given a passphrase file (--passphrase-file).'),
+  button, status, err);
+  setMain(
+    h('h2', null, 'Welcome to Sotto'),
+    h('p', null, 'This node has no identity yet. Choose a name to create one; then you can share your invite and add contacts.'),
+    form);
+  name.focus();
+  document.body.dataset.setup = 'shown';
+}
+
 // ---- routing
 
 async function route() {
@@ -509,6 +587,21 @@ async function start() {
   });
   try {
     state.me = await api.identity();
+  } catch (err) {
+    if (err.code === 'no_identity') {
+      firstRun();
+      return;
+    }
+    if (err.code === 'unavailable') {
+      const status = h('p', { id: 'setup-status', role: 'status' });
+      setMain(h('h2', null, 'Sotto'), status);
+      starting(status).catch((e2) => screenError('The node did not start', e2));
+      return;
+    }
+    screenError('Cannot load your conversations', err);
+    return;
+  }
+  try {
     $('me').textContent = state.me.name ? `Signed in as ${state.me.name}` : '';
     $('me').title = state.me.account;
     await refreshConversations();
