@@ -2,6 +2,8 @@ package ui_test
 
 import (
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -135,6 +137,15 @@ func TestBrowserConversation(t *testing.T) {
 	// The event stream drops (the interface's server stops); bob writes
 	// meanwhile; once it is back, the page fetches what it missed, once.
 	ab.wait("the stream open", `document.getElementById('stream').dataset.state === 'open'`)
+	var cursor uint64 // the newest message alice's page has seen
+	all, err := alice.n.Messages("", 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range all {
+		cursor = max(cursor, m.GlobalSeq)
+	}
+	ab.eval(`performance.clearResourceTimings(), true`, nil)
 	alice.stop()
 	ab.wait("the page to notice", `document.getElementById('stream').dataset.state === 'reconnecting'`)
 	missed := []string{"missed 1", "missed 2", "missed 3"}
@@ -164,6 +175,12 @@ func TestBrowserConversation(t *testing.T) {
 		if count != 1 {
 			t.Errorf("%q shown %d times", m, count)
 		}
+	}
+	// The catch-up asked for what came after the page's cursor.
+	var afters []string
+	ab.eval(`performance.getEntriesByType('resource').map(e => new URL(e.name)).filter(u => u.pathname === '/v1/messages' && u.searchParams.has('after') && !u.searchParams.has('contact')).map(u => u.searchParams.get('after'))`, &afters)
+	if !slices.Contains(afters, strconv.FormatUint(cursor, 10)) {
+		t.Errorf("catch-up requests with after=%v, want one with after=%d, the newest message before the drop", afters, cursor)
 	}
 	// And the stream works again: a new message arrives live.
 	if _, err := bob.n.Send(ctx, "alice", "after the gap"); err != nil {
