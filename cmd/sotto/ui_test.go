@@ -232,4 +232,13 @@ func TestUIFirstRun(t *testing.T) {
 	if strings.Contains(n.log.String(), "code=") {
 		t.Error("the login link reached the log")
 	}
+
+	// Interrupted before anyone creates an identity, it stops cleanly
+	// (exit status 0, checked by stop) and leaves none.
+	idle := e.start("erin", "--ui-listen", "127.0.0.1:0")
+	idle.startupLine("first run: ")
+	idle.stop()
+	if _, err := e.try("id", "--data", e.dir("erin")); err == nil || !strings.Contains(err.Error(), "sotto init") {
+		t.Errorf("`sotto id` after a first run that was interrupted: %v, want no identity", err)
+	}
 }
