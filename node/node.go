@@ -457,6 +457,7 @@ func (n *Node) Start(ctx context.Context) error {
 		p2p.WithMDNS(!n.cfg.NoMDNS),
 		p2p.WithNAT(!n.cfg.NoNAT),
 		p2p.WithProtocolLimit(string(mailbox.Protocol), mailboxStreams, mailboxStreamsPerPeer),
+		mailbox.StreamLimit2(n.cfg.Infra),
 		p2p.WithBundleVerifier(p2p.VerifyBundle),
 		p2p.WithReceiver(directReceiver{n}),
 		// Up to a whole commit's worth of envelopes per stream in flight.
