@@ -94,6 +94,7 @@ func TestCorruptedRecordsDecodeToErrors(t *testing.T) {
 }
 
 func TestCorruptRecordInDatabase(t *testing.T) {
+	skipIfSealed(t)
 	db, _ := openTest(t)
 	addContacts(t, db, 1)
 	mustUpdate(t, db, func(tx *Tx) error {
@@ -105,7 +106,7 @@ func TestCorruptRecordInDatabase(t *testing.T) {
 	})
 	// Damage the records behind the store's back.
 	id1, a1 := msgID(1), acct(1)
-	if err := db.bolt.Update(func(tx *bolt.Tx) error {
+	if err := db.bolt().Update(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMessages)
 		v := append([]byte{}, m.Get(id1[:])...)
 		if err := m.Put(id1[:], v[:len(v)-3]); err != nil {
@@ -142,6 +143,7 @@ func TestCorruptRecordInDatabase(t *testing.T) {
 }
 
 func TestCheckFindsBrokenIndexes(t *testing.T) {
+	skipIfSealed(t)
 	db, _ := openTest(t)
 	addContacts(t, db, 1)
 	mustUpdate(t, db, func(tx *Tx) error {
@@ -156,7 +158,7 @@ func TestCheckFindsBrokenIndexes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Remove the middle conversation entry: a gap.
-	if err := db.bolt.Update(func(tx *bolt.Tx) error {
+	if err := db.bolt().Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketConv).Delete(convKey(acct(1), 2))
 	}); err != nil {
 		t.Fatal(err)

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Limits on messages and paging.
@@ -282,10 +280,10 @@ func (tx *Tx) showMessage(m Message) (Message, error) {
 // messageBuckets are the messages and the indexes that put them in order;
 // whatever writes or checks one of them needs the others too.
 type messageBuckets struct {
-	msgs     *bolt.Bucket // bucketMessages: id -> Message
-	conv     *bolt.Bucket // bucketConv: account || seq -> id
-	counters *bolt.Bucket // bucketConvSeq: account -> last seq
-	global   *bolt.Bucket // bucketGlobal: global seq -> id
+	msgs     *recordBucket // bucketMessages: id -> Message
+	conv     *recordBucket // bucketConv: account || seq -> id
+	counters *recordBucket // bucketConvSeq: account -> last seq
+	global   *recordBucket // bucketGlobal: global seq -> id
 }
 
 // messageBuckets looks up the messages and their indexes. It does not check
@@ -308,7 +306,7 @@ func (tx *Tx) messageBuckets() (messageBuckets, error) {
 	return mb, nil
 }
 
-func convCounter(counters *bolt.Bucket, account [32]byte) (uint64, error) {
+func convCounter(counters *recordBucket, account [32]byte) (uint64, error) {
 	v := counters.Get(account[:])
 	if v == nil {
 		return 0, nil
@@ -438,7 +436,7 @@ func (tx *Tx) ConfirmDelivery(contact [32]byte, id [16]byte) (Message, bool, err
 }
 
 // moveState is SetMessageState on the message m just read.
-func (tx *Tx) moveState(msgs *bolt.Bucket, m Message, to MessageState, opts ...StateOption) (Message, bool, error) {
+func (tx *Tx) moveState(msgs *recordBucket, m Message, to MessageState, opts ...StateOption) (Message, bool, error) {
 	id := m.ID
 	if m.Direction != Outgoing {
 		return m, false, fmt.Errorf("store: message %x is incoming; its state cannot change", id)
@@ -479,7 +477,7 @@ func (tx *Tx) ListMessages(contact *[32]byte, afterSeq uint64, limit int) ([]Mes
 	}
 	limit = min(limit, MaxPageSize)
 	var (
-		idx    *bolt.Bucket
+		idx    *recordBucket
 		err    error
 		prefix []byte
 		start  []byte
@@ -557,7 +555,7 @@ func (tx *Tx) moveConversation(from, to [32]byte) error {
 	if mb.counters.Get(to[:]) != nil {
 		return fmt.Errorf("%w: the new key already has a conversation", ErrDuplicate)
 	}
-	for _, b := range []*bolt.Bucket{mb.conv, seen} {
+	for _, b := range []*recordBucket{mb.conv, seen} {
 		var keys, vals [][]byte
 		c := b.Cursor()
 		for k, v := c.Seek(from[:]); k != nil && bytes.HasPrefix(k, from[:]); k, v = c.Next() {

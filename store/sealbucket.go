@@ -1,0 +1,341 @@
+package store
+
+import (
+	"bytes"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// bucketKeyDir is the key directory of an encrypted store: hashed key part
+// (32) -> sealed original. It is empty in a plain store.
+var bucketKeyDir = []byte("keydir")
+
+// createKeyDir is the schema migration that adds the key directory.
+// Migrations after it run on stores that may be encrypted: they must read
+// and write records through Tx.wrap, not bbolt directly.
+func createKeyDir(tx *bolt.Tx) error {
+	_, err := tx.CreateBucketIfNotExists(bucketKeyDir)
+	return err
+}
+
+// keyPolicy says which part of a bucket's keys is replaced by a keyed hash
+// in an encrypted store.
+type keyPolicy uint8
+
+const (
+	keysPlain     keyPolicy = iota // keys reveal nothing: stored as they are
+	keysAccount32                  // keys begin with an account key: its 32 bytes are hashed
+	keysName                       // the whole key is a contact's name: hashed
+)
+
+// policy is how an encrypted store keeps one bucket.
+type policy struct {
+	seal bool
+	keys keyPolicy
+}
+
+// bucketPolicies lists the buckets whose keys are hashed, and the buckets
+// kept plain. Every other bucket, including any added later, has its
+// values sealed and its keys stored as they are: new buckets are private
+// by default.
+var bucketPolicies = map[string]policy{
+	// Plain: the schema and the wrapped data key, and a mailbox node's
+	// buckets, which hold sealed envelopes for others and their indexes.
+	string(bucketMeta):       {},
+	string(bucketMbxEnv):     {},
+	string(bucketMbxHash):    {},
+	string(bucketMbxTag):     {},
+	string(bucketMbxExp):     {},
+	string(bucketMbxDel):     {},
+	string(bucketMbxTagStat): {},
+	string(bucketMbxMeta):    {},
+	string(bucketMbxReg):     {},
+	string(bucketMbxRegExp):  {},
+
+	// Keyed by the contact's account key.
+	string(bucketContacts): {seal: true, keys: keysAccount32},
+	string(bucketSessions): {seal: true, keys: keysAccount32},
+	string(bucketConv):     {seal: true, keys: keysAccount32},
+	string(bucketConvSeq):  {seal: true, keys: keysAccount32},
+	string(bucketSeen):     {seal: true, keys: keysAccount32},
+	string(bucketOutSeq):   {seal: true, keys: keysAccount32},
+	string(bucketInSeq):    {seal: true, keys: keysAccount32},
+	string(bucketHeld):     {seal: true, keys: keysAccount32},
+	// Keyed by the contact's name.
+	string(bucketNames): {seal: true, keys: keysName},
+}
+
+func policyFor(name []byte) policy {
+	if p, ok := bucketPolicies[string(name)]; ok {
+		return p
+	}
+	return policy{seal: true}
+}
+
+// recordBucket is a top-level bucket seen through the store's encryption:
+// in a plain store it is the bbolt bucket itself; in an encrypted one, Put
+// seals values and hashes keys, Get and iteration open and unhash them.
+// Values it returns are valid for the transaction (decrypted values are
+// fresh copies). A record that fails to open reads as absent and fails the
+// whole transaction with ErrCorrupt (Tx.fail), so damaged data is reported,
+// never shown.
+type recordBucket struct {
+	b    *bolt.Bucket
+	tx   *Tx
+	name []byte
+	pol  policy
+	s    *sealer // nil: plain
+}
+
+// wrap returns the record view of a top-level bucket.
+func (tx *Tx) wrap(name []byte, b *bolt.Bucket) *recordBucket {
+	rb := &recordBucket{b: b, tx: tx, name: name}
+	if tx.s != nil {
+		rb.pol, rb.s = policyFor(name), tx.s
+		if !rb.pol.seal && rb.pol.keys == keysPlain {
+			rb.s = nil
+		}
+	}
+	return rb
+}
+
+// storedKey maps a key to its stored form; record registers the original
+// in the key directory (Put).
+func (rb *recordBucket) storedKey(k []byte, record bool) ([]byte, error) {
+	if rb.s == nil {
+		return k, nil
+	}
+	var domain byte
+	part := k
+	switch rb.pol.keys {
+	case keysPlain:
+		return k, nil
+	case keysAccount32:
+		if len(k) < 32 {
+			return k, nil
+		}
+		domain, part = hashAccount, k[:32]
+	case keysName:
+		domain = hashName
+	}
+	h := rb.s.hash(domain, part)
+	if err := rb.tx.rememberKey(h, part, record); err != nil {
+		return nil, err
+	}
+	if rb.pol.keys == keysName {
+		return h[:], nil
+	}
+	return concat(h[:], k[32:]), nil
+}
+
+// originalKey inverts storedKey.
+func (rb *recordBucket) originalKey(k []byte) []byte {
+	if k == nil || rb.s == nil || rb.pol.keys == keysPlain || len(k) < 32 {
+		return k
+	}
+	part, ok := rb.tx.lookupKey([32]byte(k[:32]))
+	if !ok {
+		rb.tx.fail(fmt.Errorf("%w: a key in %s has no key directory entry", ErrCorrupt, rb.name))
+		return k
+	}
+	if rb.pol.keys == keysName {
+		return part
+	}
+	return concat(part, k[32:])
+}
+
+func (rb *recordBucket) openValue(storedKey, v []byte) []byte {
+	if v == nil || rb.s == nil || !rb.pol.seal {
+		return v
+	}
+	pv, err := rb.s.open(rb.name, storedKey, v)
+	if err != nil {
+		rb.tx.fail(err)
+		return nil
+	}
+	return pv
+}
+
+// Get returns the value of key k, or nil.
+func (rb *recordBucket) Get(k []byte) []byte {
+	if rb.s == nil {
+		return rb.b.Get(k)
+	}
+	sk, err := rb.storedKey(k, false)
+	if err != nil {
+		rb.tx.fail(err)
+		return nil
+	}
+	return rb.openValue(sk, rb.b.Get(sk))
+}
+
+// Put stores v under k.
+func (rb *recordBucket) Put(k, v []byte) error {
+	if rb.s == nil {
+		return rb.b.Put(k, v)
+	}
+	sk, err := rb.storedKey(k, true)
+	if err != nil {
+		return err
+	}
+	if rb.pol.seal {
+		if v, err = rb.s.seal(rb.name, sk, v); err != nil {
+			return err
+		}
+	}
+	return rb.b.Put(sk, v)
+}
+
+// Delete removes k.
+func (rb *recordBucket) Delete(k []byte) error {
+	sk, err := rb.storedKey(k, false)
+	if err != nil {
+		return err
+	}
+	rb.tx.noteDelete(rb.name)
+	return rb.b.Delete(sk)
+}
+
+// ForEach calls fn for every record in stored-key order.
+func (rb *recordBucket) ForEach(fn func(k, v []byte) error) error {
+	if rb.s == nil {
+		return rb.b.ForEach(fn)
+	}
+	return rb.b.ForEach(func(k, v []byte) error {
+		pv := rb.openValue(k, v)
+		if v != nil && pv == nil {
+			return nil // reported by Tx.fail
+		}
+		return fn(rb.originalKey(k), pv)
+	})
+}
+
+// Cursor returns a cursor over the bucket.
+func (rb *recordBucket) Cursor() *recordCursor { return &recordCursor{c: rb.b.Cursor(), rb: rb} }
+
+// Stats, sequences: as bbolt's.
+func (rb *recordBucket) Stats() bolt.BucketStats       { return rb.b.Stats() }
+func (rb *recordBucket) NextSequence() (uint64, error) { return rb.b.NextSequence() }
+func (rb *recordBucket) Sequence() uint64              { return rb.b.Sequence() }
+func (rb *recordBucket) SetSequence(v uint64) error    { return rb.b.SetSequence(v) }
+
+// recordCursor is a bbolt cursor seen through the store's encryption. In
+// a bucket with hashed keys, records are in the order of the stored keys:
+// all records of one account are together and in order, but accounts come
+// in hash order.
+type recordCursor struct {
+	c  *bolt.Cursor
+	rb *recordBucket
+}
+
+func (rc *recordCursor) out(k, v []byte) ([]byte, []byte) {
+	if rc.rb.s == nil || k == nil {
+		return k, v
+	}
+	pv := rc.rb.openValue(k, v)
+	return rc.rb.originalKey(k), pv
+}
+
+func (rc *recordCursor) First() ([]byte, []byte) { return rc.out(rc.c.First()) }
+func (rc *recordCursor) Last() ([]byte, []byte)  { return rc.out(rc.c.Last()) }
+func (rc *recordCursor) Next() ([]byte, []byte)  { return rc.out(rc.c.Next()) }
+func (rc *recordCursor) Prev() ([]byte, []byte)  { return rc.out(rc.c.Prev()) }
+func (rc *recordCursor) Delete() error {
+	rc.rb.tx.noteDelete(rc.rb.name)
+	return rc.c.Delete()
+}
+
+// Seek moves to the first record whose original key is at or after seek
+// among those sharing its hashed part.
+func (rc *recordCursor) Seek(seek []byte) ([]byte, []byte) {
+	sk, err := rc.rb.storedKey(seek, false)
+	if err != nil {
+		rc.rb.tx.fail(err)
+		return nil, nil
+	}
+	return rc.out(rc.c.Seek(sk))
+}
+
+// rememberKey notes the original of a hashed key part; with record it also
+// makes sure the key directory holds it.
+func (tx *Tx) rememberKey(h [32]byte, part []byte, record bool) error {
+	if tx.keys == nil {
+		tx.keys = map[[32]byte][]byte{}
+	}
+	if _, ok := tx.keys[h]; !ok {
+		tx.keys[h] = bytes.Clone(part)
+	}
+	if !record || tx.recorded[h] {
+		return nil
+	}
+	dir := tx.tx.Bucket(bucketKeyDir)
+	if dir == nil {
+		return fmt.Errorf("%w: bucket %q is missing", ErrCorrupt, bucketKeyDir)
+	}
+	if v := dir.Get(h[:]); v == nil {
+		sv, err := tx.s.seal(bucketKeyDir, h[:], part)
+		if err != nil {
+			return err
+		}
+		if err := dir.Put(h[:], sv); err != nil {
+			return err
+		}
+	}
+	if tx.recorded == nil {
+		tx.recorded = map[[32]byte]bool{}
+	}
+	tx.recorded[h] = true
+	return nil
+}
+
+// lookupKey returns the original of a hashed key part.
+func (tx *Tx) lookupKey(h [32]byte) ([]byte, bool) {
+	if p, ok := tx.keys[h]; ok {
+		return p, true
+	}
+	dir := tx.tx.Bucket(bucketKeyDir)
+	if dir == nil {
+		return nil, false
+	}
+	v := dir.Get(h[:])
+	if v == nil {
+		return nil, false
+	}
+	p, err := tx.s.open(bucketKeyDir, h[:], v)
+	if err != nil {
+		tx.fail(err)
+		return nil, false
+	}
+	if tx.keys == nil {
+		tx.keys = map[[32]byte][]byte{}
+	}
+	tx.keys[h] = p
+	return p, true
+}
+
+// fail records the first damaged record met in the transaction; the
+// transaction then returns it (and an Update rolls back).
+func (tx *Tx) fail(err error) {
+	if tx.err == nil {
+		tx.err = err
+	}
+}
+
+// secretBuckets hold records whose deletion must reach the file: private
+// prekeys, sessions, and a deleted conversation's messages and contact.
+// When one of their records is deleted, the store is due to be rewritten
+// (see rewrite.go).
+var secretBuckets = map[string]bool{
+	string(bucketPrekeys):  true,
+	string(bucketSessions): true,
+	string(bucketMessages): true,
+	string(bucketContacts): true,
+}
+
+// noteDelete records a deleted secret.
+func (tx *Tx) noteDelete(bucket []byte) {
+	if secretBuckets[string(bucket)] {
+		tx.secretGone = true
+	}
+}
