@@ -212,7 +212,7 @@ func (tx *Tx) admitMessage(m Message) (Message, error) {
 	case Incoming:
 		m.State = StateReceived
 		// Marked seen here, in the transaction that stores the message.
-		already, err := tx.MarkSeen(m.Contact, m.ID)
+		already, err := tx.markSeen(m.Contact, m.ID, seenUntil(m))
 		if err != nil {
 			return Message{}, err
 		}
@@ -518,6 +518,12 @@ func seenKey(contact [32]byte, id [16]byte) []byte { return concat(contact[:], i
 // incoming messages; call it directly for messages that are not stored,
 // such as receipts.
 func (tx *Tx) MarkSeen(contact [32]byte, id [16]byte) (already bool, err error) {
+	return tx.markSeen(contact, id, nil)
+}
+
+// markSeen is MarkSeen with the mark's expiry (timeKey, see PruneSeen);
+// nil writes a mark without one.
+func (tx *Tx) markSeen(contact [32]byte, id [16]byte, until []byte) (already bool, err error) {
 	seen, err := tx.wbucket(bucketSeen)
 	if err != nil {
 		return false, err
@@ -526,7 +532,10 @@ func (tx *Tx) MarkSeen(contact [32]byte, id [16]byte) (already bool, err error) 
 	if seen.Get(k) != nil {
 		return true, nil
 	}
-	return false, seen.Put(k, present)
+	if until == nil {
+		until = present
+	}
+	return false, seen.Put(k, until)
 }
 
 // Seen reports whether contact's message ID was recorded by MarkSeen.
