@@ -59,7 +59,7 @@ const (
 var (
 	// ErrPassphraseRequired means the store is encrypted and no passphrase
 	// was given.
-	ErrPassphraseRequired = errors.New("store: the data dir is encrypted; supply its passphrase with --passphrase-file")
+	ErrPassphraseRequired = errors.New("store: the data dir is encrypted; give its passphrase with --passphrase-file (or SOTTO_PASSPHRASE_FILE)")
 	// ErrWrongPassphrase means the passphrase does not unwrap the store's
 	// data key.
 	ErrWrongPassphrase = errors.New("store: wrong passphrase for the data dir; try again with the right passphrase")

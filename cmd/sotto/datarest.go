@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/sotto-im/sotto/api"
+	"github.com/sotto-im/sotto/node"
+)
+
+// Commands about the data at rest: `sotto passphrase change` and
+// `sotto compact`, both on a stopped node, and the store lines of
+// `sotto status`.
+
+var passphraseChangeCommand = &command{
+	name:     "passphrase change",
+	synopsis: "[--data DIR] [--passphrase-file OLD] --new-passphrase-file NEW",
+	summary:  "change the passphrase of the keys and the store (node stopped)",
+	detail: "Rewraps the keystore and the store's data key under the passphrase in NEW\n" +
+		"(its first line); the records are not re-encrypted. Without --passphrase-file\n" +
+		"(or $SOTTO_PASSPHRASE_FILE), a data directory without a passphrase gets one.\n" +
+		"The node must be stopped.\n" + dataDirHelp,
+	setup: func(fs *flag.FlagSet) runFunc {
+		data := dataDirFlag(fs)
+		oldFile := fs.String("passphrase-file", "", "read the current passphrase from `FILE`")
+		newFile := fs.String("new-passphrase-file", "", "read the new passphrase from `FILE`")
+		return func(ctx context.Context, c *cli, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected argument %q", args[0])
+			}
+			if *newFile == "" {
+				return usagef("missing --new-passphrase-file")
+			}
+			dir, err := c.dataDir(*data)
+			if err != nil {
+				return err
+			}
+			old, err := c.passphrase(*oldFile)
+			if err != nil {
+				return err
+			}
+			pass, err := readPassphrase(*newFile)
+			if err != nil {
+				return err
+			}
+			if len(pass) == 0 {
+				return fmt.Errorf("the new passphrase file %s is empty", *newFile)
+			}
+			if c.app.ChangePassphrase == nil {
+				return notAvailable("passphrase change")
+			}
+			if err := c.app.ChangePassphrase(ctx, dir, old, pass); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "Changed the passphrase of %s.\n", dir)
+			return nil
+		}
+	},
+}
+
+var compactCommand = &command{
+	name:     "compact",
+	synopsis: "[--data DIR] [--passphrase-file FILE] [--json]",
+	summary:  "rewrite the store into a fresh file to reclaim space (node stopped)",
+	detail: "Copies every record into a new file that replaces the old one, so the space of\n" +
+		"deleted records is reclaimed and their bytes leave the data directory.\n" + dataDirHelp,
+	setup: func(fs *flag.FlagSet) runFunc {
+		data := dataDirFlag(fs)
+		passFile := fs.String("passphrase-file", "", "read the passphrase from `FILE`")
+		asJSON := jsonFlag(fs)
+		return func(ctx context.Context, c *cli, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected argument %q", args[0])
+			}
+			dir, err := c.dataDir(*data)
+			if err != nil {
+				return err
+			}
+			pass, err := c.passphrase(*passFile)
+			if err != nil {
+				return err
+			}
+			if c.app.Compact == nil {
+				return notAvailable("compact")
+			}
+			before, after, err := c.app.Compact(ctx, dir, pass)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return printJSON(c.stdout, struct {
+					Before int64 `json:"bytes_before"`
+					After  int64 `json:"bytes_after"`
+				}{before, after})
+			}
+			fmt.Fprintf(c.stdout, "Compacted %s: %d bytes before, %d after.\n", dir, before, after)
+			return nil
+		}
+	},
+}
+
+// passphrase reads the passphrase from file, else from
+// $SOTTO_PASSPHRASE_FILE; nil when neither is set.
+func (c *cli) passphrase(file string) ([]byte, error) {
+	if file == "" {
+		file = c.getenv("SOTTO_PASSPHRASE_FILE")
+	}
+	if file == "" {
+		return nil, nil
+	}
+	return readPassphrase(file)
+}
+
+// changePassphrase is App.ChangePassphrase of the real node.
+func changePassphrase(_ context.Context, dir string, old, new []byte) error {
+	if err := node.ChangePassphrase(dir, old, new); err != nil {
+		return openError(dir, err)
+	}
+	return nil
+}
+
+// compactStore is App.Compact of the real node.
+func compactStore(_ context.Context, dir string, pass []byte) (int64, int64, error) {
+	before, after, err := node.Compact(dir, pass)
+	if err != nil {
+		return 0, 0, openError(dir, err)
+	}
+	return before, after, nil
+}
+
+// lockedStoreError explains how to open an encrypted data directory while
+// no node runs.
+func lockedStoreError(dir string) error {
+	return fmt.Errorf("the data directory %s is encrypted: start its node (`sotto run --passphrase-file FILE`) "+
+		"or set $SOTTO_PASSPHRASE_FILE", dir)
+}
+
+// isLockedStore reports an encrypted data directory opened without its
+// passphrase.
+func isLockedStore(err error) bool { return errors.Is(err, node.ErrStoreLocked) }
+
+// printStore writes the store lines of `sotto status`.
+func printStore(w io.Writer, st api.StoreStatus) {
+	enc := "not encrypted (no passphrase: run `sotto run --passphrase-file FILE` to encrypt it)"
+	if st.Encrypted {
+		enc = "encrypted"
+	}
+	fmt.Fprintf(w, "store:            %s, %d bytes\n", enc, st.FileBytes)
+	fmt.Fprintf(w, "                  %d contacts, %d messages, %d sessions, %d prekeys, %d in outbox\n",
+		st.Contacts, st.Messages, st.Sessions, st.Prekeys, st.Outbox)
+	fmt.Fprintf(w, "                  %d dedup marks, %d envelope tokens, %d replay marks\n",
+		st.DedupMarks, st.EnvelopeTokens, st.ReplayMarks)
+	if st.RewriteDue {
+		fmt.Fprintf(w, "                  deleted secrets wait for the next rewrite (hourly, at stop, or `sotto compact`)\n")
+	}
+}
