@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sotto-im/sotto/keys"
+	"github.com/sotto-im/sotto/node"
+	"github.com/sotto-im/sotto/store"
+)
+
+// migrationMessages is how many messages the plain store holds before the
+// migration test encrypts it: enough that encrypting takes a while.
+const migrationMessages = 30000
+
+// fillPlainStore gives the plain store in dir three contacts and
+// migrationMessages messages, and returns the message texts and names.
+func fillPlainStore(t *testing.T, dir string) [][]byte {
+	t.Helper()
+	db, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var secrets [][]byte
+	var accts [][32]byte
+	if err := db.Update(func(tx *store.Tx) error {
+		for i, name := range []string{"Ottoline Brackenbury", "Casimir Wolstenholme", "Perpetua Ansorge"} {
+			var a [32]byte
+			rand.Read(a[:])
+			if err := tx.AddContact(store.Contact{Name: name, Account: a, PeerID: "12D3KooWPeer" + fmt.Sprint(i), Added: time.Now()}); err != nil {
+				return err
+			}
+			accts = append(accts, a)
+			secrets = append(secrets, []byte(name))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for b := 0; b < migrationMessages/5000; b++ {
+		if err := db.Update(func(tx *store.Tx) error {
+			for j := 0; j < 5000; j++ {
+				n := b*5000 + j
+				var id [16]byte
+				rand.Read(id[:])
+				text := fmt.Sprintf("migrating message %05d: the eagle lands at noon", n)
+				m := store.Message{ID: id, Contact: accts[n%3], Direction: store.Incoming, Body: []byte(text), SentAt: time.Now(), ReceivedAt: time.Now()}
+				if _, err := tx.AppendMessage(m); err != nil {
+					return err
+				}
+				if n%100 == 0 {
+					secrets = append(secrets, []byte(text))
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return secrets
+}
+
+// storeState opens the data directory in this process as any command
+// would after a crash, and returns whether the store is encrypted and how
+// many messages it holds.
+func storeState(t *testing.T, dir string, pass []byte) (encrypted bool, messages int) {
+	t.Helper()
+	db, err := store.Open(dir)
+	if errors.Is(err, store.ErrPassphraseRequired) {
+		encrypted = true
+		db, err = store.Open(dir, store.WithPassphrase(pass))
+	}
+	if err != nil {
+		t.Fatalf("the data directory does not open: %v", err)
+	}
+	defer db.Close()
+	st, err := db.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Check(); err != nil {
+		t.Fatalf("check after a kill: %v", err)
+	}
+	return encrypted, st.Messages
+}
+
+// TestMigrationKill9 runs the real binary: a data directory made before
+// stores were encrypted (keystore under a passphrase, store plain, 30,000
+// messages) is encrypted by the first `sotto run` with the passphrase.
+// A wrong passphrase is refused with nothing written. `sotto run` killed
+// with SIGKILL at increasing points of the migration leaves each time a
+// directory that opens with every message, plain or encrypted; the next
+// run finishes the migration, after which no message text or contact name
+// is anywhere in the directory.
+func TestMigrationKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and writes 30,000 messages")
+	}
+	e := newE2E(t)
+	dir := e.dir("old")
+	e.sotto("init", "--data", dir, "--name", "old")
+	pass := []byte("migration passphrase")
+	passFile := filepath.Join(e.root, "pass.txt")
+	wrongFile := filepath.Join(e.root, "wrong.txt")
+	os.WriteFile(passFile, append(pass, '\n'), 0o600)
+	os.WriteFile(wrongFile, []byte("not it\n"), 0o600)
+	ksPath := filepath.Join(dir, node.KeystoreFile)
+	ks, err := keys.ReadKeystore(ksPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := keys.WriteKeystore(ksPath, ks, pass, rand.Reader); err != nil {
+		t.Fatal(err)
+	}
+	secrets := fillPlainStore(t, dir)
+
+	before := dirFilesOf(t, dir)
+	if out, err := e.try("run", "--data", dir, "--lan", "--listen", "/ip4/127.0.0.1/tcp/0", "--passphrase-file", wrongFile); err == nil {
+		t.Fatalf("run with the wrong passphrase succeeded: %s", out)
+	}
+	if after := dirFilesOf(t, dir); !sameFiles(before, after) {
+		t.Fatal("a run with the wrong passphrase changed the data directory")
+	}
+
+	args := []string{"run", "--data", dir, "--lan", "--listen", "/ip4/127.0.0.1/tcp/0", "--passphrase-file", passFile}
+	encrypted := false
+	for i := 0; i < 16 && !encrypted; i++ {
+		cmd := exec.Command(e.bin, args...)
+		cmd.Env = e.env
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		delay := time.Duration(100+180*i) * time.Millisecond
+		time.Sleep(delay) // where the kill lands; nothing is asserted about timing
+		cmd.Process.Kill()
+		cmd.Wait()
+		_, statErr := os.Stat(filepath.Join(dir, store.FileName+".rewrite"))
+		var n int
+		encrypted, n = storeState(t, dir, pass)
+		t.Logf("kill after %v: encrypted %v, half-written rewrite left: %v", delay, encrypted, statErr == nil)
+		if n != migrationMessages {
+			t.Fatalf("after a kill at %v: %d messages, want %d", delay, n, migrationMessages)
+		}
+	}
+	// A run to the end finishes whatever is left.
+	node := e.start("old", "--passphrase-file", passFile)
+	node.stop()
+	if enc, n := storeState(t, dir, pass); !enc || n != migrationMessages {
+		t.Fatalf("after a full run: encrypted %v, %d messages", enc, n)
+	}
+	for _, s := range secrets {
+		for p, b := range dirFilesOf(t, dir) {
+			if bytes.Contains(b, s) {
+				t.Errorf("%q is in %s after the migration", s, p)
+			}
+		}
+	}
+}
+
+func dirFilesOf(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Type()&os.ModeSocket != 0 {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		out[p] = b
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func sameFiles(a, b map[string][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for p, x := range a {
+		if y, ok := b[p]; !ok || !bytes.Equal(x, y) {
+			return false
+		}
+	}
+	return true
+}
