@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -32,7 +33,7 @@ type StoreStats = store.Stats
 func storeOptions(cfg *Config, extra ...store.Option) []store.Option {
 	opts := []store.Option{
 		store.WithPassphrase(cfg.Passphrase),
-		store.WithBeforeEncrypt(func() error { return checkKeystorePassphrase(cfg.DataDir, cfg.Passphrase) }),
+		store.WithBeforeEncrypt(func() error { return prepareKeystore(cfg.DataDir, cfg.Passphrase, cfg.Rand) }),
 	}
 	if cfg.StoreKDF != nil {
 		opts = append(opts, store.WithKDF(*cfg.StoreKDF))
@@ -40,14 +41,23 @@ func storeOptions(cfg *Config, extra ...store.Option) []store.Option {
 	return append(opts, extra...)
 }
 
-// checkKeystorePassphrase refuses a passphrase that the data directory's
-// keystore, when it is encrypted, does not accept.
-func checkKeystorePassphrase(dir string, pass []byte) error {
-	_, err := keys.ReadKeystore(filepath.Join(dir, KeystoreFile), pass)
-	if errors.Is(err, fs.ErrNotExist) {
+// prepareKeystore runs before a plain store is encrypted under pass: it
+// refuses a passphrase that the data directory's encrypted keystore does
+// not accept, and encrypts a plain keystore under pass, so that the keys
+// are not left in the clear next to an encrypted store.
+func prepareKeystore(dir string, pass []byte, rand io.Reader) error {
+	path := filepath.Join(dir, KeystoreFile)
+	ks, err := keys.ReadKeystore(path, nil)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return nil // Init: the keystore comes after the store
+	case errors.Is(err, keys.ErrPassphraseRequired):
+		_, err = keys.ReadKeystore(path, pass)
+		return err
+	case err != nil:
+		return err
 	}
-	return err
+	return keys.WriteKeystore(path, ks, pass, rand)
 }
 
 // ChangePassphrase changes the passphrase of the data directory dir
