@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/argon2"
@@ -77,7 +79,7 @@ type KDFParams struct {
 
 // DefaultKDF is the Argon2id cost for new wrappings: about half a second on
 // a two-core machine (docs/BENCHMARKS.md, BenchmarkArgon2idDefault).
-var DefaultKDF = KDFParams{Time: 4, Memory: 64 << 10, Threads: 2}
+var DefaultKDF = KDFParams{Time: 6, Memory: 128 << 10, Threads: 2}
 
 // Bounds a stored wrapping's parameters must respect, so that a damaged or
 // hostile file cannot make Open spend unbounded time or memory.
@@ -186,6 +188,9 @@ type sealer struct {
 	aead    cipher.AEAD
 	hashKey []byte
 	rand    io.Reader
+
+	hashes  sync.Map // string(domain || part) -> [32]byte
+	nHashes atomic.Int64
 }
 
 // newSealer derives the record and key-hash subkeys from dk.
@@ -247,6 +252,23 @@ func (s *sealer) open(bucket, key, sealed []byte) ([]byte, error) {
 		v = []byte{}
 	}
 	return v, nil
+}
+
+// maxHashCache bounds the key hashes a sealer remembers (a few per contact).
+const maxHashCache = 1 << 14
+
+// cachedHash is hash, remembered: the same accounts are hashed for every
+// message.
+func (s *sealer) cachedHash(domain byte, part []byte) [32]byte {
+	k := string(append([]byte{domain}, part...))
+	if h, ok := s.hashes.Load(k); ok {
+		return h.([32]byte)
+	}
+	h := s.hash(domain, part)
+	if s.nHashes.Add(1) <= maxHashCache {
+		s.hashes.Store(k, h)
+	}
+	return h
 }
 
 // hash is the keyed hash that replaces a key part naming a contact.

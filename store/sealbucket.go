@@ -53,15 +53,27 @@ var bucketPolicies = map[string]policy{
 	string(bucketMbxReg):     {},
 	string(bucketMbxRegExp):  {},
 
+	// Indexes whose keys and values are random IDs, sequence numbers,
+	// times, epochs and markers: they reveal nothing a sealed record
+	// hides, and are read and written for every message.
+	string(bucketGlobal):      {},
+	string(bucketOutboxDue):   {},
+	string(bucketTagEpochs):   {},
+	string(bucketSeenInit):    {},
+	string(bucketSeenInitExp): {},
+
 	// Keyed by the contact's account key.
 	string(bucketContacts): {seal: true, keys: keysAccount32},
 	string(bucketSessions): {seal: true, keys: keysAccount32},
-	string(bucketConv):     {seal: true, keys: keysAccount32},
-	string(bucketConvSeq):  {seal: true, keys: keysAccount32},
 	string(bucketSeen):     {seal: true, keys: keysAccount32},
-	string(bucketOutSeq):   {seal: true, keys: keysAccount32},
-	string(bucketInSeq):    {seal: true, keys: keysAccount32},
 	string(bucketHeld):     {seal: true, keys: keysAccount32},
+	// Per-contact counters and the conversation index (seq -> random
+	// message ID): the hashed key already shows how many messages a
+	// conversation has, the values add nothing.
+	string(bucketConv):    {keys: keysAccount32},
+	string(bucketConvSeq): {keys: keysAccount32},
+	string(bucketOutSeq):  {keys: keysAccount32},
+	string(bucketInSeq):   {keys: keysAccount32},
 	// Keyed by the contact's name.
 	string(bucketNames): {seal: true, keys: keysName},
 }
@@ -119,7 +131,7 @@ func (rb *recordBucket) storedKey(k []byte, record bool) ([]byte, error) {
 	case keysName:
 		domain = hashName
 	}
-	h := rb.s.hash(domain, part)
+	h := rb.tx.s.cachedHash(domain, part)
 	if err := rb.tx.rememberKey(h, part, record); err != nil {
 		return nil, err
 	}
