@@ -182,7 +182,7 @@ func (db *DB) encrypt(pass []byte) error {
 		if !pol.seal {
 			return sk, v, nil
 		}
-		sv, err := s.seal(name, sk, v)
+		sv, err := sealValue(s, name, pol, sk, v)
 		return sk, sv, err
 	}
 	finish := func(tx *bolt.Tx) error {

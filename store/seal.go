@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/argon2"
@@ -189,8 +188,8 @@ type sealer struct {
 	hashKey []byte
 	rand    io.Reader
 
-	hashes  sync.Map // string(domain || part) -> [32]byte
-	nHashes atomic.Int64
+	mu     sync.RWMutex
+	hashes map[[32]byte][32]byte // account -> its hash
 }
 
 // newSealer derives the record and key-hash subkeys from dk.
@@ -211,7 +210,7 @@ func newSealer(dk []byte, rnd io.Reader) (*sealer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &sealer{aead: aead, hashKey: hk, rand: rnd}, nil
+	return &sealer{aead: aead, hashKey: hk, rand: rnd, hashes: map[[32]byte][32]byte{}}, nil
 }
 
 // A sealer never prints its keys.
@@ -220,12 +219,23 @@ func (s *sealer) GoString() string           { return s.String() }
 func (s *sealer) LogValue() slog.Value       { return slog.StringValue("REDACTED") }
 func (s *sealer) Format(f fmt.State, _ rune) { io.WriteString(f, s.String()) }
 
+// adPool recycles associated-data buffers (one per seal and open).
+var adPool = sync.Pool{New: func() any { b := make([]byte, 0, 128); return &b }}
+
 // sealAD is the associated data of a record: its bucket and stored key.
-func sealAD(bucket, key []byte) []byte {
-	ad := make([]byte, 0, 2+len(bucket)+len(key))
-	ad = append(ad, sealedV1, byte(len(bucket)))
+// Return the buffer with putAD.
+func sealAD(bucket, key []byte) *[]byte {
+	p := adPool.Get().(*[]byte)
+	ad := append((*p)[:0], sealedV1, byte(len(bucket)))
 	ad = append(ad, bucket...)
-	return append(ad, key...)
+	*p = append(ad, key...)
+	return p
+}
+
+func putAD(p *[]byte) {
+	if cap(*p) <= 1024 {
+		adPool.Put(p)
+	}
 }
 
 // seal encrypts value as the record (bucket, key).
@@ -235,7 +245,9 @@ func (s *sealer) seal(bucket, key, value []byte) ([]byte, error) {
 	if _, err := io.ReadFull(s.rand, out[1:]); err != nil {
 		return nil, fmt.Errorf("store: nonce: %w", err)
 	}
-	return s.aead.Seal(out, out[1:], value, sealAD(bucket, key)), nil
+	ad := sealAD(bucket, key)
+	defer putAD(ad)
+	return s.aead.Seal(out, out[1:], value, *ad), nil
 }
 
 // open decrypts the record (bucket, key); any change to the value, or a
@@ -244,7 +256,9 @@ func (s *sealer) open(bucket, key, sealed []byte) ([]byte, error) {
 	if len(sealed) < sealOverhead || sealed[0] != sealedV1 {
 		return nil, fmt.Errorf("%w: sealed record in %s of %d bytes", ErrCorrupt, bucket, len(sealed))
 	}
-	v, err := s.aead.Open(nil, sealed[1:1+chacha20poly1305.NonceSizeX], sealed[1+chacha20poly1305.NonceSizeX:], sealAD(bucket, key))
+	ad := sealAD(bucket, key)
+	defer putAD(ad)
+	v, err := s.aead.Open(nil, sealed[1:1+chacha20poly1305.NonceSizeX], sealed[1+chacha20poly1305.NonceSizeX:], *ad)
 	if err != nil {
 		return nil, fmt.Errorf("%w: a record in %s fails authentication", ErrCorrupt, bucket)
 	}
@@ -260,14 +274,22 @@ const maxHashCache = 1 << 14
 // cachedHash is hash, remembered: the same accounts are hashed for every
 // message.
 func (s *sealer) cachedHash(domain byte, part []byte) [32]byte {
-	k := string(append([]byte{domain}, part...))
-	if h, ok := s.hashes.Load(k); ok {
-		return h.([32]byte)
+	if domain != hashAccount || len(part) != 32 {
+		return s.hash(domain, part)
 	}
-	h := s.hash(domain, part)
-	if s.nHashes.Add(1) <= maxHashCache {
-		s.hashes.Store(k, h)
+	k := [32]byte(part)
+	s.mu.RLock()
+	h, ok := s.hashes[k]
+	s.mu.RUnlock()
+	if ok {
+		return h
 	}
+	h = s.hash(domain, part)
+	s.mu.Lock()
+	if len(s.hashes) < maxHashCache {
+		s.hashes[k] = h
+	}
+	s.mu.Unlock()
 	return h
 }
 

@@ -330,3 +330,34 @@ func TestChangePassphrase(t *testing.T) {
 		t.Errorf("plain store: %v", err)
 	}
 }
+
+// TestEncryptedTokenPrefix: a token record's plain prefix (part of the
+// public delete hash) is authenticated with the sealed rest: a record
+// relabelled with another envelope's hash fails to open.
+func TestEncryptedTokenPrefix(t *testing.T) {
+	db := mustOpenSealed(t, filepath.Join(t.TempDir(), "data"), "pw")
+	var h1, h2 [32]byte
+	h1[0], h2[0] = 1, 2
+	mustUpdate(t, db, func(tx *Tx) error { return tx.PutEnvelopeToken(t0, h1, []byte("token one")) })
+	mustView(t, db, func(tx *Tx) error {
+		rec, err := tx.EnvelopeToken(t0, h1)
+		if err != nil || string(rec) != "token one" {
+			t.Errorf("EnvelopeToken: %q, %v", rec, err)
+		}
+		return nil
+	})
+	mustUpdate(t, db, func(tx *Tx) error {
+		b := tx.tx.Bucket(bucketTokenLog)
+		k, v := b.Cursor().First()
+		if bytes.Contains(v, []byte("token one")) {
+			t.Error("token record in the clear")
+		}
+		v = bytes.Clone(v)
+		copy(v, h2[:tokenHashSize])
+		return b.Put(bytes.Clone(k), v)
+	})
+	err := db.View(func(tx *Tx) error { _, err := tx.EnvelopeToken(t0, h2); return err })
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("relabelled token record: %v, want ErrCorrupt", err)
+	}
+}

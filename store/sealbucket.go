@@ -33,6 +33,10 @@ const (
 type policy struct {
 	seal bool
 	keys keyPolicy
+	// plainPrefix leaves the first bytes of each value unsealed (they
+	// are authenticated as part of the associated data), so a scan can
+	// compare them without opening every record.
+	plainPrefix int
 }
 
 // bucketPolicies lists the buckets whose keys are hashed, and the buckets
@@ -61,6 +65,11 @@ var bucketPolicies = map[string]policy{
 	string(bucketTagEpochs):   {},
 	string(bucketSeenInit):    {},
 	string(bucketSeenInitExp): {},
+
+	// Token records: the first tokenHashSize bytes are part of the
+	// envelope's delete hash (public, in the envelope); lookups compare
+	// them while scanning an expiry second.
+	string(bucketTokenLog): {seal: true, plainPrefix: tokenHashSize},
 
 	// Keyed by the contact's account key.
 	string(bucketContacts): {seal: true, keys: keysAccount32},
@@ -161,12 +170,44 @@ func (rb *recordBucket) openValue(storedKey, v []byte) []byte {
 	if v == nil || rb.s == nil || !rb.pol.seal {
 		return v
 	}
-	pv, err := rb.s.open(rb.name, storedKey, v)
+	pv, err := openValue(rb.s, rb.name, rb.pol, storedKey, v)
 	if err != nil {
 		rb.tx.fail(err)
 		return nil
 	}
 	return pv
+}
+
+// sealValue seals v as the record (name, storedKey) under pol.
+func sealValue(s *sealer, name []byte, pol policy, storedKey, v []byte) ([]byte, error) {
+	p := pol.plainPrefix
+	if p == 0 {
+		return s.seal(name, storedKey, v)
+	}
+	if len(v) < p {
+		return nil, fmt.Errorf("store: a value in %s is shorter than its plain prefix", name)
+	}
+	sv, err := s.seal(name, concat(storedKey, v[:p]), v[p:])
+	if err != nil {
+		return nil, err
+	}
+	return concat(v[:p], sv), nil
+}
+
+// openValue inverts sealValue.
+func openValue(s *sealer, name []byte, pol policy, storedKey, v []byte) ([]byte, error) {
+	p := pol.plainPrefix
+	if p == 0 {
+		return s.open(name, storedKey, v)
+	}
+	if len(v) < p {
+		return nil, fmt.Errorf("%w: a record in %s is shorter than its plain prefix", ErrCorrupt, name)
+	}
+	pv, err := s.open(name, concat(storedKey, v[:p]), v[p:])
+	if err != nil {
+		return nil, err
+	}
+	return concat(v[:p], pv), nil
 }
 
 // Get returns the value of key k, or nil.
@@ -192,7 +233,7 @@ func (rb *recordBucket) Put(k, v []byte) error {
 		return err
 	}
 	if rb.pol.seal {
-		if v, err = rb.s.seal(rb.name, sk, v); err != nil {
+		if v, err = sealValue(rb.s, rb.name, rb.pol, sk, v); err != nil {
 			return err
 		}
 	}
@@ -226,6 +267,28 @@ func (rb *recordBucket) ForEach(fn func(k, v []byte) error) error {
 // Cursor returns a cursor over the bucket.
 func (rb *recordBucket) Cursor() *recordCursor { return &recordCursor{c: rb.b.Cursor(), rb: rb} }
 
+// PeekCursor returns a cursor whose values are as stored: sealed in an
+// encrypted store except for the bucket's plain prefix. Open one with
+// OpenPeeked. Scans that need only keys, or only the plain prefix, use it
+// so as not to open every record.
+func (rb *recordBucket) PeekCursor() *recordCursor {
+	return &recordCursor{c: rb.b.Cursor(), rb: rb, peek: true}
+}
+
+// OpenPeeked opens a value a PeekCursor returned under key k (nil, and the
+// transaction fails, if it does not open).
+func (rb *recordBucket) OpenPeeked(k, v []byte) []byte {
+	if rb.s == nil {
+		return v
+	}
+	sk, err := rb.storedKey(k, false)
+	if err != nil {
+		rb.tx.fail(err)
+		return nil
+	}
+	return rb.openValue(sk, v)
+}
+
 // Stats, sequences: as bbolt's.
 func (rb *recordBucket) Stats() bolt.BucketStats       { return rb.b.Stats() }
 func (rb *recordBucket) NextSequence() (uint64, error) { return rb.b.NextSequence() }
@@ -237,13 +300,17 @@ func (rb *recordBucket) SetSequence(v uint64) error    { return rb.b.SetSequence
 // all records of one account are together and in order, but accounts come
 // in hash order.
 type recordCursor struct {
-	c  *bolt.Cursor
-	rb *recordBucket
+	c    *bolt.Cursor
+	rb   *recordBucket
+	peek bool // values as stored (PeekCursor)
 }
 
 func (rc *recordCursor) out(k, v []byte) ([]byte, []byte) {
 	if rc.rb.s == nil || k == nil {
 		return k, v
+	}
+	if rc.peek {
+		return rc.rb.originalKey(k), v
 	}
 	pv := rc.rb.openValue(k, v)
 	return rc.rb.originalKey(k), pv
