@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -108,6 +109,7 @@ func TestAtRestScan(t *testing.T) {
 			}
 			for _, c := range cs {
 				secrets[who+" contact account "+c.Name] = c.Account[:]
+				secrets[who+" contact account (base64) "+c.Name] = []byte(base64.RawURLEncoding.EncodeToString(c.Account[:]))
 				if st, err := tx.GetSession(c.Account); err == nil {
 					secrets[who+" session head"] = st[:min(48, len(st))]
 					secrets[who+" session tail"] = st[max(0, len(st)-48):]

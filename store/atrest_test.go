@@ -3,9 +3,11 @@ package store
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -85,7 +87,12 @@ func TestEncryptedStoreScan(t *testing.T) {
 					if err := tx.PutSession(c.Account, state); err != nil {
 						return err
 					}
-					secrets = append(secrets, []byte(name), []byte(c.PeerID), c.Account[:], state[:32], state[300:332])
+					alt := randBytes(t, 200)
+					if err := tx.PutAltSession(c.Account, alt, t0); err != nil {
+						return err
+					}
+					secrets = append(secrets, []byte(name), []byte(c.PeerID), c.Account[:], state[:32], state[300:332],
+						alt[:32], []byte(base64.RawURLEncoding.EncodeToString(c.Account[:])))
 				}
 				for id := uint32(1); id <= 20; id++ {
 					pk := randBytes(t, 32)
@@ -154,6 +161,18 @@ func TestEncryptedStoreScan(t *testing.T) {
 					ms, err := tx.ListMessages(&accts[1], 0, 1000)
 					if err != nil || len(ms) != 333 || string(ms[0].Body) != "message 0001: meet me by the lighthouse at dawn" {
 						t.Errorf("reopened: %d messages, %v", len(ms), err)
+					}
+					names, err := tx.SettingNames("alt/")
+					if err != nil || len(names) != 3 {
+						t.Errorf("alternate session names %q, %v", names, err)
+					}
+					for _, a := range accts {
+						if alt, err := tx.GetAltSession(a); err != nil || len(alt) != 200 {
+							t.Errorf("alternate session: %d bytes, %v", len(alt), err)
+						}
+						if !slices.Contains(names, "alt/"+base64.RawURLEncoding.EncodeToString(a[:])) {
+							t.Errorf("alternate session names %q lack %x", names, a[:4])
+						}
 					}
 					return nil
 				})

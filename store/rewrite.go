@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -168,16 +169,9 @@ func (db *DB) encrypt(pass []byte) error {
 		if string(name) == string(bucketKeyDir) {
 			return nil, nil, nil // empty in a plain store; rebuilt below
 		}
-		sk := k
-		switch {
-		case pol.keys == keysAccount32 && len(k) >= 32:
-			h := s.hash(hashAccount, k[:32])
-			dir[h] = append([]byte{}, k[:32]...)
-			sk = concat(h[:], k[32:])
-		case pol.keys == keysName:
-			h := s.hash(hashName, k)
-			dir[h] = append([]byte{}, k...)
-			sk = h[:]
+		sk, h, part, hashed := hashKey(s, pol.keys, k)
+		if hashed {
+			dir[h] = bytes.Clone(part)
 		}
 		if !pol.seal {
 			return sk, v, nil

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -24,9 +25,10 @@ func createKeyDir(tx *bolt.Tx) error {
 type keyPolicy uint8
 
 const (
-	keysPlain     keyPolicy = iota // keys reveal nothing: stored as they are
-	keysAccount32                  // keys begin with an account key: its 32 bytes are hashed
-	keysName                       // the whole key is a contact's name: hashed
+	keysPlain       keyPolicy = iota // keys reveal nothing: stored as they are
+	keysAccount32                    // keys begin with an account key: its 32 bytes are hashed
+	keysName                         // the whole key is a contact's name: hashed
+	keysSettingName                  // a setting's name may end in base64url(account): that is hashed
 )
 
 // policy is how an encrypted store keeps one bucket.
@@ -85,6 +87,8 @@ var bucketPolicies = map[string]policy{
 	string(bucketInSeq):   {keys: keysAccount32},
 	// Keyed by the contact's name.
 	string(bucketNames): {seal: true, keys: keysName},
+	// Settings: names such as "alt/" + base64url(account) name contacts.
+	string(bucketSettings): {seal: true, keys: keysSettingName},
 }
 
 func policyFor(name []byte) policy {
@@ -121,49 +125,98 @@ func (tx *Tx) wrap(name []byte, b *bolt.Bucket) *recordBucket {
 	return rb
 }
 
+// hashedPart says which part of key k a policy hashes: k[from:to] in
+// domain, or ok false when the key is stored as it is.
+func (p keyPolicy) hashedPart(k []byte) (from, to int, domain byte, ok bool) {
+	switch p {
+	case keysAccount32:
+		if len(k) >= 32 {
+			return 0, 32, hashAccount, true
+		}
+	case keysName:
+		return 0, len(k), hashName, true
+	case keysSettingName:
+		// "prefix/…/" + base64url(account): the account is hashed.
+		i := bytes.LastIndexByte(k, '/') + 1
+		if len(k)-i == settingAccountLen {
+			if _, err := base64.RawURLEncoding.Decode(make([]byte, 33), k[i:]); err == nil {
+				return i, len(k), hashAccount, true
+			}
+		}
+	}
+	return 0, 0, 0, false
+}
+
+// settingAccountLen is the length of a base64url account key at the end
+// of a setting's name.
+const settingAccountLen = 43
+
+// hashKey returns the stored form of key k under policy p and, when a part
+// was hashed, the hash and the original part (for the key directory).
+func hashKey(s *sealer, p keyPolicy, k []byte) (stored []byte, h [32]byte, part []byte, hashed bool) {
+	from, to, domain, ok := p.hashedPart(k)
+	if !ok {
+		return k, h, nil, false
+	}
+	part = k[from:to]
+	if p == keysSettingName {
+		part, _ = base64.RawURLEncoding.DecodeString(string(part))
+	}
+	h = s.cachedHash(domain, part)
+	hs := h[:]
+	if p == keysSettingName {
+		hs = []byte(base64.RawURLEncoding.EncodeToString(h[:]))
+	}
+	return concat(k[:from], hs, k[to:]), h, part, true
+}
+
 // storedKey maps a key to its stored form; record registers the original
 // in the key directory (Put).
 func (rb *recordBucket) storedKey(k []byte, record bool) ([]byte, error) {
 	if rb.s == nil {
 		return k, nil
 	}
-	var domain byte
-	part := k
-	switch rb.pol.keys {
-	case keysPlain:
+	sk, h, part, hashed := hashKey(rb.s, rb.pol.keys, k)
+	if !hashed {
 		return k, nil
-	case keysAccount32:
-		if len(k) < 32 {
-			return k, nil
-		}
-		domain, part = hashAccount, k[:32]
-	case keysName:
-		domain = hashName
 	}
-	h := rb.tx.s.cachedHash(domain, part)
 	if err := rb.tx.rememberKey(h, part, record); err != nil {
 		return nil, err
 	}
-	if rb.pol.keys == keysName {
-		return h[:], nil
-	}
-	return concat(h[:], k[32:]), nil
+	return sk, nil
 }
 
 // originalKey inverts storedKey.
 func (rb *recordBucket) originalKey(k []byte) []byte {
-	if k == nil || rb.s == nil || rb.pol.keys == keysPlain || len(k) < 32 {
+	if k == nil || rb.s == nil {
 		return k
 	}
-	part, ok := rb.tx.lookupKey([32]byte(k[:32]))
+	from, to, _, ok := rb.pol.keys.hashedPart(k)
+	if !ok {
+		return k
+	}
+	var h [32]byte
+	if rb.pol.keys == keysSettingName {
+		b, err := base64.RawURLEncoding.DecodeString(string(k[from:to]))
+		if err != nil || len(b) != 32 {
+			return k
+		}
+		h = [32]byte(b)
+	} else if to-from == 32 {
+		h = [32]byte(k[from:to])
+	} else {
+		rb.tx.fail(fmt.Errorf("%w: a hashed key in %s of %d bytes", ErrCorrupt, rb.name, to-from))
+		return k
+	}
+	part, ok := rb.tx.lookupKey(h)
 	if !ok {
 		rb.tx.fail(fmt.Errorf("%w: a key in %s has no key directory entry", ErrCorrupt, rb.name))
 		return k
 	}
-	if rb.pol.keys == keysName {
-		return part
+	if rb.pol.keys == keysSettingName {
+		part = []byte(base64.RawURLEncoding.EncodeToString(part))
 	}
-	return concat(part, k[32:])
+	return concat(k[:from], part, k[to:])
 }
 
 func (rb *recordBucket) openValue(storedKey, v []byte) []byte {
