@@ -33,6 +33,9 @@ type App struct {
 	// Compact rewrites the stopped node's store into a fresh file and
 	// returns its size before and after.
 	Compact func(ctx context.Context, dataDir string, passphrase []byte) (before, after int64, err error)
+	// Restore restores the backup in file into the new data directory
+	// dataDir and returns the restored identity.
+	Restore func(ctx context.Context, dataDir, file string, passphrase []byte) (api.Identity, error)
 }
 
 // InitConfig is what `sotto init` asks for.

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 
 	"github.com/sotto-im/sotto/api"
 	"github.com/sotto-im/sotto/node"
@@ -156,4 +158,143 @@ func printStore(w io.Writer, st api.StoreStatus) {
 	if st.RewriteDue {
 		fmt.Fprintf(w, "                  deleted secrets wait for the next rewrite (hourly, at stop, or `sotto compact`)\n")
 	}
+}
+
+var backupCommand = &command{
+	name:     "backup",
+	synopsis: "[--data DIR] FILE",
+	summary:  "write an encrypted backup of the data directory to FILE",
+	detail: "A consistent snapshot of the store and the keystore, both under the data\n" +
+		"directory's passphrase, taken while the node runs (or with it stopped, given\n" +
+		"$SOTTO_PASSPHRASE_FILE). FILE must not exist. A data directory without a\n" +
+		"passphrase cannot be backed up: give it one with `sotto passphrase change`.\n" + dataDirHelp,
+	setup: func(fs *flag.FlagSet) runFunc {
+		data := dataDirFlag(fs)
+		return func(ctx context.Context, c *cli, args []string) error {
+			switch {
+			case len(args) < 1:
+				return usageError{"missing FILE"}
+			case len(args) > 1:
+				return usagef("unexpected argument %q", args[1])
+			}
+			b, release, err := c.backend(*data)
+			if err != nil {
+				return err
+			}
+			defer release()
+			bk, ok := b.(api.Backupper)
+			if !ok {
+				return notAvailable("backup")
+			}
+			n, err := writeNewFile(args[0], func(w io.Writer) error { return bk.Backup(ctx, w) })
+			if err != nil {
+				return userError(err)
+			}
+			fmt.Fprintf(c.stdout, "Wrote a backup of %d bytes to %s.\n", n, args[0])
+			return nil
+		}
+	},
+}
+
+var restoreCommand = &command{
+	name:     "restore",
+	synopsis: "[--data DIR] [--passphrase-file FILE] BACKUP",
+	summary:  "restore a backup into a new data directory",
+	detail: "Brings back identity, contacts, verified states and history from BACKUP, which\n" +
+		"must open with the passphrase. Ratchet sessions are not restored: the node\n" +
+		"starts new ones, which contacts see as a session reset from the same account.\n" +
+		"The data directory must not exist or be empty; nothing is written there unless\n" +
+		"the whole backup checks out.\n" + dataDirHelp,
+	setup: func(fs *flag.FlagSet) runFunc {
+		data := dataDirFlag(fs)
+		passFile := fs.String("passphrase-file", "", "read the backup's passphrase from `FILE`")
+		asJSON := jsonFlag(fs)
+		return func(ctx context.Context, c *cli, args []string) error {
+			switch {
+			case len(args) < 1:
+				return usageError{"missing BACKUP"}
+			case len(args) > 1:
+				return usagef("unexpected argument %q", args[1])
+			}
+			dir, err := c.dataDir(*data)
+			if err != nil {
+				return err
+			}
+			pass, err := c.passphrase(*passFile)
+			if err != nil {
+				return err
+			}
+			if len(pass) == 0 {
+				return usagef("a backup is encrypted: give its passphrase with --passphrase-file (or $SOTTO_PASSPHRASE_FILE)")
+			}
+			if c.app.Restore == nil {
+				return notAvailable("restore")
+			}
+			id, err := c.app.Restore(ctx, dir, args[0], pass)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return printJSON(c.stdout, id)
+			}
+			fmt.Fprintf(c.stdout, "Restored %s into %s.\n\n", args[0], dir)
+			printIdentity(c.stdout, id)
+			return nil
+		}
+	},
+}
+
+// writeNewFile writes a new file at path (0600) with write, through a
+// temporary file renamed into place once complete and synced; an
+// existing path is refused.
+func writeNewFile(path string, write func(io.Writer) error) (int64, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return 0, fmt.Errorf("%s exists; choose a new file name", path)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return 0, err
+	}
+	cw := &countWriter{w: f}
+	err = write(cw)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Link(f.Name(), path) // fails if path appeared meanwhile
+	}
+	os.Remove(f.Name())
+	return cw.n, err
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// restoreBackup is App.Restore of the real node.
+func restoreBackup(ctx context.Context, dir, file string, pass []byte) (api.Identity, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return api.Identity{}, err
+	}
+	defer f.Close()
+	if _, err := node.Restore(f, dir, pass); err != nil {
+		return api.Identity{}, openError(dir, err)
+	}
+	n, err := node.Open(node.Config{DataDir: dir, Passphrase: pass})
+	if err != nil {
+		return api.Identity{}, userError(err)
+	}
+	defer n.Close()
+	return api.NodeBackend(n).Identity(ctx)
 }
