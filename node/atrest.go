@@ -156,3 +156,31 @@ func (n *Node) storeUpkeep() {
 		n.cfg.Logger.Error("rewriting the store", "err", err)
 	}
 }
+
+// CheckStore checks the store of the stopped node in dir (store.DB.Check:
+// every page and record, and the indexes against the records) and returns
+// the problems found, or nil.
+func CheckStore(dir string, passphrase []byte) error {
+	cfg := Config{DataDir: dir, Passphrase: passphrase}
+	cfg.setDefaults()
+	if _, err := os.Stat(filepath.Join(dir, store.FileName)); err != nil {
+		return ErrNotInitialised
+	}
+	o := storeOptions(&cfg)
+	if len(passphrase) > 0 {
+		// Checking never encrypts a plain store.
+		o = append(o, store.WithBeforeEncrypt(func() error { return errCheckPlain }))
+	}
+	db, err := store.Open(dir, o...)
+	if errors.Is(err, errCheckPlain) {
+		cfg.Passphrase = nil
+		db, err = store.Open(dir, storeOptions(&cfg)...)
+	}
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.Check()
+}
+
+var errCheckPlain = errors.New("node: plain store")

@@ -139,12 +139,20 @@ func Open(dir string, opts ...Option) (*DB, error) {
 			}
 		}
 	}
-	bdb, err := o.openBolt(path)
+	if err := checkPages(path); err != nil {
+		return nil, err
+	}
+	var bdb *bolt.DB
+	err := safely(func() (err error) { bdb, err = o.openBolt(path); return err })
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, &dirError{dir: dir, msg: "is already in use by a running node; stop it or use another --data", err: ErrInUse}
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	if err := checkFileSize(bdb, path); err != nil {
+		bdb.Close()
+		return nil, err
 	}
 	db := &DB{dir: dir, o: o}
 	db.bp.Store(bdb)
@@ -244,14 +252,17 @@ func (db *DB) txOn(begin func(*bolt.DB, func(*bolt.Tx) error) error, fn func(*Tx
 	for {
 		b := db.bolt()
 		var gone bool
-		err := begin(b, func(btx *bolt.Tx) error {
-			if db.bolt() != b {
-				return errRetired
-			}
-			tx := &Tx{tx: btx, s: db.s}
-			err := tx.run(fn)
-			gone = tx.secretGone
-			return err
+		err := safely(func() error {
+			return begin(b, func(btx *bolt.Tx) (err error) {
+				defer recoverDamage(&err)
+				if db.bolt() != b {
+					return errRetired
+				}
+				tx := &Tx{tx: btx, s: db.s}
+				err = tx.run(fn)
+				gone = tx.secretGone
+				return err
+			})
 		})
 		if errors.Is(err, errRetired) || (errors.Is(err, bolt.ErrDatabaseNotOpen) && db.bolt() != b) {
 			continue

@@ -36,6 +36,8 @@ type App struct {
 	// Restore restores the backup in file into the new data directory
 	// dataDir and returns the restored identity.
 	Restore func(ctx context.Context, dataDir, file string, passphrase []byte) (api.Identity, error)
+	// Check checks the stopped node's store and returns its problems.
+	Check func(ctx context.Context, dataDir string, passphrase []byte) error
 }
 
 // InitConfig is what `sotto init` asks for.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +24,13 @@ const migrationMessages = 30000
 // fillPlainStore gives the plain store in dir three contacts and
 // migrationMessages messages, and returns the message texts and names.
 func fillPlainStore(t *testing.T, dir string) [][]byte {
+	t.Helper()
+	return fillStore(t, dir, migrationMessages)
+}
+
+// fillStore is fillPlainStore with n messages (a multiple of 5,000, or
+// fewer than 5,000).
+func fillStore(t *testing.T, dir string, total int) [][]byte {
 	t.Helper()
 	db, err := store.Open(dir)
 	if err != nil {
@@ -45,10 +53,11 @@ func fillPlainStore(t *testing.T, dir string) [][]byte {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for b := 0; b < migrationMessages/5000; b++ {
+	per := min(total, 5000)
+	for b := 0; b < total/per; b++ {
 		if err := db.Update(func(tx *store.Tx) error {
-			for j := 0; j < 5000; j++ {
-				n := b*5000 + j
+			for j := 0; j < per; j++ {
+				n := b*per + j
 				var id [16]byte
 				rand.Read(id[:])
 				text := fmt.Sprintf("migrating message %05d: the eagle lands at noon", n)
@@ -192,4 +201,42 @@ func sameFiles(a, b map[string][]byte) bool {
 		}
 	}
 	return true
+}
+
+// TestDamagedStoreCommands runs the real binary on a data directory whose
+// store was cut short: `sotto check`, `sotto messages` and `sotto run`
+// each exit 1 with a message naming the damage, and none panics.
+// `sotto check` on the intact directory reports no problems.
+func TestDamagedStoreCommands(t *testing.T) {
+	e := newE2E(t)
+	dir := e.dir("cut")
+	e.sotto("init", "--data", dir, "--name", "cut")
+	fillStore(t, dir, 5000)
+	if out := e.sotto("check", "--data", dir); !strings.Contains(out, "has no problems") {
+		t.Fatalf("check of an intact store: %q", out)
+	}
+	path := filepath.Join(dir, store.FileName)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, fi.Size()/3); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"check", "--data", dir},
+		{"messages", "--data", dir},
+		{"run", "--data", dir, "--lan", "--listen", "/ip4/127.0.0.1/tcp/0"},
+	} {
+		out, err := e.try(args...)
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+			t.Errorf("sotto %s: %v (stdout %q), want exit status 1", args[0], err, out)
+			continue
+		}
+		msg := err.Error()
+		if strings.Contains(msg, "panic") || strings.Contains(msg, "goroutine ") || !strings.Contains(msg, "truncated") {
+			t.Errorf("sotto %s: %s", args[0], msg)
+		}
+	}
 }

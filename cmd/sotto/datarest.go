@@ -298,3 +298,47 @@ func restoreBackup(ctx context.Context, dir, file string, pass []byte) (api.Iden
 	defer n.Close()
 	return api.NodeBackend(n).Identity(ctx)
 }
+
+var checkCommand = &command{
+	name:     "check",
+	synopsis: "[--data DIR] [--passphrase-file FILE]",
+	summary:  "check the store for damage (node stopped)",
+	detail: "Reads every page and record of the store and checks the indexes against the\n" +
+		"records; prints what is wrong and exits 1 if anything is.\n" + dataDirHelp,
+	setup: func(fs *flag.FlagSet) runFunc {
+		data := dataDirFlag(fs)
+		passFile := fs.String("passphrase-file", "", "read the passphrase from `FILE`")
+		return func(ctx context.Context, c *cli, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected argument %q", args[0])
+			}
+			dir, err := c.dataDir(*data)
+			if err != nil {
+				return err
+			}
+			pass, err := c.passphrase(*passFile)
+			if err != nil {
+				return err
+			}
+			if c.app.Check == nil {
+				return notAvailable("check")
+			}
+			if err := c.app.Check(ctx, dir, pass); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "The store in %s has no problems.\n", dir)
+			return nil
+		}
+	},
+}
+
+// checkStore is App.Check of the real node.
+func checkStore(_ context.Context, dir string, pass []byte) error {
+	if err := node.CheckStore(dir, pass); err != nil {
+		if isLockedStore(err) {
+			return lockedStoreError(dir)
+		}
+		return openError(dir, fmt.Errorf("the store has problems:\n%w", err))
+	}
+	return nil
+}

@@ -24,7 +24,7 @@ import (
 // nodeApp is the App of the real node.
 func nodeApp() App {
 	return App{OpenBackend: openNodeBackend, Init: initNode, Run: runNode, Demo: runDemo,
-		ChangePassphrase: changePassphrase, Compact: compactStore, Restore: restoreBackup}
+		ChangePassphrase: changePassphrase, Compact: compactStore, Restore: restoreBackup, Check: checkStore}
 }
 
 // startupWait bounds how long a command waits for a node that holds the

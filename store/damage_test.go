@@ -1,0 +1,114 @@
+package store
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// damagedStore writes a store of 3,000 messages, closes it and returns its
+// file's path.
+func damagedStore(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "data")
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addContacts(t, db, 3)
+	mustUpdate(t, db, func(tx *Tx) error {
+		for i := 1; i <= 3000; i++ {
+			m := Message{ID: msgID(uint64(i)), Contact: acct(byte(1 + i%3)), Direction: Incoming, Body: benchBody, ReceivedAt: t0}
+			if _, err := tx.AppendMessage(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	return filepath.Join(dir, FileName)
+}
+
+// readAll reads every message and contact of the store in dir.
+func readAll(dir string, opts ...Option) error {
+	db, err := Open(dir, opts...)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.View(func(tx *Tx) error {
+		if _, err := tx.ListContacts(); err != nil {
+			return err
+		}
+		_, err := tx.ListMessages(nil, 0, 1<<20)
+		return err
+	})
+}
+
+// TestTruncatedStore: a database file cut short is refused at Open with
+// ErrCorrupt naming the truncation; nothing panics.
+func TestTruncatedStore(t *testing.T) {
+	for _, cut := range []func(used int64) int64{
+		func(used int64) int64 { return used / 2 },
+		func(used int64) int64 { return used - 4096 },
+		func(int64) int64 { return 3 * 4096 },
+	} {
+		path := damagedStore(t)
+		var used int64
+		db, err := Open(filepath.Dir(path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustView(t, db, func(tx *Tx) error { used = tx.tx.Size(); return nil })
+		db.Close()
+		size := cut(used)
+		if err := os.Truncate(path, size); err != nil {
+			t.Fatal(err)
+		}
+		err = readAll(filepath.Dir(path))
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("a store of %d bytes truncated to %d: %v, want ErrCorrupt", used, size, err)
+		}
+		t.Logf("truncated to %d of %d bytes: %v", size, used, err)
+	}
+}
+
+// TestDamagedPages: pages overwritten with garbage are reported as errors
+// (wrapping ErrCorrupt where bbolt would panic), by reads and by Check;
+// nothing panics.
+func TestDamagedPages(t *testing.T) {
+	for _, fill := range []byte{0x00, 0xff, 0x5a} {
+		path := damagedStore(t)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const page = 4096
+		n := len(b) / page
+		for p := n / 3; p < n/3+3; p++ {
+			for i := p * page; i < (p+1)*page; i++ {
+				b[i] = fill
+			}
+		}
+		if err := os.WriteFile(path, b, FileMode); err != nil {
+			t.Fatal(err)
+		}
+		err = readAll(filepath.Dir(path))
+		t.Logf("fill %#x: read: %v", fill, err)
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Errorf("fill %#x: read: %v, want ErrCorrupt", fill, err)
+		}
+		db, err := Open(filepath.Dir(path))
+		if err != nil {
+			t.Logf("fill %#x: open: %v", fill, err)
+			continue
+		}
+		cerr := db.Check()
+		db.Close()
+		t.Logf("fill %#x: check: %.300v", fill, cerr)
+		if cerr == nil {
+			t.Errorf("fill %#x: Check found nothing", fill)
+		}
+	}
+}
