@@ -5,14 +5,12 @@ import (
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"sync"
-	"time"
 
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/chacha20poly1305"
@@ -310,14 +308,4 @@ func newDataKey(rnd io.Reader) ([]byte, error) {
 		return nil, fmt.Errorf("store: data key: %w", err)
 	}
 	return dk, nil
-}
-
-// equalKeys compares secrets in constant time.
-func equalKeys(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }
-
-// kdfTime measures one derivation with p (for status and benchmarks).
-func kdfTime(p KDFParams) time.Duration {
-	start := time.Now()
-	argon2.IDKey([]byte("calibrate"), make([]byte, wrapSaltSize), p.Time, p.Memory, p.Threads, 32)
-	return time.Since(start)
 }
