@@ -240,3 +240,60 @@ func TestDamagedStoreCommands(t *testing.T) {
 		}
 	}
 }
+
+// TestBackupKill9 runs the real binary: `sotto backup` runs against a node
+// whose encrypted store holds 30,000 messages, and the node is killed with
+// SIGKILL at increasing points of it. Each time the data directory opens
+// with every message, and the backup file is either absent or whole: it
+// restores with every message.
+func TestBackupKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and writes 30,000 messages")
+	}
+	e := newE2E(t)
+	dir := e.dir("bk")
+	e.sotto("init", "--data", dir, "--name", "bk")
+	fillPlainStore(t, dir)
+	pass := []byte("backup kill passphrase")
+	passFile := filepath.Join(e.root, "pass.txt")
+	os.WriteFile(passFile, append(pass, '\n'), 0o600)
+	whole, runs := 0, 8
+	for i := 0; i < runs; i++ {
+		n := e.start("bk", "--passphrase-file", passFile)
+		out := filepath.Join(e.root, fmt.Sprintf("bk-%d.bak", i))
+		bk := exec.Command(e.bin, "backup", "--data", dir, out)
+		bk.Env = e.env
+		if err := bk.Start(); err != nil {
+			t.Fatal(err)
+		}
+		delay := time.Duration(100+120*i) * time.Millisecond
+		time.Sleep(delay) // where the kill lands; nothing is asserted about timing
+		n.cmd.Process.Kill()
+		<-n.done
+		n.stopOnce.Do(func() {}) // killed on purpose: no clean stop to check
+		bk.Wait()
+		if enc, msgs := storeState(t, dir, pass); !enc || msgs != migrationMessages {
+			t.Fatalf("after a kill at %v: encrypted %v, %d messages", delay, enc, msgs)
+		}
+		f, err := os.Open(out)
+		if errors.Is(err, os.ErrNotExist) {
+			t.Logf("kill after %v: no backup file", delay)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		restored := filepath.Join(e.root, fmt.Sprintf("restored-%d", i))
+		_, err = node.Restore(f, restored, pass)
+		f.Close()
+		if err != nil {
+			t.Fatalf("kill after %v: the backup file left does not restore: %v", delay, err)
+		}
+		if enc, msgs := storeState(t, restored, pass); !enc || msgs != migrationMessages {
+			t.Fatalf("restored: encrypted %v, %d messages", enc, msgs)
+		}
+		whole++
+		t.Logf("kill after %v: a whole backup", delay)
+	}
+	t.Logf("%d of %d backups finished before the kill", whole, runs)
+}
