@@ -130,3 +130,40 @@ func safely(f func() error) (err error) {
 	defer recoverDamage(&err)
 	return f()
 }
+
+// checkSealed opens every sealed record of an encrypted store and looks
+// up every hashed key in the key directory, adding one problem per record
+// that fails, named by bucket and stored key. It reports whether the
+// check may go on (the problem list is not full).
+func (tx *Tx) checkSealed(add func(error) bool) bool {
+	if tx.s == nil {
+		return true
+	}
+	dir := tx.tx.Bucket(bucketKeyDir)
+	more := true
+	_ = tx.tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		pol := policyFor(name)
+		if string(name) == string(bucketKeyDir) {
+			pol = policy{seal: true}
+		}
+		return b.ForEach(func(k, v []byte) error {
+			if pol.seal && v != nil {
+				if _, err := openValue(tx.s, name, pol, k, v); err != nil {
+					more = add(fmt.Errorf("%s record %x: %w", name, k[:min(len(k), 12)], err))
+				}
+			}
+			if from, to, _, ok := pol.keys.hashedPart(k); ok && more && to-from == 32 && pol.keys != keysSettingName {
+				if dir == nil || dir.Get(k[from:to]) == nil {
+					more = add(fmt.Errorf("%w: %s record %x: its key is not in the key directory", ErrCorrupt, name, k[:min(len(k), 12)]))
+				}
+			}
+			if !more {
+				return errCheckFull
+			}
+			return nil
+		})
+	})
+	return more
+}
+
+var errCheckFull = fmt.Errorf("store: check: too many problems")

@@ -1,9 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -112,3 +115,55 @@ func TestDamagedPages(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckListsDamagedRecords: in an encrypted store, Check names each
+// damaged record (bucket and key), not only the first, while the
+// undamaged records still read.
+func TestCheckListsDamagedRecords(t *testing.T) {
+	db := mustOpenSealed(t, filepath.Join(t.TempDir(), "data"), "pw")
+	addContacts(t, db, 3)
+	mustUpdate(t, db, func(tx *Tx) error {
+		for i := 1; i <= 10; i++ {
+			if _, err := tx.AppendMessage(Message{ID: msgID(uint64(i)), Contact: acct(1), Direction: Outgoing, Body: []byte("text")}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err := db.Check(); err != nil {
+		t.Fatalf("intact: %v", err)
+	}
+	mustUpdate(t, db, func(tx *Tx) error {
+		for _, d := range []struct {
+			bucket, key []byte
+		}{{bucketMessages, idBytes(3)}, {bucketMessages, idBytes(7)}} {
+			b := tx.tx.Bucket(d.bucket)
+			v := bytes.Clone(b.Get(d.key))
+			v[len(v)-1] ^= 1
+			if err := b.Put(d.key, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	err := db.Check()
+	if err == nil {
+		t.Fatal("Check found nothing")
+	}
+	for _, want := range []string{fmt.Sprintf("messages record %x", msgID(3)), fmt.Sprintf("messages record %x", msgID(7))} {
+		if !strings.Contains(err.Error(), want[:len("messages record ")+24]) {
+			t.Errorf("Check does not name %q:\n%v", want, err)
+		}
+	}
+	mustView(t, db, func(tx *Tx) error {
+		if _, err := tx.GetMessage(msgID(5)); err != nil {
+			t.Errorf("an intact message: %v", err)
+		}
+		if _, err := tx.ListContacts(); err != nil {
+			t.Errorf("contacts: %v", err)
+		}
+		return nil
+	})
+}
+
+func idBytes(n uint64) []byte { id := msgID(n); return id[:] }
