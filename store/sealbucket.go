@@ -299,8 +299,11 @@ func (rb *recordBucket) Delete(k []byte) error {
 	if err != nil {
 		return err
 	}
+	if err := rb.b.Delete(sk); err != nil {
+		return err
+	}
 	rb.tx.noteDelete(rb.name)
-	return rb.b.Delete(sk)
+	return nil
 }
 
 // ForEach calls fn for every record in stored-key order.
@@ -374,8 +377,11 @@ func (rc *recordCursor) Last() ([]byte, []byte)  { return rc.out(rc.c.Last()) }
 func (rc *recordCursor) Next() ([]byte, []byte)  { return rc.out(rc.c.Next()) }
 func (rc *recordCursor) Prev() ([]byte, []byte)  { return rc.out(rc.c.Prev()) }
 func (rc *recordCursor) Delete() error {
+	if err := rc.c.Delete(); err != nil {
+		return err
+	}
 	rc.rb.tx.noteDelete(rc.rb.name)
-	return rc.c.Delete()
+	return nil
 }
 
 // Seek moves to the first record whose original key is at or after seek
