@@ -5,18 +5,6 @@ import (
 	"testing"
 )
 
-// schemaBefore returns the schema version just before the named migration.
-func schemaBefore(t *testing.T, name string) int {
-	t.Helper()
-	for i, m := range migrations {
-		if m.name == name {
-			return i
-		}
-	}
-	t.Fatalf("no migration %q", name)
-	return 0
-}
-
 // testKDF is a cheap Argon2id cost for tests.
 var testKDF = KDFParams{Time: 1, Memory: 64, Threads: 1}
 
