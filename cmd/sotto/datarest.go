@@ -198,7 +198,7 @@ var backupCommand = &command{
 
 var restoreCommand = &command{
 	name:     "restore",
-	synopsis: "[--data DIR] [--passphrase-file FILE] BACKUP",
+	synopsis: "[--data DIR] [--passphrase-file FILE] [--json] BACKUP",
 	summary:  "restore a backup into a new data directory",
 	detail: "Brings back identity, contacts, verified states and history from BACKUP, which\n" +
 		"must open with the passphrase. Ratchet sessions are not restored: the node\n" +
