@@ -103,4 +103,11 @@ func TestBackupRestore(t *testing.T) {
 	if string(back[len(back)-1].Body) != "answer after the restore" {
 		t.Fatalf("the restored node's conversation ends %q", back[len(back)-1].Body)
 	}
+	// Same account key: Bob sees no key change, and keeps one contact.
+	if c := storedContact(t, bob, "alice"); c.KeyChange != nil || c.IsRequest {
+		t.Errorf("bob's contact after the restore: key change %v, request %v", c.KeyChange != nil, c.IsRequest)
+	}
+	if cs, err := bob.Contacts(); err != nil || len(cs) != 1 {
+		t.Errorf("bob's contacts: %d, %v", len(cs), err)
+	}
 }
