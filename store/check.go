@@ -35,7 +35,7 @@ func (db *DB) Check() error {
 		if full {
 			return errors.Join(errs...)
 		}
-		if !tx.checkSealed(add) {
+		if !tx.checkRecords(add) {
 			return errors.Join(errs...)
 		}
 		if err := tx.checkIndexes(add); err != nil {

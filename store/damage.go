@@ -131,26 +131,33 @@ func safely(f func() error) (err error) {
 	return f()
 }
 
-// checkSealed opens every sealed record of an encrypted store and looks
-// up every hashed key in the key directory, adding one problem per record
-// that fails, named by bucket and stored key. It reports whether the
-// check may go on (the problem list is not full).
-func (tx *Tx) checkSealed(add func(error) bool) bool {
-	if tx.s == nil {
-		return true
-	}
+// checkRecords opens every sealed record of an encrypted store, checks
+// the checksum of every summed record, and looks up every hashed key in
+// the key directory, adding one problem per record that fails, named by
+// bucket and stored key. It reports whether the check may go on (the
+// problem list is not full).
+func (tx *Tx) checkRecords(add func(error) bool) bool {
 	dir := tx.tx.Bucket(bucketKeyDir)
 	more := true
 	_ = tx.tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 		pol := policyFor(name)
-		if string(name) == string(bucketKeyDir) {
+		if tx.s == nil {
+			pol = policy{}
+		} else if string(name) == string(bucketKeyDir) {
 			pol = policy{seal: true}
 		}
+		sum := tx.sums && summed(name, tx.s != nil)
 		return b.ForEach(func(k, v []byte) error {
-			if pol.seal && v != nil {
-				if _, err := openValue(tx.s, name, pol, k, v); err != nil {
-					more = add(fmt.Errorf("%s record %x: %w", name, k[:min(len(k), 12)], err))
-				}
+			var err error
+			switch {
+			case v == nil:
+			case pol.seal:
+				_, err = openValue(tx.s, name, pol, k, v)
+			case sum:
+				_, err = stripSum(name, k, v)
+			}
+			if err != nil {
+				more = add(fmt.Errorf("%s record %x: %w", name, k[:min(len(k), 12)], err))
 			}
 			if from, to, _, ok := pol.keys.hashedPart(k); ok && more && to-from == 32 && pol.keys != keysSettingName {
 				if dir == nil || dir.Get(k[from:to]) == nil {

@@ -167,3 +167,63 @@ func TestCheckListsDamagedRecords(t *testing.T) {
 }
 
 func idBytes(n uint64) []byte { id := msgID(n); return id[:] }
+
+// TestPlainRecordChecksums: in a store without a passphrase, one flipped
+// byte in a message's text is reported as ErrCorrupt, never shown, and
+// Check names the record. A store written before checksums existed gains
+// them when it is opened (the schema migration "record checksums").
+func TestPlainRecordChecksums(t *testing.T) {
+	skipIfSealed(t)
+	db, _ := openTest(t)
+	addContacts(t, db, 1)
+	mustUpdate(t, db, func(tx *Tx) error {
+		_, err := tx.AppendMessage(Message{ID: msgID(1), Contact: acct(1), Direction: Incoming, Body: []byte("meet at noon")})
+		return err
+	})
+	mustUpdate(t, db, func(tx *Tx) error {
+		b := tx.tx.Bucket(bucketMessages)
+		v := bytes.Clone(b.Get(idBytes(1)))
+		i := bytes.Index(v, []byte("noon"))
+		v[i] = 'm' // "meet at moon": still a well-formed record
+		return b.Put(idBytes(1), v)
+	})
+	err := db.View(func(tx *Tx) error {
+		m, err := tx.GetMessage(msgID(1))
+		if err == nil {
+			t.Errorf("the altered text was shown: %q", m.Body)
+		}
+		return err
+	})
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("altered message: %v, want ErrCorrupt", err)
+	}
+	if err := db.Check(); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("messages record %x", idBytes(1)[:12])) {
+		t.Errorf("Check: %v", err)
+	}
+
+	old := openAtSchema(t, schemaBefore(t, migrationSums))
+	mustUpdate(t, old, func(tx *Tx) error {
+		if err := tx.AddContact(contact("c001", 1)); err != nil {
+			return err
+		}
+		_, err := tx.AppendMessage(Message{ID: msgID(2), Contact: acct(1), Direction: Incoming, Body: []byte("before sums")})
+		return err
+	})
+	mustView(t, old, func(tx *Tx) error {
+		if _, err := unmarshalMessage(tx.tx.Bucket(bucketMessages).Get(idBytes(2))); err != nil {
+			t.Errorf("a record before the migration has something after it: %v", err)
+		}
+		return nil
+	})
+	up := upgrade(t, old)
+	mustView(t, up, func(tx *Tx) error {
+		m, err := tx.GetMessage(msgID(2))
+		if err != nil || string(m.Body) != "before sums" {
+			t.Errorf("after the migration: %q, %v", m.Body, err)
+		}
+		return nil
+	})
+	if err := up.Check(); err != nil {
+		t.Errorf("Check after the migration: %v", err)
+	}
+}

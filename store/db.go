@@ -39,6 +39,9 @@ type DB struct {
 	s   *sealer                 // nil: a plain store
 	dk  []byte                  // the data key of an encrypted store
 	o   options
+	// sums: records carry checksums (checksum.go); false only for a
+	// store kept at an older schema by tests.
+	sums bool
 
 	rewriteMu sync.Mutex  // one rewrite at a time
 	due       atomic.Bool // a secret was deleted since the last rewrite
@@ -223,6 +226,8 @@ func (db *DB) Close() error {
 type Tx struct {
 	tx *bolt.Tx
 	s  *sealer // nil: a plain store
+	// sums: records carry checksums.
+	sums bool
 
 	err        error               // first damaged record met (fail)
 	keys       map[[32]byte][]byte // hashed key part -> original
@@ -258,7 +263,7 @@ func (db *DB) txOn(begin func(*bolt.DB, func(*bolt.Tx) error) error, fn func(*Tx
 				if db.bolt() != b {
 					return errRetired
 				}
-				tx := &Tx{tx: btx, s: db.s}
+				tx := &Tx{tx: btx, s: db.s, sums: db.sums}
 				err = tx.run(fn)
 				gone = tx.secretGone
 				return err

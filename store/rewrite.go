@@ -87,6 +87,7 @@ func (db *DB) openSealed() error {
 	if db.o.kdf == (KDFParams{}) {
 		db.o.kdf = DefaultKDF
 	}
+	db.sums = hasSums(db.o.migrations)
 	if err := db.o.kdf.check(); err != nil {
 		return err
 	}
@@ -169,15 +170,25 @@ func (db *DB) encrypt(pass []byte) error {
 		if string(name) == string(bucketKeyDir) {
 			return nil, nil, nil // empty in a plain store; rebuilt below
 		}
+		if db.sums && summed(name, false) {
+			pv, err := stripSum(name, k, v)
+			if err != nil {
+				return nil, nil, err
+			}
+			v = pv
+		}
 		sk, h, part, hashed := hashKey(s, pol.keys, k)
 		if hashed {
 			dir[h] = bytes.Clone(part)
 		}
-		if !pol.seal {
-			return sk, v, nil
+		switch {
+		case pol.seal && !unsummed[string(name)]:
+			sv, err := sealValue(s, name, pol, sk, v)
+			return sk, sv, err
+		case db.sums && summed(name, true):
+			return sk, appendSum(name, sk, v), nil
 		}
-		sv, err := sealValue(s, name, pol, sk, v)
-		return sk, sv, err
+		return sk, v, nil
 	}
 	finish := func(tx *bolt.Tx) error {
 		kd, err := tx.CreateBucketIfNotExists(bucketKeyDir)

@@ -63,6 +63,7 @@ var migrations = []migration{
 	{name: "envelope token log", apply: splitTokenLog},
 	{name: "mailbox registrations", apply: createMailboxRegBuckets},
 	{name: "key directory", apply: createKeyDir},
+	{name: migrationSums, apply: addRecordSums},
 }
 
 // SchemaVersion is the schema version this build writes.

@@ -110,7 +110,10 @@ type recordBucket struct {
 	tx   *Tx
 	name []byte
 	pol  policy
-	s    *sealer // nil: plain
+	s    *sealer // nil: values not sealed, keys not hashed
+	sum  bool    // values carry a checksum (checksum.go)
+	// direct: records are stored as they are (no seal, hash or sum).
+	direct bool
 }
 
 // wrap returns the record view of a top-level bucket.
@@ -122,6 +125,8 @@ func (tx *Tx) wrap(name []byte, b *bolt.Bucket) *recordBucket {
 			rb.s = nil
 		}
 	}
+	rb.sum = tx.sums && summed(name, tx.s != nil)
+	rb.direct = rb.s == nil && !rb.sum
 	return rb
 }
 
@@ -220,10 +225,19 @@ func (rb *recordBucket) originalKey(k []byte) []byte {
 }
 
 func (rb *recordBucket) openValue(storedKey, v []byte) []byte {
-	if v == nil || rb.s == nil || !rb.pol.seal {
+	if v == nil || rb.direct {
 		return v
 	}
-	pv, err := openValue(rb.s, rb.name, rb.pol, storedKey, v)
+	var pv []byte
+	var err error
+	switch {
+	case rb.s != nil && rb.pol.seal:
+		pv, err = openValue(rb.s, rb.name, rb.pol, storedKey, v)
+	case rb.sum:
+		pv, err = stripSum(rb.name, storedKey, v)
+	default:
+		return v
+	}
 	if err != nil {
 		rb.tx.fail(err)
 		return nil
@@ -265,7 +279,7 @@ func openValue(s *sealer, name []byte, pol policy, storedKey, v []byte) ([]byte,
 
 // Get returns the value of key k, or nil.
 func (rb *recordBucket) Get(k []byte) []byte {
-	if rb.s == nil {
+	if rb.direct {
 		return rb.b.Get(k)
 	}
 	sk, err := rb.storedKey(k, false)
@@ -278,17 +292,20 @@ func (rb *recordBucket) Get(k []byte) []byte {
 
 // Put stores v under k.
 func (rb *recordBucket) Put(k, v []byte) error {
-	if rb.s == nil {
+	if rb.direct {
 		return rb.b.Put(k, v)
 	}
 	sk, err := rb.storedKey(k, true)
 	if err != nil {
 		return err
 	}
-	if rb.pol.seal {
+	switch {
+	case rb.s != nil && rb.pol.seal:
 		if v, err = sealValue(rb.s, rb.name, rb.pol, sk, v); err != nil {
 			return err
 		}
+	case rb.sum:
+		v = appendSum(rb.name, sk, v)
 	}
 	return rb.b.Put(sk, v)
 }
@@ -308,7 +325,7 @@ func (rb *recordBucket) Delete(k []byte) error {
 
 // ForEach calls fn for every record in stored-key order.
 func (rb *recordBucket) ForEach(fn func(k, v []byte) error) error {
-	if rb.s == nil {
+	if rb.direct {
 		return rb.b.ForEach(fn)
 	}
 	return rb.b.ForEach(func(k, v []byte) error {
@@ -324,7 +341,8 @@ func (rb *recordBucket) ForEach(fn func(k, v []byte) error) error {
 func (rb *recordBucket) Cursor() *recordCursor { return &recordCursor{c: rb.b.Cursor(), rb: rb} }
 
 // PeekCursor returns a cursor whose values are as stored: sealed in an
-// encrypted store except for the bucket's plain prefix. Open one with
+// encrypted store except for the bucket's plain prefix, or followed by
+// their checksum. Open one with
 // OpenPeeked. Scans that need only keys, or only the plain prefix, use it
 // so as not to open every record.
 func (rb *recordBucket) PeekCursor() *recordCursor {
@@ -334,7 +352,7 @@ func (rb *recordBucket) PeekCursor() *recordCursor {
 // OpenPeeked opens a value a PeekCursor returned under key k (nil, and the
 // transaction fails, if it does not open).
 func (rb *recordBucket) OpenPeeked(k, v []byte) []byte {
-	if rb.s == nil {
+	if rb.direct {
 		return v
 	}
 	sk, err := rb.storedKey(k, false)
@@ -362,7 +380,7 @@ type recordCursor struct {
 }
 
 func (rc *recordCursor) out(k, v []byte) ([]byte, []byte) {
-	if rc.rb.s == nil || k == nil {
+	if rc.rb.direct || k == nil {
 		return k, v
 	}
 	if rc.peek {
