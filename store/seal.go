@@ -76,7 +76,7 @@ type KDFParams struct {
 
 // DefaultKDF is the Argon2id cost for new wrappings: about half a second on
 // a two-core machine (docs/BENCHMARKS.md, BenchmarkArgon2idDefault).
-var DefaultKDF = KDFParams{Time: 6, Memory: 128 << 10, Threads: 2}
+var DefaultKDF = KDFParams{Time: 8, Memory: 128 << 10, Threads: 2}
 
 // Bounds a stored wrapping's parameters must respect, so that a damaged or
 // hostile file cannot make Open spend unbounded time or memory.
