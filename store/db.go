@@ -106,6 +106,14 @@ func (e *dirError) Unwrap() error { return e.err }
 // wrapping ErrInUse after the lock timeout instead of waiting. Open applies
 // pending schema migrations, and refuses a database written by a newer
 // version with ErrSchemaTooNew.
+//
+// With WithPassphrase, an encrypted store is unlocked (ErrWrongPassphrase
+// before anything is written) and a plain one is encrypted, in a rewrite
+// that a crash at any point leaves either undone or done; an encrypted
+// store opened without one fails with ErrPassphraseRequired (seal.go,
+// rewrite.go). A file shorter than its pages is refused with ErrCorrupt
+// before bbolt maps it (damage.go). A rewrite that a crash interrupted is
+// discarded, and one that was due is done.
 func Open(dir string, opts ...Option) (*DB, error) {
 	o := options{
 		lockTimeout:   DefaultLockTimeout,

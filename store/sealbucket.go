@@ -13,8 +13,9 @@ import (
 var bucketKeyDir = []byte("keydir")
 
 // createKeyDir is the schema migration that adds the key directory.
-// Migrations after it run on stores that may be encrypted: they must read
-// and write records through Tx.wrap, not bbolt directly.
+// Migrations after it run on stores that may be encrypted and whose
+// records carry checksums: one that reads or writes records goes through
+// Tx.wrap, or handles the stored layout itself as addRecordSums does.
 func createKeyDir(tx *bolt.Tx) error {
 	_, err := tx.CreateBucketIfNotExists(bucketKeyDir)
 	return err
