@@ -2,8 +2,10 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -225,5 +227,33 @@ func TestPlainRecordChecksums(t *testing.T) {
 	})
 	if err := up.Check(); err != nil {
 		t.Errorf("Check after the migration: %v", err)
+	}
+}
+
+// TestRecordSumKnownAnswer pins the record checksum: CRC-32C (Castagnoli)
+// over len(bucket) (1 byte), bucket, uvarint len(key), key and value,
+// appended big-endian.
+func TestRecordSumKnownAnswer(t *testing.T) {
+	name, key, v := []byte("messages"), []byte("key-1"), []byte("hello, world")
+	msg := append([]byte{byte(len(name))}, name...)
+	msg = append(append(append(msg, byte(len(key))), key...), v...)
+	want := crc32.Checksum(msg, crc32.MakeTable(crc32.Castagnoli))
+	if got := recordSum(name, key, v); got != want || got != 0xbf1de041 {
+		t.Fatalf("recordSum = %08x, want %08x (pinned bf1de041)", got, want)
+	}
+	s := appendSum(name, key, v)
+	if !bytes.Equal(s[:len(v)], v) || binary.BigEndian.Uint32(s[len(v):]) != want {
+		t.Fatalf("appendSum = %x", s)
+	}
+	if body, err := stripSum(name, key, s); err != nil || !bytes.Equal(body, v) {
+		t.Fatalf("stripSum: %q, %v", body, err)
+	}
+	for _, bad := range [][]byte{s[:3], append(bytes.Clone(s[:len(s)-1]), s[len(s)-1]^1)} {
+		if _, err := stripSum(name, key, bad); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("stripSum(%x): %v", bad, err)
+		}
+	}
+	if _, err := stripSum([]byte("outbox"), key, s); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("another bucket: %v", err)
 	}
 }
