@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -53,7 +54,7 @@ func hasSums(ms []migration) bool {
 
 // summed reports whether records of bucket name carry a checksum.
 func summed(name []byte, encrypted bool) bool {
-	if unsummed[string(name)] {
+	if unsummed[string(name)] || bytes.HasPrefix(name, []byte(mailboxPrefix)) {
 		return false
 	}
 	return !encrypted || !policyFor(name).seal

@@ -29,3 +29,20 @@ func skipIfSealed(t *testing.T) {
 		t.Skip("inspects raw records")
 	}
 }
+
+// TestMailboxBucketsPlain: every bucket of the mailbox role, including one
+// added later, is kept plain and without checksums; any other new bucket
+// is sealed and summed.
+func TestMailboxBucketsPlain(t *testing.T) {
+	for _, name := range []string{"mbx_env", "mbx_reg", "mbx_future"} {
+		if p := policyFor([]byte(name)); p.seal || p.keys != keysPlain {
+			t.Errorf("%s: %+v", name, p)
+		}
+		if summed([]byte(name), false) || summed([]byte(name), true) {
+			t.Errorf("%s is summed", name)
+		}
+	}
+	if p := policyFor([]byte("future_bucket")); !p.seal || !summed([]byte("future_bucket"), false) {
+		t.Errorf("a new bucket: %+v", p)
+	}
+}

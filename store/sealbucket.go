@@ -92,9 +92,17 @@ var bucketPolicies = map[string]policy{
 	string(bucketSettings): {seal: true, keys: keysSettingName},
 }
 
+// mailboxPrefix begins the name of every bucket of the mailbox role
+// (envelopes held for others and their indexes): all are kept plain,
+// including ones added later.
+const mailboxPrefix = "mbx_"
+
 func policyFor(name []byte) policy {
 	if p, ok := bucketPolicies[string(name)]; ok {
 		return p
+	}
+	if bytes.HasPrefix(name, []byte(mailboxPrefix)) {
+		return policy{}
 	}
 	return policy{seal: true}
 }
