@@ -60,6 +60,36 @@ const (
 	topicPrefix2 = "/sotto/mailbox/2/shard/"
 )
 
+// Resource-manager stream limits of Protocol2 on a mailbox node's host
+// (StreamLimit2). Every online user holds two to four filter streams per
+// mailbox for as long as it stays online, so libp2p's default for a
+// protocol it was not told about (about 640 inbound streams on a 4 GiB
+// server) would refuse users long before MaxFilters.
+const (
+	// Streams2Infra is the limit, inbound and outbound each, under the
+	// infrastructure preset (p2p.WithInfra): MaxFilters filters and a
+	// quarter as many requests besides.
+	Streams2Infra = MaxFilters + MaxFilters/4
+	// Streams2 is the limit on other hosts: an eighth, as the preset
+	// scales the other protocols' limits.
+	Streams2 = Streams2Infra / 8
+	// Streams2PerPeer is one peer's limit: a user opens a fresh identity
+	// per filter, sync round group and pushed tag ("One identity, one
+	// epoch"), so a peer holds a filter or a few requests at a time.
+	Streams2PerPeer = 16
+)
+
+// StreamLimit2 is the host option that sets Protocol2's stream limits:
+// Streams2Infra under the infrastructure preset (infra), else Streams2,
+// and Streams2PerPeer.
+func StreamLimit2(infra bool) p2p.Option {
+	total := Streams2
+	if infra {
+		total = Streams2Infra
+	}
+	return p2p.WithProtocolLimit(string(Protocol2), total, Streams2PerPeer)
+}
+
 // Topic2 returns the gossipsub topic on which mailbox nodes replicate
 // version 2 deposits of shard.
 func Topic2(shard uint16) string {

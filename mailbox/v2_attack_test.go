@@ -3,6 +3,7 @@ package mailbox
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/store"
 )
 
 // A version 1 DEPOSIT carries no credential: under a tag registered for
@@ -52,6 +54,80 @@ func TestV2TagRefusesVersion1Deposits(t *testing.T) {
 	dep, _, _ := ps.deposit(t, now, 300)
 	if err := newClient2(t).Push(ctx, ai, dep); err != nil {
 		t.Errorf("the real sender's signed deposit after a version 1 flood: %v", err)
+	}
+}
+
+// Version 1 deposits need no credential and are rate-limited per peer
+// ID only, so fresh IDs flood a mailbox with them for free, up to and past
+// its storage cap. They must not take the room of version 2 deposits: a
+// registered push into the full mailbox evicts version 1 junk, and every
+// version 2 envelope acknowledged before is still served.
+func TestV1FloodLeavesRoomForV2(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	const total = 64 << 10
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts(WithLimits(store.MailboxLimits{TotalBytes: total}))})
+	ai := m.h.AddrInfo()
+	now := time.Now()
+	e := protocol.Epoch(now)
+	victim := newPairSession()
+	recipient := newClient2(t)
+	if _, _, err := recipient.Register(ctx, ai, []Registration{victim.reg(e)}); err != nil {
+		t.Fatal(err)
+	}
+	var honest [][]byte
+	push := func(what string) {
+		t.Helper()
+		dep, env, _ := victim.deposit(t, now, 500)
+		if err := newClient2(t).Push(ctx, ai, dep); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		honest = append(honest, env)
+	}
+	for range 3 {
+		push("a registered push into an empty mailbox")
+	}
+
+	// Three times the capacity, three deposits from each fresh peer ID.
+	stored, full := 0, 0
+	for peers := 0; peers*3*4000 < 3*total; peers++ {
+		_, attacker := newClient(t, false, m)
+		for range 3 {
+			junk := testEnvelope(t, randTag(), randToken(), now, time.Hour, 4000).Marshal()
+			var me *Error
+			switch err := attacker.DepositTo(ctx, m.h.ID(), junk); {
+			case err == nil:
+				stored++
+			case errors.As(err, &me) && me.Status == StatusFull:
+				full++
+			default:
+				t.Fatalf("version 1 deposit from fresh peer %d: %v", peers, err)
+			}
+		}
+	}
+	if stored == 0 || full == 0 {
+		t.Fatalf("the version 1 flood stored %d and was refused %d times; want it to reach the cap", stored, full)
+	}
+	var held int64
+	if err := m.db.View(func(tx *store.Tx) (err error) { _, held, err = tx.MailboxStats(); return }); err != nil {
+		t.Fatal(err)
+	}
+	if held+4000 < total {
+		t.Fatalf("the mailbox holds %d bytes after the flood; want it full (%d)", held, total)
+	}
+
+	// Registered pushes take the junk's room: more than a junk envelope's
+	// worth, so that they need more than one eviction.
+	for range 12 {
+		push("a registered push into a mailbox full of version 1 junk")
+	}
+	got := queryAll(t, ctx, recipient, m, victim.tag(e))
+	if len(got) != len(honest) {
+		t.Fatalf("the mailbox serves %d of the %d acknowledged version 2 envelopes", len(got), len(honest))
+	}
+	for i := range got {
+		if !bytes.Equal(got[i], honest[i]) {
+			t.Fatalf("version 2 envelope %d changed", i)
+		}
 	}
 }
 

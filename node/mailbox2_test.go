@@ -14,6 +14,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pprotocol "github.com/libp2p/go-libp2p/core/protocol"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 
 	"github.com/sotto-im/sotto/internal/testkit"
 	"github.com/sotto-im/sotto/mailbox"
@@ -1142,5 +1144,50 @@ func TestRestartOntoEarlierClock(t *testing.T) {
 	in := waitMessages(t, ctx, bob, "alice", 2, incoming)
 	if string(in[1].Body) != "written ahead" {
 		t.Fatalf("bob got %q", in[1].Body)
+	}
+}
+
+// A mailbox node's host lets in as many version 2 streams as its service
+// holds filters (MaxFilters) and requests besides under the
+// infrastructure preset, and an eighth of that without it, not libp2p's
+// default for a protocol it was not told about (about 640 on a 4 GiB
+// server). The limits are read from the host's resource manager.
+func TestMailbox2StreamLimit(t *testing.T) {
+	tn := newTestNet(t)
+	for _, tt := range []struct {
+		infra bool
+		want  int
+	}{{false, mailbox.Streams2}, {true, mailbox.Streams2Infra}} {
+		n := tn.start(tn.initNode(fmt.Sprintf("infra-%v", tt.infra)), asMailbox, func(c *Config) { c.Infra = tt.infra })
+		limit := func(p libp2pprotocol.ID) (in, out int) {
+			t.Helper()
+			err := n.Host().LibP2P().Network().ResourceManager().ViewProtocol(p, func(s network.ProtocolScope) error {
+				l, ok := s.(rcmgr.ResourceScopeLimiter)
+				if !ok {
+					return fmt.Errorf("protocol scope %T reports no limit", s)
+				}
+				in, out = l.Limit().GetStreamLimit(network.DirInbound), l.Limit().GetStreamLimit(network.DirOutbound)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return in, out
+		}
+		in, out := limit(mailbox.Protocol2)
+		if in != tt.want || out != tt.want {
+			t.Errorf("infra %v: %s stream limit %d inbound, %d outbound; want %d", tt.infra, mailbox.Protocol2, in, out, tt.want)
+		}
+		if !tt.infra {
+			continue
+		}
+		// libp2p's default grows with the machine's memory; the preset's
+		// limit is above it on any machine short of hundreds of GiB.
+		if dflt, _ := limit(mailbox.Protocol2 + "-unconfigured"); in <= dflt {
+			t.Errorf("infra: %s lets in %d streams, no more than libp2p's default %d", mailbox.Protocol2, in, dflt)
+		}
+		if in < mailbox.MaxFilters {
+			t.Errorf("infra: %s lets in %d streams, fewer than MaxFilters (%d)", mailbox.Protocol2, in, mailbox.MaxFilters)
+		}
 	}
 }

@@ -464,6 +464,7 @@ func (n *Node) Start(ctx context.Context) error {
 		p2p.WithMDNS(!n.cfg.NoMDNS),
 		p2p.WithNAT(!n.cfg.NoNAT),
 		p2p.WithProtocolLimit(string(mailbox.Protocol), mailboxStreams, mailboxStreamsPerPeer),
+		mailbox.StreamLimit2(n.cfg.Infra),
 		p2p.WithBundleVerifier(p2p.VerifyBundle),
 		p2p.WithReceiver(directReceiver{n}),
 		// Up to a whole commit's worth of envelopes per stream in flight.
@@ -532,9 +533,11 @@ func (n *Node) Start(ctx context.Context) error {
 	if err := n.startMailboxes(h); err != nil {
 		return err
 	}
-	// What a clock further ahead scheduled is due now: before the loop's
+	// What a clock further ahead scheduled moves back: before the loop's
 	// first pass reads the schedule.
-	n.rescheduleFuture(n.now())
+	if now := n.now(); n.clockStepBack(now) > 0 {
+		n.rescheduleFuture(now, n.clockStepBack(now))
+	}
 	n.wg.Go(n.outboxLoop)
 	n.wg.Go(n.maintenanceLoop)
 	// The bundle goes into the DHT now (retried until it works), and again
@@ -570,6 +573,9 @@ func (n *Node) Close() error {
 		n.cancel()
 	}
 	n.wg.Wait()
+	if h != nil {
+		n.noteClock(n.now()) // a restart onto an earlier clock finds it
+	}
 	n.events.close()
 	errs = append(errs, n.db.Close())
 	return errors.Join(errs...)

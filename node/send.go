@@ -381,15 +381,21 @@ func (o *outboxState) takeUp() map[peer.ID]bool {
 
 // outboxLoop delivers what the outbox holds: on a kick, when the next
 // entry falls due, and at least every maxOutboxWait. When the clock
-// steps back, it first brings back what the clock further ahead
-// scheduled (Start does so before the loop begins).
+// steps back, it first moves back what the clock further ahead scheduled
+// (Start does so for a step back across a restart); it records the time
+// it has seen every minute for that.
 func (n *Node) outboxLoop() {
-	last := n.now()
+	last, saved := n.now(), time.Time{}
 	n.kickLoop(n.kick, func() (time.Duration, bool) {
-		if now := n.now(); now.Before(last.Add(-time.Minute)) {
-			n.rescheduleFuture(now)
+		now := n.now()
+		if now.Before(last.Add(-clockStepMin)) {
+			n.rescheduleFuture(now, last.Sub(now))
 		}
-		last = n.now()
+		if now.Sub(saved) >= time.Minute || now.Before(saved) {
+			n.noteClock(now)
+			saved = now
+		}
+		last = now
 		n.outboxPass()
 		var next time.Time
 		var ok bool
@@ -405,32 +411,56 @@ func (n *Node) outboxLoop() {
 	})
 }
 
-// rescheduleFuture brings back what a clock further ahead than this
-// one wrote into the outbox (a restart onto a corrected clock, a clock
-// stepped back): an entry scheduled further ahead than any wait reaches
-// (maxRetry; maxReceiptWait for a message acked directly) is due now, and
-// a Created in the future is now, since deposits wait for Created +
-// MailboxAfter. It reads the whole outbox, so it runs only at start and
-// after a step back.
-func (n *Node) rescheduleFuture(now time.Time) {
-	const margin = time.Minute
+// clockSetting holds the latest time the outbox saw (Unix nanoseconds),
+// and clockStepMin is the smallest step back it corrects for.
+const (
+	clockSetting = "outbox/clock"
+	clockStepMin = time.Minute
+)
+
+// noteClock records now as the latest time the outbox saw.
+func (n *Node) noteClock(now time.Time) {
+	if err := n.db.Update(func(tx *store.Tx) error { return tx.PutUint64(clockSetting, uint64(now.UnixNano())) }); err != nil {
+		n.cfg.Logger.Warn("recording the time", "err", err)
+	}
+}
+
+// clockStepBack is how far now is behind the latest time the outbox
+// recorded, when that is more than clockStepMin (a restart onto a clock
+// that was ahead before); else 0.
+func (n *Node) clockStepBack(now time.Time) time.Duration {
+	var seen uint64
+	var ok bool
+	n.db.View(func(tx *store.Tx) error {
+		var err error
+		seen, ok, err = tx.GetUint64(clockSetting)
+		return err
+	})
+	if d := time.Unix(0, int64(seen)).Sub(now); ok && d > clockStepMin {
+		return d
+	}
+	return 0
+}
+
+// rescheduleFuture moves back by step what a clock that ran step ahead
+// of this one wrote into the outbox (a restart onto a corrected clock, a
+// clock stepped back): a NextAttempt or Created still in the future is
+// taken back by step, and not past now (deposits wait for Created +
+// MailboxAfter). Entries scheduled far ahead on purpose keep their wait.
+// It reads the whole outbox, so it runs only after a step back.
+func (n *Node) rescheduleFuture(now time.Time, step time.Duration) {
 	err := n.db.Update(func(tx *store.Tx) error {
 		es, err := tx.DueOutbox(now.Add(100*365*24*time.Hour), math.MaxInt)
 		for _, e := range es {
 			if err != nil {
 				return err
 			}
-			st, serr := tx.MessageState(e.MsgID)
-			wait := maxRetry
-			if serr == nil && (st == store.StateSent || st == store.StateDelivered) {
-				wait = maxReceiptWait
-			}
 			changed := false
-			if e.NextAttempt.After(now.Add(wait + margin)) {
-				e.NextAttempt, changed = now, true
+			if e.NextAttempt.After(now) {
+				e.NextAttempt, changed = later(e.NextAttempt.Add(-step), now), true
 			}
 			if e.Created.After(now) {
-				e.Created, changed = now, true
+				e.Created, changed = later(e.Created.Add(-step), now), true
 			}
 			if changed {
 				err = tx.PutOutbox(e)
@@ -441,6 +471,14 @@ func (n *Node) rescheduleFuture(now time.Time) {
 	if err != nil {
 		n.cfg.Logger.Error("rescheduling the outbox after a clock step", "err", err)
 	}
+}
+
+// later is the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // outboxPass starts a delivery for every contact with due entries (or

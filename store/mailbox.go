@@ -30,6 +30,8 @@ import (
 //	mbx_del      tag(32) || delete hash(32) || seq(8) -> 0x01
 //	mbx_tagstat  tag(32) -> count(8) || bytes(8)        per-tag quota
 //	mbx_meta     "totals" -> count(8) || bytes(8)       total cap
+//	mbx_v1       seq(8) -> 0x01                        version 1 envelopes
+//	mbx_meta     "v1totals" -> count(8) || bytes(8)     their part of the totals
 //
 // seq is the arrival sequence (mbx_env's bucket sequence), so mbx_env in
 // key order is oldest first, which is the eviction order under the total
@@ -38,6 +40,9 @@ import (
 //
 // Version 2 registrations, and the deposit path that checks them and never
 // evicts, are in mailbox_reg.go; their envelopes live in these buckets.
+// mbx_v1 names the envelopes MailboxPut stored (version 1, no credential),
+// oldest first: a version 2 deposit evicts them, and only them, to make
+// room under the total cap (protocol/SPEC.md, "Registration").
 
 var (
 	bucketMbxEnv     = []byte("mbx_env")
@@ -47,8 +52,10 @@ var (
 	bucketMbxDel     = []byte("mbx_del")
 	bucketMbxTagStat = []byte("mbx_tagstat")
 	bucketMbxMeta    = []byte("mbx_meta")
+	bucketMbxV1      = []byte("mbx_v1")
 
-	keyMbxTotals = []byte("totals")
+	keyMbxTotals   = []byte("totals")
+	keyMbxV1Totals = []byte("v1totals")
 )
 
 // createMailboxBuckets is the schema migration that adds the mailbox.
@@ -62,6 +69,39 @@ func createMailboxBuckets(tx *bolt.Tx) error {
 		}
 	}
 	return nil
+}
+
+// indexMailboxV1 is the schema migration that adds the index of version 1
+// envelopes. Before it, the mailbox told them apart by their tags: an
+// envelope under a registered tag was never evicted. It indexes every
+// envelope whose tag holds no registration, so that what was protected
+// stays protected.
+func indexMailboxV1(tx *bolt.Tx) error {
+	v1, err := tx.CreateBucketIfNotExists(bucketMbxV1)
+	if err != nil {
+		return err
+	}
+	env, reg, meta := tx.Bucket(bucketMbxEnv), tx.Bucket(bucketMbxReg), tx.Bucket(bucketMbxMeta)
+	if env == nil || reg == nil || meta == nil {
+		return fmt.Errorf("%w: mailbox buckets are missing", ErrCorrupt)
+	}
+	var n, b int64
+	err = env.ForEach(func(k, v []byte) error {
+		raw, err := unmarshalMailboxRecord(v)
+		if err != nil {
+			return err
+		}
+		tag := envelopeFields(raw).tag
+		if reg.Get(tag[:]) != nil {
+			return nil
+		}
+		n, b = n+1, b+int64(len(raw))
+		return v1.Put(bytes.Clone(k), present)
+	})
+	if err != nil {
+		return err
+	}
+	return meta.Put(keyMbxV1Totals, counts(n, b))
 }
 
 // Mailbox limits. A zero field of MailboxLimits means the default.
@@ -113,8 +153,9 @@ var (
 
 	// ErrMailboxFull means the envelope cannot fit even after evicting
 	// every older envelope (it is larger than the total cap), or, from
-	// MailboxPutRegistered, which never evicts, that the mailbox holds its
-	// total cap: the sender should try another mailbox.
+	// MailboxPutRegistered, which evicts only version 1 envelopes, that
+	// the envelopes of version 2 deposits leave no room: the sender should
+	// try another mailbox.
 	ErrMailboxFull = errors.New("store: mailbox is full")
 
 	// ErrMailboxInvalid means the envelope failed protocol validation
@@ -264,7 +305,7 @@ func (tx *Tx) MailboxPut(env []byte, now time.Time, lim MailboxLimits) (stored b
 	if err != nil {
 		return false, err
 	}
-	if err := m.insert(env, e, hash, tc, tb); err != nil {
+	if err := m.insert(env, e, hash, tc, tb, true); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -272,9 +313,10 @@ func (tx *Tx) MailboxPut(env []byte, now time.Time, lim MailboxLimits) (stored b
 
 // insert stores env, whose parsed form is e and whose SHA-256 is hash,
 // under the next arrival sequence with its index entries, given that its
-// tag holds tc envelopes of tb bytes, and updates the counts. The caller
+// tag holds tc envelopes of tb bytes, and updates the counts; v1 marks it
+// a version 1 envelope, which a version 2 deposit may evict. The caller
 // has checked the quotas.
-func (m *mailbox) insert(env []byte, e *protocol.Envelope, hash [32]byte, tc, tb int64) error {
+func (m *mailbox) insert(env []byte, e *protocol.Envelope, hash [32]byte, tc, tb int64, v1 bool) error {
 	seq, err := m.env.NextSequence()
 	if err != nil {
 		return err
@@ -295,6 +337,14 @@ func (m *mailbox) insert(env []byte, e *protocol.Envelope, hash [32]byte, tc, tb
 		{m.tagstat, e.Tag[:], counts(tc+1, tb+size)},
 	} {
 		if err := put.b.Put(put.k, put.v); err != nil {
+			return err
+		}
+	}
+	if v1 && m.v1 != nil {
+		if err := m.v1.Put(sk, present); err != nil {
+			return err
+		}
+		if err := m.addCounts(keyMbxV1Totals, 1, size); err != nil {
 			return err
 		}
 	}
@@ -493,9 +543,11 @@ func ParseMailboxCursor(c []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(c[1:]), nil
 }
 
-// mailbox is the set of mailbox buckets of one transaction.
+// mailbox is the set of mailbox buckets of one transaction. v1 is nil in
+// a store at a schema before the index of version 1 envelopes (tests
+// only: Open migrates).
 type mailbox struct {
-	env, hash, tag, exp, del, tagstat, meta *recordBucket
+	env, hash, tag, exp, del, tagstat, meta, v1 *recordBucket
 }
 
 func (tx *Tx) mailboxBuckets(write bool) (*mailbox, error) {
@@ -517,6 +569,9 @@ func (tx *Tx) mailboxBuckets(write bool) (*mailbox, error) {
 			return nil, err
 		}
 		*b.dst = bk
+	}
+	if b := tx.tx.Bucket(bucketMbxV1); b != nil { // nil before the schema has it
+		m.v1 = tx.wrap(bucketMbxV1, b)
 	}
 	return &m, nil
 }
@@ -561,15 +616,65 @@ func (m *mailbox) remove(seq uint64) error {
 	if err != nil {
 		return err
 	}
+	if m.v1 != nil && m.v1.Get(sk) != nil {
+		if err := m.v1.Delete(sk); err != nil {
+			return err
+		}
+		if err := m.addCounts(keyMbxV1Totals, -1, -size); err != nil {
+			return err
+		}
+	}
 	return m.addTotals(-1, -size)
 }
 
-func (m *mailbox) addTotals(dn, db int64) error {
-	n, b, err := readCounts(m.meta.Get(keyMbxTotals), "mailbox totals")
+func (m *mailbox) addTotals(dn, db int64) error { return m.addCounts(keyMbxTotals, dn, db) }
+
+// addCounts adds to the count(8) || bytes(8) value of key in mbx_meta.
+func (m *mailbox) addCounts(key []byte, dn, db int64) error {
+	n, b, err := readCounts(m.meta.Get(key), "mailbox totals")
 	if err != nil {
 		return err
 	}
-	return m.meta.Put(keyMbxTotals, counts(max(n+dn, 0), max(b+db, 0)))
+	return m.meta.Put(key, counts(max(n+dn, 0), max(b+db, 0)))
+}
+
+// evictV1 evicts version 1 envelopes, oldest first, until n envelopes and
+// b bytes are freed (either may be zero or negative: nothing to free), and
+// fails with ErrMailboxFull, evicting nothing, if all of them together
+// would not free that much.
+func (m *mailbox) evictV1(n, b int64) error {
+	if n <= 0 && b <= 0 {
+		return nil
+	}
+	vn, vb, err := readCounts(m.meta.Get(keyMbxV1Totals), "mailbox version 1 totals")
+	if err != nil {
+		return err
+	}
+	if m.v1 == nil || vn < n || vb < b {
+		return ErrMailboxFull
+	}
+	for n > 0 || b > 0 {
+		k, _ := m.v1.Cursor().First()
+		if k == nil {
+			return fmt.Errorf("%w: version 1 totals say %d envelopes but none are indexed", ErrCorrupt, vn)
+		}
+		if len(k) != 8 {
+			return fmt.Errorf("%w: mailbox version 1 index key of %d bytes", ErrCorrupt, len(k))
+		}
+		v := m.env.Get(k)
+		if v == nil {
+			return fmt.Errorf("%w: mailbox version 1 index names missing envelope %x", ErrCorrupt, k)
+		}
+		env, err := unmarshalMailboxRecord(v)
+		if err != nil {
+			return err
+		}
+		if err := m.remove(binary.BigEndian.Uint64(k)); err != nil {
+			return err
+		}
+		n, b = n-1, b-int64(len(env))
+	}
+	return nil
 }
 
 func counts(n, b int64) []byte {

@@ -226,9 +226,12 @@ func (tx *Tx) MailboxRegisteredTags(tags [][32]byte, now time.Time) ([][32]byte,
 // a registration of kind live at now; reports stored == false, and changes
 // nothing, if the same envelope bytes are already stored; fails with
 // ErrMailboxTagFull if the tag would hold more than its kind's quota of
-// envelopes or bytes, and with ErrMailboxFull if the mailbox would hold
-// more than its total cap. It never evicts an envelope to make room: an
-// envelope leaves the mailbox only at its expiry or by its delete token.
+// envelopes or bytes. If the mailbox would hold more than its total cap,
+// it evicts version 1 envelopes (MailboxPut's), oldest first, until the
+// envelope fits, and fails with ErrMailboxFull, evicting nothing, if the
+// envelopes of version 2 deposits alone leave no room. It never evicts
+// one of those: such an envelope leaves the mailbox only at its expiry or
+// by its delete token.
 func (tx *Tx) MailboxPutRegistered(env []byte, kind byte, now time.Time, lim MailboxLimits) (stored bool, err error) {
 	lim = lim.WithDefaults()
 	e, err := protocol.ParseEnvelope(env)
@@ -284,10 +287,17 @@ func (tx *Tx) MailboxPutRegistered(env []byte, kind byte, now time.Time, lim Mai
 	if err != nil {
 		return false, err
 	}
-	if n+1 > lim.TotalEnvelopes || b+size > lim.TotalBytes {
-		return false, ErrMailboxFull
+	// Version 1 envelopes never take the room of version 2 deposits.
+	if err := m.evictV1(n+1-lim.TotalEnvelopes, b+size-lim.TotalBytes); err != nil {
+		return false, err
 	}
-	if err := m.insert(env, e, hash, tc, tb); err != nil {
+	// Eviction may have taken version 1 envelopes under this tag (stored
+	// before it was registered); read its count again.
+	tc, tb, err = readCounts(m.tagstat.Get(e.Tag[:]), "mailbox tag stats")
+	if err != nil {
+		return false, err
+	}
+	if err := m.insert(env, e, hash, tc, tb, false); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -739,6 +740,151 @@ func TestMailboxV1PutEvictsNoRegistered(t *testing.T) {
 	p := mbxQuery(t, db, [][32]byte{reg}, nil, 0, mbxNow)
 	if len(p.Entries) != 2 || !bytes.Equal(p.Entries[0].Envelope, held[0]) || !bytes.Equal(p.Entries[1].Envelope, held[1]) {
 		t.Fatalf("registered envelopes after version 1 pressure: %d served, want both", len(p.Entries))
+	}
+	checkMailbox(t, db)
+}
+
+// mbxHeld reports which of envs the mailbox serves under their tags.
+func mbxHeld(t testing.TB, db *DB, tags [][32]byte, envs ...[]byte) []bool {
+	t.Helper()
+	p := mbxQuery(t, db, tags, nil, MaxMailboxPage, mbxNow)
+	held := make([]bool, len(envs))
+	for i, e := range envs {
+		for _, got := range p.Entries {
+			held[i] = held[i] || bytes.Equal(got.Envelope, e)
+		}
+	}
+	return held
+}
+
+// TestMailboxV2EvictsV1: version 1 envelopes never take the room of
+// version 2 deposits. A mailbox full of version 1 envelopes takes one
+// registered deposit after another, each evicting the oldest version 1
+// envelopes it needs, until registered envelopes alone fill it; then a
+// registered deposit is refused and every one accepted before is served.
+func TestMailboxV2EvictsV1(t *testing.T) {
+	size := protocol.EnvelopeHeaderSize + 100
+	tests := []struct {
+		name string
+		lim  MailboxLimits
+		fit  int
+	}{
+		{"count", MailboxLimits{TotalEnvelopes: 6}, 6},
+		{"bytes", MailboxLimits{TotalBytes: int64(6*size + 10)}, 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			db, _ := openTest(t)
+			regTags := [][32]byte{mbxTag(1), mbxTag(2)}
+			mustMbxRegister(t, db, 2, pairReg(regTags[0], mbxEpoch), pairReg(regTags[1], mbxEpoch))
+			var v1Tags [][32]byte
+			var v1 [][]byte
+			for i := range tt.fit {
+				tag := mbxTag(100 + i)
+				e := mbxEnvelope(tag, 100+i, 100, time.Hour)
+				if stored, err := mbxPut(t, db, e, tt.lim); err != nil || !stored {
+					t.Fatalf("version 1 envelope %d: %v, %v", i, stored, err)
+				}
+				v1Tags, v1 = append(v1Tags, tag), append(v1, e)
+			}
+			var reg [][]byte
+			for i := range tt.fit {
+				e := mbxEnvelope(regTags[i%2], i, 100, time.Hour)
+				if stored, err := mbxPutReg(t, db, e, RegPair, mbxNow, tt.lim); err != nil || !stored {
+					t.Fatalf("registered deposit %d into a mailbox holding %d version 1 envelopes: %v, %v", i, tt.fit-i, stored, err)
+				}
+				reg = append(reg, e)
+				for j, held := range mbxHeld(t, db, v1Tags, v1...) {
+					if held != (j > i) {
+						t.Fatalf("after registered deposit %d, version 1 envelope %d held: %v; want the oldest evicted first", i, j, held)
+					}
+				}
+			}
+			checkMailbox(t, db)
+			n0, b0 := mbxStats(t, db)
+			if stored, err := mbxPutReg(t, db, mbxEnvelope(regTags[0], 99, 100, time.Hour), RegPair, mbxNow, tt.lim); stored || !errors.Is(err, ErrMailboxFull) {
+				t.Fatalf("registered deposit into a mailbox full of registered envelopes: %v, %v; want ErrMailboxFull", stored, err)
+			}
+			if n, b := mbxStats(t, db); n != n0 || b != b0 {
+				t.Fatalf("stats %d, %d after a refused deposit; were %d, %d", n, b, n0, b0)
+			}
+			for i, held := range mbxHeld(t, db, regTags, reg...) {
+				if !held {
+					t.Fatalf("registered envelope %d is gone", i)
+				}
+			}
+		})
+	}
+}
+
+// TestMailboxV2EvictsV1NotInVain: a registered deposit that would not fit
+// even with every version 1 envelope gone is refused and evicts nothing;
+// one that fits once they are gone evicts them.
+func TestMailboxV2EvictsV1NotInVain(t *testing.T) {
+	db, _ := openTest(t)
+	h := protocol.EnvelopeHeaderSize
+	lim := MailboxLimits{TotalBytes: int64(2*(h+100) + h + 8)}
+	tag := mbxTag(1)
+	mustMbxRegister(t, db, 1, pairReg(tag, mbxEpoch))
+	mustMbxPutReg(t, db, mbxEnvelope(tag, 1, 100, time.Hour), RegPair, lim)
+	small := mbxEnvelope(mbxTag(9), 2, 8, time.Hour)
+	if stored, err := mbxPut(t, db, small, lim); err != nil || !stored {
+		t.Fatalf("version 1 deposit: %v, %v", stored, err)
+	}
+	mustMbxPutReg(t, db, mbxEnvelope(tag, 3, 100, time.Hour), RegPair, lim)
+	if stored, err := mbxPutReg(t, db, mbxEnvelope(tag, 4, 9, time.Hour), RegPair, mbxNow, lim); stored || !errors.Is(err, ErrMailboxFull) {
+		t.Fatalf("registered deposit one byte larger than the version 1 envelopes: %v, %v; want ErrMailboxFull", stored, err)
+	}
+	if !mbxHeld(t, db, [][32]byte{mbxTag(9)}, small)[0] {
+		t.Fatal("a refused registered deposit evicted the version 1 envelope")
+	}
+	mustMbxPutReg(t, db, mbxEnvelope(tag, 5, 8, time.Hour), RegPair, lim)
+	if mbxHeld(t, db, [][32]byte{mbxTag(9)}, small)[0] {
+		t.Fatal("the version 1 envelope is still held after a registered deposit needed its room")
+	}
+	checkMailbox(t, db)
+}
+
+// TestMailboxV1IndexSchemaUpgrade: a mailbox made before the index of
+// version 1 envelopes counts as version 1 every envelope whose tag holds no
+// registration, and keeps protecting the others.
+func TestMailboxV1IndexSchemaUpgrade(t *testing.T) {
+	old := openAtSchema(t, 6)
+	lim := MailboxLimits{TotalEnvelopes: 4}
+	reg, late := mbxTag(1), mbxTag(2)
+	put := func(db *DB, env []byte) {
+		t.Helper()
+		if stored, err := mbxPut(t, db, env, lim); err != nil || !stored {
+			t.Fatalf("version 1 deposit: %v, %v", stored, err)
+		}
+	}
+	mustMbxRegister(t, old, 1, pairReg(reg, mbxEpoch))
+	first := mbxEnvelope(mbxTag(9), 1, 100, time.Hour)
+	put(old, first)
+	// A version 1 envelope whose tag was registered after it arrived: the
+	// mailbox protected it, and still does.
+	underLate := mbxEnvelope(late, 2, 100, time.Hour)
+	put(old, underLate)
+	mustMbxRegister(t, old, 1, pairReg(late, mbxEpoch))
+	held := mbxEnvelope(reg, 3, 100, time.Hour)
+	mustMbxPutReg(t, old, held, RegPair, lim)
+	last := mbxEnvelope(mbxTag(10), 4, 100, time.Hour)
+	put(old, last)
+
+	db := upgrade(t, old)
+	checkMailbox(t, db)
+	all := [][32]byte{mbxTag(9), mbxTag(10), reg, late}
+	for i, want := range [][]bool{{false, true, true, true}, {false, true, true, false}} {
+		if stored, err := mbxPutReg(t, db, mbxEnvelope(reg, 10+i, 100, time.Hour), RegPair, mbxNow, lim); err != nil || !stored {
+			t.Fatalf("registered deposit %d after the upgrade: %v, %v", i, stored, err)
+		}
+		got := mbxHeld(t, db, all, first, underLate, held, last)
+		if !slices.Equal(got, want) {
+			t.Fatalf("after registered deposit %d, held %v; want %v (first, under a late registration, registered, last)", i, got, want)
+		}
+	}
+	if stored, err := mbxPutReg(t, db, mbxEnvelope(reg, 20, 100, time.Hour), RegPair, mbxNow, lim); stored || !errors.Is(err, ErrMailboxFull) {
+		t.Fatalf("registered deposit with no version 1 envelope left: %v, %v; want ErrMailboxFull", stored, err)
 	}
 	checkMailbox(t, db)
 }

@@ -126,6 +126,28 @@ func checkMailbox(t testing.TB, db *DB) {
 		if gn != n || gb != size {
 			t.Errorf("totals %d envelopes %d bytes, stored %d, %d", gn, gb, n, size)
 		}
+		if m.v1 != nil {
+			var vn, vb int64
+			if err := m.v1.ForEach(func(k, _ []byte) error {
+				v := m.env.Get(k)
+				if v == nil {
+					t.Errorf("version 1 index names missing envelope %x", k)
+					return nil
+				}
+				env, err := unmarshalMailboxRecord(v)
+				vn, vb = vn+1, vb+int64(len(env))
+				return err
+			}); err != nil {
+				return err
+			}
+			gn, gb, err := readCounts(m.meta.Get(keyMbxV1Totals), "version 1 totals")
+			if err != nil {
+				return err
+			}
+			if gn != vn || gb != vb {
+				t.Errorf("version 1 totals %d envelopes %d bytes, indexed %d, %d", gn, gb, vn, vb)
+			}
+		}
 		if got := m.tagstat.Stats().KeyN; got != len(perTag) {
 			t.Errorf("%d tag stats, want %d", got, len(perTag))
 		}

@@ -62,6 +62,7 @@ var migrations = []migration{
 	{name: "envelope tokens", apply: createTokenBucket},
 	{name: "envelope token log", apply: splitTokenLog},
 	{name: "mailbox registrations", apply: createMailboxRegBuckets},
+	{name: "mailbox version 1 index", apply: indexMailboxV1},
 	{name: "key directory", apply: createKeyDir},
 	{name: migrationSums, apply: addRecordSums},
 }
