@@ -76,6 +76,25 @@ type Status struct {
 	Relays       []string     `json:"relays,omitempty"`
 	DHTMode      string       `json:"dht_mode"`
 	Connections  []Connection `json:"connections"`
+	Store        StoreStatus  `json:"store"`
+}
+
+// StoreStatus describes the data directory's store: whether it is
+// encrypted (a passphrase was given), the file's size, and its records.
+type StoreStatus struct {
+	Encrypted      bool  `json:"encrypted"`
+	FileBytes      int64 `json:"file_bytes"`
+	Contacts       int   `json:"contacts"`
+	Messages       int   `json:"messages"`
+	Sessions       int   `json:"sessions"`
+	Prekeys        int   `json:"prekeys"`
+	Outbox         int   `json:"outbox"`
+	DedupMarks     int   `json:"dedup_marks"`
+	EnvelopeTokens int   `json:"envelope_tokens"`
+	ReplayMarks    int   `json:"replay_marks"`
+	// RewriteDue: a deleted secret is still in freed pages of the file
+	// until the next rewrite (hourly while running, at stop, or compact).
+	RewriteDue bool `json:"rewrite_due"`
 }
 
 // Connection is one open connection of the node.

@@ -108,7 +108,7 @@ func TestFirstRun(t *testing.T) {
 }
 
 // TestFirstRunPassphrase: the identity a FirstRun creates with a
-// passphrase has its keystore encrypted under it.
+// passphrase has its keystore and store encrypted under it.
 func TestFirstRunPassphrase(t *testing.T) {
 	ctx := testkit.Context(t, time.Minute)
 	dir := filepath.Join(t.TempDir(), "fresh")
@@ -116,16 +116,10 @@ func TestFirstRunPassphrase(t *testing.T) {
 	if _, err := api.NewFirstRun(dir, pass).Setup(ctx, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	n, err := node.Open(node.Config{DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
+	if _, err := node.Open(node.Config{DataDir: dir}); !errors.Is(err, node.ErrStoreLocked) {
+		t.Errorf("Open without the passphrase = %v, want ErrStoreLocked", err)
 	}
-	err = n.Start(ctx)
-	n.Close()
-	if !errors.Is(err, node.ErrLocked) {
-		t.Errorf("Start without the passphrase = %v, want ErrLocked", err)
-	}
-	n, err = node.Open(node.Config{DataDir: dir, Passphrase: pass})
+	n, err := node.Open(node.Config{DataDir: dir, Passphrase: pass})
 	if err != nil {
 		t.Fatalf("Open with the passphrase: %v", err)
 	}

@@ -52,6 +52,10 @@ func (b *nodeBackend) Status(ctx context.Context) (Status, error) {
 		out.Mailbox = &MailboxStatus{Envelopes: int(st.Mailbox.Envelopes), Bytes: st.Mailbox.Bytes}
 	}
 	out.Reachability, out.DHTMode, out.Relays = st.Reachability, st.DHTMode, st.Relays
+	s := st.Store
+	out.Store = StoreStatus{Encrypted: s.Encrypted, FileBytes: s.FileBytes, Contacts: s.Contacts, Messages: s.Messages,
+		Sessions: s.Sessions, Prekeys: s.Prekeys, Outbox: s.Outbox, DedupMarks: s.DedupMarks,
+		EnvelopeTokens: s.EnvelopeTokens, ReplayMarks: s.ReplayMarks, RewriteDue: s.RewriteDue}
 	out.Connections = []Connection{}
 	for _, c := range st.Connections {
 		dir := "in"

@@ -249,6 +249,7 @@ func (s *Server) routes() {
 	s.route("/v1/events", map[string]http.HandlerFunc{"GET": s.handleEvents})
 	s.route("/v1/conversations", map[string]http.HandlerFunc{"GET": s.handleConversations})
 	s.route("/v1/conversations/{name}/read", map[string]http.HandlerFunc{"POST": s.handleMarkRead})
+	s.route("/v1/backup", map[string]http.HandlerFunc{"GET": s.handleBackup})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Code: CodeNotFound, Message: "no such endpoint: " + r.URL.Path})
 	})

@@ -400,7 +400,8 @@ func (n *Node) refreshTags() error {
 		if _, err := tx.PruneInitialSeen(now); err != nil {
 			return err
 		}
-		return nil
+		_, err := tx.PruneSeen(now, seenPruneBatch)
+		return err
 	})
 	if err != nil {
 		return err
@@ -418,6 +419,9 @@ func (n *Node) refreshTags() error {
 		}
 	}
 }
+
+// seenPruneBatch bounds the dedup marks one upkeep prunes.
+const seenPruneBatch = 100000
 
 // tokenPruneBatch bounds the envelope token records one commit prunes.
 const tokenPruneBatch = 10000
@@ -459,6 +463,7 @@ func (n *Node) maintenanceLoop() {
 			}
 			n.saveGoodPeers()
 			n.kickPublish()
+			n.storeUpkeep()
 		}
 	}
 }

@@ -364,6 +364,8 @@ type Status struct {
 	Connections           []Connection
 	// Counters since Open: deposits this node's mailbox stored, envelopes it served, syncs run, Send calls, messages received.
 	DepositsAccepted, EnvelopesServed, SyncsRun, MessagesSent, MessagesReceived uint64
+	// Store: whether the data dir is encrypted, its size and contents.
+	Store StoreStats
 }
 
 // MailboxHeld is what a mailbox node holds for others.
@@ -404,5 +406,8 @@ func (n *Node) Status() (Status, error) {
 		st.RequestsDropped, _, err = tx.GetUint64(settingRequestsDropped)
 		return err
 	})
+	if err == nil {
+		st.Store, err = n.db.Stats()
+	}
 	return st, err
 }

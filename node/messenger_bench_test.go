@@ -14,7 +14,7 @@ import (
 
 // benchConfig is a loopback configuration for the node in dir.
 func benchConfig(dir string) Config {
-	return Config{DataDir: dir, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true}
+	return Config{DataDir: dir, ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}, NoMDNS: true, NoNAT: true, Passphrase: benchPassphrase}
 }
 
 // benchNode opens and starts a node, closed when the benchmark ends.

@@ -161,6 +161,9 @@ type Config struct {
 	Metrics p2p.Registerer // where libp2p's metrics go (nil: none)
 	Now     func() time.Time
 	Rand    io.Reader
+	// StoreKDF is the Argon2id cost of a new store encryption (nil:
+	// store.DefaultKDF; tests lower it).
+	StoreKDF *store.KDFParams
 }
 
 func (c *Config) setDefaults() {
@@ -254,7 +257,11 @@ func Init(dir, name string, passphrase []byte, opts ...InitOption) (store.Identi
 			return store.Identity{}, err
 		}
 	}
-	db, err := store.Open(dir)
+	if _, err := os.Stat(filepath.Join(dir, KeystoreFile)); err == nil {
+		return store.Identity{}, ErrAlreadyInitialised
+	}
+	cfg.Passphrase = passphrase
+	db, err := store.Open(dir, storeOptions(&cfg)...)
 	if err != nil {
 		return store.Identity{}, err
 	}
@@ -340,7 +347,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, ErrNotInitialised
 	}
 	// Concurrent sends share a commit; a short window keeps one send fast.
-	db, err := store.Open(cfg.DataDir, store.WithMaxBatchDelay(sendBatchDelay))
+	db, err := store.Open(cfg.DataDir, storeOptions(&cfg, store.WithMaxBatchDelay(sendBatchDelay))...)
 	if err != nil {
 		return nil, err
 	}

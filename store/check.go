@@ -35,11 +35,18 @@ func (db *DB) Check() error {
 		if full {
 			return errors.Join(errs...)
 		}
+		if !tx.checkRecords(add) {
+			return errors.Join(errs...)
+		}
 		if err := tx.checkIndexes(add); err != nil {
 			add(err)
 		}
 		if err := tx.checkTokens(add); err != nil && !errors.Is(err, ErrCorrupt) {
 			add(err)
+		}
+		if tx.err != nil {
+			add(tx.err)
+			tx.err = nil // listed with the rest, not instead of them
 		}
 		return errors.Join(errs...)
 	})

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -275,6 +276,8 @@ func (tx *Tx) ListContacts() ([]Contact, error) {
 		out = append(out, c)
 		return nil
 	})
+	// An encrypted store keeps the name index in keyed-hash order.
+	slices.SortFunc(out, func(a, b Contact) int { return bytes.Compare(nameKey(a.Name), nameKey(b.Name)) })
 	return out, err
 }
 

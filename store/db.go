@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -33,12 +34,24 @@ const (
 
 // DB is an open Sotto database. It is safe for concurrent use.
 type DB struct {
-	dir  string
-	bolt *bolt.DB
+	dir string
+	bp  atomic.Pointer[bolt.DB] // replaced when the file is rewritten (rewrite.go)
+	s   *sealer                 // nil: a plain store
+	dk  []byte                  // the data key of an encrypted store
+	o   options
+	// sums: records carry checksums (checksum.go); false only for a
+	// store kept at an older schema by tests.
+	sums bool
+
+	rewriteMu sync.Mutex  // one rewrite at a time
+	due       atomic.Bool // a secret was deleted since the last rewrite
 
 	closeOnce sync.Once
 	closeErr  error
 }
+
+// bolt is the current bbolt handle.
+func (db *DB) bolt() *bolt.DB { return db.bp.Load() }
 
 // Option configures Open.
 type Option func(*options)
@@ -48,6 +61,7 @@ type options struct {
 	maxBatchSize  int
 	maxBatchDelay time.Duration
 	migrations    []migration
+	encryption
 }
 
 // WithLockTimeout sets how long Open waits for the database lock before it
@@ -61,6 +75,10 @@ func WithMaxBatchSize(n int) Option { return func(o *options) { o.maxBatchSize =
 // WithMaxBatchDelay sets how long DB.Batch waits for more calls before it
 // commits (default DefaultMaxBatchDelay).
 func WithMaxBatchDelay(d time.Duration) Option { return func(o *options) { o.maxBatchDelay = d } }
+
+// testOptions apply before the caller's options in every Open (the
+// store's tests run the whole suite on an encrypted store with them).
+var testOptions []Option
 
 // withMigrations replaces the schema migrations (tests only).
 func withMigrations(m []migration) Option { return func(o *options) { o.migrations = m } }
@@ -88,12 +106,23 @@ func (e *dirError) Unwrap() error { return e.err }
 // wrapping ErrInUse after the lock timeout instead of waiting. Open applies
 // pending schema migrations, and refuses a database written by a newer
 // version with ErrSchemaTooNew.
+//
+// With WithPassphrase, an encrypted store is unlocked (ErrWrongPassphrase
+// before anything is written) and a plain one is encrypted, in a rewrite
+// that a crash at any point leaves either undone or done; an encrypted
+// store opened without one fails with ErrPassphraseRequired (seal.go,
+// rewrite.go). A file shorter than its pages is refused with ErrCorrupt
+// before bbolt maps it (damage.go). A rewrite that a crash interrupted is
+// discarded, and one that was due is done.
 func Open(dir string, opts ...Option) (*DB, error) {
 	o := options{
 		lockTimeout:   DefaultLockTimeout,
 		maxBatchSize:  DefaultMaxBatchSize,
 		maxBatchDelay: DefaultMaxBatchDelay,
 		migrations:    migrations,
+	}
+	for _, opt := range testOptions {
+		opt(&o)
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -121,21 +150,42 @@ func Open(dir string, opts ...Option) (*DB, error) {
 			}
 		}
 	}
-	bdb, err := bolt.Open(path, FileMode, &bolt.Options{Timeout: o.lockTimeout})
+	if err := checkPages(path); err != nil {
+		return nil, err
+	}
+	var bdb *bolt.DB
+	err := safely(func() (err error) { bdb, err = o.openBolt(path); return err })
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, &dirError{dir: dir, msg: "is already in use by a running node; stop it or use another --data", err: ErrInUse}
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	bdb.MaxBatchSize = o.maxBatchSize
-	bdb.MaxBatchDelay = o.maxBatchDelay
-	db := &DB{dir: dir, bolt: bdb}
-	if err := db.migrate(o.migrations); err != nil {
+	if err := checkFileSize(bdb, path); err != nil {
 		bdb.Close()
 		return nil, err
 	}
+	db := &DB{dir: dir, o: o}
+	db.bp.Store(bdb)
+	if err := db.openSealed(); err != nil {
+		db.bolt().Close()
+		return nil, err
+	}
 	return db, nil
+}
+
+// path is the database file.
+func (db *DB) path() string { return filepath.Join(db.dir, FileName) }
+
+// openBolt opens a bbolt file with the configured lock timeout and batching.
+func (o *options) openBolt(path string) (*bolt.DB, error) {
+	bdb, err := bolt.Open(path, FileMode, &bolt.Options{Timeout: o.lockTimeout})
+	if err != nil {
+		return nil, err
+	}
+	bdb.MaxBatchSize = o.maxBatchSize
+	bdb.MaxBatchDelay = o.maxBatchDelay
+	return bdb, nil
 }
 
 // prepareDir creates dir 0700 or checks that an existing one is private.
@@ -166,8 +216,15 @@ func (db *DB) Dir() string { return db.dir }
 
 // Close closes the database. It is idempotent: later calls return the
 // first call's result. Transactions started after Close fail with ErrClosed.
+// If secrets were deleted since the last rewrite, Close first rewrites the
+// file (rewrite.go) so that their bytes are gone from it.
 func (db *DB) Close() error {
-	db.closeOnce.Do(func() { db.closeErr = db.bolt.Close() })
+	db.closeOnce.Do(func() {
+		rerr := db.RewriteIfDue()
+		db.rewriteMu.Lock()
+		defer db.rewriteMu.Unlock()
+		db.closeErr = errors.Join(rerr, db.bolt().Close())
+	})
 	return db.closeErr
 }
 
@@ -176,18 +233,70 @@ func (db *DB) Close() error {
 // it returns are copies that stay valid afterwards.
 type Tx struct {
 	tx *bolt.Tx
+	s  *sealer // nil: a plain store
+	// sums: records carry checksums.
+	sums bool
+
+	err        error               // first damaged record met (fail)
+	keys       map[[32]byte][]byte // hashed key part -> original
+	recorded   map[[32]byte]bool   // hashed key parts known to be in the key directory
+	secretGone bool                // a record of a secret bucket was deleted
+}
+
+// run calls fn and reports a damaged record before fn's own result.
+func (tx *Tx) run(fn func(*Tx) error) error {
+	err := fn(tx)
+	if tx.err != nil {
+		return tx.err
+	}
+	if err == nil && tx.secretGone {
+		err = tx.markRewriteDue()
+	}
+	return err
+}
+
+// errRetired makes a transaction that began on a handle the store has
+// since replaced (rewrite.go) start again on the new one.
+var errRetired = errors.New("store: database file was replaced")
+
+// txOn runs fn on the current handle with begin (Update, View or Batch),
+// starting again if the file was replaced meanwhile.
+func (db *DB) txOn(begin func(*bolt.DB, func(*bolt.Tx) error) error, fn func(*Tx) error) error {
+	for {
+		b := db.bolt()
+		var gone bool
+		err := safely(func() error {
+			return begin(b, func(btx *bolt.Tx) (err error) {
+				defer recoverDamage(&err)
+				if db.bolt() != b {
+					return errRetired
+				}
+				tx := &Tx{tx: btx, s: db.s, sums: db.sums}
+				err = tx.run(fn)
+				gone = tx.secretGone
+				return err
+			})
+		})
+		if errors.Is(err, errRetired) || (errors.Is(err, bolt.ErrDatabaseNotOpen) && db.bolt() != b) {
+			continue
+		}
+		if err == nil && gone {
+			db.due.Store(true)
+		}
+		return mapClosed(err)
+	}
 }
 
 // Update runs fn in a read-write transaction, committed (and fsynced) if fn
 // returns nil and rolled back otherwise.
 func (db *DB) Update(fn func(*Tx) error) error {
-	return mapClosed(db.bolt.Update(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) }))
+	return db.txOn((*bolt.DB).Update, fn)
 }
 
 // View runs fn in a read-only transaction. Write methods fail with
 // ErrReadOnly.
 func (db *DB) View(fn func(*Tx) error) error {
-	return mapClosed(db.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) }))
+	return db.txOn((*bolt.DB).View, fn)
 }
 
 // Batch runs fn in a read-write transaction shared with other concurrent
@@ -198,7 +307,7 @@ func (db *DB) View(fn func(*Tx) error) error {
 // must not have side effects outside the transaction. Batch is useless
 // without concurrency: a lone caller waits MaxBatchDelay.
 func (db *DB) Batch(fn func(*Tx) error) error {
-	return mapClosed(db.bolt.Batch(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) }))
+	return db.txOn((*bolt.DB).Batch, fn)
 }
 
 func mapClosed(err error) error {
@@ -216,17 +325,18 @@ func (tx *Tx) writable() error {
 	return nil
 }
 
-// bucket returns a top-level bucket, which the migrations created.
-func (tx *Tx) bucket(name []byte) (*bolt.Bucket, error) {
+// bucket returns a top-level bucket, which the migrations created, seen
+// through the store's encryption (sealbucket.go).
+func (tx *Tx) bucket(name []byte) (*recordBucket, error) {
 	b := tx.tx.Bucket(name)
 	if b == nil {
 		return nil, fmt.Errorf("%w: bucket %q is missing", ErrCorrupt, name)
 	}
-	return b, nil
+	return tx.wrap(name, b), nil
 }
 
 // wbucket is bucket for write methods.
-func (tx *Tx) wbucket(name []byte) (*bolt.Bucket, error) {
+func (tx *Tx) wbucket(name []byte) (*recordBucket, error) {
 	if err := tx.writable(); err != nil {
 		return nil, err
 	}

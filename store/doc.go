@@ -15,6 +15,14 @@
 // length-bounded binary form, and decoding a damaged record returns an error
 // wrapping ErrCorrupt rather than panicking.
 //
+// Opened with a passphrase (WithPassphrase), the store is encrypted at
+// rest: records are sealed under a random data key that Argon2id of the
+// passphrase wraps, keys that name a contact are keyed hashes, and the
+// file is rewritten into a fresh one after secrets are deleted, because
+// bbolt does not wipe freed pages (seal.go, sealbucket.go, rewrite.go).
+// Without one it works as before, in the clear, and records carry a
+// checksum (checksum.go) so that damage is reported rather than shown.
+//
 // Secrets other than private prekeys and session state (the account seed,
 // the device host key) live in the keystore file, not here. The data
 // directory must be private to its owner: Open creates it 0700 and refuses an

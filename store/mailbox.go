@@ -248,7 +248,7 @@ func (tx *Tx) MailboxPut(env []byte, now time.Time, lim MailboxLimits) (stored b
 	// A registered tag takes only version 2 deposits, with a credential.
 	// (A store still at the schema before registrations has none.)
 	if b := tx.tx.Bucket(bucketMbxReg); b != nil {
-		if _, held, err := (&registrations{reg: b}).get(e.Tag); err != nil {
+		if _, held, err := (&registrations{reg: tx.wrap(bucketMbxReg, b)}).get(e.Tag); err != nil {
 			return false, err
 		} else if held {
 			return false, ErrMailboxNeedsCredential
@@ -326,7 +326,7 @@ func (m *mailbox) insert(env []byte, e *protocol.Envelope, hash [32]byte, tc, tb
 	enc := newEncoder(len(env) + 4)
 	enc.bytes(env)
 	for _, put := range []struct {
-		b    *bolt.Bucket
+		b    *recordBucket
 		k, v []byte
 	}{
 		{m.env, sk, enc.b},
@@ -547,7 +547,7 @@ func ParseMailboxCursor(c []byte) (uint64, error) {
 // a store at a schema before the index of version 1 envelopes (tests
 // only: Open migrates).
 type mailbox struct {
-	env, hash, tag, exp, del, tagstat, meta, v1 *bolt.Bucket
+	env, hash, tag, exp, del, tagstat, meta, v1 *recordBucket
 }
 
 func (tx *Tx) mailboxBuckets(write bool) (*mailbox, error) {
@@ -557,7 +557,7 @@ func (tx *Tx) mailboxBuckets(write bool) (*mailbox, error) {
 	}
 	var m mailbox
 	for _, b := range []struct {
-		dst  **bolt.Bucket
+		dst  **recordBucket
 		name []byte
 	}{
 		{&m.env, bucketMbxEnv}, {&m.hash, bucketMbxHash}, {&m.tag, bucketMbxTag},
@@ -570,7 +570,9 @@ func (tx *Tx) mailboxBuckets(write bool) (*mailbox, error) {
 		}
 		*b.dst = bk
 	}
-	m.v1 = tx.tx.Bucket(bucketMbxV1)
+	if b := tx.tx.Bucket(bucketMbxV1); b != nil { // nil before the schema has it
+		m.v1 = tx.wrap(bucketMbxV1, b)
+	}
 	return &m, nil
 }
 
@@ -589,7 +591,7 @@ func (m *mailbox) remove(seq uint64) error {
 	hash := sha256.Sum256(env)
 	size := int64(len(env))
 	for _, d := range []struct {
-		b *bolt.Bucket
+		b *recordBucket
 		k []byte
 	}{
 		{m.env, sk},
@@ -723,7 +725,7 @@ func envelopeFields(env []byte) envFields {
 
 // tagCursor walks one tag's range of the mbx_tag index.
 type tagCursor struct {
-	c   *bolt.Cursor
+	c   *recordCursor
 	tag [32]byte
 	seq uint64
 }

@@ -360,7 +360,7 @@ func (tx *Tx) sweepRegistrations(now time.Time, limit int) (int, error) {
 
 // registrations is the set of registration buckets of one transaction.
 type registrations struct {
-	reg, exp, meta *bolt.Bucket
+	reg, exp, meta *recordBucket
 }
 
 func (tx *Tx) regBuckets(write bool) (*registrations, error) {
@@ -370,7 +370,7 @@ func (tx *Tx) regBuckets(write bool) (*registrations, error) {
 	}
 	var r registrations
 	for _, b := range []struct {
-		dst  **bolt.Bucket
+		dst  **recordBucket
 		name []byte
 	}{
 		{&r.reg, bucketMbxReg}, {&r.exp, bucketMbxRegExp}, {&r.meta, bucketMbxMeta},

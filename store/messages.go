@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Limits on messages and paging.
@@ -214,7 +212,7 @@ func (tx *Tx) admitMessage(m Message) (Message, error) {
 	case Incoming:
 		m.State = StateReceived
 		// Marked seen here, in the transaction that stores the message.
-		already, err := tx.MarkSeen(m.Contact, m.ID)
+		already, err := tx.markSeen(m.Contact, m.ID, seenUntil(m))
 		if err != nil {
 			return Message{}, err
 		}
@@ -282,10 +280,10 @@ func (tx *Tx) showMessage(m Message) (Message, error) {
 // messageBuckets are the messages and the indexes that put them in order;
 // whatever writes or checks one of them needs the others too.
 type messageBuckets struct {
-	msgs     *bolt.Bucket // bucketMessages: id -> Message
-	conv     *bolt.Bucket // bucketConv: account || seq -> id
-	counters *bolt.Bucket // bucketConvSeq: account -> last seq
-	global   *bolt.Bucket // bucketGlobal: global seq -> id
+	msgs     *recordBucket // bucketMessages: id -> Message
+	conv     *recordBucket // bucketConv: account || seq -> id
+	counters *recordBucket // bucketConvSeq: account -> last seq
+	global   *recordBucket // bucketGlobal: global seq -> id
 }
 
 // messageBuckets looks up the messages and their indexes. It does not check
@@ -308,7 +306,7 @@ func (tx *Tx) messageBuckets() (messageBuckets, error) {
 	return mb, nil
 }
 
-func convCounter(counters *bolt.Bucket, account [32]byte) (uint64, error) {
+func convCounter(counters *recordBucket, account [32]byte) (uint64, error) {
 	v := counters.Get(account[:])
 	if v == nil {
 		return 0, nil
@@ -438,7 +436,7 @@ func (tx *Tx) ConfirmDelivery(contact [32]byte, id [16]byte) (Message, bool, err
 }
 
 // moveState is SetMessageState on the message m just read.
-func (tx *Tx) moveState(msgs *bolt.Bucket, m Message, to MessageState, opts ...StateOption) (Message, bool, error) {
+func (tx *Tx) moveState(msgs *recordBucket, m Message, to MessageState, opts ...StateOption) (Message, bool, error) {
 	id := m.ID
 	if m.Direction != Outgoing {
 		return m, false, fmt.Errorf("store: message %x is incoming; its state cannot change", id)
@@ -479,7 +477,7 @@ func (tx *Tx) ListMessages(contact *[32]byte, afterSeq uint64, limit int) ([]Mes
 	}
 	limit = min(limit, MaxPageSize)
 	var (
-		idx    *bolt.Bucket
+		idx    *recordBucket
 		err    error
 		prefix []byte
 		start  []byte
@@ -520,6 +518,12 @@ func seenKey(contact [32]byte, id [16]byte) []byte { return concat(contact[:], i
 // incoming messages; call it directly for messages that are not stored,
 // such as receipts.
 func (tx *Tx) MarkSeen(contact [32]byte, id [16]byte) (already bool, err error) {
+	return tx.markSeen(contact, id, nil)
+}
+
+// markSeen is MarkSeen with the mark's expiry (timeKey, see PruneSeen);
+// nil writes a mark without one.
+func (tx *Tx) markSeen(contact [32]byte, id [16]byte, until []byte) (already bool, err error) {
 	seen, err := tx.wbucket(bucketSeen)
 	if err != nil {
 		return false, err
@@ -528,7 +532,10 @@ func (tx *Tx) MarkSeen(contact [32]byte, id [16]byte) (already bool, err error) 
 	if seen.Get(k) != nil {
 		return true, nil
 	}
-	return false, seen.Put(k, present)
+	if until == nil {
+		until = present
+	}
+	return false, seen.Put(k, until)
 }
 
 // Seen reports whether contact's message ID was recorded by MarkSeen.
@@ -557,7 +564,7 @@ func (tx *Tx) moveConversation(from, to [32]byte) error {
 	if mb.counters.Get(to[:]) != nil {
 		return fmt.Errorf("%w: the new key already has a conversation", ErrDuplicate)
 	}
-	for _, b := range []*bolt.Bucket{mb.conv, seen} {
+	for _, b := range []*recordBucket{mb.conv, seen} {
 		var keys, vals [][]byte
 		c := b.Cursor()
 		for k, v := c.Seek(from[:]); k != nil && bytes.HasPrefix(k, from[:]); k, v = c.Next() {

@@ -274,6 +274,7 @@ func TestKeyChangeRestartsOrder(t *testing.T) {
 // TestOrderSchemaUpgrade: a schema 2 database with messages opens under
 // schema 3 with every message intact and PeerSeq 0.
 func TestOrderSchemaUpgrade(t *testing.T) {
+	skipIfSealed(t)
 	old := openAtSchema(t, 2)
 	addContacts(t, old, 1)
 	m := Message{ID: msgID(1), Contact: acct(1), Direction: Incoming, Type: 1, Body: []byte("old"),
@@ -282,7 +283,7 @@ func TestOrderSchemaUpgrade(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := old.bolt.Update(func(tx *bolt.Tx) error {
+	if err := old.bolt().Update(func(tx *bolt.Tx) error {
 		// A schema 2 record is the schema 3 one without its last field.
 		if err := tx.Bucket(bucketMessages).Put(m.ID[:], v[:len(v)-1]); err != nil {
 			return err

@@ -63,6 +63,8 @@ var migrations = []migration{
 	{name: "envelope token log", apply: splitTokenLog},
 	{name: "mailbox registrations", apply: createMailboxRegBuckets},
 	{name: "mailbox version 1 index", apply: indexMailboxV1},
+	{name: "key directory", apply: createKeyDir},
+	{name: migrationSums, apply: addRecordSums},
 }
 
 // SchemaVersion is the schema version this build writes.
@@ -74,7 +76,7 @@ func SchemaVersion() int { return len(migrations) }
 // would otherwise rewrite the file.
 func (db *DB) migrate(ms []migration) error {
 	var current bool
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.bolt().View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil {
 			return nil // a new database: initialise it below
@@ -92,7 +94,7 @@ func (db *DB) migrate(ms []migration) error {
 	if err != nil || current {
 		return err
 	}
-	return db.bolt.Update(func(tx *bolt.Tx) error {
+	return db.bolt().Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err

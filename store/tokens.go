@@ -91,11 +91,14 @@ func (tx *Tx) EnvelopeToken(expiry time.Time, deleteHash [32]byte) ([]byte, erro
 	}
 	prefix := timeKey(expiry)
 	want := deleteHash[:tokenHashSize]
-	c := b.Cursor()
+	c := b.PeekCursor() // the hash prefix is never sealed
 	n := 0
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && n < maxTokenScan; k, v = c.Next() {
 		n++
 		if len(v) > tokenHashSize && bytes.Equal(v[:tokenHashSize], want) {
+			if v = b.OpenPeeked(k, v); v == nil {
+				return nil, tx.err
+			}
 			return bytes.Clone(v[tokenHashSize:]), nil
 		}
 	}
@@ -119,7 +122,7 @@ func (tx *Tx) PruneEnvelopeTokens(now time.Time, limit int) (int, error) {
 	}
 	end := timeKey(now.Add(-tokenKeepAfterExpiry))
 	var doomed [][]byte
-	c := b.Cursor()
+	c := b.PeekCursor() // keys only
 	for k, _ := c.First(); k != nil && len(doomed) < limit && bytes.Compare(k[:min(8, len(k))], end) < 0; k, _ = c.Next() {
 		doomed = append(doomed, bytes.Clone(k))
 	}

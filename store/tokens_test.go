@@ -108,6 +108,7 @@ func TestPruneEnvelopeTokens(t *testing.T) {
 // after the upgrade by any expiry, until they are pruned once every
 // envelope they could belong to has expired. Other settings stay.
 func TestTokenSchemaUpgrade(t *testing.T) {
+	skipIfSealed(t)
 	old := openAtSchema(t, 3)
 	rec := bytes.Repeat([]byte{9}, 80)
 	h := hashN(5)
@@ -164,7 +165,7 @@ func TestTokenSchemaUpgrade(t *testing.T) {
 // reported by Check.
 func TestCheckFindsBadTokenRecord(t *testing.T) {
 	db, _ := openTest(t)
-	if err := db.bolt.Update(func(tx *bolt.Tx) error {
+	if err := db.bolt().Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTokenLog).Put([]byte("short"), []byte{1})
 	}); err != nil {
 		t.Fatal(err)
@@ -215,10 +216,11 @@ func TestEnvelopeTokensOneSecond(t *testing.T) {
 // TestTokenSchema4Upgrade: records in schema 4's layout are found after
 // the upgrade, the legacy ones included.
 func TestTokenSchema4Upgrade(t *testing.T) {
+	skipIfSealed(t)
 	old := openAtSchema(t, 4)
 	exp := t0.Add(time.Hour)
 	h, lh := hashN(1), hashN(2)
-	if err := old.bolt.Update(func(tx *bolt.Tx) error {
+	if err := old.bolt().Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTokens)
 		if err := b.Put(concat(timeKey(exp), h[:]), []byte("new")); err != nil {
 			return err

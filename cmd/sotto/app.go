@@ -27,6 +27,17 @@ type App struct {
 	// out; with keep set it leaves the network running until ctx ends,
 	// prints how to talk to it, and keeps its data directories.
 	Demo func(ctx context.Context, keep bool, out io.Writer) error
+	// ChangePassphrase changes the passphrase of the stopped node's keys
+	// and store from old (nil: none) to new.
+	ChangePassphrase func(ctx context.Context, dataDir string, old, new []byte) error
+	// Compact rewrites the stopped node's store into a fresh file and
+	// returns its size before and after.
+	Compact func(ctx context.Context, dataDir string, passphrase []byte) (before, after int64, err error)
+	// Restore restores the backup in file into the new data directory
+	// dataDir and returns the restored identity.
+	Restore func(ctx context.Context, dataDir, file string, passphrase []byte) (api.Identity, error)
+	// Check checks the stopped node's store and returns its problems.
+	Check func(ctx context.Context, dataDir string, passphrase []byte) error
 }
 
 // InitConfig is what `sotto init` asks for.

@@ -65,6 +65,7 @@ func init() {
 		initCommand, runCommand, idCommand, inviteCommand,
 		contactAddCommand, contactListCommand, contactVerifyCommand,
 		sendCommand, messagesCommand, statusCommand, demoCommand,
+		passphraseChangeCommand, compactCommand, backupCommand, restoreCommand, checkCommand,
 	}
 }
 

@@ -102,6 +102,7 @@ var statusCommand = &command{
 			if st.Mailbox != nil {
 				fmt.Fprintf(w, "mailbox:          %d envelopes, %d bytes\n", st.Mailbox.Envelopes, st.Mailbox.Bytes)
 			}
+			printStore(w, st.Store)
 			return nil
 		})
 	},

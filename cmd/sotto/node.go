@@ -23,7 +23,8 @@ import (
 
 // nodeApp is the App of the real node.
 func nodeApp() App {
-	return App{OpenBackend: openNodeBackend, Init: initNode, Run: runNode, Demo: runDemo}
+	return App{OpenBackend: openNodeBackend, Init: initNode, Run: runNode, Demo: runDemo,
+		ChangePassphrase: changePassphrase, Compact: compactStore, Restore: restoreBackup, Check: checkStore}
 }
 
 // startupWait bounds how long a command waits for a node that holds the
@@ -52,6 +53,20 @@ func initNode(ctx context.Context, cfg InitConfig) (api.Identity, error) {
 // sealed when the node next runs.
 func openNodeBackend(dir string) (api.Backend, func(), error) {
 	n, err := node.Open(node.Config{DataDir: dir})
+	if isLockedStore(err) {
+		// An encrypted store opens with $SOTTO_PASSPHRASE_FILE (never a
+		// plain one: that is encrypted only by `sotto run`).
+		var pass []byte
+		if f := os.Getenv("SOTTO_PASSPHRASE_FILE"); f != "" {
+			if pass, err = readPassphrase(f); err != nil {
+				return nil, nil, err
+			}
+			n, err = node.Open(node.Config{DataDir: dir, Passphrase: pass})
+		}
+		if isLockedStore(err) {
+			return nil, nil, lockedStoreError(dir)
+		}
+	}
 	if errors.Is(err, node.ErrInUse) {
 		// A node holds the directory but its socket did not answer: it
 		// is starting, or another command has it open for a moment.

@@ -1,0 +1,259 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// damagedStore writes a store of 3,000 messages, closes it and returns its
+// file's path.
+func damagedStore(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "data")
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addContacts(t, db, 3)
+	mustUpdate(t, db, func(tx *Tx) error {
+		for i := 1; i <= 3000; i++ {
+			m := Message{ID: msgID(uint64(i)), Contact: acct(byte(1 + i%3)), Direction: Incoming, Body: benchBody, ReceivedAt: t0}
+			if _, err := tx.AppendMessage(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	return filepath.Join(dir, FileName)
+}
+
+// readAll reads every message and contact of the store in dir.
+func readAll(dir string, opts ...Option) error {
+	db, err := Open(dir, opts...)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.View(func(tx *Tx) error {
+		if _, err := tx.ListContacts(); err != nil {
+			return err
+		}
+		_, err := tx.ListMessages(nil, 0, 1<<20)
+		return err
+	})
+}
+
+// TestTruncatedStore: a database file cut short is refused at Open with
+// ErrCorrupt naming the truncation; nothing panics.
+func TestTruncatedStore(t *testing.T) {
+	for _, cut := range []func(used int64) int64{
+		func(used int64) int64 { return used / 2 },
+		func(used int64) int64 { return used - 4096 },
+		func(int64) int64 { return 3 * 4096 },
+	} {
+		path := damagedStore(t)
+		var used int64
+		db, err := Open(filepath.Dir(path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustView(t, db, func(tx *Tx) error { used = tx.tx.Size(); return nil })
+		db.Close()
+		size := cut(used)
+		if err := os.Truncate(path, size); err != nil {
+			t.Fatal(err)
+		}
+		err = readAll(filepath.Dir(path))
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("a store of %d bytes truncated to %d: %v, want ErrCorrupt", used, size, err)
+		}
+		t.Logf("truncated to %d of %d bytes: %v", size, used, err)
+	}
+}
+
+// TestDamagedPages: pages overwritten with garbage are reported as errors
+// (wrapping ErrCorrupt where bbolt would panic), by reads and by Check;
+// nothing panics.
+func TestDamagedPages(t *testing.T) {
+	for _, fill := range []byte{0x00, 0xff, 0x5a} {
+		path := damagedStore(t)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const page = 4096
+		n := len(b) / page
+		for p := n / 3; p < n/3+3; p++ {
+			for i := p * page; i < (p+1)*page; i++ {
+				b[i] = fill
+			}
+		}
+		if err := os.WriteFile(path, b, FileMode); err != nil {
+			t.Fatal(err)
+		}
+		err = readAll(filepath.Dir(path))
+		t.Logf("fill %#x: read: %v", fill, err)
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Errorf("fill %#x: read: %v, want ErrCorrupt", fill, err)
+		}
+		db, err := Open(filepath.Dir(path))
+		if err != nil {
+			t.Logf("fill %#x: open: %v", fill, err)
+			continue
+		}
+		cerr := db.Check()
+		db.Close()
+		t.Logf("fill %#x: check: %.300v", fill, cerr)
+		if cerr == nil {
+			t.Errorf("fill %#x: Check found nothing", fill)
+		}
+	}
+}
+
+// TestCheckListsDamagedRecords: in an encrypted store, Check names each
+// damaged record (bucket and key), not only the first, while the
+// undamaged records still read.
+func TestCheckListsDamagedRecords(t *testing.T) {
+	db := mustOpenSealed(t, filepath.Join(t.TempDir(), "data"), "pw")
+	addContacts(t, db, 3)
+	mustUpdate(t, db, func(tx *Tx) error {
+		for i := 1; i <= 10; i++ {
+			if _, err := tx.AppendMessage(Message{ID: msgID(uint64(i)), Contact: acct(1), Direction: Outgoing, Body: []byte("text")}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err := db.Check(); err != nil {
+		t.Fatalf("intact: %v", err)
+	}
+	mustUpdate(t, db, func(tx *Tx) error {
+		for _, d := range []struct {
+			bucket, key []byte
+		}{{bucketMessages, idBytes(3)}, {bucketMessages, idBytes(7)}} {
+			b := tx.tx.Bucket(d.bucket)
+			v := bytes.Clone(b.Get(d.key))
+			v[len(v)-1] ^= 1
+			if err := b.Put(d.key, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	err := db.Check()
+	if err == nil {
+		t.Fatal("Check found nothing")
+	}
+	for _, want := range []string{fmt.Sprintf("messages record %x", msgID(3)), fmt.Sprintf("messages record %x", msgID(7))} {
+		if !strings.Contains(err.Error(), want[:len("messages record ")+24]) {
+			t.Errorf("Check does not name %q:\n%v", want, err)
+		}
+	}
+	mustView(t, db, func(tx *Tx) error {
+		if _, err := tx.GetMessage(msgID(5)); err != nil {
+			t.Errorf("an intact message: %v", err)
+		}
+		if _, err := tx.ListContacts(); err != nil {
+			t.Errorf("contacts: %v", err)
+		}
+		return nil
+	})
+}
+
+func idBytes(n uint64) []byte { id := msgID(n); return id[:] }
+
+// TestPlainRecordChecksums: in a store without a passphrase, one flipped
+// byte in a message's text is reported as ErrCorrupt, never shown, and
+// Check names the record. A store written before checksums existed gains
+// them when it is opened (the schema migration "record checksums").
+func TestPlainRecordChecksums(t *testing.T) {
+	skipIfSealed(t)
+	db, _ := openTest(t)
+	addContacts(t, db, 1)
+	mustUpdate(t, db, func(tx *Tx) error {
+		_, err := tx.AppendMessage(Message{ID: msgID(1), Contact: acct(1), Direction: Incoming, Body: []byte("meet at noon")})
+		return err
+	})
+	mustUpdate(t, db, func(tx *Tx) error {
+		b := tx.tx.Bucket(bucketMessages)
+		v := bytes.Clone(b.Get(idBytes(1)))
+		i := bytes.Index(v, []byte("noon"))
+		v[i] = 'm' // "meet at moon": still a well-formed record
+		return b.Put(idBytes(1), v)
+	})
+	err := db.View(func(tx *Tx) error {
+		m, err := tx.GetMessage(msgID(1))
+		if err == nil {
+			t.Errorf("the altered text was shown: %q", m.Body)
+		}
+		return err
+	})
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("altered message: %v, want ErrCorrupt", err)
+	}
+	if err := db.Check(); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("messages record %x", idBytes(1)[:12])) {
+		t.Errorf("Check: %v", err)
+	}
+
+	old := openAtSchema(t, schemaBefore(t, migrationSums))
+	mustUpdate(t, old, func(tx *Tx) error {
+		if err := tx.AddContact(contact("c001", 1)); err != nil {
+			return err
+		}
+		_, err := tx.AppendMessage(Message{ID: msgID(2), Contact: acct(1), Direction: Incoming, Body: []byte("before sums")})
+		return err
+	})
+	mustView(t, old, func(tx *Tx) error {
+		if _, err := unmarshalMessage(tx.tx.Bucket(bucketMessages).Get(idBytes(2))); err != nil {
+			t.Errorf("a record before the migration has something after it: %v", err)
+		}
+		return nil
+	})
+	up := upgrade(t, old)
+	mustView(t, up, func(tx *Tx) error {
+		m, err := tx.GetMessage(msgID(2))
+		if err != nil || string(m.Body) != "before sums" {
+			t.Errorf("after the migration: %q, %v", m.Body, err)
+		}
+		return nil
+	})
+	if err := up.Check(); err != nil {
+		t.Errorf("Check after the migration: %v", err)
+	}
+}
+
+// TestRecordSumKnownAnswer pins the record checksum: CRC-32C (Castagnoli)
+// over len(bucket) (1 byte), bucket, uvarint len(key), key and value,
+// appended big-endian.
+func TestRecordSumKnownAnswer(t *testing.T) {
+	name, key, v := []byte("messages"), []byte("key-1"), []byte("hello, world")
+	msg := append([]byte{byte(len(name))}, name...)
+	msg = append(append(append(msg, byte(len(key))), key...), v...)
+	want := crc32.Checksum(msg, crc32.MakeTable(crc32.Castagnoli))
+	if got := recordSum(name, key, v); got != want || got != 0xbf1de041 {
+		t.Fatalf("recordSum = %08x, want %08x (pinned bf1de041)", got, want)
+	}
+	s := appendSum(name, key, v)
+	if !bytes.Equal(s[:len(v)], v) || binary.BigEndian.Uint32(s[len(v):]) != want {
+		t.Fatalf("appendSum = %x", s)
+	}
+	if body, err := stripSum(name, key, s); err != nil || !bytes.Equal(body, v) {
+		t.Fatalf("stripSum: %q, %v", body, err)
+	}
+	for _, bad := range [][]byte{s[:3], append(bytes.Clone(s[:len(s)-1]), s[len(s)-1]^1)} {
+		if _, err := stripSum(name, key, bad); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("stripSum(%x): %v", bad, err)
+		}
+	}
+	if _, err := stripSum([]byte("outbox"), key, s); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("another bucket: %v", err)
+	}
+}
