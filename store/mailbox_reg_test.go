@@ -683,7 +683,7 @@ func TestMailboxRegistrationCorrupt(t *testing.T) {
 func TestMailboxRegistrationSchemaUpgrade(t *testing.T) {
 	// A mailbox made before registrations existed keeps its envelopes and
 	// gains the registration buckets on open.
-	old := openAtSchema(t, 5)
+	old := openAtSchema(t, schemaBefore(t, "mailbox registrations"))
 	v1 := mbxEnvelope(mbxTag(1), 1, 10, time.Hour)
 	mustMbxPut(t, old, v1)
 	mustView(t, old, func(tx *Tx) error {

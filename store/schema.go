@@ -63,6 +63,7 @@ var migrations = []migration{
 	{name: "envelope token log", apply: splitTokenLog},
 	{name: "mailbox registrations", apply: createMailboxRegBuckets},
 	{name: "mailbox version 1 index", apply: indexMailboxV1},
+	{name: "groups", apply: createGroupBuckets},
 }
 
 // SchemaVersion is the schema version this build writes.

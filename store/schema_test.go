@@ -62,3 +62,15 @@ func TestOpenUpToDateWritesNothing(t *testing.T) {
 		t.Errorf("mtime %v, want %v unchanged", fi.ModTime(), past)
 	}
 }
+
+// schemaBefore is the schema version just before the named migration.
+func schemaBefore(t *testing.T, name string) int {
+	t.Helper()
+	for i, m := range migrations {
+		if m.name == name {
+			return i
+		}
+	}
+	t.Fatalf("no migration %q", name)
+	return 0
+}
