@@ -16,12 +16,12 @@ import (
 // receiver holds them, sender keys that came before their group's
 // welcome, and the group's messages in display order.
 var (
-	bucketGroups       = []byte("groups")         // G(32) -> Group
-	bucketGroupOps     = []byte("group_ops")      // G(32) || seq(4) || op hash(32) -> op
-	bucketGroupKeys    = []byte("group_keys")     // G(32) || key ID(16) -> member key state
-	bucketGroupPending = []byte("group_pending")  // G(32) || owner(32) -> time(8) || distribution
-	bucketGroupMsgs    = []byte("group_msgs")     // G(32) || lamport(8) || sender(32) || seq(8) -> GroupMessage
-	bucketGroupMsgIDs  = []byte("group_msg_ids")  // G(32) || message ID(16) -> group_msgs key
+	bucketGroups       = []byte("groups")        // G(32) -> Group
+	bucketGroupOps     = []byte("group_ops")     // G(32) || seq(4) || op hash(32) -> op
+	bucketGroupKeys    = []byte("group_keys")    // G(32) || key ID(16) -> member key state
+	bucketGroupPending = []byte("group_pending") // G(32) || owner(32) -> time(8) || distribution
+	bucketGroupMsgs    = []byte("group_msgs")    // G(32) || lamport(8) || sender(32) || seq(8) -> GroupMessage
+	bucketGroupMsgIDs  = []byte("group_msg_ids") // G(32) || message ID(16) -> group_msgs key
 	groupBuckets       = [][]byte{bucketGroups, bucketGroupOps, bucketGroupKeys, bucketGroupPending, bucketGroupMsgs, bucketGroupMsgIDs}
 )
 
