@@ -62,6 +62,11 @@ type Group struct {
 	Lamport   uint64        // the group's Lamport clock
 	Seq       uint64        // the last seq this device sent in the group
 	Joined    time.Time
+	// Removals counts the removes and leaves on the canonical chain when
+	// this device's sender key was made: one more means a new key.
+	Removals uint64
+	// Left: this device's account is no longer a member.
+	Left bool
 }
 
 func (g Group) marshal() ([]byte, error) {
@@ -79,6 +84,8 @@ func (g Group) marshal() ([]byte, error) {
 	e.uvarint(g.Lamport)
 	e.uvarint(g.Seq)
 	e.time(g.Joined)
+	e.uvarint(g.Removals)
+	e.bool(g.Left)
 	return e.b, nil
 }
 
@@ -97,6 +104,8 @@ func unmarshalGroup(b []byte) (Group, error) {
 	g.Lamport = d.uvarint()
 	g.Seq = d.uvarint()
 	g.Joined = d.time()
+	g.Removals = d.uvarint()
+	g.Left = d.bool()
 	return g, d.finish()
 }
 

@@ -1,0 +1,261 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/protocol/group"
+	"github.com/sotto-im/sotto/store"
+)
+
+// groupNet is a few users who are each other's contacts.
+type groupNet struct {
+	t     *testing.T
+	names []string
+	nodes map[string]*Node
+}
+
+func newGroupNet(t *testing.T, names ...string) *groupNet {
+	tn := newTestNet(t)
+	gn := &groupNet{t: t, names: names, nodes: map[string]*Node{}}
+	for _, name := range names {
+		gn.nodes[name] = tn.start(tn.initNode(name))
+	}
+	for i, a := range names {
+		for _, b := range names[i+1:] {
+			befriend(t, gn.nodes[a], a, gn.nodes[b], b)
+		}
+	}
+	return gn
+}
+
+// waitGroup waits until n holds the group id with want members.
+func waitGroup(t *testing.T, ctx context.Context, n *Node, id [32]byte, want int) Group {
+	t.Helper()
+	var g Group
+	testkit.WaitFor(t, ctx, func() bool {
+		var err error
+		g, err = n.GroupInfo(id)
+		return err == nil && len(g.Members) == want
+	})
+	return g
+}
+
+// groupTexts is what n shows of group id, as "sender: text" with "me"
+// for n's own.
+func groupTexts(t *testing.T, n *Node, id [32]byte) []string {
+	t.Helper()
+	ms, err := n.GroupMessages(id, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range ms {
+		who := m.SenderName
+		if m.Outgoing {
+			who = "me"
+		}
+		out = append(out, who+": "+m.Body)
+	}
+	return out
+}
+
+// waitGroupTexts waits until n shows want messages of group id, and
+// says what each shows if it never does.
+func waitGroupTexts(t *testing.T, ctx context.Context, n *Node, id [32]byte, want int) {
+	t.Helper()
+	for len(groupTexts(t, n, id)) < want {
+		select {
+		case <-ctx.Done():
+			n.grp.mu.Lock()
+			waiting := len(n.grp.live[group.ID(id)].waiting)
+			live := len(n.grp.live[group.ID(id)].recv.KeyIDs())
+			n.grp.mu.Unlock()
+			var stored int
+			var ctl []string
+			n.db.View(func(tx *store.Tx) error {
+				ks, _ := tx.GroupKeys(id)
+				stored = len(ks)
+				ms, _ := tx.ListMessages(nil, 0, 1000)
+				for _, m := range ms {
+					if group.IsContent(m.Type) {
+						ctl = append(ctl, fmt.Sprintf("%x dir%d type%d state%d", m.Contact[:2], m.Direction, m.Type, m.State))
+					}
+				}
+				return nil
+			})
+			t.Logf("keys live %d stored %d; content %q", live, stored, ctl)
+			t.Fatalf("%s shows %q, want %d messages (drops %+v, %d waiting for keys)", n.ident.Name, groupTexts(t, n, id), want, n.GroupStats(), waiting)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// waitTopicPeers waits until n's topic of group id has want peers.
+func waitTopicPeers(t *testing.T, ctx context.Context, n *Node, id [32]byte, want int) {
+	t.Helper()
+	testkit.WaitFor(t, ctx, func() bool {
+		n.grp.mu.Lock()
+		lg := n.grp.live[group.ID(id)]
+		var name string
+		if lg != nil {
+			if s, ok := lg.secret(); ok {
+				name = s.Topic(epochNow(n))
+			}
+		}
+		n.grp.mu.Unlock()
+		return name != "" && len(n.mbx.gossip.PubSub().ListPeers(name)) >= want
+	})
+}
+
+func epochNow(n *Node) uint64 { return protocol.Epoch(n.now()) }
+
+// TestGroupThreeMembers: Alice makes a group with Bob and Carol, her
+// contacts. Each of them gets the welcome, the others' sender keys, and
+// every message of the others exactly once, in each sender's order; the
+// group's content never shows in their one-to-one conversations.
+func TestGroupThreeMembers(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	ctx := testkit.Context(t, 120*time.Second)
+	g, err := alice.CreateGroup(ctx, "friends", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.Admin || len(g.Members) != 3 || g.Name != "friends" {
+		t.Fatalf("created %+v", g)
+	}
+	for _, n := range []*Node{bob, carol} {
+		got := waitGroup(t, ctx, n, g.ID, 3)
+		if got.Admin || got.Name != "friends" {
+			t.Fatalf("member sees %+v", got)
+		}
+	}
+	for _, n := range []*Node{alice, bob, carol} {
+		waitTopicPeers(t, ctx, n, g.ID, 2)
+	}
+	for i := range 3 {
+		for _, who := range []string{"alice", "bob", "carol"} {
+			if _, err := gn.nodes[who].SendGroup(ctx, g.ID, fmt.Sprintf("%s %d", who, i)); err != nil {
+				t.Fatalf("%s: %v", who, err)
+			}
+		}
+	}
+	for _, who := range []string{"alice", "bob", "carol"} {
+		n := gn.nodes[who]
+		waitGroupTexts(t, ctx, n, g.ID, 9)
+		texts := groupTexts(t, n, g.ID)
+		if len(texts) != 9 {
+			t.Fatalf("%s shows %d messages: %q", who, len(texts), texts)
+		}
+		// Each sender's messages in its order.
+		for _, from := range []string{"alice", "bob", "carol"} {
+			label := from
+			if from == who {
+				label = "me"
+			}
+			next := 0
+			for _, tx := range texts {
+				if tx == fmt.Sprintf("%s: %s %d", label, from, next) {
+					next++
+				}
+			}
+			if next != 3 {
+				t.Errorf("%s shows %s's messages out of order: %q", who, from, texts)
+			}
+		}
+		for _, other := range []string{"alice", "bob", "carol"} {
+			if other == who {
+				continue
+			}
+			ms, err := n.Messages(other, 0, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range ms {
+				if group.IsContent(m.Type) {
+					t.Errorf("%s's conversation with %s shows group content", who, other)
+				}
+			}
+		}
+	}
+	if d := bob.GroupStats(); d != (GroupDrops{}) {
+		t.Errorf("bob dropped group content: %+v", d)
+	}
+}
+
+// TestGroupRemoval: Alice removes Carol. Bob and Alice take new sender
+// keys and a new secret that Carol never gets; Bob's next message reaches
+// Alice and not Carol, and Carol can no longer post.
+func TestGroupRemoval(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	ctx := testkit.Context(t, 120*time.Second)
+	g, err := alice.CreateGroup(ctx, "team", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 3)
+	waitGroup(t, ctx, carol, g.ID, 3)
+	for _, n := range []*Node{alice, bob, carol} {
+		waitTopicPeers(t, ctx, n, g.ID, 2)
+	}
+	if _, err := bob.SendGroup(ctx, g.ID, "before"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return len(groupTexts(t, carol, g.ID)) == 1 })
+
+	if _, err := bob.RemoveFromGroup(ctx, g.ID, "carol"); !errors.Is(err, ErrNotGroupAdmin) {
+		t.Fatalf("bob, not an admin, removes carol: %v", err)
+	}
+	if _, err := alice.RemoveFromGroup(ctx, g.ID, "carol"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 2)
+	testkit.WaitFor(t, ctx, func() bool { cg, err := carol.GroupInfo(g.ID); return err == nil && cg.Left })
+	// Bob's key after the removal is new, and Carol holds none of it.
+	bobKey := func() [16]byte {
+		bob.grp.mu.Lock()
+		defer bob.grp.mu.Unlock()
+		return bob.grp.live[group.ID(g.ID)].mine.ID
+	}
+	testkit.WaitFor(t, ctx, func() bool {
+		alice.grp.mu.Lock()
+		defer alice.grp.mu.Unlock()
+		_, ok := alice.grp.live[group.ID(g.ID)].recv.KeyOwner(bobKey())
+		return ok
+	})
+	waitTopicPeers(t, ctx, alice, g.ID, 1)
+	waitTopicPeers(t, ctx, bob, g.ID, 1)
+	if _, err := bob.SendGroup(ctx, g.ID, "after"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return len(groupTexts(t, alice, g.ID)) == 2 })
+	carol.grp.mu.Lock()
+	_, held := carol.grp.live[group.ID(g.ID)].recv.KeyOwner(bobKey())
+	carol.grp.mu.Unlock()
+	if held {
+		t.Fatal("carol holds bob's sender key made after her removal")
+	}
+	if texts := groupTexts(t, carol, g.ID); len(texts) != 1 {
+		t.Fatalf("carol shows %q after her removal", texts)
+	}
+	if _, err := carol.SendGroup(ctx, g.ID, "still here?"); !errors.Is(err, ErrNotGroupMember) {
+		t.Fatalf("carol posts after her removal: %v", err)
+	}
+	var rec store.Group
+	carol.db.View(func(tx *store.Tx) error { rec, _ = tx.GetGroup(g.ID); return nil })
+	alice.grp.mu.Lock()
+	cur, _ := alice.grp.live[group.ID(g.ID)].secret()
+	alice.grp.mu.Unlock()
+	for _, s := range rec.Secrets {
+		if s.Secret == [32]byte(cur) {
+			t.Fatal("carol holds the group's secret made at her removal")
+		}
+	}
+}
