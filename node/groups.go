@@ -82,17 +82,24 @@ type GroupDrops struct {
 type groups struct {
 	mu   sync.Mutex
 	live map[group.ID]*liveGroup
+	// receipts waiting for the next batch, per group; flushing: a flush
+	// is scheduled.
+	receipts map[group.ID][][16]byte
+	flushing bool
 
 	drops struct{ malformed, notMember, refused, replay, forged, unknown atomic.Uint64 }
 }
 
 // liveGroup is one group loaded from the store.
 type liveGroup struct {
-	rec   store.Group
-	tree  *group.Tree
-	recv  *group.Receiver
-	mine  *group.SenderKey // nil when the device has none
-	subs  map[string]context.CancelFunc
+	rec  store.Group
+	tree *group.Tree
+	recv *group.Receiver
+	mine *group.SenderKey // nil when the device has none
+	subs map[string]context.CancelFunc
+	// seen maps the (key ID, iteration) of messages opened lately to
+	// their IDs, to receipt a copy published again.
+	seen map[keyIteration][16]byte
 	// waiting holds envelopes under sender keys not received yet: a
 	// member's key travels over its pairwise session and may come after
 	// its first messages. They are tried again when keys arrive.
@@ -188,9 +195,6 @@ func loadGroup(tx *store.Tx, id [32]byte) (*liveGroup, error) {
 
 // startGroups loads every group and follows its topics.
 func (n *Node) startGroups() error {
-	n.grp.mu.Lock()
-	n.grp.live = map[group.ID]*liveGroup{}
-	n.grp.mu.Unlock()
 	var ids [][32]byte
 	if err := n.db.View(func(tx *store.Tx) error {
 		gs, err := tx.ListGroups()
@@ -206,20 +210,24 @@ func (n *Node) startGroups() error {
 	return nil
 }
 
-// groupLoop moves the groups' topics to a new epoch when the day changes.
+// groupLoop publishes again what members have not acknowledged, and
+// moves the groups' topics to a new epoch when the day changes.
 func (n *Node) groupLoop() {
-	t := time.NewTicker(time.Minute)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	for {
+	for i := 0; ; i++ {
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-t.C:
-			n.grp.mu.Lock()
-			for _, lg := range n.grp.live {
-				n.followLocked(lg)
+			if i%60 == 0 {
+				n.grp.mu.Lock()
+				for _, lg := range n.grp.live {
+					n.followLocked(lg)
+				}
+				n.grp.mu.Unlock()
 			}
-			n.grp.mu.Unlock()
+			n.resendGroups()
 		}
 	}
 }
@@ -239,6 +247,9 @@ func (n *Node) reloadGroups(ids [][32]byte) {
 			continue
 		}
 		n.grp.mu.Lock()
+		if n.grp.live == nil {
+			n.grp.live = map[group.ID]*liveGroup{}
+		}
 		var retry []waitingEnvelope
 		if old := n.grp.live[group.ID(id)]; old != nil {
 			// Subscriptions carry over: leaving a topic and joining it
@@ -316,6 +327,12 @@ func (n *Node) validateGroup(id group.ID, epoch uint64, data []byte) p2p.Verdict
 		return p2p.Ignore
 	}
 	if _, err := lg.recv.Check(s, epoch, env); err != nil {
+		if errors.Is(err, group.ErrGroupReplay) {
+			// Published again: the sender may have missed the receipt.
+			if msgID, ok := lg.openedID(s, epoch, env); ok {
+				n.receiptLocked(id, msgID)
+			}
+		}
 		if errors.Is(err, group.ErrUnknownSenderKey) {
 			// Its header opened: the sender holds the group's secret, and
 			// its key may be on the way.
@@ -383,12 +400,17 @@ func (n *Node) groupReceived(id group.ID, epoch uint64, data []byte) {
 		n.countGroupDrop(err)
 		return
 	}
-	if inner.Type != group.ContentText || !utf8.Valid(inner.Body) {
+	state, _ := lg.recv.MarshalKey(ch.KeyID)
+	now := n.now()
+	lg.opened(ch, inner.ID)
+	if inner.Type == group.ContentReceipts {
+		n.takeGroupReceipts(id, inner, ch.KeyID, state)
+		return
+	}
+	if inner.Type != group.ContentText {
 		n.grp.drops.malformed.Add(1)
 		return
 	}
-	state, _ := lg.recv.MarshalKey(ch.KeyID)
-	now := n.now()
 	m := store.GroupMessage{
 		ID: inner.ID, Group: [32]byte(id), Sender: [32]byte(inner.Sender), Lamport: inner.Lamport, Seq: inner.Seq,
 		Type: inner.Type, Body: inner.Body, SentAt: inner.Sent, ReceivedAt: now,
@@ -420,6 +442,7 @@ func (n *Node) groupReceived(id group.ID, epoch uint64, data []byte) {
 		return
 	}
 	lg.rec = rec
+	n.receiptLocked(id, inner.ID)
 	gm := n.groupMessageOf(m)
 	n.events.publish(Event{Type: EventGroupMessage, GroupMessage: &gm})
 }
@@ -459,7 +482,7 @@ func (n *Node) SendGroup(ctx context.Context, id [32]byte, text string) (GroupMe
 	if err != nil {
 		return GroupMessage{}, err
 	}
-	gm, topic, env, err := n.sealGroup(id, msgID, text, now)
+	gm, topic, env, err := n.sealGroup(id, msgID, group.ContentText, []byte(text), now)
 	if err != nil {
 		return GroupMessage{}, err
 	}
@@ -472,7 +495,9 @@ func (n *Node) SendGroup(ctx context.Context, id [32]byte, text string) (GroupMe
 
 // sealGroup seals and stores a group message; it returns the message, the
 // topic to publish on and the envelope.
-func (n *Node) sealGroup(id [32]byte, msgID [16]byte, text string, now time.Time) (GroupMessage, groupTopic, []byte, error) {
+// A text is stored and published again until every member's receipt
+// names it; receipts are neither stored nor numbered.
+func (n *Node) sealGroup(id [32]byte, msgID [16]byte, typ byte, body []byte, now time.Time) (GroupMessage, groupTopic, []byte, error) {
 	n.grp.mu.Lock()
 	defer n.grp.mu.Unlock()
 	lg := n.grp.live[group.ID(id)]
@@ -515,10 +540,15 @@ func (n *Node) sealGroup(id [32]byte, msgID [16]byte, text string, now time.Time
 			d := mine.Distribution(group.ID(id))
 			fresh = &d
 		}
-		rec.Lamport++
-		rec.Seq++
+		text := typ == group.ContentText
+		var seq uint64
+		if text {
+			rec.Lamport++
+			rec.Seq++
+			seq = rec.Seq
+		}
 		inner := group.Inner{Sender: n.account(), Group: group.ID(id), ID: msgID, Sent: time.UnixMilli(now.UnixMilli()),
-			Lamport: rec.Lamport, Seq: rec.Seq, Type: group.ContentText, Body: []byte(text)}
+			Lamport: rec.Lamport, Seq: seq, Type: typ, Body: body}
 		b, err := inner.Marshal()
 		if err != nil {
 			return err
@@ -532,11 +562,20 @@ func (n *Node) sealGroup(id [32]byte, msgID [16]byte, text string, now time.Time
 			return err
 		}
 		mine = &next
-		stored = store.GroupMessage{ID: msgID, Group: id, Sender: [32]byte(n.account()), Lamport: rec.Lamport, Seq: rec.Seq,
-			Type: group.ContentText, Body: []byte(text), SentAt: inner.Sent, ReceivedAt: now, Outgoing: true,
+		stored = store.GroupMessage{ID: msgID, Group: id, Sender: [32]byte(n.account()), Lamport: rec.Lamport, Seq: seq,
+			Type: typ, Body: body, SentAt: inner.Sent, ReceivedAt: now, Outgoing: true,
 			Recipients: recipients, Envelope: env.Marshal()}
-		if err := tx.PutGroupMessage(stored); err != nil {
-			return err
+		if text {
+			if err := tx.PutGroupMessage(stored); err != nil {
+				return err
+			}
+			if len(recipients) > 0 {
+				e := protocol.Epoch(now)
+				if err := tx.PutGroupResend(store.GroupResend{Group: id, ID: msgID, Epoch: e, Topic: s.Topic(e),
+					Next: now.Add(firstGroupResend), Wait: firstGroupResend}); err != nil {
+					return err
+				}
+			}
 		}
 		return tx.PutGroup(rec)
 	})

@@ -16,15 +16,18 @@ import (
 // groupNet is a few users who are each other's contacts.
 type groupNet struct {
 	t     *testing.T
+	tn    *testNet
 	names []string
 	nodes map[string]*Node
+	dirs  map[string]string
 }
 
 func newGroupNet(t *testing.T, names ...string) *groupNet {
 	tn := newTestNet(t)
-	gn := &groupNet{t: t, names: names, nodes: map[string]*Node{}}
+	gn := &groupNet{t: t, tn: tn, names: names, nodes: map[string]*Node{}, dirs: map[string]string{}}
 	for _, name := range names {
-		gn.nodes[name] = tn.start(tn.initNode(name))
+		gn.dirs[name] = tn.initNode(name)
+		gn.nodes[name] = tn.start(gn.dirs[name])
 	}
 	for i, a := range names {
 		for _, b := range names[i+1:] {
@@ -184,8 +187,56 @@ func TestGroupThreeMembers(t *testing.T) {
 			}
 		}
 	}
-	if d := bob.GroupStats(); d != (GroupDrops{}) {
+	// Every text ends delivered 2/2, from one receipts message per
+	// member per batch.
+	for _, who := range []string{"alice", "bob", "carol"} {
+		n := gn.nodes[who]
+		testkit.WaitFor(t, ctx, func() bool {
+			ms, _ := n.GroupMessages(g.ID, 0, 100)
+			for _, m := range ms {
+				if m.Outgoing && (m.Delivered != 2 || m.Recipients != 2) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	if d := bob.GroupStats(); d.Malformed+d.NotMember+d.Refused+d.Forged+d.Unknown != 0 {
 		t.Errorf("bob dropped group content: %+v", d)
+	}
+}
+
+// TestGroupMemberAway: Bob's node is down while Alice writes to the
+// group. When it is back, Alice's node publishes the message again (no
+// receipt of Bob's named it) and Bob shows it once; then it is delivered
+// 2/2.
+func TestGroupMemberAway(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	ctx := testkit.Context(t, 150*time.Second)
+	g, err := alice.CreateGroup(ctx, "g", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 3)
+	waitGroup(t, ctx, carol, g.ID, 3)
+	for _, n := range []*Node{alice, bob, carol} {
+		waitTopicPeers(t, ctx, n, g.ID, 2)
+	}
+	bob.Close()
+	m, err := alice.SendGroup(ctx, g.ID, "while you were away")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroupTexts(t, ctx, carol, g.ID, 1)
+	bob = gn.tn.start(gn.dirs["bob"])
+	waitGroupTexts(t, ctx, bob, g.ID, 1)
+	testkit.WaitFor(t, ctx, func() bool {
+		ms, _ := alice.GroupMessages(g.ID, 0, 10)
+		return len(ms) == 1 && ms[0].ID == m.ID && ms[0].Delivered == 2
+	})
+	if texts := groupTexts(t, bob, g.ID); len(texts) != 1 || texts[0] != "alice: while you were away" {
+		t.Fatalf("bob shows %q", texts)
 	}
 }
 

@@ -249,8 +249,8 @@ func se(err error) error {
 type processed struct {
 	events     []Event
 	newSession bool
-	held       bool // a message waits for a missing predecessor
-	republish  bool // the bundle changed (dropUsedPrekeys)
+	held       bool       // a message waits for a missing predecessor
+	republish  bool       // the bundle changed (dropUsedPrekeys)
 	groups     [][32]byte // groups whose state changed
 }
 

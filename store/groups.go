@@ -22,7 +22,8 @@ var (
 	bucketGroupPending = []byte("group_pending") // G(32) || owner(32) -> time(8) || distribution
 	bucketGroupMsgs    = []byte("group_msgs")    // G(32) || lamport(8) || sender(32) || seq(8) -> GroupMessage
 	bucketGroupMsgIDs  = []byte("group_msg_ids") // G(32) || message ID(16) -> group_msgs key
-	groupBuckets       = [][]byte{bucketGroups, bucketGroupOps, bucketGroupKeys, bucketGroupPending, bucketGroupMsgs, bucketGroupMsgIDs}
+	bucketGroupUnacked = []byte("group_unacked") // G(32) || message ID(16) -> epoch(8) || next(8) || wait(8) || topic
+	groupBuckets       = [][]byte{bucketGroups, bucketGroupOps, bucketGroupKeys, bucketGroupPending, bucketGroupMsgs, bucketGroupMsgIDs, bucketGroupUnacked}
 )
 
 func createGroupBuckets(tx *bolt.Tx) error {
@@ -454,4 +455,58 @@ func (tx *Tx) GroupMessages(g [32]byte, skip, limit int) ([]GroupMessage, error)
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// GroupResend is the schedule of an outgoing group message that some
+// member has not acknowledged: published again at Next on the topic of
+// Epoch.
+type GroupResend struct {
+	Group [32]byte
+	ID    [16]byte
+	Epoch uint64
+	Next  time.Time
+	Wait  time.Duration // the last wait
+	Topic string
+}
+
+// PutGroupResend schedules (or reschedules) r.
+func (tx *Tx) PutGroupResend(r GroupResend) error {
+	b, err := tx.wbucket(bucketGroupUnacked)
+	if err != nil {
+		return err
+	}
+	if len(r.Topic) > 256 {
+		return tooLarge("group topic", len(r.Topic), 256)
+	}
+	return b.Put(concat(r.Group[:], r.ID[:]), concat(be64(r.Epoch), be64(uint64(timeToNanos(r.Next))), be64(uint64(r.Wait)), []byte(r.Topic)))
+}
+
+// DeleteGroupResend ends the schedule of message id of group g.
+func (tx *Tx) DeleteGroupResend(g [32]byte, id [16]byte) error {
+	b, err := tx.wbucket(bucketGroupUnacked)
+	if err != nil {
+		return err
+	}
+	return b.Delete(concat(g[:], id[:]))
+}
+
+// GroupResends lists every scheduled resend.
+func (tx *Tx) GroupResends() ([]GroupResend, error) {
+	b, err := tx.bucket(bucketGroupUnacked)
+	if err != nil {
+		return nil, err
+	}
+	var out []GroupResend
+	err = b.ForEach(func(k, v []byte) error {
+		if len(k) != 48 || len(v) < 24 {
+			return fmt.Errorf("%w: group resend record", ErrCorrupt)
+		}
+		out = append(out, GroupResend{
+			Group: [32]byte(k[:32]), ID: [16]byte(k[32:]), Epoch: binary.BigEndian.Uint64(v),
+			Next: nanosToTime(int64(binary.BigEndian.Uint64(v[8:]))), Wait: time.Duration(binary.BigEndian.Uint64(v[16:])),
+			Topic: string(v[24:]),
+		})
+		return nil
+	})
+	return out, err
 }
