@@ -304,6 +304,12 @@ func (n *Node) followLocked(lg *liveGroup) {
 			n.cfg.Logger.Warn("subscribing to a group topic", "err", err)
 			continue
 		}
+		// A member who comes back gets at once what it has not
+		// acknowledged, not at the next wait.
+		topic := name
+		if err := g.OnPeerJoin(ctx, &n.wg, t, func(peer.ID) { n.resendNow(id, topic) }); err != nil {
+			n.cfg.Logger.Warn("following a group topic's members", "err", err)
+		}
 		lg.subs[name] = cancel
 	}
 }

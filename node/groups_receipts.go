@@ -210,3 +210,27 @@ func (lg *liveGroup) subsOf(topic string) (struct{}, bool) {
 	_, ok := lg.subs[topic]
 	return struct{}{}, ok
 }
+
+// resendNow makes the messages of group g waiting for receipts on topic
+// due now, and publishes them.
+func (n *Node) resendNow(g group.ID, topic string) {
+	now := n.now()
+	err := n.db.Update(func(tx *store.Tx) error {
+		rs, err := tx.GroupResends()
+		for _, r := range rs {
+			if err != nil {
+				return err
+			}
+			if r.Group == [32]byte(g) && r.Topic == topic && r.Next.After(now) {
+				r.Next = now
+				err = tx.PutGroupResend(r)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		n.cfg.Logger.Error("scheduling group messages again", "err", err)
+		return
+	}
+	n.resendGroups()
+}

@@ -206,37 +206,60 @@ func TestGroupThreeMembers(t *testing.T) {
 	}
 }
 
-// TestGroupMemberAway: Bob's node is down while Alice writes to the
-// group. When it is back, Alice's node publishes the message again (no
-// receipt of Bob's named it) and Bob shows it once; then it is delivered
-// 2/2.
+// TestGroupMemberAway: five members. Bob's node is down while the others
+// write 20 messages to the group. When it is back, their nodes publish
+// again what no receipt of Bob's named, and Bob shows all 20 exactly
+// once, each sender's in its order; every message ends delivered 4/4.
 func TestGroupMemberAway(t *testing.T) {
-	gn := newGroupNet(t, "alice", "bob", "carol")
-	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
-	ctx := testkit.Context(t, 150*time.Second)
-	g, err := alice.CreateGroup(ctx, "g", []string{"bob", "carol"})
+	names := []string{"alice", "bob", "carol", "dave", "erin"}
+	gn := newGroupNet(t, names...)
+	alice, bob := gn.nodes["alice"], gn.nodes["bob"]
+	ctx := testkit.Context(t, 180*time.Second)
+	g, err := alice.CreateGroup(ctx, "g", names[1:])
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitGroup(t, ctx, bob, g.ID, 3)
-	waitGroup(t, ctx, carol, g.ID, 3)
-	for _, n := range []*Node{alice, bob, carol} {
-		waitTopicPeers(t, ctx, n, g.ID, 2)
+	for _, name := range names {
+		waitGroup(t, ctx, gn.nodes[name], g.ID, 5)
+		waitTopicPeers(t, ctx, gn.nodes[name], g.ID, 4)
 	}
 	bob.Close()
-	m, err := alice.SendGroup(ctx, g.ID, "while you were away")
-	if err != nil {
-		t.Fatal(err)
+	writers := []string{"alice", "carol", "dave", "erin"}
+	for i := range 20 {
+		w := writers[i%len(writers)]
+		if _, err := gn.nodes[w].SendGroup(ctx, g.ID, fmt.Sprintf("%s %d", w, i/len(writers))); err != nil {
+			t.Fatal(err)
+		}
 	}
-	waitGroupTexts(t, ctx, carol, g.ID, 1)
+	waitGroupTexts(t, ctx, gn.nodes["carol"], g.ID, 20)
 	bob = gn.tn.start(gn.dirs["bob"])
-	waitGroupTexts(t, ctx, bob, g.ID, 1)
-	testkit.WaitFor(t, ctx, func() bool {
-		ms, _ := alice.GroupMessages(g.ID, 0, 10)
-		return len(ms) == 1 && ms[0].ID == m.ID && ms[0].Delivered == 2
-	})
-	if texts := groupTexts(t, bob, g.ID); len(texts) != 1 || texts[0] != "alice: while you were away" {
-		t.Fatalf("bob shows %q", texts)
+	waitGroupTexts(t, ctx, bob, g.ID, 20)
+	texts := groupTexts(t, bob, g.ID)
+	if len(texts) != 20 {
+		t.Fatalf("bob shows %d messages: %q", len(texts), texts)
+	}
+	for _, w := range writers {
+		next := 0
+		for _, tx := range texts {
+			if tx == fmt.Sprintf("%s: %s %d", w, w, next) {
+				next++
+			}
+		}
+		if next != 5 {
+			t.Errorf("bob shows %s's messages out of order or not once: %q", w, texts)
+		}
+	}
+	for _, w := range writers {
+		n := gn.nodes[w]
+		testkit.WaitFor(t, ctx, func() bool {
+			ms, _ := n.GroupMessages(g.ID, 0, 100)
+			for _, m := range ms {
+				if m.Outgoing && m.Delivered != 4 {
+					return false
+				}
+			}
+			return true
+		})
 	}
 }
 
@@ -283,10 +306,35 @@ func TestGroupRemoval(t *testing.T) {
 	})
 	waitTopicPeers(t, ctx, alice, g.ID, 1)
 	waitTopicPeers(t, ctx, bob, g.ID, 1)
-	if _, err := bob.SendGroup(ctx, g.ID, "after"); err != nil {
+	after, err := bob.SendGroup(ctx, g.ID, "after")
+	if err != nil {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, ctx, func() bool { return len(groupTexts(t, alice, g.ID)) == 2 })
+	// Handed the envelope, Carol's node opens it under no secret and no
+	// key it holds, for any epoch near, and shows nothing.
+	var raw []byte
+	bob.db.View(func(tx *store.Tx) error {
+		m, err := tx.GetGroupMessage(g.ID, after.ID)
+		raw = m.Envelope
+		return err
+	})
+	env, err := protocol.ParseEnvelope(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := protocol.Epoch(time.Now())
+	carol.grp.mu.Lock()
+	lg := carol.grp.live[group.ID(g.ID)]
+	for _, s := range lg.rec.Secrets {
+		for _, ep := range []uint64{e - 1, e, e + 1} {
+			if _, err := lg.recv.Open(group.Secret(s.Secret), ep, env); err == nil {
+				t.Error("carol opens a message sent after her removal")
+			}
+		}
+	}
+	carol.grp.mu.Unlock()
+	carol.groupReceived(group.ID(g.ID), e, raw)
 	carol.grp.mu.Lock()
 	_, held := carol.grp.live[group.ID(g.ID)].recv.KeyOwner(bobKey())
 	carol.grp.mu.Unlock()
