@@ -358,3 +358,67 @@ func TestGroupRemoval(t *testing.T) {
 		}
 	}
 }
+
+// stateHash is n's state hash of group id.
+func stateHash(n *Node, id [32]byte) [32]byte {
+	n.grp.mu.Lock()
+	defer n.grp.mu.Unlock()
+	lg := n.grp.live[group.ID(id)]
+	if lg == nil {
+		return [32]byte{}
+	}
+	return lg.tree.State().Hash()
+}
+
+// TestGroupConcurrentChanges: two admins change the group at once (both
+// rename it, one adds Dave) while Carol's node is down. When it is back,
+// every member's state hash is the same.
+func TestGroupConcurrentChanges(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol", "dave")
+	alice, bob, carol, dave := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"], gn.nodes["dave"]
+	ctx := testkit.Context(t, 180*time.Second)
+	g, err := alice.CreateGroup(ctx, "start", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 3)
+	waitGroup(t, ctx, carol, g.ID, 3)
+	if _, err := alice.PromoteInGroup(ctx, g.ID, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { bg, err := bob.GroupInfo(g.ID); return err == nil && bg.Admin })
+	testkit.WaitFor(t, ctx, func() bool { return stateHash(carol, g.ID) == stateHash(alice, g.ID) })
+	carol.Close()
+	errs := make(chan error, 3)
+	go func() { _, err := alice.RenameGroup(ctx, g.ID, "by alice"); errs <- err }()
+	go func() { _, err := bob.RenameGroup(ctx, g.ID, "by bob"); errs <- err }()
+	go func() { _, err := alice.AddToGroup(ctx, g.ID, []string{"dave"}); errs <- err }()
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	carol = gn.tn.start(gn.dirs["carol"])
+	waitGroup(t, ctx, dave, g.ID, 4)
+	nodes := map[string]*Node{"alice": alice, "bob": bob, "carol": carol, "dave": dave}
+	testkit.WaitFor(t, ctx, func() bool {
+		want := stateHash(alice, g.ID)
+		for _, n := range nodes {
+			if stateHash(n, g.ID) != want {
+				return false
+			}
+		}
+		return true
+	})
+	names := map[string]string{}
+	for who, n := range nodes {
+		gi, err := n.GroupInfo(g.ID)
+		if err != nil || len(gi.Members) != 4 {
+			t.Fatalf("%s: %+v %v", who, gi, err)
+		}
+		names[who] = gi.Name
+	}
+	if names["carol"] != names["alice"] || (names["alice"] != "by alice" && names["alice"] != "by bob") {
+		t.Fatalf("names after the concurrent renames: %v", names)
+	}
+}
