@@ -94,9 +94,12 @@ func (n *Node) takeWelcome(tx *store.Tx, from keys.AccountPublic, body []byte, n
 		return [32]byte{}, false, dropped(&d.malformed, err)
 	}
 	id := [32]byte(w.Group)
-	if _, err := tx.GetGroup(id); err == nil {
-		// Known already (added again after leaving is a new add): take
-		// its operations as ops.
+	if rec, err := tx.GetGroup(id); err == nil {
+		// Known already (added again after leaving): its operations are
+		// merged, and its secret kept when the add is on the chain.
+		if err := keepSecret(tx, rec, w.Secret); err != nil {
+			return id, false, err
+		}
 		return n.mergeOps(tx, from, id, w.Ops, now)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return id, false, se(err)
@@ -164,21 +167,36 @@ func (n *Node) takeOp(tx *store.Tx, from keys.AccountPublic, body []byte, now ti
 	} else if err != nil {
 		return id, false, se(err)
 	}
+	if om.HasSecret && om.Op.Author != from {
+		return id, false, dropped(&d.refused, errors.New("a group secret from someone who did not make its operation"))
+	}
 	if om.HasSecret {
-		if om.Op.Author != from {
-			return id, false, dropped(&d.refused, errors.New("a group secret from someone who did not make its operation"))
-		}
-		if !slices.ContainsFunc(rec.Secrets, func(s store.GroupSecret) bool { return s.Secret == [32]byte(om.Secret) }) {
-			rec.Secrets = append([]store.GroupSecret{{Secret: om.Secret}}, rec.Secrets...)
-			if len(rec.Secrets) > store.MaxGroupSecrets {
-				rec.Secrets = rec.Secrets[:store.MaxGroupSecrets]
-			}
-			if err := tx.PutGroup(rec); err != nil {
-				return id, false, se(err)
-			}
+		// Kept before the operation is merged, so that what the merge
+		// does (a welcome, a rekey) finds it; dropped again if the tree
+		// refuses the operation.
+		if err := keepSecret(tx, rec, om.Secret); err != nil {
+			return id, false, err
 		}
 	}
-	return n.mergeOps(tx, from, id, []*group.Op{om.Op}, now)
+	gid, changed, err := n.mergeOps(tx, from, id, []*group.Op{om.Op}, now)
+	if err != nil && om.HasSecret && !isStoreError(err) {
+		if rerr := se(tx.PutGroup(rec)); rerr != nil {
+			return id, false, rerr
+		}
+	}
+	return gid, changed, err
+}
+
+// keepSecret adds s to the group's known secrets, the newest first.
+func keepSecret(tx *store.Tx, rec store.Group, s group.Secret) error {
+	if slices.ContainsFunc(rec.Secrets, func(k store.GroupSecret) bool { return k.Secret == [32]byte(s) }) {
+		return nil
+	}
+	rec.Secrets = append([]store.GroupSecret{{Secret: s}}, rec.Secrets...)
+	if len(rec.Secrets) > store.MaxGroupSecrets {
+		rec.Secrets = rec.Secrets[:store.MaxGroupSecrets]
+	}
+	return se(tx.PutGroup(rec))
 }
 
 // mergeOps adds operations to a known group, then does what the new
@@ -225,6 +243,10 @@ func (n *Node) afterOps(tx *store.Tx, lg *liveGroup, before group.State, now tim
 	if !st.IsMember(me) {
 		rec.Left, rec.SenderKey = true, nil
 		return se(tx.PutGroup(rec))
+	}
+	if rec.Left {
+		// Added again: a new sender key follows below.
+		rec.Left, lg.mine = false, nil
 	}
 	// Keys of members who are gone are deleted.
 	for _, kid := range lg.recv.KeyIDs() {

@@ -357,6 +357,25 @@ func TestGroupRemoval(t *testing.T) {
 			t.Fatal("carol holds the group's secret made at her removal")
 		}
 	}
+
+	// Added again, Carol reads what is sent from then on.
+	if _, err := alice.AddToGroup(ctx, g.ID, []string{"carol"}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { cg, err := carol.GroupInfo(g.ID); return err == nil && !cg.Left && len(cg.Members) == 3 })
+	waitGroup(t, ctx, bob, g.ID, 3)
+	waitTopicPeers(t, ctx, carol, g.ID, 2)
+	if _, err := bob.SendGroup(ctx, g.ID, "welcome back"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroupTexts(t, ctx, carol, g.ID, 2)
+	if texts := groupTexts(t, carol, g.ID); texts[1] != "bob: welcome back" {
+		t.Fatalf("carol shows %q after she was added again", texts)
+	}
+	if _, err := carol.SendGroup(ctx, g.ID, "thanks"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroupTexts(t, ctx, alice, g.ID, 4)
 }
 
 // stateHash is n's state hash of group id.
