@@ -159,16 +159,21 @@ func (n *Node) resendGroups() {
 		r   store.GroupResend
 		env []byte
 	}
+	// Which topics are followed, read before the write transaction: the
+	// groups' lock is never taken inside one (sealGroup and
+	// groupReceived write while they hold it).
+	followed := make([]bool, len(due))
+	n.grp.mu.Lock()
+	for i, r := range due {
+		_, followed[i] = n.grp.live[group.ID(r.Group)].subsOf(r.Topic)
+	}
+	n.grp.mu.Unlock()
 	var sends []send
 	err := n.db.Update(func(tx *store.Tx) error {
 		sends = sends[:0]
-		for _, r := range due {
-			n.grp.mu.Lock()
-			lg := n.grp.live[group.ID(r.Group)]
-			_, followed := lg.subsOf(r.Topic)
-			n.grp.mu.Unlock()
+		for i, r := range due {
 			m, err := tx.GetGroupMessage(r.Group, r.ID)
-			if !followed || err != nil {
+			if !followed[i] || err != nil {
 				if err := tx.DeleteGroupResend(r.Group, r.ID); err != nil {
 					return err
 				}
