@@ -19,8 +19,8 @@ var (
 	bucketGroups       = []byte("groups")        // G(32) -> Group
 	bucketGroupOps     = []byte("group_ops")     // G(32) || seq(4) || op hash(32) -> op
 	bucketGroupKeys    = []byte("group_keys")    // G(32) || key ID(16) -> member key state
-	bucketGroupPending = []byte("group_pending") // G(32) || owner(32) -> time(8) || distribution
-	bucketGroupMsgs    = []byte("group_msgs")    // G(32) || lamport(8) || sender(32) || seq(8) -> GroupMessage
+	bucketGroupPending = []byte("group_pending") // G(32) || key ID(16) -> time(8) || owner(32) || distribution
+	bucketGroupMsgs    = []byte("group_msgs")    // G(32) || lamport(8) || message ID(16) -> GroupMessage
 	bucketGroupMsgIDs  = []byte("group_msg_ids") // G(32) || message ID(16) -> group_msgs key
 	bucketGroupUnacked = []byte("group_unacked") // G(32) || message ID(16) -> epoch(8) || next(8) || wait(8) || topic
 	groupBuckets       = [][]byte{bucketGroups, bucketGroupOps, bucketGroupKeys, bucketGroupPending, bucketGroupMsgs, bucketGroupMsgIDs, bucketGroupUnacked}
@@ -255,7 +255,12 @@ func (tx *Tx) PutPendingGroupKey(id, owner [32]byte, dist []byte, now time.Time)
 			}
 		}
 	}
-	return b.Put(concat(id[:], owner[:]), concat(be64(uint64(now.UnixNano())), dist))
+	// Keyed by the key ID inside the distribution (random), not by the
+	// owner: an encrypted store seals values, not keys.
+	if len(dist) < 32+16 {
+		return fmt.Errorf("%w: a pending sender key of %d bytes", ErrTooLarge, len(dist))
+	}
+	return b.Put(concat(id[:], dist[32:48]), concat(be64(uint64(now.UnixNano())), owner[:], dist))
 }
 
 // TakePendingGroupKeys returns and deletes the sender keys held for group
@@ -269,8 +274,8 @@ func (tx *Tx) TakePendingGroupKeys(id [32]byte) (map[[32]byte][]byte, error) {
 	var ks [][]byte
 	c := b.Cursor()
 	for k, v := c.Seek(id[:]); k != nil && bytes.HasPrefix(k, id[:]); k, v = c.Next() {
-		if len(k) == 64 && len(v) >= 8 {
-			out[[32]byte(k[32:])] = bytes.Clone(v[8:])
+		if len(v) >= 8+32 {
+			out[[32]byte(v[8:40])] = bytes.Clone(v[40:])
 		}
 		ks = append(ks, bytes.Clone(k))
 	}
@@ -358,8 +363,11 @@ func unmarshalGroupMessage(b []byte) (GroupMessage, error) {
 	return m, d.finish()
 }
 
+// groupMsgKey orders a group's messages by Lamport clock, then message
+// ID (SPEC.md, "Order"); it names no account, since an encrypted store
+// seals values, not keys.
 func groupMsgKey(m GroupMessage) []byte {
-	return concat(m.Group[:], be64(m.Lamport), m.Sender[:], be64(m.Seq))
+	return concat(m.Group[:], be64(m.Lamport), m.ID[:])
 }
 
 // PutGroupMessage stores a new message of a group; a message whose ID
@@ -379,7 +387,7 @@ func (tx *Tx) PutGroupMessage(m GroupMessage) error {
 	}
 	k := groupMsgKey(m)
 	if msgs.Get(k) != nil {
-		return fmt.Errorf("%w: a message of this sender at this place", ErrDuplicate)
+		return ErrDuplicate
 	}
 	v, err := m.marshal()
 	if err != nil {
@@ -431,7 +439,7 @@ func (tx *Tx) UpdateGroupMessage(m GroupMessage) error {
 }
 
 // GroupMessages returns up to limit messages of group g in display order
-// (lamport, sender, seq), skipping the first skip.
+// (lamport, message ID), skipping the first skip.
 func (tx *Tx) GroupMessages(g [32]byte, skip, limit int) ([]GroupMessage, error) {
 	if limit <= 0 {
 		limit = DefaultPageSize
