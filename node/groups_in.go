@@ -272,6 +272,9 @@ func (n *Node) afterOps(tx *store.Tx, lg *liveGroup, before group.State, now tim
 			}
 		}
 	}
+	if err := n.redoOwnOps(tx, lg, &rec, now); err != nil {
+		return err
+	}
 	if err := n.rekeyIfSenior(tx, lg, &rec, now); err != nil {
 		return err
 	}
@@ -445,4 +448,62 @@ func (n *Node) addMemberKey(tx *store.Tx, tree *group.Tree, owner keys.AccountPu
 	}
 	b, _ := recv.MarshalKey(dist.ID)
 	return se(tx.PutGroupKey(id, dist.ID, b))
+}
+
+// redoOwnOps makes again, on top of the canonical chain, this account's
+// operations that a concurrent change pushed off it (SPEC.md: an author
+// whose operation is not on the chain SHOULD make it again) when the
+// state does not already do what they did: a leave while still a member,
+// an add of accounts that are not members, a removal of one who still
+// is. A rename or promotion that lost is not made again: the other
+// admin's choice stands.
+func (n *Node) redoOwnOps(tx *store.Tx, lg *liveGroup, rec *store.Group, now time.Time) error {
+	if n.me == nil {
+		return nil
+	}
+	ops, err := tx.GroupOps(rec.ID)
+	if err != nil {
+		return se(err)
+	}
+	me := n.account()
+	for _, b := range ops {
+		o, err := group.ParseOp(b)
+		if err != nil || o.Author != me || lg.tree.OnChain(o.Hash()) || !lg.tree.Has(o.Hash()) {
+			continue
+		}
+		st := lg.tree.State()
+		if !st.IsMember(me) {
+			return nil
+		}
+		var again group.Op
+		switch o.Type {
+		case group.OpLeave:
+			again = group.Op{Type: group.OpLeave}
+		case group.OpAdd:
+			var missing []keys.AccountPublic
+			for _, a := range o.Accounts {
+				if !st.IsMember(a) {
+					missing = append(missing, a)
+				}
+			}
+			if len(missing) == 0 {
+				continue
+			}
+			again = group.Op{Type: group.OpAdd, Accounts: missing}
+		case group.OpRemove:
+			if !st.IsMember(o.Target) {
+				continue
+			}
+			again = group.Op{Type: group.OpRemove, Target: o.Target}
+		default:
+			continue
+		}
+		if err := n.applyOpTx(tx, lg, rec, again, now); err != nil {
+			if isStoreError(err) {
+				return err
+			}
+			n.cfg.Logger.Info("a group change of this account that lost to a concurrent one is not made again", "type", o.Type, "err", err)
+		}
+	}
+	return nil
 }

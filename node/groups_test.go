@@ -441,3 +441,63 @@ func TestGroupConcurrentChanges(t *testing.T) {
 		t.Fatalf("names after the concurrent renames: %v", names)
 	}
 }
+
+// TestGroupLeaveRacesRemoval: Bob leaves while Alice removes Carol, both
+// on the same state. The removal, by the senior admin, takes the
+// canonical chain; Bob's node makes its leave again on top of it, and
+// both end with Bob gone (Alice then rekeys, which Bob, gone, is not
+// sent).
+func TestGroupLeaveRacesRemoval(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	// Concurrent traffic both ways can hold a pairwise message behind
+	// one that is sent again (ReorderWait, then the receipt's wait): the
+	// bound covers both.
+	ctx := testkit.Context(t, 120*time.Second)
+	g, err := alice.CreateGroup(ctx, "g", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 3)
+	waitGroup(t, ctx, carol, g.ID, 3)
+	errs := make(chan error, 2)
+	go func() { _, err := bob.LeaveGroup(ctx, g.ID); errs <- err }()
+	go func() { _, err := alice.RemoveFromGroup(ctx, g.ID, "carol"); errs <- err }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for {
+		ag, err := alice.GroupInfo(g.ID)
+		bg, berr := bob.GroupInfo(g.ID)
+		if err == nil && berr == nil && len(ag.Members) == 1 && bg.Left {
+			return
+		}
+		if ctx.Err() != nil {
+			var pending []string
+			bob.db.View(func(tx *store.Tx) error {
+				es, _ := tx.DueOutbox(time.Now().Add(time.Hour), 100)
+				for _, e := range es {
+					m, _ := tx.GetMessage(e.MsgID)
+					pending = append(pending, fmt.Sprintf("type %d state %d attempts %d sealed %v", m.Type, m.State, e.Attempts, len(e.Envelope) > 0))
+				}
+				return nil
+			})
+			t.Fatalf("alice sees %d members (drops %+v), bob left %v; alice's chain %v, bob's %v; bob's outbox %q", len(ag.Members), alice.GroupStats(), bg.Left,
+				chainOf(alice, g.ID), chainOf(bob, g.ID), pending)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// chainOf names the operations on n's canonical chain of group id.
+func chainOf(n *Node, id [32]byte) []string {
+	n.grp.mu.Lock()
+	defer n.grp.mu.Unlock()
+	var out []string
+	for _, o := range n.grp.live[group.ID(id)].tree.Canonical() {
+		out = append(out, fmt.Sprintf("%s by %x", o.Type, o.Author[:2]))
+	}
+	return out
+}
