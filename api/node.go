@@ -254,6 +254,18 @@ func (b *nodeBackend) event(ev node.Event) (Event, bool) {
 			t = EventKeyChange
 		}
 		return Event{Type: t, Contact: &c}, true
+	case node.EventGroupMessage:
+		if ev.GroupMessage == nil {
+			return Event{}, false
+		}
+		m := groupMessageOf(*ev.GroupMessage)
+		return Event{Type: EventGroupMessage, GroupMessage: &m}, true
+	case node.EventGroup:
+		if ev.Group == nil {
+			return Event{}, false
+		}
+		g := groupOf(*ev.Group)
+		return Event{Type: EventGroup, Group: &g}, true
 	case node.EventSyncProgress:
 		if ev.Sync == nil {
 			return Event{}, false
