@@ -100,7 +100,23 @@ func sortGroups(gs []Group) {
 	})
 }
 
+// errGroupsNotRunning answers a group request to a node that is open but
+// not running: it loads its groups when it starts.
+var errGroupsNotRunning = &Error{Code: CodeUnavailable,
+	Message: "groups need the running node: start it with `sotto run`, then try again"}
+
+// running reports errGroupsNotRunning before the node runs.
+func (b *nodeBackend) running() error {
+	if b.n.Host() == nil {
+		return errGroupsNotRunning
+	}
+	return nil
+}
+
 func (b *nodeBackend) Groups(ctx context.Context) ([]Group, error) {
+	if err := b.running(); err != nil {
+		return nil, err
+	}
 	gs, err := b.n.Groups()
 	if err != nil {
 		return nil, nodeError(err)
@@ -118,6 +134,9 @@ func (b *nodeBackend) GroupInfo(ctx context.Context, id string) (Group, error) {
 	if err != nil {
 		return Group{}, err
 	}
+	if err := b.running(); err != nil {
+		return Group{}, err
+	}
 	g, err := b.n.GroupInfo(gid)
 	if err != nil {
 		return Group{}, groupError(err, id)
@@ -126,6 +145,9 @@ func (b *nodeBackend) GroupInfo(ctx context.Context, id string) (Group, error) {
 }
 
 func (b *nodeBackend) CreateGroup(ctx context.Context, name string, members []string) (Group, error) {
+	if err := b.running(); err != nil {
+		return Group{}, err
+	}
 	g, err := b.n.CreateGroup(ctx, name, members)
 	if err != nil {
 		return Group{}, groupError(err, "")
@@ -137,6 +159,9 @@ func (b *nodeBackend) CreateGroup(ctx context.Context, name string, members []st
 func (b *nodeBackend) change(id string, op func(gid [GroupIDSize]byte) (node.Group, error)) (Group, error) {
 	gid, err := ParseGroupID(id)
 	if err != nil {
+		return Group{}, err
+	}
+	if err := b.running(); err != nil {
 		return Group{}, err
 	}
 	g, err := op(gid)
@@ -171,6 +196,9 @@ func (b *nodeBackend) SendGroup(ctx context.Context, id, text string) (GroupMess
 	if err != nil {
 		return GroupMessage{}, err
 	}
+	if err := b.running(); err != nil {
+		return GroupMessage{}, err
+	}
 	m, err := b.n.SendGroup(ctx, gid, text)
 	if err != nil {
 		return GroupMessage{}, groupError(err, id)
@@ -183,6 +211,9 @@ func (b *nodeBackend) SendGroup(ctx context.Context, id, text string) (GroupMess
 func (b *nodeBackend) GroupMessages(ctx context.Context, id string, skip, limit int) ([]GroupMessage, error) {
 	gid, err := ParseGroupID(id)
 	if err != nil {
+		return nil, err
+	}
+	if err := b.running(); err != nil {
 		return nil, err
 	}
 	if skip < 0 {

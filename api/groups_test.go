@@ -255,6 +255,28 @@ func TestNodeBackendGroups(t *testing.T) {
 	}
 }
 
+// TestNodeBackendGroupsNotRunning: a node that is open but not running
+// has not loaded its groups; every group request says to start it.
+func TestNodeBackendGroupsNotRunning(t *testing.T) {
+	ctx := testkit.Context(t, time.Minute)
+	b := api.NodeBackend(openNode(t, "alice"))
+	id := strings.Repeat("ab", 32)
+	for name, call := range map[string]func() error{
+		"list":     func() error { _, err := b.Groups(ctx); return err },
+		"info":     func() error { _, err := b.GroupInfo(ctx, id); return err },
+		"create":   func() error { _, err := b.CreateGroup(ctx, "friends", nil); return err },
+		"rename":   func() error { _, err := b.RenameGroup(ctx, id, "x"); return err },
+		"send":     func() error { _, err := b.SendGroup(ctx, id, "hi"); return err },
+		"messages": func() error { _, err := b.GroupMessages(ctx, id, 0, 0); return err },
+	} {
+		err := call()
+		wantCode(t, err, api.CodeUnavailable)
+		if !strings.Contains(err.Error(), "sotto run") {
+			t.Errorf("%s: %q does not say to run the node", name, err)
+		}
+	}
+}
+
 // TestGroupWire checks the JSON of the group endpoints, hand-made
 // requests the server refuses before the backend sees them, and the group
 // events on the stream, against the in-memory backend.
