@@ -11,6 +11,14 @@ import (
 	"github.com/sotto-im/sotto/api"
 )
 
+// Errors of group changes, as a node words them.
+var (
+	errNotMember = &api.Error{Code: api.CodeNotGroupMember,
+		Message: "you are no longer a member of this group: you left or were removed; its messages stay readable"}
+	errNotAdmin = &api.Error{Code: api.CodeNotGroupAdmin,
+		Message: "only an admin of the group may do this; ask one of its admins (`sotto group info` lists them)"}
+)
+
 // testGroup is a group this backend holds.
 type testGroup struct {
 	g        api.Group
@@ -123,7 +131,7 @@ func (b *Backend) SendGroup(ctx context.Context, id, text string) (api.GroupMess
 		return api.GroupMessage{}, err
 	}
 	if tg.g.Left {
-		return api.GroupMessage{}, api.ErrNotGroupMember
+		return api.GroupMessage{}, errNotMember
 	}
 	m := b.appendGroup(tg, api.GroupMessage{Sender: b.id.Account, Direction: api.DirectionOut, Text: text,
 		Recipients: len(tg.g.Members) - 1})
@@ -175,9 +183,9 @@ func (b *Backend) change(id string, admin bool, f func(g *api.Group) error) (api
 	}
 	switch {
 	case tg.g.Left:
-		return api.Group{}, api.ErrNotGroupMember
+		return api.Group{}, errNotMember
 	case admin && !tg.g.Admin:
-		return api.Group{}, api.ErrNotGroupAdmin
+		return api.Group{}, errNotAdmin
 	}
 	g := cloneGroup(tg.g)
 	if err := f(&g); err != nil {
