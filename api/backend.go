@@ -102,6 +102,22 @@ type Status struct {
 	Relays       []string     `json:"relays,omitempty"`
 	DHTMode      string       `json:"dht_mode"`
 	Connections  []Connection `json:"connections"`
+	// GroupDrops counts group content dropped or refused since the node
+	// started, by reason.
+	GroupDrops GroupDrops `json:"group_drops"`
+}
+
+// GroupDrops counts group content a node dropped or refused, by reason:
+// malformed; from a non-member; a change the author may not make (or
+// one that breaks the group's rules); a replay; a bad signature; for a
+// group the node does not know.
+type GroupDrops struct {
+	Malformed uint64 `json:"malformed"`
+	NotMember uint64 `json:"not_member"`
+	Refused   uint64 `json:"refused"`
+	Replay    uint64 `json:"replay"`
+	Forged    uint64 `json:"forged"`
+	Unknown   uint64 `json:"unknown"`
 }
 
 // Connection is one open connection of the node.

@@ -151,6 +151,10 @@ func TestNodeBackendGroups(t *testing.T) {
 		t.Errorf("alice's GroupMessages = %+v, %v; want one, delivered 2/2", ms, err)
 	}
 
+	if st, err := alice.Status(ctx); err != nil || st.GroupDrops.Malformed+st.GroupDrops.Forged+st.GroupDrops.NotMember+st.GroupDrops.Unknown != 0 {
+		t.Errorf("alice's group_drops %+v, %v; want none malformed, forged, from strangers or unknown", st.GroupDrops, err)
+	}
+
 	// Two more from bob; paging by skip and limit, in display order.
 	for _, text := range []string{"second", "third"} {
 		if _, err := bob.SendGroup(ctx, g.ID, text); err != nil {

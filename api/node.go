@@ -52,6 +52,9 @@ func (b *nodeBackend) Status(ctx context.Context) (Status, error) {
 		out.Mailbox = &MailboxStatus{Envelopes: int(st.Mailbox.Envelopes), Bytes: st.Mailbox.Bytes}
 	}
 	out.Reachability, out.DHTMode, out.Relays = st.Reachability, st.DHTMode, st.Relays
+	d := b.n.GroupStats()
+	out.GroupDrops = GroupDrops{Malformed: d.Malformed, NotMember: d.NotMember, Refused: d.Refused,
+		Replay: d.Replay, Forged: d.Forged, Unknown: d.Unknown}
 	out.Connections = []Connection{}
 	for _, c := range st.Connections {
 		dir := "in"
