@@ -96,9 +96,21 @@ function renderConversations() {
       h('span', { class: 'conv-last' }, last),
       c.last ? h('time', { class: 'conv-time', datetime: c.last.sent_at }, formatTime(c.last.sent_at)) : null));
   });
-  replace(ul, items);
+  keepFocus(ul, 'contact', () => replace(ul, items));
   $('no-conversations').hidden = state.convs.length > 0;
   renderGroups();
+}
+
+// keepFocus runs render, which replaces the links of the list ul, and
+// keeps the focus on the link it was on (by its data-KEY), so that a
+// refresh does not take the keyboard user's place.
+function keepFocus(ul, key, render) {
+  const a = document.activeElement;
+  const had = a && ul.contains(a) ? a.dataset[key] : undefined;
+  render();
+  if (had === undefined) return;
+  const again = [...ul.querySelectorAll('a.conv')].find((e) => e.dataset[key] === had);
+  if (again) again.focus();
 }
 
 // ---- group list
@@ -145,7 +157,7 @@ function renderGroups() {
       h('span', { class: 'conv-last' }, last ? `${senderName(last)}: ${last.text.slice(0, 200)}` : 'No messages yet'),
       last ? h('time', { class: 'conv-time', datetime: last.sent_at }, formatTime(last.sent_at)) : null));
   });
-  replace(ul, items);
+  keepFocus(ul, 'group', () => replace(ul, items));
   $('no-groups').hidden = state.groups.length > 0;
 }
 

@@ -50,6 +50,7 @@ export class GroupMessageList {
     this.els = new Map(); // id -> element
     this.base = 0; // the position of msgs[0] in the group
     this.total = 0; // the group's messages, as far as the page knows
+    this.busy = false; // moving the window back
     older.addEventListener('click', () => this.showOlder().catch(onError));
     newer.addEventListener('click', () => this.showNewest().catch(onError));
   }
@@ -141,11 +142,16 @@ export class GroupMessageList {
 
   // showOlder moves the window a page back.
   async showOlder() {
-    if (this.base === 0) return;
-    const skip = Math.max(0, this.base - PAGE);
-    const ms = await api.groupMessages(this.id, { skip, limit: this.base - skip + this.msgs.length });
-    this.show(skip, ms);
-    this.older.focus();
+    if (this.base === 0 || this.busy) return;
+    this.busy = true;
+    try {
+      const skip = Math.max(0, this.base - PAGE);
+      const ms = await api.groupMessages(this.id, { skip, limit: this.base - skip + this.msgs.length });
+      this.show(skip, ms);
+    } finally {
+      this.busy = false;
+    }
+    this.scroller.scrollTop = 0;
     if (this.older.hidden) this.scroller.focus();
   }
 
