@@ -168,6 +168,10 @@ func TestBrowserGroup(t *testing.T) {
 		t.Error("alice gone from bob's member list after a refused removal")
 	}
 
+	// Bob starts typing a new name (refused later, but his to try) when
+	// alice removes carol: his member list follows, his typing stays.
+	bb.do("type in the rename field", chromedp.Focus("#rename-name"), chromedp.KeyEvent(" club"))
+
 	// Alice removes carol; carol's page, on the group, shows it as left.
 	ab.goTo("#/members/"+id, "#members")
 	var badge string
@@ -182,6 +186,13 @@ func TestBrowserGroup(t *testing.T) {
 	cb.eval(`document.getElementById('group-note').dataset.left === 'true'`, &carolLeft)
 	if !carolLeft {
 		t.Error("carol's page does not say she is no longer a member")
+	}
+
+	bb.wait("carol gone from bob's member list", `!document.querySelector('#members li[data-member="carol"]')`)
+	var typing string
+	bb.eval(`document.activeElement.id + ' ' + document.getElementById('rename-name').value`, &typing)
+	if typing != "rename-name friends club" {
+		t.Errorf("bob's rename field after a live change: focus and value %q, want rename-name and \"friends club\"", typing)
 	}
 
 	// Bob leaves, after confirming; Escape first takes the question back.

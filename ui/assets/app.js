@@ -239,7 +239,7 @@ function onGroup(g) {
     }).catch(showError);
   }
   if (state.gview && state.gview.id === g.id) renderGroupHead(g);
-  if (state.mview && state.mview.id === g.id && !state.mview.busy) renderMembers(g);
+  if (state.mview && state.mview.id === g.id && !state.mview.busy) renderMembers(g, true);
 }
 
 function onStreamState(s) {
@@ -577,7 +577,11 @@ async function groupAction(fn, done) {
   }
 }
 
-function renderMembers(g) {
+// renderMembers shows the group g on the members screen. For a live
+// change (from the event stream) while the user is in the middle of
+// something there (a field, a tick, the leave question), only the list
+// of members and the role change, so that what they were doing stays.
+function renderMembers(g, live = false) {
   const mv = state.mview;
   if (!mv || mv.id !== g.id) return;
   const id = g.id;
@@ -604,6 +608,14 @@ function renderMembers(g) {
             onclick: () => groupAction(() => api.removeFromGroup(id, m.name), `${m.name} was removed; the group was re-keyed, so they read nothing sent from now on.`),
           }, 'Remove')) : null);
     }));
+  const confirmOpen = $('leave-confirm') && !$('leave-confirm').hidden;
+  if (live && !g.left && $('members') && (mv.body.contains(document.activeElement) || confirmOpen)) {
+    const focused = document.activeElement;
+    if (!$('members').contains(focused)) {
+      $('members').replaceWith(members);
+      return;
+    }
+  }
   const parts = [h('h3', null, 'Members'), members];
   if (open) {
     const inGroup = new Set(g.members.map((m) => m.name).filter(Boolean));
