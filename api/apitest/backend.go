@@ -29,8 +29,7 @@ type Backend struct {
 	contacts []api.Contact
 	messages []api.Message
 	seq      uint64
-	read     map[string]uint64     // read marks by contact name
-	groups   map[string]*testGroup // by ID
+	read     map[string]uint64 // read marks by contact name
 	subs     map[*subscriber]struct{}
 	changed  chan struct{} // closed and replaced when subs changes
 	now      func() time.Time

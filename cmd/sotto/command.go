@@ -64,8 +64,6 @@ func init() {
 	commands = []*command{
 		initCommand, runCommand, idCommand, inviteCommand,
 		contactAddCommand, contactListCommand, contactVerifyCommand,
-		groupCreateCommand, groupListCommand, groupInfoCommand, groupAddCommand, groupRemoveCommand,
-		groupPromoteCommand, groupRenameCommand, groupLeaveCommand,
 		sendCommand, messagesCommand, statusCommand, demoCommand,
 		passphraseChangeCommand, compactCommand, backupCommand, restoreCommand, checkCommand,
 	}
