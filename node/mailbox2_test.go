@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
@@ -1152,6 +1153,61 @@ func TestRestartOntoEarlierClock(t *testing.T) {
 	bob = tn.start(bobDir)
 	in := waitMessages(t, ctx, bob, "alice", 2, incoming)
 	if string(in[1].Body) != "written ahead" {
+		t.Fatalf("bob got %q", in[1].Body)
+	}
+}
+
+// TestClockAheadDeposits: Alice's clock runs 10 minutes ahead of the
+// machine's and Bob is away. Her message goes to Bob's mailbox once it
+// waited MailboxAfter by her clock, while the direct try (which takes
+// seconds to give up on a peer that is gone) still runs; then Bob comes
+// back and has it. (The deposit's wait was measured against the machine's
+// clock, so with a clock ahead it waited for the direct try to end and
+// then gave up until the outbox's next pass; TestCuriousMailbox, whose
+// users' clocks move on a day, lost its deposits so.)
+func TestClockAheadDeposits(t *testing.T) {
+	tn := newTestNet(t)
+	_, addrs := tn.startMailboxes(1)
+	ahead := func(c *Config) {
+		c.MailboxNodes = addrs
+		c.Now = func() time.Time { return time.Now().Add(10 * time.Minute) }
+	}
+	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
+	aliceDir, bobDir := tn.initNode("alice"), tn.initNode("bob")
+	alice, bob := tn.start(aliceDir, ahead), tn.start(bobDir, receiveAt)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testkit.Context(t, 90*time.Second)
+	if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, bob, "alice", 1, incoming)
+	testkit.WaitFor(t, ctx, func() bool { return contactAnnounced(t, alice, "bob") })
+	if _, err := bob.mbx.user.Round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bob.Close()
+	m, err := alice.Send(ctx, "bob", "while you were away")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stored long before the direct try gives up and the outbox looks
+	// again (minutes at most, by maxOutboxWait).
+	sctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	defer cancel()
+	for {
+		got := messagesWhere(t, alice, "bob", func(x Message) bool { return x.ID == m.ID && stored(x) })
+		if len(got) == 1 {
+			break
+		}
+		select {
+		case <-sctx.Done():
+			t.Fatalf("the message to Bob, who is away, is not in a mailbox 8 s after it was sent (MailboxAfter %v): the deposit waited on the wrong clock", alice.cfg.MailboxAfter)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	bob = tn.start(bobDir, receiveAt)
+	in := waitMessages(t, ctx, bob, "alice", 2, incoming)
+	if string(in[1].Body) != "while you were away" {
 		t.Fatalf("bob got %q", in[1].Body)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,12 +17,13 @@ import (
 	"github.com/sotto-im/sotto/store"
 )
 
-// testLogger logs to stderr when SOTTO_TEST_LOG is set.
-func testLogger() *slog.Logger {
+// testLogger logs to stderr when SOTTO_TEST_LOG is set, each line with
+// the attributes given (the node's name, say).
+func testLogger(attrs ...any) *slog.Logger {
 	if os.Getenv("SOTTO_TEST_LOG") == "" {
 		return nil
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With(attrs...)
 }
 
 // testNet is a bootstrap host plus messenger nodes on loopback.
@@ -55,7 +57,7 @@ func (tn *testNet) start(dir string, mod ...func(*Config)) *Node {
 		Bootstrap:    []peer.AddrInfo{tn.boot.AddrInfo()},
 		NoMDNS:       true,
 		NoNAT:        true,
-		Logger:       testLogger(),
+		Logger:       testLogger("node", filepath.Base(dir)),
 		MailboxAfter: 100 * time.Millisecond,
 	}
 	for _, m := range mod {

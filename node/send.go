@@ -407,7 +407,7 @@ func (n *Node) outboxLoop() {
 		if !ok {
 			return maxOutboxWait, true
 		}
-		return min(max(time.Until(next), minOutboxWait), maxOutboxWait), true
+		return min(max(next.Sub(n.now()), minOutboxWait), maxOutboxWait), true
 	})
 }
 
@@ -778,7 +778,8 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 			at, ok = now, true
 		}
 		if ok {
-			if d := time.Until(at); d > 0 {
+			// at is on the node's clock (Config.Now), as is the wait.
+			if d := at.Sub(n.now()); d > 0 {
 				t := time.NewTimer(d)
 				defer t.Stop()
 				select {
@@ -787,7 +788,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 					// The direct attempt is over. What is still undelivered
 					// is deposited by the next attempt, unless the deposit
 					// is due sooner than the outbox would look again.
-					if time.Until(at) > minOutboxWait {
+					if at.Sub(n.now()) > minOutboxWait {
 						return
 					}
 					select {
