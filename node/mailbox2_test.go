@@ -406,12 +406,6 @@ func TestCuriousMailbox(t *testing.T) {
 		})}
 	})
 	receiveAt := func(c *Config) { c.MailboxNodes, c.Now = []peer.AddrInfo{m.Host().AddrInfo()}, now }
-	// Ten restarts and two days of traffic: under the race detector, run
-	// beside the other packages, it did not finish in 400 s (40 s alone).
-	// It runs in the plain pass; the race pass runs the lighter tests.
-	if raceEnabled {
-		t.Skip("ten restarts and two days of traffic; runs without the race detector")
-	}
 	ctx := testkit.Context(t, 200*time.Second)
 	const N = 5
 	dirs := make([]string, N)
