@@ -46,6 +46,32 @@ type Backend interface {
 	MarkRead(ctx context.Context, contact string, seq uint64) error
 	// Subscribe streams events until ctx ends, then closes the channel.
 	Subscribe(ctx context.Context) (<-chan Event, error)
+
+	// Groups lists this account's groups, by name, including those it
+	// left.
+	Groups(ctx context.Context) ([]Group, error)
+	// GroupInfo returns the group with ID id (hex, see ParseGroupID).
+	GroupInfo(ctx context.Context, id string) (Group, error)
+	// CreateGroup creates a group named name with the named contacts as
+	// members; this account is its first admin.
+	CreateGroup(ctx context.Context, name string, members []string) (Group, error)
+	// AddToGroup adds the named contacts to the group (admins only).
+	AddToGroup(ctx context.Context, id string, members []string) (Group, error)
+	// RemoveFromGroup removes the named contact from the group (admins
+	// only); the group is re-keyed so that it reads nothing sent later.
+	RemoveFromGroup(ctx context.Context, id, member string) (Group, error)
+	// LeaveGroup leaves the group.
+	LeaveGroup(ctx context.Context, id string) (Group, error)
+	// RenameGroup renames the group (admins only).
+	RenameGroup(ctx context.Context, id, name string) (Group, error)
+	// PromoteInGroup makes the named member an admin (admins only).
+	PromoteInGroup(ctx context.Context, id, member string) (Group, error)
+	// SendGroup sends a text message to the group.
+	SendGroup(ctx context.Context, id, text string) (GroupMessage, error)
+	// GroupMessages returns the group's messages in display order
+	// (senders' order, replies after what they answer), after the first
+	// skip, at most limit of them (0 means DefaultGroupMessageLimit).
+	GroupMessages(ctx context.Context, id string, skip, limit int) ([]GroupMessage, error)
 }
 
 // Status is a snapshot of the node's state.
@@ -77,6 +103,9 @@ type Status struct {
 	DHTMode      string       `json:"dht_mode"`
 	Connections  []Connection `json:"connections"`
 	Store        StoreStatus  `json:"store"`
+	// GroupDrops counts group content dropped or refused since the node
+	// started, by reason.
+	GroupDrops GroupDrops `json:"group_drops"`
 }
 
 // StoreStatus describes the data directory's store: whether it is
@@ -95,6 +124,19 @@ type StoreStatus struct {
 	// RewriteDue: a deleted secret is still in freed pages of the file
 	// until the next rewrite (hourly while running, at stop, or compact).
 	RewriteDue bool `json:"rewrite_due"`
+}
+
+// GroupDrops counts group content a node dropped or refused, by reason:
+// malformed; from a non-member; a change the author may not make (or
+// one that breaks the group's rules); a replay; a bad signature; for a
+// group the node does not know.
+type GroupDrops struct {
+	Malformed uint64 `json:"malformed"`
+	NotMember uint64 `json:"not_member"`
+	Refused   uint64 `json:"refused"`
+	Replay    uint64 `json:"replay"`
+	Forged    uint64 `json:"forged"`
+	Unknown   uint64 `json:"unknown"`
 }
 
 // Connection is one open connection of the node.
@@ -247,6 +289,10 @@ const (
 	EventContactRequest EventType = "contact_request" // someone not in the contacts wrote
 	EventKeyChange      EventType = "key_change"      // a contact presented a new key
 	EventSyncProgress   EventType = "sync_progress"   // mailbox sync advanced
+	// A group message was received or sent, or its Delivered count
+	// changed.
+	EventGroupMessage EventType = "group_message"
+	EventGroup        EventType = "group" // a group was joined or changed
 )
 
 // Event is one item of the event stream.
@@ -255,6 +301,9 @@ type Event struct {
 	Message *Message      `json:"message,omitempty"` // message, state
 	Contact *Contact      `json:"contact,omitempty"` // contact_request, key_change
 	Sync    *SyncProgress `json:"sync,omitempty"`    // sync_progress
+
+	GroupMessage *GroupMessage `json:"group_message,omitempty"` // group_message
+	Group        *Group        `json:"group,omitempty"`         // group
 }
 
 // SyncProgress reports a mailbox sync in progress.

@@ -258,6 +258,96 @@ func (c *Client) MarkRead(ctx context.Context, contact string, seq uint64) error
 	return c.do(ctx, http.MethodPost, "/v1/conversations/"+url.PathEscape(contact)+"/read", nil, markReadRequest{Seq: seq}, &out)
 }
 
+// Groups implements Backend.
+func (c *Client) Groups(ctx context.Context) ([]Group, error) {
+	var gs []Group
+	err := c.do(ctx, http.MethodGet, "/v1/groups", nil, nil, &gs)
+	return gs, err
+}
+
+// groupPath is the path of the group id's endpoint op ("" for the group
+// itself).
+func groupPath(id, op string) string {
+	p := "/v1/groups/" + url.PathEscape(id)
+	if op != "" {
+		p += "/" + op
+	}
+	return p
+}
+
+// GroupInfo implements Backend.
+func (c *Client) GroupInfo(ctx context.Context, id string) (Group, error) {
+	var g Group
+	err := c.do(ctx, http.MethodGet, groupPath(id, ""), nil, nil, &g)
+	return g, err
+}
+
+// CreateGroup implements Backend.
+func (c *Client) CreateGroup(ctx context.Context, name string, members []string) (Group, error) {
+	if members == nil {
+		members = []string{}
+	}
+	var g Group
+	err := c.do(ctx, http.MethodPost, "/v1/groups", nil, createGroupRequest{Name: name, Members: members}, &g)
+	return g, err
+}
+
+// AddToGroup implements Backend.
+func (c *Client) AddToGroup(ctx context.Context, id string, members []string) (Group, error) {
+	var g Group
+	err := c.do(ctx, http.MethodPost, groupPath(id, "add"), nil, groupMembersRequest{Members: members}, &g)
+	return g, err
+}
+
+// RemoveFromGroup implements Backend.
+func (c *Client) RemoveFromGroup(ctx context.Context, id, member string) (Group, error) {
+	var g Group
+	err := c.do(ctx, http.MethodPost, groupPath(id, "remove"), nil, groupMemberRequest{Member: member}, &g)
+	return g, err
+}
+
+// LeaveGroup implements Backend.
+func (c *Client) LeaveGroup(ctx context.Context, id string) (Group, error) {
+	var g Group
+	err := c.do(ctx, http.MethodPost, groupPath(id, "leave"), nil, nil, &g)
+	return g, err
+}
+
+// RenameGroup implements Backend.
+func (c *Client) RenameGroup(ctx context.Context, id, name string) (Group, error) {
+	var g Group
+	err := c.do(ctx, http.MethodPost, groupPath(id, "rename"), nil, renameGroupRequest{Name: name}, &g)
+	return g, err
+}
+
+// PromoteInGroup implements Backend.
+func (c *Client) PromoteInGroup(ctx context.Context, id, member string) (Group, error) {
+	var g Group
+	err := c.do(ctx, http.MethodPost, groupPath(id, "promote"), nil, groupMemberRequest{Member: member}, &g)
+	return g, err
+}
+
+// SendGroup implements Backend.
+func (c *Client) SendGroup(ctx context.Context, id, text string) (GroupMessage, error) {
+	var m GroupMessage
+	err := c.do(ctx, http.MethodPost, groupPath(id, "messages"), nil, sendGroupRequest{Text: text}, &m)
+	return m, err
+}
+
+// GroupMessages implements Backend.
+func (c *Client) GroupMessages(ctx context.Context, id string, skip, limit int) ([]GroupMessage, error) {
+	v := url.Values{}
+	if skip != 0 {
+		v.Set("skip", strconv.Itoa(skip))
+	}
+	if limit != 0 {
+		v.Set("limit", strconv.Itoa(limit))
+	}
+	var ms []GroupMessage
+	err := c.do(ctx, http.MethodGet, groupPath(id, "messages"), v, nil, &ms)
+	return ms, err
+}
+
 // Subscribe implements Backend. The channel closes when ctx ends or the
 // connection to the node is lost.
 func (c *Client) Subscribe(ctx context.Context) (<-chan Event, error) {

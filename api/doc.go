@@ -23,7 +23,21 @@
 //	POST /v1/messages                    {"contact", "text"} -> Message
 //	GET  /v1/conversations               [Conversation]
 //	POST /v1/conversations/{name}/read   {"seq"} -> {}
+//	GET  /v1/groups                      [Group]
+//	POST /v1/groups                      {"name", "members"} -> Group (created)
+//	GET  /v1/groups/{id}                 Group
+//	POST /v1/groups/{id}/add             {"members"} -> Group
+//	POST /v1/groups/{id}/remove          {"member"} -> Group
+//	POST /v1/groups/{id}/leave           -> Group
+//	POST /v1/groups/{id}/rename          {"name"} -> Group
+//	POST /v1/groups/{id}/promote         {"member"} -> Group
+//	GET  /v1/groups/{id}/messages?skip=&limit=         [GroupMessage]
+//	POST /v1/groups/{id}/messages        {"text"} -> GroupMessage (created)
 //	GET  /v1/events                      text/event-stream of Event
+//
+// A group's {id} is its ID, 64 hex digits; members are named by their
+// contact names. Group events (group_message, group) come on the same
+// stream as the others.
 //
 // Errors are JSON objects {"error": "...", "code": "..."} with a 4xx status
 // for bad input and a 5xx status otherwise; the client turns them back into

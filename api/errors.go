@@ -14,6 +14,9 @@ const (
 	CodeBadInvite        = "bad_invite"         // the invite link does not parse or verify
 	CodeUnknownContact   = "unknown_contact"    // no contact by that name
 	CodeContactExists    = "contact_exists"     // a contact by that name already exists
+	CodeUnknownGroup     = "unknown_group"      // no group with that ID
+	CodeNotGroupMember   = "not_group_member"   // this account left the group or was removed
+	CodeNotGroupAdmin    = "not_group_admin"    // the change is for the group's admins
 	CodeKeyChanged       = "key_changed"        // the contact's key changed; verify before sending
 	CodeUnauthorized     = "unauthorized"       // missing or wrong bearer token
 	CodeNotFound         = "not_found"          // no such endpoint
@@ -53,8 +56,10 @@ func (e *Error) HTTPStatus() int {
 	switch e.Code {
 	case CodeBadRequest, CodeBadInvite:
 		return http.StatusBadRequest
-	case CodeUnknownContact, CodeNotFound:
+	case CodeUnknownContact, CodeUnknownGroup, CodeNotFound:
 		return http.StatusNotFound
+	case CodeNotGroupMember, CodeNotGroupAdmin:
+		return http.StatusForbidden
 	case CodeContactExists, CodeKeyChanged, CodeNoIdentity, CodeIdentityExists:
 		return http.StatusConflict
 	case CodeUnauthorized:
@@ -76,6 +81,9 @@ var (
 	ErrBadInvite      = &Error{Code: CodeBadInvite, Message: "api: bad invite"}
 	ErrUnknownContact = &Error{Code: CodeUnknownContact, Message: "api: unknown contact"}
 	ErrContactExists  = &Error{Code: CodeContactExists, Message: "api: contact exists"}
+	ErrUnknownGroup   = &Error{Code: CodeUnknownGroup, Message: "api: unknown group"}
+	ErrNotGroupMember = &Error{Code: CodeNotGroupMember, Message: "api: not a member of the group"}
+	ErrNotGroupAdmin  = &Error{Code: CodeNotGroupAdmin, Message: "api: not an admin of the group"}
 	ErrKeyChanged     = &Error{Code: CodeKeyChanged, Message: "api: contact key changed"}
 	ErrUnauthorized   = &Error{Code: CodeUnauthorized, Message: "api: unauthorized"}
 	ErrNoIdentity     = &Error{Code: CodeNoIdentity, Message: "api: no identity yet"}

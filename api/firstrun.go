@@ -202,3 +202,83 @@ func (f *FirstRun) Subscribe(ctx context.Context) (<-chan Event, error) {
 	}
 	return b.Subscribe(ctx)
 }
+
+func (f *FirstRun) Groups(ctx context.Context) ([]Group, error) {
+	b, err := f.backend()
+	if err != nil {
+		return nil, err
+	}
+	return b.Groups(ctx)
+}
+
+func (f *FirstRun) GroupInfo(ctx context.Context, id string) (Group, error) {
+	b, err := f.backend()
+	if err != nil {
+		return Group{}, err
+	}
+	return b.GroupInfo(ctx, id)
+}
+
+func (f *FirstRun) CreateGroup(ctx context.Context, name string, members []string) (Group, error) {
+	b, err := f.backend()
+	if err != nil {
+		return Group{}, err
+	}
+	return b.CreateGroup(ctx, name, members)
+}
+
+func (f *FirstRun) AddToGroup(ctx context.Context, id string, members []string) (Group, error) {
+	b, err := f.backend()
+	if err != nil {
+		return Group{}, err
+	}
+	return b.AddToGroup(ctx, id, members)
+}
+
+func (f *FirstRun) RemoveFromGroup(ctx context.Context, id, member string) (Group, error) {
+	b, err := f.backend()
+	if err != nil {
+		return Group{}, err
+	}
+	return b.RemoveFromGroup(ctx, id, member)
+}
+
+func (f *FirstRun) LeaveGroup(ctx context.Context, id string) (Group, error) {
+	b, err := f.backend()
+	if err != nil {
+		return Group{}, err
+	}
+	return b.LeaveGroup(ctx, id)
+}
+
+func (f *FirstRun) RenameGroup(ctx context.Context, id, name string) (Group, error) {
+	b, err := f.backend()
+	if err != nil {
+		return Group{}, err
+	}
+	return b.RenameGroup(ctx, id, name)
+}
+
+func (f *FirstRun) PromoteInGroup(ctx context.Context, id, member string) (Group, error) {
+	b, err := f.backend()
+	if err != nil {
+		return Group{}, err
+	}
+	return b.PromoteInGroup(ctx, id, member)
+}
+
+func (f *FirstRun) SendGroup(ctx context.Context, id, text string) (GroupMessage, error) {
+	b, err := f.backend()
+	if err != nil {
+		return GroupMessage{}, err
+	}
+	return b.SendGroup(ctx, id, text)
+}
+
+func (f *FirstRun) GroupMessages(ctx context.Context, id string, skip, limit int) ([]GroupMessage, error) {
+	b, err := f.backend()
+	if err != nil {
+		return nil, err
+	}
+	return b.GroupMessages(ctx, id, skip, limit)
+}

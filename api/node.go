@@ -56,6 +56,9 @@ func (b *nodeBackend) Status(ctx context.Context) (Status, error) {
 	out.Store = StoreStatus{Encrypted: s.Encrypted, FileBytes: s.FileBytes, Contacts: s.Contacts, Messages: s.Messages,
 		Sessions: s.Sessions, Prekeys: s.Prekeys, Outbox: s.Outbox, DedupMarks: s.DedupMarks,
 		EnvelopeTokens: s.EnvelopeTokens, ReplayMarks: s.ReplayMarks, RewriteDue: s.RewriteDue}
+	d := b.n.GroupStats()
+	out.GroupDrops = GroupDrops{Malformed: d.Malformed, NotMember: d.NotMember, Refused: d.Refused,
+		Replay: d.Replay, Forged: d.Forged, Unknown: d.Unknown}
 	out.Connections = []Connection{}
 	for _, c := range st.Connections {
 		dir := "in"
@@ -258,6 +261,18 @@ func (b *nodeBackend) event(ev node.Event) (Event, bool) {
 			t = EventKeyChange
 		}
 		return Event{Type: t, Contact: &c}, true
+	case node.EventGroupMessage:
+		if ev.GroupMessage == nil {
+			return Event{}, false
+		}
+		m := groupMessageOf(*ev.GroupMessage)
+		return Event{Type: EventGroupMessage, GroupMessage: &m}, true
+	case node.EventGroup:
+		if ev.Group == nil {
+			return Event{}, false
+		}
+		g := groupOf(*ev.Group)
+		return Event{Type: EventGroup, Group: &g}, true
 	case node.EventSyncProgress:
 		if ev.Sync == nil {
 			return Event{}, false

@@ -250,6 +250,14 @@ func (s *Server) routes() {
 	s.route("/v1/conversations", map[string]http.HandlerFunc{"GET": s.handleConversations})
 	s.route("/v1/conversations/{name}/read", map[string]http.HandlerFunc{"POST": s.handleMarkRead})
 	s.route("/v1/backup", map[string]http.HandlerFunc{"GET": s.handleBackup})
+	s.route("/v1/groups", map[string]http.HandlerFunc{"GET": s.handleGroups, "POST": s.handleCreateGroup})
+	s.route("/v1/groups/{id}", map[string]http.HandlerFunc{"GET": s.handleGroupInfo})
+	s.route("/v1/groups/{id}/add", map[string]http.HandlerFunc{"POST": s.handleAddToGroup})
+	s.route("/v1/groups/{id}/remove", map[string]http.HandlerFunc{"POST": s.handleRemoveFromGroup})
+	s.route("/v1/groups/{id}/leave", map[string]http.HandlerFunc{"POST": s.handleLeaveGroup})
+	s.route("/v1/groups/{id}/rename", map[string]http.HandlerFunc{"POST": s.handleRenameGroup})
+	s.route("/v1/groups/{id}/promote", map[string]http.HandlerFunc{"POST": s.handlePromoteInGroup})
+	s.route("/v1/groups/{id}/messages", map[string]http.HandlerFunc{"GET": s.handleGroupMessages, "POST": s.handleSendGroup})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Code: CodeNotFound, Message: "no such endpoint: " + r.URL.Path})
 	})
@@ -276,6 +284,22 @@ type (
 	}
 	markReadRequest struct {
 		Seq uint64 `json:"seq"`
+	}
+	createGroupRequest struct {
+		Name    string   `json:"name"`
+		Members []string `json:"members"`
+	}
+	groupMembersRequest struct {
+		Members []string `json:"members"`
+	}
+	groupMemberRequest struct {
+		Member string `json:"member"`
+	}
+	renameGroupRequest struct {
+		Name string `json:"name"`
+	}
+	sendGroupRequest struct {
+		Text string `json:"text"`
 	}
 )
 
@@ -422,6 +446,174 @@ func (s *Server) handleMarkRead(w http.ResponseWriter, r *http.Request) {
 	}
 	err := s.b.MarkRead(r.Context(), r.PathValue("name"), req.Seq)
 	s.reply(w, r, http.StatusOK, struct{}{}, err)
+}
+
+func (s *Server) handleGroups(w http.ResponseWriter, r *http.Request) {
+	gs, err := s.b.Groups(r.Context())
+	if gs == nil {
+		gs = []Group{}
+	}
+	s.reply(w, r, http.StatusOK, gs, err)
+}
+
+func (s *Server) handleCreateGroup(w http.ResponseWriter, r *http.Request) {
+	var req createGroupRequest
+	if e := decodeBody(w, r, &req, false); e != nil {
+		writeError(w, e)
+		return
+	}
+	if req.Name == "" {
+		writeError(w, BadRequest("name is required"))
+		return
+	}
+	if req.Members == nil {
+		req.Members = []string{}
+	}
+	g, err := s.b.CreateGroup(r.Context(), req.Name, req.Members)
+	s.reply(w, r, http.StatusCreated, g, err)
+}
+
+// groupID is the request's {id}, or false once the error is written.
+func groupID(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id := r.PathValue("id")
+	if _, err := ParseGroupID(id); err != nil {
+		writeError(w, asError(err))
+		return "", false
+	}
+	return id, true
+}
+
+func (s *Server) handleGroupInfo(w http.ResponseWriter, r *http.Request) {
+	id, ok := groupID(w, r)
+	if !ok {
+		return
+	}
+	g, err := s.b.GroupInfo(r.Context(), id)
+	s.reply(w, r, http.StatusOK, g, err)
+}
+
+func (s *Server) handleAddToGroup(w http.ResponseWriter, r *http.Request) {
+	id, ok := groupID(w, r)
+	if !ok {
+		return
+	}
+	var req groupMembersRequest
+	if e := decodeBody(w, r, &req, false); e != nil {
+		writeError(w, e)
+		return
+	}
+	if len(req.Members) == 0 {
+		writeError(w, BadRequest("members is required: the names of the contacts to add"))
+		return
+	}
+	g, err := s.b.AddToGroup(r.Context(), id, req.Members)
+	s.reply(w, r, http.StatusOK, g, err)
+}
+
+func (s *Server) handleRemoveFromGroup(w http.ResponseWriter, r *http.Request) {
+	s.memberChange(w, r, s.b.RemoveFromGroup)
+}
+
+func (s *Server) handlePromoteInGroup(w http.ResponseWriter, r *http.Request) {
+	s.memberChange(w, r, s.b.PromoteInGroup)
+}
+
+// memberChange serves a change of the group {id} that names one member.
+func (s *Server) memberChange(w http.ResponseWriter, r *http.Request, change func(ctx context.Context, id, member string) (Group, error)) {
+	id, ok := groupID(w, r)
+	if !ok {
+		return
+	}
+	var req groupMemberRequest
+	if e := decodeBody(w, r, &req, false); e != nil {
+		writeError(w, e)
+		return
+	}
+	if req.Member == "" {
+		writeError(w, BadRequest("member is required: the contact's name"))
+		return
+	}
+	g, err := change(r.Context(), id, req.Member)
+	s.reply(w, r, http.StatusOK, g, err)
+}
+
+func (s *Server) handleLeaveGroup(w http.ResponseWriter, r *http.Request) {
+	id, ok := groupID(w, r)
+	if !ok {
+		return
+	}
+	if e := decodeBody(w, r, &struct{}{}, true); e != nil {
+		writeError(w, e)
+		return
+	}
+	g, err := s.b.LeaveGroup(r.Context(), id)
+	s.reply(w, r, http.StatusOK, g, err)
+}
+
+func (s *Server) handleRenameGroup(w http.ResponseWriter, r *http.Request) {
+	id, ok := groupID(w, r)
+	if !ok {
+		return
+	}
+	var req renameGroupRequest
+	if e := decodeBody(w, r, &req, false); e != nil {
+		writeError(w, e)
+		return
+	}
+	if req.Name == "" {
+		writeError(w, BadRequest("name is required"))
+		return
+	}
+	g, err := s.b.RenameGroup(r.Context(), id, req.Name)
+	s.reply(w, r, http.StatusOK, g, err)
+}
+
+func (s *Server) handleSendGroup(w http.ResponseWriter, r *http.Request) {
+	id, ok := groupID(w, r)
+	if !ok {
+		return
+	}
+	var req sendGroupRequest
+	if e := decodeBody(w, r, &req, false); e != nil {
+		writeError(w, e)
+		return
+	}
+	if req.Text == "" {
+		writeError(w, BadRequest("text is required"))
+		return
+	}
+	m, err := s.b.SendGroup(r.Context(), id, req.Text)
+	s.reply(w, r, http.StatusCreated, m, err)
+}
+
+func (s *Server) handleGroupMessages(w http.ResponseWriter, r *http.Request) {
+	id, ok := groupID(w, r)
+	if !ok {
+		return
+	}
+	v := r.URL.Query()
+	skip, limit := 0, DefaultGroupMessageLimit
+	if a := v.Get("skip"); a != "" {
+		n, err := strconv.Atoi(a)
+		if err != nil || n < 0 {
+			writeError(w, BadRequest("skip must be a non-negative integer, got %q", a))
+			return
+		}
+		skip = n
+	}
+	if l := v.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > MaxGroupMessageLimit {
+			writeError(w, BadRequest("limit must be an integer from 1 to %d, got %q", MaxGroupMessageLimit, l))
+			return
+		}
+		limit = n
+	}
+	ms, err := s.b.GroupMessages(r.Context(), id, skip, limit)
+	if ms == nil {
+		ms = []GroupMessage{}
+	}
+	s.reply(w, r, http.StatusOK, ms, err)
 }
 
 // handleEvents streams events as server-sent events: each event is one

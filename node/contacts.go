@@ -11,6 +11,7 @@ import (
 	"github.com/sotto-im/sotto/invite"
 	"github.com/sotto-im/sotto/keys"
 	"github.com/sotto-im/sotto/mailbox"
+	"github.com/sotto-im/sotto/protocol/group"
 	"github.com/sotto-im/sotto/store"
 )
 
@@ -326,11 +327,30 @@ func (n *Node) Messages(name string, after uint64, limit int) ([]Message, error)
 				return err
 			}
 		}
-		ms, err := tx.ListMessages(filter, after, limit)
-		if err != nil {
-			return err
+		if limit <= 0 {
+			limit = store.DefaultPageSize
 		}
-		out = messagesOf(ms)
+		limit = min(limit, store.MaxPageSize)
+		// Group content carried by the sessions is not shown: pages go on
+		// past it until limit messages are found or none are left.
+		for len(out) < limit {
+			want := limit - len(out)
+			ms, err := tx.ListMessages(filter, after, want)
+			if err != nil {
+				return err
+			}
+			for _, m := range ms {
+				if after = m.GlobalSeq; filter != nil {
+					after = m.Seq
+				}
+				if !group.IsContent(m.Type) {
+					out = append(out, messageOf(m))
+				}
+			}
+			if len(ms) < want {
+				break
+			}
+		}
 		return failureIn(tx, out)
 	})
 	return out, err

@@ -2,7 +2,10 @@ package node
 
 import (
 	"context"
+	"slices"
 	"sync"
+
+	"github.com/sotto-im/sotto/protocol/group"
 )
 
 // EventType says what an Event reports.
@@ -22,6 +25,11 @@ const (
 	EventKeyChange
 	// EventSyncProgress: mailbox sync progress (Sync set).
 	EventSyncProgress
+	// EventGroupMessage: a group message was stored, received or sent
+	// (GroupMessage set).
+	EventGroupMessage
+	// EventGroup: a group was joined or changed (Group set).
+	EventGroup
 )
 
 // SyncProgress reports a mailbox sync.
@@ -38,6 +46,9 @@ type Event struct {
 	Message *Message
 	Contact *Contact
 	Sync    *SyncProgress
+
+	GroupMessage *GroupMessage
+	Group        *Group
 }
 
 // feed fans events out to subscribers. A subscriber that falls more than
@@ -52,6 +63,9 @@ type feed struct {
 func newFeed() *feed { return &feed{subs: make(map[chan Event]struct{})} }
 
 func (f *feed) publish(evs ...Event) {
+	// Group content carried by a pairwise session is not shown in the
+	// conversation (SPEC.md, "Group content on a pairwise session").
+	evs = slices.DeleteFunc(slices.Clone(evs), func(e Event) bool { return e.Message != nil && group.IsContent(e.Message.Type) })
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for ch := range f.subs {

@@ -240,6 +240,7 @@ type Node struct {
 	mbx                   mailboxes
 	introSecret           [protocol.IntroSecretSize]byte // in invites: version 2 first contacts
 	sessions              sessionCache
+	grp                   groups
 }
 
 // Init creates a new identity in dir: account key, device (host) key,
@@ -531,6 +532,9 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	// Mailboxes announce themselves in the DHT: after bootstrap.
 	if err := n.startMailboxes(h); err != nil {
+		return err
+	}
+	if err := n.startGroups(); err != nil {
 		return err
 	}
 	// What a clock further ahead scheduled moves back: before the loop's

@@ -47,11 +47,15 @@ func (n *Node) releaseHeld() (time.Duration, bool) {
 	if !held {
 		return 0, false
 	}
+	var groups [][32]byte
 	if due {
 		if err := n.db.Update(func(tx *store.Tx) error {
 			var err error
 			released, err = tx.ReleaseHeld(now.Add(-n.cfg.ReorderWait))
 			if err != nil {
+				return err
+			}
+			if groups, err = n.groupsShown(tx, released, now); err != nil {
 				return err
 			}
 			at, held, err = tx.NextRelease()
@@ -61,6 +65,7 @@ func (n *Node) releaseHeld() (time.Duration, bool) {
 			return time.Second, true
 		}
 		n.publishShown(released)
+		n.groupsChanged(groups)
 	}
 	if !held {
 		return 0, false

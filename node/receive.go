@@ -160,9 +160,10 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	now := n.now()
 	results := make([]error, len(batch))
 	var events []Event
+	var groups [][32]byte
 	kick, newSession, held, republish := false, false, false, false
 	err := n.db.Update(func(tx *store.Tx) error {
-		events = events[:0]
+		events, groups = events[:0], groups[:0]
 		kick, newSession, held, republish = false, false, false, false
 		rc := &ingestBatch{}
 		for i, r := range batch {
@@ -178,6 +179,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 			}
 			results[i] = nil
 			events = append(events, out.events...)
+			groups = append(groups, out.groups...)
 			newSession = newSession || out.newSession
 			held = held || out.held
 			republish = republish || out.republish
@@ -200,7 +202,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 		for i := range results {
 			results[i] = fmt.Errorf("%w: %w", errStoreFailed, err)
 		}
-		events = nil
+		events, groups = nil, nil
 		kick, held, republish = false, false, false
 	}
 	for i, r := range batch {
@@ -214,7 +216,8 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 	if len(events) > 0 {
 		n.events.publish(events...)
 	}
-	if kick {
+	n.groupsChanged(groups)
+	if kick || len(groups) > 0 {
 		n.kickOutbox()
 	}
 	if newSession {
@@ -246,8 +249,9 @@ func se(err error) error {
 type processed struct {
 	events     []Event
 	newSession bool
-	held       bool // a message waits for a missing predecessor
-	republish  bool // the bundle changed (dropUsedPrekeys)
+	held       bool       // a message waits for a missing predecessor
+	republish  bool       // the bundle changed (dropUsedPrekeys)
+	groups     [][32]byte // groups whose state changed
 }
 
 // ingestBatch is the state of one inbound batch: per contact in
@@ -798,6 +802,9 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 		out.held = len(shown) == 0
 		for i := range shown {
 			out.events = append(out.events, messageEvent(EventMessage, shown[i]))
+		}
+		if out.groups, err = n.groupsShown(tx, shown, now); err != nil {
+			return processed{}, se(err)
 		}
 	case errors.Is(err, store.ErrDuplicate):
 		// Shown once already; the sender still needs its receipt.

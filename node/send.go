@@ -140,32 +140,8 @@ func (n *Node) Send(ctx context.Context, name, text string) (Message, error) {
 		if err := unindexRequest(tx, c); err != nil {
 			return err
 		}
-		stored, err = tx.AppendMessage(store.Message{
-			ID: id, Contact: c.Account, Direction: store.Outgoing, Type: uint8(protocol.ContentText),
-			Body: []byte(text), SentAt: now, ReceivedAt: now, State: store.StateQueued,
-		})
-		if err != nil {
-			return err
-		}
-		e := store.OutboxEntry{
-			MsgID: id, Contact: c.Account, Kind: store.OutboxMessage,
-			Created: now, NextAttempt: now, Expires: envelopeExpiry(now, n.cfg.MessageTTL),
-		}
-		if n.me != nil {
-			sess, _, err := n.takeSession(tx, c.Account)
-			if err != nil {
-				return err
-			}
-			if sess != nil {
-				if e.Envelope, err = n.seal(tx, sess, stored, now); err != nil {
-					return err
-				}
-				if err := n.putSession(tx, sess, now); err != nil {
-					return err
-				}
-			}
-		}
-		return tx.PutOutbox(e)
+		stored, err = n.queueMessage(tx, c.Account, id, protocol.ContentText, []byte(text), now)
+		return err
 	})
 	if err != nil {
 		return Message{}, err
@@ -183,6 +159,39 @@ func (n *Node) Send(ctx context.Context, name, text string) (Message, error) {
 		n.kickOutbox()
 	}
 	return m, nil
+}
+
+// queueMessage stores an outgoing message of type typ to acct and puts
+// it in the outbox, sealed already when the session exists and the keys
+// are unlocked: the path of every message that must arrive exactly once
+// and in order (text, and group content).
+func (n *Node) queueMessage(tx *store.Tx, acct [32]byte, id [16]byte, typ protocol.ContentType, body []byte, now time.Time) (store.Message, error) {
+	stored, err := tx.AppendMessage(store.Message{
+		ID: id, Contact: acct, Direction: store.Outgoing, Type: uint8(typ),
+		Body: body, SentAt: now, ReceivedAt: now, State: store.StateQueued,
+	})
+	if err != nil {
+		return store.Message{}, err
+	}
+	e := store.OutboxEntry{
+		MsgID: id, Contact: acct, Kind: store.OutboxMessage,
+		Created: now, NextAttempt: now, Expires: envelopeExpiry(now, n.cfg.MessageTTL),
+	}
+	if n.me != nil {
+		sess, _, err := n.takeSession(tx, acct)
+		if err != nil {
+			return store.Message{}, err
+		}
+		if sess != nil {
+			if e.Envelope, err = n.seal(tx, sess, stored, now); err != nil {
+				return store.Message{}, err
+			}
+			if err := n.putSession(tx, sess, now); err != nil {
+				return store.Message{}, err
+			}
+		}
+	}
+	return stored, tx.PutOutbox(e)
 }
 
 // sessionCache keeps decoded sessions with the stored bytes they decode

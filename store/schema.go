@@ -65,6 +65,7 @@ var migrations = []migration{
 	{name: "mailbox version 1 index", apply: indexMailboxV1},
 	{name: "key directory", apply: createKeyDir},
 	{name: migrationSums, apply: addRecordSums},
+	{name: "groups", apply: createGroupBuckets},
 }
 
 // SchemaVersion is the schema version this build writes.

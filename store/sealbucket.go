@@ -488,14 +488,17 @@ func (tx *Tx) fail(err error) {
 }
 
 // secretBuckets hold records whose deletion must reach the file: private
-// prekeys, sessions, and a deleted conversation's messages and contact.
+// prekeys, sessions, a deleted conversation's messages and contact, and
+// the sender keys of a group's members who left or were removed.
 // When one of their records is deleted, the store is due to be rewritten
 // (see rewrite.go).
 var secretBuckets = map[string]bool{
-	string(bucketPrekeys):  true,
-	string(bucketSessions): true,
-	string(bucketMessages): true,
-	string(bucketContacts): true,
+	string(bucketPrekeys):      true,
+	string(bucketSessions):     true,
+	string(bucketMessages):     true,
+	string(bucketContacts):     true,
+	string(bucketGroupKeys):    true,
+	string(bucketGroupPending): true,
 }
 
 // noteDelete records a deleted secret.

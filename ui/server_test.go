@@ -310,7 +310,7 @@ func TestSecurityHeaders(t *testing.T) {
 func TestAssetsHaveNoInlineCode(t *testing.T) {
 	s := serveUI(t, apitest.New("alice"), testToken)
 	cookie := map[string]string{"Cookie": s.login()}
-	for _, p := range []string{"/", "/login", "/assets/app.js", "/assets/messages.js", "/assets/dom.js", "/assets/api.js", "/assets/events.js", "/assets/style.css"} {
+	for _, p := range []string{"/", "/login", "/assets/app.js", "/assets/messages.js", "/assets/groups.js", "/assets/dom.js", "/assets/api.js", "/assets/events.js", "/assets/style.css"} {
 		h := cookie
 		if p == "/login" {
 			h = nil

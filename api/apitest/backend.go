@@ -29,7 +29,8 @@ type Backend struct {
 	contacts []api.Contact
 	messages []api.Message
 	seq      uint64
-	read     map[string]uint64 // read marks by contact name
+	read     map[string]uint64     // read marks by contact name
+	groups   map[string]*testGroup // by ID
 	subs     map[*subscriber]struct{}
 	changed  chan struct{} // closed and replaced when subs changes
 	now      func() time.Time

@@ -64,6 +64,8 @@ func init() {
 	commands = []*command{
 		initCommand, runCommand, idCommand, inviteCommand,
 		contactAddCommand, contactListCommand, contactVerifyCommand,
+		groupCreateCommand, groupListCommand, groupInfoCommand, groupAddCommand, groupRemoveCommand,
+		groupPromoteCommand, groupRenameCommand, groupLeaveCommand,
 		sendCommand, messagesCommand, statusCommand, demoCommand,
 		passphraseChangeCommand, compactCommand, backupCommand, restoreCommand, checkCommand,
 	}

@@ -19,17 +19,27 @@ const maxStdinText = api.MaxBodyBytes
 
 var sendCommand = &command{
 	name:     "send",
-	synopsis: "[--data DIR] [--json] NAME TEXT...",
-	summary:  "send a message to the contact NAME",
+	synopsis: "[--data DIR] [--json] NAME TEXT... | --group GROUP TEXT...",
+	summary:  "send a message to the contact NAME, or to a group",
 	detail: "The words of TEXT are joined with spaces; TEXT \"-\" reads the message from\n" +
 		"standard input. Use -- before a TEXT that starts with a dash.\n" +
 		"The command returns once the message is in the outbox; `sotto messages` shows\n" +
-		"whether it was sent, stored at mailboxes or delivered.",
+		"whether it was sent, stored at mailboxes or delivered.\n" +
+		"With --group, the message goes to every member of GROUP, its name or at least\n" +
+		"4 hex digits of its ID; `sotto messages --group GROUP` shows how many have it.",
 	setup: func(fs *flag.FlagSet) runFunc {
 		data := dataDirFlag(fs)
 		asJSON := jsonFlag(fs)
+		group := fs.String("group", "", "send to the group `GROUP` (a name or an ID prefix) instead of a contact")
 		return func(ctx context.Context, c *cli, args []string) error {
+			if *group != "" {
+				// No contact NAME: every argument is TEXT.
+				args = append([]string{""}, args...)
+			}
 			if len(args) < 2 {
+				if *group != "" {
+					return usagef("need the TEXT to send")
+				}
 				return usagef("need a contact NAME and the TEXT to send")
 			}
 			text := strings.Join(args[1:], " ")
@@ -51,6 +61,9 @@ var sendCommand = &command{
 				return err
 			}
 			defer release()
+			if *group != "" {
+				return sendGroup(ctx, c, b, *group, text, *asJSON)
+			}
 			m, err := b.Send(ctx, args[0], text)
 			if err != nil {
 				return err
@@ -68,6 +81,24 @@ var sendCommand = &command{
 			return nil
 		}
 	},
+}
+
+// sendGroup sends text to the group that arg names.
+func sendGroup(ctx context.Context, c *cli, b api.Backend, arg, text string, asJSON bool) error {
+	g, err := resolveGroup(ctx, b, arg)
+	if err != nil {
+		return err
+	}
+	m, err := b.SendGroup(ctx, g.ID, text)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(c.stdout, groupMessageJSON(m))
+	}
+	_, err = fmt.Fprintf(c.stdout, "Sent to %s (id %s; %s)\n", clean(g.Name, true), m.ID,
+		plural(m.Recipients, "member to receive it", "members to receive it"))
+	return err
 }
 
 // messageLine is a message as `sotto messages --json` prints it: state for
@@ -122,19 +153,25 @@ func messageJSON(m api.Message) messageLine {
 
 var messagesCommand = &command{
 	name:     "messages",
-	synopsis: "[--data DIR] [--json] [--follow] [NAME]",
-	summary:  "list messages, all or with NAME, oldest first",
+	synopsis: "[--data DIR] [--json] [--follow] [NAME | --group GROUP]",
+	summary:  "list messages, all or with NAME or of a group, oldest first",
 	detail: "With --follow, keep running and print new messages as they arrive, and\n" +
 		"changes of their state, until interrupted. If no node is running, it prints\n" +
 		"the stored messages, then waits for `sotto run` (without holding the data\n" +
 		"directory) and follows that node. With --json, print one JSON object per\n" +
 		"message and line: id, contact, direction, text, sent_at, seq, and state\n" +
 		"(sent) or via (received); a state change is the message's line again with\n" +
-		"its new state and \"event\":\"state\".",
+		"its new state and \"event\":\"state\".\n" +
+		"With --group GROUP (its name or at least 4 hex digits of its ID), list that\n" +
+		"group's messages in the order the group shows them; with --json, one object\n" +
+		"per message: id, group, sender, sender_name, direction, text, sent_at, seq,\n" +
+		"and delivered and recipients (sent); with --follow, a sent message whose\n" +
+		"delivered count changed is its line again with \"event\":\"delivered\".",
 	setup: func(fs *flag.FlagSet) runFunc {
 		data := dataDirFlag(fs)
 		asJSON := jsonFlag(fs)
-		follow := fs.Bool("follow", false, "keep printing new messages and state changes until interrupted")
+		followFlag := fs.Bool("follow", false, "keep printing new messages and state changes until interrupted")
+		group := fs.String("group", "", "list the messages of the group `GROUP` (a name or an ID prefix)")
 		return func(ctx context.Context, c *cli, args []string) error {
 			if len(args) > 1 {
 				return usagef("unexpected argument %q", args[1])
@@ -143,18 +180,28 @@ var messagesCommand = &command{
 			if len(args) == 1 {
 				contact = args[0]
 			}
+			if contact != "" && *group != "" {
+				return usagef("give a contact NAME or --group GROUP, not both")
+			}
 			b, release, err := c.backend(*data)
 			if err != nil {
 				return err
 			}
 			release = sync.OnceFunc(release)
 			defer release()
-			p := &messagePrinter{w: c.stdout, json: *asJSON, terminal: isTerminal(c.stdout), contact: contact}
-			if !*follow {
+			var p printer = &messagePrinter{w: c.stdout, json: *asJSON, terminal: isTerminal(c.stdout), contact: contact}
+			if *group != "" {
+				g, err := resolveGroup(ctx, b, *group)
+				if err != nil {
+					return err
+				}
+				p = newGroupPrinter(c.stdout, *asJSON, g)
+			}
+			if !*followFlag {
 				return p.history(ctx, b)
 			}
 			if _, running := b.(*api.Client); running {
-				return p.follow(ctx, b)
+				return follow(ctx, b, p)
 			}
 			// No node is running. Following the data directory opened
 			// here would hold it, and `sotto run` could not start: print
@@ -177,7 +224,7 @@ var messagesCommand = &command{
 			}
 			defer client.Close()
 			fmt.Fprintf(c.stderr, "A node is running for %s; following it.\n", dir)
-			return p.follow(ctx, client)
+			return follow(ctx, client, p)
 		}
 	},
 }
@@ -207,9 +254,17 @@ func waitForSocket(ctx context.Context, dir string) (*api.Client, error) {
 	}
 }
 
+// printer prints messages for `sotto messages`: those stored, then
+// events.
+type printer interface {
+	// history prints the stored messages not printed yet.
+	history(ctx context.Context, b api.Backend) error
+	event(ev api.Event) error
+}
+
 // follow prints the messages after those printed so far, then new ones and
 // state changes as they come, until ctx ends or the node goes away.
-func (p *messagePrinter) follow(ctx context.Context, b api.Backend) error {
+func follow(ctx context.Context, b api.Backend, p printer) error {
 	// Subscribe before reading the history, so that nothing falls between
 	// them; the seq cursor removes overlap.
 	ctx, cancel := context.WithCancel(ctx)

@@ -233,3 +233,23 @@ func EpochOf(g Secret, tag protocol.Tag, now time.Time) (uint64, bool) {
 	}
 	return 0, false
 }
+
+// Header opens the sealed header of a group message of epoch and returns
+// its key ID and iteration, without checking anything else: a member
+// that has opened the message before finds out which one it is.
+func (r *Receiver) Header(g Secret, epoch uint64, env *protocol.Envelope) ([KeyIDSize]byte, uint32, error) {
+	ek := r.epochKeys(g, epoch)
+	c := env.Ciphertext
+	if env.Tag != ek.tag || len(c) < messagePrefix || c[0] != messageVersion {
+		return [KeyIDSize]byte{}, 0, ErrNotForGroup
+	}
+	ha, err := chacha20poly1305.NewX(ek.header[:])
+	if err != nil {
+		return [KeyIDSize]byte{}, 0, err
+	}
+	header, err := ha.Open(nil, c[1:1+chacha20poly1305.NonceSizeX], c[1+chacha20poly1305.NonceSizeX:messagePrefix], env.Tag[:])
+	if err != nil {
+		return [KeyIDSize]byte{}, 0, ErrNotForGroup
+	}
+	return [KeyIDSize]byte(header[:KeyIDSize]), binary.BigEndian.Uint32(header[KeyIDSize:]), nil
+}

@@ -71,4 +71,37 @@ export const api = {
     q.set('limit', String(limit));
     return call('GET', '/v1/messages?' + q.toString());
   },
+  // Groups are named by their ID (64 hex digits), members by contact name.
+  groups: () => call('GET', '/v1/groups'),
+  group: (id) => call('GET', `/v1/groups/${enc(id)}`),
+  createGroup: (name, members) => call('POST', '/v1/groups', { name, members }),
+  addToGroup: (id, members) => call('POST', `/v1/groups/${enc(id)}/add`, { members }),
+  removeFromGroup: (id, member) => call('POST', `/v1/groups/${enc(id)}/remove`, { member }),
+  promoteInGroup: (id, member) => call('POST', `/v1/groups/${enc(id)}/promote`, { member }),
+  renameGroup: (id, name) => call('POST', `/v1/groups/${enc(id)}/rename`, { name }),
+  leaveGroup: (id) => call('POST', `/v1/groups/${enc(id)}/leave`),
+  sendGroup: (id, text) => call('POST', `/v1/groups/${enc(id)}/messages`, { text }),
+  // groupMessages returns the group's messages in display order, after
+  // the first skip.
+  groupMessages: (id, { skip = 0, limit = 100 } = {}) =>
+    call('GET', `/v1/groups/${enc(id)}/messages?skip=${skip}&limit=${limit}`),
 };
+
+// GROUP_PAGE is the most group messages one request returns (the API's
+// MaxGroupMessageLimit).
+export const GROUP_PAGE = 1000;
+
+// groupTail pages through group id's messages from known-1 (a count of
+// them seen before; messages are never removed, so the end is at or
+// after it) to the end, and returns their count and the last one (null
+// for none).
+export async function groupTail(id, known = 0) {
+  let skip = Math.max(0, known - 1);
+  let last = null;
+  for (;;) {
+    const ms = await api.groupMessages(id, { skip, limit: GROUP_PAGE });
+    if (ms.length) last = ms[ms.length - 1];
+    skip += ms.length;
+    if (ms.length < GROUP_PAGE) return { total: skip, last };
+  }
+}

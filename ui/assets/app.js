@@ -1,11 +1,13 @@
-// Sotto in the browser: the conversation list, a conversation, adding a
+// Sotto in the browser: the conversation list, a conversation, groups
+// (list, a group's messages, members and admin actions), adding a
 // contact, your invite, safety numbers and the node's status, over the
 // control API and its event stream.
 
-import { api, APIError, NEWEST } from './api.js';
+import { api, APIError, NEWEST, groupTail } from './api.js';
 import { h, replace, formatTime } from './dom.js';
 import { EventStream } from './events.js';
 import { MessageList, PAGE } from './messages.js';
+import { GroupMessageList, before, senderName } from './groups.js';
 
 const state = {
   me: null, // Identity
@@ -13,6 +15,10 @@ const state = {
   contacts: new Map(), // name -> Contact
   status: null, // Status
   view: null, // { name, list: MessageList } while a conversation is open
+  groups: [], // Groups, as listed
+  tails: new Map(), // group ID -> { total, last }: its message count and last message
+  gview: null, // { id, list: GroupMessageList, ... } while a group is open
+  mview: null, // { id, ... } while a group's members are shown
   lastSeq: 0, // the newest message seen: the cursor to catch up from
   stream: null,
 };
@@ -90,14 +96,75 @@ function renderConversations() {
       h('span', { class: 'conv-last' }, last),
       c.last ? h('time', { class: 'conv-time', datetime: c.last.sent_at }, formatTime(c.last.sent_at)) : null));
   });
-  replace(ul, items);
+  keepFocus(ul, 'contact', () => replace(ul, items));
   $('no-conversations').hidden = state.convs.length > 0;
+  renderGroups();
 }
 
-// Arrow keys move between conversations.
+// keepFocus runs render, which replaces the links of the list ul, and
+// keeps the focus on the link it was on (by its data-KEY), so that a
+// refresh does not take the keyboard user's place.
+function keepFocus(ul, key, render) {
+  const a = document.activeElement;
+  const had = a && ul.contains(a) ? a.dataset[key] : undefined;
+  render();
+  if (had === undefined) return;
+  const again = [...ul.querySelectorAll('a.conv')].find((e) => e.dataset[key] === had);
+  if (again) again.focus();
+}
+
+// ---- group list
+
+async function refreshGroups() {
+  const gs = await api.groups();
+  const tails = await Promise.all(gs.map((g) => groupTail(g.id, state.tails.get(g.id)?.total || 0)));
+  state.groups = gs;
+  gs.forEach((g, i) => {
+    const old = state.tails.get(g.id);
+    const t = tails[i];
+    // A live message may have come in during the fetch.
+    if (old && old.last && (!t.last || before(t.last, old.last))) t.last = old.last;
+    state.tails.set(g.id, t);
+  });
+  renderGroups();
+}
+
+// upsertGroup records a group as the node reported it.
+function upsertGroup(g) {
+  const i = state.groups.findIndex((x) => x.id === g.id);
+  if (i >= 0) state.groups[i] = g;
+  else {
+    state.groups.push(g);
+    state.groups.sort((a, b) => a.name.toLowerCase().localeCompare(b.name.toLowerCase()) || (a.id < b.id ? -1 : 1));
+  }
+  renderGroups();
+}
+
+function renderGroups() {
+  const ul = $('groups');
+  const current = state.gview ? state.gview.id : state.mview ? state.mview.id : null;
+  const items = state.groups.map((g) => {
+    const last = state.tails.get(g.id)?.last;
+    return h('li', null,
+      h('a', {
+        class: 'conv group' + (g.left ? ' left' : ''),
+        href: '#/g/' + g.id,
+        'aria-current': g.id === current ? 'page' : null,
+        'data-group': g.id,
+      },
+      h('span', { class: 'conv-name' }, g.name),
+      g.left ? h('span', { class: 'tag' }, 'Left') : null,
+      h('span', { class: 'conv-last' }, last ? `${senderName(last)}: ${last.text.slice(0, 200)}` : 'No messages yet'),
+      last ? h('time', { class: 'conv-time', datetime: last.sent_at }, formatTime(last.sent_at)) : null));
+  });
+  keepFocus(ul, 'group', () => replace(ul, items));
+  $('no-groups').hidden = state.groups.length > 0;
+}
+
+// Arrow keys move between conversations and groups.
 function onListKey(e) {
   if (e.key !== 'ArrowDown' && e.key !== 'ArrowUp') return;
-  const links = [...$('conversations').querySelectorAll('a.conv')];
+  const links = [...document.querySelectorAll('.sidebar a.conv')];
   const i = links.indexOf(document.activeElement);
   if (i < 0) return;
   const j = e.key === 'ArrowDown' ? Math.min(links.length - 1, i + 1) : Math.max(0, i - 1);
@@ -136,6 +203,12 @@ function onEvent(ev) {
       }
       scheduleRefresh();
       break;
+    case 'group_message':
+      if (ev.group_message) onGroupMessage(ev.group_message);
+      break;
+    case 'group':
+      if (ev.group) onGroup(ev.group);
+      break;
     case 'contact_request':
     case 'key_change':
       refreshConversations().then(() => {
@@ -143,6 +216,30 @@ function onEvent(ev) {
       }).catch(showError);
       break;
   }
+}
+
+function onGroupMessage(m) {
+  const t = state.tails.get(m.group);
+  if (!t) {
+    refreshGroups().catch(showError);
+  } else if (!t.last || t.last.id === m.id || !before(m, t.last)) {
+    t.last = m;
+    renderGroups();
+  }
+  if (state.gview && state.gview.id === m.group) state.gview.list.add(m);
+}
+
+function onGroup(g) {
+  const known = state.tails.has(g.id);
+  upsertGroup(g);
+  if (!known) {
+    groupTail(g.id).then((t) => {
+      if (!state.tails.has(g.id)) state.tails.set(g.id, t);
+      renderGroups();
+    }).catch(showError);
+  }
+  if (state.gview && state.gview.id === g.id) renderGroupHead(g);
+  if (state.mview && state.mview.id === g.id && !state.mview.busy) renderMembers(g, true);
 }
 
 function onStreamState(s) {
@@ -169,6 +266,13 @@ async function catchUp() {
     }
     await refreshConversations();
     if (state.view) renderContactState();
+    await refreshGroups();
+    if (state.gview) {
+      const v = state.gview;
+      const g = state.groups.find((x) => x.id === v.id);
+      if (g) renderGroupHead(g);
+      await v.list.catchUp();
+    }
     $('stream').dataset.caughtUp = String(Date.now());
   } catch (err) {
     showError(err);
@@ -194,6 +298,45 @@ function home() {
       h('a', { href: '#/invite', class: 'button' }, 'Show my invite')));
 }
 
+// composer is the send box of a conversation or group, labelled label:
+// Enter sends, Shift+Enter starts a new line. send(text) resolves once
+// the node took the message; when it throws, the text goes back in the
+// box and the error shows under it.
+function composer(label, describedBy, send) {
+  const input = h('textarea', { id: 'compose', rows: '2', placeholder: label, 'aria-describedby': describedBy });
+  const sendError = h('p', { id: 'send-error', class: 'error', role: 'alert' });
+  const button = h('button', { type: 'submit', id: 'send' }, 'Send');
+  const form = h('form', { id: 'composer', class: 'composer', onsubmit: (e) => { e.preventDefault(); submit(); } },
+    h('label', { for: 'compose', class: 'visually-hidden' }, label),
+    input,
+    button,
+    h('p', { id: 'compose-help', class: 'hint small' }, 'Enter sends; Shift+Enter starts a new line.'),
+    sendError);
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      submit();
+    }
+  });
+  async function submit() {
+    const text = input.value;
+    if (text.trim() === '' || input.disabled) return;
+    sendError.textContent = '';
+    button.disabled = true;
+    input.value = ''; // at once, so that what is typed next is kept
+    try {
+      await send(text);
+    } catch (err) {
+      sendError.textContent = `Not sent: ${err.message}`;
+      if (input.value === '') input.value = text;
+    } finally {
+      button.disabled = input.disabled;
+      input.focus();
+    }
+  }
+  return { form, input, sendError };
+}
+
 async function showConversation(name) {
   refreshStatus().catch(() => {}); // for the presence line
   if (!state.contacts.has(name)) await refreshConversations();
@@ -207,44 +350,14 @@ async function showConversation(name) {
   const top = h('p', { class: 'older', id: 'older' });
   const list = h('ol', { class: 'msg-list', id: 'msg-list' });
   scroller.append(top, list);
-  const input = h('textarea', {
-    id: 'compose', rows: '2', placeholder: `Message to ${name}`,
-    'aria-describedby': 'compose-help presence',
-  });
-  const sendError = h('p', { id: 'send-error', class: 'error', role: 'alert' });
-  const form = h('form', { id: 'composer', class: 'composer', onsubmit: (e) => { e.preventDefault(); send(); } },
-    h('label', { for: 'compose', class: 'visually-hidden' }, `Message to ${name}`),
-    input,
-    h('button', { type: 'submit', id: 'send' }, 'Send'),
-    h('p', { id: 'compose-help', class: 'hint small' }, 'Enter sends; Shift+Enter starts a new line.'),
-    sendError);
-  input.addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
-      e.preventDefault();
-      send();
+  const { form, input, sendError } = composer(`Message to ${name}`, 'compose-help presence', async (text) => {
+    const m = await api.send(name, text);
+    if (state.view === view) {
+      view.list.add(m);
+      view.list.scrollToBottom();
     }
   });
   const view = { name, list: null, input, sendError };
-  async function send() {
-    const text = input.value;
-    if (text.trim() === '' || input.disabled) return;
-    sendError.textContent = '';
-    $('send').disabled = true;
-    input.value = ''; // at once, so that what is typed next is kept
-    try {
-      const m = await api.send(name, text);
-      if (state.view === view) {
-        view.list.add(m);
-        view.list.scrollToBottom();
-      }
-    } catch (err) {
-      sendError.textContent = `Not sent: ${err.message}`;
-      if (input.value === '') input.value = text;
-    } finally {
-      $('send').disabled = false;
-      input.focus();
-    }
-  }
   setMain(
     h('div', { class: 'conv-head' },
       h('h2', { id: 'conv-title' }, name),
@@ -334,6 +447,293 @@ function markRead() {
       showError(err);
     }
   }, 150);
+}
+
+// ---- groups
+
+// findGroup returns the group with id, fetching the list if needed.
+async function findGroup(id) {
+  let g = state.groups.find((x) => x.id === id);
+  if (!g) {
+    await refreshGroups();
+    g = state.groups.find((x) => x.id === id);
+  }
+  return g;
+}
+
+function noGroup(id) {
+  screenError('No such group', new APIError(`There is no group with ID ${id}.`));
+}
+
+async function showGroup(id) {
+  state.view = null;
+  const g = await findGroup(id);
+  if (!g) {
+    noGroup(id);
+    return;
+  }
+  const scroller = h('div', { id: 'messages', class: 'messages', tabindex: '0', role: 'log', 'aria-labelledby': 'group-title' });
+  const top = h('p', { class: 'older', id: 'older' });
+  const older = h('button', { type: 'button', id: 'show-older', class: 'secondary', hidden: true });
+  const list = h('ol', { class: 'msg-list', id: 'msg-list' });
+  const newer = h('button', { type: 'button', id: 'show-newest', class: 'secondary', hidden: true }, 'Show the newest messages');
+  scroller.append(top, older, list, newer);
+  const { form, input, sendError } = composer(`Message to the group ${g.name}`, 'compose-help group-note', async (text) => {
+    const m = await api.sendGroup(id, text);
+    if (state.gview === view) {
+      view.list.add(m);
+      view.list.scrollToBottom();
+    }
+  });
+  const view = { id, list: null, input, sendError };
+  setMain(
+    h('div', { class: 'conv-head' },
+      h('h2', { id: 'group-title' }, g.name),
+      h('span', { id: 'group-role', class: 'tag' }),
+      h('a', { href: '#/members/' + id, id: 'members-link' })),
+    scroller,
+    h('p', { id: 'group-note', class: 'presence', role: 'status' }),
+    form);
+  view.list = new GroupMessageList(id, { scroller, list, older, newer, onError: showError });
+  state.gview = view;
+  renderConversations();
+  renderGroupHead(g);
+  await view.list.load();
+  if (state.gview !== view) return;
+  requestAnimationFrame(() => setTimeout(() => {
+    document.body.dataset.painted = 'group:' + id;
+  }, 0));
+  if (!input.disabled) input.focus();
+  else scroller.focus();
+}
+
+// renderGroupHead shows the open group's name, your role, its member
+// count and, once you left or were removed, that it is read only.
+function renderGroupHead(g) {
+  const v = state.gview;
+  if (!v || v.id !== g.id) return;
+  $('group-title').textContent = g.name;
+  const role = $('group-role');
+  role.textContent = g.left ? 'Left' : g.admin ? 'Admin' : 'Member';
+  role.className = 'tag' + (g.left ? ' warn' : g.admin ? ' ok' : '');
+  const n = g.members.length;
+  $('members-link').textContent = `Members (${n})`;
+  $('members-link').setAttribute('aria-label', `${n} ${n === 1 ? 'member' : 'members'}: show them and change the group`);
+  $('group-note').textContent = g.left
+    ? 'You are no longer a member of this group: you left or were removed. Its messages stay readable; you cannot send.'
+    : `Goes to the ${n - 1} other ${n - 1 === 1 ? 'member' : 'members'}; “delivered N/M” counts their receipts.`;
+  $('group-note').dataset.left = String(g.left);
+  v.input.disabled = g.left;
+  $('send').disabled = g.left;
+}
+
+// showMembers is a group's members, with the admin actions (add,
+// remove, promote, rename) and leaving. The node decides who may change
+// the group: a refused action shows its reason.
+async function showMembers(id) {
+  state.view = null;
+  if (!(await findGroup(id))) {
+    noGroup(id);
+    return;
+  }
+  const g = await api.group(id);
+  const result = h('p', { id: 'members-result', class: 'ok', role: 'status' });
+  const error = h('p', { id: 'members-error', class: 'error', role: 'alert' });
+  const body = h('div', { id: 'members-body', class: 'members-body' });
+  state.mview = { id, result, error, body, busy: false };
+  setMain(
+    h('h2', { id: 'members-title', tabindex: '-1' }),
+    h('p', { id: 'members-role' }),
+    error,
+    result,
+    body,
+    h('p', null, h('a', { href: '#/g/' + id, id: 'back-to-group' }, 'Back to the group’s messages')));
+  upsertGroup(g);
+  renderMembers(g);
+}
+
+// groupAction runs fn, a change of the group on the members screen, and
+// shows the group as the node returned it, or the node's refusal.
+async function groupAction(fn, done) {
+  const mv = state.mview;
+  if (!mv || mv.busy) return;
+  mv.busy = true;
+  mv.error.textContent = '';
+  mv.result.textContent = '';
+  for (const b of mv.body.querySelectorAll('button')) b.disabled = true;
+  try {
+    const g = await fn();
+    if (state.mview !== mv) return;
+    upsertGroup(g);
+    renderMembers(g);
+    mv.result.textContent = done;
+    $('members-title').focus();
+  } catch (err) {
+    if (state.mview !== mv) return;
+    mv.error.textContent = err.message;
+    for (const b of mv.body.querySelectorAll('button')) b.disabled = false;
+  } finally {
+    mv.busy = false;
+  }
+}
+
+// renderMembers shows the group g on the members screen. For a live
+// change (from the event stream) while the user is in the middle of
+// something there (a field, a tick, the leave question), only the list
+// of members and the role change, so that what they were doing stays.
+function renderMembers(g, live = false) {
+  const mv = state.mview;
+  if (!mv || mv.id !== g.id) return;
+  const id = g.id;
+  $('members-title').textContent = `Members of ${g.name}`;
+  $('members-role').textContent = g.left
+    ? 'You are no longer a member of this group: you left or were removed. Its messages stay readable.'
+    : g.admin
+      ? 'You are an admin: you can add, remove and promote members and rename the group.'
+      : 'You are a member. Only admins can add, remove or promote members or rename the group; the group refuses these changes from others.';
+  const open = !g.left;
+  const members = h('ul', { id: 'members', class: 'members', 'aria-labelledby': 'members-title' },
+    g.members.map((m) => {
+      const who = senderName(m);
+      return h('li', { class: 'member', 'data-member': m.name || (m.me ? 'me' : m.account) },
+        h('span', { class: 'member-name' }, m.me ? 'You' : who),
+        m.admin ? h('span', { class: 'tag ok' }, 'Admin') : null,
+        open && !m.me && m.name ? h('span', { class: 'member-actions' },
+          m.admin ? null : h('button', {
+            type: 'button', class: 'secondary promote', 'aria-label': `Make ${m.name} an admin`,
+            onclick: () => groupAction(() => api.promoteInGroup(id, m.name), `${m.name} is now an admin.`),
+          }, 'Make admin'),
+          h('button', {
+            type: 'button', class: 'secondary remove', 'aria-label': `Remove ${m.name} from the group`,
+            onclick: () => groupAction(() => api.removeFromGroup(id, m.name), `${m.name} was removed; the group was re-keyed, so they read nothing sent from now on.`),
+          }, 'Remove')) : null);
+    }));
+  const confirmOpen = $('leave-confirm') && !$('leave-confirm').hidden;
+  if (live && !g.left && $('members') && (mv.body.contains(document.activeElement) || confirmOpen)) {
+    const focused = document.activeElement;
+    if (!$('members').contains(focused)) {
+      $('members').replaceWith(members);
+      return;
+    }
+  }
+  const parts = [h('h3', null, 'Members'), members];
+  if (open) {
+    const inGroup = new Set(g.members.map((m) => m.name).filter(Boolean));
+    const candidates = [...state.contacts.values()].filter((c) => !c.request && !inGroup.has(c.name));
+    if (candidates.length) {
+      const boxes = candidates.map((c, i) => h('label', { class: 'check' },
+        h('input', { type: 'checkbox', id: `add-member-${i}`, value: c.name }), ' ', c.name));
+      parts.push(h('form', {
+        id: 'add-members-form', class: 'stack',
+        onsubmit: (e) => {
+          e.preventDefault();
+          const names = boxes.map((l) => l.querySelector('input')).filter((b) => b.checked).map((b) => b.value);
+          if (!names.length) {
+            mv.error.textContent = 'Choose the contacts to add first.';
+            return;
+          }
+          groupAction(() => api.addToGroup(id, names), `Added ${names.join(', ')}.`);
+        },
+      },
+      h('fieldset', null, h('legend', null, 'Add contacts to the group'), boxes),
+      h('button', { type: 'submit', id: 'add-members' }, 'Add to the group')));
+    } else {
+      parts.push(h('p', { class: 'hint' }, 'All your contacts are in this group.'));
+    }
+    const name = h('input', { id: 'rename-name', required: true, autocomplete: 'off', '.value': g.name });
+    parts.push(h('form', {
+      id: 'rename-form', class: 'stack',
+      onsubmit: (e) => {
+        e.preventDefault();
+        const n = name.value.trim();
+        if (n === '') {
+          mv.error.textContent = 'Choose a name first.';
+          return;
+        }
+        groupAction(() => api.renameGroup(id, n), `The group is now called ${n}.`);
+      },
+    },
+    h('label', { for: 'rename-name' }, 'The group’s name'), name,
+    h('button', { type: 'submit', id: 'rename-submit' }, 'Rename')));
+    parts.push(leaveSection(g));
+  }
+  replace(mv.body, parts);
+}
+
+// leaveSection is the "Leave" button and the confirmation it asks for.
+function leaveSection(g) {
+  const confirmBox = h('div', { id: 'leave-confirm', class: 'banner warn', role: 'group', 'aria-labelledby': 'leave-question', hidden: true });
+  const leave = h('button', {
+    type: 'button', id: 'leave', class: 'danger',
+    onclick: () => {
+      confirmBox.hidden = false;
+      leave.hidden = true;
+      $('leave-cancel').focus();
+    },
+  }, 'Leave the group');
+  const cancel = () => {
+    confirmBox.hidden = true;
+    leave.hidden = false;
+    leave.focus();
+  };
+  confirmBox.append(
+    h('p', { id: 'leave-question' },
+      `Leave ${g.name}? You stop receiving its messages and cannot send to it; only an admin can add you back. The messages so far stay readable.`),
+    h('button', {
+      type: 'button', id: 'leave-yes', class: 'danger',
+      onclick: () => groupAction(() => api.leaveGroup(g.id), `You left ${g.name}.`),
+    }, 'Yes, leave the group'), ' ',
+    h('button', { type: 'button', id: 'leave-cancel', class: 'secondary', onclick: cancel }, 'Stay'));
+  confirmBox.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') cancel();
+  });
+  return h('section', { class: 'leave', 'aria-labelledby': 'leave-title' },
+    h('h3', { id: 'leave-title' }, 'Leave'), leave, confirmBox);
+}
+
+// showNewGroup creates a group: a name and the contacts to add; you are
+// its admin.
+function showNewGroup() {
+  state.view = null;
+  renderConversations();
+  const err = h('p', { id: 'new-group-error', class: 'error', role: 'alert' });
+  const name = h('input', { id: 'new-group-name', name: 'name', required: true, autocomplete: 'off' });
+  const contacts = [...state.contacts.values()].filter((c) => !c.request);
+  const boxes = contacts.map((c, i) => h('label', { class: 'check' },
+    h('input', { type: 'checkbox', id: `new-group-member-${i}`, value: c.name }), ' ', c.name));
+  const button = h('button', { type: 'submit', id: 'new-group-submit' }, 'Create the group');
+  const form = h('form', {
+    id: 'new-group-form', class: 'stack',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      err.textContent = '';
+      if (name.value.trim() === '') {
+        err.textContent = 'Choose a name for the group first.';
+        return;
+      }
+      const members = boxes.map((l) => l.querySelector('input')).filter((b) => b.checked).map((b) => b.value);
+      button.disabled = true;
+      try {
+        const g = await api.createGroup(name.value.trim(), members);
+        upsertGroup(g);
+        await refreshGroups();
+        location.hash = '#/g/' + g.id;
+      } catch (e2) {
+        err.textContent = e2.message;
+      } finally {
+        button.disabled = false;
+      }
+    },
+  },
+  h('label', { for: 'new-group-name' }, 'Name: what the members see'), name,
+  h('fieldset', null,
+    h('legend', null, 'Members: the contacts to add (you can add more later)'),
+    boxes.length ? boxes : h('p', { class: 'hint' }, 'No contacts yet: add one first, or create the group alone.')),
+  button, err);
+  setMain(h('h2', null, 'New group'),
+    h('p', null, 'A private group: its messages are end-to-end encrypted to its members. You are its admin.'),
+    form);
+  name.focus();
 }
 
 function showAdd() {
@@ -553,8 +953,19 @@ async function route() {
   const hash = location.hash || '#/';
   const [, screen, arg] = hash.match(/^#\/([a-z]*)\/?(.*)$/) || [];
   const name = arg ? decodeURIComponent(arg) : '';
+  state.gview = null;
+  state.mview = null;
   try {
     switch (screen) {
+      case 'g':
+        await showGroup(name);
+        break;
+      case 'members':
+        await showMembers(name);
+        break;
+      case 'newgroup':
+        showNewGroup();
+        break;
       case 'c':
         await showConversation(name);
         break;
@@ -574,14 +985,16 @@ async function route() {
         home();
     }
   } catch (err) {
+    state.gview = null;
+    state.mview = null;
     screenError('Something went wrong', err);
   }
-  if (!state.view) $('main').focus({ preventScroll: true });
+  if (!state.view && !state.gview) $('main').focus({ preventScroll: true });
 }
 
 async function start() {
   $('error-close').addEventListener('click', clearError);
-  $('conversations').addEventListener('keydown', onListKey);
+  document.querySelector('.sidebar').addEventListener('keydown', onListKey);
   document.addEventListener('visibilitychange', () => {
     if (document.visibilityState === 'visible') markRead();
   });
@@ -605,6 +1018,7 @@ async function start() {
     $('me').textContent = state.me.name ? `Signed in as ${state.me.name}` : '';
     $('me').title = state.me.account;
     await refreshConversations();
+    await refreshGroups().catch(showError);
   } catch (err) {
     screenError('Cannot load your conversations', err);
     return;

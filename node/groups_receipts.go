@@ -1,0 +1,241 @@
+package node
+
+import (
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/protocol/group"
+	"github.com/sotto-im/sotto/store"
+)
+
+// Receipts and publishing again (SPEC.md, "Receipts and delivered N/M",
+// "Publishing again").
+const (
+	groupReceiptBatch = 2 * time.Second  // GroupReceiptBatch
+	firstGroupResend  = 5 * time.Second  // the first wait before publishing again
+	maxGroupResend    = 10 * time.Minute // the longest wait
+	maxSeenIDs        = 4096             // IDs of opened messages kept per group
+)
+
+// keyIteration names one message of a sender key.
+type keyIteration struct {
+	key [group.KeyIDSize]byte
+	it  uint32
+}
+
+// opened remembers which message a (key, iteration) carried.
+func (lg *liveGroup) opened(ch *group.Checked, id [16]byte) {
+	if lg.seen == nil || len(lg.seen) >= maxSeenIDs {
+		lg.seen = map[keyIteration][16]byte{}
+	}
+	lg.seen[keyIteration{ch.KeyID, ch.Iteration}] = id
+}
+
+// openedID returns the ID of a message opened before, from its header.
+func (lg *liveGroup) openedID(s group.Secret, epoch uint64, env *protocol.Envelope) ([16]byte, bool) {
+	k, it, err := lg.recv.Header(s, epoch, env)
+	if err != nil {
+		return [16]byte{}, false
+	}
+	id, ok := lg.seen[keyIteration{k, it}]
+	return id, ok
+}
+
+// receiptLocked notes that message id of group g is to be acknowledged
+// in the group's next receipts, at most groupReceiptBatch from now.
+// n.grp.mu is held.
+func (n *Node) receiptLocked(g group.ID, id [16]byte) {
+	if n.grp.receipts == nil {
+		n.grp.receipts = map[group.ID][][16]byte{}
+	}
+	if !slices.Contains(n.grp.receipts[g], id) {
+		n.grp.receipts[g] = append(n.grp.receipts[g], id)
+	}
+	if !n.grp.flushing {
+		n.grp.flushing = true
+		time.AfterFunc(groupReceiptBatch, n.flushGroupReceipts)
+	}
+}
+
+// flushGroupReceipts publishes each group's pending receipts as one
+// message.
+func (n *Node) flushGroupReceipts() {
+	n.grp.mu.Lock()
+	pending := n.grp.receipts
+	n.grp.receipts, n.grp.flushing = nil, false
+	n.grp.mu.Unlock()
+	if n.ctx.Err() != nil {
+		return
+	}
+	for g, ids := range pending {
+		for len(ids) > 0 {
+			k := min(len(ids), group.MaxBody/16)
+			body := make([]byte, 0, 16*k)
+			for _, id := range ids[:k] {
+				body = append(body, id[:]...)
+			}
+			ids = ids[k:]
+			now := n.now()
+			msgID, err := newMessageID(n.cfg.Rand, now)
+			if err != nil {
+				return
+			}
+			_, topic, env, err := n.sealGroup([32]byte(g), msgID, group.ContentReceipts, body, now)
+			if err != nil {
+				if !errors.Is(err, ErrNotGroupMember) {
+					n.cfg.Logger.Warn("sealing group receipts", "err", err)
+				}
+				break
+			}
+			n.publishGroup([32]byte(g), topic, env)
+		}
+	}
+}
+
+// takeGroupReceipts records a member's receipts of this device's
+// messages. n.grp.mu is held.
+func (n *Node) takeGroupReceipts(g group.ID, inner *group.Inner, keyID [group.KeyIDSize]byte, state []byte) {
+	var changed []store.GroupMessage
+	err := n.db.Update(func(tx *store.Tx) error {
+		changed = changed[:0]
+		if err := tx.PutGroupKey([32]byte(g), keyID, state); err != nil {
+			return err
+		}
+		from := [32]byte(inner.Sender)
+		for b := inner.Body; len(b) >= 16; b = b[16:] {
+			m, err := tx.GetGroupMessage([32]byte(g), [16]byte(b[:16]))
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if !m.Outgoing || !slices.Contains(m.Recipients, from) || slices.Contains(m.Receipts, from) {
+				continue
+			}
+			m.Receipts = append(m.Receipts, from)
+			if err := tx.UpdateGroupMessage(m); err != nil {
+				return err
+			}
+			if len(m.Receipts) == len(m.Recipients) {
+				if err := tx.DeleteGroupResend(m.Group, m.ID); err != nil {
+					return err
+				}
+			}
+			changed = append(changed, m)
+		}
+		return nil
+	})
+	if err != nil {
+		n.cfg.Logger.Error("storing group receipts", "err", err)
+		return
+	}
+	for _, m := range changed {
+		gm := n.groupMessageOf(m)
+		n.events.publish(Event{Type: EventGroupMessage, GroupMessage: &gm})
+	}
+}
+
+// resendGroups publishes again the messages that some member has not
+// acknowledged and that are due, and ends the schedules that can no
+// longer help (the topic is no longer followed, the group left).
+func (n *Node) resendGroups() {
+	now := n.now()
+	var due []store.GroupResend
+	if err := n.db.View(func(tx *store.Tx) error {
+		rs, err := tx.GroupResends()
+		for _, r := range rs {
+			if !r.Next.After(now) {
+				due = append(due, r)
+			}
+		}
+		return err
+	}); err != nil || len(due) == 0 {
+		return
+	}
+	type send struct {
+		r   store.GroupResend
+		env []byte
+	}
+	// Which topics are followed, read before the write transaction: the
+	// groups' lock is never taken inside one (sealGroup and
+	// groupReceived write while they hold it).
+	followed := make([]bool, len(due))
+	n.grp.mu.Lock()
+	for i, r := range due {
+		_, followed[i] = n.grp.live[group.ID(r.Group)].subsOf(r.Topic)
+	}
+	n.grp.mu.Unlock()
+	var sends []send
+	err := n.db.Update(func(tx *store.Tx) error {
+		sends = sends[:0]
+		for i, r := range due {
+			m, err := tx.GetGroupMessage(r.Group, r.ID)
+			if !followed[i] || err != nil {
+				if err := tx.DeleteGroupResend(r.Group, r.ID); err != nil {
+					return err
+				}
+				continue
+			}
+			sends = append(sends, send{r, m.Envelope})
+			r.Wait = min(3*r.Wait, maxGroupResend)
+			r.Next = now.Add(r.Wait)
+			if err := tx.PutGroupResend(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		n.cfg.Logger.Error("scheduling group messages again", "err", err)
+		return
+	}
+	for _, s := range sends {
+		// The same bytes again would be one gossip message, which the
+		// router has seen: a fresh delete hash (no reader deletes a group
+		// envelope, and the signature does not cover it) makes a new one.
+		env, err := protocol.ParseEnvelope(s.env)
+		if err != nil {
+			continue
+		}
+		if _, err := n.cfg.Rand.Read(env.DeleteHash[:]); err != nil {
+			return
+		}
+		n.publishGroup(s.r.Group, groupTopic{name: s.r.Topic, epoch: s.r.Epoch}, env.Marshal())
+	}
+}
+
+// subsOf reports whether lg follows topic; lg may be nil.
+func (lg *liveGroup) subsOf(topic string) (struct{}, bool) {
+	if lg == nil || lg.rec.Left {
+		return struct{}{}, false
+	}
+	_, ok := lg.subs[topic]
+	return struct{}{}, ok
+}
+
+// resendNow makes the messages of group g waiting for receipts on topic
+// due now, and publishes them.
+func (n *Node) resendNow(g group.ID, topic string) {
+	now := n.now()
+	err := n.db.Update(func(tx *store.Tx) error {
+		rs, err := tx.GroupResends()
+		for _, r := range rs {
+			if err != nil {
+				return err
+			}
+			if r.Group == [32]byte(g) && r.Topic == topic && r.Next.After(now) {
+				r.Next = now
+				err = tx.PutGroupResend(r)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		n.cfg.Logger.Error("scheduling group messages again", "err", err)
+		return
+	}
+	n.resendGroups()
+}

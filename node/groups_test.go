@@ -1,0 +1,503 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/protocol/group"
+	"github.com/sotto-im/sotto/store"
+)
+
+// groupNet is a few users who are each other's contacts.
+type groupNet struct {
+	t     *testing.T
+	tn    *testNet
+	names []string
+	nodes map[string]*Node
+	dirs  map[string]string
+}
+
+func newGroupNet(t *testing.T, names ...string) *groupNet {
+	tn := newTestNet(t)
+	gn := &groupNet{t: t, tn: tn, names: names, nodes: map[string]*Node{}, dirs: map[string]string{}}
+	for _, name := range names {
+		gn.dirs[name] = tn.initNode(name)
+		gn.nodes[name] = tn.start(gn.dirs[name])
+	}
+	for i, a := range names {
+		for _, b := range names[i+1:] {
+			befriend(t, gn.nodes[a], a, gn.nodes[b], b)
+		}
+	}
+	return gn
+}
+
+// waitGroup waits until n holds the group id with want members.
+func waitGroup(t *testing.T, ctx context.Context, n *Node, id [32]byte, want int) Group {
+	t.Helper()
+	var g Group
+	testkit.WaitFor(t, ctx, func() bool {
+		var err error
+		g, err = n.GroupInfo(id)
+		return err == nil && len(g.Members) == want
+	})
+	return g
+}
+
+// groupTexts is what n shows of group id, as "sender: text" with "me"
+// for n's own.
+func groupTexts(t *testing.T, n *Node, id [32]byte) []string {
+	t.Helper()
+	ms, err := n.GroupMessages(id, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range ms {
+		who := m.SenderName
+		if m.Outgoing {
+			who = "me"
+		}
+		out = append(out, who+": "+m.Body)
+	}
+	return out
+}
+
+// waitGroupTexts waits until n shows want messages of group id, and
+// says what each shows if it never does.
+func waitGroupTexts(t *testing.T, ctx context.Context, n *Node, id [32]byte, want int) {
+	t.Helper()
+	for len(groupTexts(t, n, id)) < want {
+		select {
+		case <-ctx.Done():
+			n.grp.mu.Lock()
+			waiting := len(n.grp.live[group.ID(id)].waiting)
+			live := len(n.grp.live[group.ID(id)].recv.KeyIDs())
+			n.grp.mu.Unlock()
+			var stored int
+			var ctl []string
+			n.db.View(func(tx *store.Tx) error {
+				ks, _ := tx.GroupKeys(id)
+				stored = len(ks)
+				ms, _ := tx.ListMessages(nil, 0, 1000)
+				for _, m := range ms {
+					if group.IsContent(m.Type) {
+						ctl = append(ctl, fmt.Sprintf("%x dir%d type%d state%d", m.Contact[:2], m.Direction, m.Type, m.State))
+					}
+				}
+				return nil
+			})
+			t.Logf("keys live %d stored %d; content %q", live, stored, ctl)
+			t.Fatalf("%s shows %q, want %d messages (drops %+v, %d waiting for keys)", n.ident.Name, groupTexts(t, n, id), want, n.GroupStats(), waiting)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// waitTopicPeers waits until n's topic of group id has want peers.
+func waitTopicPeers(t *testing.T, ctx context.Context, n *Node, id [32]byte, want int) {
+	t.Helper()
+	testkit.WaitFor(t, ctx, func() bool {
+		n.grp.mu.Lock()
+		lg := n.grp.live[group.ID(id)]
+		var name string
+		if lg != nil {
+			if s, ok := lg.secret(); ok {
+				name = s.Topic(epochNow(n))
+			}
+		}
+		n.grp.mu.Unlock()
+		return name != "" && len(n.mbx.gossip.PubSub().ListPeers(name)) >= want
+	})
+}
+
+func epochNow(n *Node) uint64 { return protocol.Epoch(n.now()) }
+
+// TestGroupThreeMembers: Alice makes a group with Bob and Carol, her
+// contacts. Each of them gets the welcome, the others' sender keys, and
+// every message of the others exactly once, in each sender's order; the
+// group's content never shows in their one-to-one conversations.
+func TestGroupThreeMembers(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	ctx := testkit.Context(t, 120*time.Second)
+	g, err := alice.CreateGroup(ctx, "friends", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.Admin || len(g.Members) != 3 || g.Name != "friends" {
+		t.Fatalf("created %+v", g)
+	}
+	for _, n := range []*Node{bob, carol} {
+		got := waitGroup(t, ctx, n, g.ID, 3)
+		if got.Admin || got.Name != "friends" {
+			t.Fatalf("member sees %+v", got)
+		}
+	}
+	for _, n := range []*Node{alice, bob, carol} {
+		waitTopicPeers(t, ctx, n, g.ID, 2)
+	}
+	for i := range 3 {
+		for _, who := range []string{"alice", "bob", "carol"} {
+			if _, err := gn.nodes[who].SendGroup(ctx, g.ID, fmt.Sprintf("%s %d", who, i)); err != nil {
+				t.Fatalf("%s: %v", who, err)
+			}
+		}
+	}
+	for _, who := range []string{"alice", "bob", "carol"} {
+		n := gn.nodes[who]
+		waitGroupTexts(t, ctx, n, g.ID, 9)
+		texts := groupTexts(t, n, g.ID)
+		if len(texts) != 9 {
+			t.Fatalf("%s shows %d messages: %q", who, len(texts), texts)
+		}
+		// Each sender's messages in its order.
+		for _, from := range []string{"alice", "bob", "carol"} {
+			label := from
+			if from == who {
+				label = "me"
+			}
+			next := 0
+			for _, tx := range texts {
+				if tx == fmt.Sprintf("%s: %s %d", label, from, next) {
+					next++
+				}
+			}
+			if next != 3 {
+				t.Errorf("%s shows %s's messages out of order: %q", who, from, texts)
+			}
+		}
+		for _, other := range []string{"alice", "bob", "carol"} {
+			if other == who {
+				continue
+			}
+			ms, err := n.Messages(other, 0, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range ms {
+				if group.IsContent(m.Type) {
+					t.Errorf("%s's conversation with %s shows group content", who, other)
+				}
+			}
+		}
+	}
+	// Every text ends delivered 2/2, from one receipts message per
+	// member per batch.
+	for _, who := range []string{"alice", "bob", "carol"} {
+		n := gn.nodes[who]
+		testkit.WaitFor(t, ctx, func() bool {
+			ms, _ := n.GroupMessages(g.ID, 0, 100)
+			for _, m := range ms {
+				if m.Outgoing && (m.Delivered != 2 || m.Recipients != 2) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	if d := bob.GroupStats(); d.Malformed+d.NotMember+d.Refused+d.Forged+d.Unknown != 0 {
+		t.Errorf("bob dropped group content: %+v", d)
+	}
+}
+
+// TestGroupMemberAway: five members. Bob's node is down while the others
+// write 20 messages to the group. When it is back, their nodes publish
+// again what no receipt of Bob's named, and Bob shows all 20 exactly
+// once, each sender's in its order; every message ends delivered 4/4.
+func TestGroupMemberAway(t *testing.T) {
+	names := []string{"alice", "bob", "carol", "dave", "erin"}
+	gn := newGroupNet(t, names...)
+	alice, bob := gn.nodes["alice"], gn.nodes["bob"]
+	ctx := testkit.Context(t, 180*time.Second)
+	g, err := alice.CreateGroup(ctx, "g", names[1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		waitGroup(t, ctx, gn.nodes[name], g.ID, 5)
+		waitTopicPeers(t, ctx, gn.nodes[name], g.ID, 4)
+	}
+	bob.Close()
+	writers := []string{"alice", "carol", "dave", "erin"}
+	for i := range 20 {
+		w := writers[i%len(writers)]
+		if _, err := gn.nodes[w].SendGroup(ctx, g.ID, fmt.Sprintf("%s %d", w, i/len(writers))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitGroupTexts(t, ctx, gn.nodes["carol"], g.ID, 20)
+	bob = gn.tn.start(gn.dirs["bob"])
+	waitGroupTexts(t, ctx, bob, g.ID, 20)
+	texts := groupTexts(t, bob, g.ID)
+	if len(texts) != 20 {
+		t.Fatalf("bob shows %d messages: %q", len(texts), texts)
+	}
+	for _, w := range writers {
+		next := 0
+		for _, tx := range texts {
+			if tx == fmt.Sprintf("%s: %s %d", w, w, next) {
+				next++
+			}
+		}
+		if next != 5 {
+			t.Errorf("bob shows %s's messages out of order or not once: %q", w, texts)
+		}
+	}
+	for _, w := range writers {
+		n := gn.nodes[w]
+		testkit.WaitFor(t, ctx, func() bool {
+			ms, _ := n.GroupMessages(g.ID, 0, 100)
+			for _, m := range ms {
+				if m.Outgoing && m.Delivered != 4 {
+					return false
+				}
+			}
+			return true
+		})
+	}
+}
+
+// TestGroupRemoval: Alice removes Carol. Bob and Alice take new sender
+// keys and a new secret that Carol never gets; Bob's next message reaches
+// Alice and not Carol, and Carol can no longer post.
+func TestGroupRemoval(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	ctx := testkit.Context(t, 120*time.Second)
+	g, err := alice.CreateGroup(ctx, "team", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 3)
+	waitGroup(t, ctx, carol, g.ID, 3)
+	for _, n := range []*Node{alice, bob, carol} {
+		waitTopicPeers(t, ctx, n, g.ID, 2)
+	}
+	if _, err := bob.SendGroup(ctx, g.ID, "before"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return len(groupTexts(t, carol, g.ID)) == 1 })
+
+	if _, err := bob.RemoveFromGroup(ctx, g.ID, "carol"); !errors.Is(err, ErrNotGroupAdmin) {
+		t.Fatalf("bob, not an admin, removes carol: %v", err)
+	}
+	if _, err := alice.RemoveFromGroup(ctx, g.ID, "carol"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 2)
+	testkit.WaitFor(t, ctx, func() bool { cg, err := carol.GroupInfo(g.ID); return err == nil && cg.Left })
+	// Bob's key after the removal is new, and Carol holds none of it.
+	bobKey := func() [16]byte {
+		bob.grp.mu.Lock()
+		defer bob.grp.mu.Unlock()
+		return bob.grp.live[group.ID(g.ID)].mine.ID
+	}
+	testkit.WaitFor(t, ctx, func() bool {
+		alice.grp.mu.Lock()
+		defer alice.grp.mu.Unlock()
+		_, ok := alice.grp.live[group.ID(g.ID)].recv.KeyOwner(bobKey())
+		return ok
+	})
+	waitTopicPeers(t, ctx, alice, g.ID, 1)
+	waitTopicPeers(t, ctx, bob, g.ID, 1)
+	after, err := bob.SendGroup(ctx, g.ID, "after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return len(groupTexts(t, alice, g.ID)) == 2 })
+	// Handed the envelope, Carol's node opens it under no secret and no
+	// key it holds, for any epoch near, and shows nothing.
+	var raw []byte
+	bob.db.View(func(tx *store.Tx) error {
+		m, err := tx.GetGroupMessage(g.ID, after.ID)
+		raw = m.Envelope
+		return err
+	})
+	env, err := protocol.ParseEnvelope(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := protocol.Epoch(time.Now())
+	carol.grp.mu.Lock()
+	lg := carol.grp.live[group.ID(g.ID)]
+	for _, s := range lg.rec.Secrets {
+		for _, ep := range []uint64{e - 1, e, e + 1} {
+			if _, err := lg.recv.Open(group.Secret(s.Secret), ep, env); err == nil {
+				t.Error("carol opens a message sent after her removal")
+			}
+		}
+	}
+	carol.grp.mu.Unlock()
+	carol.groupReceived(group.ID(g.ID), e, raw)
+	carol.grp.mu.Lock()
+	_, held := carol.grp.live[group.ID(g.ID)].recv.KeyOwner(bobKey())
+	carol.grp.mu.Unlock()
+	if held {
+		t.Fatal("carol holds bob's sender key made after her removal")
+	}
+	if texts := groupTexts(t, carol, g.ID); len(texts) != 1 {
+		t.Fatalf("carol shows %q after her removal", texts)
+	}
+	if _, err := carol.SendGroup(ctx, g.ID, "still here?"); !errors.Is(err, ErrNotGroupMember) {
+		t.Fatalf("carol posts after her removal: %v", err)
+	}
+	var rec store.Group
+	carol.db.View(func(tx *store.Tx) error { rec, _ = tx.GetGroup(g.ID); return nil })
+	alice.grp.mu.Lock()
+	cur, _ := alice.grp.live[group.ID(g.ID)].secret()
+	alice.grp.mu.Unlock()
+	for _, s := range rec.Secrets {
+		if s.Secret == [32]byte(cur) {
+			t.Fatal("carol holds the group's secret made at her removal")
+		}
+	}
+
+	// Added again, Carol reads what is sent from then on.
+	if _, err := alice.AddToGroup(ctx, g.ID, []string{"carol"}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { cg, err := carol.GroupInfo(g.ID); return err == nil && !cg.Left && len(cg.Members) == 3 })
+	waitGroup(t, ctx, bob, g.ID, 3)
+	waitTopicPeers(t, ctx, carol, g.ID, 2)
+	if _, err := bob.SendGroup(ctx, g.ID, "welcome back"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroupTexts(t, ctx, carol, g.ID, 2)
+	if texts := groupTexts(t, carol, g.ID); texts[1] != "bob: welcome back" {
+		t.Fatalf("carol shows %q after she was added again", texts)
+	}
+	if _, err := carol.SendGroup(ctx, g.ID, "thanks"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroupTexts(t, ctx, alice, g.ID, 4)
+}
+
+// stateHash is n's state hash of group id.
+func stateHash(n *Node, id [32]byte) [32]byte {
+	n.grp.mu.Lock()
+	defer n.grp.mu.Unlock()
+	lg := n.grp.live[group.ID(id)]
+	if lg == nil {
+		return [32]byte{}
+	}
+	return lg.tree.State().Hash()
+}
+
+// TestGroupConcurrentChanges: two admins change the group at once (both
+// rename it, one adds Dave) while Carol's node is down. When it is back,
+// every member's state hash is the same.
+func TestGroupConcurrentChanges(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol", "dave")
+	alice, bob, carol, dave := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"], gn.nodes["dave"]
+	ctx := testkit.Context(t, 180*time.Second)
+	g, err := alice.CreateGroup(ctx, "start", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 3)
+	waitGroup(t, ctx, carol, g.ID, 3)
+	if _, err := alice.PromoteInGroup(ctx, g.ID, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { bg, err := bob.GroupInfo(g.ID); return err == nil && bg.Admin })
+	testkit.WaitFor(t, ctx, func() bool { return stateHash(carol, g.ID) == stateHash(alice, g.ID) })
+	carol.Close()
+	errs := make(chan error, 3)
+	go func() { _, err := alice.RenameGroup(ctx, g.ID, "by alice"); errs <- err }()
+	go func() { _, err := bob.RenameGroup(ctx, g.ID, "by bob"); errs <- err }()
+	go func() { _, err := alice.AddToGroup(ctx, g.ID, []string{"dave"}); errs <- err }()
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	carol = gn.tn.start(gn.dirs["carol"])
+	waitGroup(t, ctx, dave, g.ID, 4)
+	nodes := map[string]*Node{"alice": alice, "bob": bob, "carol": carol, "dave": dave}
+	testkit.WaitFor(t, ctx, func() bool {
+		want := stateHash(alice, g.ID)
+		for _, n := range nodes {
+			if stateHash(n, g.ID) != want {
+				return false
+			}
+		}
+		return true
+	})
+	names := map[string]string{}
+	for who, n := range nodes {
+		gi, err := n.GroupInfo(g.ID)
+		if err != nil || len(gi.Members) != 4 {
+			t.Fatalf("%s: %+v %v", who, gi, err)
+		}
+		names[who] = gi.Name
+	}
+	if names["carol"] != names["alice"] || (names["alice"] != "by alice" && names["alice"] != "by bob") {
+		t.Fatalf("names after the concurrent renames: %v", names)
+	}
+}
+
+// TestGroupLeaveRacesRemoval: Bob leaves while Alice removes Carol, both
+// on the same state. The removal, by the senior admin, takes the
+// canonical chain; Bob's node makes its leave again on top of it, and
+// both end with Bob gone (Alice then rekeys, which Bob, gone, is not
+// sent).
+func TestGroupLeaveRacesRemoval(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	// Concurrent traffic both ways can hold a pairwise message behind
+	// one that is sent again (ReorderWait, then the receipt's wait): the
+	// bound covers both.
+	ctx := testkit.Context(t, 120*time.Second)
+	g, err := alice.CreateGroup(ctx, "g", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 3)
+	waitGroup(t, ctx, carol, g.ID, 3)
+	errs := make(chan error, 2)
+	go func() { _, err := bob.LeaveGroup(ctx, g.ID); errs <- err }()
+	go func() { _, err := alice.RemoveFromGroup(ctx, g.ID, "carol"); errs <- err }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for {
+		ag, err := alice.GroupInfo(g.ID)
+		bg, berr := bob.GroupInfo(g.ID)
+		if err == nil && berr == nil && len(ag.Members) == 1 && bg.Left {
+			return
+		}
+		if ctx.Err() != nil {
+			var pending []string
+			bob.db.View(func(tx *store.Tx) error {
+				es, _ := tx.DueOutbox(time.Now().Add(time.Hour), 100)
+				for _, e := range es {
+					m, _ := tx.GetMessage(e.MsgID)
+					pending = append(pending, fmt.Sprintf("type %d state %d attempts %d sealed %v", m.Type, m.State, e.Attempts, len(e.Envelope) > 0))
+				}
+				return nil
+			})
+			t.Fatalf("alice sees %d members (drops %+v), bob left %v; alice's chain %v, bob's %v; bob's outbox %q", len(ag.Members), alice.GroupStats(), bg.Left,
+				chainOf(alice, g.ID), chainOf(bob, g.ID), pending)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// chainOf names the operations on n's canonical chain of group id.
+func chainOf(n *Node, id [32]byte) []string {
+	n.grp.mu.Lock()
+	defer n.grp.mu.Unlock()
+	var out []string
+	for _, o := range n.grp.live[group.ID(id)].tree.Canonical() {
+		out = append(out, fmt.Sprintf("%s by %x", o.Type, o.Author[:2]))
+	}
+	return out
+}

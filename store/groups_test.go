@@ -1,0 +1,117 @@
+package store
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// A group's record, operations, keys and messages come back as stored;
+// messages in display order (lamport, message ID) whatever order they
+// were stored in; a message ID twice is a duplicate.
+func TestGroupRecords(t *testing.T) {
+	db, _ := openTest(t)
+	var g [32]byte
+	g[0] = 7
+	grp := Group{ID: g, Secrets: []GroupSecret{{Secret: acct(9)}, {Secret: acct(8), Replaced: t0}}, SenderKey: []byte("key"), Lamport: 4, Seq: 2, Joined: t0}
+	msgs := []GroupMessage{
+		{ID: msgID(1), Group: g, Sender: acct(2), Lamport: 5, Seq: 1, Type: 1, Body: []byte("late"), SentAt: t0, ReceivedAt: t0},
+		{ID: msgID(2), Group: g, Sender: acct(1), Lamport: 1, Seq: 1, Type: 1, Body: []byte("first"), Outgoing: true,
+			Recipients: [][32]byte{acct(2), acct(3)}, Receipts: [][32]byte{acct(3)}, Envelope: []byte("env")},
+		{ID: msgID(3), Group: g, Sender: acct(1), Lamport: 5, Seq: 2, Type: 1, Body: []byte("tie")},
+	}
+	err := db.Update(func(tx *Tx) error {
+		if err := tx.PutGroup(grp); err != nil {
+			return err
+		}
+		var h1, h2 [32]byte
+		h1[0], h2[0] = 2, 1
+		if err := tx.PutGroupOp(g, 1, h1, []byte("child")); err != nil {
+			return err
+		}
+		if err := tx.PutGroupOp(g, 0, h2, []byte("create")); err != nil {
+			return err
+		}
+		if err := tx.PutGroupKey(g, [16]byte{1}, []byte("k1")); err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if err := tx.PutGroupMessage(m); err != nil {
+				return err
+			}
+		}
+		if err := tx.PutGroupMessage(msgs[0]); !errors.Is(err, ErrDuplicate) {
+			t.Errorf("the same message again: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *Tx) error {
+		got, err := tx.GetGroup(g)
+		if err != nil || len(got.Secrets) != 2 || got.Secrets[1].Replaced != t0 || got.Lamport != 4 || string(got.SenderKey) != "key" {
+			t.Errorf("group: %+v %v", got, err)
+		}
+		ops, _ := tx.GroupOps(g)
+		if len(ops) != 2 || string(ops[0]) != "create" {
+			t.Errorf("ops not parents first: %q", ops)
+		}
+		ks, _ := tx.GroupKeys(g)
+		if len(ks) != 1 || string(ks[0]) != "k1" {
+			t.Errorf("keys: %q", ks)
+		}
+		ms, err := tx.GroupMessages(g, 0, 10)
+		if err != nil || len(ms) != 3 {
+			t.Fatalf("messages: %d, %v", len(ms), err)
+		}
+		for i, want := range []string{"first", "late", "tie"} {
+			if string(ms[i].Body) != want {
+				t.Errorf("message %d is %q, want %q", i, ms[i].Body, want)
+			}
+		}
+		if m, _ := tx.GetGroupMessage(g, msgID(2)); len(m.Recipients) != 2 || m.Receipts[0] != acct(3) || string(m.Envelope) != "env" {
+			t.Errorf("outgoing message: %+v", m)
+		}
+		if _, err := tx.GetGroupMessage(g, msgID(9)); !errors.Is(err, ErrNotFound) {
+			t.Errorf("unknown message: %v", err)
+		}
+		return nil
+	})
+}
+
+// Sender keys for unknown groups are bounded: past the limit the oldest
+// goes; taking a group's keys removes them.
+func TestPendingGroupKeysBounded(t *testing.T) {
+	db, _ := openTest(t)
+	err := db.Update(func(tx *Tx) error {
+		for i := range MaxPendingGroupKeys + 10 {
+			var g [32]byte
+			g[0], g[1] = byte(i), byte(i>>8)
+			dist := make([]byte, 100)
+			dist[32], dist[99] = byte(i), byte(i)
+			if err := tx.PutPendingGroupKey(g, acct(1), dist, t0.Add(time.Duration(i)*time.Second)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *Tx) error {
+		var first, last [32]byte
+		last[0] = MaxPendingGroupKeys + 9
+		if got, _ := tx.TakePendingGroupKeys(first); len(got) != 0 {
+			t.Errorf("the oldest pending key was kept past the limit")
+		}
+		got, err := tx.TakePendingGroupKeys(last)
+		if err != nil || len(got[acct(1)]) != 100 || got[acct(1)][99] != MaxPendingGroupKeys+9 {
+			t.Errorf("the newest pending key: %v %v", got, err)
+		}
+		if again, _ := tx.TakePendingGroupKeys(last); len(again) != 0 {
+			t.Errorf("a taken key is still there")
+		}
+		return nil
+	})
+}
