@@ -88,6 +88,8 @@ type groups struct {
 	flushing bool
 
 	drops struct{ malformed, notMember, refused, replay, forged, unknown atomic.Uint64 }
+	// depositing: a depositGroups runs.
+	depositing atomic.Bool
 }
 
 // liveGroup is one group loaded from the store.
@@ -260,6 +262,9 @@ func (n *Node) reloadGroups(ids [][32]byte) {
 		n.grp.live[group.ID(id)] = lg
 		n.followLocked(lg)
 		n.grp.mu.Unlock()
+		if n.mbx.user != nil {
+			n.mbx.user.RegisterSoon() // the group's tags, maybe new
+		}
 		// Keys may have come for envelopes that waited.
 		for _, w := range retry {
 			n.groupReceived(group.ID(id), w.epoch, w.data)
@@ -371,51 +376,64 @@ func (n *Node) countGroupDrop(err error) p2p.Verdict {
 // groupReceived opens a group message that passed the validator and
 // stores it.
 func (n *Node) groupReceived(id group.ID, epoch uint64, data []byte) {
+	n.takeGroupEnvelope(id, nil, epoch, data)
+}
+
+// takeGroupEnvelope opens a group envelope of epoch under secret s (the
+// group's current one if nil) and stores its message. It fails only when
+// the store did (errStoreFailed): a copy read again is taken then. What
+// does not open, or opened before, is counted and dropped; what waits
+// for its sender key is held.
+func (n *Node) takeGroupEnvelope(id group.ID, secret *group.Secret, epoch uint64, data []byte) error {
 	env, err := protocol.ParseEnvelope(data)
 	if err != nil {
-		return
+		n.grp.drops.malformed.Add(1)
+		return nil
 	}
 	n.grp.mu.Lock()
 	defer n.grp.mu.Unlock()
 	lg := n.grp.live[id]
 	if lg == nil {
-		return
+		return nil
 	}
 	if err := n.db.View(func(tx *store.Tx) error { return refreshLocked(tx, lg) }); err != nil {
 		n.cfg.Logger.Error("reading a group", "err", err)
-		return
+		return fmt.Errorf("%w: %w", errStoreFailed, err)
 	}
 	s, ok := lg.secret()
+	if secret != nil {
+		s, ok = *secret, true
+	}
 	if !ok {
-		return
+		return nil
 	}
 	ch, err := lg.recv.Check(s, epoch, env)
 	if errors.Is(err, group.ErrUnknownSenderKey) {
 		n.waitLocked(lg, epoch, data)
-		return
+		return nil
 	}
 	if err != nil {
 		n.countGroupDrop(err)
-		return
+		return nil
 	}
 	if ch.Owner == n.account() {
-		return // this device's own message, stored when it was sent
+		return nil // this device's own message, stored when it was sent
 	}
 	inner, err := lg.recv.Open(s, epoch, env)
 	if err != nil {
 		n.countGroupDrop(err)
-		return
+		return nil
 	}
 	state, _ := lg.recv.MarshalKey(ch.KeyID)
 	now := n.now()
 	lg.opened(ch, inner.ID)
 	if inner.Type == group.ContentReceipts {
 		n.takeGroupReceipts(id, inner, ch.KeyID, state)
-		return
+		return nil
 	}
 	if inner.Type != group.ContentText {
 		n.grp.drops.malformed.Add(1)
-		return
+		return nil
 	}
 	m := store.GroupMessage{
 		ID: inner.ID, Group: [32]byte(id), Sender: [32]byte(inner.Sender), Lamport: inner.Lamport, Seq: inner.Seq,
@@ -439,18 +457,19 @@ func (n *Node) groupReceived(id group.ID, epoch uint64, data []byte) {
 	switch {
 	case errors.Is(err, store.ErrDuplicate):
 		n.grp.drops.replay.Add(1)
-		return
+		return nil
 	case err != nil:
 		// The key state moved on in memory only: read it again from the
 		// store, so that a copy that comes again is opened then.
 		n.cfg.Logger.Error("storing a group message", "err", err)
 		go n.reloadGroups([][32]byte{[32]byte(id)})
-		return
+		return fmt.Errorf("%w: %w", errStoreFailed, err)
 	}
 	lg.rec = rec
 	n.receiptLocked(id, inner.ID)
 	gm := n.groupMessageOf(m)
 	n.events.publish(Event{Type: EventGroupMessage, GroupMessage: &gm})
+	return nil
 }
 
 func (n *Node) groupMessageOf(m store.GroupMessage) GroupMessage {

@@ -205,6 +205,9 @@ func (n *Node) resendGroups() {
 		}
 		n.publishGroup(s.r.Group, groupTopic{name: s.r.Topic, epoch: s.r.Epoch}, env.Marshal())
 	}
+	if slices.ContainsFunc(due, func(r store.GroupResend) bool { return !r.Deposited }) {
+		n.spawn(func() { n.depositGroups(due) })
+	}
 }
 
 // subsOf reports whether lg follows topic; lg may be nil.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -20,14 +21,28 @@ type groupNet struct {
 	names []string
 	nodes map[string]*Node
 	dirs  map[string]string
+	mod   func(*Config)
+}
+
+// start starts name's node (again).
+func (gn *groupNet) start(name string) *Node {
+	if gn.mod == nil {
+		return gn.tn.start(gn.dirs[name])
+	}
+	return gn.tn.start(gn.dirs[name], gn.mod)
 }
 
 func newGroupNet(t *testing.T, names ...string) *groupNet {
-	tn := newTestNet(t)
-	gn := &groupNet{t: t, tn: tn, names: names, nodes: map[string]*Node{}, dirs: map[string]string{}}
+	return newGroupNetOn(t, newTestNet(t), nil, names...)
+}
+
+// newGroupNetOn is newGroupNet on tn, each node's Config changed by mod
+// (if not nil).
+func newGroupNetOn(t *testing.T, tn *testNet, mod func(*Config), names ...string) *groupNet {
+	gn := &groupNet{t: t, tn: tn, names: names, nodes: map[string]*Node{}, dirs: map[string]string{}, mod: mod}
 	for _, name := range names {
 		gn.dirs[name] = tn.initNode(name)
-		gn.nodes[name] = tn.start(gn.dirs[name])
+		gn.nodes[name] = gn.start(name)
 	}
 	for i, a := range names {
 		for _, b := range names[i+1:] {
@@ -261,6 +276,94 @@ func TestGroupMemberAway(t *testing.T) {
 			return true
 		})
 	}
+}
+
+// TestGroupThroughMailboxes: Alice, Bob and Carol receive at one
+// mailbox. Bob and Carol are away while Alice writes five messages; she
+// deposits each once at that mailbox, not once per member (each copy
+// under the group's tag, with the group's write key), and goes away
+// before they come back. Each then has all five, once and in order, from
+// the mailbox alone; Alice, back, sees them delivered 2/2.
+func TestGroupThroughMailboxes(t *testing.T) {
+	tn := newTestNet(t)
+	mbx, addrs := tn.startMailboxes(1)
+	gn := newGroupNetOn(t, tn, func(c *Config) { c.MailboxNodes = addrs }, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	ctx := testkit.Context(t, 120*time.Second)
+	g, err := alice.CreateGroup(ctx, "team", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Node{alice, bob, carol} {
+		waitGroup(t, ctx, n, g.ID, 3)
+		waitTopicPeers(t, ctx, n, g.ID, 2)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return contactAnnounced(t, alice, "bob") && contactAnnounced(t, alice, "carol") })
+	// Bob's and Carol's mailbox holds their group tags once a round ran.
+	for _, n := range []*Node{bob, carol} {
+		if _, err := n.mbx.user.Round(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bob.Close()
+	carol.Close()
+	const N = 5
+	for i := range N {
+		if _, err := alice.SendGroup(ctx, g.ID, fmt.Sprintf("away %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var tags map[protocol.Tag]bool
+	alice.db.View(func(tx *store.Tx) error {
+		rec, err := tx.GetGroup(g.ID)
+		tags = map[protocol.Tag]bool{}
+		for _, e := range protocol.LiveEpochs(time.Now()) {
+			tags[group.Secret(rec.Secrets[0].Secret).Tag(e)] = true
+		}
+		return err
+	})
+	held := func() int {
+		hs, err := mbx[0].MailboxPeek(1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for _, h := range hs {
+			if tags[h.Tag] {
+				k++
+			}
+		}
+		return k
+	}
+	testkit.WaitFor(t, ctx, func() bool {
+		var rs []store.GroupResend
+		alice.db.View(func(tx *store.Tx) (err error) { rs, err = tx.GroupResends(); return err })
+		return len(rs) == N && !slices.ContainsFunc(rs, func(r store.GroupResend) bool { return !r.Deposited })
+	})
+	if k := held(); k != N {
+		t.Fatalf("the mailbox holds %d envelopes under the group's tags for %d messages to two members who read there, want one each", k, N)
+	}
+	alice.Close()
+	bob, carol = gn.start("bob"), gn.start("carol")
+	for _, n := range []*Node{bob, carol} {
+		waitGroupTexts(t, ctx, n, g.ID, N)
+		texts := groupTexts(t, n, g.ID)
+		for i, tx := range texts {
+			if want := fmt.Sprintf("alice: away %d", i); tx != want || len(texts) != N {
+				t.Fatalf("%q from the mailbox, want %d messages in order", texts, N)
+			}
+		}
+	}
+	alice = gn.start("alice")
+	testkit.WaitFor(t, ctx, func() bool {
+		ms, _ := alice.GroupMessages(g.ID, 0, 100)
+		for _, m := range ms {
+			if m.Outgoing && m.Delivered != 2 {
+				return false
+			}
+		}
+		return len(ms) == N
+	})
 }
 
 // TestGroupRemoval: Alice removes Carol. Bob and Alice take new sender

@@ -61,17 +61,24 @@ func (n *Node) awaitRegistration(ctx context.Context, acct [32]byte) {
 }
 
 // registrations lists the version 2 pairwise tags of every session's
-// incoming messages in the live epochs.
+// incoming messages in the live epochs, and the tags of the device's
+// groups.
 func (n *Node) registrations(now time.Time) []mailbox.Registration {
 	live := protocol.LiveEpochs(now)
 	var out []mailbox.Registration
 	err := n.db.View(func(tx *store.Tx) error {
-		return n.eachSession(tx, func(_ store.Contact, s *protocol.Session) error {
+		err := n.eachSession(tx, func(_ store.Contact, s *protocol.Session) error {
 			for _, e := range live {
 				out = append(out, mailbox.Registration{Kind: store.RegPair, Tag: s.RecvTag2(e), Epoch: e})
 			}
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		gs, err := groupRegistrations(tx, now)
+		out = append(out, gs...)
+		return err
 	})
 	if err != nil {
 		n.cfg.Logger.Warn("listing mailbox registrations", "err", err)
@@ -82,6 +89,9 @@ func (n *Node) registrations(now time.Time) []mailbox.Registration {
 // deliver2 takes an envelope the User read or was pushed and hands it
 // the delete token; it tells junk from a failure of its own.
 func (n *Node) deliver2(_ peer.ID, env []byte) error {
+	if ok, err := n.takeGroupFromMailbox(env); ok {
+		return err
+	}
 	r := n.enqueueReq(n.ctx, "", env, store.ViaMailbox)
 	var err error
 	select {

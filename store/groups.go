@@ -22,7 +22,7 @@ var (
 	bucketGroupPending = []byte("group_pending") // G(32) || key ID(16) -> time(8) || owner(32) || distribution
 	bucketGroupMsgs    = []byte("group_msgs")    // G(32) || lamport(8) || message ID(16) -> GroupMessage
 	bucketGroupMsgIDs  = []byte("group_msg_ids") // G(32) || message ID(16) -> group_msgs key
-	bucketGroupUnacked = []byte("group_unacked") // G(32) || message ID(16) -> epoch(8) || next(8) || wait(8) || topic
+	bucketGroupUnacked = []byte("group_unacked") // G(32) || message ID(16) -> epoch(8) || next(8) || wait(8) || flags(1) || topic
 	groupBuckets       = [][]byte{bucketGroups, bucketGroupOps, bucketGroupKeys, bucketGroupPending, bucketGroupMsgs, bucketGroupMsgIDs, bucketGroupUnacked}
 )
 
@@ -475,7 +475,13 @@ type GroupResend struct {
 	Next  time.Time
 	Wait  time.Duration // the last wait
 	Topic string
+	// Deposited: the envelope went to the mailboxes of the members whose
+	// receipts had not named it (once, GroupDepositAfter after sending).
+	Deposited bool
 }
+
+// resendDeposited is the flag of GroupResend.Deposited.
+const resendDeposited = 1
 
 // PutGroupResend schedules (or reschedules) r.
 func (tx *Tx) PutGroupResend(r GroupResend) error {
@@ -486,7 +492,11 @@ func (tx *Tx) PutGroupResend(r GroupResend) error {
 	if len(r.Topic) > 256 {
 		return tooLarge("group topic", len(r.Topic), 256)
 	}
-	return b.Put(concat(r.Group[:], r.ID[:]), concat(be64(r.Epoch), be64(uint64(timeToNanos(r.Next))), be64(uint64(r.Wait)), []byte(r.Topic)))
+	var flags byte
+	if r.Deposited {
+		flags |= resendDeposited
+	}
+	return b.Put(concat(r.Group[:], r.ID[:]), concat(be64(r.Epoch), be64(uint64(timeToNanos(r.Next))), be64(uint64(r.Wait)), []byte{flags}, []byte(r.Topic)))
 }
 
 // DeleteGroupResend ends the schedule of message id of group g.
@@ -506,13 +516,13 @@ func (tx *Tx) GroupResends() ([]GroupResend, error) {
 	}
 	var out []GroupResend
 	err = b.ForEach(func(k, v []byte) error {
-		if len(k) != 48 || len(v) < 24 {
+		if len(k) != 48 || len(v) < 25 || v[24]&^resendDeposited != 0 {
 			return fmt.Errorf("%w: group resend record", ErrCorrupt)
 		}
 		out = append(out, GroupResend{
 			Group: [32]byte(k[:32]), ID: [16]byte(k[32:]), Epoch: binary.BigEndian.Uint64(v),
 			Next: nanosToTime(int64(binary.BigEndian.Uint64(v[8:]))), Wait: time.Duration(binary.BigEndian.Uint64(v[16:])),
-			Topic: string(v[24:]),
+			Deposited: v[24]&resendDeposited != 0, Topic: string(v[25:]),
 		})
 		return nil
 	})

@@ -115,3 +115,57 @@ func TestPendingGroupKeysBounded(t *testing.T) {
 		return nil
 	})
 }
+
+// A resend schedule reads back as written, its deposited flag included;
+// a record with an unknown flag is reported corrupt, not guessed at.
+func TestGroupResendRecords(t *testing.T) {
+	db, _ := openTest(t)
+	var g [32]byte
+	g[0] = 3
+	rs := []GroupResend{
+		{Group: g, ID: msgID(1), Epoch: 20000, Next: t0, Wait: 5 * time.Second, Topic: "/sotto/group/1/aa"},
+		{Group: g, ID: msgID(2), Epoch: 20001, Next: t0.Add(time.Minute), Wait: 15 * time.Second, Topic: "/sotto/group/1/bb", Deposited: true},
+	}
+	if err := db.Update(func(tx *Tx) error {
+		for _, r := range rs {
+			if err := tx.PutGroupResend(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *Tx) error {
+		got, err := tx.GroupResends()
+		if err != nil || len(got) != 2 {
+			t.Fatalf("resends: %+v, %v", got, err)
+		}
+		for i := range rs {
+			if !got[i].Next.Equal(rs[i].Next) {
+				t.Errorf("resend %d next %v, want %v", i, got[i].Next, rs[i].Next)
+			}
+			got[i].Next = rs[i].Next
+			if got[i] != rs[i] {
+				t.Errorf("resend %d read back as %+v, want %+v", i, got[i], rs[i])
+			}
+		}
+		return nil
+	})
+	if err := db.Update(func(tx *Tx) error {
+		b, err := tx.wbucket(bucketGroupUnacked)
+		if err != nil {
+			return err
+		}
+		v, id := concat(be64(1), be64(1), be64(1), []byte{0x80}, []byte("t")), msgID(3)
+		return b.Put(concat(g[:], id[:]), v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *Tx) error {
+		if _, err := tx.GroupResends(); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("a record with an unknown flag: %v, want ErrCorrupt", err)
+		}
+		return nil
+	})
+}
