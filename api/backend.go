@@ -246,6 +246,10 @@ type Message struct {
 	// FailReason says why, for a message in StateFailed.
 	FailReason FailReason `json:"fail_reason,omitempty"`
 	Seq        uint64     `json:"seq"` // cursor: strictly increasing per data dir
+	// SessionReset marks the first message from the contact after its
+	// device started a new session (a restored backup, a reinstall): the
+	// same account key, not a key change.
+	SessionReset bool `json:"session_reset,omitempty"`
 }
 
 // Paging limits for Messages.

@@ -316,6 +316,8 @@ func (b *nodeBackend) message(m node.Message, names map[[32]byte]string) Message
 		Text:    m.Text(),
 		SentAt:  m.SentAt.UTC(),
 		Seq:     m.GlobalSeq,
+
+		SessionReset: m.SessionReset,
 	}
 	switch m.Via {
 	case node.ViaDirect:

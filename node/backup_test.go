@@ -96,12 +96,24 @@ func TestBackupRestore(t *testing.T) {
 	if string(got[len(got)-1].Body) != "after the restore" {
 		t.Fatalf("bob's conversation with alice ends %q", got[len(got)-1].Body)
 	}
+	// Bob is told, on that message and no other, that Alice's device
+	// started a new session.
+	for _, m := range got {
+		if want := string(m.Body) == "after the restore"; m.SessionReset != want {
+			t.Errorf("bob's message %q: session reset %v, want %v", m.Body, m.SessionReset, want)
+		}
+	}
 	if _, err := bob.Send(ctx, "alice", "answer after the restore"); err != nil {
 		t.Fatal(err)
 	}
 	back := waitMessages(t, ctx, alice2, "bob", 2, incoming)
 	if string(back[len(back)-1].Body) != "answer after the restore" {
 		t.Fatalf("the restored node's conversation ends %q", back[len(back)-1].Body)
+	}
+	for _, m := range append(back, waitMessages(t, ctx, bob, "alice", 2, incoming)...) {
+		if m.SessionReset && string(m.Body) != "after the restore" {
+			t.Errorf("%q is marked as after a session reset", m.Body)
+		}
 	}
 	// Same account key: Bob sees no key change, and keeps one contact.
 	if c := storedContact(t, bob, "alice"); c.KeyChange != nil || c.IsRequest {

@@ -118,9 +118,17 @@ func TestFirstContactLateInitial(t *testing.T) {
 		ingest(l, wx, "later message at the loser")
 	}
 
-	got := bodies(waitMessages(t, ctx, w, lName, 5, incoming))
+	shown := waitMessages(t, ctx, w, lName, 5, incoming)
+	got := bodies(shown)
 	if want := []string{"l1", "l2", "l3", "l4", "l5"}; !slices.Equal(got, want) {
 		t.Fatalf("the winner shows %v, want %v", got, want)
+	}
+	// A late first message of a simultaneous initiation is no session
+	// reset (node:TestBackupRestore shows one).
+	for _, m := range shown {
+		if m.SessionReset {
+			t.Errorf("the winner marks %q as after a session reset", m.Body)
+		}
 	}
 	got = bodies(waitMessages(t, ctx, l, wName, 4, incoming))
 	if want := []string{"w1", "w2", "w3", "w4"}; !slices.Equal(got, want) {
@@ -181,9 +189,14 @@ func TestFirstContactInterleavings(t *testing.T) {
 			}
 			for i, s := range side {
 				peer := side[1-i]
-				got := bodies(waitMessages(t, ctx, peer.n, peer.name, len(s.sent), incoming))
-				if !slices.Equal(got, s.sent) {
+				shown := waitMessages(t, ctx, peer.n, peer.name, len(s.sent), incoming)
+				if got := bodies(shown); !slices.Equal(got, s.sent) {
 					t.Fatalf("shown %v, sent %v", got, s.sent)
+				}
+				for _, m := range shown {
+					if m.SessionReset {
+						t.Errorf("%q is marked as after a session reset", m.Body)
+					}
 				}
 				waitMessages(t, ctx, s.n, s.name, len(s.sent), delivered)
 			}

@@ -106,6 +106,11 @@ type Message struct {
 	// GlobalSeq orders messages across all conversations of a data
 	// directory, strictly increasing: the cursor of Messages.
 	GlobalSeq uint64
+	// SessionReset: the first message shown from the contact after its
+	// device started a new session in place of one that worked (a
+	// restored backup, a reinstall). Its account key is the same: not a
+	// key change.
+	SessionReset bool
 }
 
 // Text is the message's text; content this version cannot show is
@@ -128,7 +133,7 @@ func messageOf(m store.Message) Message {
 		ID: m.ID, Contact: m.Contact, Direction: Direction(m.Direction),
 		Type: m.Type, Body: m.Body, SentAt: m.SentAt, ReceivedAt: m.ReceivedAt,
 		State: MessageState(m.State), Via: Via(m.Via), StoredAt: m.StoredAt,
-		Seq: m.Seq, GlobalSeq: m.GlobalSeq,
+		Seq: m.Seq, GlobalSeq: m.GlobalSeq, SessionReset: m.SessionReset,
 	}
 	if m.State == store.StateFailed {
 		out.Failure = FailExpired

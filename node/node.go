@@ -212,6 +212,9 @@ type Node struct {
 	events *feed
 
 	syncs, sent, received, deposits, served atomic.Uint64 // for Status
+	// v1Syncing counts the version 1 syncs under way (SyncMailboxes), each
+	// counted before it reads the clock.
+	v1Syncing atomic.Int32
 	// sending counts Send calls writing right now: a lone one commits
 	// at once, concurrent ones share a batched commit.
 	sending atomic.Int32

@@ -681,6 +681,8 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	if oldSess, err := rc.session(n, tx, peerAcct); err == nil && oldSess != nil {
 		if oldSess.Initiator() && oldSess.PendingInitial() {
 			keep = protocol.PreferSession(oldSess, sess)
+		} else if err := markSessionReset(tx, peerAcct, msg.Sent); err != nil {
+			return processed{}, se(err)
 		}
 		other := sess
 		if keep == sess {
@@ -712,6 +714,39 @@ func (n *Node) accept(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 	res.newSession = true
 	res.republish = out.republish
 	return res, err
+}
+
+// sessionResetPrefix + base64url(account) marks a contact whose device
+// started a new session in place of one that worked: the next message
+// shown from it carries the mark (store.Message.SessionReset).
+const sessionResetPrefix = "session-reset/"
+
+// markSessionReset marks acct's next shown message as the first after a
+// session reset when the new session's first message was sent after the
+// latest message shown from acct (among its last 64 messages). Sent
+// before it, it is the late first message of a simultaneous initiation,
+// not a device that started over; with nothing shown from acct, there
+// is nothing the reset breaks off from (and only receipts may have
+// answered a simultaneous initiation).
+func markSessionReset(tx *store.Tx, acct [32]byte, sent time.Time) error {
+	last, err := tx.LastSeq(&acct)
+	if err != nil {
+		return err
+	}
+	ms, err := tx.ListMessages(&acct, last-min(last, 64), 64)
+	if err != nil {
+		return err
+	}
+	for _, m := range slices.Backward(ms) {
+		if m.Direction != store.Incoming {
+			continue
+		}
+		if !sent.After(m.SentAt) {
+			return nil
+		}
+		return tx.PutSetting(sessionResetPrefix+base64.RawURLEncoding.EncodeToString(acct[:]), []byte{1})
+	}
+	return nil
 }
 
 // newRequest creates a contact for an account that wrote first: a message
@@ -788,11 +823,23 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 		return out, se(mailbox.PutContactMailboxes(tx, peerAcct, msg.Sent, msg.Body))
 	}
 
+	// The first message shown after the contact's session reset says so.
+	resetKey := sessionResetPrefix + base64.RawURLEncoding.EncodeToString(peerAcct[:])
+	_, err := tx.GetSetting(resetKey)
+	reset := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return processed{}, se(err)
+	}
 	shown, err := tx.ReceiveMessage(store.Message{
 		ID: msg.ID, Contact: peerAcct, Direction: store.Incoming, Type: uint8(msg.Type),
 		Body: msg.Body, SentAt: msg.Sent, ReceivedAt: now, State: store.StateReceived, Via: r.via,
-		PeerSeq: msg.Seq,
+		PeerSeq: msg.Seq, SessionReset: reset,
 	})
+	if err == nil && reset {
+		if err := tx.DeleteSetting(resetKey); err != nil {
+			return processed{}, se(err)
+		}
+	}
 	if n.debugOn() {
 		n.cfg.Logger.Debug("message received", "id", hex.EncodeToString(msg.ID[:]), "seq", msg.Seq, "via", r.via, "shown", len(shown), "err", err)
 	}

@@ -172,6 +172,8 @@ func (n *Node) SyncMailboxes(ctx context.Context) (int, error) {
 	if m.client == nil {
 		return 0, ErrNotRunning
 	}
+	n.v1Syncing.Add(1)
+	defer n.v1Syncing.Add(-1)
 	if !protocol.Version1Reads(n.now()) {
 		return 0, nil
 	}

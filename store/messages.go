@@ -122,7 +122,16 @@ type Message struct {
 	// it (1, 2, 3… per contact); for an incoming one, the sender's. Zero
 	// when unknown.
 	PeerSeq uint64
+	// SessionReset marks the first message shown from a contact after
+	// its device started a new session in place of one that worked (a
+	// restored backup, a reinstall): the same account key, so no key
+	// change, but the conversation's earlier ratchet is gone there.
+	SessionReset bool
 }
+
+// Message flags, a trailing byte present only when one is set (records
+// written before flags existed end without it).
+const msgFlagSessionReset = 1
 
 func (m *Message) marshal() ([]byte, error) {
 	if len(m.Body) > MaxBodySize {
@@ -145,6 +154,9 @@ func (m *Message) marshal() ([]byte, error) {
 	e.uvarint(m.Seq)
 	e.uvarint(m.GlobalSeq)
 	e.uvarint(m.PeerSeq)
+	if m.SessionReset {
+		e.u8(msgFlagSessionReset)
+	}
 	return e.b, nil
 }
 
@@ -164,6 +176,14 @@ func unmarshalMessage(b []byte) (Message, error) {
 	m.Seq = d.uvarint()
 	m.GlobalSeq = d.uvarint()
 	m.PeerSeq = d.uvarint()
+	if d.err == nil && len(d.b) > 0 {
+		switch f := d.u8(); f {
+		case msgFlagSessionReset:
+			m.SessionReset = true
+		default:
+			d.fail("unknown message flags %#x", f)
+		}
+	}
 	if err := d.finish(); err != nil {
 		return Message{}, err
 	}

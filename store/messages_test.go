@@ -590,3 +590,26 @@ func TestMessageState(t *testing.T) {
 		return nil
 	})
 }
+
+// A message's session-reset mark reads back; a record without the flags
+// byte (written before it existed) reads as unmarked; an unknown flag is
+// reported corrupt.
+func TestMessageSessionResetFlag(t *testing.T) {
+	m := Message{ID: msgID(1), Contact: acct(2), Direction: Incoming, Type: 1, Body: []byte("hi"), State: StateReceived, SessionReset: true}
+	b, err := m.marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := unmarshalMessage(b)
+	if err != nil || !got.SessionReset {
+		t.Fatalf("marked message read back as %+v, %v", got, err)
+	}
+	old, err := unmarshalMessage(b[:len(b)-1])
+	if err != nil || old.SessionReset || string(old.Body) != "hi" {
+		t.Fatalf("a record without flags: %+v, %v", old, err)
+	}
+	bad := append(b[:len(b)-1:len(b)-1], 0x80)
+	if _, err := unmarshalMessage(bad); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("unknown flags: %v, want ErrCorrupt", err)
+	}
+}

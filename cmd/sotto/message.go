@@ -113,6 +113,9 @@ type messageLine struct {
 	Via       api.Via       `json:"via,omitempty"`
 	StoredAt  int           `json:"stored_at,omitempty"`
 	Seq       uint64        `json:"seq"`
+	// SessionReset: the first message after the contact's device started
+	// a new session (a restored backup, a reinstall; not a key change).
+	SessionReset bool `json:"session_reset,omitempty"`
 	// Event is set only on a line that `messages --follow --json` prints
 	// for a change of state of a message shown before: "state".
 	Event string `json:"event,omitempty"`
@@ -148,6 +151,8 @@ func messageJSON(m api.Message) messageLine {
 		Via:       m.Via,
 		StoredAt:  m.StoredAt,
 		Seq:       m.Seq,
+
+		SessionReset: m.SessionReset,
 	}
 }
 
@@ -379,6 +384,11 @@ func (p *messagePrinter) message(m api.Message) error {
 		return printJSON(p.w, messageJSON(m))
 	}
 	p.endProgress()
+	if m.SessionReset {
+		if _, err := fmt.Fprintf(p.w, "-- %s's device started a new session (a restored backup or a reinstall; the same account key, not a key change) --\n", clean(m.Contact, true)); err != nil {
+			return err
+		}
+	}
 	arrow, note := "<", "via "+string(m.Via)
 	if m.Direction == api.DirectionOut {
 		arrow, note = ">", stateText(m)

@@ -232,6 +232,10 @@ export class MessageList {
       meta.push(' · via a mailbox');
     }
     const el = h('li', { class: `msg ${out ? 'out' : 'in'}`, 'data-id': m.id, 'data-seq': m.seq },
+      // One element per message, the notice of a session reset inside it.
+      m.session_reset ? h('p', { class: 'reset', role: 'note' },
+        `${this.name}'s device started a new session (a restored backup or a reinstall). ` +
+        'The account key is the same: this is not a key change.') : null,
       h('span', { class: 'visually-hidden' }, out ? 'You: ' : `${this.name}: `),
       h('p', { class: 'text' }, m.text),
       h('p', { class: 'meta' }, meta));
