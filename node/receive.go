@@ -15,6 +15,7 @@ import (
 	"github.com/sotto-im/sotto/mailbox"
 	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
+	"github.com/sotto-im/sotto/protocol/group"
 	"github.com/sotto-im/sotto/store"
 )
 
@@ -823,12 +824,16 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 		return out, se(mailbox.PutContactMailboxes(tx, peerAcct, msg.Sent, msg.Body))
 	}
 
-	// The first message shown after the contact's session reset says so.
+	// The first message shown after the contact's session reset says so
+	// (group content is not shown in the conversation).
 	resetKey := sessionResetPrefix + base64.RawURLEncoding.EncodeToString(peerAcct[:])
-	_, err := tx.GetSetting(resetKey)
-	reset := err == nil
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return processed{}, se(err)
+	reset := false
+	if !group.IsContent(uint8(msg.Type)) {
+		_, err := tx.GetSetting(resetKey)
+		reset = err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return processed{}, se(err)
+		}
 	}
 	shown, err := tx.ReceiveMessage(store.Message{
 		ID: msg.ID, Contact: peerAcct, Direction: store.Incoming, Type: uint8(msg.Type),
