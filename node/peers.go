@@ -74,16 +74,20 @@ func (n *Node) bootstrapPeers() []peer.AddrInfo {
 	return all
 }
 
-// joinVia remembers the peers an invite carries and, when the node runs,
-// joins the network through them: a new user who adds a contact from an
-// invite needs no other setup.
+// joinVia joins the network through the peers an invite carries, when
+// the node runs: a new user who adds a contact from an invite needs no
+// other setup. It remembers those of them that proved good (GoodPeers:
+// connected directly, DHT servers, with addresses a stranger can dial),
+// not what the invite claims. Added while the node is stopped, they are
+// kept behind the peers it met itself, with only the addresses a stranger
+// can dial (any on a network without NAT), for its next start.
 func (n *Node) joinVia(ps []peer.AddrInfo) {
 	if len(ps) == 0 {
 		return
 	}
-	n.rememberPeers(ps)
 	h := n.Host()
 	if h == nil {
+		n.rememberUnverified(ps)
 		return
 	}
 	n.spawn(func() {
@@ -93,10 +97,40 @@ func (n *Node) joinVia(ps []peer.AddrInfo) {
 			n.cfg.Logger.Info("joining through the invite's peers", "err", err)
 			return
 		}
+		n.saveGoodPeers()
 		n.kickPublish()
 		n.kickOutbox()
 		n.kickSync()
 	})
+}
+
+// rememberUnverified keeps ps after the peers remembered, each with only
+// the addresses a stranger can dial (on a network without NAT, any).
+func (n *Node) rememberUnverified(ps []peer.AddrInfo) {
+	var keep []peer.AddrInfo
+	for _, p := range ps {
+		addrs := p.Addrs
+		if !n.cfg.NoNAT {
+			addrs = p2p.PublicAddrs(addrs)
+		}
+		if len(addrs) > 0 {
+			keep = append(keep, peer.AddrInfo{ID: p.ID, Addrs: addrs})
+		}
+	}
+	if len(keep) == 0 {
+		return
+	}
+	self, _ := peer.Decode(n.ident.PeerID)
+	err := n.db.Update(func(tx *store.Tx) error {
+		b, err := tx.GetSetting(settingPeers)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err // an unreadable list is kept, not overwritten
+		}
+		return tx.PutSetting(settingPeers, p2p.EncodePeers(p2p.MergePeers(p2p.DecodePeers(b), keep, self, maxKnownPeers)))
+	})
+	if err != nil {
+		n.cfg.Logger.Warn("remembering peers", "err", err)
+	}
 }
 
 // saveGoodPeers remembers the good public peers connected now.
