@@ -255,8 +255,10 @@ func (n *Node) reloadGroups(ids [][32]byte) {
 		var retry []waitingEnvelope
 		if old := n.grp.live[group.ID(id)]; old != nil {
 			// Subscriptions carry over: leaving a topic and joining it
-			// again would lose what arrives meanwhile.
-			lg.subs = old.subs
+			// again would lose what arrives meanwhile. So does what was
+			// opened: a copy published again because its sender missed
+			// the receipt is receipted again by it.
+			lg.subs, lg.seen = old.subs, old.seen
 			retry = old.waiting
 		}
 		n.grp.live[group.ID(id)] = lg

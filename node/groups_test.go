@@ -266,15 +266,29 @@ func TestGroupMemberAway(t *testing.T) {
 	}
 	for _, w := range writers {
 		n := gn.nodes[w]
-		testkit.WaitFor(t, ctx, func() bool {
+		for {
 			ms, _ := n.GroupMessages(g.ID, 0, 100)
+			var short []string
 			for _, m := range ms {
 				if m.Outgoing && m.Delivered != 4 {
-					return false
+					short = append(short, fmt.Sprintf("%q %d/4", m.Body, m.Delivered))
 				}
 			}
-			return true
-		})
+			if len(short) == 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				n.grp.mu.Lock()
+				lg := n.grp.live[group.ID(g.ID)]
+				keys, waiting := len(lg.recv.KeyIDs()), len(lg.waiting)
+				n.grp.mu.Unlock()
+				var rs []store.GroupResend
+				n.db.View(func(tx *store.Tx) (err error) { rs, err = tx.GroupResends(); return err })
+				t.Fatalf("%s's messages not delivered to all four: %v (it holds %d sender keys, %d envelopes wait for theirs, drops %+v, %d resend schedules)", w, short, keys, waiting, n.GroupStats(), len(rs))
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
 	}
 }
 
