@@ -107,6 +107,10 @@ type Inbox struct {
 	recentQ [][32]byte
 	// lastSweep is when a round last read the old epochs.
 	lastSweep time.Time
+	// registered is closed, and replaced, each time a Register ends: the
+	// open filters take the tags it may have added at once, not at their
+	// next refresh.
+	registered chan struct{}
 }
 
 // mbxHealth is what an Inbox knows of one mailbox.
@@ -139,7 +143,7 @@ func NewInbox(cfg InboxConfig) (*Inbox, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	in := &Inbox{cfg: cfg, health: map[peer.ID]*mbxHealth{}, recent: map[[32]byte]struct{}{}}
+	in := &Inbox{cfg: cfg, health: map[peer.ID]*mbxHealth{}, recent: map[[32]byte]struct{}{}, registered: make(chan struct{})}
 	in.SetMailboxes(cfg.Mailboxes)
 	return in, nil
 }
@@ -336,6 +340,7 @@ func (in *Inbox) Register(ctx context.Context) error {
 	if len(in.Mailboxes()) == 0 {
 		return nil // nowhere to register: the registrations are not even listed
 	}
+	defer in.registerEnded()
 	now := in.cfg.Now()
 	var errs []error
 	for _, g := range groupByEpoch(in.cfg.Registrations(now), now, true) {
@@ -358,6 +363,21 @@ func (in *Inbox) Register(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// registerEnded wakes the open filters after a Register.
+func (in *Inbox) registerEnded() {
+	in.mu.Lock()
+	close(in.registered)
+	in.registered = make(chan struct{})
+	in.mu.Unlock()
+}
+
+// registerEnds is closed when the next Register ends.
+func (in *Inbox) registerEnds() <-chan struct{} {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.registered
 }
 
 // register registers regs at m and remembers what m took.
@@ -743,20 +763,22 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte, epo
 	tick := time.NewTicker(filterRefresh)
 	defer tick.Stop()
 	for {
+		registered := in.registerEnds()
 		select {
 		case <-ctx.Done():
 			return true
 		case <-f.Done():
 			in.cfg.Logger.Debug("mailbox filter ended", "mailbox", m.ID, "err", f.Err())
 			return true
+		case <-registered: // a new session's tags, say: read under them now
 		case <-tick.C:
-			if next := in.filterTags(kind, epoch, in.cfg.Now()); len(next) > 0 && !sameTags(next, tags) {
-				ask(next) // before the mailbox knows them
-				if err := f.SetTags(next); err != nil {
-					return true
-				}
-				tags = next
+		}
+		if next := in.filterTags(kind, epoch, in.cfg.Now()); len(next) > 0 && !sameTags(next, tags) {
+			ask(next) // before the mailbox knows them
+			if err := f.SetTags(next); err != nil {
+				return true
 			}
+			tags = next
 		}
 	}
 }

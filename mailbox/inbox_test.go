@@ -408,3 +408,74 @@ func TestInboxRegisterOnly(t *testing.T) {
 		t.Fatalf("a second Register: %v, %d hosts in all", err, hosts)
 	}
 }
+
+// A session that starts while the filters are open: once its tags are
+// registered, the filters read under them at once, not at their next
+// refresh (a minute): an answer pushed under them arrives live.
+func TestInboxFilterTakesNewSession(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	u := newInboxUser()
+	var mu sync.Mutex
+	var later *pairSession
+	regs := func(now time.Time) []Registration {
+		out := u.registrations(now)
+		mu.Lock()
+		defer mu.Unlock()
+		if later != nil {
+			for _, e := range protocol.LiveEpochs(now) {
+				out = append(out, later.reg(e))
+			}
+		}
+		return out
+	}
+	in, err := NewInbox(InboxConfig{Mailboxes: mailboxSet(m), Registrations: regs, Deliver: u.deliver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.SyncRound(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fctx, stop := contextWithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); in.RunFilters(fctx) }()
+	defer func() { stop(); <-done }()
+	now := time.Now()
+	for i := 0; u.count() == 0; i++ { // the filter is open
+		if i == 100 {
+			t.Fatal("no envelope pushed to the filter")
+		}
+		dep, _, _ := u.session.deposit(t, now, 200)
+		if _, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s := newPairSession()
+	mu.Lock()
+	later = &s
+	mu.Unlock()
+	if err := in.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := u.count()
+	dep, env, _ := s.deposit(t, now, 300)
+	if n, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil || n != 1 {
+		t.Fatalf("push under the new session's tag = %d, %v", n, err)
+	}
+	wait, cancel := context.WithTimeout(ctx, filterRefresh/4)
+	defer cancel()
+	for {
+		u.mu.Lock()
+		got := len(u.delivered) > before && bytes.Equal(u.delivered[len(u.delivered)-1], env)
+		u.mu.Unlock()
+		if got {
+			return
+		}
+		select {
+		case <-wait.Done():
+			t.Fatalf("the envelope under the new session's tag was not pushed within %v of its registration (filters refresh every %v)", filterRefresh/4, filterRefresh)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
