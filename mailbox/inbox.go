@@ -119,9 +119,11 @@ type mbxHealth struct {
 	cursor     map[[32]byte][]byte   // query cursor per set of tags
 	junkSeen   map[[32]byte]struct{} // junk already counted
 	fails      int
-	junk       int
-	junkDay    uint64
-	replaced   bool
+	// regFailed: the last attempt to register there failed.
+	regFailed bool
+	junk      int
+	junkDay   uint64
+	replaced  bool
 }
 
 func newHealth() *mbxHealth {
@@ -175,6 +177,20 @@ func (in *Inbox) Registered(tag [32]byte) bool {
 	defer in.mu.Unlock()
 	for _, m := range in.mbxs {
 		if h := in.health[m.ID]; h != nil && h.registered[tag] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Answering reports whether one of the user's mailboxes may take
+// registrations now: its last attempt to register did not fail and it is
+// not being replaced.
+func (in *Inbox) Answering() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, m := range in.mbxs {
+		if h := in.health[m.ID]; h != nil && !h.regFailed && !h.replaced {
 			return true
 		}
 	}
@@ -386,6 +402,11 @@ func (in *Inbox) register(ctx context.Context, c *Client2, m peer.AddrInfo, toRe
 		chunk := toRegister[:min(len(toRegister), MaxRegistrations)]
 		toRegister = toRegister[len(chunk):]
 		accepted, _, err := c.Register(ctx, m, chunk)
+		in.mu.Lock()
+		if h := in.health[m.ID]; h != nil {
+			h.regFailed = err != nil
+		}
+		in.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("register: %w", err)
 		}

@@ -288,13 +288,20 @@ func (u *User) Run(ctx context.Context) {
 }
 
 // RegisterWait bounds how long a session's envelopes wait for one of the
-// device's mailboxes to take the session's tags (SPEC "Registration").
-const RegisterWait = 3 * time.Second
+// device's mailboxes to take the session's tags while none of them
+// answers registrations; MaxRegisterWait bounds it while one does (a
+// mailbox slow under load). SPEC "Registration".
+const (
+	RegisterWait    = 3 * time.Second
+	MaxRegisterWait = 20 * time.Second
+)
 
 // AwaitRegistered has Run register new tags now unless one of the
-// device's mailboxes took tag already, and waits until one does, ctx ends
-// or UserConfig.RegisterWait passed; it reports whether one did. A device without
-// mailboxes does not wait.
+// device's mailboxes took tag already, and waits until one does or ctx
+// ends: at most UserConfig.RegisterWait (default RegisterWait) while no
+// mailbox answers registrations (Inbox.Answering), and at most
+// MaxRegisterWait (or RegisterWait, if longer) in any case. It reports
+// whether one took it. A device without mailboxes does not wait.
 func (u *User) AwaitRegistered(ctx context.Context, tag protocol.Tag) bool {
 	if u.Registered(tag) {
 		return true
@@ -307,11 +314,15 @@ func (u *User) AwaitRegistered(ctx context.Context, tag protocol.Tag) bool {
 	if wait <= 0 {
 		wait = RegisterWait
 	}
-	ctx, cancel := context.WithTimeout(ctx, wait)
+	ctx, cancel := context.WithTimeout(ctx, max(wait, MaxRegisterWait))
 	defer cancel()
+	start := time.Now()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for !u.Registered(tag) {
+		if time.Since(start) >= wait && !u.in.Answering() {
+			return false
+		}
 		select {
 		case <-ctx.Done():
 			return false

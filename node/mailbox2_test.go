@@ -767,13 +767,15 @@ func TestVersion1DepositsEndByDate(t *testing.T) {
 }
 
 // TestAnswerToNewSessionFindsTagsRegistered: a device whose mailbox
-// registrations are slow (each fresh identity takes 300 ms to open, far
-// longer than a direct delivery on loopback) starts a session, and goes
+// registrations are slow (each fresh identity takes 4 s to open: longer
+// than RegisterWait, as under load, and far longer than a direct delivery
+// on loopback) starts a session, and goes
 // offline the moment its peer has read its
 // first envelope of it; what the peer writes next under the session's
 // tags is stored at the device's mailboxes, not refused as Unregistered
 // until the device comes back: the session's envelopes waited for the
-// registration (SPEC "Registration"). Once as initiator (its first
+// registration, past RegisterWait since its mailboxes answer (SPEC
+// "Registration", MaxRegisterWait). Once as initiator (its first
 // message), once as responder (its receipt). The device comes back while
 // its peer is offline, and reads it from a mailbox.
 func TestAnswerToNewSessionFindsTagsRegistered(t *testing.T) {
@@ -786,12 +788,9 @@ func TestAnswerToNewSessionFindsTagsRegistered(t *testing.T) {
 			// not wait out the delay of every host its loops open).
 			offline := make(chan struct{})
 			slow := func(c *Config) {
-				// Waiting for registrations as long as it takes under
-				// load: the mechanism is tested, not its 3 s bound.
-				c.RegisterWait = time.Minute
 				c.EphemeralHost = func() (host.Host, error) {
 					select {
-					case <-time.After(300 * time.Millisecond):
+					case <-time.After(mailbox.RegisterWait + time.Second):
 					case <-offline:
 					}
 					return p2p.NewEphemeral()
