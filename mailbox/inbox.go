@@ -119,7 +119,8 @@ type mbxHealth struct {
 	cursor     map[[32]byte][]byte   // query cursor per set of tags
 	junkSeen   map[[32]byte]struct{} // junk already counted
 	fails      int
-	// regFailed: the last attempt to register there failed.
+	// regFailed: the last attempt to register there failed or was
+	// refused in part.
 	regFailed bool
 	junk      int
 	junkDay   uint64
@@ -404,7 +405,9 @@ func (in *Inbox) register(ctx context.Context, c *Client2, m peer.AddrInfo, toRe
 		accepted, _, err := c.Register(ctx, m, chunk)
 		in.mu.Lock()
 		if h := in.health[m.ID]; h != nil {
-			h.regFailed = err != nil
+			// Refused in part (a quota, say) counts as failed: nothing
+			// waits long for what it may never take.
+			h.regFailed = err != nil || accepted < len(chunk)
 		}
 		in.mu.Unlock()
 		if err != nil {
