@@ -96,6 +96,8 @@ type Status struct {
 	SyncsRun         uint64 `json:"syncs_run"`
 	MessagesSent     uint64 `json:"messages_sent"`
 	MessagesReceived uint64 `json:"messages_received"`
+	// EnvelopesRejected counts envelopes refused as malformed.
+	EnvelopesRejected uint64 `json:"envelopes_rejected"`
 	// Reachability is "public", "private" (others reach this node through
 	// Relays) or "unknown"; DHTMode is "server" or "client".
 	Reachability string       `json:"reachability"`

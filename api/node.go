@@ -42,11 +42,12 @@ func (b *nodeBackend) Status(ctx context.Context) (Status, error) {
 		Requests:        st.Requests,
 		RequestsDropped: st.RequestsDropped,
 
-		DepositsAccepted: st.DepositsAccepted,
-		EnvelopesServed:  st.EnvelopesServed,
-		SyncsRun:         st.SyncsRun,
-		MessagesSent:     st.MessagesSent,
-		MessagesReceived: st.MessagesReceived,
+		DepositsAccepted:  st.DepositsAccepted,
+		EnvelopesServed:   st.EnvelopesServed,
+		SyncsRun:          st.SyncsRun,
+		MessagesSent:      st.MessagesSent,
+		MessagesReceived:  st.MessagesReceived,
+		EnvelopesRejected: st.EnvelopesRejected,
 	}
 	if st.Mailbox != nil {
 		out.Mailbox = &MailboxStatus{Envelopes: int(st.Mailbox.Envelopes), Bytes: st.Mailbox.Bytes}

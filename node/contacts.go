@@ -384,6 +384,10 @@ type Status struct {
 	Connections           []Connection
 	// Counters since Open: deposits this node's mailbox stored, envelopes it served, syncs run, Send calls, messages received.
 	DepositsAccepted, EnvelopesServed, SyncsRun, MessagesSent, MessagesReceived uint64
+	// EnvelopesRejected counts envelopes addressed to this node that it
+	// refused as malformed since Open: junk from strangers, or a
+	// contact's envelope that will never decrypt.
+	EnvelopesRejected uint64
 	// Store: whether the data dir is encrypted, its size and contents.
 	Store StoreStats
 }
@@ -395,6 +399,7 @@ type MailboxHeld = mailbox.Holding
 func (n *Node) Status() (Status, error) {
 	st := Status{PeerID: n.ident.PeerID, Mailbox: n.mailboxHeld()}
 	st.DepositsAccepted, st.EnvelopesServed, st.SyncsRun, st.MessagesSent, st.MessagesReceived = n.deposits.Load(), n.served.Load(), n.syncs.Load(), n.sent.Load(), n.received.Load()
+	st.EnvelopesRejected = n.rejected.Load()
 	at, perr := n.published.get()
 	st.BundlePublished = at
 	if perr != nil {

@@ -618,3 +618,52 @@ func chainOf(n *Node, id [32]byte) []string {
 	}
 	return out
 }
+
+// TestGroupOnSettledSessions: Alice and Bob have talked before, so the
+// group's first messages arrive on sessions that exist, each starting a
+// new ratchet step at the other side. What a member seals in answer to
+// group content (its sender key) and the receipt the same commit seals
+// must take distinct places in the chain: sealed on two copies of the
+// session, one of them was rejected as malformed or dropped as a
+// duplicate, and the member's sender key never reached the creator.
+func TestGroupOnSettledSessions(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	ctx := testkit.Context(t, 90*time.Second)
+	pairs := [][2]string{{"alice", "bob"}, {"alice", "carol"}, {"bob", "carol"}}
+	for _, p := range pairs {
+		for _, dir := range [][2]string{p, {p[1], p[0]}} {
+			if _, err := gn.nodes[dir[0]].Send(ctx, dir[1], "hello "+dir[1]); err != nil {
+				t.Fatal(err)
+			}
+			waitMessages(t, ctx, gn.nodes[dir[1]], dir[0], 1, func(m Message) bool { return string(m.Body) == "hello "+dir[1] })
+		}
+	}
+	for _, p := range pairs {
+		waitMessages(t, ctx, gn.nodes[p[0]], p[1], 2, func(m Message) bool { return m.State == StateDelivered || m.Direction == Incoming })
+	}
+	g, err := alice.CreateGroup(ctx, "settled", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Node{alice, bob, carol} {
+		waitGroup(t, ctx, n, g.ID, 3)
+		waitTopicPeers(t, ctx, n, g.ID, 2)
+	}
+	for _, who := range []string{"bob", "carol"} {
+		if _, err := gn.nodes[who].SendGroup(ctx, g.ID, who+" writes"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, who := range []string{"alice", "bob", "carol"} {
+		waitGroupTexts(t, ctx, gn.nodes[who], g.ID, 2)
+	}
+	for _, who := range []string{"alice", "bob", "carol"} {
+		if d := gn.nodes[who].GroupStats(); d.Malformed+d.Forged != 0 {
+			t.Errorf("%s dropped group content: %+v", who, d)
+		}
+		if st, err := gn.nodes[who].Status(); err != nil || st.EnvelopesRejected != 0 {
+			t.Errorf("%s refused %d envelopes as malformed (%v)", who, st.EnvelopesRejected, err)
+		}
+	}
+}

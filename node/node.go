@@ -212,6 +212,7 @@ type Node struct {
 	events *feed
 
 	syncs, sent, received, deposits, served atomic.Uint64 // for Status
+	rejected                                atomic.Uint64 // envelopes refused as malformed, for Status
 	// v1Syncing counts the version 1 syncs under way (SyncMailboxes), each
 	// counted before it reads the clock.
 	v1Syncing atomic.Int32

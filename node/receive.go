@@ -207,7 +207,10 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 		kick, held, republish = false, false, false
 	}
 	for i, r := range batch {
-		if err := results[i]; err != nil && !errors.Is(err, p2p.ErrDuplicateEnvelope) {
+		if err := results[i]; err != nil {
+			if errors.Is(err, p2p.ErrMalformedEnvelope) {
+				n.rejected.Add(1)
+			}
 			if n.debugOn() {
 				n.cfg.Logger.Debug("envelope not accepted", "from", r.from, "via", r.via, "err", err)
 			}
@@ -321,18 +324,48 @@ func (rc *ingestBatch) changed(sess *protocol.Session) {
 
 // flush writes the changed sessions, and returns the unchanged ones it
 // took to the cache.
+//
+// The batch owns the sessions it took until then: a session stored by
+// anyone else meanwhile would be overwritten here, and whatever was
+// sealed on that other copy would share chain positions with what the
+// batch seals (the recipient drops one as a duplicate or refuses it).
+// Code that seals on its own inside the batch's transaction runs after
+// release; a session changed behind the batch anyway aborts the commit
+// rather than be overwritten.
 func (rc *ingestBatch) flush(n *Node, tx *store.Tx, now time.Time) error {
 	for acct, sess := range rc.sessions {
+		raw, took := rc.raw[acct]
 		if !rc.dirty[acct] {
-			if raw, ok := rc.raw[acct]; ok {
+			if took {
 				n.sessions.put(acct, raw, sess)
 			}
 			continue
+		}
+		if took {
+			same, err := tx.SessionIs(acct, raw)
+			if err != nil {
+				return err
+			}
+			if !same {
+				return fmt.Errorf("node: the session with %x was stored behind the inbound batch that holds it", acct[:8])
+			}
 		}
 		if err := n.putSession(tx, sess, now); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// release flushes the batch's sessions and gives them up: code that
+// takes sessions on its own (group content queues messages to members)
+// then seals on the latest state, and the batch takes them again after
+// it.
+func (rc *ingestBatch) release(n *Node, tx *store.Tx, now time.Time) error {
+	if err := rc.flush(n, tx, now); err != nil {
+		return err
+	}
+	rc.sessions, rc.dirty, rc.raw = nil, nil, nil
 	return nil
 }
 
@@ -542,7 +575,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		return processed{}, err
 	}
 	if known || errors.Is(firstErr, protocol.ErrDuplicate) {
-		return processed{}, fmt.Errorf("%w: %w", p2p.ErrDuplicateEnvelope, firstErr)
+		return processed{}, fmt.Errorf("%w: %w (token on record %v, alt %v)", p2p.ErrDuplicateEnvelope, firstErr, known, alt != nil)
 	}
 	return processed{}, malformed(firstErr)
 }
@@ -855,8 +888,14 @@ func (n *Node) apply(tx *store.Tx, r *ingestReq, rc *ingestBatch, msg protocol.M
 		for i := range shown {
 			out.events = append(out.events, messageEvent(EventMessage, shown[i]))
 		}
-		if out.groups, err = n.groupsShown(tx, shown, now); err != nil {
-			return processed{}, se(err)
+		if slices.ContainsFunc(shown, func(m store.Message) bool { return group.IsContent(m.Type) }) {
+			// Group content may queue messages to any member.
+			if err := rc.release(n, tx, now); err != nil {
+				return processed{}, se(err)
+			}
+			if out.groups, err = n.groupsShown(tx, shown, now); err != nil {
+				return processed{}, se(err)
+			}
 		}
 	case errors.Is(err, store.ErrDuplicate):
 		// Shown once already; the sender still needs its receipt.

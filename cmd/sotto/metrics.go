@@ -85,6 +85,8 @@ var statusMetrics = []statusMetric{
 		prometheus.CounterValue, always(func(st api.Status) float64 { return float64(st.MessagesSent) })},
 	{prometheus.NewDesc("sotto_messages_received_total", "Messages received and stored.", nil, nil),
 		prometheus.CounterValue, always(func(st api.Status) float64 { return float64(st.MessagesReceived) })},
+	{prometheus.NewDesc("sotto_envelopes_rejected_total", "Envelopes refused as malformed.", nil, nil),
+		prometheus.CounterValue, always(func(st api.Status) float64 { return float64(st.EnvelopesRejected) })},
 }
 
 // statusCollector is a prometheus.Collector of Sotto's metrics: it reads

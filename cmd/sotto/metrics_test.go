@@ -26,7 +26,7 @@ func TestMetricsCollector(t *testing.T) {
 	st := api.Status{
 		PeerID: "12D3KooWtest", ConnectedPeers: 7, OutboxPending: 3,
 		Requests: 2, RequestsDropped: 5,
-		DepositsAccepted: 11, EnvelopesServed: 13, SyncsRun: 17, MessagesSent: 19, MessagesReceived: 23,
+		DepositsAccepted: 11, EnvelopesServed: 13, SyncsRun: 17, MessagesSent: 19, MessagesReceived: 23, EnvelopesRejected: 37,
 	}
 	calls := 0
 	c := newStatusCollector(func(context.Context) (api.Status, error) {
@@ -37,6 +37,9 @@ func TestMetricsCollector(t *testing.T) {
 # HELP sotto_connected_peers Peers the node is connected to.
 # TYPE sotto_connected_peers gauge
 sotto_connected_peers 7
+# HELP sotto_envelopes_rejected_total Envelopes refused as malformed.
+# TYPE sotto_envelopes_rejected_total counter
+sotto_envelopes_rejected_total 37
 # HELP sotto_mailbox_deposits_accepted_total Envelopes this node's mailbox newly stored, deposited or gossiped.
 # TYPE sotto_mailbox_deposits_accepted_total counter
 sotto_mailbox_deposits_accepted_total 11
@@ -160,7 +163,7 @@ func TestMetricsListen(t *testing.T) {
 	for _, name := range []string{
 		"sotto_outbox_pending", "sotto_connected_peers", "sotto_message_requests",
 		"sotto_mailbox_deposits_accepted_total", "sotto_mailbox_envelopes_served_total", "sotto_mailbox_syncs_total",
-		"sotto_messages_sent_total", "sotto_messages_received_total",
+		"sotto_messages_sent_total", "sotto_messages_received_total", "sotto_envelopes_rejected_total",
 	} {
 		if _, ok := m[name]; !ok {
 			t.Errorf("no %s in the scrape", name)
