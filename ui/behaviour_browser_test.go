@@ -142,7 +142,10 @@ func TestBrowserKeyboard(t *testing.T) {
 	if _, err := alice.nodeMessage("carol", "typed with the keyboard"); err != nil {
 		t.Errorf("the message typed is not in alice's conversation with carol: %v", err)
 	}
-	// On to the send button, which shows its focus too.
+	// On to the send button, which shows its focus too, once the send
+	// is over (the message can come from the event stream before the
+	// node's answer, while the button is still disabled).
+	b.wait("the send over", `!document.getElementById('send').disabled`)
 	b.tabTo("send", 2)
 }
 
