@@ -152,25 +152,35 @@ func TestInboxFilterLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer runLiveFilters(t, ctx, in, m, u)()
+}
+
+// runLiveFilters registers u's tags at m, runs in's filters and pushes
+// under u's session until the filter hands one over (until it is open,
+// pushes only wait at the mailbox). It returns what stops the filters.
+func runLiveFilters(t *testing.T, ctx context.Context, in *Inbox, m *mailboxNode, u *inboxUser) (stop func()) {
+	t.Helper()
 	if _, err := in.SyncRound(ctx); err != nil {
 		t.Fatal(err)
 	}
-	fctx, stop := contextWithCancel(ctx)
+	fctx, cancel := contextWithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); in.RunFilters(fctx) }()
-	defer func() { stop(); <-done }()
+	stop = func() { cancel(); <-done }
 	now := time.Now()
 	for i := 0; u.count() == 0; i++ {
 		if i == 100 {
+			stop()
 			t.Fatal("no envelope pushed to the filter")
 		}
-		// Until the filter is open, pushes only wait at the mailbox.
 		dep, _, _ := u.session.deposit(t, now, 200)
 		if _, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil {
+			stop()
 			t.Fatal(err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return stop
 }
 
 // A filter that ended (here: the mailbox dropped every connection) opens
@@ -433,24 +443,8 @@ func TestInboxFilterTakesNewSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := in.SyncRound(ctx); err != nil {
-		t.Fatal(err)
-	}
-	fctx, stop := contextWithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); in.RunFilters(fctx) }()
-	defer func() { stop(); <-done }()
+	defer runLiveFilters(t, ctx, in, m, u)() // the filter is open
 	now := time.Now()
-	for i := 0; u.count() == 0; i++ { // the filter is open
-		if i == 100 {
-			t.Fatal("no envelope pushed to the filter")
-		}
-		dep, _, _ := u.session.deposit(t, now, 200)
-		if _, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 	s := newPairSession()
 	mu.Lock()
 	later = &s
