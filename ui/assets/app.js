@@ -90,7 +90,14 @@ function renderConversations() {
       h('span', { class: 'conv-last' }, last),
       c.last ? h('time', { class: 'conv-time', datetime: c.last.sent_at }, formatTime(c.last.sent_at)) : null));
   });
+  // A refresh replaces the links; keep the keyboard focus on the same
+  // conversation rather than dropping it to the page.
+  const focused = ul.contains(document.activeElement) ? document.activeElement.dataset.contact : null;
   replace(ul, items);
+  if (focused != null) {
+    const again = [...ul.querySelectorAll('a.conv')].find((a) => a.dataset.contact === focused);
+    if (again) again.focus({ preventScroll: true });
+  }
   $('no-conversations').hidden = state.convs.length > 0;
 }
 
