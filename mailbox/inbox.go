@@ -784,6 +784,10 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte, epo
 	}
 	defer f.Close()
 	opened()
+	// What was deposited under the tags before the filter named them
+	// was never pushed: a peer may answer a new session between its
+	// registration and this open.
+	in.catchUp(ctx, c, m, kind, tags)
 	tick := time.NewTicker(filterRefresh)
 	defer tick.Stop()
 	for {
@@ -802,9 +806,52 @@ func (in *Inbox) filterOnce(ctx context.Context, m peer.AddrInfo, kind byte, epo
 			if err := f.SetTags(next); err != nil {
 				return true
 			}
+			in.catchUp(ctx, c, m, kind, added(tags, next))
 			tags = next
 		}
 	}
+}
+
+// catchUp reads once, from the filter's identity, what m already holds
+// under tags the filter has just started to name, and delivers it: a
+// deposit made after their registration and before the filter named
+// them was never pushed. It costs at most MaxSyncBytes, and junk counts
+// against m as in a round.
+func (in *Inbox) catchUp(ctx context.Context, c *Client2, m peer.AddrInfo, kind byte, tags [][32]byte) {
+	budget := MaxSyncBytes
+	for len(tags) > 0 && budget > 0 {
+		chunk := tags[:min(len(tags), MaxQueryTags)]
+		tags = tags[len(chunk):]
+		envs, _, charged, err := c.sync(ctx, m, chunk, nil, budget)
+		budget -= charged
+		junk := 0
+		for _, env := range envs {
+			if _, j, _ := in.deliver(m.ID, env); j && kind == store.RegPair && in.newJunk(m.ID, env) {
+				junk++
+			}
+		}
+		in.recordJunk(m.ID, junk, in.cfg.Now())
+		if err != nil {
+			// What is left is read by the next round.
+			in.cfg.Logger.Debug("mailbox filter catch-up", "mailbox", m.ID, "err", err)
+			return
+		}
+	}
+}
+
+// added returns the tags of next that are not in prev.
+func added(prev, next [][32]byte) [][32]byte {
+	had := make(map[[32]byte]bool, len(prev))
+	for _, t := range prev {
+		had[t] = true
+	}
+	var out [][32]byte
+	for _, t := range next {
+		if !had[t] {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func newEphemeral() (host.Host, error) { return p2p.NewEphemeral() }

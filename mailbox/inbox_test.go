@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -152,25 +153,35 @@ func TestInboxFilterLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer runLiveFilters(t, ctx, in, m, u)()
+}
+
+// runLiveFilters registers u's tags at m, runs in's filters and pushes
+// under u's session until the filter hands one over (until it is open,
+// pushes only wait at the mailbox). It returns what stops the filters.
+func runLiveFilters(t *testing.T, ctx context.Context, in *Inbox, m *mailboxNode, u *inboxUser) (stop func()) {
+	t.Helper()
 	if _, err := in.SyncRound(ctx); err != nil {
 		t.Fatal(err)
 	}
-	fctx, stop := contextWithCancel(ctx)
+	fctx, cancel := contextWithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); in.RunFilters(fctx) }()
-	defer func() { stop(); <-done }()
+	stop = func() { cancel(); <-done }
 	now := time.Now()
 	for i := 0; u.count() == 0; i++ {
 		if i == 100 {
+			stop()
 			t.Fatal("no envelope pushed to the filter")
 		}
-		// Until the filter is open, pushes only wait at the mailbox.
 		dep, _, _ := u.session.deposit(t, now, 200)
 		if _, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil {
+			stop()
 			t.Fatal(err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return stop
 }
 
 // A filter that ended (here: the mailbox dropped every connection) opens
@@ -433,24 +444,8 @@ func TestInboxFilterTakesNewSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := in.SyncRound(ctx); err != nil {
-		t.Fatal(err)
-	}
-	fctx, stop := contextWithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); in.RunFilters(fctx) }()
-	defer func() { stop(); <-done }()
+	defer runLiveFilters(t, ctx, in, m, u)() // the filter is open
 	now := time.Now()
-	for i := 0; u.count() == 0; i++ { // the filter is open
-		if i == 100 {
-			t.Fatal("no envelope pushed to the filter")
-		}
-		dep, _, _ := u.session.deposit(t, now, 200)
-		if _, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 	s := newPairSession()
 	mu.Lock()
 	later = &s
@@ -478,4 +473,99 @@ func TestInboxFilterTakesNewSession(t *testing.T) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// waitDelivered waits until u was handed env, or fails with why.
+func waitDelivered(t *testing.T, ctx context.Context, u *inboxUser, env []byte, within time.Duration, why string) {
+	t.Helper()
+	wait, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	for {
+		u.mu.Lock()
+		got := slices.ContainsFunc(u.delivered, func(d []byte) bool { return bytes.Equal(d, env) })
+		u.mu.Unlock()
+		if got {
+			return
+		}
+		select {
+		case <-wait.Done():
+			t.Fatalf("not delivered within %v: %s", within, why)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// An envelope deposited after its tag was registered and before any
+// filter named it is read when the filter opens: pushes carry only what
+// arrives later, and the next round may be minutes away.
+func TestInboxFilterOpenReadsWhatCameBefore(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	u := newInboxUser()
+	in, err := NewInbox(InboxConfig{Mailboxes: mailboxSet(m), Registrations: u.registrations, Deliver: u.deliver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.SyncRound(ctx); err != nil { // registers, reads nothing
+		t.Fatal(err)
+	}
+	dep, env, _ := u.session.deposit(t, time.Now(), 300)
+	if n, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil || n != 1 {
+		t.Fatalf("push = %d, %v", n, err)
+	}
+	fctx, cancel := contextWithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); in.RunFilters(fctx) }()
+	defer func() { cancel(); <-done }()
+	waitDelivered(t, ctx, u, env, 10*time.Second, "the filter opened and never read what its tags held")
+}
+
+// The same for a new session's tags that an open filter takes: the peer
+// may answer under them between their registration and the moment the
+// filter names them.
+func TestInboxFilterNewTagsReadWhatCameBefore(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	u := newInboxUser()
+	var mu sync.Mutex
+	var later *pairSession
+	regs := func(now time.Time) []Registration {
+		out := u.registrations(now)
+		mu.Lock()
+		defer mu.Unlock()
+		if later != nil {
+			for _, e := range protocol.LiveEpochs(now) {
+				out = append(out, later.reg(e))
+			}
+		}
+		return out
+	}
+	in, err := NewInbox(InboxConfig{Mailboxes: mailboxSet(m), Registrations: regs, Deliver: u.deliver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runLiveFilters(t, ctx, in, m, u)() // the filter is open
+	s := newPairSession()
+	mu.Lock()
+	later = &s
+	mu.Unlock()
+	// A round registers the new tags; it does not touch the filter.
+	if _, err := in.SyncRound(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dep, env, _ := s.deposit(t, time.Now(), 300)
+	if n, err := PushAll(ctx, nil, mailboxSet(m), dep); err != nil || n != 1 {
+		t.Fatalf("push under the new session's tag = %d, %v", n, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	u.mu.Lock()
+	early := slices.ContainsFunc(u.delivered, func(d []byte) bool { return bytes.Equal(d, env) })
+	u.mu.Unlock()
+	if early {
+		t.Fatal("delivered before the filter named the new tags")
+	}
+	if err := in.Register(ctx); err != nil { // wakes the filter
+		t.Fatal(err)
+	}
+	waitDelivered(t, ctx, u, env, filterRefresh/4, "the filter took the new tags and never read what they held")
 }

@@ -290,6 +290,9 @@ func TestMailboxSurvivesRestart(t *testing.T) {
 	if m2.h.ID() != m.h.ID() {
 		t.Fatal("restarted mailbox has another peer ID")
 	}
+	// The client may not have noticed yet that the old connection died;
+	// drop it so the query runs on a connection to the new process.
+	_ = c.h.LibP2P().Network().ClosePeer(m2.h.ID())
 	c.h.ClearBackoff(m2.h.ID())
 	c.h.LibP2P().Peerstore().ClearAddrs(m2.h.ID())
 	if err := c.h.Connect(ctx, m2.h.AddrInfo()); err != nil {

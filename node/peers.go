@@ -41,7 +41,11 @@ func (n *Node) knownPeers() []peer.AddrInfo {
 
 // rememberPeers puts ps before the peers remembered (a peer already there
 // moves up, with the new addresses) and keeps maxKnownPeers.
-func (n *Node) rememberPeers(ps []peer.AddrInfo) {
+func (n *Node) rememberPeers(ps []peer.AddrInfo) { n.mergePeers(ps, true) }
+
+// mergePeers merges ps into the peers remembered, before them (first)
+// or after them, and keeps maxKnownPeers.
+func (n *Node) mergePeers(ps []peer.AddrInfo, first bool) {
 	if len(ps) == 0 {
 		return
 	}
@@ -51,7 +55,11 @@ func (n *Node) rememberPeers(ps []peer.AddrInfo) {
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err // an unreadable list is kept, not overwritten
 		}
-		return tx.PutSetting(settingPeers, p2p.EncodePeers(p2p.MergePeers(ps, p2p.DecodePeers(b), self, maxKnownPeers)))
+		fresh, old := ps, p2p.DecodePeers(b)
+		if !first {
+			fresh, old = old, ps
+		}
+		return tx.PutSetting(settingPeers, p2p.EncodePeers(p2p.MergePeers(fresh, old, self, maxKnownPeers)))
 	})
 	if err != nil {
 		n.cfg.Logger.Warn("remembering peers", "err", err)
@@ -117,20 +125,7 @@ func (n *Node) rememberUnverified(ps []peer.AddrInfo) {
 			keep = append(keep, peer.AddrInfo{ID: p.ID, Addrs: addrs})
 		}
 	}
-	if len(keep) == 0 {
-		return
-	}
-	self, _ := peer.Decode(n.ident.PeerID)
-	err := n.db.Update(func(tx *store.Tx) error {
-		b, err := tx.GetSetting(settingPeers)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err // an unreadable list is kept, not overwritten
-		}
-		return tx.PutSetting(settingPeers, p2p.EncodePeers(p2p.MergePeers(p2p.DecodePeers(b), keep, self, maxKnownPeers)))
-	})
-	if err != nil {
-		n.cfg.Logger.Warn("remembering peers", "err", err)
-	}
+	n.mergePeers(keep, false)
 }
 
 // saveGoodPeers remembers the good public peers connected now.

@@ -117,8 +117,18 @@ func TestBrowserKeyboard(t *testing.T) {
 		t.Fatalf("first conversation in the list %q, want bob (the most recent)", first)
 	}
 	b.tabTo("conv:bob", 12)
-	b.do("press the down arrow", pressArrowDown())
+	// A new message refreshes the list; the focus stays where the
+	// keyboard put it.
+	if _, err := alice.n.Send(ctx, "bob", "sent while the list has the focus"); err != nil {
+		t.Fatal(err)
+	}
+	b.wait("the list refreshed with the new message", `[...document.querySelectorAll('a.conv .conv-last')].some((e) => e.textContent.includes('sent while the list'))`)
 	var got string
+	b.eval(focusedExpr, &got)
+	if got != "conv:bob" {
+		t.Errorf("after the list refreshed the focus is on %q, want conv:bob", got)
+	}
+	b.do("press the down arrow", pressArrowDown())
 	b.eval(focusedExpr, &got)
 	if got != "conv:carol" {
 		t.Errorf("after the down arrow the focus is on %q, want conv:carol", got)
