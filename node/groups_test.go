@@ -495,6 +495,41 @@ func TestGroupRemoval(t *testing.T) {
 	waitGroupTexts(t, ctx, alice, g.ID, 4)
 }
 
+// waitSameState waits until every node of nodes has the same state of
+// group id; if they never do, it says what each holds and what its
+// outbox still has to send.
+func waitSameState(t *testing.T, ctx context.Context, id [32]byte, nodes map[string]*Node) {
+	t.Helper()
+	for {
+		hashes := map[[32]byte]bool{}
+		for _, n := range nodes {
+			hashes[stateHash(n, id)] = true
+		}
+		if len(hashes) == 1 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			for who, n := range nodes {
+				h := stateHash(n, id)
+				gi, err := n.GroupInfo(id)
+				var es []store.OutboxEntry
+				n.db.View(func(tx *store.Tx) (err error) {
+					es, err = tx.DueOutbox(time.Now().Add(24*time.Hour), 1000)
+					return err
+				})
+				var out []string
+				for _, e := range es {
+					out = append(out, fmt.Sprintf("%x kind %d attempts %d mailboxes %d sealed %v next in %v", e.Contact[:4], e.Kind, e.Attempts, e.Mailboxes, len(e.Envelope) > 0, time.Until(e.NextAttempt).Round(time.Millisecond)))
+				}
+				t.Errorf("%s: state %x, %d members, admin %v, name %q (%v); outbox %q; refused %+v", who, h[:4], len(gi.Members), gi.Admin, gi.Name, err, out, n.GroupStats())
+			}
+			t.Fatal("the members never reached the same state")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // stateHash is n's state hash of group id.
 func stateHash(n *Node, id [32]byte) [32]byte {
 	n.grp.mu.Lock()
@@ -523,7 +558,7 @@ func TestGroupConcurrentChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, ctx, func() bool { bg, err := bob.GroupInfo(g.ID); return err == nil && bg.Admin })
-	testkit.WaitFor(t, ctx, func() bool { return stateHash(carol, g.ID) == stateHash(alice, g.ID) })
+	waitSameState(t, ctx, g.ID, map[string]*Node{"alice": alice, "carol": carol})
 	carol.Close()
 	errs := make(chan error, 3)
 	go func() { _, err := alice.RenameGroup(ctx, g.ID, "by alice"); errs <- err }()
@@ -537,15 +572,7 @@ func TestGroupConcurrentChanges(t *testing.T) {
 	carol = gn.tn.start(gn.dirs["carol"])
 	waitGroup(t, ctx, dave, g.ID, 4)
 	nodes := map[string]*Node{"alice": alice, "bob": bob, "carol": carol, "dave": dave}
-	testkit.WaitFor(t, ctx, func() bool {
-		want := stateHash(alice, g.ID)
-		for _, n := range nodes {
-			if stateHash(n, g.ID) != want {
-				return false
-			}
-		}
-		return true
-	})
+	waitSameState(t, ctx, g.ID, nodes)
 	names := map[string]string{}
 	for who, n := range nodes {
 		gi, err := n.GroupInfo(g.ID)

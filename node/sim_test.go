@@ -483,7 +483,8 @@ func runSimulation(t *testing.T, nodes, mailboxes, pairs int) {
 	describe := func(ms []Message) string {
 		var b strings.Builder
 		for _, m := range ms {
-			fmt.Fprintf(&b, "\n\t%q %v %v stored at %d (%x)", m.Body, m.Via, m.State, m.StoredAt, m.ID)
+			fmt.Fprintf(&b, "\n\t%q %v %v stored at %d (%x) written %s, stored here %s", m.Body, m.Via, m.State, m.StoredAt, m.ID,
+				m.SentAt.Sub(began).Round(time.Millisecond), m.ReceivedAt.Sub(began).Round(time.Millisecond))
 		}
 		return b.String()
 	}
