@@ -28,7 +28,7 @@ func newGroupSim(tb testing.TB, ctx context.Context, members int) *groupSim {
 	// is measured is the group, not how fast one mailbox registers
 	// thousands of new sessions' tags, so a session's first envelope
 	// waits for that only briefly.
-	s := newSimNet(tb, members+1, 1, func(c *Config) { c.RegisterWait = 50 * time.Millisecond })
+	s := newSimNet(tb, members+1, 1, func(c *Config) { c.RegisterWait, c.MailboxAfter = 50*time.Millisecond, DefaultMailboxAfter })
 	tb.Cleanup(s.close)
 	s.start(ctx)
 	users := s.nodes[1:]

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/sotto-im/sotto/keys"
@@ -554,7 +555,7 @@ func (n *Node) outboxPass() {
 		if n.ob.busy[acct] {
 			// A direct attempt is under way (a dial to a device that is
 			// gone can take seconds): mailbox deposits need not wait for it.
-			at, ok := n.depositTime(entries)
+			at, ok := n.depositTime(acct, entries)
 			f, failed := n.ob.failed.Load(acct) // a failed deposit is tried again after depositRetryGap, not every pass
 			start := ok && !at.After(now) && !n.ob.depositing[acct] && (!failed || now.Sub(f.(time.Time)) >= depositRetryGap)
 			if start {
@@ -780,7 +781,7 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 	deposited := make(chan struct{})
 	go func() {
 		defer close(deposited)
-		at, ok := n.depositTime(live)
+		at, ok := n.depositTime(acct, live)
 		if !ok && len(live) == MaxOutboxBatch && n.mbx.client != nil {
 			// live is the head of a longer queue, all of it in mailboxes
 			// already: deposit what follows.
@@ -871,18 +872,55 @@ func pendingFor(tx *store.Tx, acct [32]byte, now time.Time) ([]store.OutboxEntry
 	return out, nil
 }
 
-// depositTime is when the first entry not yet in mailboxes is due for a
-// deposit; false if there is none (or no mailbox client).
-func (n *Node) depositTime(live []store.OutboxEntry) (time.Time, bool) {
+// depositTime is when the first entry to acct not yet in mailboxes is
+// due for a deposit; false if there is none (or no mailbox client).
+func (n *Node) depositTime(acct [32]byte, live []store.OutboxEntry) (time.Time, bool) {
 	if n.mbx.client == nil {
 		return time.Time{}, false
 	}
 	for _, e := range live {
 		if e.Envelope != nil && e.Mailboxes == 0 {
-			return e.Created.Add(n.cfg.MailboxAfter), true
+			wait := n.cfg.MailboxAfter
+			if n.stampedWhileConnected(acct, e.Envelope) {
+				wait = max(wait, StampedDepositAfter)
+			}
+			return e.Created.Add(wait), true
 		}
 	}
 	return time.Time{}, false
+}
+
+// StampedDepositAfter is how long a session's first messages wait before
+// they are also deposited while their recipient is connected. Such a
+// deposit goes under the recipient's intro tag with a proof-of-work
+// stamp (about 2^20 hashes, a third of a second of a core), and a
+// connected recipient usually acks directly well within it: a group's
+// start, where every pair of members opens a session at once, minted a
+// stamp for nearly every one and starved the direct path that would
+// have made them needless.
+const StampedDepositAfter = 15 * time.Second
+
+// stampedWhileConnected reports whether env, to acct, is a session's
+// first message (its deposit needs a stamp) and acct's device is
+// connected now.
+func (n *Node) stampedWhileConnected(acct [32]byte, env []byte) bool {
+	e, err := protocol.ParseEnvelope(env)
+	if err != nil {
+		return false
+	}
+	if _, initial := protocol.EnvelopeInitialID(e); !initial {
+		return false
+	}
+	h := n.Host()
+	if h == nil {
+		return false
+	}
+	var c store.Contact
+	if err := n.db.View(func(tx *store.Tx) (err error) { c, err = tx.GetContact(acct); return err }); err != nil {
+		return false
+	}
+	pid, err := peer.Decode(c.PeerID)
+	return err == nil && h.LibP2P().Network().Connectedness(pid) == network.Connected
 }
 
 func hasUnsealed(es []store.OutboxEntry) bool {
