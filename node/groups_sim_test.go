@@ -31,12 +31,15 @@ func newGroupSim(tb testing.TB, ctx context.Context, members int) *groupSim {
 	s := newSimNet(tb, members+1, 1, func(c *Config) { c.RegisterWait, c.MailboxAfter = 50*time.Millisecond, DefaultMailboxAfter })
 	tb.Cleanup(s.close)
 	s.start(ctx)
+	tb.Logf("%d nodes up %v after the start", members+1, time.Since(began).Round(time.Millisecond))
 	users := s.nodes[1:]
 	for i, a := range users {
 		for _, b := range users[i+1:] {
 			simBefriend(tb, a, b)
 		}
 	}
+	tb.Logf("%d pairs of contacts %v after the start", members*(members-1)/2, time.Since(began).Round(time.Millisecond))
+	began = time.Now()
 	var names []string
 	for _, u := range users[1:] {
 		names = append(names, u.name)
@@ -49,7 +52,7 @@ func newGroupSim(tb testing.TB, ctx context.Context, members int) *groupSim {
 		n := u.node()
 		testkit.WaitFor(tb, ctx, func() bool { gi, err := n.GroupInfo(g.ID); return err == nil && len(gi.Members) == members })
 	}
-	tb.Logf("%d members hold the group %v after the start", members, time.Since(began).Round(time.Millisecond))
+	tb.Logf("%d members hold the group %v after it was created", members, time.Since(began).Round(time.Millisecond))
 	// Every member holds every member's sender key (its own included).
 	for _, u := range users {
 		n := u.node()
@@ -60,7 +63,7 @@ func newGroupSim(tb testing.TB, ctx context.Context, members int) *groupSim {
 			return lg != nil && len(lg.recv.KeyIDs()) >= members
 		})
 	}
-	tb.Logf("every member holds every sender key %v after the start", time.Since(began).Round(time.Millisecond))
+	tb.Logf("every member holds every sender key %v after the group was created", time.Since(began).Round(time.Millisecond))
 	return &groupSim{s: s, users: users, g: g}
 }
 
