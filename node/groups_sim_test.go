@@ -159,12 +159,17 @@ func BenchmarkGroupDelivery(b *testing.B) {
 	}
 }
 
-// BenchmarkGroupRemoval: in a group of 100, the admin removes one member
+// BenchmarkGroupRemoval: in a group of 50 or 100, the admin removes one member
 // per iteration; the time until every remaining member holds the new
 // sender key of every other remaining member, which is when each can
 // send again and be read by all (and not by the removed one).
 func BenchmarkGroupRemoval(b *testing.B) {
-	const members = 100
+	for _, members := range []int{50, 100} {
+		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) { benchmarkGroupRemoval(b, members) })
+	}
+}
+
+func benchmarkGroupRemoval(b *testing.B, members int) {
 	ctx := testkit.Context(b, 15*time.Minute)
 	gs := newGroupSim(b, ctx, members)
 	admin := gs.users[0].node()
