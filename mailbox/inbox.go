@@ -451,20 +451,8 @@ func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs 
 		in.mu.Unlock()
 		envs, next, charged, err := c.sync(ctx, m, chunk, cursor, *budget)
 		*budget -= charged
-		junk := 0
-		var notTaken error
-		for _, env := range envs {
-			d, j, derr := in.deliver(m.ID, env)
-			switch {
-			case d:
-				delivered++
-			case j && kind == store.RegPair && in.newJunk(m.ID, env):
-				junk++
-			case derr != nil && notTaken == nil:
-				notTaken = derr
-			}
-		}
-		in.recordJunk(m.ID, junk, now)
+		d, notTaken := in.deliverAll(m.ID, kind, envs, now)
+		delivered += d
 		if notTaken != nil {
 			// Not taken for a local reason: the cursor stays, so the
 			// next round reads it again.
@@ -485,6 +473,27 @@ func (in *Inbox) syncOne(ctx context.Context, c *Client2, m peer.AddrInfo, regs 
 		}
 	}
 	return delivered, nil
+}
+
+// deliverAll delivers envelopes of kind read from mbx and counts the new
+// junk among the pairwise ones against it. It returns how many it handed
+// over and the first error of one the owner could not take now.
+func (in *Inbox) deliverAll(mbx peer.ID, kind byte, envs [][]byte, now time.Time) (int, error) {
+	delivered, junk := 0, 0
+	var notTaken error
+	for _, env := range envs {
+		d, j, err := in.deliver(mbx, env)
+		switch {
+		case d:
+			delivered++
+		case j && kind == store.RegPair && in.newJunk(mbx, env):
+			junk++
+		case err != nil && notTaken == nil:
+			notTaken = err
+		}
+	}
+	in.recordJunk(mbx, junk, now)
+	return delivered, notTaken
 }
 
 // deliver hands env to the owner unless an envelope of the same content
@@ -824,13 +833,7 @@ func (in *Inbox) catchUp(ctx context.Context, c *Client2, m peer.AddrInfo, kind 
 		tags = tags[len(chunk):]
 		envs, _, charged, err := c.sync(ctx, m, chunk, nil, budget)
 		budget -= charged
-		junk := 0
-		for _, env := range envs {
-			if _, j, _ := in.deliver(m.ID, env); j && kind == store.RegPair && in.newJunk(m.ID, env) {
-				junk++
-			}
-		}
-		in.recordJunk(m.ID, junk, in.cfg.Now())
+		in.deliverAll(m.ID, kind, envs, in.cfg.Now())
 		if err != nil {
 			// What is left is read by the next round.
 			in.cfg.Logger.Debug("mailbox filter catch-up", "mailbox", m.ID, "err", err)

@@ -423,13 +423,12 @@ func TestInboxRegisterOnly(t *testing.T) {
 // A session that starts while the filters are open: once its tags are
 // registered, the filters read under them at once, not at their next
 // refresh (a minute): an answer pushed under them arrives live.
-func TestInboxFilterTakesNewSession(t *testing.T) {
-	ctx := testkit.Context(t, mbxTestTimeout)
-	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
-	u := newInboxUser()
+// laterSession returns u's registrations and a function that starts a
+// new session, whose tags the registrations list from then on.
+func laterSession(u *inboxUser) (regs func(time.Time) []Registration, start func() pairSession) {
 	var mu sync.Mutex
 	var later *pairSession
-	regs := func(now time.Time) []Registration {
+	regs = func(now time.Time) []Registration {
 		out := u.registrations(now)
 		mu.Lock()
 		defer mu.Unlock()
@@ -440,16 +439,28 @@ func TestInboxFilterTakesNewSession(t *testing.T) {
 		}
 		return out
 	}
+	start = func() pairSession {
+		s := newPairSession()
+		mu.Lock()
+		later = &s
+		mu.Unlock()
+		return s
+	}
+	return regs, start
+}
+
+func TestInboxFilterTakesNewSession(t *testing.T) {
+	ctx := testkit.Context(t, mbxTestTimeout)
+	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
+	u := newInboxUser()
+	regs, startLater := laterSession(u)
 	in, err := NewInbox(InboxConfig{Mailboxes: mailboxSet(m), Registrations: regs, Deliver: u.deliver})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer runLiveFilters(t, ctx, in, m, u)() // the filter is open
 	now := time.Now()
-	s := newPairSession()
-	mu.Lock()
-	later = &s
-	mu.Unlock()
+	s := startLater()
 	if err := in.Register(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -527,28 +538,13 @@ func TestInboxFilterNewTagsReadWhatCameBefore(t *testing.T) {
 	ctx := testkit.Context(t, mbxTestTimeout)
 	m := newMailboxNode(t, mbxNodeOpts{svcOpts: v2Opts()})
 	u := newInboxUser()
-	var mu sync.Mutex
-	var later *pairSession
-	regs := func(now time.Time) []Registration {
-		out := u.registrations(now)
-		mu.Lock()
-		defer mu.Unlock()
-		if later != nil {
-			for _, e := range protocol.LiveEpochs(now) {
-				out = append(out, later.reg(e))
-			}
-		}
-		return out
-	}
+	regs, startLater := laterSession(u)
 	in, err := NewInbox(InboxConfig{Mailboxes: mailboxSet(m), Registrations: regs, Deliver: u.deliver})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer runLiveFilters(t, ctx, in, m, u)() // the filter is open
-	s := newPairSession()
-	mu.Lock()
-	later = &s
-	mu.Unlock()
+	s := startLater()
 	// A round registers the new tags; it does not touch the filter.
 	if _, err := in.SyncRound(ctx); err != nil {
 		t.Fatal(err)

@@ -121,6 +121,9 @@ func TestFirstContactFlood(t *testing.T) {
 	if st.Requests > maxRequests || st.RequestsDropped == 0 {
 		t.Errorf("status: %d requests (limit %d), %d dropped", st.Requests, maxRequests, st.RequestsDropped)
 	}
+	if st.EnvelopesRejected != uint64(rejected.Load()) {
+		t.Errorf("status counts %d envelopes refused as malformed, the flood had %d", st.EnvelopesRejected, rejected.Load())
+	}
 	if int(sent.Load())-int(refused.Load())-int(rejected.Load()) > perEpoch {
 		t.Errorf("%d first messages accepted, limit %d a day", sent.Load()-refused.Load()-rejected.Load(), perEpoch)
 	}

@@ -62,6 +62,9 @@ func streamVia(ctx context.Context) store.Via {
 
 func (d directReceiver) Enqueue(ctx context.Context, from peer.ID, env []byte) <-chan error {
 	if err := d.n.screen(from, env); err != nil {
+		if errors.Is(err, p2p.ErrMalformedEnvelope) {
+			d.n.rejected.Add(1)
+		}
 		res := make(chan error, 1)
 		res <- err
 		return res
@@ -211,7 +214,7 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 			if errors.Is(err, p2p.ErrMalformedEnvelope) {
 				n.rejected.Add(1)
 			}
-			if n.debugOn() {
+			if n.debugOn() && !errors.Is(err, p2p.ErrDuplicateEnvelope) {
 				n.cfg.Logger.Debug("envelope not accepted", "from", r.from, "via", r.via, "err", err)
 			}
 		}
@@ -575,7 +578,7 @@ func (n *Node) openOn(tx *store.Tx, r *ingestReq, rc *ingestBatch, env *protocol
 		return processed{}, err
 	}
 	if known || errors.Is(firstErr, protocol.ErrDuplicate) {
-		return processed{}, fmt.Errorf("%w: %w (token on record %v, alt %v)", p2p.ErrDuplicateEnvelope, firstErr, known, alt != nil)
+		return processed{}, fmt.Errorf("%w: %w", p2p.ErrDuplicateEnvelope, firstErr)
 	}
 	return processed{}, malformed(firstErr)
 }
