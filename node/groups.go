@@ -238,17 +238,21 @@ func (n *Node) groupLoop() {
 // their current topics.
 func (n *Node) reloadGroups(ids [][32]byte) {
 	for _, id := range ids {
+		// Read under the lock: two reloads racing install what they read
+		// in the order they read it, so an older read (begun before a
+		// commit that changed the group) never replaces a newer one.
 		var lg *liveGroup
+		n.grp.mu.Lock()
 		err := n.db.View(func(tx *store.Tx) error {
 			var err error
 			lg, err = loadGroup(tx, id)
 			return err
 		})
 		if err != nil {
+			n.grp.mu.Unlock()
 			n.cfg.Logger.Error("loading a group", "group", fmt.Sprintf("%x", id[:6]), "err", err)
 			continue
 		}
-		n.grp.mu.Lock()
 		if n.grp.live == nil {
 			n.grp.live = map[group.ID]*liveGroup{}
 		}

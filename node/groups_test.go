@@ -522,7 +522,23 @@ func waitSameState(t *testing.T, ctx context.Context, id [32]byte, nodes map[str
 				for _, e := range es {
 					out = append(out, fmt.Sprintf("%x kind %d attempts %d mailboxes %d sealed %v next in %v", e.Contact[:4], e.Kind, e.Attempts, e.Mailboxes, len(e.Envelope) > 0, time.Until(e.NextAttempt).Round(time.Millisecond)))
 				}
-				t.Errorf("%s: state %x, %d members, admin %v, name %q (%v); outbox %q; refused %+v", who, h[:4], len(gi.Members), gi.Admin, gi.Name, err, out, n.GroupStats())
+				n.grp.mu.Lock()
+				orphans := n.grp.live[group.ID(id)].tree.Orphans()
+				n.grp.mu.Unlock()
+				var held bool
+				var ctl []string
+				n.db.View(func(tx *store.Tx) error {
+					_, held, _ = tx.NextRelease()
+					ms, _ := tx.ListMessages(nil, 0, 1000)
+					for _, m := range ms {
+						if group.IsContent(m.Type) {
+							ctl = append(ctl, fmt.Sprintf("%x %x dir%d type%d state%d seq%d", m.ID[:2], m.Contact[:2], m.Direction, m.Type, m.State, m.PeerSeq))
+						}
+					}
+					return nil
+				})
+				t.Errorf("%s: state %x, %d members, admin %v, name %q (%v); outbox %q; refused %+v; chain %v, %d orphans; held %v; group content %q",
+					who, h[:4], len(gi.Members), gi.Admin, gi.Name, err, out, n.GroupStats(), chainOf(n, id), orphans, held, ctl)
 			}
 			t.Fatal("the members never reached the same state")
 		case <-time.After(20 * time.Millisecond):
@@ -691,6 +707,47 @@ func TestGroupOnSettledSessions(t *testing.T) {
 		}
 		if st, err := gn.nodes[who].Status(); err != nil || st.EnvelopesRejected != 0 {
 			t.Errorf("%s refused %d envelopes as malformed (%v)", who, st.EnvelopesRejected, err)
+		}
+	}
+}
+
+// TestGroupReloadsInstallInOrder: the running state of a group is loaded
+// again after every commit that changes it, from several goroutines (a
+// change made here, content a session delivered). A reload that read the
+// store before a change committed must never replace one that read it
+// after: the node then ran on the state before the change until the
+// next one (an admin's promote missing from its own chain, for good).
+func TestGroupReloadsInstallInOrder(t *testing.T) {
+	gn := newGroupNet(t, "alice")
+	alice := gn.nodes["alice"]
+	ctx := testkit.Context(t, 60*time.Second)
+	g, err := alice.CreateGroup(ctx, "0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 50; i++ {
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					alice.reloadGroups([][32]byte{g.ID})
+				}
+			}
+		}()
+		name := fmt.Sprint(i)
+		_, err := alice.RenameGroup(ctx, g.ID, name)
+		close(stop)
+		<-done
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gi, err := alice.GroupInfo(g.ID); err != nil || gi.Name != name {
+			t.Fatalf("rename %d: the running group is named %q (%v) after the rename and every reload returned", i, gi.Name, err)
 		}
 	}
 }

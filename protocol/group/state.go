@@ -261,6 +261,9 @@ func (t *Tree) Has(h [32]byte) bool { _, ok := t.nodes[h]; return ok }
 // Len is the number of valid operations held.
 func (t *Tree) Len() int { return len(t.nodes) }
 
+// Orphans is the number of operations held until their parent is known.
+func (t *Tree) Orphans() int { return len(t.orphans) }
+
 // Add adds o. It returns ErrOrphan when o's parent is not known yet (o is
 // held until it is, and added then), nil when o was added or already held,
 // and the rule o breaks otherwise (o is dropped).
