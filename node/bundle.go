@@ -385,7 +385,8 @@ func (n *Node) addAddrs(p peer.ID, addrs []string) {
 
 // refreshTags re-indexes every session's receiving tags for the live
 // epochs and drops tags of epochs no envelope can still carry, and the
-// replay marks and envelope tokens of envelopes that expired.
+// replay marks, envelope tokens and records of group messages opened
+// whose envelopes expired.
 func (n *Node) refreshTags() error {
 	now := n.now()
 	err := n.db.Update(func(tx *store.Tx) error {
@@ -398,6 +399,11 @@ func (n *Node) refreshTags() error {
 			}
 		}
 		if _, err := tx.PruneInitialSeen(now); err != nil {
+			return err
+		}
+		// Which message a group envelope carried: no copy of it comes
+		// after its TTL.
+		if _, err := tx.PruneGroupOpened(now.Add(-protocol.MaxTTL-protocol.MaxClockSkew), seenPruneBatch); err != nil {
 			return err
 		}
 		_, err := tx.PruneSeen(now, seenPruneBatch)

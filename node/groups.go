@@ -99,9 +99,6 @@ type liveGroup struct {
 	recv *group.Receiver
 	mine *group.SenderKey // nil when the device has none
 	subs map[string]context.CancelFunc
-	// seen maps the (key ID, iteration) of messages opened lately to
-	// their IDs, to receipt a copy published again.
-	seen map[keyIteration][16]byte
 	// waiting holds envelopes under sender keys not received yet: a
 	// member's key travels over its pairwise session and may come after
 	// its first messages. They are tried again when keys arrive.
@@ -259,10 +256,8 @@ func (n *Node) reloadGroups(ids [][32]byte) {
 		var retry []waitingEnvelope
 		if old := n.grp.live[group.ID(id)]; old != nil {
 			// Subscriptions carry over: leaving a topic and joining it
-			// again would lose what arrives meanwhile. So does what was
-			// opened: a copy published again because its sender missed
-			// the receipt is receipted again by it.
-			lg.subs, lg.seen = old.subs, old.seen
+			// again would lose what arrives meanwhile.
+			lg.subs = old.subs
 			retry = old.waiting
 		}
 		n.grp.live[group.ID(id)] = lg
@@ -346,9 +341,7 @@ func (n *Node) validateGroup(id group.ID, epoch uint64, data []byte) p2p.Verdict
 	if _, err := lg.recv.Check(s, epoch, env); err != nil {
 		if errors.Is(err, group.ErrGroupReplay) {
 			// Published again: the sender may have missed the receipt.
-			if msgID, ok := lg.openedID(s, epoch, env); ok {
-				n.receiptLocked(id, msgID)
-			}
+			n.receiptReplayLocked(id, lg, s, epoch, env)
 		}
 		if errors.Is(err, group.ErrUnknownSenderKey) {
 			// Its header opened: the sender holds the group's secret, and
@@ -418,6 +411,10 @@ func (n *Node) takeGroupEnvelope(id group.ID, secret *group.Secret, epoch uint64
 		n.waitLocked(lg, epoch, data)
 		return nil
 	}
+	if errors.Is(err, group.ErrGroupReplay) {
+		// A copy read again (from a mailbox, or published again).
+		n.receiptReplayLocked(id, lg, s, epoch, env)
+	}
 	if err != nil {
 		n.countGroupDrop(err)
 		return nil
@@ -432,7 +429,6 @@ func (n *Node) takeGroupEnvelope(id group.ID, secret *group.Secret, epoch uint64
 	}
 	state, _ := lg.recv.MarshalKey(ch.KeyID)
 	now := n.now()
-	lg.opened(ch, inner.ID)
 	if inner.Type == group.ContentReceipts {
 		n.takeGroupReceipts(id, inner, ch.KeyID, state)
 		return nil
@@ -456,6 +452,9 @@ func (n *Node) takeGroupEnvelope(id group.ID, secret *group.Secret, epoch uint64
 			return err
 		}
 		if err := tx.PutGroupMessage(m); err != nil {
+			return err
+		}
+		if err := tx.PutGroupOpened([32]byte(id), ch.KeyID, ch.Iteration, m.ID, now); err != nil {
 			return err
 		}
 		return tx.PutGroup(rec)

@@ -16,31 +16,31 @@ const (
 	groupReceiptBatch = 2 * time.Second  // GroupReceiptBatch
 	firstGroupResend  = 5 * time.Second  // the first wait before publishing again
 	maxGroupResend    = 10 * time.Minute // the longest wait
-	maxSeenIDs        = 4096             // IDs of opened messages kept per group
 )
 
-// keyIteration names one message of a sender key.
-type keyIteration struct {
-	key [group.KeyIDSize]byte
-	it  uint32
-}
-
-// opened remembers which message a (key, iteration) carried.
-func (lg *liveGroup) opened(ch *group.Checked, id [16]byte) {
-	if lg.seen == nil || len(lg.seen) >= maxSeenIDs {
-		lg.seen = map[keyIteration][16]byte{}
-	}
-	lg.seen[keyIteration{ch.KeyID, ch.Iteration}] = id
-}
-
-// openedID returns the ID of a message opened before, from its header.
-func (lg *liveGroup) openedID(s group.Secret, epoch uint64, env *protocol.Envelope) ([16]byte, bool) {
+// receiptReplayLocked notes a receipt for a copy of a message this
+// device opened before (its sender publishes it again while it misses
+// our receipt), when the store still says which message that was: the
+// copy no longer opens (its message key is gone), so its ID comes from
+// the record made when it first did, which a restart keeps. n.grp.mu is
+// held.
+func (n *Node) receiptReplayLocked(id group.ID, lg *liveGroup, s group.Secret, epoch uint64, env *protocol.Envelope) {
 	k, it, err := lg.recv.Header(s, epoch, env)
 	if err != nil {
-		return [16]byte{}, false
+		return
 	}
-	id, ok := lg.seen[keyIteration{k, it}]
-	return id, ok
+	var msgID [16]byte
+	var ok bool
+	if err := n.db.View(func(tx *store.Tx) (err error) {
+		msgID, ok, err = tx.GroupOpened([32]byte(id), k, it)
+		return err
+	}); err != nil {
+		n.cfg.Logger.Error("reading which group message a copy carried", "err", err)
+		return
+	}
+	if ok {
+		n.receiptLocked(id, msgID)
+	}
 }
 
 // receiptLocked notes that message id of group g is to be acknowledged

@@ -751,3 +751,67 @@ func TestGroupReloadsInstallInOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupReceiptAfterRestart: Bob opens Alice's group message and
+// stops before his receipts go out. Alice publishes the message again;
+// Bob, restarted, drops each copy as a replay (its key is gone) but names
+// the message in his receipts from what his store kept of opening it, so
+// Alice's message ends delivered 1/1, and Bob shows it once.
+func TestGroupReceiptAfterRestart(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob")
+	alice, bob := gn.nodes["alice"], gn.nodes["bob"]
+	ctx := testkit.Context(t, 120*time.Second)
+	g, err := alice.CreateGroup(ctx, "g", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 2)
+	waitTopicPeers(t, ctx, alice, g.ID, 1)
+	delivered := func(id [16]byte) int {
+		ms, err := alice.GroupMessages(g.ID, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			if m.ID == id {
+				return m.Delivered
+			}
+		}
+		t.Fatalf("alice does not show her message %x", id)
+		return 0
+	}
+	// Bob's receipts wait GroupReceiptBatch (2 s) before they go out; he
+	// stops as soon as he shows the message. On a machine slow enough
+	// that they went out anyway, the next message tries again.
+	var sent GroupMessage
+	for try := 1; ; try++ {
+		if sent, err = alice.SendGroup(ctx, g.ID, fmt.Sprintf("hello %d", try)); err != nil {
+			t.Fatal(err)
+		}
+		waitGroupTexts(t, ctx, bob, g.ID, try)
+		bob.Close()
+		if delivered(sent.ID) == 0 {
+			break
+		}
+		if try == 3 {
+			t.Fatal("bob's receipts went out before he stopped, three times")
+		}
+		bob = gn.tn.start(gn.dirs["bob"])
+		waitGroupTexts(t, ctx, bob, g.ID, try)
+	}
+	bob = gn.tn.start(gn.dirs["bob"])
+	for delivered(sent.ID) != 1 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("alice's message never delivered after bob restarted (bob's drops %+v)", bob.GroupStats())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if s := bob.GroupStats(); s.Replay == 0 {
+		t.Errorf("bob dropped no copy as a replay (%+v): the receipt did not come from a copy", s)
+	}
+	texts := groupTexts(t, bob, g.ID)
+	if n := slices.Index(texts, "alice: "+sent.Body); n < 0 || slices.Index(texts[n+1:], "alice: "+sent.Body) >= 0 {
+		t.Fatalf("bob shows %q, want %q once", texts, sent.Body)
+	}
+}

@@ -24,7 +24,71 @@ var (
 	bucketGroupMsgIDs  = []byte("group_msg_ids") // G(32) || message ID(16) -> group_msgs key
 	bucketGroupUnacked = []byte("group_unacked") // G(32) || message ID(16) -> epoch(8) || next(8) || wait(8) || flags(1) || topic
 	groupBuckets       = [][]byte{bucketGroups, bucketGroupOps, bucketGroupKeys, bucketGroupPending, bucketGroupMsgs, bucketGroupMsgIDs, bucketGroupUnacked}
+	// Which message each (sender key, iteration) opened carried, so that
+	// a copy published again is named in a receipt again, also after a
+	// restart: G(32) || key ID(16) || iteration(4) -> message ID(16) ||
+	// opened (Unix nanoseconds, 8).
+	bucketGroupOpened = []byte("group_opened")
 )
+
+func createGroupOpenedBucket(tx *bolt.Tx) error {
+	_, err := tx.CreateBucketIfNotExists(bucketGroupOpened)
+	return err
+}
+
+// PutGroupOpened records that the message of sender key keyID at
+// iteration it of group g, opened at now, was message id.
+func (tx *Tx) PutGroupOpened(g [32]byte, keyID [16]byte, it uint32, id [16]byte, now time.Time) error {
+	b, err := tx.wbucket(bucketGroupOpened)
+	if err != nil {
+		return err
+	}
+	return b.Put(concat(g[:], keyID[:], binary.BigEndian.AppendUint32(nil, it)), concat(id[:], be64(uint64(timeToNanos(now)))))
+}
+
+// GroupOpened returns the message ID that PutGroupOpened recorded for
+// sender key keyID at iteration it of group g, if it is still kept.
+func (tx *Tx) GroupOpened(g [32]byte, keyID [16]byte, it uint32) ([16]byte, bool, error) {
+	b, err := tx.bucket(bucketGroupOpened)
+	if err != nil {
+		return [16]byte{}, false, err
+	}
+	v := b.Get(concat(g[:], keyID[:], binary.BigEndian.AppendUint32(nil, it)))
+	switch {
+	case v == nil:
+		return [16]byte{}, false, nil
+	case len(v) != 24:
+		return [16]byte{}, false, fmt.Errorf("%w: group opened record of %d bytes", ErrCorrupt, len(v))
+	}
+	return [16]byte(v), true, nil
+}
+
+// PruneGroupOpened deletes at most limit records of messages opened
+// before before, and returns how many it deleted.
+func (tx *Tx) PruneGroupOpened(before time.Time, limit int) (int, error) {
+	b, err := tx.wbucket(bucketGroupOpened)
+	if err != nil {
+		return 0, err
+	}
+	var doomed [][]byte
+	if err := b.ForEach(func(k, v []byte) error {
+		if len(v) != 24 {
+			return fmt.Errorf("%w: group opened record of %d bytes", ErrCorrupt, len(v))
+		}
+		if len(doomed) < limit && nanosToTime(int64(binary.BigEndian.Uint64(v[16:]))).Before(before) {
+			doomed = append(doomed, bytes.Clone(k))
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	for _, k := range doomed {
+		if err := b.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(doomed), nil
+}
 
 func createGroupBuckets(tx *bolt.Tx) error {
 	for _, name := range groupBuckets {

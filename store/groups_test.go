@@ -169,3 +169,78 @@ func TestGroupResendRecords(t *testing.T) {
 		return nil
 	})
 }
+
+// TestGroupOpenedRecords: which message a (sender key, iteration) carried
+// reads back for its group only, is pruned once older than the cutoff
+// (and only then, at most the limit per call), and a record of the wrong
+// size is reported as damage.
+func TestGroupOpenedRecords(t *testing.T) {
+	db, _ := openTest(t)
+	var g, other [32]byte
+	g[0], other[0] = 1, 2
+	key := [16]byte{9}
+	if err := db.Update(func(tx *Tx) error {
+		for it := range uint32(3) {
+			if err := tx.PutGroupOpened(g, key, it, msgID(uint64(it)), t0.Add(time.Duration(it)*time.Hour)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	read := func(g [32]byte, it uint32) ([16]byte, bool) {
+		t.Helper()
+		var id [16]byte
+		var ok bool
+		if err := db.View(func(tx *Tx) (err error) {
+			id, ok, err = tx.GroupOpened(g, key, it)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return id, ok
+	}
+	if id, ok := read(g, 1); !ok || id != msgID(1) {
+		t.Fatalf("iteration 1: %x %v, want %x", id, ok, msgID(1))
+	}
+	if _, ok := read(other, 1); ok {
+		t.Fatal("another group's lookup found the record")
+	}
+	if _, ok := read(g, 3); ok {
+		t.Fatal("an iteration never opened was found")
+	}
+	// Older than t0+90min: iterations 0 and 1, one per call.
+	for i, want := range []int{1, 1, 0} {
+		var n int
+		if err := db.Update(func(tx *Tx) (err error) {
+			n, err = tx.PruneGroupOpened(t0.Add(90*time.Minute), 1)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if n != want {
+			t.Fatalf("prune %d deleted %d, want %d", i, n, want)
+		}
+	}
+	for it, want := range []bool{false, false, true} {
+		if _, ok := read(g, uint32(it)); ok != want {
+			t.Errorf("iteration %d kept %v after the prune, want %v", it, ok, want)
+		}
+	}
+	if err := db.Update(func(tx *Tx) error {
+		b, err := tx.wbucket(bucketGroupOpened)
+		if err != nil {
+			return err
+		}
+		return b.Put(concat(g[:], key[:], []byte{0, 0, 0, 7}), []byte("short"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *Tx) error {
+		if _, _, err := tx.GroupOpened(g, key, 7); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("a record of the wrong size: %v, want ErrCorrupt", err)
+		}
+		return nil
+	})
+}

@@ -66,6 +66,7 @@ var migrations = []migration{
 	{name: "key directory", apply: createKeyDir},
 	{name: migrationSums, apply: addRecordSums},
 	{name: "groups", apply: createGroupBuckets},
+	{name: "group opened messages", apply: createGroupOpenedBucket},
 }
 
 // SchemaVersion is the schema version this build writes.
