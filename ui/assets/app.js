@@ -338,8 +338,10 @@ function composer(label, describedBy, send) {
 }
 
 async function showConversation(name) {
+  const seq = routeSeq;
   refreshStatus().catch(() => {}); // for the presence line
   if (!state.contacts.has(name)) await refreshConversations();
+  if (stale(seq)) return;
   const contact = state.contacts.get(name);
   if (!contact) {
     state.view = null;
@@ -466,8 +468,10 @@ function noGroup(id) {
 }
 
 async function showGroup(id) {
+  const seq = routeSeq;
   state.view = null;
   const g = await findGroup(id);
+  if (stale(seq)) return;
   if (!g) {
     noGroup(id);
     return;
@@ -531,12 +535,16 @@ function renderGroupHead(g) {
 // remove, promote, rename) and leaving. The node decides who may change
 // the group: a refused action shows its reason.
 async function showMembers(id) {
+  const seq = routeSeq;
   state.view = null;
-  if (!(await findGroup(id))) {
+  const known = await findGroup(id);
+  if (stale(seq)) return;
+  if (!known) {
     noGroup(id);
     return;
   }
   const g = await api.group(id);
+  if (stale(seq)) return;
   const result = h('p', { id: 'members-result', class: 'ok', role: 'status' });
   const error = h('p', { id: 'members-error', class: 'error', role: 'alert' });
   const body = h('div', { id: 'members-body', class: 'members-body' });
@@ -768,9 +776,11 @@ function showAdd() {
 }
 
 async function showInvite() {
+  const seq = routeSeq;
   state.view = null;
   renderConversations();
   const { invite } = await api.invite();
+  if (stale(seq)) return;
   const text = h('textarea', { id: 'invite-text', readonly: true, rows: '4', spellcheck: 'false', '.value': invite });
   const result = h('span', { id: 'copy-result', role: 'status' });
   const copy = h('button', {
@@ -801,9 +811,11 @@ function groups(number) {
 }
 
 async function showSafety(name) {
+  const seq = routeSeq;
   state.view = null;
   renderConversations();
   const v = await api.verify(name, false);
+  if (stale(seq)) return;
   const result = h('p', { id: 'safety-result', role: 'status' });
   const act = async (fn, done) => {
     try {
@@ -841,9 +853,11 @@ async function showSafety(name) {
 }
 
 async function showStatus() {
+  const seq = routeSeq;
   state.view = null;
   renderConversations();
   await refreshStatus();
+  if (stale(seq)) return;
   const st = state.status;
   const row = (k, v) => [h('dt', null, k), h('dd', null, v)];
   let reach = st.reachability || 'unknown';
@@ -866,7 +880,7 @@ async function showStatus() {
         h('tbody', null, st.connections.map((c) => h('tr', null,
           h('td', null, c.peer), h('td', null, c.addr), h('td', null, c.direction), h('td', null, c.relayed ? 'relayed' : 'direct')))))
       : h('p', null, 'No connections.'),
-    h('p', null, h('button', { type: 'button', id: 'status-refresh', onclick: () => route() }, 'Refresh')));
+    h('p', null, h('button', { type: 'button', id: 'status-refresh', onclick: () => route(true) }, 'Refresh')));
 }
 
 // ---- first run
@@ -949,8 +963,23 @@ function firstRun() {
 
 // ---- routing
 
-async function route() {
+// Each route has a number. A screen notes the number it was drawn for and,
+// after anything it awaits, draws nothing when a newer route has started
+// meanwhile (another link followed while it waited): the newest route's
+// screen is the one that stays.
+let routeSeq = 0;
+let routedHash = null;
+const stale = (seq) => seq !== routeSeq;
+
+// route draws the screen of the hash. The hash changed twice in one task
+// (or before the first change was handled) fires two events that both
+// read the last hash: the screen is drawn once. again draws the same
+// screen anew (its Refresh button).
+async function route(again) {
   const hash = location.hash || '#/';
+  if (hash === routedHash && again !== true) return;
+  routedHash = hash;
+  routeSeq++;
   const [, screen, arg] = hash.match(/^#\/([a-z]*)\/?(.*)$/) || [];
   const name = arg ? decodeURIComponent(arg) : '';
   state.gview = null;

@@ -51,12 +51,28 @@ export class GroupMessageList {
     this.base = 0; // the position of msgs[0] in the group
     this.total = 0; // the group's messages, as far as the page knows
     this.busy = false; // moving the window back
+    this.ops = Promise.resolve(); // the last of load, showOlder and catchUp
     older.addEventListener('click', () => this.showOlder().catch(onError));
     newer.addEventListener('click', () => this.showNewest().catch(onError));
   }
 
+  // serial runs fn once the list's earlier loads, moves and catch-ups are
+  // done: each reads the window the one before left. (A catch-up after the
+  // event stream opened, run while the first load was still fetching,
+  // counted the messages before the window as new ones and moved the
+  // window's position past the end.)
+  serial(fn) {
+    const p = this.ops.then(fn);
+    this.ops = p.catch(() => {});
+    return p;
+  }
+
   // load shows the newest messages, scrolled to the bottom.
-  async load() {
+  load() {
+    return this.serial(() => this.loadNow());
+  }
+
+  async loadNow() {
     const { total } = await groupTail(this.id, this.total);
     const skip = Math.max(0, total - PAGE);
     const ms = total > skip ? await api.groupMessages(this.id, { skip, limit: total - skip }) : [];
@@ -141,7 +157,11 @@ export class GroupMessageList {
   }
 
   // showOlder moves the window a page back.
-  async showOlder() {
+  showOlder() {
+    return this.serial(() => this.showOlderNow());
+  }
+
+  async showOlderNow() {
     if (this.base === 0 || this.busy) return;
     this.busy = true;
     try {
@@ -163,7 +183,11 @@ export class GroupMessageList {
 
   // catchUp fetches what the window missed while the event stream was
   // down: new messages and delivered counts.
-  async catchUp() {
+  catchUp() {
+    return this.serial(() => this.catchUpNow());
+  }
+
+  async catchUpNow() {
     if (!this.atEnd()) {
       this.total = (await groupTail(this.id, this.total)).total;
       this.updateButtons();
