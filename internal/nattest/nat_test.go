@@ -99,6 +99,7 @@ func TestNAT(t *testing.T) {
 	run("6_carol_from_invite", s.carolFromInvite)
 	run("7_udp_dropped", s.udpDropped)
 	run("8_reachability", s.reachability)
+	run("9_symmetric_both_sides", s.bothSymmetric)
 	run("3_relays_down", s.relaysDown)
 
 	t.Logf("cases:\n%s", strings.Join(took, "\n"))
@@ -226,6 +227,56 @@ func (s *scene) symmetric(t *testing.T) {
 		}
 		if !tr.sawRelayed {
 			t.Errorf("alice never had a relayed connection to bob (via %v; connections to bob: %s)", tr.via, tr.conns)
+		}
+	}
+}
+
+// Case 9: symmetric NAT on both sides (each home behind a carrier's NAT
+// that maps every flow to a random port). Neither side can predict the
+// other's next mapping, so hole punching fails both ways: messages flow
+// both ways through a relay, and the connection stays relayed. Alice and
+// bob restart on new ports, so that no mapping made before carries over.
+func (s *scene) bothSymmetric(t *testing.T) {
+	s.tb.nat(t, "r1", "random")
+	s.tb.nat(t, "r2", "random")
+	t.Cleanup(func() {
+		for _, r := range []string{"r1", "r2"} {
+			if err := s.tb.run("nat", s.tb.prefix, r, "preserve"); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	cs := s.newCase("9 symmetric NAT at r1 and r2")
+	for i := range s.trials {
+		s.nw.restart(t, s.alice, true)
+		s.nw.restart(t, s.bob, true)
+		reserved := s.waitReserved(t, s.alice, s.bob)
+		tr := s.exchange(t, fmt.Sprintf("case 9.%d", i+1), watchRelayed)
+		tr.reserved = reserved
+		cs.add(tr)
+		arrived(t, tr)
+		requireReportSeen(t, tr)
+		t.Logf("trial %d: via %v, delivered after %v", i+1, tr.via, tr.delivered)
+		if tr.direct {
+			t.Errorf("alice has a direct connection to bob at %s with symmetric NAT on both sides (connections to bob: %s)", tr.directAddr, tr.conns)
+		}
+		if !tr.sawRelayed {
+			t.Errorf("alice never had a relayed connection to bob (via %v; connections to bob: %s)", tr.via, tr.conns)
+		}
+		// Through the relay, or (should the relayed stream fail) the
+		// mailbox; never on a direct connection, and the relay carried
+		// at least one of the two.
+		relayed := 0
+		for _, v := range tr.via {
+			switch {
+			case strings.HasSuffix(v, " direct"):
+				t.Errorf("a message went %s through symmetric NAT on both sides", v)
+			case strings.HasSuffix(v, " relay"):
+				relayed++
+			}
+		}
+		if relayed == 0 {
+			t.Errorf("no message went through the relay (via %v)", tr.via)
 		}
 	}
 }
