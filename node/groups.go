@@ -205,8 +205,33 @@ func (n *Node) startGroups() error {
 		return err
 	}
 	n.reloadGroups(ids)
+	if err := n.restartResends(); err != nil {
+		return err
+	}
 	n.wg.Go(n.groupLoop)
 	return nil
+}
+
+// restartResends begins every schedule of publishing again anew, at the
+// first wait: while this device was away its wait kept growing, and
+// what members did meanwhile is unknown, so the first copies after a
+// restart come within seconds, not minutes (SPEC.md, "Publishing
+// again").
+func (n *Node) restartResends() error {
+	now := n.now()
+	return n.db.Update(func(tx *store.Tx) error {
+		rs, err := tx.GroupResends()
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			r.Wait, r.Next = firstGroupResend, now.Add(firstGroupResend)
+			if err := tx.PutGroupResend(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // groupLoop publishes again what members have not acknowledged, and

@@ -1,10 +1,15 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sotto-im/sotto/p2p"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/protocol/group"
 	"github.com/sotto-im/sotto/store"
@@ -168,9 +173,12 @@ func (n *Node) resendGroups() {
 		_, followed[i] = n.grp.live[group.ID(r.Group)].subsOf(r.Topic)
 	}
 	n.grp.mu.Unlock()
-	var sends []send
+	var (
+		sends  []send
+		absent [][32]byte
+	)
 	err := n.db.Update(func(tx *store.Tx) error {
-		sends = sends[:0]
+		sends, absent = sends[:0], absent[:0]
 		for i, r := range due {
 			m, err := tx.GetGroupMessage(r.Group, r.ID)
 			if !followed[i] || err != nil {
@@ -180,6 +188,7 @@ func (n *Node) resendGroups() {
 				continue
 			}
 			sends = append(sends, send{r, m.Envelope})
+			absent = appendMissing(absent, m)
 			r.Wait = min(3*r.Wait, maxGroupResend)
 			r.Next = now.Add(r.Wait)
 			if err := tx.PutGroupResend(r); err != nil {
@@ -207,6 +216,53 @@ func (n *Node) resendGroups() {
 	}
 	if slices.ContainsFunc(due, func(r store.GroupResend) bool { return !r.Deposited }) {
 		n.spawn(func() { n.depositGroups(due) })
+	}
+	n.reachMembers(absent)
+}
+
+// appendMissing adds to accts the members whose receipts m still lacks.
+func appendMissing(accts [][32]byte, m store.GroupMessage) [][32]byte {
+	for _, a := range m.Recipients {
+		if !slices.Contains(m.Receipts, a) && !slices.Contains(accts, a) {
+			accts = append(accts, a)
+		}
+	}
+	return accts
+}
+
+// reachMembers dials the members accts (contacts) that this device is not
+// connected to. A copy published again reaches a member only from a
+// topic peer that forwards it, and a member who read it already drops it
+// without passing it on: so it goes from this device straight to each
+// member that has not acknowledged it, over a connection this makes.
+// Once connected, the member's subscription arrives and the topic's
+// peer-join publishes again at once (followLocked).
+func (n *Node) reachMembers(accts [][32]byte) {
+	h := n.Host()
+	if h == nil || len(accts) == 0 {
+		return
+	}
+	var pids []peer.ID
+	n.db.View(func(tx *store.Tx) error {
+		for _, a := range accts {
+			c, err := tx.GetContact(a)
+			if err != nil {
+				continue // not a contact: no pairwise session, no address
+			}
+			if pid, err := peer.Decode(c.PeerID); err == nil && h.LibP2P().Network().Connectedness(pid) != network.Connected {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	for _, pid := range pids {
+		n.spawn(func() {
+			ctx, cancel := context.WithTimeout(n.ctx, p2p.DirectDialTimeout+p2p.RouteTimeout)
+			defer cancel()
+			if err := h.Sender().Reach(ctx, pid); err != nil && n.debugOn() {
+				n.cfg.Logger.Debug("reaching a group member", "peer", pid, "err", err)
+			}
+		})
 	}
 }
 

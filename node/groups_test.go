@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/libp2p/go-libp2p/core/network"
 	"slices"
 	"testing"
 	"time"
@@ -117,18 +118,25 @@ func waitGroupTexts(t *testing.T, ctx context.Context, n *Node, id [32]byte, wan
 // waitTopicPeers waits until n's topic of group id has want peers.
 func waitTopicPeers(t *testing.T, ctx context.Context, n *Node, id [32]byte, want int) {
 	t.Helper()
-	testkit.WaitFor(t, ctx, func() bool {
-		n.grp.mu.Lock()
-		lg := n.grp.live[group.ID(id)]
-		var name string
-		if lg != nil {
-			if s, ok := lg.secret(); ok {
-				name = s.Topic(epochNow(n))
-			}
+	testkit.WaitFor(t, ctx, func() bool { return topicPeers(n, id) >= want })
+}
+
+// topicPeers is how many peers n knows on group id's topic of today (-1
+// without one).
+func topicPeers(n *Node, id [32]byte) int {
+	n.grp.mu.Lock()
+	lg := n.grp.live[group.ID(id)]
+	var name string
+	if lg != nil {
+		if s, ok := lg.secret(); ok {
+			name = s.Topic(epochNow(n))
 		}
-		n.grp.mu.Unlock()
-		return name != "" && len(n.mbx.gossip.PubSub().ListPeers(name)) >= want
-	})
+	}
+	n.grp.mu.Unlock()
+	if name == "" {
+		return -1
+	}
+	return len(n.mbx.gossip.PubSub().ListPeers(name))
 }
 
 func epochNow(n *Node) uint64 { return protocol.Epoch(n.now()) }
@@ -369,15 +377,32 @@ func TestGroupThroughMailboxes(t *testing.T) {
 		}
 	}
 	alice = gn.start("alice")
-	testkit.WaitFor(t, ctx, func() bool {
+	for {
 		ms, _ := alice.GroupMessages(g.ID, 0, 100)
+		var short []string
 		for _, m := range ms {
 			if m.Outgoing && m.Delivered != 2 {
-				return false
+				short = append(short, fmt.Sprintf("%q %d/2", m.Body, m.Delivered))
 			}
 		}
-		return len(ms) == N
-	})
+		if len(ms) == N && len(short) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			var rs []string
+			alice.db.View(func(tx *store.Tx) error {
+				all, err := tx.GroupResends()
+				for _, r := range all {
+					rs = append(rs, fmt.Sprintf("next in %v, wait %v, deposited %v", time.Until(r.Next).Round(time.Millisecond), r.Wait, r.Deposited))
+				}
+				return err
+			})
+			t.Fatalf("alice, back, shows %d messages, not delivered to both: %q; her resend schedules %q; topic peers: alice %d, bob %d, carol %d; drops: alice %+v, bob %+v, carol %+v",
+				len(ms), short, rs, topicPeers(alice, g.ID), topicPeers(bob, g.ID), topicPeers(carol, g.ID), alice.GroupStats(), bob.GroupStats(), carol.GroupStats())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // TestGroupRemoval: Alice removes Carol. Bob and Alice take new sender
@@ -814,4 +839,125 @@ func TestGroupReceiptAfterRestart(t *testing.T) {
 	if n := slices.Index(texts, "alice: "+sent.Body); n < 0 || slices.Index(texts[n+1:], "alice: "+sent.Body) >= 0 {
 		t.Fatalf("bob shows %q, want %q once", texts, sent.Body)
 	}
+}
+
+// TestGroupResendsBeginAgainAtRestart: a schedule of publishing again
+// whose wait grew to minutes while its sender was away begins again at
+// the first wait when the sender restarts.
+func TestGroupResendsBeginAgainAtRestart(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob")
+	alice, bob := gn.nodes["alice"], gn.nodes["bob"]
+	ctx := testkit.Context(t, 60*time.Second)
+	g, err := alice.CreateGroup(ctx, "g", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 2)
+	bob.Close()
+	if _, err := alice.SendGroup(ctx, g.ID, "while bob is away"); err != nil {
+		t.Fatal(err)
+	}
+	schedules := func(n *Node) []store.GroupResend {
+		var rs []store.GroupResend
+		if err := n.db.View(func(tx *store.Tx) (err error) { rs, err = tx.GroupResends(); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	if err := alice.db.Update(func(tx *store.Tx) error {
+		rs, err := tx.GroupResends()
+		if err != nil || len(rs) != 1 {
+			return fmt.Errorf("schedules %+v, %v; want one", rs, err)
+		}
+		rs[0].Wait, rs[0].Next = 6*time.Minute, time.Now().Add(5*time.Minute)
+		return tx.PutGroupResend(rs[0])
+	}); err != nil {
+		t.Fatal(err)
+	}
+	alice.Close()
+	started := time.Now()
+	alice = gn.start("alice")
+	rs := schedules(alice)
+	if len(rs) != 1 {
+		t.Fatalf("after the restart: schedules %+v, want one", rs)
+	}
+	if r := rs[0]; r.Wait > 3*firstGroupResend || r.Next.After(time.Now().Add(firstGroupResend)) || r.Next.Before(started) {
+		t.Fatalf("after the restart the schedule waits %v, next at %v (restart at %v); want it begun again at %v", r.Wait, r.Next, started, firstGroupResend)
+	}
+}
+
+// TestGroupResendReachesMembers: publishing again dials the members
+// whose receipts a message lacks when this device has no connection to
+// them (a copy goes only to topic peers, and a member who read it does
+// not pass it on), so that the member's subscription arrives and the
+// copy reaches it.
+func TestGroupResendReachesMembers(t *testing.T) {
+	gn := newGroupNet(t, "alice", "bob")
+	alice, bob := gn.nodes["alice"], gn.nodes["bob"]
+	ctx := testkit.Context(t, 60*time.Second)
+	g, err := alice.CreateGroup(ctx, "g", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, bob, g.ID, 2)
+	sent, err := alice.SendGroup(ctx, g.ID, "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitGroupTexts(t, ctx, bob, g.ID, 1)
+	// Alice has not heard bob's receipt (taken back out of her store),
+	// and the two are cut apart.
+	if err := alice.db.Update(func(tx *store.Tx) error {
+		m, err := tx.GetGroupMessage(g.ID, sent.ID)
+		if err != nil {
+			return err
+		}
+		m.Receipts = nil
+		if err := tx.UpdateGroupMessage(m); err != nil {
+			return err
+		}
+		return tx.PutGroupResend(store.GroupResend{Group: g.ID, ID: sent.ID, Epoch: epochNow(alice),
+			Topic: groupTopicName(t, alice, g.ID), Next: time.Now(), Wait: firstGroupResend, Deposited: true})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	bobID := bob.Host().ID()
+	net := alice.Host().LibP2P().Network()
+	connected := func() bool { return net.Connectedness(bobID) == network.Connected }
+	for connected() {
+		net.ClosePeer(bobID)
+		bob.Host().LibP2P().Network().ClosePeer(alice.Host().ID())
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Left to the rest of the node, the message was delivered again only
+	// after about 45 s here; with the resend's dial, within 2 s. The bound
+	// of 20 s tells the two apart.
+	alice.resendGroups()
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	testkit.WaitFor(t, ctx, connected)
+	// The copies that follow reach bob, who names the message again.
+	for {
+		ms, _ := alice.GroupMessages(g.ID, 0, 10)
+		if len(ms) == 1 && ms[0].Delivered == 1 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("alice's message %+v never delivered again after she reached bob (bob's drops %+v)", ms, bob.GroupStats())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// groupTopicName is the name of group id's topic of today at n.
+func groupTopicName(t *testing.T, n *Node, id [32]byte) string {
+	t.Helper()
+	n.grp.mu.Lock()
+	defer n.grp.mu.Unlock()
+	s, ok := n.grp.live[group.ID(id)].secret()
+	if !ok {
+		t.Fatal("no group secret")
+	}
+	return s.Topic(epochNow(n))
 }

@@ -577,6 +577,13 @@ func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
 	return os, nil
 }
 
+// Reach makes sure a connection to p is open, as a send to p would
+// (connect), for protocols that ride on connections made for other
+// reasons: a gossip topic meets a subscriber only over a connection.
+func (snd *Sender) Reach(ctx context.Context, p peer.ID) error {
+	return snd.connect(ctx, p)
+}
+
 // connect makes sure a connection to p is open: the addresses known
 // first, then fresh ones from peer routing (the DHT), each attempt
 // bounded. The DHT is asked only when no address is known or p is
