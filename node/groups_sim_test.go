@@ -5,6 +5,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"testing"
 	"time"
@@ -176,6 +177,7 @@ func benchmarkGroupRemoval(b *testing.B, members int) {
 	left := slices.Clone(gs.users)
 	var took []time.Duration
 	b.ResetTimer()
+	defer profileTimed(b)()
 	for range b.N {
 		if len(left) < 3 {
 			b.Fatal("the group ran out of members to remove")
@@ -210,6 +212,29 @@ func benchmarkGroupRemoval(b *testing.B, members int) {
 	slices.Sort(took)
 	b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(took[len(took)-1].Microseconds())/1000, "max-ms")
+}
+
+// profileTimed writes a CPU profile of what follows, until the function
+// it returns is called, to the file SOTTO_BENCH_CPUPROFILE names, if set:
+// go test's -cpuprofile would mostly show the group's start.
+func profileTimed(b *testing.B) func() {
+	path := os.Getenv("SOTTO_BENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+	}
 }
 
 // mineKeyID is the ID of n's own current sender key in group id.
