@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/protocol/group"
+	"github.com/sotto-im/sotto/store"
 )
 
 // groupSim is a group of members on a mocknet of real nodes, each member
@@ -176,6 +178,19 @@ func benchmarkGroupRemoval(b *testing.B, members int) {
 	admin := gs.users[0].node()
 	left := slices.Clone(gs.users)
 	var took []time.Duration
+	pending := 0
+	for _, u := range gs.users {
+		n := u.node()
+		n.db.View(func(tx *store.Tx) error {
+			return n.eachSession(tx, func(_ store.Contact, s *protocol.Session) error {
+				if s.PendingInitial() {
+					pending++
+				}
+				return nil
+			})
+		})
+	}
+	b.Logf("%d of %d pairwise sessions still wait for their first answer", pending, members*(members-1))
 	b.ResetTimer()
 	defer profileTimed(b)()
 	for range b.N {
