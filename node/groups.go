@@ -84,8 +84,10 @@ type groups struct {
 	live map[group.ID]*liveGroup
 	// receipts waiting for the next batch, per group; flushing: a flush
 	// is scheduled.
-	receipts map[group.ID][][16]byte
+	receipts map[group.ID]*pendingReceipts
 	flushing bool
+	// receiptDeposits counts receipts messages deposited at a mailbox.
+	receiptDeposits atomic.Uint64
 
 	drops struct{ malformed, notMember, refused, replay, forged, unknown atomic.Uint64 }
 	// depositing: a depositGroups runs.
@@ -366,7 +368,7 @@ func (n *Node) validateGroup(id group.ID, epoch uint64, data []byte) p2p.Verdict
 	if _, err := lg.recv.Check(s, epoch, env); err != nil {
 		if errors.Is(err, group.ErrGroupReplay) {
 			// Published again: the sender may have missed the receipt.
-			n.receiptReplayLocked(id, lg, s, epoch, env)
+			n.receiptReplayLocked(id, lg, s, epoch, env, false)
 		}
 		if errors.Is(err, group.ErrUnknownSenderKey) {
 			// Its header opened: the sender holds the group's secret, and
@@ -403,12 +405,14 @@ func (n *Node) groupReceived(id group.ID, epoch uint64, data []byte) {
 	n.takeGroupEnvelope(id, nil, epoch, data)
 }
 
-// takeGroupEnvelope opens a group envelope of epoch under secret s (the
-// group's current one if nil) and stores its message. It fails only when
-// the store did (errStoreFailed): a copy read again is taken then. What
-// does not open, or opened before, is counted and dropped; what waits
-// for its sender key is held.
+// takeGroupEnvelope opens a group envelope of epoch under secret s and
+// stores its message: s is nil for a copy from the topic (the group's
+// current secret), the secret whose tag it is for a copy read at a
+// mailbox. It fails only when the store did (errStoreFailed): a copy
+// read again is taken then. What does not open, or opened before, is
+// counted and dropped; what waits for its sender key is held.
 func (n *Node) takeGroupEnvelope(id group.ID, secret *group.Secret, epoch uint64, data []byte) error {
+	fromMailbox := secret != nil
 	env, err := protocol.ParseEnvelope(data)
 	if err != nil {
 		n.grp.drops.malformed.Add(1)
@@ -438,7 +442,7 @@ func (n *Node) takeGroupEnvelope(id group.ID, secret *group.Secret, epoch uint64
 	}
 	if errors.Is(err, group.ErrGroupReplay) {
 		// A copy read again (from a mailbox, or published again).
-		n.receiptReplayLocked(id, lg, s, epoch, env)
+		n.receiptReplayLocked(id, lg, s, epoch, env, fromMailbox)
 	}
 	if err != nil {
 		n.countGroupDrop(err)
@@ -455,6 +459,9 @@ func (n *Node) takeGroupEnvelope(id group.ID, secret *group.Secret, epoch uint64
 	state, _ := lg.recv.MarshalKey(ch.KeyID)
 	now := n.now()
 	if inner.Type == group.ContentReceipts {
+		if n.debugOn() {
+			n.cfg.Logger.Debug("group receipts received", "group", fmt.Sprintf("%x", id[:6]), "messages", len(inner.Body)/16, "mailbox", fromMailbox)
+		}
 		n.takeGroupReceipts(id, inner, ch.KeyID, state)
 		return nil
 	}
@@ -496,7 +503,10 @@ func (n *Node) takeGroupEnvelope(id group.ID, secret *group.Secret, epoch uint64
 		return fmt.Errorf("%w: %w", errStoreFailed, err)
 	}
 	lg.rec = rec
-	n.receiptLocked(id, inner.ID)
+	if n.debugOn() {
+		n.cfg.Logger.Debug("group message received", "group", fmt.Sprintf("%x", id[:6]), "id", fmt.Sprintf("%x", inner.ID), "mailbox", fromMailbox)
+	}
+	n.receiptLocked(id, inner.ID, [32]byte(inner.Sender), fromMailbox)
 	gm := n.groupMessageOf(m)
 	n.events.publish(Event{Type: EventGroupMessage, GroupMessage: &gm})
 	return nil
@@ -687,6 +697,9 @@ func (n *Node) publishGroup(id [32]byte, topic groupTopic, env []byte) {
 	}
 	if err != nil && !errors.Is(err, pubsub.ErrTopicClosed) {
 		n.cfg.Logger.Warn("publishing a group message", "err", err)
+	}
+	if n.debugOn() && t != nil {
+		n.cfg.Logger.Debug("group publish", "group", fmt.Sprintf("%x", id[:6]), "topic_peers", len(t.ListPeers()), "err", err)
 	}
 }
 

@@ -123,28 +123,12 @@ func (n *Node) depositGroups(rs []store.GroupResend) {
 			if err != nil {
 				continue
 			}
-			var s group.Secret
-			found := false
-			for _, gs := range rec.Secrets {
-				if group.Secret(gs.Secret).Topic(r.Epoch) == r.Topic {
-					s, found = group.Secret(gs.Secret), true
-				}
-			}
+			s, found := secretOfTopic(rec, r.Topic, r.Epoch)
 			if !found {
 				done = append(done, r) // its secret is gone: nobody reads it any more
 				continue
 			}
-			var mbxs []peer.AddrInfo
-			for _, a := range m.Recipients {
-				if slices.Contains(m.Receipts, a) {
-					continue
-				}
-				for _, ai := range mailbox.ContactMailboxes(tx, a) {
-					if !slices.ContainsFunc(mbxs, func(x peer.AddrInfo) bool { return x.ID == ai.ID }) {
-						mbxs = append(mbxs, ai)
-					}
-				}
-			}
+			mbxs := membersMailboxes(tx, appendMissing(nil, m))
 			if len(mbxs) == 0 {
 				continue // no mailbox known yet: republication goes on
 			}
@@ -191,4 +175,66 @@ func (n *Node) depositGroups(rs []store.GroupResend) {
 		// Deposited again later: a mailbox keeps one copy of the same bytes.
 		n.cfg.Logger.Error("recording group deposits", "err", err)
 	}
+}
+
+// secretOfTopic finds the secret of rec whose topic in epoch is topic.
+func secretOfTopic(rec store.Group, topic string, epoch uint64) (group.Secret, bool) {
+	for _, gs := range rec.Secrets {
+		if s := group.Secret(gs.Secret); s.Topic(epoch) == topic {
+			return s, true
+		}
+	}
+	return group.Secret{}, false
+}
+
+// membersMailboxes lists the distinct mailboxes that the members accts
+// (contacts) announced.
+func membersMailboxes(tx *store.Tx, accts [][32]byte) []peer.AddrInfo {
+	var mbxs []peer.AddrInfo
+	for _, a := range accts {
+		for _, ai := range mailbox.ContactMailboxes(tx, a) {
+			if !slices.ContainsFunc(mbxs, func(x peer.AddrInfo) bool { return x.ID == ai.ID }) {
+				mbxs = append(mbxs, ai)
+			}
+		}
+	}
+	return mbxs
+}
+
+// depositReceipts deposits a receipts envelope of group id, published on
+// topic, once at each distinct mailbox of the members accts: the senders
+// of copies this device read at a mailbox (SPEC.md, "Receipts and
+// delivered N/M"). It is not tried again: the next copy read again
+// brings new receipts.
+func (n *Node) depositReceipts(id [32]byte, topic groupTopic, env []byte, accts [][32]byte) {
+	var (
+		s    group.Secret
+		ok   bool
+		mbxs []peer.AddrInfo
+	)
+	n.db.View(func(tx *store.Tx) error {
+		rec, err := tx.GetGroup(id)
+		if err != nil {
+			return err
+		}
+		s, ok = secretOfTopic(rec, topic.name, topic.epoch)
+		mbxs = membersMailboxes(tx, accts)
+		return nil
+	})
+	if !ok || len(mbxs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, deliverTimeout)
+	defer cancel()
+	p := mailbox.Pusher{NewHost: n.cfg.EphemeralHost}
+	defer p.Close()
+	k, err := p.Push(ctx, s.Tag(topic.epoch), mbxs, protocol.SealPairDeposit(s.WriteKey(topic.epoch), env))
+	if n.debugOn() {
+		n.cfg.Logger.Debug("group receipts deposit", "mailboxes", len(mbxs), "copies", k, "err", err)
+	}
+	if err != nil {
+		n.cfg.Logger.Info("depositing group receipts", "err", err)
+		return
+	}
+	n.grp.receiptDeposits.Add(1)
 }

@@ -27,15 +27,18 @@ const (
 // device opened before (its sender publishes it again while it misses
 // our receipt), when the store still says which message that was: the
 // copy no longer opens (its message key is gone), so its ID comes from
-// the record made when it first did, which a restart keeps. n.grp.mu is
-// held.
-func (n *Node) receiptReplayLocked(id group.ID, lg *liveGroup, s group.Secret, epoch uint64, env *protocol.Envelope) {
+// the record made when it first did, which a restart keeps. fromMailbox:
+// the copy was read at a mailbox. n.grp.mu is held.
+func (n *Node) receiptReplayLocked(id group.ID, lg *liveGroup, s group.Secret, epoch uint64, env *protocol.Envelope, fromMailbox bool) {
 	k, it, err := lg.recv.Header(s, epoch, env)
 	if err != nil {
 		return
 	}
+	owner, ok := lg.recv.KeyOwner(k)
+	if !ok {
+		return
+	}
 	var msgID [16]byte
-	var ok bool
 	if err := n.db.View(func(tx *store.Tx) (err error) {
 		msgID, ok, err = tx.GroupOpened([32]byte(id), k, it)
 		return err
@@ -44,19 +47,36 @@ func (n *Node) receiptReplayLocked(id group.ID, lg *liveGroup, s group.Secret, e
 		return
 	}
 	if ok {
-		n.receiptLocked(id, msgID)
+		n.receiptLocked(id, msgID, [32]byte(owner), fromMailbox)
 	}
 }
 
-// receiptLocked notes that message id of group g is to be acknowledged
-// in the group's next receipts, at most groupReceiptBatch from now.
-// n.grp.mu is held.
-func (n *Node) receiptLocked(g group.ID, id [16]byte) {
+// pendingReceipts are a group's receipts waiting for the next batch:
+// the IDs of the messages, and the senders of those whose copies came
+// from a mailbox, at whose mailboxes the batch is deposited too.
+type pendingReceipts struct {
+	ids   [][16]byte
+	reach [][32]byte
+}
+
+// receiptLocked notes that message id of group g, sent by sender, is to
+// be acknowledged in the group's next receipts, at most
+// groupReceiptBatch from now; fromMailbox: its copy was read at a
+// mailbox. n.grp.mu is held.
+func (n *Node) receiptLocked(g group.ID, id [16]byte, sender [32]byte, fromMailbox bool) {
 	if n.grp.receipts == nil {
-		n.grp.receipts = map[group.ID][][16]byte{}
+		n.grp.receipts = map[group.ID]*pendingReceipts{}
 	}
-	if !slices.Contains(n.grp.receipts[g], id) {
-		n.grp.receipts[g] = append(n.grp.receipts[g], id)
+	p := n.grp.receipts[g]
+	if p == nil {
+		p = &pendingReceipts{}
+		n.grp.receipts[g] = p
+	}
+	if !slices.Contains(p.ids, id) {
+		p.ids = append(p.ids, id)
+	}
+	if fromMailbox && !slices.Contains(p.reach, sender) {
+		p.reach = append(p.reach, sender)
 	}
 	if !n.grp.flushing {
 		n.grp.flushing = true
@@ -65,7 +85,8 @@ func (n *Node) receiptLocked(g group.ID, id [16]byte) {
 }
 
 // flushGroupReceipts publishes each group's pending receipts as one
-// message.
+// message, deposited too when some of them are for copies read at a
+// mailbox (SPEC.md, "Receipts and delivered N/M").
 func (n *Node) flushGroupReceipts() {
 	n.grp.mu.Lock()
 	pending := n.grp.receipts
@@ -74,7 +95,8 @@ func (n *Node) flushGroupReceipts() {
 	if n.ctx.Err() != nil {
 		return
 	}
-	for g, ids := range pending {
+	for g, p := range pending {
+		ids := p.ids
 		for len(ids) > 0 {
 			k := min(len(ids), group.MaxBody/16)
 			body := make([]byte, 0, 16*k)
@@ -95,6 +117,9 @@ func (n *Node) flushGroupReceipts() {
 				break
 			}
 			n.publishGroup([32]byte(g), topic, env)
+			if len(p.reach) > 0 {
+				n.spawn(func() { n.depositReceipts([32]byte(g), topic, env, p.reach) })
+			}
 		}
 	}
 }

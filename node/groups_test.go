@@ -405,6 +405,89 @@ func TestGroupThroughMailboxes(t *testing.T) {
 	}
 }
 
+// TestGroupReceiptsThroughMailboxes: Bob and Carol read Alice's group
+// messages at their mailbox while she is away, and are away themselves
+// when she comes back. She sees the messages delivered 2/2 from the
+// receipts they deposited there, though she and they were never online
+// together: receipts for copies read at a mailbox go to the sender's
+// mailboxes too (SPEC.md, "Receipts and delivered N/M"), not only on the
+// topic, which reaches only members connected to each other directly.
+func TestGroupReceiptsThroughMailboxes(t *testing.T) {
+	tn := newTestNet(t)
+	_, addrs := tn.startMailboxes(1)
+	gn := newGroupNetOn(t, tn, func(c *Config) { c.MailboxNodes = addrs }, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	ctx := testkit.Context(t, 120*time.Second)
+	g, err := alice.CreateGroup(ctx, "team", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Node{alice, bob, carol} {
+		waitGroup(t, ctx, n, g.ID, 3)
+		waitTopicPeers(t, ctx, n, g.ID, 2)
+	}
+	testkit.WaitFor(t, ctx, func() bool {
+		return contactAnnounced(t, alice, "bob") && contactAnnounced(t, alice, "carol") &&
+			contactAnnounced(t, bob, "alice") && contactAnnounced(t, carol, "alice")
+	})
+	// Each one's mailbox holds its group tags once a round ran.
+	for _, n := range []*Node{alice, bob, carol} {
+		if _, err := n.mbx.user.Round(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bob.Close()
+	carol.Close()
+	const N = 3
+	for i := range N {
+		if _, err := alice.SendGroup(ctx, g.ID, fmt.Sprintf("away %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, ctx, func() bool {
+		var rs []store.GroupResend
+		alice.db.View(func(tx *store.Tx) (err error) { rs, err = tx.GroupResends(); return err })
+		return len(rs) == N && !slices.ContainsFunc(rs, func(r store.GroupResend) bool { return !r.Deposited })
+	})
+	alice.Close()
+
+	bob, carol = gn.start("bob"), gn.start("carol")
+	for _, n := range []*Node{bob, carol} {
+		waitGroupTexts(t, ctx, n, g.ID, N)
+		// Its receipts, batched, went to the mailbox.
+		testkit.WaitFor(t, ctx, func() bool {
+			n.grp.mu.Lock()
+			pending := len(n.grp.receipts)
+			n.grp.mu.Unlock()
+			return pending == 0 && n.grp.receiptDeposits.Load() > 0
+		})
+	}
+	bob.Close()
+	carol.Close()
+
+	alice = gn.start("alice")
+	for {
+		ms, err := alice.GroupMessages(g.ID, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var short []string
+		for _, m := range ms {
+			if m.Delivered != 2 {
+				short = append(short, fmt.Sprintf("%q %d/2", m.Body, m.Delivered))
+			}
+		}
+		if len(ms) == N && len(short) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("alice, back while bob and carol are away, shows %d messages, not delivered to both: %q", len(ms), short)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // TestGroupRemoval: Alice removes Carol. Bob and Alice take new sender
 // keys and a new secret that Carol never gets; Bob's next message reaches
 // Alice and not Carol, and Carol can no longer post.
