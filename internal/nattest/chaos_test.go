@@ -19,13 +19,15 @@ import (
 
 // TestChaos is the chaos harness: real daemons in the testbed (pub1:
 // bootstrap, relay and mailbox; pub2, pub3: relays and mailboxes; alice,
-// bob and carol behind NAT, each the others' contact) under a seeded
-// nemesis while every user writes numbered messages to every contact. A
-// ledger keeps every send the sender's daemon acknowledged. After each
-// round the faults are healed, the network settles, and the invariants
-// are checked: every acknowledged message is shown exactly once to its
-// recipient, in its sender's order, and ends delivered at the sender; no
-// message is shown that nobody sent; no daemon died unasked.
+// bob and carol behind NAT, each the others' contact, all three in one
+// group) under a seeded nemesis while every user writes numbered messages
+// to every contact and to the group. A ledger keeps every send the
+// sender's daemon acknowledged. After each round the faults are healed,
+// the network settles, and the invariants are checked: every acknowledged
+// message is shown exactly once to its recipient (a group message to
+// every other member), in its sender's order, and ends delivered at the
+// sender (a group message delivered 2/2); no message is shown that nobody
+// sent; no daemon died unasked.
 //
 // Faults (chaosFaults): kill -9 and restart of a user, a mailbox and the
 // relay; SIGSTOP/SIGCONT of a mailbox and of a user; a user offline; a
@@ -40,7 +42,8 @@ import (
 // the faults that take one away), until DURATION has passed; it prints
 // the table docs/RELIABILITY.md records.
 // SOTTO_CHAOS_SEED=N runs the round of seed N alone, to replay a failure.
-// A failing run names its seed and keeps the data directories and logs.
+// A failing run names its seed and keeps the data directories and logs;
+// SOTTO_CHAOS_KEEP=1 keeps them after a run that passed too.
 //
 //	go test ./internal/nattest/ -run TestChaos -v -count=1
 //	SOTTO_CHAOS=30m go test ./internal/nattest/ -run TestChaos -v -count=1 -timeout 60m
@@ -81,7 +84,7 @@ func TestChaos(t *testing.T) {
 	}
 	// Registered first, so it runs last: after the daemons stopped.
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("SOTTO_CHAOS_KEEP") == "1" {
 			t.Logf("data directories and logs kept in %s", root)
 			return
 		}
@@ -109,8 +112,8 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	t.Logf("all rounds (%v):\n%s", time.Since(began).Round(time.Second), total.table())
-	if total.acked == 0 {
-		t.Fatal("no message was acknowledged: the harness measured nothing")
+	if total.pair.acked == 0 || total.group.acked == 0 {
+		t.Fatal("no message to a contact or to the group was acknowledged: the harness measured nothing")
 	}
 }
 
@@ -131,6 +134,7 @@ type chaos struct {
 	tb    *testbed
 	pubs  []*daemon // pub1 (bootstrap, relay, mailbox), pub2, pub3 (relays, mailboxes)
 	users []*daemon // alice, bob, carol
+	group string    // the ID of the users' group, alice its admin
 
 	dead map[*daemon]bool // daemons reported dead (used on the test's goroutine only)
 
@@ -143,14 +147,52 @@ type chaos struct {
 
 // sent is one send the workload tried.
 type sent struct {
-	from, to *daemon
+	from, to *daemon // to is nil for a message to the group
 	round, n int
 	text     string
 	acked    bool // the sender's daemon took it (and gave it an ID)
 	id       string
 	at       time.Time // when the send was made
-	seen     time.Time // when the recipient first showed it (zero: not yet)
+	// When each recipient first showed it (absent: not yet).
+	seen map[*daemon]time.Time
 }
+
+// groupSend reports whether s went to the group.
+func (s *sent) groupSend() bool { return s.to == nil }
+
+// recipients are the users who are to show s: its contact, or every
+// other member of the group.
+func (c *chaos) recipients(s *sent) []*daemon {
+	if !s.groupSend() {
+		return []*daemon{s.to}
+	}
+	var rs []*daemon
+	for _, u := range c.users {
+		if u != s.from {
+			rs = append(rs, u)
+		}
+	}
+	return rs
+}
+
+// latency is the time from s's send to the moment its last recipient
+// showed it, if all have.
+func (c *chaos) latency(s *sent) (time.Duration, bool) {
+	var last time.Time
+	for _, r := range c.recipients(s) {
+		at, ok := s.seen[r]
+		if !ok {
+			return 0, false
+		}
+		if at.After(last) {
+			last = at
+		}
+	}
+	return last.Sub(s.at), true
+}
+
+// groupTo is the recipient's name in a group message's text.
+const groupTo = "group"
 
 var chaosText = regexp.MustCompile(`^chaos r(-?\d+) (\w+)>(\w+) #(\d+)$`)
 
@@ -159,9 +201,10 @@ var chaosText = regexp.MustCompile(`^chaos r(-?\d+) (\w+)>(\w+) #(\d+)$`)
 func (c *chaos) setUp(t *testing.T) {
 	nw := c.nw
 	start := time.Now()
-	// Logs that tell what happened to each envelope, for a failure's
-	// post-mortem.
-	nw.env = append(nw.env, "SOTTO_LOG_LEVEL=debug")
+	// Logs that tell what happened to each envelope, and when hole
+	// punching made (or failed to make) a direct connection, which group
+	// gossip needs, for a failure's post-mortem.
+	nw.env = append(nw.env, "SOTTO_LOG_LEVEL=debug", "GOLOG_LOG_LEVEL=error,p2p-holepunch=debug", "GOLOG_LOG_FMT=nocolor")
 	pub1 := nw.addDaemon(t, "pub1", "pub1", "--mailbox", "--relay", "--public")
 	nw.start(t, pub1)
 	boot := fmt.Sprintf("/ip4/%s/tcp/%d/p2p/%s", pub1IP, pub1.port, pub1.peerID)
@@ -192,7 +235,61 @@ func (c *chaos) setUp(t *testing.T) {
 		}
 	}
 	c.warmUp(t)
+	c.startGroup(t)
 	t.Logf("set up in %v", time.Since(start).Round(100*time.Millisecond))
+}
+
+// startGroup has alice create the users' group and each user send to it
+// once, delivered 2/2, before any fault: the rounds test a group whose
+// members hold each other's sender keys. (Changes to a group under
+// faults are tested by node's group tests.) The warm-up messages are in
+// the ledger as round -1.
+func (c *chaos) startGroup(t *testing.T) {
+	ctx := c.nw.ctx
+	var names []string
+	for _, u := range c.users[1:] {
+		names = append(names, u.name)
+	}
+	g, err := call(ctx, c.users[0], func(ctx context.Context, cl *api.Client) (api.Group, error) {
+		return cl.CreateGroup(ctx, "chaos", names)
+	})
+	if err != nil {
+		t.Fatalf("%s: creating the group: %v", c.users[0].name, err)
+	}
+	c.group = g.ID
+	for _, u := range c.users[1:] {
+		c.nw.poll(t, u.name+" in the group", time.Minute, nil, func() (bool, string) {
+			g, err := call(ctx, u, func(ctx context.Context, cl *api.Client) (api.Group, error) { return cl.GroupInfo(ctx, c.group) })
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(g.Members) == len(c.users) && !g.Left, fmt.Sprintf("%d members", len(g.Members))
+		})
+	}
+	for _, u := range c.users {
+		s := c.send(ctx, -1, u, nil)
+		if !s.acked {
+			t.Fatalf("warm-up: %s could not send to the group", u.name)
+		}
+		c.nw.poll(t, "warm-up "+s.text+" delivered", time.Minute, nil, func() (bool, string) {
+			ms, err := groupMessagesOf(ctx, u, c.group)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, m := range ms {
+				if m.ID == s.id {
+					return groupDelivered(m, len(c.users)-1), fmt.Sprintf("delivered %d/%d", m.Delivered, m.Recipients)
+				}
+			}
+			return false, "not listed"
+		})
+	}
+}
+
+// groupDelivered reports whether an outgoing group message is delivered
+// to all of its n recipients.
+func groupDelivered(m api.GroupMessage, n int) bool {
+	return m.Recipients == n && m.Delivered == n
 }
 
 // warmUp has each pair of users start their session, one side first and
@@ -280,6 +377,21 @@ func (c *chaos) round(t *testing.T, r int, seed uint64, cfg chaosConfig) roundSt
 			})
 		}
 	}
+	// And each user to the group, a third as often (each group message
+	// goes to two members).
+	for _, u := range c.users {
+		rng := mrand.New(mrand.NewPCG(seed, uint64(conv)))
+		conv++
+		wg.Go(func() {
+			for time.Now().Before(end) && ctx.Err() == nil {
+				time.Sleep(3 * time.Duration(cfg.gap[0]+rng.IntN(cfg.gap[1]-cfg.gap[0])) * time.Millisecond)
+				if c.isHeld(u) {
+					continue
+				}
+				c.send(ctx, r, u, nil)
+			}
+		})
+	}
 	// What the recipients show, as it comes: when each message was
 	// first seen.
 	watchCtx, stopWatch := context.WithCancel(ctx)
@@ -308,7 +420,7 @@ func (c *chaos) round(t *testing.T, r int, seed uint64, cfg chaosConfig) roundSt
 		// A daemon that died meanwhile is reported before a fault could
 		// restart it.
 		c.checkAlive(t)
-		desc := fmt.Sprintf("%s %s %v", f.name, victim.name, dur.Round(100*time.Millisecond))
+		desc := fmt.Sprintf("%s %s %v (at +%v)", f.name, victim.name, dur.Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond))
 		faults = append(faults, desc)
 		if f.down {
 			c.mu.Lock()
@@ -360,28 +472,45 @@ func (c *chaos) round(t *testing.T, r int, seed uint64, cfg chaosConfig) roundSt
 	c.checkAlive(t)
 	c.checkLogs(t)
 	st := c.check(t, r)
+	t.Logf("round %d: the slowest message to a contact: %s; to the group: %s", r, c.slowest(r, false, start), c.slowest(r, true, start))
 	st.settle = []time.Duration{settle}
 	st.faults = len(faults)
 	return st
 }
 
-// send sends the next numbered message of the conversation from u to v and
-// records it in the ledger.
+// send sends the next numbered message of the conversation from u to v
+// (to the group if v is nil) and records it in the ledger.
 func (c *chaos) send(ctx context.Context, r int, u, v *daemon) *sent {
 	c.mu.Lock()
 	key := [2]*daemon{u, v}
 	c.next[key]++
-	s := &sent{from: u, to: v, round: r, n: c.next[key], at: time.Now()}
-	s.text = fmt.Sprintf("chaos r%d %s>%s #%05d", r, u.name, v.name, s.n)
+	s := &sent{from: u, to: v, round: r, n: c.next[key], at: time.Now(), seen: map[*daemon]time.Time{}}
+	to := groupTo
+	if v != nil {
+		to = v.name
+	}
+	s.text = fmt.Sprintf("chaos r%d %s>%s #%05d", r, u.name, to, s.n)
 	c.ledger = append(c.ledger, s)
 	c.byText[s.text] = s
 	c.mu.Unlock()
-	m, err := call(ctx, u, func(ctx context.Context, cl *api.Client) (api.Message, error) { return cl.Send(ctx, v.name, s.text) })
-	if err != nil || m.ID == "" {
+	var id string
+	var err error
+	if v == nil {
+		var m api.GroupMessage
+		m, err = call(ctx, u, func(ctx context.Context, cl *api.Client) (api.GroupMessage, error) {
+			return cl.SendGroup(ctx, c.group, s.text)
+		})
+		id = m.ID
+	} else {
+		var m api.Message
+		m, err = call(ctx, u, func(ctx context.Context, cl *api.Client) (api.Message, error) { return cl.Send(ctx, v.name, s.text) })
+		id = m.ID
+	}
+	if err != nil || id == "" {
 		return s // not acknowledged: it may or may not go out
 	}
 	c.mu.Lock()
-	s.acked, s.id = true, m.ID
+	s.acked, s.id = true, id
 	c.mu.Unlock()
 	return s
 }
@@ -404,24 +533,52 @@ func messagesOf(ctx context.Context, d *daemon, after uint64) ([]api.Message, er
 	}
 }
 
+// groupMessagesOf lists all of d's messages of the group id, in display
+// order.
+func groupMessagesOf(ctx context.Context, d *daemon, id string) ([]api.GroupMessage, error) {
+	var all []api.GroupMessage
+	for {
+		page, err := call(ctx, d, func(ctx context.Context, cl *api.Client) ([]api.GroupMessage, error) {
+			return cl.GroupMessages(ctx, id, len(all), api.MaxGroupMessageLimit)
+		})
+		if err != nil {
+			return all, err
+		}
+		all = append(all, page...)
+		if len(page) < api.MaxGroupMessageLimit {
+			return all, nil
+		}
+	}
+}
+
 // watch records when each recipient first shows each message, polling
-// every half second from where it left off.
+// every half second from where it left off (its group's messages, which
+// it reads whole, every second).
 func (c *chaos) watch(ctx context.Context) {
 	cursor := map[*daemon]uint64{}
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	for {
+	for i := 0; ; i++ {
 		for _, u := range c.users {
 			if c.isHeld(u) {
 				continue
 			}
 			ms, _ := messagesOf(ctx, u, cursor[u])
+			var gs []api.GroupMessage
+			if i%2 == 0 {
+				gs, _ = groupMessagesOf(ctx, u, c.group)
+			}
 			now := time.Now()
 			c.mu.Lock()
 			for _, m := range ms {
 				cursor[u] = max(cursor[u], m.Seq)
-				if s := c.byText[m.Text]; s != nil && s.to == u && m.Direction == api.DirectionIn && s.seen.IsZero() {
-					s.seen = now
+				if m.Direction == api.DirectionIn {
+					c.markSeen(m.Text, u, false, now)
+				}
+			}
+			for _, m := range gs {
+				if m.Direction == api.DirectionIn {
+					c.markSeen(m.Text, u, true, now)
 				}
 			}
 			c.mu.Unlock()
@@ -434,10 +591,29 @@ func (c *chaos) watch(ctx context.Context) {
 	}
 }
 
+// markSeen records that u shows text, seen at now, if it is a message to
+// u (to the group if group) that u did not show before. c.mu is held.
+func (c *chaos) markSeen(text string, u *daemon, group bool, now time.Time) {
+	s := c.byText[text]
+	if s == nil || s.groupSend() != group || !slices.Contains(c.recipients(s), u) {
+		return
+	}
+	if _, ok := s.seen[u]; !ok {
+		s.seen[u] = now
+	}
+}
+
+// shownAt is a message text shown by a user.
+type shownAt struct {
+	to   *daemon
+	text string
+}
+
 // settled reports whether every acknowledged message of round r is shown
-// at its recipient and delivered at its sender, and what is missing if not.
+// at its recipients and delivered at its sender, and what is missing if
+// not.
 func (c *chaos) settled(t *testing.T, ctx context.Context, r int) (bool, string) {
-	shown := map[string]bool{}
+	shown := map[shownAt]bool{}
 	delivered := map[string]bool{}
 	for _, u := range c.users {
 		ms, err := messagesOf(ctx, u, 0)
@@ -446,8 +622,19 @@ func (c *chaos) settled(t *testing.T, ctx context.Context, r int) (bool, string)
 		}
 		for _, m := range ms {
 			if m.Direction == api.DirectionIn {
-				shown[m.Text] = true
+				shown[shownAt{u, m.Text}] = true
 			} else if m.State == api.StateDelivered {
+				delivered[m.ID] = true
+			}
+		}
+		gs, err := groupMessagesOf(ctx, u, c.group)
+		if err != nil {
+			return false, fmt.Sprintf("%s: the group's messages: %v", u.name, err)
+		}
+		for _, m := range gs {
+			if m.Direction == api.DirectionIn {
+				shown[shownAt{u, m.Text}] = true
+			} else if groupDelivered(m, len(c.users)-1) {
 				delivered[m.ID] = true
 			}
 		}
@@ -459,8 +646,10 @@ func (c *chaos) settled(t *testing.T, ctx context.Context, r int) (bool, string)
 		if !s.acked || s.round != r {
 			continue
 		}
-		if !shown[s.text] {
-			notShown = append(notShown, s.text)
+		for _, v := range c.recipients(s) {
+			if !shown[shownAt{v, s.text}] {
+				notShown = append(notShown, s.text+" at "+v.name)
+			}
 		}
 		if !delivered[s.id] {
 			notDelivered = append(notDelivered, s.text)
@@ -489,88 +678,145 @@ func (c *chaos) check(t *testing.T, r int) roundStats {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var st roundStats
-	type key struct {
-		to   *daemon
-		text string
+	count := map[shownAt]int{}
+	state := map[string]string{} // an outgoing message's state, by ID
+	delivered := map[string]bool{}
+	// shows checks one message u shows from sender (the sender's contact
+	// name at u), to the group if group; order is the sender's last
+	// number shown so far, by conversation.
+	shows := func(u *daemon, text, sender string, group bool, order map[string]int) {
+		c.mu.Lock()
+		s := c.byText[text]
+		c.mu.Unlock()
+		sm := chaosText.FindStringSubmatch(text)
+		if s == nil || sm == nil || s.groupSend() != group || !slices.Contains(c.recipients(s), u) || sm[2] != sender || s.from.name != sender {
+			t.Errorf("%s shows %q from %q (group: %v), which nobody sent to it", u.name, text, sender, group)
+			return
+		}
+		k := shownAt{u, text}
+		if count[k]++; count[k] > 1 {
+			return // counted below
+		}
+		// Each sender's messages in the order it wrote them.
+		conv := sender
+		if group {
+			conv = groupTo + ">" + sender
+		}
+		if s.n <= order[conv] {
+			if s.round == r {
+				st.of(s).reordered++
+			}
+			t.Errorf("%s shows %q after #%05d from %s: out of order", u.name, text, order[conv], conv)
+		}
+		order[conv] = max(order[conv], s.n)
 	}
-	count := map[key]int{}
-	state := map[string]api.State{}
 	for _, u := range c.users {
 		ms, err := messagesOf(ctx, u, 0)
 		if err != nil {
 			t.Fatalf("%s: listing messages: %v", u.name, err)
 		}
-		lastN := map[string]int{}
+		order := map[string]int{}
 		for _, m := range ms {
 			if m.Direction != api.DirectionIn {
-				state[m.ID] = m.State
+				state[m.ID] = string(m.State)
+				delivered[m.ID] = m.State == api.StateDelivered
 				continue
 			}
-			c.mu.Lock()
-			s := c.byText[m.Text]
-			c.mu.Unlock()
-			sm := chaosText.FindStringSubmatch(m.Text)
-			if s == nil || sm == nil || s.to != u || sm[2] != m.Contact || s.from.name != m.Contact {
-				t.Errorf("%s shows %q from %s, which nobody sent to it", u.name, m.Text, m.Contact)
+			shows(u, m.Text, m.Contact, false, order)
+		}
+		gs, err := groupMessagesOf(ctx, u, c.group)
+		if err != nil {
+			t.Fatalf("%s: listing the group's messages: %v", u.name, err)
+		}
+		for _, m := range gs {
+			if m.Direction != api.DirectionIn {
+				state[m.ID] = fmt.Sprintf("delivered %d/%d", m.Delivered, m.Recipients)
+				delivered[m.ID] = groupDelivered(m, len(c.users)-1)
 				continue
 			}
-			k := key{u, m.Text}
-			if count[k]++; count[k] > 1 {
-				continue // counted below
-			}
-			// Each sender's messages in the order it wrote them.
-			if s.n <= lastN[m.Contact] {
-				if s.round == r {
-					st.reordered++
-				}
-				t.Errorf("%s shows %q after #%05d from %s: out of order", u.name, m.Text, lastN[m.Contact], m.Contact)
-			}
-			lastN[m.Contact] = max(lastN[m.Contact], s.n)
+			shows(u, m.Text, m.SenderName, true, order)
 		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range c.ledger {
-		n := count[key{s.to, s.text}]
 		this := s.round == r
-		if n > 1 {
-			t.Errorf("%q (round %d) shown %d times by %s", s.text, s.round, n, s.to.name)
+		var lost, duplicated, any bool
+		for _, v := range c.recipients(s) {
+			n := count[shownAt{v, s.text}]
+			if n > 1 {
+				duplicated = true
+				t.Errorf("%q (round %d) shown %d times by %s", s.text, s.round, n, v.name)
+			}
+			if n == 0 {
+				lost = true
+				if s.acked {
+					t.Errorf("%q (round %d, %s), acknowledged by %s, not shown by %s", s.text, s.round, s.id, s.from.name, v.name)
+				}
+			} else {
+				any = true
+			}
 		}
 		if !s.acked {
 			if this {
 				st.unacked++
-				if n > 0 {
+				if any {
 					st.unackedShown++
 				}
 			}
 			continue
 		}
-		switch {
-		case n == 0:
-			t.Errorf("%q (round %d, %s), acknowledged by %s, not shown by %s", s.text, s.round, s.id, s.from.name, s.to.name)
-		case state[s.id] != api.StateDelivered:
+		if !lost && !delivered[s.id] {
 			t.Errorf("%q (round %d, %s) is %q at %s, not delivered", s.text, s.round, s.id, state[s.id], s.from.name)
 		}
 		if !this {
 			continue
 		}
-		st.acked++
+		tl := st.of(s)
+		tl.acked++
 		switch {
-		case n == 0:
-			st.lost++
-		case n > 1:
-			st.duplicated++
+		case lost:
+			tl.lost++
+		case duplicated:
+			tl.duplicated++
 		default:
-			st.shown++
+			tl.shown++
 		}
-		if state[s.id] == api.StateDelivered {
-			st.delivered++
+		if delivered[s.id] {
+			tl.delivered++
 		}
-		if !s.seen.IsZero() {
-			st.latency = append(st.latency, s.seen.Sub(s.at))
+		if d, ok := c.latency(s); ok {
+			tl.latency = append(tl.latency, d)
 		}
 	}
 	return st
+}
+
+// slowest describes the acknowledged message of round r (to the group if
+// group) that its last recipient showed last after its send, with the
+// times since start of its send and of each recipient's showing it.
+func (c *chaos) slowest(r int, group bool, start time.Time) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var worst *sent
+	var most time.Duration
+	for _, s := range c.ledger {
+		if s.round != r || !s.acked || s.groupSend() != group {
+			continue
+		}
+		if d, ok := c.latency(s); ok && d > most {
+			worst, most = s, d
+		}
+	}
+	if worst == nil {
+		return "none"
+	}
+	var at []string
+	for _, v := range c.recipients(worst) {
+		at = append(at, fmt.Sprintf("%s +%v", v.name, worst.seen[v].Sub(start).Round(100*time.Millisecond)))
+	}
+	return fmt.Sprintf("%q after %v (sent +%v; shown: %s)", worst.text, most.Round(100*time.Millisecond),
+		worst.at.Sub(start).Round(100*time.Millisecond), strings.Join(at, ", "))
 }
 
 // checkAlive fails the test, once for each, for a daemon that exited
@@ -709,52 +955,89 @@ var chaosFaults = []chaosFault{
 
 // roundStats are the figures of a round (or, added up, of a run).
 type roundStats struct {
-	faults                      int
-	unacked, unackedShown       int
+	faults                int
+	unacked, unackedShown int
+	pair, group           tally // messages to a contact, to the group
+	settle                []time.Duration
+}
+
+// tally counts one kind of message. A group message counts as shown
+// once when both other members show it once, lost when one of them does
+// not show it, and delivered when its sender has both receipts; its
+// latency runs until the last member showed it.
+type tally struct {
 	acked, shown, delivered     int
 	lost, duplicated, reordered int
-	latency, settle             []time.Duration
+	latency                     []time.Duration
+}
+
+// of is the tally of s's kind.
+func (s *roundStats) of(m *sent) *tally {
+	if m.groupSend() {
+		return &s.group
+	}
+	return &s.pair
 }
 
 func (s *roundStats) add(o roundStats) {
 	s.faults += o.faults
 	s.unacked += o.unacked
 	s.unackedShown += o.unackedShown
-	s.acked += o.acked
-	s.shown += o.shown
-	s.delivered += o.delivered
-	s.lost += o.lost
-	s.duplicated += o.duplicated
-	s.reordered += o.reordered
-	s.latency = append(s.latency, o.latency...)
+	s.pair.add(o.pair)
+	s.group.add(o.group)
 	s.settle = append(s.settle, o.settle...)
 }
 
-func (s roundStats) String() string {
-	return fmt.Sprintf("%d faults; %d acked, %d shown once, %d delivered, %d lost, %d duplicated, %d reordered; %d sends not acked (%d of them shown); latency p50 %s p99 %s max %s; settled in %s",
-		s.faults, s.acked, s.shown, s.delivered, s.lost, s.duplicated, s.reordered, s.unacked, s.unackedShown,
-		quantile(s.latency, 0.5), quantile(s.latency, 0.99), quantile(s.latency, 1), quantile(s.settle, 1))
+func (t *tally) add(o tally) {
+	t.acked += o.acked
+	t.shown += o.shown
+	t.delivered += o.delivered
+	t.lost += o.lost
+	t.duplicated += o.duplicated
+	t.reordered += o.reordered
+	t.latency = append(t.latency, o.latency...)
 }
 
-// table is the run's figures as the Markdown table of docs/RELIABILITY.md.
+func (t tally) String() string {
+	return fmt.Sprintf("%d acked, %d shown once, %d delivered, %d lost, %d duplicated, %d reordered; latency p50 %s p99 %s max %s",
+		t.acked, t.shown, t.delivered, t.lost, t.duplicated, t.reordered,
+		quantile(t.latency, 0.5), quantile(t.latency, 0.99), quantile(t.latency, 1))
+}
+
+func (s roundStats) String() string {
+	return fmt.Sprintf("%d faults; to contacts: %s; to the group: %s; %d sends not acked (%d of them shown); settled in %s",
+		s.faults, s.pair, s.group, s.unacked, s.unackedShown, quantile(s.settle, 1))
+}
+
+// table is the run's figures as the Markdown tables of
+// docs/RELIABILITY.md.
 func (s roundStats) table() string {
-	rows := [][2]string{
-		{"rounds (seeds)", strconv.Itoa(len(s.settle))},
-		{"faults injected", strconv.Itoa(s.faults)},
-		{"messages acknowledged", strconv.Itoa(s.acked)},
-		{"shown exactly once", strconv.Itoa(s.shown)},
-		{"delivered at the sender", strconv.Itoa(s.delivered)},
-		{"lost", strconv.Itoa(s.lost)},
-		{"duplicated", strconv.Itoa(s.duplicated)},
-		{"reordered", strconv.Itoa(s.reordered)},
-		{"sends not acknowledged (shown anyway)", fmt.Sprintf("%d (%d)", s.unacked, s.unackedShown)},
-		{"delivery latency p50 / p99 / max", fmt.Sprintf("%s / %s / %s", quantile(s.latency, 0.5), quantile(s.latency, 0.99), quantile(s.latency, 1))},
-		{"settle time p50 / max", fmt.Sprintf("%s / %s", quantile(s.settle, 0.5), quantile(s.settle, 1))},
-	}
 	var b strings.Builder
 	b.WriteString("| | |\n|---|---|\n")
-	for _, r := range rows {
+	for _, r := range [][2]string{
+		{"rounds (seeds)", strconv.Itoa(len(s.settle))},
+		{"faults injected", strconv.Itoa(s.faults)},
+		{"sends not acknowledged (shown anyway)", fmt.Sprintf("%d (%d)", s.unacked, s.unackedShown)},
+		{"settle time p50 / max", fmt.Sprintf("%s / %s", quantile(s.settle, 0.5), quantile(s.settle, 1))},
+	} {
 		fmt.Fprintf(&b, "| %s | %s |\n", r[0], r[1])
+	}
+	b.WriteString("\n| | to a contact | to the group (2 other members) |\n|---|---|---|\n")
+	for _, r := range []struct {
+		name string
+		of   func(tally) string
+	}{
+		{"messages acknowledged", func(t tally) string { return strconv.Itoa(t.acked) }},
+		{"shown exactly once (at every recipient)", func(t tally) string { return strconv.Itoa(t.shown) }},
+		{"delivered at the sender", func(t tally) string { return strconv.Itoa(t.delivered) }},
+		{"lost", func(t tally) string { return strconv.Itoa(t.lost) }},
+		{"duplicated", func(t tally) string { return strconv.Itoa(t.duplicated) }},
+		{"reordered", func(t tally) string { return strconv.Itoa(t.reordered) }},
+		{"delivery latency p50 / p99 / max", func(t tally) string {
+			return fmt.Sprintf("%s / %s / %s", quantile(t.latency, 0.5), quantile(t.latency, 0.99), quantile(t.latency, 1))
+		}},
+	} {
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", r.name, r.of(s.pair), r.of(s.group))
 	}
 	return b.String()
 }
