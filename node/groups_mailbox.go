@@ -201,19 +201,25 @@ func membersMailboxes(tx *store.Tx, accts [][32]byte) []peer.AddrInfo {
 	return mbxs
 }
 
-// depositReceipts deposits a receipts envelope of group id, published on
-// topic, once at each distinct mailbox of the members accts: the senders
-// of copies this device read at a mailbox (SPEC.md, "Receipts and
-// delivered N/M"). It is not tried again: the next copy read again
-// brings new receipts.
-func (n *Node) depositReceipts(id [32]byte, topic groupTopic, env []byte, accts [][32]byte) {
+// depositReceipts deposits a receipts envelope of group g, published on
+// topic, once at each distinct mailbox of the senders of the messages
+// via, whose copies this device read at a mailbox (SPEC.md, "Receipts and
+// delivered N/M"). When it reaches no mailbox, those receipts go again
+// with the next ones, for receiptDepositRetry.
+func (n *Node) depositReceipts(g group.ID, topic groupTopic, env []byte, via map[[16]byte]viaMailbox) {
+	var accts [][32]byte
+	for _, v := range via {
+		if !slices.Contains(accts, v.sender) {
+			accts = append(accts, v.sender)
+		}
+	}
 	var (
 		s    group.Secret
 		ok   bool
 		mbxs []peer.AddrInfo
 	)
 	n.db.View(func(tx *store.Tx) error {
-		rec, err := tx.GetGroup(id)
+		rec, err := tx.GetGroup([32]byte(g))
 		if err != nil {
 			return err
 		}
@@ -222,7 +228,7 @@ func (n *Node) depositReceipts(id [32]byte, topic groupTopic, env []byte, accts 
 		return nil
 	})
 	if !ok || len(mbxs) == 0 {
-		return
+		return // the secret is gone, or the senders told of no mailbox
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, deliverTimeout)
 	defer cancel()
@@ -232,9 +238,29 @@ func (n *Node) depositReceipts(id [32]byte, topic groupTopic, env []byte, accts 
 	if n.debugOn() {
 		n.cfg.Logger.Debug("group receipts deposit", "mailboxes", len(mbxs), "copies", k, "err", err)
 	}
+	now := time.Now()
+	n.grp.mu.Lock()
+	defer n.grp.mu.Unlock()
 	if err != nil {
-		n.cfg.Logger.Info("depositing group receipts", "err", err)
+		n.cfg.Logger.Info("depositing group receipts; they go again with the next ones", "err", err)
+		n.grp.receiptDepositFails.Add(1)
+		for id, v := range via {
+			if now.Sub(v.since) < receiptDepositRetry {
+				n.receiptSinceLocked(g, id, v, true)
+			}
+		}
 		return
 	}
 	n.grp.receiptDeposits.Add(1)
+	if n.grp.deposited == nil {
+		n.grp.deposited = map[[16]byte]time.Time{}
+	}
+	for id, at := range n.grp.deposited {
+		if now.Sub(at) >= receiptDepositMemory {
+			delete(n.grp.deposited, id)
+		}
+	}
+	for id := range via {
+		n.grp.deposited[id] = now
+	}
 }

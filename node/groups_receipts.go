@@ -18,9 +18,14 @@ import (
 // Receipts and publishing again (SPEC.md, "Receipts and delivered N/M",
 // "Publishing again").
 const (
-	groupReceiptBatch = 2 * time.Second  // GroupReceiptBatch
-	firstGroupResend  = 5 * time.Second  // the first wait before publishing again
-	maxGroupResend    = 10 * time.Minute // the longest wait
+	groupReceiptBatch = 2 * time.Second // GroupReceiptBatch
+	// A receipts deposit that reached no mailbox goes again with the next
+	// receipts for this long; one that reached a mailbox is not made again
+	// for the same message for receiptDepositMemory.
+	receiptDepositRetry  = 10 * time.Minute
+	receiptDepositMemory = time.Hour
+	firstGroupResend     = 5 * time.Second  // the first wait before publishing again
+	maxGroupResend       = 10 * time.Minute // the longest wait
 )
 
 // receiptReplayLocked notes a receipt for a copy of a message this
@@ -52,11 +57,18 @@ func (n *Node) receiptReplayLocked(id group.ID, lg *liveGroup, s group.Secret, e
 }
 
 // pendingReceipts are a group's receipts waiting for the next batch:
-// the IDs of the messages, and the senders of those whose copies came
-// from a mailbox, at whose mailboxes the batch is deposited too.
+// the IDs of the messages, and those whose copies came from a mailbox,
+// whose receipts are deposited at their senders' mailboxes too.
 type pendingReceipts struct {
 	ids   [][16]byte
-	reach [][32]byte
+	viaMB map[[16]byte]viaMailbox
+}
+
+// viaMailbox is a message read at a mailbox whose receipts are to be
+// deposited: its sender, and when its receipts were first to go.
+type viaMailbox struct {
+	sender [32]byte
+	since  time.Time
 }
 
 // receiptLocked notes that message id of group g, sent by sender, is to
@@ -64,19 +76,28 @@ type pendingReceipts struct {
 // groupReceiptBatch from now; fromMailbox: its copy was read at a
 // mailbox. n.grp.mu is held.
 func (n *Node) receiptLocked(g group.ID, id [16]byte, sender [32]byte, fromMailbox bool) {
+	n.receiptSinceLocked(g, id, viaMailbox{sender: sender, since: time.Now()}, fromMailbox)
+}
+
+// receiptSinceLocked is receiptLocked for a receipt whose deposit was
+// first to go at via.since. n.grp.mu is held.
+func (n *Node) receiptSinceLocked(g group.ID, id [16]byte, via viaMailbox, fromMailbox bool) {
 	if n.grp.receipts == nil {
 		n.grp.receipts = map[group.ID]*pendingReceipts{}
 	}
 	p := n.grp.receipts[g]
 	if p == nil {
-		p = &pendingReceipts{}
+		p = &pendingReceipts{viaMB: map[[16]byte]viaMailbox{}}
 		n.grp.receipts[g] = p
 	}
 	if !slices.Contains(p.ids, id) {
 		p.ids = append(p.ids, id)
 	}
-	if fromMailbox && !slices.Contains(p.reach, sender) {
-		p.reach = append(p.reach, sender)
+	if at, ok := n.grp.deposited[id]; ok && time.Since(at) < receiptDepositMemory {
+		fromMailbox = false // its sender's mailboxes hold a receipt already
+	}
+	if _, ok := p.viaMB[id]; fromMailbox && !ok {
+		p.viaMB[id] = via
 	}
 	if !n.grp.flushing {
 		n.grp.flushing = true
@@ -99,8 +120,9 @@ func (n *Node) flushGroupReceipts() {
 		ids := p.ids
 		for len(ids) > 0 {
 			k := min(len(ids), group.MaxBody/16)
+			chunk := ids[:k]
 			body := make([]byte, 0, 16*k)
-			for _, id := range ids[:k] {
+			for _, id := range chunk {
 				body = append(body, id[:]...)
 			}
 			ids = ids[k:]
@@ -117,8 +139,14 @@ func (n *Node) flushGroupReceipts() {
 				break
 			}
 			n.publishGroup([32]byte(g), topic, env)
-			if len(p.reach) > 0 {
-				n.spawn(func() { n.depositReceipts([32]byte(g), topic, env, p.reach) })
+			via := map[[16]byte]viaMailbox{}
+			for _, id := range chunk {
+				if v, ok := p.viaMB[id]; ok {
+					via[id] = v
+				}
+			}
+			if len(via) > 0 {
+				n.spawn(func() { n.depositReceipts(g, topic, env, via) })
 			}
 		}
 	}

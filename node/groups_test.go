@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/libp2p/go-libp2p/core/network"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
 	"github.com/sotto-im/sotto/internal/testkit"
+	"github.com/sotto-im/sotto/mailbox"
 	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/protocol/group"
 	"github.com/sotto-im/sotto/store"
@@ -412,7 +417,15 @@ func TestGroupThroughMailboxes(t *testing.T) {
 // together: receipts for copies read at a mailbox go to the sender's
 // mailboxes too (SPEC.md, "Receipts and delivered N/M"), not only on the
 // topic, which reaches only members connected to each other directly.
+// In "deposit fails first", Bob's first receipts deposits reach no
+// mailbox (he knows Alice's mailbox by an address that refuses), and his
+// receipts go again with his next ones once he knows it again.
 func TestGroupReceiptsThroughMailboxes(t *testing.T) {
+	t.Run("deposited", func(t *testing.T) { groupReceiptsThroughMailboxes(t, false) })
+	t.Run("deposit fails first", func(t *testing.T) { groupReceiptsThroughMailboxes(t, true) })
+}
+
+func groupReceiptsThroughMailboxes(t *testing.T, failFirst bool) {
 	tn := newTestNet(t)
 	_, addrs := tn.startMailboxes(1)
 	gn := newGroupNetOn(t, tn, func(c *Config) { c.MailboxNodes = addrs }, "alice", "bob", "carol")
@@ -436,6 +449,36 @@ func TestGroupReceiptsThroughMailboxes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	aliceAcct := storedContact(t, bob, "alice").Account
+	var aliceMbx []peer.AddrInfo
+	bob.db.View(func(tx *store.Tx) error {
+		aliceMbx = mailbox.ContactMailboxes(tx, aliceAcct)
+		return nil
+	})
+	// announce has Bob record mbxs as Alice's mailboxes, as if she had
+	// told him so at the given time from now.
+	announce := func(mbxs []peer.AddrInfo, at time.Duration) {
+		body, err := mailbox.EncodeAnnouncement(mbxs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bob.db.Update(func(tx *store.Tx) error {
+			return mailbox.PutContactMailboxes(tx, aliceAcct, time.Now().Add(at), body)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if failFirst {
+		k, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nobody, err := peer.IDFromPrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		announce([]peer.AddrInfo{{ID: nobody, Addrs: []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/9")}}}, time.Hour)
+	}
 	bob.Close()
 	carol.Close()
 	const N = 3
@@ -452,6 +495,16 @@ func TestGroupReceiptsThroughMailboxes(t *testing.T) {
 	alice.Close()
 
 	bob, carol = gn.start("bob"), gn.start("carol")
+	if failFirst {
+		for bob.grp.receiptDepositFails.Load() == 0 {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("no receipts deposit of bob's failed; %d reached a mailbox", bob.grp.receiptDeposits.Load())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		announce(aliceMbx, 2*time.Hour)
+	}
 	for _, n := range []*Node{bob, carol} {
 		waitGroupTexts(t, ctx, n, g.ID, N)
 		// Its receipts, batched, went to the mailbox.
