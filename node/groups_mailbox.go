@@ -116,7 +116,14 @@ func (n *Node) depositGroups(rs []store.GroupResend) {
 				continue
 			}
 			m, err := tx.GetGroupMessage(r.Group, r.ID)
-			if err != nil || now.Sub(m.ReceivedAt) < groupDepositAfter {
+			if err != nil {
+				continue
+			}
+			// Sent less than groupDepositAfter ago: not yet. Sent "in the
+			// future", by a clock that has since gone back (a restart
+			// onto the right time): its age is unknown, and waiting for
+			// the clock to catch up would strand it.
+			if age := now.Sub(m.ReceivedAt); age >= 0 && age < groupDepositAfter {
 				continue
 			}
 			rec, err := tx.GetGroup(r.Group)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -537,6 +538,64 @@ func groupReceiptsThroughMailboxes(t *testing.T, failFirst bool) {
 		case <-ctx.Done():
 			t.Fatalf("alice, back while bob and carol are away, shows %d messages, not delivered to both: %q", len(ms), short)
 		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// TestGroupDepositAfterClockStepBack: Alice sends to the group on a
+// clock 10 minutes ahead while Bob and Carol are away, then restarts on
+// the right time. Her message is deposited at their mailbox at its next
+// republication, seconds later, not once her clock has caught up with
+// the time she sent it at (SPEC.md, "Mailboxes"). Found by TestChaos: a
+// user restarted off its skewed clock left a message 1/2 for minutes.
+func TestGroupDepositAfterClockStepBack(t *testing.T) {
+	tn := newTestNet(t)
+	_, addrs := tn.startMailboxes(1)
+	var offset atomic.Int64
+	gn := newGroupNetOn(t, tn, func(c *Config) {
+		c.MailboxNodes = addrs
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	}, "alice", "bob", "carol")
+	alice, bob, carol := gn.nodes["alice"], gn.nodes["bob"], gn.nodes["carol"]
+	ctx := testkit.Context(t, 90*time.Second)
+	g, err := alice.CreateGroup(ctx, "team", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Node{alice, bob, carol} {
+		waitGroup(t, ctx, n, g.ID, 3)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return contactAnnounced(t, alice, "bob") && contactAnnounced(t, alice, "carol") })
+	bob.Close()
+	carol.Close()
+	alice.Close()
+	offset.Store(int64(10 * time.Minute))
+	alice = gn.start("alice")
+	m, err := alice.SendGroup(ctx, g.ID, "written ahead")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice.Close()
+	offset.Store(0)
+	alice = gn.start("alice")
+	for {
+		var r store.GroupResend
+		alice.db.View(func(tx *store.Tx) error {
+			rs, err := tx.GroupResends()
+			for _, x := range rs {
+				if x.ID == m.ID {
+					r = x
+				}
+			}
+			return err
+		})
+		if r.Deposited {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("a message sent 10 minutes ahead is not deposited after a restart onto the right time (resend %+v)", r)
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
