@@ -86,11 +86,11 @@ type groups struct {
 	// is scheduled.
 	receipts map[group.ID]*pendingReceipts
 	flushing bool
-	// receiptDeposits and receiptDepositFails count receipts messages
-	// deposited at a mailbox, and deposits that reached none; deposited
-	// holds the messages whose receipts were deposited, and when.
-	receiptDeposits, receiptDepositFails atomic.Uint64
-	deposited                            map[[16]byte]time.Time
+	// pairReceipts counts the group receipts messages queued on pairwise
+	// sessions; pairReceipted holds the messages acknowledged so, and
+	// when.
+	pairReceipts  atomic.Uint64
+	pairReceipted map[[16]byte]time.Time
 
 	drops struct{ malformed, notMember, refused, replay, forged, unknown atomic.Uint64 }
 	// depositing: a depositGroups runs.

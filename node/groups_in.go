@@ -30,6 +30,8 @@ func (n *Node) groupContent(tx *store.Tx, m store.Message, now time.Time) ([32]b
 		id, changed, err = n.takeOp(tx, from, m.Body, now)
 	case group.ContentSenderKey:
 		id, changed, err = n.takeSenderKey(tx, from, m.Body, now)
+	case group.ContentPairReceipts:
+		id, err = n.takePairReceipts(tx, from, m.Body)
 	}
 	var se storeError
 	if errors.As(err, &se) {
@@ -391,6 +393,25 @@ func mergeMembers(a, b group.State) []keys.AccountPublic {
 		}
 	}
 	return out
+}
+
+// takePairReceipts records group receipts that a member sent on the
+// pairwise session, for copies it read at a mailbox (SPEC.md, "Receipts
+// and delivered N/M").
+func (n *Node) takePairReceipts(tx *store.Tx, from keys.AccountPublic, body []byte) ([32]byte, error) {
+	r, err := group.ParsePairReceipts(body)
+	if err != nil {
+		return [32]byte{}, dropped(&n.grp.drops.malformed, err)
+	}
+	if _, err := tx.GetGroup([32]byte(r.Group)); errors.Is(err, store.ErrNotFound) {
+		return [32]byte(r.Group), dropped(&n.grp.drops.unknown, fmt.Errorf("node: group receipts for a group this device does not hold"))
+	} else if err != nil {
+		return [32]byte(r.Group), storeError{err}
+	}
+	if err := n.addReceiptsTx(tx, r.Group, [32]byte(from), r.IDs); err != nil {
+		return [32]byte(r.Group), storeError{err}
+	}
+	return [32]byte(r.Group), nil
 }
 
 // takeSenderKey takes a member's sender key; one for a group not known

@@ -19,13 +19,11 @@ import (
 // "Publishing again").
 const (
 	groupReceiptBatch = 2 * time.Second // GroupReceiptBatch
-	// A receipts deposit that reached no mailbox goes again with the next
-	// receipts for this long; one that reached a mailbox is not made again
-	// for the same message for receiptDepositMemory.
-	receiptDepositRetry  = 10 * time.Minute
-	receiptDepositMemory = time.Hour
-	firstGroupResend     = 5 * time.Second  // the first wait before publishing again
-	maxGroupResend       = 10 * time.Minute // the longest wait
+	// A message acknowledged on the pairwise session (its copy came from
+	// a mailbox) is not acknowledged so again for pairReceiptMemory.
+	pairReceiptMemory = time.Hour
+	firstGroupResend  = 5 * time.Second  // the first wait before publishing again
+	maxGroupResend    = 10 * time.Minute // the longest wait
 )
 
 // receiptReplayLocked notes a receipt for a copy of a message this
@@ -57,18 +55,11 @@ func (n *Node) receiptReplayLocked(id group.ID, lg *liveGroup, s group.Secret, e
 }
 
 // pendingReceipts are a group's receipts waiting for the next batch:
-// the IDs of the messages, and those whose copies came from a mailbox,
-// whose receipts are deposited at their senders' mailboxes too.
+// the IDs of the messages, and the senders of those whose copies came
+// from a mailbox, which are acknowledged on the pairwise session too.
 type pendingReceipts struct {
 	ids   [][16]byte
-	viaMB map[[16]byte]viaMailbox
-}
-
-// viaMailbox is a message read at a mailbox whose receipts are to be
-// deposited: its sender, and when its receipts were first to go.
-type viaMailbox struct {
-	sender [32]byte
-	since  time.Time
+	viaMB map[[16]byte][32]byte
 }
 
 // receiptLocked notes that message id of group g, sent by sender, is to
@@ -76,28 +67,22 @@ type viaMailbox struct {
 // groupReceiptBatch from now; fromMailbox: its copy was read at a
 // mailbox. n.grp.mu is held.
 func (n *Node) receiptLocked(g group.ID, id [16]byte, sender [32]byte, fromMailbox bool) {
-	n.receiptSinceLocked(g, id, viaMailbox{sender: sender, since: time.Now()}, fromMailbox)
-}
-
-// receiptSinceLocked is receiptLocked for a receipt whose deposit was
-// first to go at via.since. n.grp.mu is held.
-func (n *Node) receiptSinceLocked(g group.ID, id [16]byte, via viaMailbox, fromMailbox bool) {
 	if n.grp.receipts == nil {
 		n.grp.receipts = map[group.ID]*pendingReceipts{}
 	}
 	p := n.grp.receipts[g]
 	if p == nil {
-		p = &pendingReceipts{viaMB: map[[16]byte]viaMailbox{}}
+		p = &pendingReceipts{viaMB: map[[16]byte][32]byte{}}
 		n.grp.receipts[g] = p
 	}
 	if !slices.Contains(p.ids, id) {
 		p.ids = append(p.ids, id)
 	}
-	if at, ok := n.grp.deposited[id]; ok && time.Since(at) < receiptDepositMemory {
-		fromMailbox = false // its sender's mailboxes hold a receipt already
+	if at, ok := n.grp.pairReceipted[id]; ok && time.Since(at) < pairReceiptMemory {
+		fromMailbox = false // acknowledged on the pairwise session already
 	}
-	if _, ok := p.viaMB[id]; fromMailbox && !ok {
-		p.viaMB[id] = via
+	if fromMailbox {
+		p.viaMB[id] = sender
 	}
 	if !n.grp.flushing {
 		n.grp.flushing = true
@@ -106,8 +91,9 @@ func (n *Node) receiptSinceLocked(g group.ID, id [16]byte, via viaMailbox, fromM
 }
 
 // flushGroupReceipts publishes each group's pending receipts as one
-// message, deposited too when some of them are for copies read at a
-// mailbox (SPEC.md, "Receipts and delivered N/M").
+// message, and acknowledges the copies read at a mailbox on the pairwise
+// sessions with their senders too (SPEC.md, "Receipts and delivered
+// N/M").
 func (n *Node) flushGroupReceipts() {
 	n.grp.mu.Lock()
 	pending := n.grp.receipts
@@ -139,61 +125,116 @@ func (n *Node) flushGroupReceipts() {
 				break
 			}
 			n.publishGroup([32]byte(g), topic, env)
-			via := map[[16]byte]viaMailbox{}
-			for _, id := range chunk {
-				if v, ok := p.viaMB[id]; ok {
-					via[id] = v
-				}
-			}
-			if len(via) > 0 {
-				n.spawn(func() { n.depositReceipts(g, topic, env, via) })
-			}
+		}
+		if len(p.viaMB) > 0 {
+			n.queuePairReceipts(g, p.viaMB)
 		}
 	}
 }
 
-// takeGroupReceipts records a member's receipts of this device's
-// messages. n.grp.mu is held.
-func (n *Node) takeGroupReceipts(g group.ID, inner *group.Inner, keyID [group.KeyIDSize]byte, state []byte) {
-	var changed []store.GroupMessage
+// queuePairReceipts queues, to the sender of each message in via (its
+// copy came from a mailbox), a group receipts message on their pairwise
+// session naming its messages of group g.
+func (n *Node) queuePairReceipts(g group.ID, via map[[16]byte][32]byte) {
+	bySender := map[[32]byte][][16]byte{}
+	for id, sender := range via {
+		bySender[sender] = append(bySender[sender], id)
+	}
+	now := n.now()
+	queued := 0
 	err := n.db.Update(func(tx *store.Tx) error {
-		changed = changed[:0]
-		if err := tx.PutGroupKey([32]byte(g), keyID, state); err != nil {
-			return err
-		}
-		from := [32]byte(inner.Sender)
-		for b := inner.Body; len(b) >= 16; b = b[16:] {
-			m, err := tx.GetGroupMessage([32]byte(g), [16]byte(b[:16]))
-			if errors.Is(err, store.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if !m.Outgoing || !slices.Contains(m.Recipients, from) || slices.Contains(m.Receipts, from) {
-				continue
-			}
-			m.Receipts = append(m.Receipts, from)
-			if err := tx.UpdateGroupMessage(m); err != nil {
-				return err
-			}
-			if len(m.Receipts) == len(m.Recipients) {
-				if err := tx.DeleteGroupResend(m.Group, m.ID); err != nil {
+		queued = 0
+		for sender, ids := range bySender {
+			for len(ids) > 0 {
+				k := min(len(ids), group.MaxPairReceipts)
+				body := group.PairReceipts{Group: g, IDs: ids[:k]}.Marshal()
+				ids = ids[k:]
+				if err := n.queueGroupContent(tx, sender, group.ContentPairReceipts, body, now); err != nil {
 					return err
 				}
+				queued++
 			}
-			changed = append(changed, m)
 		}
 		return nil
 	})
 	if err != nil {
-		n.cfg.Logger.Error("storing group receipts", "err", err)
+		n.cfg.Logger.Error("queueing group receipts", "err", err)
 		return
 	}
-	for _, m := range changed {
-		gm := n.groupMessageOf(m)
-		n.events.publish(Event{Type: EventGroupMessage, GroupMessage: &gm})
+	n.grp.pairReceipts.Add(uint64(queued))
+	n.kickOutbox()
+	at := time.Now()
+	n.grp.mu.Lock()
+	defer n.grp.mu.Unlock()
+	if n.grp.pairReceipted == nil {
+		n.grp.pairReceipted = map[[16]byte]time.Time{}
 	}
+	for id, t := range n.grp.pairReceipted {
+		if at.Sub(t) >= pairReceiptMemory {
+			delete(n.grp.pairReceipted, id)
+		}
+	}
+	for id := range via {
+		n.grp.pairReceipted[id] = at
+	}
+}
+
+// takeGroupReceipts records a member's receipts, published on the
+// topic, of this device's messages. n.grp.mu is held.
+func (n *Node) takeGroupReceipts(g group.ID, inner *group.Inner, keyID [group.KeyIDSize]byte, state []byte) {
+	var ids [][16]byte
+	for b := inner.Body; len(b) >= 16; b = b[16:] {
+		ids = append(ids, [16]byte(b[:16]))
+	}
+	err := n.db.Update(func(tx *store.Tx) error {
+		if err := tx.PutGroupKey([32]byte(g), keyID, state); err != nil {
+			return err
+		}
+		return n.addReceiptsTx(tx, g, [32]byte(inner.Sender), ids)
+	})
+	if err != nil {
+		n.cfg.Logger.Error("storing group receipts", "err", err)
+	}
+}
+
+// addReceiptsTx records in tx that member from acknowledged the messages
+// ids of group g: those of this device's messages sent to it that it had
+// not acknowledged yet; the others are ignored. A message acknowledged by
+// all its recipients is not published again. Each message changed is
+// announced once tx commits.
+func (n *Node) addReceiptsTx(tx *store.Tx, g group.ID, from [32]byte, ids [][16]byte) error {
+	var changed []store.GroupMessage
+	for _, id := range ids {
+		m, err := tx.GetGroupMessage([32]byte(g), id)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if !m.Outgoing || !slices.Contains(m.Recipients, from) || slices.Contains(m.Receipts, from) {
+			continue
+		}
+		m.Receipts = append(m.Receipts, from)
+		if err := tx.UpdateGroupMessage(m); err != nil {
+			return err
+		}
+		if len(m.Receipts) == len(m.Recipients) {
+			if err := tx.DeleteGroupResend(m.Group, m.ID); err != nil {
+				return err
+			}
+		}
+		changed = append(changed, m)
+	}
+	if len(changed) > 0 {
+		tx.OnCommit(func() {
+			for _, m := range changed {
+				gm := n.groupMessageOf(m)
+				n.events.publish(Event{Type: EventGroupMessage, GroupMessage: &gm})
+			}
+		})
+	}
+	return nil
 }
 
 // resendGroups publishes again the messages that some member has not

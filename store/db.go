@@ -293,6 +293,10 @@ func (db *DB) Update(fn func(*Tx) error) error {
 	return db.txOn((*bolt.DB).Update, fn)
 }
 
+// OnCommit runs fn after the transaction committed (not if it rolls
+// back): for what must follow only a durable change, such as an event.
+func (tx *Tx) OnCommit(fn func()) { tx.tx.OnCommit(fn) }
+
 // View runs fn in a read-only transaction. Write methods fail with
 // ErrReadOnly.
 func (db *DB) View(fn func(*Tx) error) error {

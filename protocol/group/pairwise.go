@@ -9,9 +9,14 @@ import (
 // Pairwise content types added by groups (SPEC.md, "Group content on a
 // pairwise session").
 const (
-	ContentOp        = 0x04
-	ContentSenderKey = 0x05
-	ContentWelcome   = 0x06
+	ContentOp           = 0x04
+	ContentSenderKey    = 0x05
+	ContentWelcome      = 0x06
+	ContentPairReceipts = 0x07
+
+	// MaxPairReceipts bounds the message IDs of one pairwise group
+	// receipts message.
+	MaxPairReceipts = 256
 
 	// MaxPendingSenderKeys bounds the sender keys a node holds for groups
 	// whose welcome has not come yet.
@@ -25,7 +30,39 @@ const (
 var ErrMalformedContent = errors.New("group: malformed group content")
 
 // IsContent reports whether t is a pairwise content type that groups add.
-func IsContent(t uint8) bool { return t >= ContentOp && t <= ContentWelcome }
+func IsContent(t uint8) bool { return t >= ContentOp && t <= ContentPairReceipts }
+
+// PairReceipts is the body of a pairwise group receipts message: the
+// group, and the IDs of the receiver's messages in it that the sender
+// acknowledges.
+type PairReceipts struct {
+	Group ID
+	IDs   [][16]byte
+}
+
+// Marshal encodes r: G || n × message ID.
+func (r PairReceipts) Marshal() []byte {
+	b := make([]byte, 0, len(r.Group)+16*len(r.IDs))
+	b = append(b, r.Group[:]...)
+	for _, id := range r.IDs {
+		b = append(b, id[:]...)
+	}
+	return b
+}
+
+// ParsePairReceipts decodes the body of a pairwise group receipts
+// message: a group ID and 1 to MaxPairReceipts message IDs.
+func ParsePairReceipts(b []byte) (PairReceipts, error) {
+	var r PairReceipts
+	if len(b) < len(r.Group)+16 || (len(b)-len(r.Group))%16 != 0 || (len(b)-len(r.Group))/16 > MaxPairReceipts {
+		return PairReceipts{}, fmt.Errorf("%w: receipts of %d bytes (a group ID, then 1 to %d message IDs of 16 bytes)", ErrMalformedContent, len(b), MaxPairReceipts)
+	}
+	r.Group = ID(b[:len(r.Group)])
+	for rest := b[len(r.Group):]; len(rest) > 0; rest = rest[16:] {
+		r.IDs = append(r.IDs, [16]byte(rest[:16]))
+	}
+	return r, nil
+}
 
 // OpMessage is the body of a pairwise group operation: the operation, and
 // the new group secret when the receiver is to know it.

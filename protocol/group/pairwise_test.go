@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/sotto-im/sotto/keys"
@@ -102,5 +103,53 @@ func FuzzParseWelcome(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ParseWelcome(b)
 		ParseOpMessage(b)
+	})
+}
+
+// TestPairReceiptsKnownAnswer pins the pairwise group receipts body of
+// SPEC.md ("Group content on a pairwise session"): G || the message IDs.
+func TestPairReceiptsKnownAnswer(t *testing.T) {
+	var r PairReceipts
+	for i := range r.Group {
+		r.Group[i] = byte(i)
+	}
+	r.IDs = [][16]byte{{0xaa, 15: 0x01}, {0xbb, 15: 0x02}}
+	const want = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f" +
+		"aa000000000000000000000000000001" + "bb000000000000000000000000000002"
+	if got := hex.EncodeToString(r.Marshal()); got != want {
+		t.Fatalf("receipts\n got %s\nwant %s", got, want)
+	}
+	back, err := ParsePairReceipts(r.Marshal())
+	if err != nil || back.Group != r.Group || !slices.Equal(back.IDs, r.IDs) {
+		t.Fatalf("parsed back as %+v, %v", back, err)
+	}
+}
+
+// TestParsePairReceiptsRejects: a body that is not a group ID and 1 to
+// MaxPairReceipts whole message IDs is malformed.
+func TestParsePairReceiptsRejects(t *testing.T) {
+	for name, n := range map[string]int{
+		"empty":           0,
+		"group only":      32,
+		"a partial ID":    32 + 15,
+		"an ID and a bit": 32 + 16 + 1,
+		"too many IDs":    32 + 16*(MaxPairReceipts+1),
+	} {
+		if _, err := ParsePairReceipts(make([]byte, n)); !errors.Is(err, ErrMalformedContent) {
+			t.Errorf("%s (%d bytes): %v, want ErrMalformedContent", name, n, err)
+		}
+	}
+	if _, err := ParsePairReceipts(make([]byte, 32+16*MaxPairReceipts)); err != nil {
+		t.Errorf("%d IDs: %v", MaxPairReceipts, err)
+	}
+}
+
+func FuzzParsePairReceipts(f *testing.F) {
+	f.Add(PairReceipts{IDs: [][16]byte{{1}}}.Marshal())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParsePairReceipts(b)
+		if err == nil && !bytes.Equal(r.Marshal(), b) {
+			t.Fatalf("%x parses as %+v, which encodes as %x", b, r, r.Marshal())
+		}
 	})
 }
