@@ -37,11 +37,11 @@ func (n *Node) receiptReplayLocked(id group.ID, lg *liveGroup, s group.Secret, e
 	if err != nil {
 		return
 	}
-	owner, ok := lg.recv.KeyOwner(k)
-	if !ok {
-		return
-	}
+	// The key's owner, for a receipt on the pairwise session too; a key
+	// dropped since (its owner left) still gets one on the topic.
+	owner, known := lg.recv.KeyOwner(k)
 	var msgID [16]byte
+	var ok bool
 	if err := n.db.View(func(tx *store.Tx) (err error) {
 		msgID, ok, err = tx.GroupOpened([32]byte(id), k, it)
 		return err
@@ -50,7 +50,7 @@ func (n *Node) receiptReplayLocked(id group.ID, lg *liveGroup, s group.Secret, e
 		return
 	}
 	if ok {
-		n.receiptLocked(id, msgID, [32]byte(owner), fromMailbox)
+		n.receiptLocked(id, msgID, [32]byte(owner), fromMailbox && known)
 	}
 }
 
