@@ -577,6 +577,28 @@ func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
 	return os, nil
 }
 
+// busy reports whether messages to p are in flight on the stream to p
+// (written, not yet acknowledged) or a stream to p is being opened.
+func (snd *Sender) busy(p peer.ID) bool {
+	snd.mu.Lock()
+	slot := snd.peers[p]
+	snd.mu.Unlock()
+	if slot == nil {
+		return false
+	}
+	if !slot.mu.TryLock() { // a stream is being opened
+		return true
+	}
+	os := slot.os
+	slot.mu.Unlock()
+	if os == nil || os.failed() {
+		return false
+	}
+	os.mu.Lock()
+	defer os.mu.Unlock()
+	return len(os.queue) > 0
+}
+
 // Reach makes sure a connection to p is open, as a send to p would
 // (connect), for protocols that ride on connections made for other
 // reasons: a gossip topic meets a subscriber only over a connection.

@@ -2,8 +2,10 @@ package p2p
 
 import (
 	"os"
+	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )
@@ -48,6 +50,22 @@ func (n *Host) inboundCount(p peer.ID) int {
 func withDHTOptions(opts ...dht.Option) Option {
 	return func(c *config) error {
 		c.dhtOpts = append(c.dhtOpts, opts...)
+		return nil
+	}
+}
+
+// withUpgradeTiming sets when relay-only peers are tried again.
+func withUpgradeTiming(tick, after, maxWait time.Duration) Option {
+	return func(c *config) error {
+		c.upgrade = upgradeTiming{tick: tick, after: after, maxWait: maxWait}
+		return nil
+	}
+}
+
+// withGater has libp2p ask g before each connection.
+func withGater(g connmgr.ConnectionGater) Option {
+	return func(c *config) error {
+		c.gater = g
 		return nil
 	}
 }

@@ -56,7 +56,8 @@ type Host struct {
 	wg      sync.WaitGroup
 	inbound map[peer.ID]int // open inbound direct streams per peer
 
-	reach reachWatch
+	reach    reachWatch
+	upgrades upgrader
 
 	pubMu     sync.Mutex
 	published map[string][]byte // bundle records this node republishes
@@ -95,6 +96,7 @@ func New(opts ...Option) (*Host, error) {
 		inbound:   make(map[peer.ID]int),
 		published: make(map[string][]byte),
 		republish: make(chan struct{}, 1),
+		upgrades:  upgrader{peers: make(map[peer.ID]*upgradeState)},
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 
@@ -124,6 +126,9 @@ func New(opts ...Option) (*Host, error) {
 		h.SetStreamHandler(DirectProtocol, n.handleDirect)
 	}
 	n.goFunc(n.republishLoop)
+	if cfg.nat && cfg.libp2p == nil {
+		n.goFunc(n.upgradeLoop)
+	}
 
 	if cfg.mdns && cfg.libp2p == nil {
 		// LAN discovery is a convenience: without it (no multicast, only
@@ -163,6 +168,9 @@ func newLibp2pHost(cfg *config, ref *hostRef) (host.Host, error) {
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
+	}
+	if cfg.gater != nil {
+		lopts = append(lopts, libp2p.ConnectionGater(cfg.gater))
 	}
 	if len(cfg.announce) > 0 {
 		lopts = append(lopts, libp2p.AddrsFactory(announceFactory(cfg.announce)))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -118,6 +119,9 @@ type config struct {
 	dhtOpts []dht.Option // appended last; tests only
 
 	registerer prometheus.Registerer // where libp2p's and the relay's metrics go
+
+	upgrade upgradeTiming           // when relay-only peers are tried again (upgrade.go)
+	gater   connmgr.ConnectionGater // tests only
 }
 
 func defaultConfig() config {
@@ -136,6 +140,7 @@ func defaultConfig() config {
 		maxInFlight:       DefaultMaxInFlight,
 		inboundPipeline:   DefaultInboundPipeline,
 		logger:            slog.New(slog.DiscardHandler),
+		upgrade:           defaultUpgradeTiming,
 	}
 	for _, s := range DefaultListenAddrs {
 		c.listenAddrs = append(c.listenAddrs, ma.StringCast(s))

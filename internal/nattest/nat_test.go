@@ -68,7 +68,12 @@ func TestNAT(t *testing.T) {
 		}
 		trials = n
 	}
-	s := newScene(t, testBudget+time.Duration(trials-1)*trialBudget, trials, t.TempDir())
+	root := t.TempDir()
+	if dir := os.Getenv("SOTTO_NAT_KEEP"); dir != "" {
+		root = dir
+	}
+	s := newScene(t, testBudget+time.Duration(trials-1)*trialBudget, trials, root)
+	s.nw.env = append(s.nw.env, "GOLOG_LOG_LEVEL=error,p2p-holepunch=debug", "GOLOG_LOG_FMT=nocolor")
 	s.setUp(t)
 
 	var took []string
@@ -93,6 +98,9 @@ func TestNAT(t *testing.T) {
 	// Case 3 stops the relays, so it runs after every case that may use
 	// them.
 	run("1_port_preserving_NAT", s.portPreserving)
+	// Case 10 needs the direct connection case 1 made, and NAT mappings
+	// made under port-preserving NAT only.
+	run("10_punch_after_stale_direct", s.punchAfterStaleDirect)
 	run("2_symmetric_NAT", s.symmetric)
 	run("4_bob_offline", s.bobOffline)
 	run("5_bob_new_port", s.bobNewPort)
@@ -281,6 +289,83 @@ func (s *scene) bothSymmetric(t *testing.T) {
 	}
 }
 
+// Case 10: alice restarts while the path between her and bob is cut, so
+// that bob keeps his direct connection to the alice that is gone; her
+// new node reaches him through a relay. libp2p punches a hole when a
+// relayed connection comes in, but not to a peer it already holds a
+// direct connection to, and it does not try again once that dead
+// connection closes: the pair stays relayed for good, with no gossip
+// between them, unless one of the two opens a fresh relayed connection
+// (p2p/upgrade.go). The path comes back; the pair must get a direct
+// connection again.
+func (s *scene) punchAfterStaleDirect(t *testing.T) {
+	nw, alice, bob := s.nw, s.alice, s.bob
+	s.tb.nat(t, "r1", "preserve")
+	s.tb.nat(t, "r2", "preserve")
+	requireReport(t, alice, nw.status(t, alice))
+	if !s.directBetween(t) {
+		tr := s.exchange(t, "case 10 warm-up", watchDirect)
+		if !tr.direct {
+			t.Fatalf("alice and bob have no direct connection to begin with: %s", tr.conns)
+		}
+	}
+	blocked := true
+	heal := func() {
+		if blocked {
+			blocked = false
+			if err := s.tb.run("heal", s.tb.prefix, "alice"); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	if err := s.tb.run("block", s.tb.prefix, "alice", r2WAN); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(heal)
+	nw.restart(t, alice, true)
+	nw.poll(t, "alice holds a relay reservation", caseWait, []*daemon{alice}, func() (bool, string) {
+		st := nw.status(t, alice)
+		return len(st.Relays) > 0, fmt.Sprintf("relays %v", st.Relays)
+	})
+	id := nw.send(t, alice, "bob", "case 10 after the restart "+randomHex(3))
+	var relayed bool
+	nw.poll(t, "bob receives alice's message and a relayed connection from her", caseWait, []*daemon{alice, bob}, func() (bool, string) {
+		m, ok := find(nw.messages(t, bob), id)
+		conns := nw.status(t, bob).connectionsTo(alice.peerID)
+		for _, c := range conns {
+			relayed = relayed || c.Relayed
+		}
+		return ok && m.Direction == "in" && relayed, fmt.Sprintf("found=%v %+v; bob's connections to alice: %+v", ok, m, conns)
+	})
+	heal()
+	healed := time.Now()
+	var addr string
+	nw.poll(t, "a direct connection between alice and bob", 3*caseWait/2, []*daemon{alice, bob}, func() (bool, string) {
+		conns := nw.status(t, alice).connectionsTo(bob.peerID)
+		for _, c := range conns {
+			if !c.Relayed {
+				addr = c.Addr
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("alice's connections to bob: %+v; bob's to alice: %+v", conns, nw.status(t, bob).connectionsTo(alice.peerID))
+	})
+	t.Logf("direct again at %s, %v after the path came back", addr, time.Since(healed).Round(100*time.Millisecond))
+	if !strings.Contains(addr, "/ip4/"+r2WAN+"/") {
+		t.Errorf("alice's direct connection to bob is on %s, want r2's WAN address %s", addr, r2WAN)
+	}
+}
+
+// directBetween reports whether alice has a direct connection to bob.
+func (s *scene) directBetween(t *testing.T) bool {
+	for _, c := range s.nw.status(t, s.alice).connectionsTo(s.bob.peerID) {
+		if !c.Relayed {
+			return true
+		}
+	}
+	return false
+}
+
 // Case 3: no relay serves anyone any more (the public nodes restart
 // without --relay, pub1 last; pub1 keeps its mailbox and its data).
 // Messages still arrive, through the mailbox.
@@ -383,10 +468,13 @@ func allState(ms []message, ids []string, dir, state string) (bool, string) {
 }
 
 // Case 5: bob restarts on a new port; alice's next message reaches him
-// without bob writing first.
+// without bob writing first, and they have a direct connection again.
 func (s *scene) bobNewPort(t *testing.T) {
 	nw, alice, bob := s.nw, s.alice, s.bob
+	s.tb.nat(t, "r1", "preserve")
+	s.tb.nat(t, "r2", "preserve")
 	nw.restart(t, bob, true)
+	sent := time.Now()
 	id := nw.send(t, alice, "bob", "case 5 to the new port "+randomHex(3))
 	var via string
 	took := nw.poll(t, "bob receives alice's message on his new port", caseWait, []*daemon{alice, bob}, func() (bool, string) {
@@ -395,6 +483,22 @@ func (s *scene) bobNewPort(t *testing.T) {
 		return ok && m.Direction == "in", fmt.Sprintf("found=%v %+v", ok, m)
 	})
 	t.Logf("arrived via %s %v after sending", via, took.Round(100*time.Millisecond))
+	requireReport(t, alice, nw.status(t, alice))
+	var addr string
+	nw.poll(t, "a direct connection between alice and bob again", 3*caseWait/2, []*daemon{alice, bob}, func() (bool, string) {
+		conns := nw.status(t, alice).connectionsTo(bob.peerID)
+		for _, c := range conns {
+			if !c.Relayed {
+				addr = c.Addr
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("alice's connections to bob: %+v", conns)
+	})
+	t.Logf("direct again at %s, %v after the send", addr, time.Since(sent).Round(100*time.Millisecond))
+	if !strings.Contains(addr, "/ip4/"+r2WAN+"/") {
+		t.Errorf("alice's direct connection to bob is on %s, want r2's WAN address %s", addr, r2WAN)
+	}
 }
 
 // Case 6: carol, a new user in a third home, has only alice's invite and
