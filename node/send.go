@@ -152,11 +152,16 @@ func (n *Node) Send(ctx context.Context, name, text string) (Message, error) {
 	n.events.publish(ev)
 	m := *ev.Message
 	// A delivery already running for the contact picks this message up
-	// when it finishes (it kicks the outbox then).
+	// when it finishes (it kicks the outbox then). That can take long (a
+	// dial through a relay that forwards nothing runs into its timeout,
+	// then the DHT is asked): the outbox looks again when the message is
+	// due for the mailboxes, and deposits it while the delivery runs.
 	n.ob.mu.Lock()
 	busy := n.ob.busy[m.Contact]
 	n.ob.mu.Unlock()
-	if !busy {
+	if busy {
+		time.AfterFunc(n.cfg.MailboxAfter, n.kickOutbox)
+	} else {
 		n.kickOutbox()
 	}
 	return m, nil

@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -68,12 +69,15 @@ func TestNAT(t *testing.T) {
 		}
 		trials = n
 	}
-	root := t.TempDir()
-	if dir := os.Getenv("SOTTO_NAT_KEEP"); dir != "" {
-		root = dir
+	root, keep := t.TempDir(), os.Getenv("SOTTO_NAT_KEEP")
+	if keep != "" {
+		root = keep
 	}
 	s := newScene(t, testBudget+time.Duration(trials-1)*trialBudget, trials, root)
 	s.nw.env = append(s.nw.env, "GOLOG_LOG_LEVEL=error,p2p-holepunch=debug", "GOLOG_LOG_FMT=nocolor")
+	if keep != "" {
+		s.nw.env = append(s.nw.env, "SOTTO_LOG_LEVEL=debug")
+	}
 	s.setUp(t)
 
 	var took []string
@@ -108,6 +112,8 @@ func TestNAT(t *testing.T) {
 	run("7_udp_dropped", s.udpDropped)
 	run("8_reachability", s.reachability)
 	run("9_symmetric_both_sides", s.bothSymmetric)
+	// Case 11 takes pub1's relay away, which case 3 does for all.
+	run("11_relays_drop_traffic", s.relaysDropTraffic)
 	run("3_relays_down", s.relaysDown)
 
 	t.Logf("cases:\n%s", strings.Join(took, "\n"))
@@ -364,6 +370,83 @@ func (s *scene) directBetween(t *testing.T) bool {
 		}
 	}
 	return false
+}
+
+// stalledBound is what a message may take to arrive when every relay of
+// its recipient holds the recipient's reservation but forwards nothing:
+// no more than the dial through them may take (p2p.DirectDialTimeout,
+// 5 s), plus node.DefaultMailboxAfter (2 s). The message goes to the
+// mailboxes after DefaultMailboxAfter whatever the dial does, so it
+// arrives well within.
+const stalledBound = 7 * time.Second
+
+// Case 11: every relay, those bob holds his reservations at among them,
+// stops forwarding (its process is frozen: the connections stay up,
+// nothing is answered), and
+// r2 maps each flow to a random port, so there is no direct path either.
+// Alice's messages to bob must still arrive, through the mailbox, each
+// within stalledBound: a relay that takes reservations and drops traffic
+// costs at most the dial timeout, once per message and not per retry.
+// pub1 (the mailbox) stops relaying first, so that bob's relays are all
+// ones the test can freeze.
+func (s *scene) relaysDropTraffic(t *testing.T) {
+	nw, alice, bob := s.nw, s.alice, s.bob
+	pub1 := s.pubs[0]
+	pub1.args = slices.DeleteFunc(pub1.args, func(a string) bool { return a == "--relay" })
+	nw.restart(t, pub1, false)
+	s.tb.nat(t, "r1", "preserve")
+	s.tb.nat(t, "r2", "random")
+	t.Cleanup(func() {
+		if err := s.tb.run("nat", s.tb.prefix, "r2", "preserve"); err != nil {
+			t.Error(err)
+		}
+	})
+	nw.restart(t, bob, true)
+	s.waitReserved(t, bob)
+	var frozen []*daemon
+	t.Cleanup(func() {
+		for _, d := range frozen {
+			if err := d.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+				t.Errorf("%s: SIGCONT: %v", d.name, err)
+			}
+		}
+	})
+	// Every relay left, so that bob cannot move to one that works.
+	relays := nw.status(t, bob).Relays
+	for _, r := range relays {
+		if !slices.ContainsFunc(s.pubs[1:], func(d *daemon) bool { return d.peerID == r }) {
+			t.Fatalf("bob's relay %s is none of pub2..pub4", r)
+		}
+	}
+	for _, d := range s.pubs[1:] {
+		if err := d.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatalf("%s: SIGSTOP: %v", d.name, err)
+		}
+		frozen = append(frozen, d)
+	}
+	t.Logf("froze pub2..pub4; bob's relays were %v", relays)
+	for i := range 2 {
+		start := time.Now()
+		id := nw.send(t, alice, "bob", fmt.Sprintf("case 11.%d past frozen relays %s", i+1, randomHex(3)))
+		var m message
+		took := nw.poll(t, "bob receives alice's message", caseWait, []*daemon{alice, bob}, func() (bool, string) {
+			var ok bool
+			m, ok = find(nw.messages(t, bob), id)
+			return ok && m.Direction == "in", fmt.Sprintf("found=%v %+v", ok, m)
+		})
+		t.Logf("message %d arrived via %s %v after sending", i+1, m.Via, took.Round(100*time.Millisecond))
+		if m.Via == "relay" {
+			t.Errorf("message %d arrived through a relay that forwards nothing", i+1)
+		}
+		if took > stalledBound {
+			t.Errorf("message %d took %v, more than %v: a frozen relay cost more than the dial timeout", i+1, took.Round(100*time.Millisecond), stalledBound)
+		}
+		nw.poll(t, "alice sees her message delivered", caseWait, []*daemon{alice, bob}, func() (bool, string) {
+			out, _ := find(nw.messages(t, alice), id)
+			return out.State == "delivered", fmt.Sprintf("%+v", out)
+		})
+		t.Logf("message %d delivered %v after sending", i+1, time.Since(start).Round(100*time.Millisecond))
+	}
 }
 
 // Case 3: no relay serves anyone any more (the public nodes restart
