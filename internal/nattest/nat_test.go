@@ -12,12 +12,12 @@
 //
 // TestNAT needs root, `ip netns` and nft; without them it skips, except
 // under CI (SOTTO_CI=1), where that is a failure. SOTTO_NAT_TRIALS=N runs
-// cases 1-3 N times each and prints delivery and hole-punch rates and
-// latencies. SOTTO_NAT_BIN=PATH uses a prebuilt binary instead of building
-// cmd/sotto.
+// cases 1-3 and 9-11 N times each and prints delivery and hole-punch rates
+// and latencies. SOTTO_NAT_BIN=PATH uses a prebuilt binary instead of
+// building cmd/sotto.
 //
 //	go test ./internal/nattest/ -run TestNAT -v -count=1
-//	SOTTO_NAT_TRIALS=10 go test ./internal/nattest/ -run TestNAT -v -count=1 -timeout 60m
+//	SOTTO_NAT_TRIALS=10 go test ./internal/nattest/ -run TestNAT -v -count=1 -timeout 90m
 package nattest
 
 import (
@@ -37,8 +37,8 @@ const (
 	// testBudget bounds the whole test, the build included.
 	testBudget = 6 * time.Minute
 	// trialBudget is the further time each extra trial may take (one
-	// trial of each of cases 1-3) under SOTTO_NAT_TRIALS.
-	trialBudget = 3 * time.Minute
+	// trial of each of cases 1-3 and 9-11) under SOTTO_NAT_TRIALS.
+	trialBudget = 5 * time.Minute
 	// caseWait bounds each condition a case waits for.
 	caseWait = 60 * time.Second
 	// stayRelayed is how long case 2 watches, once its messages are
@@ -305,12 +305,24 @@ func (s *scene) bothSymmetric(t *testing.T) {
 // (p2p/upgrade.go). The path comes back; the pair must get a direct
 // connection again.
 func (s *scene) punchAfterStaleDirect(t *testing.T) {
-	nw, alice, bob := s.nw, s.alice, s.bob
 	s.tb.nat(t, "r1", "preserve")
 	s.tb.nat(t, "r2", "preserve")
-	requireReport(t, alice, nw.status(t, alice))
+	requireReport(t, s.alice, s.nw.status(t, s.alice))
+	cs := s.newCase("10 stale direct connection")
+	for i := range s.trials {
+		tr := s.staleDirectTrial(t, i+1)
+		cs.add(tr)
+		if s.trials > 1 {
+			t.Logf("trial %d: via %v, direct again %v after the path came back", i+1, tr.via, tr.toDirect)
+		}
+	}
+}
+
+// staleDirectTrial is one trial of case 10.
+func (s *scene) staleDirectTrial(t *testing.T, n int) trial {
+	nw, alice, bob := s.nw, s.alice, s.bob
 	if !s.directBetween(t) {
-		tr := s.exchange(t, "case 10 warm-up", watchDirect)
+		tr := s.exchange(t, fmt.Sprintf("case 10.%d warm-up", n), watchDirect)
 		if !tr.direct {
 			t.Fatalf("alice and bob have no direct connection to begin with: %s", tr.conns)
 		}
@@ -327,13 +339,14 @@ func (s *scene) punchAfterStaleDirect(t *testing.T) {
 	if err := s.tb.run("block", s.tb.prefix, "alice", r2WAN); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(heal)
+	defer heal()
 	nw.restart(t, alice, true)
 	nw.poll(t, "alice holds a relay reservation", caseWait, []*daemon{alice}, func() (bool, string) {
 		st := nw.status(t, alice)
 		return len(st.Relays) > 0, fmt.Sprintf("relays %v", st.Relays)
 	})
-	id := nw.send(t, alice, "bob", "case 10 after the restart "+randomHex(3))
+	id := nw.send(t, alice, "bob", fmt.Sprintf("case 10.%d after the restart %s", n, randomHex(3)))
+	tr := trial{sent: 1, report: true}
 	var relayed bool
 	nw.poll(t, "bob receives alice's message and a relayed connection from her", caseWait, []*daemon{alice, bob}, func() (bool, string) {
 		m, ok := find(nw.messages(t, bob), id)
@@ -341,25 +354,32 @@ func (s *scene) punchAfterStaleDirect(t *testing.T) {
 		for _, c := range conns {
 			relayed = relayed || c.Relayed
 		}
-		return ok && m.Direction == "in" && relayed, fmt.Sprintf("found=%v %+v; bob's connections to alice: %+v", ok, m, conns)
+		if ok && m.Direction == "in" && tr.arrived == 0 {
+			tr.arrived, tr.via = 1, []string{"alice→bob " + m.Via}
+		}
+		return tr.arrived == 1 && relayed, fmt.Sprintf("found=%v %+v; bob's connections to alice: %+v", ok, m, conns)
 	})
+	tr.sawRelayed = relayed
 	heal()
 	healed := time.Now()
-	var addr string
 	nw.poll(t, "a direct connection between alice and bob", 3*caseWait/2, []*daemon{alice, bob}, func() (bool, string) {
 		conns := nw.status(t, alice).connectionsTo(bob.peerID)
 		for _, c := range conns {
 			if !c.Relayed {
-				addr = c.Addr
+				tr.direct, tr.directAddr = true, c.Addr
 				return true, ""
 			}
 		}
 		return false, fmt.Sprintf("alice's connections to bob: %+v; bob's to alice: %+v", conns, nw.status(t, bob).connectionsTo(alice.peerID))
 	})
-	t.Logf("direct again at %s, %v after the path came back", addr, time.Since(healed).Round(100*time.Millisecond))
-	if !strings.Contains(addr, "/ip4/"+r2WAN+"/") {
-		t.Errorf("alice's direct connection to bob is on %s, want r2's WAN address %s", addr, r2WAN)
+	// In the table, case 10's send→direct counts from when the path came
+	// back.
+	tr.toDirect = time.Since(healed)
+	t.Logf("direct again at %s, %v after the path came back", tr.directAddr, tr.toDirect.Round(100*time.Millisecond))
+	if !strings.Contains(tr.directAddr, "/ip4/"+r2WAN+"/") {
+		t.Errorf("alice's direct connection to bob is on %s, want r2's WAN address %s", tr.directAddr, r2WAN)
 	}
+	return tr
 }
 
 // directBetween reports whether alice has a direct connection to bob.
@@ -390,10 +410,9 @@ const stalledBound = 7 * time.Second
 // pub1 (the mailbox) stops relaying first, so that bob's relays are all
 // ones the test can freeze.
 func (s *scene) relaysDropTraffic(t *testing.T) {
-	nw, alice, bob := s.nw, s.alice, s.bob
 	pub1 := s.pubs[0]
 	pub1.args = slices.DeleteFunc(pub1.args, func(a string) bool { return a == "--relay" })
-	nw.restart(t, pub1, false)
+	s.nw.restart(t, pub1, false)
 	s.tb.nat(t, "r1", "preserve")
 	s.tb.nat(t, "r2", "random")
 	t.Cleanup(func() {
@@ -401,16 +420,25 @@ func (s *scene) relaysDropTraffic(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	cs := s.newCase("11 relays forward nothing")
+	for i := range s.trials {
+		cs.add(s.frozenRelaysTrial(t, i+1))
+	}
+}
+
+// frozenRelaysTrial is one trial of case 11.
+func (s *scene) frozenRelaysTrial(t *testing.T, n int) trial {
+	nw, alice, bob := s.nw, s.alice, s.bob
 	nw.restart(t, bob, true)
 	s.waitReserved(t, bob)
 	var frozen []*daemon
-	t.Cleanup(func() {
+	defer func() {
 		for _, d := range frozen {
 			if err := d.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 				t.Errorf("%s: SIGCONT: %v", d.name, err)
 			}
 		}
-	})
+	}()
 	// Every relay left, so that bob cannot move to one that works.
 	relays := nw.status(t, bob).Relays
 	for _, r := range relays {
@@ -425,15 +453,18 @@ func (s *scene) relaysDropTraffic(t *testing.T) {
 		frozen = append(frozen, d)
 	}
 	t.Logf("froze pub2..pub4; bob's relays were %v", relays)
-	for i := range 2 {
+	tr := trial{sent: 2}
+	for i := range tr.sent {
 		start := time.Now()
-		id := nw.send(t, alice, "bob", fmt.Sprintf("case 11.%d past frozen relays %s", i+1, randomHex(3)))
+		id := nw.send(t, alice, "bob", fmt.Sprintf("case 11.%d.%d past frozen relays %s", n, i+1, randomHex(3)))
 		var m message
 		took := nw.poll(t, "bob receives alice's message", caseWait, []*daemon{alice, bob}, func() (bool, string) {
 			var ok bool
 			m, ok = find(nw.messages(t, bob), id)
 			return ok && m.Direction == "in", fmt.Sprintf("found=%v %+v", ok, m)
 		})
+		tr.arrived++
+		tr.via = append(tr.via, "alice→bob "+m.Via)
 		t.Logf("message %d arrived via %s %v after sending", i+1, m.Via, took.Round(100*time.Millisecond))
 		if m.Via == "relay" {
 			t.Errorf("message %d arrived through a relay that forwards nothing", i+1)
@@ -445,8 +476,9 @@ func (s *scene) relaysDropTraffic(t *testing.T) {
 			out, _ := find(nw.messages(t, alice), id)
 			return out.State == "delivered", fmt.Sprintf("%+v", out)
 		})
-		t.Logf("message %d delivered %v after sending", i+1, time.Since(start).Round(100*time.Millisecond))
+		tr.delivered = append(tr.delivered, time.Since(start))
 	}
+	return tr
 }
 
 // Case 3: no relay serves anyone any more (the public nodes restart
