@@ -98,6 +98,9 @@ type Status struct {
 	MessagesReceived uint64 `json:"messages_received"`
 	// EnvelopesRejected counts envelopes refused as malformed.
 	EnvelopesRejected uint64 `json:"envelopes_rejected"`
+	// RelayReopens counts relayed connections to contacts closed and
+	// dialled again so that hole punching would run on them.
+	RelayReopens uint64 `json:"relay_reopens"`
 	// Reachability is "public", "private" (others reach this node through
 	// Relays) or "unknown"; DHTMode is "server" or "client".
 	Reachability string       `json:"reachability"`

@@ -48,6 +48,7 @@ func (b *nodeBackend) Status(ctx context.Context) (Status, error) {
 		MessagesSent:      st.MessagesSent,
 		MessagesReceived:  st.MessagesReceived,
 		EnvelopesRejected: st.EnvelopesRejected,
+		RelayReopens:      st.RelayReopens,
 	}
 	if st.Mailbox != nil {
 		out.Mailbox = &MailboxStatus{Envelopes: int(st.Mailbox.Envelopes), Bytes: st.Mailbox.Bytes}

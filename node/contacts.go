@@ -388,6 +388,10 @@ type Status struct {
 	// refused as malformed since Open: junk from strangers, or a
 	// contact's envelope that will never decrypt.
 	EnvelopesRejected uint64
+	// RelayReopens counts relayed connections to contacts this node
+	// closed and dialled again since Open, so that hole punching would
+	// run on them (p2p.Host.RelayReopens).
+	RelayReopens uint64
 	// Store: whether the data dir is encrypted, its size and contents.
 	Store StoreStats
 }
@@ -413,6 +417,7 @@ func (n *Node) Status() (Status, error) {
 		st.ConnectedPeers = len(h.LibP2P().Network().Peers())
 		r := h.Reachability()
 		st.Reachability, st.DHTMode, st.Relays = r.State, r.DHTMode, r.Relays
+		st.RelayReopens = h.RelayReopens()
 		conns := h.Connections()
 		for _, c := range conns[:min(len(conns), maxStatusConns)] {
 			st.Connections = append(st.Connections, Connection{Peer: c.Peer.String(), Addr: c.Addr.String(), Relayed: c.Relayed, Outbound: c.Outbound})

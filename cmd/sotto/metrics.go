@@ -87,6 +87,8 @@ var statusMetrics = []statusMetric{
 		prometheus.CounterValue, always(func(st api.Status) float64 { return float64(st.MessagesReceived) })},
 	{prometheus.NewDesc("sotto_envelopes_rejected_total", "Envelopes refused as malformed.", nil, nil),
 		prometheus.CounterValue, always(func(st api.Status) float64 { return float64(st.EnvelopesRejected) })},
+	{prometheus.NewDesc("sotto_relay_reopens_total", "Relayed connections to contacts closed and dialled again so that hole punching runs on them.", nil, nil),
+		prometheus.CounterValue, always(func(st api.Status) float64 { return float64(st.RelayReopens) })},
 }
 
 // statusCollector is a prometheus.Collector of Sotto's metrics: it reads

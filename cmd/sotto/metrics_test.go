@@ -27,6 +27,7 @@ func TestMetricsCollector(t *testing.T) {
 		PeerID: "12D3KooWtest", ConnectedPeers: 7, OutboxPending: 3,
 		Requests: 2, RequestsDropped: 5,
 		DepositsAccepted: 11, EnvelopesServed: 13, SyncsRun: 17, MessagesSent: 19, MessagesReceived: 23, EnvelopesRejected: 37,
+		RelayReopens: 41,
 	}
 	calls := 0
 	c := newStatusCollector(func(context.Context) (api.Status, error) {
@@ -64,6 +65,9 @@ sotto_messages_sent_total 19
 # HELP sotto_outbox_pending Outbox entries (messages and receipts) not yet delivered or given up.
 # TYPE sotto_outbox_pending gauge
 sotto_outbox_pending 3
+# HELP sotto_relay_reopens_total Relayed connections to contacts closed and dialled again so that hole punching runs on them.
+# TYPE sotto_relay_reopens_total counter
+sotto_relay_reopens_total 41
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(common)); err != nil {
 		t.Errorf("node without a mailbox:\n%v", err)
@@ -164,6 +168,7 @@ func TestMetricsListen(t *testing.T) {
 		"sotto_outbox_pending", "sotto_connected_peers", "sotto_message_requests",
 		"sotto_mailbox_deposits_accepted_total", "sotto_mailbox_envelopes_served_total", "sotto_mailbox_syncs_total",
 		"sotto_messages_sent_total", "sotto_messages_received_total", "sotto_envelopes_rejected_total",
+		"sotto_relay_reopens_total",
 	} {
 		if _, ok := m[name]; !ok {
 			t.Errorf("no %s in the scrape", name)

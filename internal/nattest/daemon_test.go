@@ -435,6 +435,7 @@ type status struct {
 	Reachability   string       `json:"reachability"`
 	Relays         []string     `json:"relays"`
 	DHTMode        string       `json:"dht_mode"`
+	RelayReopens   uint64       `json:"relay_reopens"`
 
 	fields map[string]json.RawMessage
 	raw    string

@@ -376,6 +376,9 @@ func (s *scene) staleDirectTrial(t *testing.T, n int) trial {
 	// back.
 	tr.toDirect = time.Since(healed)
 	t.Logf("direct again at %s, %v after the path came back", tr.directAddr, tr.toDirect.Round(100*time.Millisecond))
+	if n := nw.status(t, alice).RelayReopens + nw.status(t, bob).RelayReopens; n == 0 {
+		t.Errorf("neither alice nor bob reports a relayed connection reopened (relay_reopens)")
+	}
 	if !strings.Contains(tr.directAddr, "/ip4/"+r2WAN+"/") {
 		t.Errorf("alice's direct connection to bob is on %s, want r2's WAN address %s", tr.directAddr, r2WAN)
 	}
