@@ -115,9 +115,7 @@ func CameRelayed(ctx context.Context) bool { return ctx.Value(relayedKey{}) != n
 // Relayed reports whether the sender's stream to p runs through a relay
 // (false when there is none).
 func (snd *Sender) Relayed(p peer.ID) bool {
-	snd.mu.Lock()
-	slot := snd.peers[p]
-	snd.mu.Unlock()
+	slot := snd.slotOf(p)
 	if slot == nil {
 		return false
 	}
@@ -577,12 +575,17 @@ func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
 	return os, nil
 }
 
+// slotOf is p's slot, nil if nothing was ever sent to p.
+func (snd *Sender) slotOf(p peer.ID) *peerSlot {
+	snd.mu.Lock()
+	defer snd.mu.Unlock()
+	return snd.peers[p]
+}
+
 // busy reports whether messages to p are in flight on the stream to p
 // (written, not yet acknowledged) or a stream to p is being opened.
 func (snd *Sender) busy(p peer.ID) bool {
-	snd.mu.Lock()
-	slot := snd.peers[p]
-	snd.mu.Unlock()
+	slot := snd.slotOf(p)
 	if slot == nil {
 		return false
 	}
@@ -675,9 +678,7 @@ func (snd *Sender) Forget(p peer.ID) {
 // before it notices (a QUIC connection to a killed process is never told).
 // What was in flight on it is sent again; the recipient deduplicates.
 func (snd *Sender) ResetStale(p peer.ID, conn network.Conn) {
-	snd.mu.Lock()
-	slot := snd.peers[p]
-	snd.mu.Unlock()
+	slot := snd.slotOf(p)
 	if slot == nil {
 		return
 	}

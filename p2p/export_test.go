@@ -18,9 +18,7 @@ func swarmBackoff(n *Host) *swarm.DialBackoff {
 
 // current is the sender's stream to p, if any.
 func (snd *Sender) current(p peer.ID) *outStream {
-	snd.mu.Lock()
-	slot := snd.peers[p]
-	snd.mu.Unlock()
+	slot := snd.slotOf(p)
 	if slot == nil {
 		return nil
 	}

@@ -215,17 +215,27 @@ func (s *scene) portPreserving(t *testing.T) {
 	}
 }
 
+// randomNAT makes routers map every flow to a random port until the case
+// ends, then preserve ports again.
+func (s *scene) randomNAT(t *testing.T, routers ...string) {
+	for _, r := range routers {
+		s.tb.nat(t, r, "random")
+	}
+	t.Cleanup(func() {
+		for _, r := range routers {
+			if err := s.tb.run("nat", s.tb.prefix, r, "preserve"); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+}
+
 // Case 2: symmetric NAT (fully random ports) at r2. Messages flow both
 // ways through the relay, and the connection stays relayed: hole punching
 // cannot guess r2's next port.
 func (s *scene) symmetric(t *testing.T) {
 	s.tb.nat(t, "r1", "preserve")
-	s.tb.nat(t, "r2", "random")
-	t.Cleanup(func() {
-		if err := s.tb.run("nat", s.tb.prefix, "r2", "preserve"); err != nil {
-			t.Error(err)
-		}
-	})
+	s.randomNAT(t, "r2")
 	cs := s.newCase("2 symmetric NAT at r2")
 	for i := range s.trials {
 		// Conntrack keeps the mappings of flows it knows; bob's new port
@@ -253,15 +263,7 @@ func (s *scene) symmetric(t *testing.T) {
 // both ways through a relay, and the connection stays relayed. Alice and
 // bob restart on new ports, so that no mapping made before carries over.
 func (s *scene) bothSymmetric(t *testing.T) {
-	s.tb.nat(t, "r1", "random")
-	s.tb.nat(t, "r2", "random")
-	t.Cleanup(func() {
-		for _, r := range []string{"r1", "r2"} {
-			if err := s.tb.run("nat", s.tb.prefix, r, "preserve"); err != nil {
-				t.Error(err)
-			}
-		}
-	})
+	s.randomNAT(t, "r1", "r2")
 	cs := s.newCase("9 symmetric NAT at r1 and r2")
 	for i := range s.trials {
 		s.nw.restart(t, s.alice, true)
@@ -419,12 +421,7 @@ func (s *scene) relaysDropTraffic(t *testing.T) {
 	pub1.args = slices.DeleteFunc(pub1.args, func(a string) bool { return a == "--relay" })
 	s.nw.restart(t, pub1, false)
 	s.tb.nat(t, "r1", "preserve")
-	s.tb.nat(t, "r2", "random")
-	t.Cleanup(func() {
-		if err := s.tb.run("nat", s.tb.prefix, "r2", "preserve"); err != nil {
-			t.Error(err)
-		}
-	})
+	s.randomNAT(t, "r2")
 	cs := s.newCase("11 relays forward nothing")
 	for i := range s.trials {
 		cs.add(s.frozenRelaysTrial(t, i+1))
@@ -499,12 +496,7 @@ func (s *scene) frozenRelaysTrial(t *testing.T, n int) trial {
 // any relay, which is not what this case is about.
 func (s *scene) relaysDown(t *testing.T) {
 	s.tb.nat(t, "r1", "preserve")
-	s.tb.nat(t, "r2", "random")
-	t.Cleanup(func() {
-		if err := s.tb.run("nat", s.tb.prefix, "r2", "preserve"); err != nil {
-			t.Error(err)
-		}
-	})
+	s.randomNAT(t, "r2")
 	for _, d := range append(s.pubs[1:], s.pubs[0]) {
 		d.args = slices.DeleteFunc(d.args, func(a string) bool { return a == "--relay" })
 		s.nw.restart(t, d, false)
