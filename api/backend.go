@@ -129,6 +129,10 @@ type StoreStatus struct {
 	// RewriteDue: a deleted secret is still in freed pages of the file
 	// until the next rewrite (hourly while running, at stop, or compact).
 	RewriteDue bool `json:"rewrite_due"`
+	// Problems are what the quick check found when the node opened its
+	// store (bbolt's pages, index counts); `sotto check`, with the node
+	// stopped, names each damaged record.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // GroupDrops counts group content a node dropped or refused, by reason:

@@ -57,7 +57,7 @@ func (b *nodeBackend) Status(ctx context.Context) (Status, error) {
 	s := st.Store
 	out.Store = StoreStatus{Encrypted: s.Encrypted, FileBytes: s.FileBytes, Contacts: s.Contacts, Messages: s.Messages,
 		Sessions: s.Sessions, Prekeys: s.Prekeys, Outbox: s.Outbox, DedupMarks: s.DedupMarks,
-		EnvelopeTokens: s.EnvelopeTokens, ReplayMarks: s.ReplayMarks, RewriteDue: s.RewriteDue}
+		EnvelopeTokens: s.EnvelopeTokens, ReplayMarks: s.ReplayMarks, RewriteDue: s.RewriteDue, Problems: s.Problems}
 	d := b.n.GroupStats()
 	out.GroupDrops = GroupDrops{Malformed: d.Malformed, NotMember: d.NotMember, Refused: d.Refused,
 		Replay: d.Replay, Forged: d.Forged, Unknown: d.Unknown}

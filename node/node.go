@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -357,6 +358,10 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, db: db, events: newFeed()}
+	if p := db.OpenProblems(); len(p) > 0 {
+		cfg.Logger.Error("the store has problems (the node runs; `sotto status` lists them; stop it and run `sotto check` for each damaged record, or restore from a backup)",
+			"problems", strings.Join(p, "; "))
+	}
 	var certBytes []byte
 	err = db.View(func(tx *store.Tx) error {
 		var err error

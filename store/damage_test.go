@@ -109,13 +109,85 @@ func TestDamagedPages(t *testing.T) {
 			t.Logf("fill %#x: open: %v", fill, err)
 			continue
 		}
+		quick := db.OpenProblems()
 		cerr := db.Check()
 		db.Close()
 		t.Logf("fill %#x: check: %.300v", fill, cerr)
 		if cerr == nil {
 			t.Errorf("fill %#x: Check found nothing", fill)
 		}
+		if len(quick) == 0 {
+			t.Errorf("fill %#x: the quick check at Open found nothing", fill)
+		}
 	}
+}
+
+// TestQuickCheckAtOpen: every Open runs the quick check. It finds nothing
+// in an intact store; with an index entry of a message and of an outbox
+// entry removed behind the store's back, the next Open lists both (the
+// store still opens and reads its intact records), and Check names them.
+func TestQuickCheckAtOpen(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	db, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addContacts(t, db, 1)
+	mustUpdate(t, db, func(tx *Tx) error {
+		for i := 1; i <= 20; i++ {
+			if _, err := tx.AppendMessage(Message{ID: msgID(uint64(i)), Contact: acct(1), Direction: Outgoing, Body: []byte("text")}); err != nil {
+				return err
+			}
+			if err := tx.PutOutbox(OutboxEntry{MsgID: msgID(uint64(i)), Contact: acct(1), Kind: OutboxMessage, Created: t0, NextAttempt: t0}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if p := db.OpenProblems(); len(p) != 0 {
+		t.Fatalf("a new store: %q", p)
+	}
+	db.Close()
+	db, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := db.OpenProblems(); len(p) != 0 {
+		t.Fatalf("an intact store: %q", p)
+	}
+	mustUpdate(t, db, func(tx *Tx) error {
+		a := acct(1)
+		if err := tx.tx.Bucket(bucketConv).Delete(convKey(a, 7)); err != nil {
+			return err
+		}
+		c := tx.tx.Bucket(bucketOutboxDue).Cursor()
+		k, _ := c.First()
+		return tx.tx.Bucket(bucketOutboxDue).Delete(k)
+	})
+	db.Close()
+	db, err = Open(dir)
+	if err != nil {
+		t.Fatalf("a store with two index entries missing does not open: %v", err)
+	}
+	defer db.Close()
+	p := strings.Join(db.OpenProblems(), "\n")
+	for _, want := range []string{"20 messages but 19 conversation index entries", "20 outbox entries but 19 due index entries"} {
+		if !strings.Contains(p, want) {
+			t.Errorf("the quick check does not say %q:\n%s", want, p)
+		}
+	}
+	if st, err := db.Stats(); err != nil || len(st.Problems) != 2 {
+		t.Errorf("Stats: %v problems (%v), want the 2 of the quick check", st.Problems, err)
+	}
+	if err := db.Check(); err == nil || !strings.Contains(err.Error(), "seq 8 follows 6") {
+		t.Errorf("Check: %v", err)
+	}
+	mustView(t, db, func(tx *Tx) error {
+		if _, err := tx.GetMessage(msgID(9)); err != nil {
+			t.Errorf("an intact message: %v", err)
+		}
+		return nil
+	})
 }
 
 // TestCheckListsDamagedRecords: in an encrypted store, Check names each

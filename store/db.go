@@ -46,6 +46,9 @@ type DB struct {
 	rewriteMu sync.Mutex  // one rewrite at a time
 	due       atomic.Bool // a secret was deleted since the last rewrite
 
+	// problems are what the quick check at Open found (quickCheck).
+	problems []string
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -171,8 +174,14 @@ func Open(dir string, opts ...Option) (*DB, error) {
 		db.bolt().Close()
 		return nil, err
 	}
+	db.problems = db.quickCheck()
 	return db, nil
 }
+
+// OpenProblems lists what the quick check at Open found wrong (bbolt's
+// pages, index counts), or nil. The store stays open: reads of intact
+// records work, and `sotto check` (Check) names the damaged ones.
+func (db *DB) OpenProblems() []string { return db.problems }
 
 // path is the database file.
 func (db *DB) path() string { return filepath.Join(db.dir, FileName) }

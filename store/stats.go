@@ -15,11 +15,13 @@ type Stats struct {
 	MailboxEnvelopes                              int // held for others, when serving as a mailbox
 	// RewriteDue says a deleted secret waits for the next rewrite.
 	RewriteDue bool
+	// Problems are what the quick check at Open found (OpenProblems).
+	Problems []string
 }
 
 // Stats reports the store's size and contents.
 func (db *DB) Stats() (Stats, error) {
-	st := Stats{Encrypted: db.Encrypted(), RewriteDue: db.due.Load()}
+	st := Stats{Encrypted: db.Encrypted(), RewriteDue: db.due.Load(), Problems: db.problems}
 	err := db.View(func(tx *Tx) error {
 		count := func(name []byte) int {
 			if b := tx.tx.Bucket(name); b != nil {

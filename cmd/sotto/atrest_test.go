@@ -15,6 +15,7 @@ import (
 	"github.com/sotto-im/sotto/keys"
 	"github.com/sotto-im/sotto/node"
 	"github.com/sotto-im/sotto/store"
+	bolt "go.etcd.io/bbolt"
 )
 
 // migrationMessages is how many messages the plain store holds before the
@@ -238,6 +239,48 @@ func TestDamagedStoreCommands(t *testing.T) {
 		if strings.Contains(msg, "panic") || strings.Contains(msg, "goroutine ") || !strings.Contains(msg, "truncated") {
 			t.Errorf("sotto %s: %s", args[0], msg)
 		}
+	}
+}
+
+// TestQuickCheckAtRun runs the real binary on a data directory whose
+// store lost one conversation index entry behind its back: `sotto run`
+// starts all the same and logs the problem, `sotto status` lists it,
+// and, with the node stopped, `sotto check` names the gap.
+func TestQuickCheckAtRun(t *testing.T) {
+	e := newE2E(t)
+	dir := e.dir("gap")
+	e.sotto("init", "--data", dir, "--name", "gap")
+	fillStore(t, dir, 50)
+	bdb, err := bolt.Open(filepath.Join(dir, store.FileName), store.FileMode, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("conv"))
+		if b == nil {
+			return errors.New("no conv bucket")
+		}
+		c := b.Cursor()
+		c.First()
+		k, _ := c.Next()
+		return b.Delete(k)
+	})
+	bdb.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := e.start("gap")
+	n.waitLog("the store has problems")
+	out := e.sotto("status", "--data", dir)
+	for _, want := range []string{"1 problems found when the node opened it", "50 messages but 49 conversation index entries"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status does not say %q:\n%s", want, out)
+		}
+	}
+	n.stop()
+	out, err = e.try("check", "--data", dir)
+	if err == nil || !strings.Contains(err.Error(), "seq 3 follows 1") {
+		t.Errorf("check: %v (stdout %q), want the gap named", err, out)
 	}
 }
 
