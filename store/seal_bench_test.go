@@ -90,25 +90,7 @@ func BenchmarkListMessagesAtRest(b *testing.B) {
 // without and with the Argon2id time (DefaultKDF). Run with
 // -benchtime 3x: the setup writes the messages.
 func BenchmarkOpenEncrypted100k(b *testing.B) {
-	dir := filepath.Join(b.TempDir(), "data")
-	db, err := Open(dir, WithPassphrase([]byte("bench")), WithKDF(DefaultKDF))
-	if err != nil {
-		b.Fatal(err)
-	}
-	addContacts(b, db, 8)
-	for batch := 0; batch < 20; batch++ {
-		mustUpdate(b, db, func(tx *Tx) error {
-			for j := 0; j < 5000; j++ {
-				i := batch*5000 + j + 1
-				if _, err := tx.AppendMessage(Message{ID: msgID(uint64(i)), Contact: acct(byte(i%8 + 1)), Direction: Incoming,
-					Body: benchBody, ReceivedAt: t0}); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	db.Close()
+	dir := store100k(b, DefaultKDF)
 	a := acct(1)
 	var kdf time.Duration
 	b.ResetTimer()
@@ -134,6 +116,47 @@ func BenchmarkOpenEncrypted100k(b *testing.B) {
 	total := b.Elapsed() - kdf // the calibration runs are inside the timer too
 	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/open")
 	b.ReportMetric(float64(kdf.Milliseconds())/float64(b.N), "argon2id-ms")
+}
+
+// BenchmarkQuickCheck100k is the quick check that every Open runs, on an
+// encrypted store of 100,000 messages. Run with -benchtime 10x.
+func BenchmarkQuickCheck100k(b *testing.B) {
+	db, err := Open(store100k(b, testKDF), WithPassphrase([]byte("bench")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if p := db.quickCheck(); len(p) > 0 {
+			b.Fatal(p)
+		}
+	}
+}
+
+// store100k writes an encrypted store of 100,000 messages to 8 contacts
+// and returns its directory, closed.
+func store100k(b *testing.B, kdf KDFParams) string {
+	dir := filepath.Join(b.TempDir(), "data")
+	db, err := Open(dir, WithPassphrase([]byte("bench")), WithKDF(kdf))
+	if err != nil {
+		b.Fatal(err)
+	}
+	addContacts(b, db, 8)
+	for batch := 0; batch < 20; batch++ {
+		mustUpdate(b, db, func(tx *Tx) error {
+			for j := 0; j < 5000; j++ {
+				i := batch*5000 + j + 1
+				if _, err := tx.AppendMessage(Message{ID: msgID(uint64(i)), Contact: acct(byte(i%8 + 1)), Direction: Incoming,
+					Body: benchBody, ReceivedAt: t0}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	db.Close()
+	return dir
 }
 
 // BenchmarkArgon2idDefault is one derivation at DefaultKDF.
