@@ -518,3 +518,26 @@ func (p *Pusher) Close() {
 		h.Close()
 	}
 }
+
+// Withdraw deletes the copies of an envelope its sender dropped (SPEC
+// "Withdrawing a refused envelope") at each of mbxs, revealing its delete
+// token from one fresh identity. It returns nil once every mailbox
+// answered OK, whether or not it still held a copy.
+func Withdraw(ctx context.Context, newHost func() (host.Host, error), mbxs []peer.AddrInfo, tag [32]byte, token [32]byte) error {
+	if newHost == nil {
+		newHost = newEphemeral
+	}
+	h, err := newHost()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	c := NewClient2(ctx, h)
+	var errs []error
+	for _, m := range mbxs {
+		if _, err := c.Delete(ctx, m, tag, [][32]byte{token}); err != nil {
+			errs = append(errs, fmt.Errorf("mailbox %s: %w", m.ID, err))
+		}
+	}
+	return errors.Join(errs...)
+}

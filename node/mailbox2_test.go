@@ -857,10 +857,12 @@ func TestAnswerToNewSessionFindsTagsRegistered(t *testing.T) {
 // tells her. Once her session has gone unanswered PendingRecheck after
 // the deposit, she finds the prekeys gone from Bob's bundle in the DHT and
 // starts the session over (SPEC "A one-time prekey taken twice"); Bob
-// then shows her message exactly once and she sees it delivered.
+// then shows her message exactly once and she sees it delivered. The
+// copy of her first envelope that Bob could not open is held by his
+// mailbox until she withdraws it (SPEC "Withdrawing a refused envelope").
 func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
 	tn := newTestNet(t)
-	_, addrs := tn.startMailboxes(1)
+	mbx, addrs := tn.startMailboxes(1)
 	// Carol's clock runs, and is moved PendingRecheck ahead while she is
 	// away.
 	var ahead atomic.Int64
@@ -889,11 +891,13 @@ func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
 	testkit.WaitFor(t, ctx, func() bool { return storedMessage(t, carol, m.ID).StoredAt > 0 })
 	// The session Carol started first.
 	var first [32]byte
+	var firstEnv []byte
 	carol.db.View(func(tx *store.Tx) error {
 		e, err := tx.GetOutbox(m.ID)
 		if err == nil {
 			env, _ := protocol.ParseEnvelope(e.Envelope)
 			first, _ = protocol.EnvelopeInitialID(env)
+			firstEnv = e.Envelope
 		}
 		return err
 	})
@@ -902,31 +906,7 @@ func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
 	}
 	carol.Close()
 
-	// Another initiator took Bob's one-time prekeys.
-	offline, err := Open(Config{DataDir: bobDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = offline.db.Update(func(tx *store.Tx) error {
-		for _, kind := range []store.PrekeyKind{store.PrekeyOneTimeDH, store.PrekeyOneTimeKEM} {
-			ids, err := tx.PrekeyIDs(kind)
-			if err != nil {
-				return err
-			}
-			for _, id := range ids {
-				if err := tx.DeletePrekey(kind, id); err != nil {
-					return err
-				}
-			}
-		}
-		// As after accepting that initiator: the bundle without them.
-		_, err := offline.dropUsedPrekeys(tx)
-		return err
-	})
-	offline.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	takeOneTimePrekeys(t, bobDir)
 	// Bob reads Carol's first message and cannot open it; he publishes a
 	// bundle with fresh one-time prekeys, and goes away again.
 	bob = tn.start(bobDir, receiveAt)
@@ -938,6 +918,9 @@ func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
 		t.Fatalf("bob shows %d messages from a first message whose prekeys were gone", len(got))
 	}
 	bob.Close()
+	if !mailboxHolds(t, mbx[0], firstEnv) {
+		t.Fatal("the mailbox does not hold the first envelope Bob could not open")
+	}
 
 	ahead.Store(int64(PendingRecheck + time.Second))
 	carol = tn.start(carolDir, receiveAt, carolClock)
@@ -965,6 +948,14 @@ func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
 		}
 		return false
 	})
+	// Carol withdraws the refused copy: Bob could not.
+	testkit.WaitFor(t, ctx, func() bool { return !mailboxHolds(t, mbx[0], firstEnv) })
+	carol.db.View(func(tx *store.Tx) error {
+		if ws, err := pendingWithdrawals(tx); err != nil || len(ws) != 0 {
+			t.Errorf("withdrawals left after the mailbox answered: %d (%v)", len(ws), err)
+		}
+		return nil
+	})
 	carol.Close()
 
 	bob = tn.start(bobDir, receiveAt)
@@ -977,6 +968,117 @@ func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
 	if got := messagesWhere(t, bob, "carol", incoming); len(got) != 1 {
 		t.Fatalf("bob shows %d messages, want exactly 1", len(got))
 	}
+}
+
+// takeOneTimePrekeys deletes every one-time prekey of the stopped node in
+// dir, as if another initiator had taken them, and drops them from its
+// bundle.
+func takeOneTimePrekeys(t *testing.T, dir string) {
+	t.Helper()
+	offline, err := Open(Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = offline.db.Update(func(tx *store.Tx) error {
+		for _, kind := range []store.PrekeyKind{store.PrekeyOneTimeDH, store.PrekeyOneTimeKEM} {
+			ids, err := tx.PrekeyIDs(kind)
+			if err != nil {
+				return err
+			}
+			for _, id := range ids {
+				if err := tx.DeletePrekey(kind, id); err != nil {
+					return err
+				}
+			}
+		}
+		// As after accepting that initiator: the bundle without them.
+		_, err := offline.dropUsedPrekeys(tx)
+		return err
+	})
+	offline.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRejectedEnvelopeWithdrawn: Carol's first message to Bob goes to his
+// mailbox while he is away, and another initiator takes the one-time
+// prekeys it names. Bob comes back and cannot open it; when Carol's
+// outbox then tries it directly, Bob rejects it, and Carol, who seals it
+// again on a fresh session, withdraws the refused copy from Bob's mailbox
+// (SPEC "Withdrawing a refused envelope"). Bob shows the message once.
+func TestRejectedEnvelopeWithdrawn(t *testing.T) {
+	tn := newTestNet(t)
+	mbx, addrs := tn.startMailboxes(1)
+	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
+	carolDir, bobDir := tn.initNode("carol"), tn.initNode("bob")
+	carol, bob := tn.start(carolDir, receiveAt), tn.start(bobDir, receiveAt)
+	ctx := testkit.Context(t, 120*time.Second)
+	testkit.WaitFor(t, ctx, func() bool {
+		return len(carol.mbx.user.Mailboxes()) > 0 && len(bob.mbx.user.Mailboxes()) > 0
+	})
+	befriend(t, carol, "carol", bob, "bob")
+	testkit.WaitFor(t, ctx, func() bool { st, err := bob.Status(); return err == nil && !st.BundlePublished.IsZero() })
+	if _, err := bob.mbx.user.Round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bob.Close()
+
+	m, err := carol.Send(ctx, "bob", "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return storedMessage(t, carol, m.ID).StoredAt > 0 })
+	var refused []byte
+	carol.db.View(func(tx *store.Tx) error {
+		e, err := tx.GetOutbox(m.ID)
+		refused = e.Envelope
+		return err
+	})
+	if !mailboxHolds(t, mbx[0], refused) {
+		t.Fatal("the mailbox does not hold Carol's first envelope")
+	}
+	takeOneTimePrekeys(t, bobDir)
+
+	bob = tn.start(bobDir, receiveAt)
+	if _, err := bob.mbx.user.Round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := messagesWhere(t, bob, "carol", incoming); len(got) != 0 {
+		t.Fatalf("bob shows %d messages from a first message whose prekeys were gone", len(got))
+	}
+	if !mailboxHolds(t, mbx[0], refused) {
+		t.Fatal("the copy Bob could not open left the mailbox before Carol withdrew it")
+	}
+	// Carol's device meets Bob's: her outbox tries the envelope directly.
+	if err := carol.Host().LibP2P().Connect(ctx, bob.Host().AddrInfo()); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return !mailboxHolds(t, mbx[0], refused) })
+	in := waitMessages(t, ctx, bob, "carol", 1, incoming)
+	if len(in) != 1 || string(in[0].Body) != "hello" {
+		t.Fatalf("bob shows %v, want hello once", in)
+	}
+	waitMessages(t, ctx, carol, "bob", 1, delivered)
+	if got := messagesWhere(t, bob, "carol", incoming); len(got) != 1 {
+		t.Fatalf("bob shows %d messages, want exactly 1", len(got))
+	}
+}
+
+// mailboxHolds reports whether the mailbox node m holds env.
+func mailboxHolds(t *testing.T, m *Node, env []byte) bool {
+	t.Helper()
+	held := false
+	if err := m.db.View(func(tx *store.Tx) error {
+		es, err := tx.MailboxPeek(1 << 20)
+		for _, e := range es {
+			held = held || bytes.Equal(e.Envelope, env)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return held
 }
 
 // TestOutboxWakesWhenMailboxReturns: Bob is away and the one mailbox he

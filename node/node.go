@@ -236,6 +236,8 @@ type Node struct {
 	releaseKick chan struct{}
 	// publishKick has the bundle published again (kickPublish).
 	publishKick chan struct{}
+	// withdrawKick has withdrawLoop run (kickWithdraw).
+	withdrawKick chan struct{}
 	// published: how the bundle's publication went.
 	published publication
 	// firstContact and strange rate envelopes from a peer under an intro
@@ -415,6 +417,7 @@ func Open(cfg Config) (*Node, error) {
 	n.kick = make(chan struct{}, 1)
 	n.releaseKick = make(chan struct{}, 1)
 	n.publishKick = make(chan struct{}, 1)
+	n.withdrawKick = make(chan struct{}, 1)
 	n.ob.init()
 	n.firstContact = p2p.NewPeerLimiter(firstContactRate, firstContactBurst)
 	n.strange = p2p.NewPeerLimiter(strangeRate, strangeBurst)
@@ -556,6 +559,8 @@ func (n *Node) Start(ctx context.Context) error {
 	// The bundle goes into the DHT now (retried until it works), and again
 	// whenever a first message used some of its one-time prekeys.
 	n.wg.Go(n.publishLoop)
+	// Mailbox copies of envelopes the outbox dropped as refused go.
+	n.wg.Go(n.withdrawLoop)
 	n.kickOutbox()
 	return nil
 }

@@ -38,7 +38,7 @@ func sealFor(t *testing.T, n *Node, acct [32]byte, texts ...string) [][]byte {
 			if err != nil {
 				return err
 			}
-			env, err := n.seal(tx, sess, m, now)
+			env, _, err := n.seal(tx, sess, m, now)
 			if err != nil {
 				return err
 			}

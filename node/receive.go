@@ -421,14 +421,14 @@ func (n *Node) queueControl(tx *store.Tx, sess *protocol.Session, acct [32]byte,
 	if err != nil {
 		return err
 	}
-	env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{Sender: n.account(), ID: id, Sent: now, Type: typ, Body: body},
+	env, sealed, err := sess.Seal(n.cfg.Rand, now, protocol.Message{Sender: n.account(), ID: id, Sent: now, Type: typ, Body: body},
 		sealTTL(now, now, n.cfg.MessageTTL), n.sealOpts(tx, acct)...)
 	if err != nil {
 		return fmt.Errorf("sealing a message of type %d: %w", typ, err)
 	}
 	return tx.PutOutbox(store.OutboxEntry{
 		MsgID: id, Contact: acct, Envelope: env.Marshal(), Kind: store.OutboxReceipt,
-		Created: now, NextAttempt: now, Expires: env.Expiry,
+		Created: now, NextAttempt: now, Expires: env.Expiry, DeleteToken: sealed.DeleteToken,
 	})
 }
 

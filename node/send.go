@@ -189,7 +189,7 @@ func (n *Node) queueMessage(tx *store.Tx, acct [32]byte, id [16]byte, typ protoc
 			return store.Message{}, err
 		}
 		if sess != nil {
-			if e.Envelope, err = n.seal(tx, sess, stored, now); err != nil {
+			if e.Envelope, e.DeleteToken, err = n.seal(tx, sess, stored, now); err != nil {
 				return store.Message{}, err
 			}
 			if err := n.putSession(tx, sess, now); err != nil {
@@ -332,14 +332,14 @@ func sealTTL(sentAt, now time.Time, ttl time.Duration) time.Duration {
 	return min(max(envelopeExpiry(sentAt, ttl).Sub(now), time.Minute), protocol.MaxTTL)
 }
 
-func (n *Node) seal(tx *store.Tx, sess *protocol.Session, m store.Message, now time.Time) ([]byte, error) {
-	env, _, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
+func (n *Node) seal(tx *store.Tx, sess *protocol.Session, m store.Message, now time.Time) ([]byte, [32]byte, error) {
+	env, sealed, err := sess.Seal(n.cfg.Rand, now, protocol.Message{
 		Sender: n.account(), ID: m.ID, Sent: m.SentAt, Seq: m.PeerSeq, Type: protocol.ContentType(m.Type), Body: m.Body,
 	}, sealTTL(m.SentAt, now, n.cfg.MessageTTL), n.sealOpts(tx, m.Contact)...)
 	if err != nil {
-		return nil, err
+		return nil, [32]byte{}, err
 	}
-	return env.Marshal(), nil
+	return env.Marshal(), sealed.DeleteToken, nil
 }
 
 // outboxState tracks which contacts a delivery is running for, and which
@@ -746,11 +746,11 @@ func (n *Node) deliver(acct [32]byte, entries []store.OutboxEntry) {
 				if err != nil {
 					return err
 				}
-				env, err := n.seal(tx, sess, m, now)
+				env, tok, err := n.seal(tx, sess, m, now)
 				if err != nil {
 					return err
 				}
-				live[i].Envelope = env
+				live[i].Envelope, live[i].DeleteToken = env, tok
 				if err := tx.PutOutbox(live[i]); err != nil {
 					return err
 				}
@@ -972,7 +972,9 @@ func (n *Node) startOver(ctx context.Context, c store.Contact, live []store.Outb
 	mu := n.ob.depositLock(c.Account) // no deposit records an envelope cleared here
 	mu.Lock()
 	defer mu.Unlock()
+	withdraw := false
 	err := n.db.Update(func(tx *store.Tx) error {
+		withdraw = false
 		cur, err := n.loadSession(tx, c.Account)
 		if err != nil || cur == nil || cur.InitialID() != sess.InitialID() || !cur.PendingInitial() {
 			return err // answered or replaced meanwhile: nothing to do
@@ -989,17 +991,23 @@ func (n *Node) startOver(ctx context.Context, c store.Contact, live []store.Outb
 			return err
 		}
 		for _, e := range es {
-			switch {
-			case !sealedOn(e.Envelope, sess):
-			case e.Kind != store.OutboxMessage: // as when rejected: not sealed again
+			if !sealedOn(e.Envelope, sess) {
+				continue
+			}
+			if w, err := noteWithdrawal(tx, e); err != nil {
+				return err
+			} else if w {
+				withdraw = true
+			}
+			if e.Kind != store.OutboxMessage { // as when rejected: not sealed again
 				if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
 					return err
 				}
-			default:
-				e.Envelope, e.Mailboxes = nil, 0
-				if err := tx.PutOutbox(e); err != nil {
-					return err
-				}
+				continue
+			}
+			e.Envelope, e.Mailboxes, e.DeleteToken = nil, 0, [32]byte{}
+			if err := tx.PutOutbox(e); err != nil {
+				return err
 			}
 		}
 		// The mailbox announcement went on the dropped session: told again.
@@ -1012,6 +1020,9 @@ func (n *Node) startOver(ctx context.Context, c store.Contact, live []store.Outb
 		n.cfg.Logger.Error("starting a session over", "err", err)
 		return false
 	}
+	if withdraw {
+		n.kickWithdraw()
+	}
 	n.kickOutbox()
 	return true
 }
@@ -1020,14 +1031,14 @@ func (n *Node) startOver(ctx context.Context, c store.Contact, live []store.Outb
 func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []error, via store.Via) {
 	now := n.now()
 	var events []Event
-	resetSession := false
+	resetSession, withdraw := false, false
 	// The outcome commits at once, on its own: the next delivery to the
 	// contact waits for it. (Shared with concurrent sends through Batch,
 	// it made the 100-node simulation lose first-contact messages and
 	// receipts in 3 runs of 5; the cause is not understood.)
 	err := n.db.Update(func(tx *store.Tx) error {
 		events = events[:0]
-		resetSession = false
+		resetSession, withdraw = false, false
 		for i, e := range live {
 			err := errs[i]
 			switch {
@@ -1070,18 +1081,27 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 				// the current session (after a first message, on a fresh
 				// one) and retried with backoff until it is delivered or
 				// its outbox entry expires (then it is marked failed).
-				if e.Kind != store.OutboxMessage {
-					if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
-						return err
-					}
-					continue
-				}
 				cur, err := tx.GetOutbox(e.MsgID)
 				if errors.Is(err, store.ErrNotFound) {
 					continue // delivered meanwhile
 				}
 				if err != nil {
 					return err
+				}
+				// Its mailbox copies are refused too: withdrawn (unless
+				// the entry holds another envelope by now).
+				if bytes.Equal(cur.Envelope, e.Envelope) {
+					if w, err := noteWithdrawal(tx, cur); err != nil {
+						return err
+					} else if w {
+						withdraw = true
+					}
+				}
+				if e.Kind != store.OutboxMessage {
+					if _, err := tx.DeleteOutbox(e.MsgID); err != nil {
+						return err
+					}
+					continue
 				}
 				sess, serr := n.loadSession(tx, acct)
 				if serr != nil {
@@ -1097,7 +1117,7 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 					}
 					resetSession = true
 				}
-				cur.Envelope = nil
+				cur.Envelope, cur.DeleteToken = nil, [32]byte{}
 				cur.Mailboxes = 0
 				// The envelope sealed again is a new one: the attempts that
 				// failed while the recipient was away do not delay it (a
@@ -1155,6 +1175,9 @@ func (n *Node) recordResults(acct [32]byte, live []store.OutboxEntry, errs []err
 	n.events.publish(events...)
 	if resetSession {
 		n.kickOutbox()
+	}
+	if withdraw {
+		n.kickWithdraw()
 	}
 }
 

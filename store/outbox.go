@@ -51,6 +51,10 @@ type OutboxEntry struct {
 	Attempts    int       // delivery attempts so far
 	Mailboxes   int       // mailboxes that acknowledged a deposit
 	Expires     time.Time // give up after this
+	// DeleteToken is the sealed envelope's delete token (zero when it is
+	// not known: not sealed, or sealed before tokens were kept), with
+	// which the sender withdraws mailbox copies of an envelope it drops.
+	DeleteToken [32]byte
 }
 
 func (e *OutboxEntry) marshal() ([]byte, error) {
@@ -74,6 +78,9 @@ func (e *OutboxEntry) marshal() ([]byte, error) {
 	enc.uvarint(uint64(e.Attempts))
 	enc.uvarint(uint64(e.Mailboxes))
 	enc.time(e.Expires)
+	if e.DeleteToken != ([32]byte{}) {
+		enc.fixed(e.DeleteToken[:]) // absent in entries written before tokens were kept
+	}
 	return enc.b, nil
 }
 
@@ -89,6 +96,9 @@ func unmarshalOutbox(b []byte) (OutboxEntry, error) {
 	e.Attempts = d.int(maxAttempts)
 	e.Mailboxes = d.int(maxMailboxCount)
 	e.Expires = d.time()
+	if d.err == nil && len(d.b) > 0 {
+		d.fixed(e.DeleteToken[:])
+	}
 	if err := d.finish(); err != nil {
 		return OutboxEntry{}, err
 	}

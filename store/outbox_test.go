@@ -121,6 +121,25 @@ func TestOutboxRoundTripAndLimits(t *testing.T) {
 		}
 		return nil
 	})
+	// The delete token rides at the end, and only when it is known: an
+	// entry without one decodes as before, a cut token is refused.
+	withTok := entry(3, t0)
+	withTok.DeleteToken = [32]byte{1, 2, 3, 31: 9}
+	mustUpdate(t, db, func(tx *Tx) error { return tx.PutOutbox(withTok) })
+	mustView(t, db, func(tx *Tx) error {
+		got, err := tx.GetOutbox(withTok.MsgID)
+		if err != nil || !reflect.DeepEqual(got, withTok) {
+			t.Errorf("with a delete token: got %+v (%v), want %+v", got, err, withTok)
+		}
+		return nil
+	})
+	b, err := withTok.marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unmarshalOutbox(b[:len(b)-5]); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("a cut delete token: %v, want ErrCorrupt", err)
+	}
 	bad := []OutboxEntry{
 		{MsgID: msgID(2), Kind: OutboxReceipt}, // receipts have no message record to seal from
 		{MsgID: msgID(2), Kind: OutboxMessage, Envelope: make([]byte, MaxEnvelopeSize+1)},
