@@ -259,6 +259,9 @@ type Message struct {
 	// device started a new session (a restored backup, a reinstall): the
 	// same account key, not a key change.
 	SessionReset bool `json:"session_reset,omitempty"`
+	// Damaged: the message's record failed its check in the store; Text
+	// says so, and nothing of its content is shown.
+	Damaged bool `json:"damaged,omitempty"`
 }
 
 // Paging limits for Messages.

@@ -320,6 +320,7 @@ func (b *nodeBackend) message(m node.Message, names map[[32]byte]string) Message
 		Seq:     m.GlobalSeq,
 
 		SessionReset: m.SessionReset,
+		Damaged:      m.Damaged,
 	}
 	switch m.Via {
 	case node.ViaDirect:

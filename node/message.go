@@ -111,11 +111,21 @@ type Message struct {
 	// restored backup, a reinstall). Its account key is the same: not a
 	// key change.
 	SessionReset bool
+	// Damaged: the message's record in the store failed its check (a
+	// changed byte: damage to the disk or the file). Nothing of its
+	// content is known; ID, Contact, Seq and GlobalSeq are.
+	Damaged bool
 }
+
+// DamagedText is what Text says of a damaged message.
+const DamagedText = "[this message is damaged in the store and cannot be shown; stop the node and run `sotto check`]"
 
 // Text is the message's text; content this version cannot show is
 // described instead, and invalid UTF-8 is replaced.
 func (m Message) Text() string {
+	if m.Damaged {
+		return DamagedText
+	}
 	if protocol.ContentType(m.Type) != protocol.ContentText {
 		return fmt.Sprintf("[content of type %d, which this version of sotto cannot show]", m.Type)
 	}
@@ -133,7 +143,7 @@ func messageOf(m store.Message) Message {
 		ID: m.ID, Contact: m.Contact, Direction: Direction(m.Direction),
 		Type: m.Type, Body: m.Body, SentAt: m.SentAt, ReceivedAt: m.ReceivedAt,
 		State: MessageState(m.State), Via: Via(m.Via), StoredAt: m.StoredAt,
-		Seq: m.Seq, GlobalSeq: m.GlobalSeq, SessionReset: m.SessionReset,
+		Seq: m.Seq, GlobalSeq: m.GlobalSeq, SessionReset: m.SessionReset, Damaged: m.Damaged,
 	}
 	if m.State == store.StateFailed {
 		out.Failure = FailExpired

@@ -329,3 +329,83 @@ func TestRecordSumKnownAnswer(t *testing.T) {
 		t.Errorf("another bucket: %v", err)
 	}
 }
+
+// TestDamagedMessageConfined: with two message records damaged (one
+// flipped byte each), plain and encrypted, a listing of the conversation
+// and of all conversations still returns every message: the two come
+// back Damaged, with their ID, contact and both sequence numbers and none
+// of their text, and the rest as written. Paging by GlobalSeq
+// (ConvCursor) goes past them, and the transaction is not failed.
+func TestDamagedMessageConfined(t *testing.T) {
+	for _, sealed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sealed=%v", sealed), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			var db *DB
+			if sealed {
+				db = mustOpenSealed(t, dir, "pw")
+			} else {
+				var err error
+				if db, err = Open(dir); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { db.Close() })
+			}
+			addContacts(t, db, 2)
+			mustUpdate(t, db, func(tx *Tx) error {
+				for i := 1; i <= 10; i++ {
+					// Messages 1, 3, 5… to contact 1, the others to 2.
+					if _, err := tx.AppendMessage(Message{ID: msgID(uint64(i)), Contact: acct(byte(2 - i%2)), Direction: Outgoing,
+						Body: []byte(fmt.Sprintf("text %d", i))}); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			mustUpdate(t, db, func(tx *Tx) error {
+				for _, i := range []uint64{3, 7} {
+					b := tx.tx.Bucket(bucketMessages)
+					v := bytes.Clone(b.Get(idBytes(i)))
+					v[len(v)-1] ^= 1
+					if err := b.Put(idBytes(i), v); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			a := acct(1)
+			mustView(t, db, func(tx *Tx) error {
+				conv, err := tx.ListMessages(&a, 0, 100)
+				if err != nil {
+					t.Fatalf("a conversation with damaged records: %v", err)
+				}
+				all, err := tx.ListMessages(nil, 0, 100)
+				if err != nil {
+					t.Fatalf("all conversations: %v", err)
+				}
+				if len(conv) != 5 || len(all) != 10 {
+					t.Fatalf("%d and %d messages listed, want 5 and 10", len(conv), len(all))
+				}
+				for _, m := range append(conv, all...) {
+					n := binary.BigEndian.Uint64(m.ID[8:])
+					damaged := n == 3 || n == 7
+					wantContact := acct(byte(2 - n%2))
+					switch {
+					case m.Damaged != damaged:
+						t.Errorf("message %d: damaged %v", n, m.Damaged)
+					case damaged && (m.Body != nil || m.Contact != wantContact || m.GlobalSeq != n || m.Seq != (n+1)/2):
+						t.Errorf("damaged message %d: %+v", n, m)
+					case !damaged && string(m.Body) != fmt.Sprintf("text %d", n):
+						t.Errorf("message %d: %q", n, m.Body)
+					}
+				}
+				// Paging by GlobalSeq: after message 3 (damaged), the
+				// conversation goes on at message 5.
+				seq, err := tx.ConvCursor(a, 3)
+				if err != nil || seq != 2 {
+					t.Errorf("ConvCursor after a damaged message: %d, %v; want 2", seq, err)
+				}
+				return nil
+			})
+		})
+	}
+}

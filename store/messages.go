@@ -127,6 +127,11 @@ type Message struct {
 	// restored backup, a reinstall): the same account key, so no key
 	// change, but the conversation's earlier ratchet is gone there.
 	SessionReset bool
+	// Damaged marks, in what ListMessages returns, a message whose record
+	// failed its check (AEAD or checksum): only the fields its index
+	// entry gives are set (ID, and Contact and Seq or GlobalSeq), and
+	// nothing of its content. Never stored.
+	Damaged bool
 }
 
 // Message flags, a trailing byte present only when one is set (records
@@ -522,13 +527,70 @@ func (tx *Tx) ListMessages(contact *[32]byte, afterSeq uint64, limit int) ([]Mes
 		if len(id) != 16 {
 			return nil, fmt.Errorf("%w: message index entry has %d bytes", ErrCorrupt, len(id))
 		}
-		m, err := tx.GetMessage([16]byte(id))
+		m, err := tx.listedMessage(k, [16]byte(id), contact != nil)
 		if err != nil {
-			return nil, fmt.Errorf("message index points at a missing message: %w", err)
+			return nil, err
 		}
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// listedMessage reads the message id that the index entry k (of a
+// conversation when conv, else the global index) points at. Damage is
+// confined to the record: a message that fails its check comes back
+// Damaged, with what the index entry says, and the listing goes on.
+func (tx *Tx) listedMessage(k []byte, id [16]byte, conv bool) (Message, error) {
+	msgs, err := tx.bucket(bucketMessages)
+	if err != nil {
+		return Message{}, err
+	}
+	v, err := msgs.getConfined(id[:])
+	if err == nil && v == nil {
+		return Message{}, fmt.Errorf("message index points at a missing message: %w: message %x", ErrNotFound, id)
+	}
+	var m Message
+	if err == nil {
+		m, err = unmarshalMessage(v)
+	}
+	if err == nil || !errors.Is(err, ErrCorrupt) {
+		return m, err
+	}
+	// What the record held about its place, the indexes say too: the
+	// other index maps the other way, so it is walked (damage is rare).
+	m = Message{ID: id, Damaged: true}
+	convKey, globalKey := k, k
+	if conv {
+		globalKey, err = tx.indexKeyOf(bucketGlobal, id)
+	} else {
+		convKey, err = tx.indexKeyOf(bucketConv, id)
+	}
+	if err != nil {
+		return Message{}, err
+	}
+	if len(convKey) == 40 {
+		m.Contact, m.Seq = [32]byte(convKey[:32]), binary.BigEndian.Uint64(convKey[32:])
+	}
+	if len(globalKey) == 8 {
+		m.GlobalSeq = binary.BigEndian.Uint64(globalKey)
+	}
+	return m, nil
+}
+
+// indexKeyOf returns the key of the entry of index that points at id, or
+// nil.
+func (tx *Tx) indexKeyOf(index []byte, id [16]byte) ([]byte, error) {
+	b, err := tx.bucket(index)
+	if err != nil {
+		return nil, err
+	}
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if bytes.Equal(v, id[:]) {
+			return bytes.Clone(k), nil
+		}
+	}
+	return nil, nil
 }
 
 func seenKey(contact [32]byte, id [16]byte) []byte { return concat(contact[:], id[:]) }

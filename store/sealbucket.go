@@ -234,24 +234,41 @@ func (rb *recordBucket) originalKey(k []byte) []byte {
 }
 
 func (rb *recordBucket) openValue(storedKey, v []byte) []byte {
-	if v == nil || rb.direct {
-		return v
-	}
-	var pv []byte
-	var err error
-	switch {
-	case rb.s != nil && rb.pol.seal:
-		pv, err = openValue(rb.s, rb.name, rb.pol, storedKey, v)
-	case rb.sum:
-		pv, err = stripSum(rb.name, storedKey, v)
-	default:
-		return v
-	}
+	pv, err := rb.open(storedKey, v)
 	if err != nil {
 		rb.tx.fail(err)
 		return nil
 	}
 	return pv
+}
+
+// open opens the stored value v of storedKey: its AEAD in an encrypted
+// store, its checksum in a plain one.
+func (rb *recordBucket) open(storedKey, v []byte) ([]byte, error) {
+	if v == nil || rb.direct {
+		return v, nil
+	}
+	switch {
+	case rb.s != nil && rb.pol.seal:
+		return openValue(rb.s, rb.name, rb.pol, storedKey, v)
+	case rb.sum:
+		return stripSum(rb.name, storedKey, v)
+	}
+	return v, nil
+}
+
+// getConfined is Get for a reader that confines damage to the record: a
+// record that fails to open is returned as its error (wrapping
+// ErrCorrupt), and the transaction goes on.
+func (rb *recordBucket) getConfined(k []byte) ([]byte, error) {
+	if rb.direct {
+		return rb.b.Get(k), nil
+	}
+	sk, err := rb.storedKey(k, false)
+	if err != nil {
+		return nil, err
+	}
+	return rb.open(sk, rb.b.Get(sk))
 }
 
 // sealValue seals v as the record (name, storedKey) under pol.

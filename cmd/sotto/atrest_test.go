@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sotto-im/sotto/keys"
 	"github.com/sotto-im/sotto/node"
+	"github.com/sotto-im/sotto/protocol"
 	"github.com/sotto-im/sotto/store"
 	bolt "go.etcd.io/bbolt"
 )
@@ -62,7 +64,8 @@ func fillStore(t *testing.T, dir string, total int) [][]byte {
 				var id [16]byte
 				rand.Read(id[:])
 				text := fmt.Sprintf("migrating message %05d: the eagle lands at noon", n)
-				m := store.Message{ID: id, Contact: accts[n%3], Direction: store.Incoming, Body: []byte(text), SentAt: time.Now(), ReceivedAt: time.Now()}
+				m := store.Message{ID: id, Contact: accts[n%3], Direction: store.Incoming, Type: uint8(protocol.ContentText),
+					Body: []byte(text), SentAt: time.Now(), ReceivedAt: time.Now()}
 				if _, err := tx.AppendMessage(m); err != nil {
 					return err
 				}
@@ -282,6 +285,64 @@ func TestQuickCheckAtRun(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "seq 3 follows 1") {
 		t.Errorf("check: %v (stdout %q), want the gap named", err, out)
 	}
+}
+
+// TestDamagedMessageShown runs the real binary on a data directory in
+// which one byte of one stored message was changed: `sotto messages`
+// lists the 29 others as written and the damaged one as damaged, never
+// its text, whether the node runs or not; `--json` marks it; `sotto
+// check` names the record.
+func TestDamagedMessageShown(t *testing.T) {
+	e := newE2E(t)
+	dir := e.dir("flip")
+	e.sotto("init", "--data", dir, "--name", "flip")
+	fillStore(t, dir, 30)
+	bdb, err := bolt.Open(filepath.Join(dir, store.FileName), store.FileMode, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		id := tx.Bucket([]byte("global")).Get(binary.BigEndian.AppendUint64(nil, 5))
+		if len(id) < 16 {
+			return errors.New("no global index entry 5")
+		}
+		id = id[:16] // then its checksum
+		msgs := tx.Bucket([]byte("messages"))
+		v := bytes.Clone(msgs.Get(id))
+		if v == nil {
+			return errors.New("message 5 not found")
+		}
+		v[len(v)-1] ^= 1
+		return msgs.Put(id, v)
+	})
+	bdb.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := func(how string) {
+		t.Helper()
+		out := e.sotto("messages", "--data", dir)
+		if n := strings.Count(out, node.DamagedText); n != 1 {
+			t.Errorf("%s: the damaged message is shown %d times, want once:\n%s", how, n, out)
+		}
+		for i := range 30 {
+			text := fmt.Sprintf("migrating message %05d", i)
+			if strings.Contains(out, text) != (i != 4) {
+				t.Errorf("%s: %q shown: %v", how, text, i != 4)
+			}
+		}
+		js := e.sotto("messages", "--data", dir, "--json")
+		if n := strings.Count(js, `"damaged":true`); n != 1 {
+			t.Errorf("%s: %d lines marked damaged in --json, want 1", how, n)
+		}
+	}
+	listed("node stopped")
+	_, err = e.try("check", "--data", dir)
+	if err == nil || !strings.Contains(err.Error(), "messages record") {
+		t.Errorf("check: %v, want the damaged record named", err)
+	}
+	e.start("flip")
+	listed("node running")
 }
 
 // TestBackupKill9 runs the real binary: `sotto backup` runs against a node

@@ -116,6 +116,8 @@ type messageLine struct {
 	// SessionReset: the first message after the contact's device started
 	// a new session (a restored backup, a reinstall; not a key change).
 	SessionReset bool `json:"session_reset,omitempty"`
+	// Damaged: the message's record failed its check in the store.
+	Damaged bool `json:"damaged,omitempty"`
 	// Event is set only on a line that `messages --follow --json` prints
 	// for a change of state of a message shown before: "state".
 	Event string `json:"event,omitempty"`
@@ -153,6 +155,7 @@ func messageJSON(m api.Message) messageLine {
 		Seq:       m.Seq,
 
 		SessionReset: m.SessionReset,
+		Damaged:      m.Damaged,
 	}
 }
 
@@ -390,11 +393,17 @@ func (p *messagePrinter) message(m api.Message) error {
 		}
 	}
 	arrow, note := "<", "via "+string(m.Via)
-	if m.Direction == api.DirectionOut {
+	switch {
+	case m.Damaged:
+		arrow, note = "?", "damaged record" // its direction was in the record
+	case m.Direction == api.DirectionOut:
 		arrow, note = ">", stateText(m)
 	}
 	text := strings.ReplaceAll(clean(m.Text, false), "\n", "\n    ")
-	_, err := fmt.Fprintf(p.w, "%s  %s %s %s  (%s)\n",
-		m.SentAt.Local().Format("2006-01-02 15:04"), clean(m.Contact, true), arrow, text, note)
+	when := "????-??-?? ??:??" // not known: a damaged record
+	if !m.SentAt.IsZero() {
+		when = m.SentAt.Local().Format("2006-01-02 15:04")
+	}
+	_, err := fmt.Fprintf(p.w, "%s  %s %s %s  (%s)\n", when, clean(m.Contact, true), arrow, text, note)
 	return err
 }
