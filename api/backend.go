@@ -130,8 +130,9 @@ type StoreStatus struct {
 	// until the next rewrite (hourly while running, at stop, or compact).
 	RewriteDue bool `json:"rewrite_due"`
 	// Problems are what the quick check found when the node opened its
-	// store (bbolt's pages, index counts); `sotto check`, with the node
-	// stopped, names each damaged record.
+	// store (bbolt's pages, index counts), then the damaged records that
+	// listings left out since; `sotto check`, with the node stopped,
+	// names each damaged record.
 	Problems []string `json:"problems,omitempty"`
 }
 

@@ -31,9 +31,13 @@ type StoreStats = store.Stats
 
 // storeOptions are the store.Open options for cfg.
 func storeOptions(cfg *Config, extra ...store.Option) []store.Option {
+	logger := cfg.Logger
 	opts := []store.Option{
 		store.WithPassphrase(cfg.Passphrase),
 		store.WithBeforeEncrypt(func() error { return prepareKeystore(cfg.DataDir, cfg.Passphrase, cfg.Rand) }),
+		store.WithOnDamage(func(err error) {
+			logger.Error("a damaged record in the store was left out; `sotto status` lists it: stop the node and run `sotto check`, or restore from a backup", "err", err)
+		}),
 	}
 	if cfg.StoreKDF != nil {
 		opts = append(opts, store.WithKDF(*cfg.StoreKDF))

@@ -201,6 +201,17 @@ func (n *Node) commitBatch(batch []*ingestReq) {
 		kick = queued
 		return nil
 	})
+	if err != nil && errors.Is(err, store.ErrCorrupt) && len(batch) > 1 {
+		// A damaged record one envelope met fails the transaction of
+		// all: each goes again in its own, so that only those that need
+		// the record fail (a poisoned batch would otherwise hold back
+		// every envelope that came with it, every time).
+		n.cfg.Logger.Warn("inbound commit met a damaged record; committing the envelopes one by one", "err", err, "count", len(batch))
+		for _, r := range batch {
+			n.commitBatch([]*ingestReq{r})
+		}
+		return
+	}
 	if err != nil {
 		n.cfg.Logger.Error("inbound commit failed; envelopes will be retried by their senders", "err", err, "count", len(batch))
 		for i := range results {

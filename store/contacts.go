@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -258,7 +259,30 @@ func (tx *Tx) ContactByName(name string) (Contact, error) {
 	return tx.GetContact([32]byte(acct))
 }
 
+// getContactConfined is GetContact for a listing: a contact whose record
+// fails its check is left out (nil), its damage confined.
+func (tx *Tx) getContactConfined(account [32]byte) (*Contact, error) {
+	contacts, err := tx.bucket(bucketContacts)
+	if err != nil {
+		return nil, err
+	}
+	v, err := contacts.getConfined(account[:])
+	if err == nil && v == nil {
+		return nil, unknownContact(account)
+	}
+	var c Contact
+	if err == nil {
+		c, err = unmarshalContact(v)
+	}
+	if errors.Is(err, ErrCorrupt) {
+		tx.confine(bucketContacts, account[:], err)
+		return nil, nil
+	}
+	return &c, err
+}
+
 // ListContacts returns all contacts sorted by name (case-insensitively).
+// A contact whose record is damaged is left out, and listed by Stats.
 func (tx *Tx) ListContacts() ([]Contact, error) {
 	names, err := tx.bucket(bucketNames)
 	if err != nil {
@@ -269,11 +293,13 @@ func (tx *Tx) ListContacts() ([]Contact, error) {
 		if len(acct) != 32 {
 			return fmt.Errorf("%w: name index entry for %q", ErrCorrupt, k)
 		}
-		c, err := tx.GetContact([32]byte(acct))
+		c, err := tx.getContactConfined([32]byte(acct))
 		if err != nil {
 			return err
 		}
-		out = append(out, c)
+		if c != nil {
+			out = append(out, *c)
+		}
 		return nil
 	})
 	// An encrypted store keeps the name index in keyed-hash order.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -174,3 +175,37 @@ func (tx *Tx) checkRecords(add func(error) bool) bool {
 }
 
 var errCheckFull = fmt.Errorf("store: check: too many problems")
+
+// confine records that a read met the damaged record (bucket name, key
+// k) and went on without it: the damage is listed by Stats (Problems)
+// and reported once through WithOnDamage, and the transaction is not
+// failed. err wraps ErrCorrupt.
+func (tx *Tx) confine(name, k []byte, err error) {
+	err = fmt.Errorf("%s record %x: %w", name, k[:min(len(k), 12)], err)
+	db := tx.db
+	db.damageMu.Lock()
+	if db.damage == nil {
+		db.damage = map[string]string{}
+	}
+	key := string(name) + "/" + string(k)
+	_, seen := db.damage[key]
+	if !seen && len(db.damage) < maxCheckErrors {
+		db.damage[key] = err.Error()
+	}
+	db.damageMu.Unlock()
+	if !seen && db.o.onDamage != nil {
+		db.o.onDamage(err)
+	}
+}
+
+// damaged lists the damage confine recorded, in order.
+func (db *DB) damaged() []string {
+	db.damageMu.Lock()
+	defer db.damageMu.Unlock()
+	out := make([]string, 0, len(db.damage))
+	for _, d := range db.damage {
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return out
+}

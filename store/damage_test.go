@@ -409,3 +409,67 @@ func TestDamagedMessageConfined(t *testing.T) {
 		})
 	}
 }
+
+// TestDamagedContactConfined: with one contact's record damaged, plain
+// and encrypted, the contact list holds the other two and the store goes
+// on working; the damage is reported once through WithOnDamage however
+// often it is met, and Stats lists it.
+func TestDamagedContactConfined(t *testing.T) {
+	for _, sealed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sealed=%v", sealed), func(t *testing.T) {
+			var reported []error
+			opts := []Option{WithOnDamage(func(err error) { reported = append(reported, err) })}
+			if sealed {
+				opts = append(opts, WithPassphrase([]byte("pw")), WithKDF(testKDF))
+			}
+			db, err := Open(filepath.Join(t.TempDir(), "data"), opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			addContacts(t, db, 3)
+			a := acct(2)
+			mustUpdate(t, db, func(tx *Tx) error {
+				rb, err := tx.bucket(bucketContacts)
+				if err != nil {
+					return err
+				}
+				sk, err := rb.storedKey(a[:], false)
+				if err != nil {
+					return err
+				}
+				b := tx.tx.Bucket(bucketContacts)
+				v := bytes.Clone(b.Get(sk))
+				v[len(v)/2] ^= 1
+				return b.Put(sk, v)
+			})
+			for range 2 {
+				mustView(t, db, func(tx *Tx) error {
+					cs, err := tx.ListContacts()
+					if err != nil {
+						t.Fatalf("contacts with one damaged: %v", err)
+					}
+					if len(cs) != 2 || cs[0].Account == a || cs[1].Account == a {
+						t.Errorf("listed %d contacts, want the 2 intact ones", len(cs))
+					}
+					return nil
+				})
+			}
+			if len(reported) != 1 || !errors.Is(reported[0], ErrCorrupt) || !strings.Contains(reported[0].Error(), fmt.Sprintf("contacts record %x", a[:12])) {
+				t.Errorf("reported %v, want the damaged contact once", reported)
+			}
+			st, err := db.Stats()
+			if err != nil || len(st.Problems) != 1 || !strings.Contains(st.Problems[0], "contacts record") {
+				t.Errorf("Stats problems %q (%v)", st.Problems, err)
+			}
+			// The store goes on: another contact is added and read.
+			mustUpdate(t, db, func(tx *Tx) error { return tx.AddContact(contact("c004", 4)) })
+			mustView(t, db, func(tx *Tx) error {
+				if _, err := tx.GetContact(acct(4)); err != nil {
+					t.Errorf("a contact added after: %v", err)
+				}
+				return nil
+			})
+		})
+	}
+}

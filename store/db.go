@@ -48,6 +48,10 @@ type DB struct {
 
 	// problems are what the quick check at Open found (quickCheck).
 	problems []string
+	// damage lists the damaged records that reads confined (confine)
+	// since Open, by bucket and key.
+	damageMu sync.Mutex
+	damage   map[string]string
 
 	closeOnce sync.Once
 	closeErr  error
@@ -64,8 +68,13 @@ type options struct {
 	maxBatchSize  int
 	maxBatchDelay time.Duration
 	migrations    []migration
+	onDamage      func(error)
 	encryption
 }
+
+// WithOnDamage has f called, once per record, when a read confines the
+// damage of a record it met (a listing that goes on without it).
+func WithOnDamage(f func(error)) Option { return func(o *options) { o.onDamage = f } }
 
 // WithLockTimeout sets how long Open waits for the database lock before it
 // returns ErrInUse (default DefaultLockTimeout; must be positive).
@@ -246,6 +255,7 @@ type Tx struct {
 	// sums: records carry checksums.
 	sums bool
 
+	db         *DB
 	err        error               // first damaged record met (fail)
 	keys       map[[32]byte][]byte // hashed key part -> original
 	recorded   map[[32]byte]bool   // hashed key parts known to be in the key directory
@@ -280,7 +290,7 @@ func (db *DB) txOn(begin func(*bolt.DB, func(*bolt.Tx) error) error, fn func(*Tx
 				if db.bolt() != b {
 					return errRetired
 				}
-				tx := &Tx{tx: btx, s: db.s, sums: db.sums}
+				tx := &Tx{tx: btx, db: db, s: db.s, sums: db.sums}
 				err = tx.run(fn)
 				gone = tx.secretGone
 				return err

@@ -556,6 +556,7 @@ func (tx *Tx) listedMessage(k []byte, id [16]byte, conv bool) (Message, error) {
 	if err == nil || !errors.Is(err, ErrCorrupt) {
 		return m, err
 	}
+	tx.confine(bucketMessages, id[:], err)
 	// What the record held about its place, the indexes say too: the
 	// other index maps the other way, so it is walked (damage is rare).
 	m = Message{ID: id, Damaged: true}

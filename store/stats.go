@@ -2,6 +2,7 @@ package store
 
 import (
 	"os"
+	"slices"
 )
 
 // Stats describes the store for `sotto status`: whether it is encrypted,
@@ -15,13 +16,14 @@ type Stats struct {
 	MailboxEnvelopes                              int // held for others, when serving as a mailbox
 	// RewriteDue says a deleted secret waits for the next rewrite.
 	RewriteDue bool
-	// Problems are what the quick check at Open found (OpenProblems).
+	// Problems are what the quick check at Open found (OpenProblems),
+	// then the damaged records that reads met and went on without since.
 	Problems []string
 }
 
 // Stats reports the store's size and contents.
 func (db *DB) Stats() (Stats, error) {
-	st := Stats{Encrypted: db.Encrypted(), RewriteDue: db.due.Load(), Problems: db.problems}
+	st := Stats{Encrypted: db.Encrypted(), RewriteDue: db.due.Load(), Problems: append(slices.Clone(db.problems), db.damaged()...)}
 	err := db.View(func(tx *Tx) error {
 		count := func(name []byte) int {
 			if b := tx.tx.Bucket(name); b != nil {

@@ -275,7 +275,7 @@ func TestQuickCheckAtRun(t *testing.T) {
 	n := e.start("gap")
 	n.waitLog("the store has problems")
 	out := e.sotto("status", "--data", dir)
-	for _, want := range []string{"1 problems found when the node opened it", "50 messages but 49 conversation index entries"} {
+	for _, want := range []string{"1 problem (found at open", "50 messages but 49 conversation index entries"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status does not say %q:\n%s", want, out)
 		}
@@ -297,28 +297,10 @@ func TestDamagedMessageShown(t *testing.T) {
 	dir := e.dir("flip")
 	e.sotto("init", "--data", dir, "--name", "flip")
 	fillStore(t, dir, 30)
-	bdb, err := bolt.Open(filepath.Join(dir, store.FileName), store.FileMode, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = bdb.Update(func(tx *bolt.Tx) error {
+	flipRecord(t, dir, "messages", func(tx *bolt.Tx) []byte {
 		id := tx.Bucket([]byte("global")).Get(binary.BigEndian.AppendUint64(nil, 5))
-		if len(id) < 16 {
-			return errors.New("no global index entry 5")
-		}
-		id = id[:16] // then its checksum
-		msgs := tx.Bucket([]byte("messages"))
-		v := bytes.Clone(msgs.Get(id))
-		if v == nil {
-			return errors.New("message 5 not found")
-		}
-		v[len(v)-1] ^= 1
-		return msgs.Put(id, v)
+		return id[:min(len(id), 16)] // then its checksum
 	})
-	bdb.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	listed := func(how string) {
 		t.Helper()
 		out := e.sotto("messages", "--data", dir)
@@ -337,12 +319,71 @@ func TestDamagedMessageShown(t *testing.T) {
 		}
 	}
 	listed("node stopped")
-	_, err = e.try("check", "--data", dir)
+	_, err := e.try("check", "--data", dir)
 	if err == nil || !strings.Contains(err.Error(), "messages record") {
 		t.Errorf("check: %v, want the damaged record named", err)
 	}
 	e.start("flip")
 	listed("node running")
+}
+
+// flipRecord changes one byte of the record of bucket whose key which
+// returns, in the plain store of the stopped node in dir.
+func flipRecord(t *testing.T, dir, bucket string, which func(*bolt.Tx) []byte) {
+	t.Helper()
+	bdb, err := bolt.Open(filepath.Join(dir, store.FileName), store.FileMode, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		b, k := tx.Bucket([]byte(bucket)), which(tx)
+		v := bytes.Clone(b.Get(k))
+		if v == nil {
+			return fmt.Errorf("no record %x in %s", k, bucket)
+		}
+		v[len(v)-1] ^= 1
+		return b.Put(k, v)
+	})
+	bdb.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDamagedContactLeftOut runs the real binary on a data directory in
+// which one byte of one of its three contacts' records was changed:
+// `contact list` shows the other two, `sotto run` starts and logs the
+// damaged record, `sotto status` lists it, and the other contacts'
+// conversations read as before.
+func TestDamagedContactLeftOut(t *testing.T) {
+	e := newE2E(t)
+	dir := e.dir("flip")
+	e.sotto("init", "--data", dir, "--name", "flip")
+	fillStore(t, dir, 30)
+	flipRecord(t, dir, "contacts", func(tx *bolt.Tx) []byte { k, _ := tx.Bucket([]byte("contacts")).Cursor().First(); return k })
+	contacts := func(how string) {
+		t.Helper()
+		out := e.sotto("contact", "list", "--data", dir)
+		n := 0
+		for _, name := range []string{"Ottoline Brackenbury", "Casimir Wolstenholme", "Perpetua Ansorge"} {
+			if strings.Contains(out, name) {
+				n++
+				if m := e.sotto("messages", "--data", dir, name); strings.Count(m, "the eagle lands") != 10 {
+					t.Errorf("%s: the conversation with %s:\n%s", how, name, m)
+				}
+			}
+		}
+		if n != 2 {
+			t.Errorf("%s: %d of the 3 contacts listed, want the 2 intact ones:\n%s", how, n, out)
+		}
+	}
+	contacts("node stopped")
+	n := e.start("flip")
+	n.waitLog("a damaged record in the store was left out")
+	contacts("node running")
+	if out := e.sotto("status", "--data", dir); !strings.Contains(out, "contacts record") {
+		t.Errorf("status does not list the damaged contact:\n%s", out)
+	}
 }
 
 // TestBackupKill9 runs the real binary: `sotto backup` runs against a node

@@ -159,8 +159,8 @@ func printStore(w io.Writer, st api.StoreStatus) {
 		fmt.Fprintf(w, "                  deleted secrets wait for the next rewrite (hourly, at stop, or `sotto compact`)\n")
 	}
 	if len(st.Problems) > 0 {
-		fmt.Fprintf(w, "                  %d problems found when the node opened it: stop the node and run `sotto check`\n", len(st.Problems))
-		fmt.Fprintf(w, "                  for every damaged record, or restore the data directory from a backup:\n")
+		fmt.Fprintf(w, "                  %s (found at open, or damaged records left out since): stop the node and run\n", plural(len(st.Problems), "problem", "problems"))
+		fmt.Fprintf(w, "                  `sotto check` for every damaged record, or restore the data directory from a backup:\n")
 		for _, p := range st.Problems {
 			fmt.Fprintf(w, "                    %s\n", p)
 		}
