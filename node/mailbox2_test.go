@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1351,5 +1353,114 @@ func TestMailbox2StreamLimit(t *testing.T) {
 		if in < mailbox.MaxFilters {
 			t.Errorf("infra: %s lets in %d streams, fewer than MaxFilters (%d)", mailbox.Protocol2, in, mailbox.MaxFilters)
 		}
+	}
+}
+
+// TestVersion2IntroFloodThroughMessenger: a flooder holding Bob's invite
+// pushes stamped junk under his intro tag to his mailbox, 10 times the
+// tag's quota; the mailbox refuses what is past the quota. Meanwhile
+// Alice, his contact, writes to Bob, who is away, and every message is
+// stored. Carol, a stranger with his invite, writes first: her deposit
+// is refused at the flooded tag, and her message waits, not stored. The
+// next day (everyone's clock moved) it goes under that day's intro tag;
+// Bob, back, shows it and all of Alice's.
+func TestVersion2IntroFloodThroughMessenger(t *testing.T) {
+	tn := newTestNet(t)
+	const quota = 4
+	var ahead atomic.Int64
+	clock := func(c *Config) { c.Now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) } }
+	m := tn.start(tn.initNode("mailbox"), asMailbox, clock, func(c *Config) {
+		c.MailboxOptions = []mailbox.Option{
+			mailbox.WithNetKey(func(c network.Conn) string { return c.RemotePeer().String() }),
+			mailbox.WithRateLimit(1e6, 1e6), mailbox.WithStampBits(8),
+			mailbox.WithLimits(store.MailboxLimits{IntroEnvelopes: quota}),
+		}
+	})
+	addrs := []peer.AddrInfo{m.Host().AddrInfo()}
+	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
+	aliceDir, bobDir, carolDir := tn.initNode("alice"), tn.initNode("bob"), tn.initNode("carol")
+	alice, bob := tn.start(aliceDir, receiveAt, clock), tn.start(bobDir, receiveAt, clock)
+	befriend(t, alice, "alice", bob, "bob")
+	ctx := testkit.Context(t, 150*time.Second)
+	if _, err := alice.Send(ctx, "bob", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, ctx, bob, "alice", 1, incoming)
+	testkit.WaitFor(t, ctx, func() bool { return contactAnnounced(t, alice, "bob") })
+	if _, err := bob.mbx.user.Round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := bob.invite()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv.Addrs = nil // Carol reaches him only through his mailbox
+	bob.Close()
+
+	// The flood, from one fresh identity.
+	h, err := p2p.NewEphemeral()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	flooder := mailbox.NewClient2(ctx, h)
+	now := time.Now()
+	tag := protocol.IntroTag2(*inv.IntroSecret, protocol.Epoch(now))
+	kept, refused := 0, 0
+	for range 10 * quota {
+		ct := make([]byte, 300)
+		rand.Read(ct)
+		env := (&protocol.Envelope{Version: protocol.EnvelopeVersion, Tag: tag, Expiry: now.Add(7 * 24 * time.Hour), Ciphertext: ct}).Marshal()
+		dep, err := protocol.MintIntroDeposit(ctx, env, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var me *mailbox.Error
+		switch err := flooder.Push(ctx, addrs[0], dep); {
+		case err == nil:
+			kept++
+		case errors.As(err, &me) && me.Status == mailbox.StatusFull:
+			refused++
+		default:
+			t.Fatalf("flood: %v", err)
+		}
+	}
+	if kept != quota || refused != 9*quota {
+		t.Fatalf("flood: %d stored and %d refused, want %d and %d", kept, refused, quota, 9*quota)
+	}
+	for i := range 5 {
+		if _, err := alice.Send(ctx, "bob", fmt.Sprintf("during %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range waitMessages(t, ctx, alice, "bob", 6, stored)[1:] {
+		if m.StoredAt < 1 {
+			t.Fatalf("alice's %q stored at %d mailboxes during the flood", m.Body, m.StoredAt)
+		}
+	}
+
+	carol := tn.start(carolDir, receiveAt, clock)
+	if _, err := carol.AddContact("bob", inv.String()); err != nil {
+		t.Fatal(err)
+	}
+	first, err := carol.Send(ctx, "bob", "hello from a stranger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobAcct := storedContact(t, carol, "bob").Account
+	testkit.WaitFor(t, ctx, func() bool { _, failed := carol.ob.failed.Load(bobAcct); return failed })
+	if sm := storedMessage(t, carol, first.ID); sm.StoredAt != 0 {
+		t.Fatalf("carol's first message stored at %d mailboxes under the flooded tag", sm.StoredAt)
+	}
+
+	// The next day.
+	ahead.Store(int64(protocol.EpochLength))
+	testkit.WaitFor(t, ctx, func() bool { carol.kickOutbox(); return storedMessage(t, carol, first.ID).StoredAt > 0 })
+	carol.Close()
+	bob = tn.start(bobDir, receiveAt, clock)
+	waitMessages(t, ctx, bob, "alice", 6, incoming)
+	in := waitMessages(t, ctx, bob, "", 7, incoming)
+	if !slices.ContainsFunc(in, func(m Message) bool { return string(m.Body) == "hello from a stranger" }) {
+		t.Fatalf("bob did not get carol's first message")
 	}
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -315,6 +316,9 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 				n.cfg.Logger.Info("mailbox deposit", "err", err)
 			}
 			n.ob.failed.Store(todo[0].Contact, n.now())
+			if v2 && intro != nil && staleIntroTag(*intro, env.Tag, now) && refusedFull(err) {
+				n.resealStale(e)
+			}
 			break // no mailbox now: the next attempt tries again, after its backoff
 		}
 		n.ob.failed.Delete(todo[0].Contact)
@@ -358,6 +362,41 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 	}
 	n.events.publish(events...)
 	return len(done), true
+}
+
+// staleIntroTag reports whether tag is the recipient's intro tag (of its
+// intro secret) for an epoch before now's.
+func staleIntroTag(secret [protocol.IntroSecretSize]byte, tag protocol.Tag, now time.Time) bool {
+	return protocol.IsIntroTag2(secret, tag, now) && tag != protocol.IntroTag2(secret, protocol.Epoch(now))
+}
+
+// refusedFull reports a deposit that a mailbox refused as full.
+func refusedFull(err error) bool {
+	var me *mailbox.Error
+	return errors.As(err, &me) && me.Status == mailbox.StatusFull
+}
+
+// resealStale has a first message that no mailbox took, refused as full
+// under an intro tag of an earlier epoch (a flooded day's), sealed again
+// under today's (SPEC "Registration"): its entry's envelope is cleared,
+// unless the entry changed meanwhile, and the delivery loop seals it on
+// the session, which is still pending.
+func (n *Node) resealStale(e store.OutboxEntry) {
+	err := n.db.Update(func(tx *store.Tx) error {
+		cur, err := tx.GetOutbox(e.MsgID)
+		if err != nil || cur.Mailboxes != 0 || !bytes.Equal(cur.Envelope, e.Envelope) {
+			return nil // delivered, deposited or sealed again meanwhile
+		}
+		cur.Envelope, cur.DeleteToken = nil, [32]byte{}
+		cur.NextAttempt = n.now()
+		return tx.PutOutbox(cur)
+	})
+	if err != nil {
+		n.cfg.Logger.Error("sealing a refused first message again", "err", err)
+		return
+	}
+	n.cfg.Logger.Info("a first message refused under an earlier day's intro tag is sealed again under today's")
+	n.kickOutbox()
 }
 
 // MailboxHeld reports what this node holds as a mailbox (nil if it serves
