@@ -519,11 +519,12 @@ func (p *Pusher) Close() {
 	}
 }
 
-// Withdraw deletes the copies of an envelope its sender dropped (SPEC
-// "Withdrawing a refused envelope") at each of mbxs, revealing its delete
-// token from one fresh identity. It returns nil once every mailbox
-// answered OK, whether or not it still held a copy.
-func Withdraw(ctx context.Context, newHost func() (host.Host, error), mbxs []peer.AddrInfo, tag [32]byte, token [32]byte) error {
+// Withdraw deletes the copies of envelopes under tag that their sender
+// dropped (SPEC "Withdrawing a refused envelope") at each of mbxs,
+// revealing their delete tokens (at most MaxDeleteTokens) from one fresh
+// identity. It returns nil once every mailbox answered OK, whether or not
+// it still held copies.
+func Withdraw(ctx context.Context, newHost func() (host.Host, error), mbxs []peer.AddrInfo, tag [32]byte, tokens [][32]byte) error {
 	if newHost == nil {
 		newHost = newEphemeral
 	}
@@ -535,7 +536,7 @@ func Withdraw(ctx context.Context, newHost func() (host.Host, error), mbxs []pee
 	c := NewClient2(ctx, h)
 	var errs []error
 	for _, m := range mbxs {
-		if _, err := c.Delete(ctx, m, tag, [][32]byte{token}); err != nil {
+		if _, err := c.Delete(ctx, m, tag, tokens); err != nil {
 			errs = append(errs, fmt.Errorf("mailbox %s: %w", m.ID, err))
 		}
 	}

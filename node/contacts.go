@@ -64,8 +64,9 @@ func (n *Node) AddContact(name, inviteText string) (Contact, error) {
 			return err
 		}
 		// The same device under a different account: an identity change of
-		// a contact the user already has.
-		all, err := tx.ListContacts()
+		// a contact the user already has (every contact: one whose record
+		// is damaged fails the add rather than being passed over).
+		all, err := tx.ListEveryContact()
 		if err != nil {
 			return err
 		}

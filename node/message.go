@@ -1,7 +1,6 @@
 package node
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -164,13 +163,13 @@ func failureIn(tx *store.Tx, ms []Message) error {
 		}
 		g, ok := gone[m.Contact]
 		if !ok {
-			_, err := tx.GetContact(m.Contact)
-			switch {
-			case errors.Is(err, store.ErrUnknownContact), errors.Is(err, store.ErrNotFound):
-				g = true
-			case err != nil:
+			// Whether the record is there, not what it holds (a damaged
+			// one does not hold the listing back).
+			has, err := tx.HasContact(m.Contact)
+			if err != nil {
 				return err
 			}
+			g = !has
 			gone[m.Contact] = g
 		}
 		if g {

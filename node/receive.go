@@ -808,7 +808,9 @@ func (n *Node) newRequest(tx *store.Tx, cert keys.DeviceCertificate, proven bool
 	var all []store.Contact
 	if proven { // rare: a device moving to a new account
 		var err error
-		if all, err = tx.ListContacts(); err != nil {
+		// Every contact: a damaged one fails this first message (its
+		// sender tries again) rather than be passed over unflagged.
+		if all, err = tx.ListEveryContact(); err != nil {
 			return store.Contact{}, nil, err
 		}
 	}

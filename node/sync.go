@@ -329,8 +329,9 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		return 0, true
 	}
 	var events []Event
+	withdraw := false
 	err := n.db.Update(func(tx *store.Tx) error {
-		events = events[:0]
+		events, withdraw = events[:0], false
 		for i, e := range done {
 			cur, err := tx.GetOutbox(e.MsgID)
 			if errors.Is(err, store.ErrNotFound) {
@@ -338,6 +339,18 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 			}
 			if err != nil {
 				return err
+			}
+			if !bytes.Equal(cur.Envelope, e.Envelope) {
+				// Refused directly (or sealed again) while the deposit
+				// ran: the copy just deposited is withdrawn, and the
+				// entry's new envelope is not counted as stored.
+				e.Mailboxes = counts[i]
+				if w, err := noteWithdrawal(tx, e); err != nil {
+					return err
+				} else if w {
+					withdraw = true
+				}
+				continue
 			}
 			if cur.Kind == store.OutboxReceipt {
 				// A receipt in mailboxes is as good as delivered to us.
@@ -361,6 +374,9 @@ func (n *Node) depositBatch(ctx context.Context, todo []store.OutboxEntry) (int,
 		return len(done), false
 	}
 	n.events.publish(events...)
+	if withdraw {
+		n.kickWithdraw()
+	}
 	return len(done), true
 }
 

@@ -123,16 +123,26 @@ func TestCorruptRecordInDatabase(t *testing.T) {
 	// ErrCorrupt (the record checksum or the decoder finds it), whatever
 	// the accessor itself returned.
 	for name, read := range map[string]func(tx *Tx) error{
-		"GetMessage":   func(tx *Tx) error { _, err := tx.GetMessage(msgID(1)); return err },
-		"ListMessages": func(tx *Tx) error { _, err := tx.ListMessages(nil, 0, 0); return err },
-		"DueOutbox":    func(tx *Tx) error { _, err := tx.DueOutbox(t0, 0); return err },
-		"GetContact":   func(tx *Tx) error { _, err := tx.GetContact(acct(1)); return err },
-		"ListContacts": func(tx *Tx) error { _, err := tx.ListContacts(); return err },
+		"GetMessage":       func(tx *Tx) error { _, err := tx.GetMessage(msgID(1)); return err },
+		"DueOutbox":        func(tx *Tx) error { _, err := tx.DueOutbox(t0, 0); return err },
+		"GetContact":       func(tx *Tx) error { _, err := tx.GetContact(acct(1)); return err },
+		"ListEveryContact": func(tx *Tx) error { _, err := tx.ListEveryContact(); return err },
 	} {
 		if err := db.View(read); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
+	// Listings confine it: the message comes back marked, the contact is
+	// left out.
+	mustView(t, db, func(tx *Tx) error {
+		if ms, err := tx.ListMessages(nil, 0, 0); err != nil || len(ms) != 1 || !ms[0].Damaged || ms[0].Body != nil {
+			t.Errorf("ListMessages: %+v, %v; want the message marked damaged", ms, err)
+		}
+		if cs, err := tx.ListContacts(); err != nil || len(cs) != 0 {
+			t.Errorf("ListContacts: %d, %v; want none", len(cs), err)
+		}
+		return nil
+	})
 	if err := db.Check(); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("Check: %v", err)
 	}

@@ -259,6 +259,23 @@ func (tx *Tx) ContactByName(name string) (Contact, error) {
 	return tx.GetContact([32]byte(acct))
 }
 
+// HasContact reports whether account is a contact, without opening its
+// record (which may be damaged).
+func (tx *Tx) HasContact(account [32]byte) (bool, error) {
+	contacts, err := tx.bucket(bucketContacts)
+	if err != nil {
+		return false, err
+	}
+	if contacts.direct {
+		return contacts.b.Get(account[:]) != nil, nil
+	}
+	sk, err := contacts.storedKey(account[:], false)
+	if err != nil {
+		return false, err
+	}
+	return contacts.b.Get(sk) != nil, nil
+}
+
 // getContactConfined is GetContact for a listing: a contact whose record
 // fails its check is left out (nil), its damage confined.
 func (tx *Tx) getContactConfined(account [32]byte) (*Contact, error) {
@@ -283,7 +300,14 @@ func (tx *Tx) getContactConfined(account [32]byte) (*Contact, error) {
 
 // ListContacts returns all contacts sorted by name (case-insensitively).
 // A contact whose record is damaged is left out, and listed by Stats.
-func (tx *Tx) ListContacts() ([]Contact, error) {
+func (tx *Tx) ListContacts() ([]Contact, error) { return tx.listContacts(true) }
+
+// ListEveryContact is ListContacts for a check that must see every
+// contact (is this device already a contact's?): a damaged record fails
+// it, with ErrCorrupt, rather than being left out.
+func (tx *Tx) ListEveryContact() ([]Contact, error) { return tx.listContacts(false) }
+
+func (tx *Tx) listContacts(confine bool) ([]Contact, error) {
 	names, err := tx.bucket(bucketNames)
 	if err != nil {
 		return nil, err
@@ -292,6 +316,11 @@ func (tx *Tx) ListContacts() ([]Contact, error) {
 	err = names.ForEach(func(k, acct []byte) error {
 		if len(acct) != 32 {
 			return fmt.Errorf("%w: name index entry for %q", ErrCorrupt, k)
+		}
+		if !confine {
+			c, err := tx.GetContact([32]byte(acct))
+			out = append(out, c)
+			return err
 		}
 		c, err := tx.getContactConfined([32]byte(acct))
 		if err != nil {

@@ -189,16 +189,22 @@ func (tx *Tx) confine(name, k []byte, err error) {
 	}
 	key := string(name) + "/" + string(k)
 	_, seen := db.damage[key]
-	if !seen && len(db.damage) < maxCheckErrors {
+	report := !seen && len(db.damage) < maxConfined
+	if report {
 		db.damage[key] = err.Error()
 	}
 	db.damageMu.Unlock()
-	if !seen && db.o.onDamage != nil {
+	if report && db.o.onDamage != nil {
 		db.o.onDamage(err)
 	}
 }
 
-// damaged lists the damage confine recorded, in order.
+// maxConfined bounds the damaged records a DB remembers (and reports)
+// while open.
+const maxConfined = 4096
+
+// damaged lists the damage confine recorded, in order: up to
+// maxCheckErrors records, then how many more.
 func (db *DB) damaged() []string {
 	db.damageMu.Lock()
 	defer db.damageMu.Unlock()
@@ -207,5 +213,9 @@ func (db *DB) damaged() []string {
 		out = append(out, d)
 	}
 	slices.Sort(out)
+	if len(out) > maxCheckErrors {
+		more := len(out) - maxCheckErrors
+		out = append(out[:maxCheckErrors], fmt.Sprintf("and %d more damaged records (`sotto check` lists them)", more))
+	}
 	return out
 }

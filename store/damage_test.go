@@ -462,6 +462,17 @@ func TestDamagedContactConfined(t *testing.T) {
 			if err != nil || len(st.Problems) != 1 || !strings.Contains(st.Problems[0], "contacts record") {
 				t.Errorf("Stats problems %q (%v)", st.Problems, err)
 			}
+			// A check that must see every contact fails on it instead,
+			// and whether it is a contact is still known.
+			mustView(t, db, func(tx *Tx) error {
+				if has, err := tx.HasContact(a); !has || err != nil {
+					t.Errorf("HasContact of the damaged contact: %v, %v", has, err)
+				}
+				return nil
+			})
+			if err := db.View(func(tx *Tx) error { _, err := tx.ListEveryContact(); return err }); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("ListEveryContact: %v, want ErrCorrupt", err)
+			}
 			// The store goes on: another contact is added and read.
 			mustUpdate(t, db, func(tx *Tx) error { return tx.AddContact(contact("c004", 4)) })
 			mustView(t, db, func(tx *Tx) error {
@@ -471,5 +482,49 @@ func TestDamagedContactConfined(t *testing.T) {
 				return nil
 			})
 		})
+	}
+}
+
+// TestDamageReportedOnce: 30 damaged messages, listed three times, are
+// reported once each, and Stats names 20 of them and counts the rest.
+func TestDamageReportedOnce(t *testing.T) {
+	reported := 0
+	db, err := Open(filepath.Join(t.TempDir(), "data"), WithOnDamage(func(error) { reported++ }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	addContacts(t, db, 1)
+	mustUpdate(t, db, func(tx *Tx) error {
+		for i := 1; i <= 40; i++ {
+			if _, err := tx.AppendMessage(Message{ID: msgID(uint64(i)), Contact: acct(1), Direction: Outgoing, Body: []byte("text")}); err != nil {
+				return err
+			}
+		}
+		b := tx.tx.Bucket(bucketMessages)
+		for i := 1; i <= 30; i++ {
+			v := bytes.Clone(b.Get(idBytes(uint64(i))))
+			v[len(v)-1] ^= 1
+			if err := b.Put(idBytes(uint64(i)), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for range 3 {
+		mustView(t, db, func(tx *Tx) error {
+			ms, err := tx.ListMessages(nil, 0, 100)
+			if err != nil || len(ms) != 40 {
+				t.Fatalf("listed %d messages (%v), want 40", len(ms), err)
+			}
+			return nil
+		})
+	}
+	if reported != 30 {
+		t.Errorf("%d reports, want one for each of the 30 damaged records", reported)
+	}
+	st, err := db.Stats()
+	if err != nil || len(st.Problems) != 21 || !strings.Contains(st.Problems[20], "and 10 more") {
+		t.Errorf("Stats problems: %d (%v), last %q", len(st.Problems), err, st.Problems[len(st.Problems)-1])
 	}
 }

@@ -269,22 +269,23 @@ func TestEncryptedRecordDamage(t *testing.T) {
 	if err := get(1); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("truncated: %v", err)
 	}
-	// A damaged contact fails the listing, not just its own entry.
+	// A damaged contact fails a listing of every contact, not just its
+	// own entry (ListContacts leaves it out: TestDamagedContactConfined).
 	var ck []byte
 	mustView(t, db, func(tx *Tx) error {
 		return tx.tx.Bucket(bucketContacts).ForEach(func(k, _ []byte) error { ck = bytes.Clone(k); return nil })
 	})
 	raw(bucketContacts, ck, func(v []byte) []byte { v[len(v)-1] ^= 1; return v })
-	err := db.View(func(tx *Tx) error { _, err := tx.ListContacts(); return err })
+	err := db.View(func(tx *Tx) error { _, err := tx.ListEveryContact(); return err })
 	if !errors.Is(err, ErrCorrupt) {
-		t.Errorf("damaged contact: ListContacts %v", err)
+		t.Errorf("damaged contact: ListEveryContact %v", err)
 	}
 	// A failed write transaction rolls back.
 	err = db.Update(func(tx *Tx) error {
 		if err := tx.PutSetting("x", []byte("y")); err != nil {
 			return err
 		}
-		_, err := tx.ListContacts()
+		_, err := tx.ListEveryContact()
 		return err
 	})
 	if !errors.Is(err, ErrCorrupt) {
