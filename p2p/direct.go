@@ -82,6 +82,12 @@ var (
 	ErrTryLater          = errors.New("p2p: recipient could not store the envelope now (retry later)")
 	ErrBadAck            = errors.New("p2p: malformed ack")
 	ErrStreamFailed      = errors.New("p2p: direct stream failed")
+	// ErrStreamReplaced is why a stream this side reset because a better
+	// connection to the peer came (a new one after the peer restarted, a
+	// direct one after hole punching): the peer is there, and what was
+	// in flight is to be sent again at once. It comes wrapped in
+	// ErrStreamFailed.
+	ErrStreamReplaced = errors.New("p2p: stream replaced by a newer connection")
 )
 
 // Receiver takes inbound envelopes. Receive returns only after the envelope
@@ -543,7 +549,7 @@ func (snd *Sender) stream(ctx context.Context, p peer.ID) (*outStream, error) {
 		if !slot.os.relayed || !n.HasDirect(p) {
 			return slot.os, nil
 		}
-		slot.os.fail(fmt.Errorf("%w: moving to the direct connection", ErrStreamFailed))
+		slot.os.fail(fmt.Errorf("%w: moving to the direct connection", ErrStreamReplaced))
 	}
 	slot.os = nil
 	if err := snd.connect(ctx, p); err != nil {
@@ -685,7 +691,7 @@ func (snd *Sender) ResetStale(p peer.ID, conn network.Conn) {
 	slot.mu.Lock()
 	defer slot.mu.Unlock()
 	if slot.os != nil && !slot.os.failed() && slot.os.s.Conn() != conn {
-		slot.os.fail(fmt.Errorf("%w: the peer connected again", ErrStreamFailed))
+		slot.os.fail(fmt.Errorf("%w: the peer connected again", ErrStreamReplaced))
 		slot.os = nil
 	}
 }
