@@ -118,10 +118,13 @@ func TestReceiverKeepsSenderOrder(t *testing.T) {
 	shown("m4")
 
 	// A held message survives a restart and is released by the next run.
+	// That run waits longer for the gap to fill, so that m7 is still held
+	// when it starts however slow the restart (under -race it took more
+	// than the 300 ms, and m7 was released before this test listened).
 	deliver(7)
 	quiet()
 	bob.Close()
-	bob = tn.start(bobDir, withWait)
+	bob = tn.start(bobDir, func(c *Config) { c.ReorderWait = 30 * time.Second })
 	events = bob.Subscribe(ctx)
 	deliver(6)
 	shown("m6", "m7")
