@@ -870,39 +870,12 @@ func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
 	var ahead atomic.Int64
 	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
 	carolClock := func(c *Config) { c.Now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) } }
-	carolDir, bobDir := tn.initNode("carol"), tn.initNode("bob")
-	carol, bob := tn.start(carolDir, receiveAt, carolClock), tn.start(bobDir, receiveAt)
 	ctx := testkit.Context(t, 120*time.Second)
-	testkit.WaitFor(t, ctx, func() bool {
-		return len(carol.mbx.user.Mailboxes()) > 0 && len(bob.mbx.user.Mailboxes()) > 0
-	})
-	befriend(t, carol, "carol", bob, "bob")
-	published := func(n *Node) func() bool {
-		return func() bool { st, err := n.Status(); return err == nil && !st.BundlePublished.IsZero() }
-	}
-	testkit.WaitFor(t, ctx, published(bob))            // Carol fetches it from the DHT
-	if _, err := bob.mbx.user.Round(ctx); err != nil { // his intro tags registered
-		t.Fatal(err)
-	}
-	bob.Close()
-
-	m, err := carol.Send(ctx, "bob", "hello")
-	if err != nil {
-		t.Fatal(err)
-	}
-	testkit.WaitFor(t, ctx, func() bool { return storedMessage(t, carol, m.ID).StoredAt > 0 })
+	carolDir, bobDir := tn.initNode("carol"), tn.initNode("bob")
+	carol, m, firstEnv := firstWhileAway(t, ctx, tn, carolDir, bobDir, receiveAt, carolClock)
 	// The session Carol started first.
-	var first [32]byte
-	var firstEnv []byte
-	carol.db.View(func(tx *store.Tx) error {
-		e, err := tx.GetOutbox(m.ID)
-		if err == nil {
-			env, _ := protocol.ParseEnvelope(e.Envelope)
-			first, _ = protocol.EnvelopeInitialID(env)
-			firstEnv = e.Envelope
-		}
-		return err
-	})
+	env, _ := protocol.ParseEnvelope(firstEnv)
+	first, _ := protocol.EnvelopeInitialID(env)
 	if first == ([32]byte{}) {
 		t.Fatal("carol's outbox entry is not sealed on a pending session")
 	}
@@ -911,8 +884,8 @@ func TestStartOverWhenPrekeyTakenTwice(t *testing.T) {
 	takeOneTimePrekeys(t, bobDir)
 	// Bob reads Carol's first message and cannot open it; he publishes a
 	// bundle with fresh one-time prekeys, and goes away again.
-	bob = tn.start(bobDir, receiveAt)
-	testkit.WaitFor(t, ctx, published(bob))
+	bob := tn.start(bobDir, receiveAt)
+	testkit.WaitFor(t, ctx, bundlePublished(bob))
 	if _, err := bob.mbx.user.Round(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -1013,36 +986,15 @@ func TestRejectedEnvelopeWithdrawn(t *testing.T) {
 	tn := newTestNet(t)
 	mbx, addrs := tn.startMailboxes(1)
 	receiveAt := func(c *Config) { c.MailboxNodes = addrs }
-	carolDir, bobDir := tn.initNode("carol"), tn.initNode("bob")
-	carol, bob := tn.start(carolDir, receiveAt), tn.start(bobDir, receiveAt)
 	ctx := testkit.Context(t, 120*time.Second)
-	testkit.WaitFor(t, ctx, func() bool {
-		return len(carol.mbx.user.Mailboxes()) > 0 && len(bob.mbx.user.Mailboxes()) > 0
-	})
-	befriend(t, carol, "carol", bob, "bob")
-	testkit.WaitFor(t, ctx, func() bool { st, err := bob.Status(); return err == nil && !st.BundlePublished.IsZero() })
-	if _, err := bob.mbx.user.Round(ctx); err != nil {
-		t.Fatal(err)
-	}
-	bob.Close()
-
-	m, err := carol.Send(ctx, "bob", "hello")
-	if err != nil {
-		t.Fatal(err)
-	}
-	testkit.WaitFor(t, ctx, func() bool { return storedMessage(t, carol, m.ID).StoredAt > 0 })
-	var refused []byte
-	carol.db.View(func(tx *store.Tx) error {
-		e, err := tx.GetOutbox(m.ID)
-		refused = e.Envelope
-		return err
-	})
+	bobDir := tn.initNode("bob")
+	carol, _, refused := firstWhileAway(t, ctx, tn, tn.initNode("carol"), bobDir, receiveAt)
 	if !mailboxHolds(t, mbx[0], refused) {
 		t.Fatal("the mailbox does not hold Carol's first envelope")
 	}
 	takeOneTimePrekeys(t, bobDir)
 
-	bob = tn.start(bobDir, receiveAt)
+	bob := tn.start(bobDir, receiveAt)
 	if _, err := bob.mbx.user.Round(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -1065,6 +1017,44 @@ func TestRejectedEnvelopeWithdrawn(t *testing.T) {
 	if got := messagesWhere(t, bob, "carol", incoming); len(got) != 1 {
 		t.Fatalf("bob shows %d messages, want exactly 1", len(got))
 	}
+}
+
+// firstWhileAway starts Carol and Bob from their data directories, both
+// receiving as mods say, makes them contacts, has Bob publish his bundle
+// and register his intro tags, and stops him; then Carol writes first to
+// him, and her message is stored at his mailbox. It returns Carol, still
+// running, the message and its envelope.
+func firstWhileAway(t *testing.T, ctx context.Context, tn *testNet, carolDir, bobDir string, receiveAt func(*Config), carolMods ...func(*Config)) (*Node, Message, []byte) {
+	t.Helper()
+	carol, bob := tn.start(carolDir, append([]func(*Config){receiveAt}, carolMods...)...), tn.start(bobDir, receiveAt)
+	testkit.WaitFor(t, ctx, func() bool {
+		return len(carol.mbx.user.Mailboxes()) > 0 && len(bob.mbx.user.Mailboxes()) > 0
+	})
+	befriend(t, carol, "carol", bob, "bob")
+	testkit.WaitFor(t, ctx, bundlePublished(bob))      // Carol fetches it from the DHT
+	if _, err := bob.mbx.user.Round(ctx); err != nil { // his intro tags registered
+		t.Fatal(err)
+	}
+	bob.Close()
+	m, err := carol.Send(ctx, "bob", "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, ctx, func() bool { return storedMessage(t, carol, m.ID).StoredAt > 0 })
+	var env []byte
+	if err := carol.db.View(func(tx *store.Tx) error {
+		e, err := tx.GetOutbox(m.ID)
+		env = e.Envelope
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return carol, m, env
+}
+
+// bundlePublished reports whether n has put its bundle into the DHT.
+func bundlePublished(n *Node) func() bool {
+	return func() bool { st, err := n.Status(); return err == nil && !st.BundlePublished.IsZero() }
 }
 
 // mailboxHolds reports whether the mailbox node m holds env.
